@@ -1,0 +1,215 @@
+"""The ``trustfeed`` command line: argument parsing and progress display only.
+
+Every subcommand calls one library function. Errors that trustfeed raises on purpose
+(:class:`~trustfeed.features.errors.TrustfeedError`) and bad paths become a one-line
+message on stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..features.errors import TrustfeedError
+from ..features.progress import StderrProgress
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trustfeed")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(out_dir=Path(args.out), seed=args.seed, progress=StderrProgress())
+    print(f"report: {result.report_path}")
+    print(f"mlflow ui: {result.mlflow_ui_command}")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ..features.events import load_events
+
+    events = load_events(Path(args.events))
+    print(events.summary())
+    return EXIT_OK
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import SimConfig, simulate, write_dataset
+
+    config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days)
+    progress = StderrProgress()
+    platform = simulate(config, progress=progress)
+    write_dataset(platform, Path(args.out), progress=progress)
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from ..features.events import load_events
+    from ..features.trust import build_snapshot
+
+    progress = StderrProgress()
+    events = load_events(Path(args.events))
+    snapshot = build_snapshot(events, as_of=args.as_of, backend=args.backend, progress=progress)
+    snapshot.save(Path(args.out))
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainJobConfig, train
+
+    config = TrainJobConfig(
+        events=Path(args.events),
+        until=args.until,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        register=args.register,
+    )
+    result = train(config, progress=StderrProgress())
+    print(f"run id: {result.run_id}")
+    print(f"model uri: {result.model_uri}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(
+        events=Path(args.events),
+        model_uri=args.model,
+        out_dir=Path(args.out),
+        start=args.start,
+        end=args.end,
+        progress=StderrProgress(),
+    )
+    print(f"report: {result.report_path}")
+    print(f"metrics: {result.metrics_path}")
+    return EXIT_OK
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from ..serving import rank_file
+
+    summary = rank_file(
+        model_uri=args.model,
+        requests_path=Path(args.requests),
+        out_path=Path(args.out),
+        snapshot=args.snapshot,
+    )
+    print(summary)
+    return EXIT_OK
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from .registry import promote
+
+    decision = promote(args.name, force=args.force, tracking_uri=args.tracking_uri)
+    print(decision.reason)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``trustfeed`` console script."""
+    parser = argparse.ArgumentParser(
+        prog="trustfeed",
+        description="Trust-aware ranking for live-commerce feeds.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    demo = add("demo", _cmd_demo, "simulate a platform, build features, train, evaluate and write the report")
+    demo.add_argument("--out", default="trustfeed-demo", help="output directory (default: ./trustfeed-demo)")
+    demo.add_argument("--seed", type=int, default=7, help="simulation seed")
+
+    validate = add("validate", _cmd_validate, "check an event-log dataset against the schema")
+    validate.add_argument("--events", required=True, metavar="DIR", help="dataset directory")
+
+    simulate = add("simulate", _cmd_simulate, "write a synthetic live-commerce dataset plus its hidden truth")
+    simulate.add_argument("--out", required=True, metavar="DIR")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--merchants", type=_positive_int, default=500)
+    simulate.add_argument("--days", type=_positive_int, default=60)
+
+    features = add("features", _cmd_features, "write the trust snapshot as of a date")
+    features.add_argument("--events", required=True, metavar="DIR")
+    features.add_argument("--as-of", required=True, metavar="DATE", help="UTC date or ISO 8601 time")
+    features.add_argument("--out", required=True, metavar="DIR")
+    features.add_argument("--backend", choices=("pandas", "dask"), default="pandas")
+
+    train = add("train", _cmd_train, "train the ranker and log the run to MLflow")
+    train.add_argument("--events", required=True, metavar="DIR")
+    train.add_argument("--until", metavar="DATE", help="use events before this date (default: all)")
+    train.add_argument("--experiment", default="trustfeed", metavar="NAME")
+    train.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's own default)")
+    train.add_argument("--register", metavar="NAME", help="register the model under NAME with alias 'challenger'")
+
+    evaluate = add("evaluate", _cmd_evaluate, "offline evaluation: write report.html and metrics.json")
+    evaluate.add_argument("--events", required=True, metavar="DIR")
+    evaluate.add_argument("--model", required=True, metavar="URI")
+    evaluate.add_argument("--out", required=True, metavar="DIR")
+    evaluate.add_argument("--from", dest="start", metavar="DATE")
+    evaluate.add_argument("--to", dest="end", metavar="DATE")
+
+    rank = add("rank", _cmd_rank, "rank a JSON-lines file of requests exactly as the serving API does")
+    rank.add_argument("--model", required=True, metavar="URI")
+    rank.add_argument("--requests", required=True, metavar="FILE.jsonl")
+    rank.add_argument("--out", required=True, metavar="FILE.jsonl")
+    rank.add_argument("--snapshot", metavar="PATH", help="trust snapshot directory to use instead of the bundled one")
+
+    promote = add("promote", _cmd_promote, "move the 'champion' alias to the 'challenger' if it is not worse")
+    promote.add_argument("name", metavar="NAME", help="registered model name")
+    promote.add_argument("--force", action="store_true", help="promote even if held-out metrics are worse")
+    promote.add_argument("--tracking-uri", metavar="URI")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (TrustfeedError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        print(f"trustfeed {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"trustfeed {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
