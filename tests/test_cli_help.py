@@ -1,0 +1,42 @@
+"""Every subcommand has --help and exits 0 with it; unknown input is a usage error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from trustfeed.training.cli import build_parser, main
+
+SUBCOMMANDS = ("demo", "validate", "simulate", "features", "train", "evaluate", "rank", "promote")
+
+
+def test_parser_knows_every_contract_command() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(SUBCOMMANDS) <= set(sub.choices)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_exits_zero(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert command in capsys.readouterr().out
+
+
+def test_console_script_runs_outside_the_repository(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trustfeed.training.cli", "--version"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("trustfeed ")
+
+
+def test_bad_option_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--out", "x", "--merchants", "-3"])
+    assert exit_info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
