@@ -1,0 +1,406 @@
+"""Exposure balancer: config, guards (property tests), controller, decay, state, threads."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trustfeed.features.errors import ConfigError, SchemaError
+from trustfeed.ranker.balancer import BalancerConfig, ExposureBalancer
+from trustfeed.ranker.baselines import creator_cap, relevance_only
+from trustfeed.ranker.metrics import gini, position_exposure
+
+
+def fixed_strength(strength: float, **overrides: object) -> BalancerConfig:
+    """A config whose controller cannot move the strength (bounds pinned)."""
+    return BalancerConfig(kp=0.0, ki=0.0, strength_min=strength, strength_max=strength,
+                          initial_strength=strength, **overrides)
+
+
+def diversified_base(relevance: np.ndarray, creators: list[str], k: int) -> np.ndarray:
+    """The balancer's base order, built independently from the baselines module."""
+    if k == 0:
+        return relevance_only(relevance)
+    return creator_cap(relevance, creators, cap=1, k=k)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_round_trip_through_json() -> None:
+    config = BalancerConfig(target_gini=0.3, half_life=math.inf, record_k=5, auto_record=True)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert BalancerConfig.from_dict(data) == config
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"target_gini": 1.0},
+        {"target_gini": 0.0},
+        {"kp": -1.0},
+        {"strength_min": 2.0, "strength_max": 1.0},
+        {"initial_strength": 9.0},
+        {"control_interval": 0},
+        {"half_life": 0.0},
+        {"half_life_unit": "days"},
+        {"population_window": -1.0},
+        {"trust_threshold": 1.5},
+        {"relevance_floor": -1},
+        {"max_move": 2.5},
+        {"diversity_k": True},
+        {"exposure_kind": "linear"},
+        {"record_k": 0},
+        {"auto_record": "yes"},
+        {"merit_exponent": float("nan")},
+    ],
+)
+def test_config_rejects_bad_values(bad: dict) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        BalancerConfig(**bad)
+
+
+def test_config_from_dict_rejects_unknown_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown keys"):
+        BalancerConfig.from_dict({"target_gini": 0.5, "gain": 1.0})
+
+
+# ---------------------------------------------------------------- conformance
+
+
+def test_empty_and_single_candidate() -> None:
+    balancer = ExposureBalancer(fixed_strength(5.0, auto_record=True))
+    assert balancer.rerank([], [], np.array([]), np.array([])).tolist() == []
+    assert balancer.rerank(["c"], ["m"], np.array([1.0]), np.array([0.9])).tolist() == [0]
+    assert balancer.creator_exposure()["c"] == pytest.approx(1.0)
+
+
+def test_length_mismatch_is_a_schema_error() -> None:
+    balancer = ExposureBalancer()
+    with pytest.raises(SchemaError):
+        balancer.rerank(["a", "b"], ["m", "m"], np.array([1.0]), np.array([0.5, 0.5]))
+    with pytest.raises(SchemaError):
+        balancer.record(["a"], ["m", "n"], [1])
+
+
+def test_nan_relevance_ranks_last_and_nan_trust_is_never_lifted() -> None:
+    balancer = ExposureBalancer(fixed_strength(8.0, max_move=5, diversity_k=0))
+    balancer.record(["old"], ["m"], [1])
+    order = balancer.rerank(["old", "x", "y", "z"], ["m"] * 4,
+                            np.array([3.0, np.nan, 2.0, 1.0]), np.array([0.9, 0.9, 0.9, np.nan]))
+    assert sorted(order.tolist()) == [0, 1, 2, 3]
+    assert order[-1] == 1
+    assert order.tolist().index(3) >= 2  # z (NaN trust) is at or below its relevance position
+
+
+def test_docstring_story_unexposed_trusted_creator_is_lifted() -> None:
+    balancer = ExposureBalancer(fixed_strength(8.0, max_move=2))
+    balancer.record(["big"] * 3, ["m1"] * 3, [1, 1, 1])
+    order = balancer.rerank(["big", "new", "other"], ["m1", "m2", "m3"],
+                            np.array([3.0, 2.0, 1.0]), np.array([0.9, 0.9, 0.9]))
+    assert order[0] == 1
+
+
+def test_zero_strength_is_the_diversified_relevance_order(rng: np.random.Generator) -> None:
+    balancer = ExposureBalancer(fixed_strength(0.0, diversity_k=5))
+    creators = [f"c{i}" for i in rng.integers(0, 6, size=30)]
+    relevance = rng.normal(size=30)
+    order = balancer.rerank(creators, creators, relevance, rng.random(30))
+    assert order.tolist() == diversified_base(relevance, creators, 5).tolist()
+
+
+def test_fair_share_grows_with_trust() -> None:
+    # two unexposed creators: the more trusted one, one place lower, overtakes the other
+    balancer = ExposureBalancer(fixed_strength(1.0, max_move=3, diversity_k=0, relevance_floor=10))
+    balancer.record(["head"], ["m0"], [1])
+    order = balancer.rerank(["head", "low", "high"], ["m0", "m1", "m2"],
+                            np.array([3.0, 2.0, 1.0]), np.array([0.9, 0.35, 0.95]))
+    assert order.tolist().index(2) < order.tolist().index(1)
+
+
+# ---------------------------------------------------------------- guards (properties)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict:
+    n = draw(st.integers(min_value=1, max_value=40))
+    n_creators = draw(st.integers(min_value=1, max_value=12))
+    creators = [f"c{draw(st.integers(0, n_creators - 1))}" for _ in range(n)]
+    relevance = draw(st.lists(st.integers(-5, 5).map(float) | st.just(float("nan")), min_size=n, max_size=n))
+    trust = draw(st.lists(st.floats(0.0, 1.0) | st.just(float("nan")), min_size=n, max_size=n))
+    history = draw(st.lists(st.tuples(st.integers(0, n_creators - 1), st.integers(1, 10)), max_size=30))
+    config = fixed_strength(
+        draw(st.floats(0.0, 20.0)),
+        max_move=draw(st.integers(0, 6)),
+        relevance_floor=draw(st.integers(0, 25)),
+        diversity_k=draw(st.integers(0, 8)),
+        trust_threshold=draw(st.floats(0.0, 1.0)),
+        merit_exponent=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
+    )
+    return {"creators": creators, "relevance": np.array(relevance), "trust": np.array(trust),
+            "history": history, "config": config}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_guards_hold(s: dict) -> None:
+    config: BalancerConfig = s["config"]
+    balancer = ExposureBalancer(config)
+    for creator, position in s["history"]:
+        balancer.record([f"c{creator}"], ["m"], [position])
+    creators = s["creators"]
+    n = len(creators)
+    order = balancer.rerank(creators, ["m"] * n, s["relevance"], s["trust"])
+
+    assert sorted(order.tolist()) == list(range(n))  # a permutation
+    base = diversified_base(s["relevance"], creators, config.diversity_k)
+    base_pos = np.empty(n, dtype=int)
+    base_pos[base] = np.arange(n)
+    new_pos = np.empty(n, dtype=int)
+    new_pos[order] = np.arange(n)
+    moved_up = base_pos - new_pos
+    assert (moved_up <= config.max_move).all()
+    promoted = moved_up > 0
+    assert (base_pos[promoted] < config.relevance_floor).all()
+    low_trust = ~(s["trust"] >= config.trust_threshold)
+    assert (new_pos[low_trust] >= base_pos[low_trust]).all()
+    if config.diversity_k > 0:
+        head = {creators[i] for i in order[: config.diversity_k]}
+        assert len(head) == min(config.diversity_k, len(set(creators)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_low_trust_never_above_relevance_only_without_diversity(s: dict) -> None:
+    config = BalancerConfig.from_dict({**s["config"].to_dict(), "diversity_k": 0})
+    balancer = ExposureBalancer(config)
+    for creator, position in s["history"]:
+        balancer.record([f"c{creator}"], ["m"], [position])
+    n = len(s["creators"])
+    order = balancer.rerank(s["creators"], ["m"] * n, s["relevance"], s["trust"])
+    relevance_pos = np.empty(n, dtype=int)
+    relevance_pos[relevance_only(s["relevance"])] = np.arange(n)
+    new_pos = np.empty(n, dtype=int)
+    new_pos[order] = np.arange(n)
+    low_trust = ~(s["trust"] >= config.trust_threshold)
+    assert (new_pos[low_trust] >= relevance_pos[low_trust]).all()
+
+
+# ---------------------------------------------------------------- controller
+
+
+def _simulate(config: BalancerConfig, n_requests: int, seed: int = 5) -> ExposureBalancer:
+    rng = np.random.default_rng(seed)
+    n_creators = 300
+    ids = np.array([f"c{i}" for i in range(n_creators)], dtype=object)
+    popularity = 1.0 / np.arange(1, n_creators + 1) ** 1.1
+    recall = popularity**0.4 / (popularity**0.4).sum()
+    trust = rng.beta(5.0, 2.0, size=n_creators)
+    balancer = ExposureBalancer(config)
+    for _ in range(n_requests):
+        picked = rng.choice(n_creators, size=40, p=recall)
+        creators = ids[picked].tolist()
+        relevance = np.log(popularity[picked]) + rng.normal(0.0, 1.0, size=40)
+        balancer.rerank(creators, creators, relevance, trust[picked])
+    return balancer
+
+
+CONTROL = dict(record_k=10, auto_record=True, half_life=500.0, max_move=30, relevance_floor=40)
+
+
+def test_controller_drives_gini_to_target_and_lower_target_gives_lower_gini() -> None:
+    free = _simulate(BalancerConfig(kp=0.0, ki=0.0, **CONTROL), 1500)
+    high = _simulate(BalancerConfig(target_gini=0.75, **CONTROL), 1500)
+    low = _simulate(BalancerConfig(target_gini=0.65, **CONTROL), 1500)
+    free_gini = gini(free.creator_exposure().to_numpy())
+    high_gini = gini(high.creator_exposure().to_numpy())
+    low_gini = gini(low.creator_exposure().to_numpy())
+    assert free_gini > 0.8  # the popularity-biased ranker alone is far above both targets
+    assert high_gini == pytest.approx(0.75, abs=0.03)
+    assert low_gini == pytest.approx(0.65, abs=0.03)
+    assert low.strength > high.strength > 0.0
+
+
+def test_integral_is_clamped_anti_windup() -> None:
+    # an unreachable target saturates the strength; the integral must not grow without bound
+    config = BalancerConfig(target_gini=0.01, kp=0.0, ki=1.0, strength_max=2.0, control_interval=1,
+                            auto_record=True)
+    balancer = _simulate(config, 60)
+    state = balancer.state_dict()
+    assert balancer.strength == 2.0
+    assert state["integral"] <= 2.0 / config.ki + 1e-12
+    # once the target becomes easy the strength leaves the bound within a few updates
+    easy = BalancerConfig.from_dict({**config.to_dict(), "target_gini": 0.99})
+    relaxed = ExposureBalancer.from_state(easy, state)
+    relaxed.record(["c0"], ["m"], [1])
+    relaxed.record(["c1"], ["m"], [1])
+    assert relaxed.strength < 2.0
+
+
+# ---------------------------------------------------------------- ledger and decay
+
+
+def test_decay_halves_exposure_after_one_half_life() -> None:
+    balancer = ExposureBalancer(BalancerConfig(half_life=10.0))
+    balancer.record(["a"], ["m"], [1])
+    for _ in range(10):
+        balancer.record(["b"], ["m"], [1])
+    exposure = balancer.creator_exposure()
+    assert exposure["a"] == pytest.approx(0.5)
+    assert exposure["b"] == pytest.approx(sum(0.5 ** (i / 10) for i in range(10)))
+
+
+def test_lazy_decay_survives_many_half_lives() -> None:
+    balancer = ExposureBalancer(BalancerConfig(half_life=1.0))
+    for _ in range(1500):
+        balancer.record(["a"], ["m"], [1])
+    exposure = balancer.creator_exposure()
+    assert np.isfinite(balancer.state_dict()["creators"]["stored"]).all()
+    assert exposure["a"] == pytest.approx(1.0 / (1.0 - 0.5))  # geometric series limit
+
+
+def test_seconds_half_life() -> None:
+    balancer = ExposureBalancer(BalancerConfig(half_life=3600.0, half_life_unit="seconds"))
+    balancer.record(["a"], ["m"], [1], now=1_000_000.0)
+    balancer.record(["b"], ["m"], [1], now=1_000_000.0 + 7200.0)
+    exposure = balancer.creator_exposure()
+    assert exposure["a"] == pytest.approx(0.25)
+    assert exposure["b"] == pytest.approx(1.0)
+
+
+def test_record_impressions_equals_record_per_request(rng: np.random.Generator) -> None:
+    rows = 60
+    frame = pd.DataFrame({
+        "request_id": np.repeat([f"r{i}" for i in range(12)], 5),
+        "creator_id": [f"c{i}" for i in rng.integers(0, 8, size=rows)],
+        "merchant_id": [f"m{i}" for i in rng.integers(0, 4, size=rows)],
+        "position": np.tile(np.arange(1, 6), 12),
+    })
+    config = BalancerConfig(half_life=4.0)
+    bulk = ExposureBalancer(config)
+    bulk.record_impressions(frame)
+    one_by_one = ExposureBalancer(config)
+    for _, request in frame.groupby("request_id", sort=False):
+        one_by_one.record(request["creator_id"].tolist(), request["merchant_id"].tolist(), request["position"])
+    pd.testing.assert_series_equal(bulk.creator_exposure().sort_index(), one_by_one.creator_exposure().sort_index())
+    pd.testing.assert_series_equal(bulk.merchant_exposure().sort_index(),
+                                   one_by_one.merchant_exposure().sort_index())
+    with pytest.raises(SchemaError, match="position"):
+        bulk.record_impressions(frame.drop(columns="position"))
+
+
+def test_merchant_ledger_and_record_k() -> None:
+    balancer = ExposureBalancer(fixed_strength(0.0, auto_record=True, record_k=2, half_life=math.inf))
+    balancer.rerank(["a", "b", "c"], ["m1", "m2", "m1"], np.array([3.0, 2.0, 1.0]), np.ones(3))
+    creators = balancer.creator_exposure()
+    assert creators.to_dict() == pytest.approx({"a": 1.0, "b": 1 / math.log2(3), "c": 0.0})
+    assert balancer.merchant_exposure().to_dict() == pytest.approx({"m1": 1.0, "m2": 1 / math.log2(3)})
+
+
+# ---------------------------------------------------------------- state
+
+
+def test_state_round_trip_gives_identical_outputs(rng: np.random.Generator) -> None:
+    config = BalancerConfig(target_gini=0.5, auto_record=True, record_k=8, control_interval=5,
+                            half_life=50.0, diversity_k=4)
+    original = _simulate(config, 120)
+    state = json.loads(json.dumps(original.state_dict()))  # must survive JSON, no pickle
+    restored = ExposureBalancer.from_state(config, state)
+    assert restored.strength == original.strength
+    for _ in range(80):
+        creators = [f"c{i}" for i in rng.integers(0, 400, size=25)]  # includes unseen creators
+        relevance = rng.normal(size=25)
+        trust = rng.random(25)
+        a = original.rerank(creators, creators, relevance, trust)
+        b = restored.rerank(creators, creators, relevance, trust)
+        assert a.tolist() == b.tolist()
+    assert original.state_dict() == restored.state_dict()
+
+
+def test_from_state_rejects_foreign_state() -> None:
+    with pytest.raises(ConfigError, match="format"):
+        ExposureBalancer.from_state(BalancerConfig(), {"format": "pickle"})
+    state = ExposureBalancer().state_dict()
+    del state["creators"]
+    with pytest.raises(ConfigError, match="malformed"):
+        ExposureBalancer.from_state(BalancerConfig(), state)
+
+
+# ---------------------------------------------------------------- threads
+
+
+def test_concurrent_reranks_keep_the_ledger_consistent() -> None:
+    config = BalancerConfig(auto_record=True, record_k=5, half_life=math.inf, control_interval=7,
+                            target_gini=0.4)
+    balancer = ExposureBalancer(config)
+    n_threads, n_requests = 4, 150
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(n_requests):
+                creators = [f"c{i}" for i in rng.integers(0, 500, size=30)]
+                merchants = [f"m{i}" for i in rng.integers(0, 50, size=30)]
+                order = balancer.rerank(creators, merchants, rng.normal(size=30), rng.random(30))
+                if sorted(order.tolist()) != list(range(30)):
+                    raise AssertionError("not a permutation")
+        except BaseException as exc:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    expected_total = n_threads * n_requests * position_exposure(np.arange(1, 6)).sum()
+    assert balancer.creator_exposure().sum() == pytest.approx(expected_total)
+    assert balancer.merchant_exposure().sum() == pytest.approx(expected_total)
+    state = balancer.state_dict()
+    assert state["requests"] == n_threads * n_requests
+    assert len(state["creators"]["ids"]) == len(set(state["creators"]["ids"]))
+
+
+def test_a_full_max_move_is_reachable_and_rerank_does_not_record_by_default() -> None:
+    balancer = ExposureBalancer(fixed_strength(100.0, max_move=3, diversity_k=0))
+    creators = [f"c{i}" for i in range(6)]
+    trust = np.array([0.1] * 5 + [0.9])  # only the last, unexposed creator may rise
+    # with an empty ledger there is nothing to balance yet
+    assert balancer.rerank(creators, creators, np.arange(6.0)[::-1], trust).tolist() == list(range(6))
+    assert balancer.creator_exposure().sum() == 0.0
+    balancer.record(creators[:5], creators[:5], [1, 2, 3, 4, 5])
+    order = balancer.rerank(creators, creators, np.arange(6.0)[::-1], trust)
+    assert order.tolist() == [0, 1, 5, 2, 3, 4]
+
+
+def test_record_impressions_with_timestamps_decays_by_time() -> None:
+    config = BalancerConfig(half_life=3600.0, half_life_unit="seconds")
+    frame = pd.DataFrame({
+        "request_id": ["r1", "r1", "r2"],
+        "creator_id": ["a", "b", "a"],
+        "merchant_id": ["m", "m", "m"],
+        "position": [1, 3, 1],
+        "ts": pd.to_datetime(["2026-01-01 00:00", "2026-01-01 00:00", "2026-01-01 02:00"], utc=True),
+    })
+    bulk = ExposureBalancer(config)
+    bulk.record_impressions(frame)
+    exposure = bulk.creator_exposure()
+    assert exposure["a"] == pytest.approx(0.25 + 1.0)
+    assert exposure["b"] == pytest.approx(0.25 * 0.5)
+    with pytest.raises(SchemaError, match="ts"):
+        bulk.record_impressions(frame.drop(columns="ts"))
+
+
+def test_zero_gains_turn_the_controller_off() -> None:
+    config = BalancerConfig(kp=0.0, ki=0.0, initial_strength=3.0, auto_record=True, control_interval=2)
+    balancer = _simulate(config, 30)
+    assert balancer.strength == 3.0
+    assert 0.0 < balancer.measured_gini < 1.0
