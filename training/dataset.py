@@ -1,0 +1,446 @@
+"""Logged impressions -> learning-to-rank training frame (features, graded labels, groups).
+
+Every impression of the window becomes one row: its features come from
+:class:`~trustfeed.features.context.FeatureAssembler` (the same code serving runs) over the
+trust snapshot and context tables built as of the start of the impression's day (UTC), so no
+row ever sees an event at or after its own day began; its label is the graded outcome of
+CONTRACT section 4; its group is its ``request_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..features.context import (
+    BAD_AFTER_SALES_REASONS,
+    ContextConfig,
+    FeatureAssembler,
+    build_context_tables,
+)
+from ..features.errors import ConfigError, SchemaError
+from ..features.events import EventLog
+from ..features.progress import NullProgress, Progress
+
+__all__ = [
+    "DatasetConfig",
+    "TrainingFrame",
+    "build_training_frame",
+    "graded_labels",
+    "time_split",
+    "LABEL_SHOWN",
+    "LABEL_CLICKED",
+    "LABEL_WATCHED",
+    "LABEL_PURCHASED",
+    "LABEL_KEPT",
+]
+
+LABEL_SHOWN, LABEL_CLICKED, LABEL_WATCHED, LABEL_PURCHASED, LABEL_KEPT = 0, 1, 2, 3, 4
+ID_COLUMNS = ("request_id", "user_id", "ts", "stream_id", "creator_id", "merchant_id", "position")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """How the training frame is built.
+
+    Parameters
+    ----------
+    snapshot_every_days
+        Build a trust snapshot every this many days (1: one per impression day). An
+        impression uses the latest snapshot at or before the start of its day, so a larger
+        value is cheaper and only makes features staler, never leaky.
+    watch_seconds
+        Watch time that makes an impression a "watched" (grade 2).
+    label_horizon_days
+        After-sales cases and verified reports count against a purchase when they come
+        within this many days of the impression; fixing the horizon keeps a row's label
+        stable as the log grows.
+    low_rating_is_bad
+        Also score a purchase with a 1-2 star review as 1 (CONTRACT section 4 counts only
+        bad after-sales cases and verified reports; the bad-order *rate* also counts low
+        ratings).
+    context
+        :class:`~trustfeed.features.context.ContextConfig` for the user history tables.
+    trust
+        Keyword arguments of ``TrustConfig`` for the snapshots (``None``: its defaults).
+    """
+
+    snapshot_every_days: int = 1
+    watch_seconds: float = 30.0
+    label_horizon_days: float = 30.0
+    low_rating_is_bad: bool = False
+    context: ContextConfig = ContextConfig()
+    trust: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.snapshot_every_days, int) and self.snapshot_every_days >= 1):
+            raise ConfigError(f"snapshot_every_days must be an integer >= 1, got {self.snapshot_every_days!r}")
+        if not self.watch_seconds >= 0:
+            raise ConfigError(f"watch_seconds must be >= 0, got {self.watch_seconds!r}")
+        if not self.label_horizon_days > 0:
+            raise ConfigError(f"label_horizon_days must be > 0, got {self.label_horizon_days!r}")
+        if isinstance(self.context, Mapping):
+            object.__setattr__(self, "context", ContextConfig.from_dict(self.context))
+        if self.trust is not None:
+            object.__setattr__(self, "trust", dict(self.trust))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able parameters."""
+        values = asdict(self)
+        values["context"] = self.context.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DatasetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown DatasetConfig keys: {', '.join(unknown)}")
+        data = dict(values)
+        if "context" in data and isinstance(data["context"], Mapping):
+            data["context"] = ContextConfig.from_dict(data["context"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainingFrame:
+    """A learning-to-rank dataset: one row per logged impression, rows of a request together.
+
+    Attributes
+    ----------
+    frame
+        ``request_id, user_id, ts, stream_id, creator_id, merchant_id, position, label,
+        snapshot_at`` and the feature columns; sorted by request time, ``request_id`` and
+        ``position``.
+    feature_names, categorical, monotone
+        The feature schema (column order of :meth:`features`).
+    schema
+        The assembler schema (``FeatureAssembler.schema()``) to save with the model.
+    """
+
+    frame: pd.DataFrame
+    feature_names: tuple[str, ...]
+    categorical: tuple[str, ...]
+    monotone: tuple[int, ...]
+    schema: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def features(self) -> np.ndarray:
+        """Feature matrix (float64) in :attr:`feature_names` order."""
+        return self.frame[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Graded labels 0..4."""
+        return self.frame["label"].to_numpy(dtype=np.int64)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Logged 1-based positions."""
+        return self.frame["position"].to_numpy(dtype=np.int64)
+
+    def groups(self) -> np.ndarray:
+        """Query sizes in row order (for ``lgb.Dataset(group=...)``)."""
+        ids = self.frame["request_id"].to_numpy()
+        if len(ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        return np.diff(np.r_[starts, len(ids)]).astype(np.int64)
+
+    def subset(self, mask: np.ndarray) -> TrainingFrame:
+        """The rows where ``mask`` holds (keep whole requests in it)."""
+        return TrainingFrame(
+            self.frame.loc[np.asarray(mask, dtype=bool)].reset_index(drop=True),
+            self.feature_names,
+            self.categorical,
+            self.monotone,
+            self.schema,
+        )
+
+
+def _utc(t: Any) -> pd.Timestamp:
+    stamp = pd.Timestamp(t)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).as_unit("ns")
+
+
+def _flag(frame: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    # copy=True: without nulls, pandas may hand back a view of the event table's own
+    # buffer, and graded_labels updates the result in place
+    return frame[column].astype("boolean").fillna(False).to_numpy(dtype=bool, copy=True)
+
+
+def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetConfig | None = None) -> np.ndarray:
+    """Graded label of each impression (CONTRACT section 4).
+
+    0 shown, 1 clicked, 2 watched >= ``watch_seconds``, 3 purchased but not kept (an
+    after-sales case decided in the buyer's favour), 4 purchased and kept. A purchase whose
+    order got an after-sales case for quality / not_as_described / counterfeit, or whose
+    buyer filed a report against the merchant or stream that was verified (both within
+    ``label_horizon_days``), scores 1: a purchase that ended badly is not a success. A
+    purchase whose order was cancelled counts as not purchased.
+
+    Parameters
+    ----------
+    impressions
+        Rows of the ``impressions`` table.
+    events
+        The event log (orders, after_sales, reports, reviews are read).
+    config
+        :class:`DatasetConfig` (defaults when ``None``).
+    """
+    config = config or DatasetConfig()
+    n = len(impressions)
+    clicked = _flag(impressions, "clicked")
+    watch = pd.to_numeric(impressions.get("watch_seconds", pd.Series(np.nan, index=impressions.index)), errors="coerce")
+    watched = (watch >= config.watch_seconds).to_numpy(dtype=bool, na_value=False)
+    purchased = _flag(impressions, "purchased")
+    horizon = pd.Timedelta(days=config.label_horizon_days)
+    ts = impressions["ts"]
+
+    order_ids = impressions["order_id"].astype("string") if "order_id" in impressions.columns else pd.Series(pd.NA, index=impressions.index, dtype="string")
+    rows = pd.DataFrame({"row": np.arange(n), "order_id": order_ids.to_numpy(), "ts": ts.to_numpy()})
+    bought = rows.loc[purchased & order_ids.notna().to_numpy()]
+
+    orders = events["orders"]
+    if "status" in orders.columns and len(bought):
+        cancelled_ids = orders.loc[(orders["status"].astype("string") == "cancelled").fillna(False).to_numpy(dtype=bool), "order_id"]
+        cancelled = bought["order_id"].isin(cancelled_ids.astype("string")).to_numpy(dtype=bool)
+        purchased[bought["row"].to_numpy()[cancelled]] = False
+        bought = bought.loc[~cancelled]
+
+    bad = np.zeros(n, dtype=bool)
+    not_kept = np.zeros(n, dtype=bool)
+    cases = events["after_sales"]
+    if len(cases) and len(bought):
+        linked = bought.merge(
+            pd.DataFrame(
+                {
+                    "order_id": cases["order_id"].astype("string"),
+                    "opened_at": cases["opened_at"],
+                    "reason": cases["reason"].astype("string") if "reason" in cases.columns else pd.NA,
+                    "outcome": cases["outcome"].astype("string") if "outcome" in cases.columns else pd.NA,
+                }
+            ),
+            on="order_id",
+        )
+        in_horizon = (linked["opened_at"] < linked["ts"] + horizon).to_numpy(dtype=bool, na_value=False)
+        bad_reason = linked["reason"].isin(BAD_AFTER_SALES_REASONS).fillna(False).to_numpy(dtype=bool)
+        buyer_favor = (linked["outcome"] == "buyer_favor").fillna(False).to_numpy(dtype=bool)
+        bad[linked["row"].to_numpy()[in_horizon & bad_reason]] = True
+        not_kept[linked["row"].to_numpy()[in_horizon & buyer_favor]] = True
+
+    reports = events["reports"]
+    if len(reports) and purchased.any() and "verified" in reports.columns:
+        verified = reports.loc[_flag(reports, "verified")]
+        if len(verified):
+            buyers = pd.DataFrame(
+                {
+                    "row": np.flatnonzero(purchased),
+                    "user_id": impressions["user_id"].astype("string").to_numpy()[purchased],
+                    "merchant_id": impressions["merchant_id"].astype("string").to_numpy()[purchased],
+                    "stream_id": impressions["stream_id"].astype("string").to_numpy()[purchased],
+                    "ts": ts.to_numpy()[purchased],
+                }
+            )
+            filed = pd.DataFrame(
+                {
+                    "user_id": verified["reporter_id"].astype("string"),
+                    "merchant_id": verified["merchant_id"].astype("string"),
+                    "stream_id": verified["stream_id"].astype("string"),
+                    "created_at": verified["created_at"],
+                }
+            )
+            hits = []
+            for key in ("merchant_id", "stream_id"):
+                pairs = buyers.merge(filed.dropna(subset=[key])[["user_id", key, "created_at"]], on=["user_id", key])
+                window = (pairs["created_at"] >= pairs["ts"]) & (pairs["created_at"] < pairs["ts"] + horizon)
+                hits.append(pairs.loc[window.to_numpy(dtype=bool, na_value=False), "row"].to_numpy())
+            bad[np.concatenate(hits).astype(np.int64)] = True
+
+    if config.low_rating_is_bad and len(bought):
+        reviews = events["reviews"]
+        if len(reviews):
+            low = reviews.loc[(reviews["rating"].astype("float64") <= 2).to_numpy(dtype=bool, na_value=False)]
+            linked = bought.merge(
+                pd.DataFrame({"order_id": low["order_id"].astype("string"), "created_at": low["created_at"]}), on="order_id"
+            )
+            in_horizon = (linked["created_at"] < linked["ts"] + horizon).to_numpy(dtype=bool, na_value=False)
+            bad[linked["row"].to_numpy()[in_horizon]] = True
+
+    label = np.full(n, LABEL_SHOWN, dtype=np.int64)
+    label[clicked] = LABEL_CLICKED
+    label[watched] = LABEL_WATCHED
+    label[purchased] = LABEL_KEPT
+    label[purchased & not_kept] = LABEL_PURCHASED
+    label[purchased & bad] = LABEL_CLICKED
+    return label
+
+
+def _snapshot_times(ts: pd.Series, anchor: pd.Timestamp, every: int) -> pd.Series:
+    """Start of the ``every``-day block (counted from ``anchor``'s day) of each time."""
+    day0 = anchor.floor("D")
+    days = ((ts - day0) // pd.Timedelta(days=1)).astype("int64")
+    return day0 + pd.to_timedelta((days // every) * every, unit="D")
+
+
+def build_training_frame(
+    events: EventLog,
+    start: Any = None,
+    end: Any = None,
+    config: DatasetConfig | None = None,
+    progress: Progress | None = None,
+    snapshot_builder: Callable[[EventLog, pd.Timestamp], Any] | None = None,
+) -> TrainingFrame:
+    """Features, labels and groups for the impressions with ``start <= ts < end``.
+
+    Parameters
+    ----------
+    events
+        A validated :class:`~trustfeed.features.events.EventLog` with an ``impressions`` table.
+    start, end
+        The window (``None``: the first / after the last impression).
+    config
+        :class:`DatasetConfig` (defaults when ``None``).
+    progress
+        Receives one step per snapshot.
+    snapshot_builder
+        ``(events, as_of) -> TrustSnapshot``; defaults to
+        :func:`trustfeed.features.trust.build_snapshot` with ``config.trust``.
+
+    Returns
+    -------
+    TrainingFrame
+
+    Raises
+    ------
+    SchemaError
+        When the window holds no impressions.
+
+    Examples
+    --------
+    >>> from trustfeed.training.simulate import SimConfig, simulate
+    >>> from trustfeed.features.events import validate_events
+    >>> events = validate_events(simulate(SimConfig(seed=1, merchants=30, days=6)).tables)
+    >>> data = build_training_frame(events, start="2026-01-04", config=DatasetConfig(snapshot_every_days=3))
+    >>> bool((data.frame["snapshot_at"] <= data.frame["ts"]).all()), int(data.groups().sum()) == len(data)
+    (True, True)
+    """
+    config = config or DatasetConfig()
+    progress = progress or NullProgress()
+    if snapshot_builder is None:
+        from ..features.trust import TrustConfig, build_snapshot
+
+        trust_config = TrustConfig(**config.trust) if config.trust else None
+
+        def snapshot_builder(log: EventLog, as_of: pd.Timestamp) -> Any:
+            return build_snapshot(log, as_of, config=trust_config)
+
+    impressions = events["impressions"]
+    keep = np.ones(len(impressions), dtype=bool)
+    if start is not None:
+        keep &= (impressions["ts"] >= _utc(start)).to_numpy(dtype=bool, na_value=False)
+    if end is not None:
+        keep &= (impressions["ts"] < _utc(end)).to_numpy(dtype=bool, na_value=False)
+    window = impressions.loc[keep].reset_index(drop=True)
+    if window.empty:
+        raise SchemaError("impressions", "ts", f"impressions in [{start}, {end})", "none")
+
+    anchor = _utc(start) if start is not None else window["ts"].min()
+    snapshot_at = _snapshot_times(window["ts"], anchor, config.snapshot_every_days)
+    times = sorted(snapshot_at.unique())
+    categories = _category_order(events, max(times))
+
+    frame = pd.DataFrame({column: window[column] for column in ID_COLUMNS})
+    frame["label"] = graded_labels(window, events, config)
+    frame["snapshot_at"] = snapshot_at.to_numpy()
+
+    schema: dict[str, Any] | None = None
+    blocks: list[np.ndarray] = []
+    rows_of: list[np.ndarray] = []
+    for i, as_of in enumerate(times):
+        progress("building trust snapshot and context", i + 1, len(times))
+        snapshot = snapshot_builder(events, as_of)
+        context = build_context_tables(events, as_of, config.context)
+        if schema is None:
+            derived = FeatureAssembler(snapshot, context).schema()
+            derived["categories"] = {"merchant_category": categories}
+            schema = derived
+        assembler = FeatureAssembler(snapshot, context, schema=schema)
+        rows = np.flatnonzero((snapshot_at == as_of).to_numpy())
+        blocks.append(assembler.transform(window.iloc[rows]))
+        rows_of.append(rows)
+    if schema is None:  # unreachable: the window is non-empty, so there is a snapshot time
+        raise SchemaError("impressions", "ts", "at least one snapshot time", "none")
+    features = np.empty((len(window), len(schema["feature_names"])), dtype=np.float64)
+    for rows, block in zip(rows_of, blocks, strict=True):
+        features[rows] = block
+    frame = pd.concat([frame, pd.DataFrame(features, columns=schema["feature_names"])], axis=1)
+
+    request_time = frame.groupby("request_id", sort=False)["ts"].transform("min")
+    frame = (
+        frame.assign(_request_time=request_time)
+        .sort_values(["_request_time", "request_id", "position"], kind="stable")
+        .drop(columns="_request_time")
+        .reset_index(drop=True)
+    )
+    return TrainingFrame(
+        frame=frame,
+        feature_names=tuple(schema["feature_names"]),
+        categorical=tuple(schema["categorical"]),
+        monotone=tuple(int(d) for d in schema["monotone"]),
+        schema=schema,
+    )
+
+
+def _category_order(events: EventLog, until: pd.Timestamp) -> list[str]:
+    """Merchant categories in order of first appearance (registration) before ``until``.
+
+    Codes in order of appearance, not alphabetical, so a category first seen later gets a
+    new code at the end and never renumbers the ones earlier rows were built with.
+    """
+    merchants = events["merchants"]
+    if "category" not in merchants.columns:
+        return []
+    known = merchants.loc[(merchants["registered_at"] < until).to_numpy(dtype=bool, na_value=False)]
+    seen = (
+        pd.DataFrame({"category": known["category"].astype("string"), "at": known["registered_at"]})
+        .dropna(subset=["category"])
+        .sort_values(["at", "category"], kind="stable")
+    )
+    return seen["category"].drop_duplicates().tolist()
+
+
+def time_split(
+    data: TrainingFrame, valid_fraction: float = 0.2, valid_from: Any = None
+) -> tuple[TrainingFrame, TrainingFrame]:
+    """Split by request time: the latest requests validate, whole requests on one side.
+
+    Parameters
+    ----------
+    data
+        A :class:`TrainingFrame`.
+    valid_fraction
+        Share of requests (by time) in the validation part, when ``valid_from`` is ``None``.
+    valid_from
+        Requests starting at or after this time validate.
+    """
+    if valid_from is None and not 0 < valid_fraction < 1:
+        raise ConfigError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
+    request_time = data.frame.groupby("request_id", sort=False)["ts"].transform("min")
+    if valid_from is not None:
+        cut = _utc(valid_from)
+    else:
+        starts = np.sort(data.frame.groupby("request_id", sort=False)["ts"].min().to_numpy())
+        cut = pd.Timestamp(starts[int(np.floor(len(starts) * (1 - valid_fraction)))])
+        cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
+    valid = (request_time >= cut).to_numpy(dtype=bool)
+    return data.subset(~valid), data.subset(valid)
