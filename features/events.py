@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._schema import TABLE_SPECS, ColumnSpec, TableSpec
 from .errors import ConfigError, SchemaError
@@ -606,6 +608,19 @@ def _consistency_warnings(spec: TableSpec, table: pd.DataFrame) -> list[str]:
     return warnings
 
 
+def _unknown_references(values: pd.Series, known: pd.Series) -> np.ndarray:
+    """Mask of non-null ``values`` absent from ``known``.
+
+    ``pyarrow.compute.is_in`` hashes the Arrow buffers directly; ``Series.isin`` on
+    pyarrow-backed strings goes through Python objects and dominated load time.
+    """
+    values_arrow = pa.array(values, type=pa.large_string(), from_pandas=True)
+    known_arrow = pa.array(known.dropna().unique(), type=pa.large_string(), from_pandas=True)
+    present = pc.is_in(values_arrow, value_set=known_arrow, skip_nulls=True)
+    unknown = pc.and_(pc.is_valid(values_arrow), pc.invert(present))
+    return unknown.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
 def _reference_warnings(tables: Mapping[str, pd.DataFrame], missing: Iterable[str]) -> list[str]:
     absent = set(missing)
     warnings: list[str] = []
@@ -617,7 +632,7 @@ def _reference_warnings(tables: Mapping[str, pd.DataFrame], missing: Iterable[st
                 continue
             values = tables[spec.name][reference.column]
             known = tables[reference.table][reference.target]
-            unknown = (values.notna() & ~values.isin(known)).to_numpy(dtype=bool, na_value=False)
+            unknown = _unknown_references(values, known)
             if unknown.any():
                 examples = ", ".join(repr(v) for v in pd.unique(values[unknown].astype(object))[:3])
                 warnings.append(
