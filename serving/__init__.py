@@ -1,1 +1,13 @@
-"""trustfeed.serving."""
+"""In-process serving: the ranker a feed service calls per request.
+
+``FeedRanker.load(model_uri)`` loads and verifies a model bundle (a local directory, an
+MLflow model directory, ``runs:/...`` or ``models:/name@alias``); ``rank(request)`` returns the
+response of CONTRACT section 3. ``rank_file`` is ``trustfeed rank``: the same calls over a
+JSON-lines file. See ``docs/serving.md``.
+"""
+
+from ..features.errors import ModelIntegrityError, RequestError
+from ._batch import rank_file
+from ._feed_ranker import FeedRanker
+
+__all__ = ["FeedRanker", "ModelIntegrityError", "RequestError", "rank_file"]

@@ -1,0 +1,383 @@
+"""The in-process scorer: request in, ranked response out (CONTRACT section 3).
+
+:class:`RankingPipeline` joins the four parts of a trained ranker: the feature assembler
+(the one feature code path of training and serving), the LambdaMART model, the policy (hard
+rules, then relevance combined with trust) and the exposure balancer. Serving
+(:class:`trustfeed.serving.FeedRanker`), ``trustfeed rank`` and offline evaluation all call
+this object.
+
+One code path
+-------------
+:meth:`RankingPipeline.rank` is ``rank_many([request])[0]``. ``rank_many`` lays the
+candidates of all requests end to end, assembles features and predicts once for all of them,
+applies the policy once (vectorised per request), then runs the balancer request by request
+in input order. So a batch gives exactly what the same requests give one at a time, including
+the balancer's exposure ledger.
+
+Response
+--------
+``{"request_id", "model", "items": [...], "filtered": [...]}``. Every candidate sent comes
+back exactly once:
+
+- ``filtered`` (input order) holds each candidate a rule removed, with its ``reason``: a
+  repeated ``stream_id`` within the request is ``"duplicate"`` (the first occurrence is
+  ranked), then the policy's hard rules (``banned_merchant``, ``banned_entity``,
+  ``trust_floor``);
+- ``items`` holds every other candidate, best first. ``k`` does not truncate ``items`` (that
+  would drop candidates): it says how many slots the feed shows, and only those first ``k``
+  items are recorded in the balancer's exposure ledger as served. A service shows
+  ``items[:k]``. Without ``k`` every item counts as shown, unless the balancer config sets
+  ``record_k``.
+
+Each item carries ``stream_id``, ``creator_id``, ``merchant_id``, ``score`` (the policy's
+relevance x trust score, before the balancer's re-ranking, so the order of ``items`` is
+authoritative, not the order of ``score``), ``relevance`` (the model's raw score) and
+``trust`` (the merchant's ``trust_index``, the snapshot median for an unknown merchant), and
+with ``log_features=True`` also ``features``: ``{feature name: value}`` (``None`` for a
+missing value) exactly as the model saw them, for logging the next training set. ``model``
+is the id of the bundle the pipeline was loaded from (``None`` for an unsaved pipeline).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..features.errors import ConfigError, RequestError
+from ._request import ParsedRequest, coerce_live_numeric, parse_request
+from .policy import PolicyConfig, final_score, hard_rules
+
+__all__ = ["RankingPipeline", "REASON_DUPLICATE"]
+
+REASON_DUPLICATE = "duplicate"
+
+
+class RankingPipeline:
+    """Assembler + model + policy + balancer: the one in-process scorer.
+
+    Parameters
+    ----------
+    assembler
+        A :class:`~trustfeed.features.context.FeatureAssembler` (``transform``,
+        ``merchant_status``, ``feature_names``).
+    model
+        A fitted :class:`~trustfeed.ranker.lambdamart.LambdaMART` (anything with ``predict``
+        and ``feature_names_``); its features must be the assembler's, in the same order.
+    policy_config
+        :class:`~trustfeed.ranker.policy.PolicyConfig` (``None``: defaults).
+    balancer
+        An :class:`~trustfeed.ranker.balancer.ExposureBalancer`, or ``None`` to rank by the
+        policy score alone.
+    snapshot, context
+        The trust snapshot and context tables the assembler was built from; needed only to
+        save the pipeline as a bundle (:func:`trustfeed.ranker.bundle.save_bundle`).
+    model_id
+        Identifier reported in every response's ``model`` field (the bundle id when loaded
+        from a bundle).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from types import SimpleNamespace
+    >>> from trustfeed.features.context import FeatureAssembler
+    >>> from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
+    >>> snapshot = SimpleNamespace(
+    ...     merchants=pd.DataFrame({"merchant_id": ["m1", "m2", "m3"], "trust_index": [0.9, 0.2, 0.6],
+    ...                             "banned": [False, False, True]}),
+    ...     creators=pd.DataFrame({"creator_id": ["c1", "c2"], "followers": [10.0, 500.0]}))
+    >>> assembler = FeatureAssembler(snapshot)
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, len(assembler.feature_names)))
+    >>> model = LambdaMART(LambdaMARTConfig(num_rounds=5, min_data_in_leaf=5, early_stopping_rounds=0))
+    >>> model = model.fit(X, (X[:, 0] > 0).astype(int), group=[20] * 10,
+    ...                   feature_names=assembler.feature_names, feature_schema=assembler.schema())
+    >>> pipeline = RankingPipeline(assembler, model, None)
+    >>> response = pipeline.rank({"request_id": "r1", "user_id": "u1", "ts": "2026-01-05T12:00:00Z",
+    ...     "candidates": [{"stream_id": s, "creator_id": "c1", "merchant_id": m}
+    ...                    for s, m in [("s1", "m1"), ("s2", "m3"), ("s1", "m2"), ("s3", "m-new")]]})
+    >>> sorted(item["stream_id"] for item in response["items"])
+    ['s1', 's3']
+    >>> response["filtered"]
+    [{'stream_id': 's2', 'reason': 'banned_merchant'}, {'stream_id': 's1', 'reason': 'duplicate'}]
+    """
+
+    def __init__(
+        self,
+        assembler: Any,
+        model: Any,
+        policy_config: PolicyConfig | None = None,
+        balancer: Any = None,
+        *,
+        snapshot: Any = None,
+        context: Any = None,
+        model_id: str | None = None,
+    ) -> None:
+        self.assembler = assembler
+        self.model = model
+        self.policy_config = policy_config if policy_config is not None else PolicyConfig()
+        self.balancer = balancer
+        self.snapshot = snapshot
+        self.context = context
+        self.model_id = model_id
+        self.feature_names: tuple[str, ...] = tuple(assembler.feature_names)
+        model_features = tuple(getattr(model, "feature_names_", self.feature_names))
+        if model_features != self.feature_names:
+            raise ConfigError(
+                "the model's features differ from the assembler's: "
+                f"model {list(model_features)}, assembler {list(self.feature_names)}"
+            )
+        schema = assembler.schema() if hasattr(assembler, "schema") else {}
+        # live-context fields the model uses: checked to be numeric before ranking
+        self.live_fields: tuple[str, ...] = tuple(
+            source.split(":", 1)[1] for source in schema.get("sources", ()) if source.startswith("live:")
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def rank(self, request: Mapping[str, Any], *, log_features: bool = False, record: bool = True) -> dict[str, Any]:
+        """Rank one request (see the module docstring for the response).
+
+        Parameters
+        ----------
+        request
+            A request of CONTRACT section 3.
+        log_features
+            Add each item's feature vector (``features``) to the response.
+        record
+            Record the served top ``k`` in the balancer's exposure ledger.
+
+        Raises
+        ------
+        RequestError
+            The request is malformed; ``field`` names the offending field.
+        """
+        return self.rank_parsed([self.parse(request)], log_features=log_features, record=record)[0]
+
+    def rank_many(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        log_features: bool = False,
+        record: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Rank many requests at once: the vectorised form of :meth:`rank`.
+
+        Every request is validated before any is ranked, so a malformed one changes nothing
+        (its :class:`RequestError` names it, e.g. ``requests[4].candidates[0].stream_id``).
+        """
+        parsed = []
+        for i, request in enumerate(requests):
+            try:
+                parsed.append(self.parse(request))
+            except RequestError as error:
+                raise RequestError(f"requests[{i}].{error.field}", error.problem) from None
+        return self.rank_parsed(parsed, log_features=log_features, record=record)
+
+    def parse(self, request: Mapping[str, Any]) -> ParsedRequest:
+        """Validate a request, including the live-context fields this model uses."""
+        parsed = parse_request(request)
+        for name in self.live_fields:
+            coerce_live_numeric(parsed, name)
+        return parsed
+
+    # ------------------------------------------------------------------ the one code path
+
+    def rank_parsed(
+        self,
+        requests: Sequence[ParsedRequest],
+        *,
+        log_features: bool = False,
+        record: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Rank validated requests (what :meth:`rank` and :meth:`rank_many` call)."""
+        if not requests:
+            return []
+        sizes = np.fromiter((r.n_candidates for r in requests), dtype=np.int64, count=len(requests))
+        total = int(sizes.sum())
+        request_of = np.repeat(np.arange(len(requests)), sizes)
+        stream_ids = _concat([r.stream_id for r in requests], total)
+        creator_ids = _concat([r.creator_id for r in requests], total)
+        merchant_ids = _concat([r.merchant_id for r in requests], total)
+
+        duplicate = _duplicated_within(request_of, stream_ids)
+        unique = np.flatnonzero(~duplicate)
+        columns = self._candidate_columns(requests, sizes, unique, stream_ids, creator_ids, merchant_ids)
+        features = self.assembler.transform(columns)
+        relevance = np.asarray(self.model.predict(features), dtype=np.float64)
+        status = self.assembler.merchant_status(merchant_ids[unique])
+        trust = np.asarray(status.trust, dtype=np.float64)
+        unique_sizes = np.bincount(request_of[unique], minlength=len(requests))
+        # the policy's vectorised parts (what apply_policy_many runs, without its per-request
+        # sort: the balancer orders each request itself)
+        reasons = hard_rules(status.banned_merchant, status.banned_entity, trust, self.policy_config)
+        passed = reasons == ""
+        score = np.where(passed, final_score(relevance, trust, self.policy_config, group=unique_sizes), -np.inf)
+
+        responses = []
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        unique_starts = np.concatenate([[0], np.cumsum(unique_sizes)])
+        for i, request in enumerate(requests):
+            rows = slice(int(unique_starts[i]), int(unique_starts[i + 1]))
+            responses.append(
+                self._respond(
+                    request,
+                    candidate_rows=unique[rows],
+                    duplicate_rows=np.flatnonzero(duplicate[starts[i] : starts[i + 1]]) + starts[i],
+                    stream_ids=stream_ids,
+                    creator_ids=creator_ids,
+                    merchant_ids=merchant_ids,
+                    relevance=relevance[rows],
+                    trust=trust[rows],
+                    score=score[rows],
+                    reasons=reasons[rows],
+                    passed=passed[rows],
+                    features=features[rows] if log_features else None,
+                    record=record,
+                )
+            )
+        return responses
+
+    def _candidate_columns(
+        self,
+        requests: Sequence[ParsedRequest],
+        sizes: np.ndarray,
+        unique: np.ndarray,
+        stream_ids: np.ndarray,
+        creator_ids: np.ndarray,
+        merchant_ids: np.ndarray,
+    ) -> dict[str, Any]:
+        everything = unique.size == stream_ids.size  # no duplicates: no copies
+        columns: dict[str, Any] = {
+            "stream_id": stream_ids if everything else stream_ids[unique],
+            "creator_id": creator_ids if everything else creator_ids[unique],
+            "merchant_id": merchant_ids if everything else merchant_ids[unique],
+        }
+        if len(requests) == 1:
+            # one user and one time for the whole request: the assembler looks them up once
+            columns["user_id"] = requests[0].user_id
+            columns["ts"] = requests[0].ts
+        else:
+            user_ids = np.array([r.user_id for r in requests], dtype=object)
+            ts_ns = np.array([r.ts.value for r in requests], dtype=np.int64)
+            columns["user_id"] = np.repeat(user_ids, sizes)[unique]
+            columns["ts"] = _utc_series(np.repeat(ts_ns, sizes)[unique])
+        total = len(stream_ids)
+        for name in self.live_fields:
+            values = np.fromiter(
+                itertools.chain.from_iterable(coerce_live_numeric(r, name) for r in requests),
+                dtype=np.float64,
+                count=total,
+            )
+            columns[name] = values[unique]
+        return columns
+
+    def _respond(
+        self,
+        request: ParsedRequest,
+        *,
+        candidate_rows: np.ndarray,
+        duplicate_rows: np.ndarray,
+        stream_ids: np.ndarray,
+        creator_ids: np.ndarray,
+        merchant_ids: np.ndarray,
+        relevance: np.ndarray,
+        trust: np.ndarray,
+        score: np.ndarray,
+        reasons: np.ndarray,
+        passed: np.ndarray,
+        features: np.ndarray | None,
+        record: bool,
+    ) -> dict[str, Any]:
+        kept = np.flatnonzero(passed)
+        creators = creator_ids[candidate_rows[kept]]
+        merchants = merchant_ids[candidate_rows[kept]]
+        if self.balancer is not None and kept.size:
+            now = request.ts.value / 1e9
+            order = kept[
+                self.balancer.rerank(creators.tolist(), merchants.tolist(), score[kept], trust[kept], now=now, record=False)
+            ]
+        else:
+            order = kept[np.argsort(-score[kept], kind="stable")]
+        rows = candidate_rows[order]
+
+        if record and self.balancer is not None and order.size:
+            shown = request.k if request.k is not None else getattr(self.balancer.config, "record_k", None)
+            served = rows if shown is None else rows[:shown]
+            self.balancer.record(
+                creator_ids[served].tolist(),
+                merchant_ids[served].tolist(),
+                np.arange(1, served.size + 1),
+                now=request.ts.value / 1e9,
+            )
+
+        # The response is JSON-shaped Python objects: one dict per item is the output format.
+        items = [
+            {"stream_id": s, "creator_id": c, "merchant_id": m, "score": sc, "relevance": rl, "trust": tr}
+            for s, c, m, sc, rl, tr in zip(
+                stream_ids[rows].tolist(),
+                creator_ids[rows].tolist(),
+                merchant_ids[rows].tolist(),
+                score[order].tolist(),
+                relevance[order].tolist(),
+                _json_floats(trust[order]),
+                strict=True,
+            )
+        ]
+        if features is not None:
+            names = self.feature_names
+            for item, vector in zip(items, features[order].tolist(), strict=True):
+                item["features"] = {n: (None if math.isnan(v) else v) for n, v in zip(names, vector, strict=True)}
+
+        filtered_local = np.flatnonzero(~passed)
+        if filtered_local.size == 0 and duplicate_rows.size == 0:
+            return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": []}
+        filtered_rows = np.concatenate([candidate_rows[filtered_local], duplicate_rows])
+        filtered_reasons = np.concatenate(
+            [reasons[filtered_local].astype(object), np.full(duplicate_rows.size, REASON_DUPLICATE, dtype=object)]
+        )
+        by_input = np.argsort(filtered_rows, kind="stable")
+        filtered = [
+            {"stream_id": s, "reason": r}
+            for s, r in zip(
+                stream_ids[filtered_rows[by_input]].tolist(), filtered_reasons[by_input].tolist(), strict=True
+            )
+        ]
+        return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": filtered}
+
+
+def _concat(columns: list[list[str]], total: int) -> np.ndarray:
+    out = np.empty(total, dtype=object)
+    out[:] = list(itertools.chain.from_iterable(columns)) if len(columns) > 1 else columns[0]
+    return out
+
+
+def _duplicated_within(request_of: np.ndarray, stream_ids: np.ndarray) -> np.ndarray:
+    """True for every repeat of a ``stream_id`` within its request (the first is kept)."""
+    if stream_ids.size == 0 or len(set(stream_ids.tolist())) == stream_ids.size:
+        return np.zeros(stream_ids.size, dtype=bool)  # the common case, found in one C pass
+    import pandas as pd
+
+    codes, uniques = pd.factorize(stream_ids)
+    key = request_of.astype(np.int64) * np.int64(len(uniques)) + codes
+    _, first = np.unique(key, return_index=True)
+    duplicate = np.ones(stream_ids.size, dtype=bool)
+    duplicate[first] = False
+    return duplicate
+
+
+def _utc_series(ns: np.ndarray) -> Any:
+    import pandas as pd
+
+    return pd.Series(pd.DatetimeIndex(ns.view("datetime64[ns]")).tz_localize("UTC"))
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """Floats for JSON: a missing value (NaN) becomes ``None``."""
+    out: list[float | None] = values.tolist()
+    if np.isnan(values).any():
+        out = [None if math.isnan(v) else v for v in out]  # type: ignore[arg-type]
+    return out

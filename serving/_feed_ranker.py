@@ -1,0 +1,218 @@
+"""``FeedRanker``: the object a feed service holds and calls per request."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..ranker.bundle import load_bundle
+from ..ranker.pipeline import RankingPipeline
+from ._resolve import local_model_dir
+
+__all__ = ["FeedRanker"]
+
+
+class FeedRanker:
+    """In-process ranking service over one loaded model bundle (CONTRACT section 3).
+
+    Every call goes through one :class:`~trustfeed.ranker.pipeline.RankingPipeline`: the same
+    scorer ``trustfeed rank`` and offline evaluation use. Calls are thread-safe. Each call
+    reads the current pipeline reference once, so a concurrent :meth:`reload` never mixes two
+    models within one response (the response's ``model`` field says which bundle ranked it).
+
+    Parameters
+    ----------
+    pipeline
+        The pipeline to serve.
+    record_served
+        Record the top ``k`` of every response in the balancer's exposure ledger. Set it to
+        ``False`` when the service reports what users really saw through
+        :meth:`record_impressions` instead, so exposure is not counted twice.
+    source
+        Where the pipeline came from (the model URI), for :attr:`model_uri`.
+
+    Examples
+    --------
+    A tiny model saved as a bundle, loaded and asked to rank:
+
+    >>> import tempfile, numpy as np, pandas as pd
+    >>> from types import SimpleNamespace
+    >>> from trustfeed.features.context import FeatureAssembler
+    >>> from trustfeed.ranker.bundle import save_bundle
+    >>> from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
+    >>> from trustfeed.ranker.pipeline import RankingPipeline
+    >>> from trustfeed.features.trust import TrustSnapshot
+    >>> snapshot = TrustSnapshot(pd.Timestamp("2026-01-05", tz="UTC"),
+    ...     merchants=pd.DataFrame({"merchant_id": ["m1", "m2"], "trust_index": [0.9, 0.2]}),
+    ...     creators=pd.DataFrame({"creator_id": ["c1", "c2"], "followers": [10.0, 500.0]}),
+    ...     manifest={"as_of": "2026-01-05T00:00:00+00:00", "format_version": 1})
+    >>> assembler = FeatureAssembler(snapshot)
+    >>> X = np.random.default_rng(0).normal(size=(200, len(assembler.feature_names)))
+    >>> model = LambdaMART(LambdaMARTConfig(num_rounds=5, min_data_in_leaf=5, early_stopping_rounds=0)).fit(
+    ...     X, (X[:, 0] > 0).astype(int), group=[20] * 10, feature_names=assembler.feature_names,
+    ...     feature_schema=assembler.schema())
+    >>> bundle_dir = tempfile.mkdtemp() + "/bundle"
+    >>> bundle_id = save_bundle(RankingPipeline(assembler, model, snapshot=snapshot), bundle_dir)
+    >>> ranker = FeedRanker.load(bundle_dir)
+    >>> response = ranker.rank({"request_id": "r1", "user_id": "u1", "ts": "2026-01-05T12:00:00Z",
+    ...     "candidates": [{"stream_id": "s1", "creator_id": "c1", "merchant_id": "m1"},
+    ...                    {"stream_id": "s2", "creator_id": "c9", "merchant_id": "m-new"}]})
+    >>> response["model"] == bundle_id, sorted(item["stream_id"] for item in response["items"])
+    (True, ['s1', 's2'])
+    """
+
+    def __init__(self, pipeline: RankingPipeline, *, record_served: bool = True, source: str | None = None) -> None:
+        self._pipeline = pipeline
+        self._source = source
+        self.record_served = record_served
+        # serialises reloads (not ranking): ranking only reads one reference
+        self._reload_lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model_uri: str | os.PathLike[str],
+        snapshot: str | os.PathLike[str] | None = None,
+        *,
+        record_served: bool = True,
+        tracking_uri: str | None = None,
+    ) -> FeedRanker:
+        """Load and verify a model bundle.
+
+        Parameters
+        ----------
+        model_uri
+            A bundle directory, an MLflow model directory holding one (``artifacts/bundle``),
+            or an MLflow URI: ``runs:/<run id>/<path>``, ``models:/<name>@<alias>``,
+            ``models:/<name>/<version>``.
+        snapshot
+            A trust snapshot directory (``trustfeed features``) to use instead of the bundled
+            one.
+        record_served
+            See the class parameters.
+        tracking_uri
+            MLflow tracking URI for ``runs:/`` and ``models:/`` (default: MLflow's own).
+
+        Raises
+        ------
+        ModelIntegrityError
+            The bundle is incomplete, altered or of an unknown format (the message names the
+            file), or MLflow cannot resolve the URI.
+        FileNotFoundError
+            A local path that does not exist.
+        """
+        return cls(
+            _load_pipeline(model_uri, snapshot, tracking_uri),
+            record_served=record_served,
+            source=os.fspath(model_uri),
+        )
+
+    # ------------------------------------------------------------------ ranking
+
+    @property
+    def pipeline(self) -> RankingPipeline:
+        """The pipeline currently serving."""
+        return self._pipeline
+
+    @property
+    def model_id(self) -> str | None:
+        """Id of the bundle currently serving (the ``model`` field of responses)."""
+        return self._pipeline.model_id
+
+    @property
+    def model_uri(self) -> str | None:
+        """The URI the current model was loaded from."""
+        return self._source
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of the features the current model uses (the keys of logged ``features``)."""
+        return self._pipeline.feature_names
+
+    def rank(self, request: Mapping[str, Any], *, log_features: bool = False) -> dict[str, Any]:
+        """Rank one request; see :class:`~trustfeed.ranker.pipeline.RankingPipeline`.
+
+        Raises
+        ------
+        RequestError
+            The request is malformed; the message names the field.
+        """
+        pipeline = self._pipeline  # one read: a reload cannot swap it mid-request
+        return pipeline.rank(request, log_features=log_features, record=self.record_served)
+
+    def rank_many(self, requests: Sequence[Mapping[str, Any]], *, log_features: bool = False) -> list[dict[str, Any]]:
+        """Rank many requests in one vectorised pass (same results as :meth:`rank` in turn)."""
+        pipeline = self._pipeline
+        return pipeline.rank_many(requests, log_features=log_features, record=self.record_served)
+
+    def record_impressions(self, impressions: pd.DataFrame | Sequence[Mapping[str, Any]]) -> None:
+        """Report what users really saw; it goes into the balancer's exposure ledger.
+
+        Parameters
+        ----------
+        impressions
+            Rows (a DataFrame or a list of dicts) with ``request_id``, ``creator_id``,
+            ``merchant_id``, ``position`` (1-based) and ``ts`` (when the balancer decays by
+            time), as in the ``impressions`` table of CONTRACT section 1.
+        """
+        balancer = self._pipeline.balancer
+        if balancer is None:
+            return
+        frame = impressions if isinstance(impressions, pd.DataFrame) else pd.DataFrame(list(impressions))
+        balancer.record_impressions(frame)
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(
+        self,
+        model_uri: str | os.PathLike[str],
+        snapshot: str | os.PathLike[str] | None = None,
+        *,
+        keep_ledger: bool = True,
+        tracking_uri: str | None = None,
+    ) -> str | None:
+        """Swap in another model (and its snapshot and config) while other threads rank.
+
+        The new bundle is loaded and verified completely first; only then is the one
+        pipeline reference replaced. A failed load raises and leaves the current model
+        serving.
+
+        Parameters
+        ----------
+        model_uri, snapshot, tracking_uri
+            As for :meth:`load`.
+        keep_ledger
+            Carry the live exposure ledger (and controller state) over to the new model's
+            balancer config: exposure already served is a fact about the feed, not about the
+            model. ``False`` starts from the ledger stored in the new bundle. (Exposure
+            that requests still running on the old model record during the swap stays in
+            the old ledger.)
+
+        Returns
+        -------
+        str or None
+            The id of the model now serving.
+        """
+        with self._reload_lock:
+            fresh = _load_pipeline(model_uri, snapshot, tracking_uri)
+            current = self._pipeline
+            if keep_ledger and fresh.balancer is not None and current.balancer is not None:
+                from ..ranker.balancer import ExposureBalancer
+
+                fresh.balancer = ExposureBalancer.from_state(fresh.balancer.config, current.balancer.state_dict())
+            self._pipeline = fresh
+            self._source = os.fspath(model_uri)
+            return fresh.model_id
+
+
+def _load_pipeline(
+    model_uri: str | os.PathLike[str],
+    snapshot: str | os.PathLike[str] | None,
+    tracking_uri: str | None,
+) -> RankingPipeline:
+    with local_model_dir(model_uri, tracking_uri=tracking_uri) as bundle_dir:
+        return load_bundle(bundle_dir, snapshot=snapshot)
