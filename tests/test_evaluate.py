@@ -1,0 +1,285 @@
+"""Offline evaluation and its report.
+
+The report renderer is checked on synthetic content (fast); the evaluation itself on the
+session's trained model (see ``_training_support.py``), through the library and the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustfeed.features.errors import ConfigError
+from trustfeed.training.cli import main
+from trustfeed.training.evaluate import EvalConfig, evaluate, held_out_window, requests_from_impressions
+from trustfeed.training.report import ReportContent, lorenz_curve, render_html, render_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _support() -> Any:
+    name = "trustfeed_tests_training_support"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    support = _support()
+    request.addfinalizer(support.stop_shared_server)
+    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
+    return support.shared_trained_model(root)
+
+
+@pytest.fixture(scope="session")
+def evaluated(trained: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``trustfeed evaluate`` of the registered model (an MLflow run) on its held-out window."""
+    out = tmp_path_factory.mktemp("evaluation")
+    return evaluate(trained.events_dir, f"models:/{trained.registered_name}@challenger", out,
+                    tracking_uri=trained.server.uri, config=EvalConfig(sweep_strengths=(0.0, 4.0)))
+
+
+def assert_self_contained(document: str) -> int:
+    """No external reference of any kind; every image an embedded PNG. Returns the image count."""
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", document, re.IGNORECASE)
+    assert "<script" not in document.lower()
+    assert not re.search(r"@import|url\(", document, re.IGNORECASE)
+    sources = re.findall(r"""<img[^>]*\ssrc\s*=\s*["']([^"']+)["']""", document, re.IGNORECASE)
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1], validate=True).startswith(PNG_SIGNATURE)
+    return len(sources)
+
+
+# ----------------------------------------------------------------------------- report (synthetic)
+
+
+def _content(rng: np.random.Generator, **overrides: Any) -> ReportContent:
+    dims = ["commodity_quality", "service_quality", "host_attitude", "product_experience",
+            "after_sales_guarantees", "social_evaluation"]
+    merchants = pd.DataFrame({"merchant_id": [f"m{i}" for i in range(40)], "trust_index": rng.uniform(size=40),
+                              **{f"trust_{d}": rng.uniform(size=40) for d in dims}})
+    headline = pd.DataFrame({"ndcg_at_10": [0.41, 0.40], "gini": [0.6, 0.4]},
+                            index=["relevance only", "trust-aware + balancer"])
+    values = dict(
+        title="report <test> & co",
+        facts={"model": "runs:/abc/model", "note": "<script>alert(1)</script>"},
+        headline=headline,
+        creator_exposure={"relevance only": rng.pareto(1.0, 200), "trust-aware + balancer": rng.pareto(3.0, 200)},
+        tradeoff=pd.DataFrame({"policy": ["balancer sweep"] * 3 + ["per-creator cap"], "kind": ["sweep"] * 3 + ["baseline"],
+                               "strength": [0.0, 2.0, 8.0, np.nan], "ndcg_at_10": [0.41, 0.40, 0.38, 0.39],
+                               "gini": [0.6, 0.5, 0.4, 0.55]}),
+        merchants=merchants,
+        feature_importance=pd.DataFrame({"feature": ["a", "b", "c"], "gain": [3.0, 2.0, 1.0]}),
+        segments=pd.DataFrame({"segment_kind": ["creator reach"] * 4, "segment": ["head", "head", "tail", "tail"],
+                               "policy": ["relevance only", "trust-aware + balancer"] * 2,
+                               "exposure_share": [0.7, 0.5, 0.3, 0.5], "exposure_lift": [3.5, 2.5, 0.4, 0.6]}),
+        counterfactual=pd.DataFrame({"expected_orders": [10.0, 9.8], "good_orders": [8.0, 9.0],
+                                     "bad_order_rate": [0.2, 0.08], "net_value": [4.0, 7.4]},
+                                    index=["plain", "trust-aware + balancer"]),
+        notes=("a note",),
+    )
+    values.update(overrides)
+    return ReportContent(**values)
+
+
+def test_report_is_self_contained_with_one_figure_per_section(rng: np.random.Generator, tmp_path: Path) -> None:
+    path = render_report(_content(rng), tmp_path / "report.html")
+    document = path.read_text(encoding="utf-8")
+    assert assert_self_contained(document) == 6  # lorenz, trade-off, trust, importance, segments, counterfactual
+    for heading in ("Lorenz", "Quality against fairness", "Trust across merchants", "Feature importance",
+                    "Metrics by segment", "Counterfactual outcomes"):
+        assert heading in document
+    assert "<script>alert" not in document and "&lt;script&gt;" in document  # text is escaped
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically, no temporary left
+
+
+def test_report_leaves_out_sections_without_data(rng: np.random.Generator) -> None:
+    document = render_html(_content(rng, counterfactual=None, segments=None, tradeoff=None, creator_exposure={}))
+    assert assert_self_contained(document) == 2  # trust and feature importance remain
+    assert "Counterfactual outcomes" not in document and "Lorenz" not in document
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1e6, allow_nan=False), min_size=1, max_size=50))
+def test_lorenz_curve_is_a_monotone_path_below_equality(values: list[float]) -> None:
+    from trustfeed.ranker.metrics import gini
+
+    x, y = lorenz_curve(np.array(values))
+    assert x[0] == 0 and y[0] == 0 and x[-1] == pytest.approx(1) and y[-1] == pytest.approx(1)
+    assert np.all(np.diff(y) >= -1e-12)
+    assert np.all(y <= x + 1e-9)
+    # the area between equality and the curve is half the Gini (trapezoid rule is exact here)
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+    assert 1 - 2 * area == pytest.approx(gini(np.array(values)), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- windows and requests
+
+
+def test_requests_from_impressions_keeps_every_candidate_in_order() -> None:
+    slates = pd.DataFrame({
+        "request_id": ["a", "a", "a", "b"], "user_id": ["u1"] * 3 + ["u2"],
+        "ts": pd.to_datetime(["2026-01-02T10:00Z"] * 3 + ["2026-01-02T11:00Z"]),
+        "stream_id": ["s3", "s1", "s2", "s9"], "creator_id": ["c", "c", "d", "e"], "merchant_id": ["m"] * 4,
+    })
+    requests = requests_from_impressions(slates)
+    assert [r["request_id"] for r in requests] == ["a", "b"]
+    assert [c["stream_id"] for c in requests[0]["candidates"]] == ["s3", "s1", "s2"]
+    assert pd.Timestamp(requests[1]["ts"]) == pd.Timestamp("2026-01-02T11:00Z")
+    assert requests_from_impressions(slates.iloc[:0]) == []
+
+
+def test_held_out_window_defaults_and_errors() -> None:
+    events = {"impressions": pd.DataFrame({"ts": pd.to_datetime(["2026-01-01T00:00Z", "2026-01-11T00:00Z"])})}
+    start, end = held_out_window(events, holdout_fraction=0.2)
+    assert start == pd.Timestamp("2026-01-09T00:00Z") and end > pd.Timestamp("2026-01-11T00:00Z")
+    assert held_out_window(events, "2026-01-05", "2026-01-06")[0] == pd.Timestamp("2026-01-05T00:00Z")
+    with pytest.raises(ConfigError):
+        held_out_window(events, "2026-01-06", "2026-01-05")
+
+
+@pytest.mark.parametrize("changes", [{"holdout_fraction": 1.0}, {"sweep_strengths": ()}, {"sweep_strengths": (-1.0,)},
+                                     {"cap_k": 0}, {"fair_p": 1.5}, {"max_requests": 0}, {"low_trust_below": 2.0}])
+def test_eval_config_rejects_bad_values(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        EvalConfig(**changes)
+
+
+# ----------------------------------------------------------------------------- evaluation end to end
+
+
+def test_evaluate_writes_report_and_metrics(evaluated: Any) -> None:
+    assert evaluated.report_path.name == "report.html" and evaluated.metrics_path.name == "metrics.json"
+    document = evaluated.report_path.read_text(encoding="utf-8")
+    assert assert_self_contained(document) == 6
+    metrics = json.loads(evaluated.metrics_path.read_text())
+    assert set(metrics["policies"]) >= {"logging", "plain", "relevance_only", "trust_aware", "served",
+                                         "creator_cap", "fair_quota"}
+    assert set(metrics["counterfactual"]) == {"logging", "plain", "relevance_only", "trust_aware", "served"}
+    for values in metrics["policies"].values():
+        assert 0.0 <= values["gini"] < 1.0
+        assert 0.0 <= values["ndcg_at_10"] <= 1.0
+    kinds = {row["segment_kind"] for row in metrics["segments"]}
+    assert kinds == {"merchant age", "creator reach", "merchant trust"}
+    against = metrics["against_plain"]
+    assert set(against) == {"net value", "bad-order rate", "Gini of creator exposure", "expected orders"}
+    served, plain = metrics["counterfactual"]["served"], metrics["counterfactual"]["plain"]
+    assert against["net value"]["ratio"] == pytest.approx(served["net_value"] / plain["net_value"])
+    assert against["Gini of creator exposure"]["ratio"] == pytest.approx(
+        metrics["policies"]["served"]["gini"] / metrics["policies"]["plain"]["gini"])
+    assert against["bad-order rate"]["met"] == ("yes" if against["bad-order rate"]["ratio"] <= 0.8 else "no")
+
+
+def test_evaluation_defaults_to_the_runs_held_out_window(trained: Any, evaluated: Any) -> None:
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(tracking_uri=trained.server.uri).get_run(trained.result.run_id).data.tags
+    window = json.loads(evaluated.metrics_path.read_text())["window"]
+    assert pd.Timestamp(window["start"]) == pd.Timestamp(tags["trustfeed.heldout_start"])
+    assert pd.Timestamp(window["end"]) == pd.Timestamp(tags["trustfeed.heldout_end"])
+
+
+def test_every_held_out_request_is_ranked(trained: Any, evaluated: Any) -> None:
+    from trustfeed.features.events import load_events
+
+    impressions = load_events(trained.events_dir)["impressions"]
+    window = json.loads(evaluated.metrics_path.read_text())["window"]
+    starts = impressions.groupby("request_id")["ts"].min()
+    expected = int(((starts >= pd.Timestamp(window["start"])) & (starts < pd.Timestamp(window["end"]))).sum())
+    assert json.loads(evaluated.metrics_path.read_text())["n_requests"] == expected == evaluated.metrics["heldout_requests"]
+
+
+def test_evaluation_is_logged_to_the_models_run(trained: Any, evaluated: Any) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=trained.server.uri)
+    assert evaluated.run_id == trained.result.run_id
+    folders = [a.path for a in client.list_artifacts(trained.result.run_id, "evaluations")]
+    assert len(folders) == 1
+    files = {Path(a.path).name for a in client.list_artifacts(trained.result.run_id, folders[0])}
+    assert files == {"report.html", "metrics.json"}
+    logged = client.get_run(trained.result.run_id).data.metrics
+    assert logged["eval.ndcg_at_10"] == pytest.approx(evaluated.metrics["ndcg_at_10"])
+
+
+def test_evaluating_the_same_window_reproduces_the_training_runs_metrics(trained: Any, evaluated: Any) -> None:
+    """The evaluation the job ran and `trustfeed evaluate` go through one code path."""
+    for name in ("ndcg_at_10", "gini_no_balancer", "plain.ndcg_at_10", "logging.gini"):
+        assert evaluated.metrics[name] == pytest.approx(trained.result.metrics[name], rel=1e-9)
+
+
+def test_cli_evaluate_on_a_local_bundle(trained: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["evaluate", "--events", str(trained.events_dir), "--model", str(trained.result.bundle_dir),
+                   "--out", str(tmp_path / "out")])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert f"report: {tmp_path / 'out' / 'report.html'}" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "plain" in metrics["policies"]  # plain_model/ sits beside the local bundle
+
+
+def test_cli_evaluate_bad_model_is_one_line_exit_2(trained: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["evaluate", "--events", str(trained.events_dir), "--model", str(tmp_path / "nope"),
+                   "--out", str(tmp_path / "out")])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("trustfeed evaluate: error:")
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_segment_shares_add_up_per_policy(evaluated: Any) -> None:
+    segments = pd.DataFrame(json.loads(evaluated.metrics_path.read_text())["segments"])
+    sums = segments.groupby(["segment_kind", "policy"])[["exposure_share", "candidate_share"]].sum()
+    assert np.allclose(sums["exposure_share"], 1.0)
+    assert np.allclose(sums["candidate_share"], 1.0)
+    lift = segments["exposure_share"] / segments["candidate_share"]
+    assert np.allclose(lift, segments["exposure_lift"])
+
+
+def test_evaluation_pipelines_see_trust_as_of_the_window_start(trained: Any) -> None:
+    """The bundle's snapshot is as of the end of its data; evaluating inside that data must not use it."""
+    from trustfeed.features.events import load_events
+    from trustfeed.training.evaluate import load_models_for_evaluation, pipelines_as_of
+
+    served, plain = load_models_for_evaluation(str(trained.result.bundle_dir))
+    events = load_events(trained.events_dir)
+    start = pd.Timestamp("2026-01-20", tz="UTC")
+    pipeline, plain_pipeline = pipelines_as_of(served, plain, events, start)
+    assert served.snapshot.as_of > start
+    assert pipeline.snapshot.as_of == start and pipeline.context.as_of == start
+    assert pipeline.model is served.model and pipeline.feature_names == served.feature_names
+    assert plain_pipeline is not None and plain_pipeline.policy_config.trust_weight == 0.0
+    assert not any(name.startswith("merchant_trust") for name in plain_pipeline.feature_names)
+
+
+def test_evaluation_without_simulator_truth(trained: Any, tmp_path: Path) -> None:
+    """Real logs have no truth/: no counterfactual section, bad-order exposure from estimated rates."""
+    import shutil
+
+    events = tmp_path / "events"
+    shutil.copytree(trained.events_dir, events, ignore=shutil.ignore_patterns("truth"))
+    result = evaluate(events, str(trained.result.bundle_dir), tmp_path / "out",
+                      config=EvalConfig(sweep_strengths=(0.0,), max_requests=60))
+    metrics = json.loads(result.metrics_path.read_text())
+    assert metrics["counterfactual"] is None and metrics["against_plain"] is not None
+    assert metrics["n_requests"] == 60
+    assert all(np.isfinite(p["bad_order_exposure"]) for p in metrics["policies"].values())
+    document = result.report_path.read_text(encoding="utf-8")
+    assert assert_self_contained(document) == 5 and "Counterfactual outcomes" not in document
+    assert "No simulator truth" in document

@@ -1,0 +1,135 @@
+"""Training against a real ``mlflow server`` (sqlite backend, served local artifact root).
+
+The shared session model is trained against the server and registered; here it is loaded
+back by ``models:/NAME@challenger``. A job that reaches the server through a TCP relay
+loses it mid-run (the relay closes): the job must fail with one clear line and keep the
+trained bundle on disk.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trustfeed.training.cli import main
+from trustfeed.training.registry import TrackingUnavailableError, tracking_uri_set_to
+
+
+def _support() -> Any:
+    name = "trustfeed_tests_training_support"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    support = _support()
+    request.addfinalizer(support.stop_shared_server)
+    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
+    return support.shared_trained_model(root)
+
+
+def _request(events_dir: Path) -> dict[str, Any]:
+    from trustfeed.features.events import load_events
+    from trustfeed.training.evaluate import requests_from_impressions
+
+    impressions = load_events(events_dir)["impressions"].sort_values(["ts", "request_id", "position"])
+    request_id = impressions["request_id"].iloc[-1]
+    return requests_from_impressions(impressions.loc[impressions["request_id"] == request_id])[0]
+
+
+def test_server_artifacts_live_in_the_served_root(trained: Any) -> None:
+    """The run's artifacts went through the server into its --artifacts-destination."""
+    stored = list((trained.server.root / "artifacts").rglob("MANIFEST.json"))
+    assert stored, "the bundle was uploaded through the server"
+
+
+def test_model_loads_back_by_alias_and_ranks_a_request(trained: Any) -> None:
+    import mlflow
+
+    request = _request(trained.events_dir)
+    with tracking_uri_set_to(trained.server.uri):
+        model = mlflow.pyfunc.load_model(f"models:/{trained.registered_name}@challenger")
+        response = model.predict([request])[0]
+    sent = sorted(c["stream_id"] for c in request["candidates"])
+    back = sorted([i["stream_id"] for i in response["items"]] + [f["stream_id"] for f in response["filtered"]])
+    assert back == sent
+    for item in response["items"]:
+        assert set(item) >= {"stream_id", "creator_id", "merchant_id", "score", "relevance", "trust"}
+    scores = [i["relevance"] for i in response["items"]]
+    assert all(isinstance(s, float) for s in scores)
+
+
+def test_feed_ranker_loads_the_alias_from_the_server(trained: Any) -> None:
+    from trustfeed.serving import FeedRanker
+
+    request = _request(trained.events_dir)
+    by_alias = FeedRanker.load(f"models:/{trained.registered_name}@challenger", tracking_uri=trained.server.uri)
+    local = FeedRanker.load(trained.result.bundle_dir)
+    assert by_alias.model_id == local.model_id
+    assert [i["stream_id"] for i in by_alias.rank(request)["items"]] == [i["stream_id"] for i in local.rank(request)["items"]]
+
+
+def test_server_going_away_mid_run_fails_clearly_and_keeps_the_bundle(trained: Any, tmp_path: Path) -> None:
+    from trustfeed.ranker.bundle import verify_bundle
+    from trustfeed.ranker.lambdamart import LambdaMARTConfig
+    from trustfeed.training.evaluate import EvalConfig
+    from trustfeed.training.train import TrainJobConfig, train
+
+    support = _support()
+    # the job reaches the real server through a relay; closing the relay is the server
+    # disappearing (connections dropped, new ones refused) while the shared server lives on
+    relay = support.TcpProxy(trained.server.port)
+    steps: list[str] = []
+
+    def progress(step: str, done: int | None = None, total: int | None = None) -> None:
+        steps.append(step)
+        if step.startswith("training LambdaMART"):
+            relay.close()  # the run and its params exist; everything after must fail cleanly
+
+    config = TrainJobConfig(
+        events=trained.events_dir, tracking_uri=relay.uri, output_dir=tmp_path / "models", train_plain=False,
+        model=LambdaMARTConfig(**support.TINY_MODEL),
+        evaluation=EvalConfig(sweep_strengths=(0.0,), max_requests=40), tracking_retries=1,
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(TrackingUnavailableError) as failure:
+            train(config, progress=progress)
+    finally:
+        relay.close()
+    assert time.monotonic() - started < 180
+    message = str(failure.value)
+    assert "\n" not in message
+    assert relay.uri in message
+    bundles = list((tmp_path / "models").glob("*/bundle"))
+    assert len(bundles) == 1
+    assert str(bundles[0]) in message
+    verify_bundle(bundles[0])
+    assert any(s.startswith("training LambdaMART") for s in steps)
+    assert not any(s.startswith("registering") for s in steps)
+
+
+def test_unreachable_server_fails_before_training_with_one_line(
+    trained: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    support = _support()
+    monkeypatch.chdir(tmp_path)
+    dead = f"http://127.0.0.1:{support.free_port()}"
+    started = time.monotonic()
+    status = main(["train", "--events", str(trained.events_dir), "--tracking-uri", dead])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if "error" in line]) == 1
+    assert err[-1].startswith("trustfeed train: error:") and dead in err[-1]
+    assert not (tmp_path / "trustfeed-models").exists()  # nothing trained, nothing to keep
+    assert time.monotonic() - started < 60

@@ -1,0 +1,295 @@
+"""The training job: what it records in MLflow, the model it logs, and its config.
+
+The end-to-end checks share one model trained once per session against a real
+``mlflow server`` (see ``_training_support.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trustfeed.features.errors import ConfigError
+from trustfeed.training.train import TrainJobConfig, flatten_params, plain_feature_schema
+
+
+def _support() -> Any:
+    name = "trustfeed_tests_training_support"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    support = _support()
+    request.addfinalizer(support.stop_shared_server)
+    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
+    return support.shared_trained_model(root)
+
+
+@pytest.fixture(scope="session")
+def client(trained: Any) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=trained.server.uri, registry_uri=trained.server.uri)
+
+
+@pytest.fixture(scope="session")
+def run(trained: Any, client: Any) -> Any:
+    return client.get_run(trained.result.run_id)
+
+
+# ----------------------------------------------------------------------------- MLflow run
+
+
+def test_every_config_value_is_a_param(trained: Any, run: Any) -> None:
+    expected = flatten_params(trained.config.to_dict())
+    logged = run.data.params
+    assert set(expected) <= set(logged)
+    for key in ("model.learning_rate", "model.num_rounds", "policy.trust_weight", "balancer.target_gini",
+                "dataset.snapshot_every_days", "context.engagement_prior_strength", "evaluation.fair_p"):
+        assert logged[key] == expected[key]
+    assert logged["model.num_rounds"] == str(trained.config.model.num_rounds)
+
+
+def test_validation_ndcg_is_logged_per_boosting_round(trained: Any, client: Any, run: Any) -> None:
+    history = client.get_metric_history(trained.result.run_id, "valid_ndcg_at_10")
+    steps = sorted(m.step for m in history)
+    assert len(steps) >= 2
+    assert steps == list(range(1, len(steps) + 1))
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    assert 1 <= run.data.metrics["best_iteration"] <= len(steps)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ndcg_at_5", "ndcg_at_10", "gini", "gini_no_balancer", "long_tail_share", "long_tail_share_no_balancer",
+     "bad_order_exposure", "trust_weighted_exposure", "plain.ndcg_at_10", "plain.gini"],
+)
+def test_final_held_out_metrics_are_logged(run: Any, name: str) -> None:
+    value = run.data.metrics[name]
+    assert math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def test_counterfactual_outcomes_are_consistent(run: Any) -> None:
+    metrics = run.data.metrics
+    for policy in ("logging", "plain", "trust_aware", "served"):
+        orders = metrics[f"counterfactual.{policy}.expected_orders"]
+        good = metrics[f"counterfactual.{policy}.good_orders"]
+        bad = metrics[f"counterfactual.{policy}.bad_orders"]
+        assert orders > 0 and good >= 0 and bad >= 0
+        assert good + bad == pytest.approx(orders)
+        assert metrics[f"counterfactual.{policy}.net_value"] == pytest.approx(good - 2 * bad)
+        assert metrics[f"counterfactual.{policy}.bad_order_rate"] == pytest.approx(bad / orders)
+
+
+def test_tags_record_data_range_snapshot_and_commit(trained: Any, client: Any, run: Any, tmp_path: Path) -> None:
+    import pandas as pd
+
+    tags = run.data.tags
+    start, valid, held, end = (pd.Timestamp(tags[f"trustfeed.{k}"]) for k in
+                               ("data_start", "valid_start", "heldout_start", "data_end"))
+    assert start < valid < held < end
+    local = client.download_artifacts(trained.result.run_id, "snapshot_manifest.json", str(tmp_path))
+    digest = hashlib.sha256(Path(local).read_text().rstrip("\n").encode()).hexdigest()
+    assert tags["trustfeed.snapshot_manifest_sha256"] == digest
+    manifest = json.loads(Path(local).read_text())
+    assert pd.Timestamp(manifest["as_of"]) == end  # the bundle is ready to serve the present
+    commit = tags.get("mlflow.source.git.commit")
+    repo_is_git = (Path(__file__).resolve().parents[1] / ".git").exists()
+    assert (commit is not None and len(commit) == 40) == repo_is_git
+
+
+def test_artifacts_hold_importance_manifest_report_and_models(trained: Any, client: Any) -> None:
+    run_id = trained.result.run_id
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"feature_importance.csv", "snapshot_manifest.json", "evaluation", "plain_model"} <= top
+    evaluation = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/report.html", "evaluation/metrics.json"} <= evaluation
+
+
+def test_feature_importance_covers_the_models_features(trained: Any, client: Any, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from trustfeed.ranker.bundle import load_bundle
+
+    local = client.download_artifacts(trained.result.run_id, "feature_importance.csv", str(tmp_path))
+    table = pd.read_csv(local)
+    pipeline = load_bundle(trained.result.bundle_dir)
+    assert sorted(table["feature"]) == sorted(pipeline.feature_names)
+    assert table["gain_share"].sum() == pytest.approx(1.0)
+
+
+def test_local_bundle_is_a_verified_bundle(trained: Any) -> None:
+    from trustfeed.ranker.bundle import verify_bundle
+
+    manifest = verify_bundle(trained.result.bundle_dir)
+    assert "model.txt" in manifest["files"]
+    assert trained.result.bundle_dir.is_relative_to(trained.output_dir)
+    assert trained.result.report_path is not None and trained.result.report_path.is_file()
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _request(trained: Any) -> dict[str, Any]:
+    from trustfeed.features.events import load_events
+    from trustfeed.training.evaluate import requests_from_impressions
+
+    impressions = load_events(trained.events_dir)["impressions"]
+    last = impressions.sort_values(["ts", "request_id", "position"]).iloc[-40:]
+    request_id = last["request_id"].iloc[-1]
+    slate = last.loc[last["request_id"] == request_id]
+    return requests_from_impressions(slate)[0]
+
+
+def _accounted(request: dict[str, Any], response: dict[str, Any]) -> None:
+    sent = sorted(c["stream_id"] for c in request["candidates"])
+    back = sorted([i["stream_id"] for i in response["items"]] + [f["stream_id"] for f in response["filtered"]])
+    assert back == sent
+    assert response["request_id"] == request["request_id"]
+
+
+def test_pyfunc_model_ranks_requests_like_the_feed_ranker(trained: Any) -> None:
+    import mlflow
+
+    from trustfeed.serving import FeedRanker
+
+    request = _request(trained)
+    with _support_tracking(trained):
+        model = mlflow.pyfunc.load_model(trained.result.model_uri)
+        responses = model.predict([request])
+    assert isinstance(responses, list) and len(responses) == 1
+    _accounted(request, responses[0])
+    expected = FeedRanker.load(trained.result.bundle_dir).rank(request)
+    assert [i["stream_id"] for i in responses[0]["items"]] == [i["stream_id"] for i in expected["items"]]
+    assert [i["score"] for i in responses[0]["items"]] == pytest.approx([i["score"] for i in expected["items"]])
+
+
+def test_pyfunc_signature_and_input_example(trained: Any) -> None:
+    import mlflow
+
+    with _support_tracking(trained):
+        info = mlflow.models.get_model_info(trained.result.model_uri)
+    inputs = info.signature.inputs.input_names()
+    assert {"request_id", "user_id", "ts", "candidates", "k"} <= set(inputs)
+    assert info.saved_input_example_info is not None
+
+
+@pytest.mark.filterwarnings("ignore:.*validate_serving_input.*:FutureWarning")
+def test_serving_input_example_goes_through_mlflow_serving(trained: Any, tmp_path: Path) -> None:
+    """What ``mlflow models serve`` does with a request: parse, enforce the signature, predict."""
+    import mlflow
+
+    request = _request(trained)
+    body = json.dumps({"dataframe_records": [request, {**request, "request_id": "again", "k": 3}]})
+    with _support_tracking(trained):
+        predictions = mlflow.models.validate_serving_input(trained.result.model_uri, body)
+        saved = Path(mlflow.artifacts.download_artifacts(f"{trained.result.model_uri}/serving_input_example.json",
+                                                         dst_path=str(tmp_path)))
+        example = mlflow.models.validate_serving_input(trained.result.model_uri, saved.read_text())
+    assert [p["request_id"] for p in predictions] == [request["request_id"], "again"]
+    for response in predictions:
+        _accounted({**request, "request_id": response["request_id"]}, response)
+    assert len(example) == 1 and example[0]["items"]
+
+
+def test_pyfunc_accepts_json_strings_and_reports_bad_requests_in_place(trained: Any) -> None:
+    import pandas as pd
+
+    from trustfeed.training._pyfunc_model import TrustfeedPyfuncModel
+
+    model = TrustfeedPyfuncModel()
+    model.load_context(type("Context", (), {"artifacts": {"bundle": str(trained.result.bundle_dir)}})())
+    request = _request(trained)
+    broken = {**request, "request_id": "broken", "candidates": [{"stream_id": "s1"}]}
+    responses = model.predict(None, pd.DataFrame({"request": [json.dumps(request), json.dumps(broken)]}))
+    assert responses[0]["request_id"] == request["request_id"] and responses[0]["items"]
+    assert responses[1]["request_id"] == "broken" and "candidates[0]" in responses[1]["error"]
+
+
+def test_logged_booster_scores_like_the_bundle_model(trained: Any) -> None:
+    import mlflow.lightgbm
+    import numpy as np
+
+    from trustfeed.ranker.bundle import load_bundle
+
+    pipeline = load_bundle(trained.result.bundle_dir)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, len(pipeline.feature_names)))
+    with _support_tracking(trained):
+        booster = mlflow.lightgbm.load_model(f"runs:/{trained.result.run_id}/booster")
+    assert np.allclose(booster.predict(X), pipeline.model.predict(X))
+
+
+def test_registered_version_has_the_challenger_alias(trained: Any, client: Any) -> None:
+    version = client.get_model_version_by_alias(trained.registered_name, "challenger")
+    assert version.version == trained.result.registered_version
+    assert version.run_id == trained.result.run_id
+
+
+def _support_tracking(trained: Any) -> Any:
+    """MLflow's fluent API pointed at the test server for the duration of a block."""
+    from trustfeed.training.registry import tracking_uri_set_to
+
+    return tracking_uri_set_to(trained.server.uri)
+
+
+# ----------------------------------------------------------------------------- config and helpers
+
+
+def test_config_round_trips_and_rejects_unknown_keys(tmp_path: Path) -> None:
+    config = TrainJobConfig(events=tmp_path, register="feed", holdout_fraction=0.25)
+    again = TrainJobConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    with pytest.raises(ConfigError, match="unknown"):
+        TrainJobConfig.from_dict({**config.to_dict(), "learning_rate": 0.1})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"holdout_fraction": 0.0}, {"validation_fraction": 0.6}, {"validation_fraction": 0.4, "holdout_fraction": 0.45},
+     {"experiment": ""}, {"register": " "}, {"until": "not a date"}, {"tracking_retries": -1},
+     {"trust": {"no_such_setting": 1}}],
+)
+def test_config_rejects_bad_values(tmp_path: Path, changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        TrainJobConfig(events=tmp_path, **changes)
+
+
+def test_flatten_params_reaches_every_leaf() -> None:
+    nested = {"a": {"b": {"c": 1}, "d": [1, 2]}, "e": None, "f": {}}
+    assert flatten_params(nested) == {"a.b.c": "1", "a.d": "[1, 2]", "e": "None", "f": "{}"}
+
+
+def test_plain_schema_drops_every_trust_signal(trained: Any) -> None:
+    from trustfeed.ranker.bundle import load_bundle
+
+    schema = load_bundle(trained.result.bundle_dir).assembler.schema()
+    plain = plain_feature_schema(schema)
+    assert plain["feature_names"], "the plain model keeps engagement, user and request features"
+    assert not any(s.startswith("merchant:") for s in plain["sources"])
+    assert not any("trust" in n for n in plain["feature_names"])
+    assert set(plain["feature_names"]) < set(schema["feature_names"])
+    assert all(d == 0 for d in plain["monotone"])
+
+
+def test_too_short_a_log_is_a_clear_error(tmp_path: Path) -> None:
+    from trustfeed.features.errors import SchemaError
+    from trustfeed.training.simulate import SimConfig, simulate, write_dataset
+    from trustfeed.training.train import train
+
+    write_dataset(simulate(SimConfig(seed=1, merchants=10, days=2)), tmp_path / "events")
+    with pytest.raises(SchemaError, match="impressions"):
+        train(TrainJobConfig(events=tmp_path / "events", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))

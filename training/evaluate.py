@@ -1,0 +1,922 @@
+"""Offline evaluation: rank held-out feed requests and measure quality, fairness and trust.
+
+The held-out requests are the logged impressions' slates in a time window. Each is sent,
+as a CONTRACT section 3 request, through the same :class:`~trustfeed.ranker.pipeline.RankingPipeline`
+that serving uses (``rank_many``), with and without the exposure balancer; the plain
+LambdaMART trained without trust features goes through a pipeline of its own. The
+baselines (relevance only, per-creator cap, FA*IR quota) and a sweep of balancer strength
+re-rank the same relevance scores. Every policy's lists are then measured with
+:mod:`trustfeed.ranker.metrics` (CONTRACT section 4), and, when the events come from the
+simulator (``truth/`` present), with the simulator's counterfactual expected outcomes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..features.errors import ConfigError, SchemaError
+from ..features.io import atomic_file
+from ..features.progress import NullProgress, Progress
+from .report import ReportContent, render_report
+
+__all__ = [
+    "EvalConfig",
+    "load_models_for_evaluation",
+    "pipelines_as_of",
+    "EvalResult",
+    "Evaluation",
+    "POLICY_LABELS",
+    "evaluate",
+    "evaluate_pipeline",
+    "held_out_window",
+    "requests_from_impressions",
+    "write_evaluation",
+]
+
+REPORT_NAME = "report.html"
+METRICS_NAME = "metrics.json"
+
+# policy key -> label shown in the report (keys are used in metric names)
+POLICY_LABELS: dict[str, str] = {
+    "logging": "logging policy",
+    "plain": "plain LambdaMART (no trust features)",
+    "relevance_only": "relevance only",
+    "trust_aware": "trust-aware, no balancer",
+    "served": "trust-aware + balancer",
+    "creator_cap": "per-creator cap",
+    "fair_quota": "FA*IR long-tail quota",
+}
+
+# the served configuration's metrics are logged without a prefix (promotion compares them)
+SERVED = "served"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the offline evaluation measures.
+
+    Parameters
+    ----------
+    holdout_fraction
+        Default window when neither dates nor the training run say: the latest share of the
+        impressions' time span.
+    sweep_strengths
+        Fixed balancer strengths of the quality/fairness sweep (the controller is off).
+    cap_per_creator, cap_k
+        Per-creator cap baseline: at most ``cap_per_creator`` items per creator in the top ``cap_k``.
+    fair_k, fair_p, fair_alpha
+        FA*IR baseline: long-tail creators (outside the top 20% by followers) protected with
+        target proportion ``fair_p`` at significance ``fair_alpha`` in the top ``fair_k``.
+    head_fraction
+        Share of creators (by followers) that form the head.
+    new_merchant_days
+        Merchants registered less than this many days before the window start are "new".
+    low_trust_below
+        Merchants with a trust index below this are "low trust".
+    max_requests
+        Evaluate at most this many requests (the latest ones); ``None``: all.
+
+    Examples
+    --------
+    >>> EvalConfig.from_dict(EvalConfig(max_requests=100).to_dict()).max_requests
+    100
+    """
+
+    holdout_fraction: float = 0.2
+    sweep_strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    cap_per_creator: int = 1
+    cap_k: int = 10
+    fair_k: int = 10
+    fair_p: float = 0.5
+    fair_alpha: float = 0.1
+    head_fraction: float = 0.2
+    new_merchant_days: float = 30.0
+    low_trust_below: float = 0.5
+    max_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"EvalConfig.holdout_fraction: expected a value in (0, 1), got {self.holdout_fraction!r}")
+        strengths = tuple(float(s) for s in self.sweep_strengths)
+        if not strengths or any(not math.isfinite(s) or s < 0 for s in strengths):
+            raise ConfigError(f"EvalConfig.sweep_strengths: expected finite values >= 0, got {self.sweep_strengths!r}")
+        object.__setattr__(self, "sweep_strengths", strengths)
+        for name in ("cap_per_creator", "cap_k", "fair_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"EvalConfig.{name}: expected an integer >= 1, got {value!r}")
+        for name in ("fair_p", "fair_alpha", "head_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"EvalConfig.{name}: expected a value in (0, 1), got {value!r}")
+        if not self.new_merchant_days > 0:
+            raise ConfigError(f"EvalConfig.new_merchant_days: expected > 0, got {self.new_merchant_days!r}")
+        if not 0.0 <= self.low_trust_below <= 1.0:
+            raise ConfigError(f"EvalConfig.low_trust_below: expected a value in [0, 1], got {self.low_trust_below!r}")
+        if self.max_requests is not None and (not isinstance(self.max_requests, int) or self.max_requests < 1):
+            raise ConfigError(f"EvalConfig.max_requests: expected an integer >= 1 or None, got {self.max_requests!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able parameters."""
+        values = asdict(self)
+        values["sweep_strengths"] = list(self.sweep_strengths)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EvalConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown EvalConfig keys: {', '.join(unknown)}")
+        data = dict(values)
+        if "sweep_strengths" in data:
+            data["sweep_strengths"] = tuple(data["sweep_strengths"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Where :func:`evaluate` wrote its outputs, and the flat metrics."""
+
+    report_path: Path
+    metrics_path: Path
+    metrics: dict[str, float]
+    run_id: str | None = None
+
+
+@dataclass
+class Evaluation:
+    """Everything one evaluation measured (before it is written)."""
+
+    window: tuple[pd.Timestamp, pd.Timestamp]
+    n_requests: int
+    policies: dict[str, dict[str, float]]
+    tradeoff: pd.DataFrame
+    segments: pd.DataFrame
+    counterfactual: pd.DataFrame | None
+    content: ReportContent
+    notes: list[str] = field(default_factory=list)
+    comparison: pd.DataFrame | None = None
+
+    def flat_metrics(self) -> dict[str, float]:
+        """Metrics as MLflow keys: the served policy's unprefixed, the others ``<policy>.<metric>``."""
+        flat: dict[str, float] = {}
+        for policy, values in self.policies.items():
+            for name, value in values.items():
+                key = name if policy == SERVED else f"{policy}.{name}"
+                flat[key] = float(value)
+        # the "without balancer" numbers under the names the issue uses
+        for name in ("ndcg_at_5", "ndcg_at_10", "gini", "long_tail_share", "bad_order_exposure", "trust_weighted_exposure"):
+            if name in self.policies.get("trust_aware", {}):
+                flat[f"{name}_no_balancer"] = float(self.policies["trust_aware"][name])
+        if self.counterfactual is not None:
+            for policy, row in self.counterfactual.iterrows():
+                for name, value in row.items():
+                    flat[f"counterfactual.{policy}.{name}"] = float(value)
+        if self.comparison is not None:
+            keys = {"net value": "net_value", "bad-order rate": "bad_order_rate",
+                    "Gini of creator exposure": "gini", "expected orders": "expected_orders"}
+            for label, row in self.comparison.iterrows():
+                flat[f"vs_plain.{keys.get(str(label), str(label))}_ratio"] = float(row["ratio"])
+        flat["heldout_requests"] = float(self.n_requests)
+        return {k: v for k, v in flat.items() if math.isfinite(v)}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``metrics.json`` document."""
+        return {
+            "format_version": 1,
+            "window": {"start": self.window[0].isoformat(), "end": self.window[1].isoformat()},
+            "n_requests": self.n_requests,
+            "policies": {p: {k: _json_float(v) for k, v in m.items()} for p, m in self.policies.items()},
+            "policy_labels": {p: POLICY_LABELS.get(p, p) for p in self.policies},
+            "tradeoff": _records(self.tradeoff),
+            "segments": _records(self.segments),
+            "counterfactual": None if self.counterfactual is None else {
+                str(p): {k: _json_float(v) for k, v in row.items()} for p, row in self.counterfactual.iterrows()
+            },
+            "against_plain": None if self.comparison is None else {
+                str(k): {c: (_json_float(v) if isinstance(v, float) else v) for c, v in row.items()}
+                for k, row in self.comparison.iterrows()
+            },
+            "notes": list(self.notes),
+        }
+
+
+def _json_float(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    out = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} for r in out]
+
+
+# ----------------------------------------------------------------------------- held-out data
+
+
+def held_out_window(events: Any, start: Any = None, end: Any = None, holdout_fraction: float = 0.2) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The evaluation window ``[start, end)`` over the impressions.
+
+    Missing bounds default to the latest ``holdout_fraction`` of the impressions' time span
+    (start) and just after the last impression (end).
+    """
+    from ..features.events import to_utc
+
+    ts = events["impressions"]["ts"]
+    if ts.empty:
+        raise SchemaError("impressions", "ts", "logged impressions to evaluate on", "an empty table")
+    first, last = ts.min(), ts.max()
+    stop = to_utc(end) if end is not None else last + pd.Timedelta(microseconds=1)
+    if start is not None:
+        begin = to_utc(start)
+    else:
+        begin = (first + (stop - first) * (1.0 - holdout_fraction)).floor("D")
+        begin = max(begin, first)
+    if not begin < stop:
+        raise ConfigError(f"evaluation window: start {begin.isoformat()} is not before end {stop.isoformat()}")
+    return begin, stop
+
+
+def _logged_slates(events: Any, window: tuple[pd.Timestamp, pd.Timestamp], max_requests: int | None) -> pd.DataFrame:
+    """Impressions of the requests that started inside ``window``, with graded labels."""
+    from .dataset import graded_labels
+
+    impressions = events["impressions"]
+    request_start = impressions.groupby("request_id", sort=False, observed=True)["ts"].transform("min")
+    inside = ((request_start >= window[0]) & (request_start < window[1])).to_numpy(dtype=bool, na_value=False)
+    logged = impressions.loc[inside].reset_index(drop=True)
+    if logged.empty:
+        raise SchemaError(
+            "impressions", "ts", f"requests in [{window[0].isoformat()}, {window[1].isoformat()})", "none"
+        )
+    logged = logged.drop_duplicates(["request_id", "stream_id"], keep="first").reset_index(drop=True)
+    logged["request_ts"] = logged.groupby("request_id", sort=False, observed=True)["ts"].transform("min")
+    if max_requests is not None:
+        starts = logged.drop_duplicates("request_id").sort_values(["request_ts", "request_id"])
+        keep = starts["request_id"].iloc[-max_requests:]
+        logged = logged.loc[logged["request_id"].isin(keep)].reset_index(drop=True)
+    labels = graded_labels(logged, events)
+    frame = pd.DataFrame(
+        {
+            "request_id": logged["request_id"].astype(str).to_numpy(),
+            "user_id": logged["user_id"].astype(str).to_numpy(),
+            "ts": logged["request_ts"].to_numpy(),
+            "stream_id": logged["stream_id"].astype(str).to_numpy(),
+            "creator_id": logged["creator_id"].astype(str).to_numpy(),
+            "merchant_id": logged["merchant_id"].astype(str).to_numpy(),
+            "logged_position": logged["position"].to_numpy(dtype=np.int64),
+            "label": labels,
+        }
+    )
+    return frame.sort_values(["ts", "request_id", "logged_position"], kind="stable").reset_index(drop=True)
+
+
+def requests_from_impressions(slates: pd.DataFrame) -> list[dict[str, Any]]:
+    """CONTRACT section 3 requests from logged slates (one per ``request_id``, in row order).
+
+    ``slates`` needs ``request_id``, ``user_id``, ``ts`` and the candidate ids, rows of a
+    request together. Requests are Python objects, so building them is one pass over rows;
+    everything after works on whole columns.
+
+    Examples
+    --------
+    >>> slates = pd.DataFrame({"request_id": ["r1", "r1"], "user_id": ["u1", "u1"],
+    ...                        "ts": pd.Timestamp("2026-01-05 12:00", tz="UTC"),
+    ...                        "stream_id": ["s1", "s2"], "creator_id": ["c1", "c2"], "merchant_id": ["m1", "m1"]})
+    >>> [r["candidates"][1]["stream_id"] for r in requests_from_impressions(slates)]
+    ['s2']
+    """
+    if slates.empty:
+        return []
+    ids = slates["request_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    bounds = np.r_[starts, len(ids)]
+    candidates = slates[["stream_id", "creator_id", "merchant_id"]].astype(str).to_dict(orient="records")
+    heads = slates.iloc[starts]
+    times = pd.to_datetime(heads["ts"], utc=True).map(lambda t: t.isoformat()).tolist()
+    return [
+        {"request_id": str(rid), "user_id": str(uid), "ts": ts, "candidates": candidates[a:b]}
+        for rid, uid, ts, a, b in zip(heads["request_id"], heads["user_id"], times, bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def _flatten(responses: Sequence[Mapping[str, Any]], part: str, columns: list[str]) -> pd.DataFrame:
+    """The ``part`` lists (``items`` or ``filtered``) of many responses as one long frame."""
+    counts = np.fromiter((len(r.get(part) or ()) for r in responses), dtype=np.int64, count=len(responses))
+    rows = list(itertools.chain.from_iterable(r.get(part) or () for r in responses))
+    frame = pd.DataFrame.from_records(rows, columns=columns) if rows else pd.DataFrame(columns=columns)
+    request_ids = np.array([str(r.get("request_id")) for r in responses], dtype=object)
+    frame.insert(0, "request_id", np.repeat(request_ids, counts))
+    return frame
+
+
+def _responses_frame(responses: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Served items of many responses as a long frame with 1-based positions."""
+    items = _flatten(responses, "items", ["stream_id", "creator_id", "merchant_id", "score", "relevance", "trust"])
+    items["position"] = items.groupby("request_id", sort=False).cumcount().to_numpy() + 1
+    for name in ("score", "relevance", "trust"):
+        items[name] = pd.to_numeric(items[name], errors="coerce").astype(np.float64)
+    return items
+
+
+def _filtered_frame(responses: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    return _flatten(responses, "filtered", ["stream_id", "reason"])
+
+
+def _order_to_positions(frame: pd.DataFrame, key: np.ndarray) -> np.ndarray:
+    """1-based position of each row when each request is sorted by ``key`` ascending."""
+    order = np.lexsort((key, frame["request_id"].to_numpy()))
+    ranked = frame.iloc[order]
+    positions = np.empty(len(frame), dtype=np.int64)
+    positions[order] = ranked.groupby("request_id", sort=False).cumcount().to_numpy() + 1
+    return positions
+
+
+def _per_request_order(base: pd.DataFrame, rerank: Any) -> pd.DataFrame:
+    """Apply ``rerank(a, b) -> order`` to the rows ``a:b`` of every request of ``base``.
+
+    ``base`` rows of one request are contiguous, in time order. The re-rankers are
+    per-request by nature (the balancer's ledger carries state from one request to the
+    next), so this is one call per request over array slices of its candidates.
+    """
+    ids = base["request_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    bounds = np.r_[starts, len(ids)]
+    positions = np.empty(len(base), dtype=np.int64)
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        order = np.asarray(rerank(a, b), dtype=np.int64)
+        positions[a + order] = np.arange(1, b - a + 1)
+    out = base.copy()
+    out["position"] = positions
+    return out
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def _pipeline_parts(pipeline: Any) -> tuple[Any, Any, Any]:
+    """(snapshot, model, balancer) of a ranking pipeline."""
+    return pipeline.snapshot, pipeline.model, pipeline.balancer
+
+
+def _without_balancer(pipeline: Any) -> Any:
+    """The same assembler, model and policy, ranking by the policy score alone."""
+    from ..ranker.pipeline import RankingPipeline
+
+    return RankingPipeline(pipeline.assembler, pipeline.model, pipeline.policy_config, None,
+                           snapshot=pipeline.snapshot, context=pipeline.context, model_id=pipeline.model_id)
+
+
+def _rank_all(pipeline: Any, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # record=True: the balancer's ledger follows the held-out traffic as it would in serving
+    return list(pipeline.rank_many(requests, record=True))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _measure(
+    ranked: pd.DataFrame,
+    population: pd.Index,
+    followers: pd.Series,
+    head_fraction: float,
+) -> dict[str, float]:
+    from ..ranker import metrics as m
+
+    ndcg5 = m.mean_ndcg(ranked, 5)
+    ndcg10 = m.mean_ndcg(ranked, 10)
+    exposure = m.exposure_by(ranked, "creator_id", population=population)
+    values = {
+        "ndcg_at_5": ndcg5.mean,
+        "ndcg_at_10": ndcg10.mean,
+        "gini": m.gini(exposure.to_numpy()),
+        "long_tail_share": m.long_tail_share(exposure, followers=followers, head_fraction=head_fraction),
+        "creator_coverage": m.creator_coverage(exposure),
+        "bad_order_exposure": m.bad_order_exposure(ranked, "p_bad"),
+        "trust_weighted_exposure": m.exposure_weighted_trust(ranked, "trust"),
+        "lists_without_positive": float(ndcg10.n_skipped),
+    }
+    if "relevance_position" in ranked.columns and ranked["relevance_position"].notna().all():
+        values["kendall_tau_vs_relevance"] = m.mean_kendall_tau(ranked, "relevance_position")
+    return {k: float(v) for k, v in values.items()}
+
+
+def _counterfactual(
+    ranked_by_policy: Mapping[str, pd.DataFrame], truth_impressions: pd.DataFrame, meta: Mapping[str, Any]
+) -> pd.DataFrame:
+    from .simulate import expected_outcomes
+
+    rows = {}
+    for policy, ranked in ranked_by_policy.items():
+        outcome = expected_outcomes(ranked[["request_id", "stream_id", "position"]], truth_impressions, meta)
+        orders = float(outcome["expected_orders"].sum())
+        bad = float(outcome["expected_bad_orders"].sum())
+        good = orders - bad
+        rows[policy] = {
+            "expected_orders": orders,
+            "good_orders": good,
+            "bad_orders": bad,
+            "bad_order_rate": bad / orders if orders > 0 else float("nan"),
+            "net_value": good - 2.0 * bad,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _segments(
+    ranked_by_policy: Mapping[str, pd.DataFrame],
+    membership: pd.DataFrame,
+) -> pd.DataFrame:
+    """Exposure share and lift per segment; ``membership`` has one boolean-ish column per kind."""
+    from ..ranker.metrics import position_exposure
+
+    kinds = [c for c in membership.columns if c not in ("request_id", "stream_id")]
+    candidates = membership[kinds]
+    rows = []
+    for policy, ranked in ranked_by_policy.items():
+        joined = ranked[["request_id", "stream_id", "position"]].merge(membership, on=["request_id", "stream_id"], how="left")
+        exposure = position_exposure(joined["position"].to_numpy())
+        total = exposure.sum()
+        for kind in kinds:
+            candidate_share = candidates[kind].value_counts(normalize=True).sort_index()
+            # every segment of the candidates, with zero exposure where a policy showed none
+            exposed = pd.Series(exposure).groupby(joined[kind].to_numpy()).sum()
+            share = exposed.reindex(candidate_share.index, fill_value=0.0) / total if total > 0 else exposed.iloc[:0]
+            for segment, value in share.items():
+                base = float(candidate_share[segment])
+                rows.append({
+                    "segment_kind": kind,
+                    "segment": str(segment),
+                    "policy": POLICY_LABELS.get(policy, policy),
+                    "exposure_share": float(value),
+                    "candidate_share": base,
+                    "exposure_lift": float(value) / base if base > 0 else float("nan"),
+                })
+    return pd.DataFrame(rows, columns=["segment_kind", "segment", "policy", "exposure_share", "candidate_share", "exposure_lift"])
+
+
+def evaluate_pipeline(
+    pipeline: Any,
+    events: Any,
+    window: tuple[pd.Timestamp, pd.Timestamp],
+    *,
+    plain_pipeline: Any = None,
+    truth: Mapping[str, pd.DataFrame] | None = None,
+    truth_meta: Mapping[str, Any] | None = None,
+    config: EvalConfig | None = None,
+    facts: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Rank the held-out requests of ``window`` with every policy and measure them.
+
+    Parameters
+    ----------
+    pipeline
+        The trust-aware :class:`~trustfeed.ranker.pipeline.RankingPipeline` as served.
+    events
+        The event log (its impressions give the held-out slates and their labels).
+    window
+        ``[start, end)`` of request times (see :func:`held_out_window`).
+    plain_pipeline
+        The pipeline of the plain LambdaMART without trust features (``None``: left out).
+    truth, truth_meta
+        The simulator's hidden truth (``load_truth``/``load_truth_meta``); enables the
+        counterfactual outcomes and the true bad-order exposure.
+    config
+        :class:`EvalConfig`.
+    facts
+        Extra key facts for the top of the report (model URI, run id, ...).
+    progress
+        Receives one call per step.
+    """
+    from ..ranker.balancer import ExposureBalancer
+    from ..ranker.baselines import creator_cap, fair_quota, long_tail_mask
+
+    config = config or EvalConfig()
+    progress = progress or NullProgress()
+    notes: list[str] = []
+    logged = _logged_slates(events, window, config.max_requests)
+    requests = requests_from_impressions(logged)
+    progress(f"evaluate: ranking {len(requests)} held-out requests")
+
+    snapshot, model, balancer = _pipeline_parts(pipeline)
+    followers = _followers(snapshot)
+    truth_impressions = None if truth is None else truth.get("impressions")
+    item_bad = _item_bad_probability(logged, truth_impressions, snapshot)
+    facts_table = logged.assign(p_bad=item_bad)
+
+    served = _responses_frame(_rank_all(pipeline, requests))
+    progress("evaluate: trust-aware pipeline without the balancer")
+    unbalanced_responses = _rank_all(_without_balancer(pipeline), requests)
+    trust_aware = _responses_frame(unbalanced_responses)
+    filtered = _filtered_frame(unbalanced_responses)
+
+    def with_facts(ranked: pd.DataFrame, carry_trust: bool = True) -> pd.DataFrame:
+        keep = ["request_id", "stream_id", "position"] + (["trust", "relevance", "score"] if carry_trust else [])
+        ranked = ranked[[c for c in keep if c in ranked.columns]]
+        out = ranked.merge(facts_table, on=["request_id", "stream_id"], how="left", validate="one_to_one")
+        if "trust" not in out.columns:
+            out = out.merge(trust_aware[["request_id", "stream_id", "trust"]], on=["request_id", "stream_id"], how="left")
+        return out
+
+    # the relevance order of the trust-aware model's scores, the reference for Kendall tau
+    trust_aware = trust_aware.assign(relevance_position=_order_to_positions(trust_aware, -trust_aware["relevance"].to_numpy()))
+    ranked: dict[str, pd.DataFrame] = {}
+    ranked["logging"] = with_facts(
+        logged[["request_id", "stream_id"]].assign(position=logged["logged_position"].to_numpy()), carry_trust=False
+    )
+    if plain_pipeline is not None:
+        progress("evaluate: plain LambdaMART without trust features")
+        ranked["plain"] = with_facts(_responses_frame(_rank_all(plain_pipeline, requests)), carry_trust=False)
+    ranked["relevance_only"] = with_facts(trust_aware.assign(position=trust_aware["relevance_position"].to_numpy()))
+    ranked["trust_aware"] = with_facts(trust_aware)
+    ranked["served"] = with_facts(served)
+
+    progress("evaluate: baselines and balancer sweep")
+    head_mask_followers = followers if followers is not None else pd.Series(dtype=float)
+    score = trust_aware["score"].to_numpy(dtype=float)
+    trust = trust_aware["trust"].to_numpy(dtype=float)
+    creators = trust_aware["creator_id"].to_numpy(dtype=object)
+    merchants = trust_aware["merchant_id"].to_numpy(dtype=object)
+    tail = long_tail_mask(creators, head_mask_followers, config.head_fraction)
+    request_time = logged.drop_duplicates("request_id").set_index("request_id")["ts"]
+    seconds = pd.to_datetime(request_time.reindex(trust_aware["request_id"].to_numpy()), utc=True)
+    now = (seconds.astype("int64").to_numpy() / 1e9).astype(float)
+    ranked["creator_cap"] = with_facts(_per_request_order(
+        trust_aware, lambda a, b: creator_cap(score[a:b], creators[a:b], cap=config.cap_per_creator, k=config.cap_k),
+    ))
+    ranked["fair_quota"] = with_facts(_per_request_order(
+        trust_aware,
+        lambda a, b: fair_quota(score[a:b], tail[a:b], k=config.fair_k, p=config.fair_p, alpha=config.fair_alpha),
+    ))
+    for frame in ranked.values():
+        if "relevance_position" not in frame.columns:
+            frame["relevance_position"] = frame.merge(
+                trust_aware[["request_id", "stream_id", "relevance_position"]], on=["request_id", "stream_id"], how="left"
+            )["relevance_position"].to_numpy()
+
+    population = pd.Index(pd.unique(logged["creator_id"]), name="creator_id")
+    policies = {
+        policy: _measure(frame, population, followers, config.head_fraction) for policy, frame in ranked.items()
+    }
+
+    # quality/fairness sweep: the served balancer's settings at fixed strengths
+    base_config = balancer.config if balancer is not None else None
+    sweep_rows = []
+    for strength in config.sweep_strengths:
+        if base_config is None:
+            break
+        fixed = replace(base_config, kp=0.0, ki=0.0, strength_min=0.0, strength_max=max(strength, base_config.strength_min, 0.0),
+                        initial_strength=strength, auto_record=True)
+        sweep_balancer = ExposureBalancer(fixed)
+        swept = with_facts(_per_request_order(
+            trust_aware,
+            lambda a, b, balancer=sweep_balancer: balancer.rerank(
+                creators[a:b].tolist(), merchants[a:b].tolist(), relevance=score[a:b], trust=trust[a:b], now=now[a], record=True,
+            ),
+        ))
+        measured = _measure(swept, population, followers, config.head_fraction)
+        sweep_rows.append({"policy": "balancer sweep", "kind": "sweep", "strength": strength,
+                           "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"]})
+    baseline_rows = [
+        {"policy": POLICY_LABELS[p], "kind": "baseline" if p != SERVED else "served", "strength": float("nan"),
+         "ndcg_at_10": policies[p]["ndcg_at_10"], "gini": policies[p]["gini"]}
+        for p in ("plain", "relevance_only", "creator_cap", "fair_quota", SERVED) if p in policies
+    ]
+    tradeoff = pd.DataFrame(sweep_rows + baseline_rows, columns=["policy", "kind", "strength", "ndcg_at_10", "gini"])
+
+    membership = _segment_membership(logged, events, window, followers, trust_aware, config)
+    segment_policies = {p: ranked[p] for p in ("plain", "relevance_only", "trust_aware", SERVED) if p in ranked}
+    segments = _segments(segment_policies, membership)
+
+    counterfactual = None
+    if truth_impressions is not None and truth_meta is not None:
+        progress("evaluate: counterfactual outcomes from the simulator's truth")
+        counterfactual = _counterfactual(
+            {p: ranked[p] for p in ("logging", "plain", "relevance_only", "trust_aware", SERVED) if p in ranked},
+            truth_impressions, truth_meta,
+        )
+    else:
+        notes.append("No simulator truth (truth/) beside the events: counterfactual outcomes are not shown, "
+                     "and bad-order exposure uses each merchant's estimated bad-order rate.")
+    comparison = _against_plain(policies, counterfactual)
+    if len(filtered):
+        reasons = filtered["reason"].value_counts().to_dict()
+        notes.append("Filtered by hard rules (all trust-aware policies): "
+                     + ", ".join(f"{k} {v}" for k, v in reasons.items()))
+    notes.append(
+        "Policies: logging policy = the logged order; plain LambdaMART = a model trained without trust "
+        "features, ranked by relevance, no hard rules; relevance only = the trust-aware model's relevance "
+        "order (trust features, no trust weight in the score, hard rules applied); trust-aware = the policy "
+        "score (relevance combined with trust); per-creator cap and FA*IR re-rank that score; trust-aware + "
+        "balancer = the served pipeline with its exposure controller."
+    )
+    skipped = int(policies[SERVED]["lists_without_positive"])
+    notes.append(f"NDCG skips lists without any positive label ({skipped} of {len(requests)} requests), per CONTRACT section 4.")
+
+    headline = pd.DataFrame.from_dict(policies, orient="index")
+    headline.index = [POLICY_LABELS.get(p, p) for p in headline.index]
+    headline = headline[[c for c in ("ndcg_at_5", "ndcg_at_10", "gini", "long_tail_share", "creator_coverage",
+                                     "bad_order_exposure", "trust_weighted_exposure", "kendall_tau_vs_relevance")
+                         if c in headline.columns]]
+    cf_table = None
+    if counterfactual is not None:
+        cf_table = counterfactual.copy()
+        cf_table.index = [POLICY_LABELS.get(p, p) for p in cf_table.index]
+    importance = model.feature_importance("gain")
+    all_facts = {
+        "window": f"{window[0].isoformat()} to {window[1].isoformat()}",
+        "held-out requests": f"{len(requests):,}",
+        "candidates": f"{len(logged):,}",
+        "creators in the population": f"{len(population):,}",
+        **dict(facts or {}),
+    }
+    content = ReportContent(
+        title="trustfeed offline evaluation",
+        facts=all_facts,
+        headline=headline,
+        creator_exposure={
+            POLICY_LABELS["relevance_only"]: _creator_exposure(ranked["relevance_only"], population),
+            POLICY_LABELS[SERVED]: _creator_exposure(ranked[SERVED], population),
+        },
+        tradeoff=tradeoff,
+        merchants=snapshot.merchants,
+        feature_importance=pd.DataFrame({"feature": importance.index.astype(str), "gain": importance.to_numpy(dtype=float)}),
+        segments=segments,
+        counterfactual=cf_table,
+        comparison=comparison,
+        notes=tuple(notes),
+    )
+    return Evaluation(window, len(requests), policies, tradeoff, segments, counterfactual, content, notes, comparison)
+
+
+# the ranker issue's acceptance criteria: served policy against the plain model
+_AGAINST_PLAIN = (
+    ("net value", "counterfactual", "net_value", ">=", 1.25),
+    ("bad-order rate", "counterfactual", "bad_order_rate", "<=", 0.8),
+    ("Gini of creator exposure", "policies", "gini", "<=", 0.8),
+    ("expected orders", "counterfactual", "expected_orders", ">=", 0.95),
+)
+
+
+def _against_plain(policies: Mapping[str, Mapping[str, float]], counterfactual: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Ratios served / plain with the targets they are held to (``None`` without both arms)."""
+    if "plain" not in policies:
+        return None
+    rows = {}
+    for label, source, metric, direction, target in _AGAINST_PLAIN:
+        if source == "counterfactual":
+            if counterfactual is None or "plain" not in counterfactual.index:
+                continue
+            served, plain = counterfactual.loc[SERVED, metric], counterfactual.loc["plain", metric]
+        else:
+            served, plain = policies[SERVED][metric], policies["plain"][metric]
+        ratio = float(served) / float(plain) if plain else float("nan")
+        met = ratio >= target if direction == ">=" else ratio <= target
+        rows[label] = {"served": float(served), "plain": float(plain), "ratio": ratio,
+                       "target": f"{direction} {target:g}", "met": "yes" if met else "no"}
+    return pd.DataFrame.from_dict(rows, orient="index") if rows else None
+
+
+def _creator_exposure(ranked: pd.DataFrame, population: pd.Index) -> np.ndarray:
+    from ..ranker.metrics import exposure_by
+
+    return exposure_by(ranked, "creator_id", population=population).to_numpy()
+
+
+def _followers(snapshot: Any) -> pd.Series | None:
+    creators = snapshot.creators
+    if "followers" not in creators.columns:
+        return None
+    values = pd.to_numeric(creators["followers"], errors="coerce")
+    return pd.Series(values.to_numpy(dtype=float), index=creators["creator_id"].astype(str).to_numpy())
+
+
+def _item_bad_probability(logged: pd.DataFrame, truth_impressions: pd.DataFrame | None, snapshot: Any) -> np.ndarray:
+    """The simulator's true bad-order probability per item, else the merchant's estimated rate."""
+    if truth_impressions is not None:
+        probs = truth_impressions[["request_id", "stream_id", "p_bad"]].astype({"request_id": str, "stream_id": str})
+        merged = logged[["request_id", "stream_id"]].merge(probs, on=["request_id", "stream_id"], how="left")
+        return merged["p_bad"].to_numpy(dtype=float)
+    merchants = snapshot.merchants
+    column = next((c for c in ("expected_bad_rate", "bad_case_rate") if c in merchants.columns), None)
+    if column is None:
+        return np.full(len(logged), np.nan)
+    rates = pd.Series(pd.to_numeric(merchants[column], errors="coerce").to_numpy(dtype=float),
+                      index=merchants["merchant_id"].astype(str).to_numpy())
+    return rates.reindex(logged["merchant_id"].to_numpy()).to_numpy(dtype=float)
+
+
+def _segment_membership(
+    logged: pd.DataFrame, events: Any, window: tuple[pd.Timestamp, pd.Timestamp],
+    followers: pd.Series | None, trust_aware: pd.DataFrame, config: EvalConfig,
+) -> pd.DataFrame:
+    from ..ranker.baselines import long_tail_mask
+
+    merchants = events["merchants"]
+    registered = pd.Series(merchants["registered_at"].to_numpy(), index=merchants["merchant_id"].astype(str).to_numpy())
+    registered = registered[~registered.index.duplicated()]
+    cutoff = window[0] - pd.Timedelta(days=config.new_merchant_days)
+    reg = pd.to_datetime(registered.reindex(logged["merchant_id"].to_numpy()), utc=True)
+    is_new = (reg >= cutoff).to_numpy(dtype=bool, na_value=True)  # unknown merchants are new to us
+    tail = long_tail_mask(logged["creator_id"].to_numpy(), followers if followers is not None else pd.Series(dtype=float),
+                          config.head_fraction)
+    trust = logged[["request_id", "stream_id"]].merge(
+        trust_aware[["request_id", "stream_id", "trust"]], on=["request_id", "stream_id"], how="left"
+    )["trust"].to_numpy(dtype=float)
+    return pd.DataFrame({
+        "request_id": logged["request_id"].to_numpy(),
+        "stream_id": logged["stream_id"].to_numpy(),
+        "merchant age": np.where(is_new, "new", "established"),
+        "creator reach": np.where(tail, "tail", "head"),
+        "merchant trust": np.where(np.isnan(trust), "filtered", np.where(trust < config.low_trust_below, "low", "high")),
+    })
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``metrics.json`` into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_NAME
+    document = evaluation.to_json()
+    document["flat"] = evaluation.flat_metrics()
+    with atomic_file(metrics_path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    report_path = render_report(evaluation.content, out / REPORT_NAME)
+    return report_path, metrics_path
+
+
+def evaluate(
+    events: str | os.PathLike[str],
+    model_uri: str,
+    out_dir: str | os.PathLike[str],
+    start: Any = None,
+    end: Any = None,
+    progress: Progress | None = None,
+    tracking_uri: str | None = None,
+    config: EvalConfig | None = None,
+) -> EvalResult:
+    """Offline evaluation of a model on held-out requests: ``report.html`` + ``metrics.json``.
+
+    Parameters
+    ----------
+    events
+        Dataset directory (CONTRACT section 1); ``truth/`` beside it enables counterfactuals.
+    model_uri
+        Anything MLflow resolves (``runs:/<id>/model``, ``models:/name@alias``) or a bundle directory.
+    out_dir
+        Where to write the report and metrics.
+    start, end
+        Window of request times; by default the training run's held-out window (tags of the
+        run), else the latest ``config.holdout_fraction`` of the impressions.
+    progress
+        Receives one call per step.
+    tracking_uri
+        MLflow tracking URI for ``runs:/`` and ``models:/`` URIs (default: as ``train``).
+    config
+        :class:`EvalConfig`.
+
+    Returns
+    -------
+    EvalResult
+        When the model URI belongs to an MLflow run, both files are also logged to that run
+        (under ``evaluations/<window>/``) with the flat metrics prefixed ``eval.``.
+
+    Examples
+    --------
+    Evaluating needs a trained model (see :func:`trustfeed.training.train.train`):
+
+    >>> result = evaluate("events/", "models:/feed-ranker@challenger", "out/")  # doctest: +SKIP
+    >>> result.report_path.name, round(result.metrics["ndcg_at_10"], 3)  # doctest: +SKIP
+    ('report.html', 0.412)
+    """
+    from ..features.events import load_events
+    from .registry import quiet_mlflow, resolve_tracking_uri, run_id_of_model_uri
+    from .simulate import load_truth, load_truth_meta
+
+    config = config or EvalConfig()
+    progress = progress or NullProgress()
+    events_dir = Path(events)
+    progress(f"loading events from {events_dir}")
+    event_log = load_events(events_dir)
+    uri = resolve_tracking_uri(tracking_uri)
+    with quiet_mlflow():
+        run_id = run_id_of_model_uri(str(model_uri), uri)
+        progress(f"loading model {model_uri}")
+        served, plain = load_models_for_evaluation(str(model_uri), uri)
+        if start is None and end is None and run_id is not None:
+            from .train import trained_windows_from_run
+
+            recorded = trained_windows_from_run(run_id, uri)
+            if recorded is not None:
+                start, end = recorded
+    window = held_out_window(event_log, start, end, config.holdout_fraction)
+    progress(f"building the trust snapshot as of {window[0].isoformat()} (the window start)")
+    pipeline, plain_pipeline = pipelines_as_of(served, plain, event_log, window[0])
+    evaluation = evaluate_pipeline(
+        pipeline, event_log, window, plain_pipeline=plain_pipeline,
+        truth=load_truth(events_dir), truth_meta=load_truth_meta(events_dir), config=config,
+        facts={"model": str(model_uri), **({"run id": run_id} if run_id else {})}, progress=progress,
+    )
+    if plain_pipeline is None:
+        evaluation.notes.append("The model carries no plain LambdaMART (plain_model/): that comparison is left out.")
+    report_path, metrics_path = write_evaluation(evaluation, out_dir)
+    metrics = evaluation.flat_metrics()
+    if run_id is not None:
+        progress(f"logging the report and metrics to MLflow run {run_id}")
+        _log_to_run(run_id, uri, report_path, metrics_path, metrics, window)
+    return EvalResult(report_path, metrics_path, metrics, run_id)
+
+
+def load_models_for_evaluation(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
+    """The served pipeline of ``model_uri`` and its plain LambdaMART (``None`` if absent).
+
+    The plain model sits beside the bundle: ``plain_model/`` next to ``bundle/`` in a
+    training job's local output, ``artifacts/plain_model`` in the MLflow model.
+    """
+    from ..ranker.bundle import load_bundle
+    from ..ranker.lambdamart import LambdaMART
+    from ..serving._resolve import local_model_dir
+
+    from .registry import resolve_tracking_uri, tracking_uri_set_to
+
+    uri = resolve_tracking_uri(tracking_uri)
+    with tracking_uri_set_to(uri), local_model_dir(model_uri, tracking_uri=uri) as bundle_dir:
+        pipeline = load_bundle(bundle_dir)
+        plain_dir = bundle_dir.parent / "plain_model"
+        plain = LambdaMART.load(plain_dir) if (plain_dir / "model.txt").is_file() else None
+    return pipeline, plain
+
+
+def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -> tuple[Any, Any]:
+    """Evaluation pipelines with trust and context rebuilt as of ``as_of`` from ``events``.
+
+    The bundle's own snapshot is as of the end of its training data, which for a held-out
+    window inside that data would leak the outcomes being predicted; the model, feature
+    layout, policy and balancer settings are the bundle's.
+    """
+    from ..features.context import FeatureAssembler, build_context_tables
+    from ..features.trust import TrustConfig, build_snapshot
+    from ..ranker.balancer import ExposureBalancer
+    from ..ranker.pipeline import RankingPipeline
+    from ..ranker.policy import PolicyConfig
+
+    trust_settings = (served.snapshot.manifest or {}).get("config") if served.snapshot is not None else None
+    trust_config = TrustConfig.from_dict(trust_settings) if trust_settings else None
+    snapshot = build_snapshot(events, as_of, config=trust_config)
+    context_config = served.context.config if served.context is not None else None
+    context = build_context_tables(events, as_of, context_config)
+    balancer = ExposureBalancer(served.balancer.config) if served.balancer is not None else None
+    pipeline = RankingPipeline(
+        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy_config,
+        balancer, snapshot=snapshot, context=context, model_id=served.model_id,
+    )
+    plain_pipeline = None
+    if plain is not None:
+        plain_pipeline = RankingPipeline(
+            FeatureAssembler(snapshot, context, schema=plain.feature_schema_), plain,
+            PolicyConfig(trust_weight=0.0, filter_banned=False), None,
+        )
+    return pipeline, plain_pipeline
+
+
+def _log_to_run(
+    run_id: str, tracking_uri: str, report_path: Path, metrics_path: Path, metrics: Mapping[str, float],
+    window: tuple[pd.Timestamp, pd.Timestamp],
+) -> None:
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    from .registry import TrackingUnavailableError, client_for, quiet_mlflow
+
+    folder = f"evaluations/{window[0].strftime('%Y%m%dT%H%M')}-{window[1].strftime('%Y%m%dT%H%M')}"
+    now = int(time.time() * 1000)
+    batch = [Metric(f"eval.{k}", float(v), now, 0) for k, v in sorted(metrics.items())]
+    try:
+        with quiet_mlflow():
+            client = client_for(tracking_uri)
+            client.log_artifact(run_id, str(report_path), folder)
+            client.log_artifact(run_id, str(metrics_path), folder)
+            for i in range(0, len(batch), 1000):
+                client.log_batch(run_id, metrics=batch[i : i + 1000])
+    except (MlflowException, OSError) as error:
+        raise TrackingUnavailableError(
+            f"MLflow tracking at {tracking_uri} failed while logging the evaluation to run {run_id}: "
+            f"{' '.join(str(error).split())[:240]}; the report is at {report_path}"
+        ) from error

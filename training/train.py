@@ -1,0 +1,785 @@
+"""The training job: events -> trust-aware LambdaMART -> bundle -> MLflow run (and registry).
+
+One call of :func:`train` does, in order:
+
+1. load and validate the events (cut at ``until``) and split the impressions by time into
+   train / validation / held-out windows (whole days, so daily snapshots never straddle);
+2. start the MLflow run (a tracking store that cannot be reached fails here, before any work)
+   and log every config, flattened, as params;
+3. build the training frame (point-in-time features, graded labels), fit LambdaMART with early
+   stopping on validation NDCG@10, and the plain LambdaMART without trust features that the
+   evaluation compares against;
+4. save the model bundle **locally first** (trust snapshot and context as of the end of the
+   data, so it is ready to serve), so a tracking failure later loses nothing;
+5. evaluate on the held-out window (snapshot as of its start: no leakage) and write the report;
+6. log step metrics (validation NDCG per boosting round), final metrics, tags, artifacts, the
+   LightGBM Booster and the pyfunc model (whose artifact ``bundle`` is the bundle directory),
+   and with ``register`` a new registered-model version under the alias ``challenger``.
+
+A tracking server that goes away mid-run makes the job fail with
+:class:`~trustfeed.training.registry.TrackingUnavailableError` (one line, saying where the
+local bundle is).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..features.context import ContextConfig
+from ..features.errors import ConfigError, SchemaError
+from ..features.io import atomic_file
+from ..features.progress import NullProgress, Progress
+from ..ranker.balancer import BalancerConfig
+from ..ranker.lambdamart import LambdaMARTConfig
+from ..ranker.policy import PolicyConfig
+from .dataset import DatasetConfig
+from .evaluate import EvalConfig
+from .registry import (
+    CHALLENGER,
+    TrackingUnavailableError,
+    client_for,
+    local_artifact_root,
+    quiet_mlflow,
+    resolve_tracking_uri,
+    tracking_uri_set_to,
+)
+
+__all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_feature_schema", "MODEL_ARTIFACT"]
+
+MODEL_ARTIFACT = "model"
+BOOSTER_ARTIFACT = "booster"
+PLAIN_MODEL_DIR = "plain_model"
+BUNDLE_DIR = "bundle"
+EVALUATION_DIR = "evaluation"
+
+# run tags the evaluation reads back to find the held-out window
+TAG_PREFIX = "trustfeed."
+
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+
+
+def _default_dataset() -> DatasetConfig:
+    # a weekly snapshot keeps training minutes, not hours; features are staler, never leaky
+    return DatasetConfig(snapshot_every_days=7)
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Everything one training job needs (every field is logged to MLflow as a param).
+
+    Parameters
+    ----------
+    events
+        Dataset directory (CONTRACT section 1).
+    until
+        Use only events before this time (``None``: all).
+    experiment
+        MLflow experiment name.
+    tracking_uri
+        MLflow tracking URI; ``None``: ``$MLFLOW_TRACKING_URI``, else MLflow's embedded
+        default made explicit (``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlruns``).
+    register
+        Registered-model name; the new version gets the alias ``challenger``.
+    output_dir
+        Where the local copy of each run is kept (``<output_dir>/<run id>/bundle``, ...);
+        ``None``: ``./trustfeed-models``.
+    validation_fraction, holdout_fraction
+        Shares of the impressions' time span (latest last) used for early stopping and for
+        the held-out evaluation; boundaries are rounded down to whole days.
+    dataset, model, plain_model, policy, balancer, context, trust, evaluation
+        Component configs; ``plain_model`` (``None``: same as ``model``) trains the
+        comparison LambdaMART without trust features.
+    train_plain
+        Train the plain model (the evaluation's comparison arm).
+    tracking_retries
+        HTTP retries per MLflow request (MLflow's own default waits minutes against a dead
+        server); applies unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set.
+    run_name
+        MLflow run name (``None``: MLflow picks one).
+    """
+
+    events: Path
+    until: str | None = None
+    experiment: str = "trustfeed"
+    tracking_uri: str | None = None
+    register: str | None = None
+    output_dir: Path | None = None
+    validation_fraction: float = 0.15
+    holdout_fraction: float = 0.2
+    dataset: DatasetConfig = field(default_factory=_default_dataset)
+    model: LambdaMARTConfig = field(default_factory=LambdaMARTConfig)
+    plain_model: LambdaMARTConfig | None = None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    context: ContextConfig = field(default_factory=ContextConfig)
+    trust: Mapping[str, Any] | None = None
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    train_plain: bool = True
+    tracking_retries: int = 2
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "events", Path(self.events))
+        if self.output_dir is not None:
+            object.__setattr__(self, "output_dir", Path(self.output_dir))
+        if not self.experiment or not isinstance(self.experiment, str):
+            raise ConfigError(f"TrainJobConfig.experiment: expected a non-empty name, got {self.experiment!r}")
+        if self.register is not None and (not isinstance(self.register, str) or not self.register.strip()):
+            raise ConfigError(f"TrainJobConfig.register: expected a model name, got {self.register!r}")
+        for name in ("validation_fraction", "holdout_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
+                raise ConfigError(f"TrainJobConfig.{name}: expected a value in (0, 0.5), got {value!r}")
+        if self.validation_fraction + self.holdout_fraction >= 0.8:
+            raise ConfigError("TrainJobConfig: validation_fraction + holdout_fraction must leave >= 20% for training")
+        if not isinstance(self.tracking_retries, int) or self.tracking_retries < 0:
+            raise ConfigError(f"TrainJobConfig.tracking_retries: expected an integer >= 0, got {self.tracking_retries!r}")
+        if self.until is not None:
+            try:
+                stamp = pd.Timestamp(self.until)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"TrainJobConfig.until: expected a date or ISO 8601 time, got {self.until!r}") from error
+            if stamp is pd.NaT:
+                raise ConfigError(f"TrainJobConfig.until: expected a date or ISO 8601 time, got {self.until!r}")
+        for name, kind in (("dataset", DatasetConfig), ("model", LambdaMARTConfig), ("policy", PolicyConfig),
+                           ("balancer", BalancerConfig), ("context", ContextConfig), ("evaluation", EvalConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"TrainJobConfig.{name}: expected a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.plain_model is not None and not isinstance(self.plain_model, LambdaMARTConfig):
+            raise ConfigError("TrainJobConfig.plain_model: expected a LambdaMARTConfig or None")
+        if self.trust is not None:
+            from ..features.trust import TrustConfig
+
+            TrustConfig.from_dict(dict(self.trust))  # validate now, not after minutes of work
+            object.__setattr__(self, "trust", dict(self.trust))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (nested component configs)."""
+        return {
+            "events": str(self.events),
+            "until": self.until,
+            "experiment": self.experiment,
+            "tracking_uri": self.tracking_uri,
+            "register": self.register,
+            "output_dir": None if self.output_dir is None else str(self.output_dir),
+            "validation_fraction": self.validation_fraction,
+            "holdout_fraction": self.holdout_fraction,
+            "dataset": self.dataset.to_dict(),
+            "model": self.model.to_dict(),
+            "plain_model": None if self.plain_model is None else self.plain_model.to_dict(),
+            "policy": self.policy.to_dict(),
+            "balancer": self.balancer.to_dict(),
+            "context": self.context.to_dict(),
+            "trust": self.trust,
+            "evaluation": self.evaluation.to_dict(),
+            "train_plain": self.train_plain,
+            "tracking_retries": self.tracking_retries,
+            "run_name": self.run_name,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainJobConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainJobConfig keys: {', '.join(unknown)}")
+        data = dict(values)
+        nested = {"dataset": DatasetConfig, "model": LambdaMARTConfig, "plain_model": LambdaMARTConfig,
+                  "policy": PolicyConfig, "balancer": BalancerConfig, "context": ContextConfig, "evaluation": EvalConfig}
+        for name, kind in nested.items():
+            if isinstance(data.get(name), Mapping):
+                data[name] = kind.from_dict(data[name])  # type: ignore[attr-defined]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training job produced.
+
+    Attributes
+    ----------
+    run_id
+        The MLflow run.
+    model_uri
+        ``runs:/<run_id>/model``: the pyfunc model (loadable by ``mlflow.pyfunc.load_model``,
+        ``trustfeed evaluate``, ``trustfeed rank`` and ``FeedRanker.load``).
+    bundle_dir
+        The local copy of the model bundle.
+    metrics
+        Final held-out metrics as logged.
+    registered_version
+        The new version of ``config.register`` (``None`` without registration).
+    report_path
+        The local copy of the evaluation report.
+    """
+
+    run_id: str
+    model_uri: str
+    bundle_dir: Path
+    metrics: dict[str, float]
+    registered_version: str | None = None
+    report_path: Path | None = None
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config dicts -> ``{"model.learning_rate": "0.05", ...}`` (MLflow params).
+
+    Lists and tuples become JSON; ``None`` becomes ``"None"``; nested mappings recurse.
+
+    Examples
+    --------
+    >>> flatten_params({"model": {"eval_at": (5, 10), "lr": 0.1}, "register": None})
+    {'model.eval_at': '[5, 10]', 'model.lr': '0.1', 'register': 'None'}
+    """
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_params(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(list(value), default=str)
+        elif isinstance(value, Mapping):
+            flat[name] = "{}"
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+# ----------------------------------------------------------------------------- data windows
+
+
+@dataclass(frozen=True)
+class _Windows:
+    data_start: pd.Timestamp
+    valid_start: pd.Timestamp
+    holdout_start: pd.Timestamp
+    end: pd.Timestamp
+
+
+def _windows(events: Any, until: pd.Timestamp | None, valid_fraction: float, holdout_fraction: float) -> _Windows:
+    ts = events["impressions"]["ts"]
+    if ts.empty:
+        raise SchemaError("impressions", "ts", "logged impressions to learn from", "an empty table"
+                          + (f" before {until.isoformat()}" if until is not None else ""))
+    first = ts.min()
+    end = ts.max().floor("D") + pd.Timedelta(days=1)
+    if until is not None:
+        end = min(end, until)
+    span = end - first
+    holdout_start = (first + span * (1.0 - holdout_fraction)).floor("D")
+    valid_start = (first + span * (1.0 - holdout_fraction - valid_fraction)).floor("D")
+    if not first < valid_start < holdout_start < end:
+        raise SchemaError(
+            "impressions", "ts",
+            "a span of several days (train, validation and held-out windows of whole days)",
+            f"impressions from {first.isoformat()} to {ts.max().isoformat()}",
+        )
+    return _Windows(first, valid_start, holdout_start, end)
+
+
+# ----------------------------------------------------------------------------- plain model
+
+
+def _is_trust_feature(name: str, source: str) -> bool:
+    """Trust signals the plain model must not see: the merchant trust snapshot, creator
+    trust/violation/report signals and the user's past bad experiences with a merchant."""
+    if source.startswith("merchant:"):
+        return True
+    lowered = f"{name} {source}".lower()
+    return any(word in lowered for word in ("trust", "violation", "report", "banned", "bad"))
+
+
+def plain_feature_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The assembler schema without trust features (for the plain LambdaMART).
+
+    Examples
+    --------
+    >>> schema = {"kind": "trustfeed.features", "format_version": 1,
+    ...           "feature_names": ["merchant_trust_index", "creator_ctr", "hour"],
+    ...           "sources": ["merchant:trust_index", "engagement:ctr", "hour"],
+    ...           "monotone": [1, 0, 0], "categorical": [], "categories": {}}
+    >>> plain_feature_schema(schema)["feature_names"]
+    ['creator_ctr', 'hour']
+    """
+    keep = [i for i, (name, source) in enumerate(zip(schema["feature_names"], schema["sources"], strict=True))
+            if not _is_trust_feature(str(name), str(source))]
+    plain = dict(schema)
+    plain["feature_names"] = [schema["feature_names"][i] for i in keep]
+    plain["sources"] = [schema["sources"][i] for i in keep]
+    plain["monotone"] = [0 for _ in keep]
+    plain["categorical"] = [c for c in schema.get("categorical", []) if c in plain["feature_names"]]
+    return plain
+
+
+# ----------------------------------------------------------------------------- MLflow run
+
+
+class _Run:
+    """The MLflow side of one job; every failure becomes :class:`TrackingUnavailableError`."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = client_for(tracking_uri)
+        self.run_id = ""
+        self.local_copy: Path | None = None
+        experiment_id = self._call("finding the experiment", lambda: self._experiment_id(experiment))
+        run = self._call("starting the run", lambda: self.client.create_run(experiment_id, run_name=run_name))
+        self.run_id = run.info.run_id
+
+    def _experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        # a local store keeps artifacts beside the database, as MLflow's default does, but by
+        # absolute path so a later change of directory cannot scatter them
+        return str(self.client.create_experiment(name, artifact_location=local_artifact_root(self.tracking_uri)))
+
+    def _call(self, what: str, action: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return action()
+        except (MlflowException, OSError) as error:
+            where = f"; the trained model bundle is saved at {self.local_copy}" if self.local_copy else ""
+            run = f" (run {self.run_id})" if self.run_id else ""
+            detail = " ".join(str(error).split())
+            if len(detail) > 240:
+                detail = detail[:237] + "..."
+            raise TrackingUnavailableError(
+                f"MLflow tracking at {self.tracking_uri} failed while {what}{run}: {detail}{where}"
+            ) from error
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            chunk = items[i : i + _MAX_PARAMS_PER_BATCH]
+            self._call("logging params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
+
+    def log_metrics(self, values: Mapping[str, float], step: int = 0, series: Mapping[str, list[float]] | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(_dt.datetime.now(tz=_dt.timezone.utc).timestamp() * 1000)
+        metrics = [Metric(_metric_key(k), float(v), now, step) for k, v in sorted(values.items()) if math.isfinite(v)]
+        for key, curve in (series or {}).items():
+            metrics += [Metric(_metric_key(key), float(v), now, i + 1) for i, v in enumerate(curve) if math.isfinite(v)]
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            chunk = metrics[i : i + _MAX_METRICS_PER_BATCH]
+            self._call("logging metrics", lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in sorted(tags.items())]
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            chunk = items[i : i + _MAX_PARAMS_PER_BATCH]
+            self._call("setting tags", lambda c=chunk: self.client.log_batch(self.run_id, tags=c))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self._call(f"uploading {path.name}", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
+        else:
+            self._call(f"uploading {path.name}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def end(self, status: str) -> None:
+        self._call("ending the run", lambda: self.client.set_terminated(self.run_id, status))
+
+    def fail_quietly(self) -> None:
+        """Mark the run failed if the store still answers (it may be the thing that failed)."""
+        try:
+            self.client.set_terminated(self.run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - best effort on the way out of an error
+            pass
+
+
+def _metric_key(name: str) -> str:
+    # MLflow metric names allow letters, digits, _ - . space / ; keep everything else out
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in name)
+
+
+@contextmanager
+def _mlflow_session(config: TrainJobConfig, tracking_uri: str) -> Iterator[None]:
+    """Quiet console, bounded HTTP retries and the tracking URI for MLflow's fluent API."""
+    defaults = {
+        # MLflow's own default retries for minutes against a dead server
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(config.tracking_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+        # the CLI prints the run id and model URI itself
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    }
+    saved_env = {k: os.environ.get(k) for k in defaults}
+    for key, value in defaults.items():
+        if saved_env[key] is None:
+            os.environ[key] = value
+    try:
+        with tracking_uri_set_to(tracking_uri), quiet_mlflow():
+            yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResult:
+    """Train the trust-aware ranker, evaluate it on held-out days and log it all to MLflow.
+
+    Parameters
+    ----------
+    config
+        :class:`TrainJobConfig`.
+    progress
+        Receives one call per step (the CLI prints them).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    SchemaError
+        The events are invalid or too short to split by time.
+    TrackingUnavailableError
+        MLflow cannot be reached or fails during the run (the message says where the local
+        bundle is when one was saved).
+
+    Examples
+    --------
+    A full job takes tens of seconds, so the example is not run by the doctests:
+
+    >>> import tempfile, pathlib
+    >>> from trustfeed.training.simulate import SimConfig, simulate, write_dataset
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> write_dataset(simulate(SimConfig(seed=1, merchants=40, days=21)), root / "events")
+    >>> result = train(TrainJobConfig(events=root / "events", tracking_uri=f"sqlite:///{root}/mlflow.db",
+    ...                               output_dir=root / "models", train_plain=False,
+    ...                               model=LambdaMARTConfig(num_rounds=10, min_data_in_leaf=20)))  # doctest: +SKIP
+    >>> result.model_uri == f"runs:/{result.run_id}/model"  # doctest: +SKIP
+    True
+    """
+    from ..features.events import load_events, to_utc
+
+    progress = progress or NullProgress()
+    tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    progress(f"loading events from {config.events}")
+    events = load_events(config.events)
+    until = to_utc(config.until) if config.until is not None else None
+    if until is not None:
+        events = events.before(until)
+    windows = _windows(events, until, config.validation_fraction, config.holdout_fraction)
+
+    with _mlflow_session(config, tracking_uri):
+        progress(f"tracking: {tracking_uri} (experiment {config.experiment!r})")
+        run = _Run(tracking_uri, config.experiment, config.run_name)
+        try:
+            return _train_in_run(config, events, windows, run, progress)
+        except BaseException:
+            run.fail_quietly()
+            raise
+
+
+def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
+    import lightgbm as lgb
+
+    from ..features.context import FeatureAssembler, build_context_tables
+    from ..features.trust import TrustConfig, build_snapshot
+    from ..ranker.balancer import ExposureBalancer
+    from ..ranker.bundle import save_bundle
+    from ..ranker.lambdamart import LambdaMART
+    from ..ranker.pipeline import RankingPipeline
+    from .dataset import build_training_frame, time_split
+    from .evaluate import evaluate_pipeline, pipelines_as_of, write_evaluation
+    from .simulate import load_truth, load_truth_meta
+
+    run.log_params(flatten_params(config.to_dict()))
+    run.set_tags(_data_tags(config, windows))
+
+    dataset_config = replace(config.dataset, context=config.context, trust=config.trust)
+    trust_config = TrustConfig.from_dict(config.trust) if config.trust else None
+    progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
+    frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress)
+    fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
+    if len(fit_part) == 0 or len(valid_part) == 0:
+        raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
+                          f"{len(fit_part)} training and {len(valid_part)} validation rows")
+
+    progress(f"training LambdaMART on {fit_part.groups().size:,} requests ({len(fit_part):,} impressions)")
+    model = LambdaMART(config.model).fit(
+        fit_part.features(), fit_part.labels, fit_part.groups(), position=fit_part.positions,
+        X_valid=valid_part.features(), y_valid=valid_part.labels, group_valid=valid_part.groups(),
+        feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone,
+        feature_schema=frame.schema,
+    )
+    plain_model = None
+    if config.train_plain:
+        progress("training the plain LambdaMART without trust features")
+        plain_schema = plain_feature_schema(frame.schema)
+        columns = [frame.feature_names.index(n) for n in plain_schema["feature_names"]]
+        plain_model = LambdaMART(config.plain_model or config.model).fit(
+            fit_part.features()[:, columns], fit_part.labels, fit_part.groups(), position=fit_part.positions,
+            X_valid=valid_part.features()[:, columns], y_valid=valid_part.labels, group_valid=valid_part.groups(),
+            feature_names=plain_schema["feature_names"], categorical=plain_schema["categorical"],
+            monotone=plain_schema["monotone"], feature_schema=plain_schema,
+        )
+
+    # --- the bundle, saved locally before anything else goes to the tracking store
+    local = _local_run_dir(config, run.run_id)
+    progress(f"building the serving snapshot as of {windows.end.isoformat()}")
+    serving_snapshot = build_snapshot(events, windows.end, config=trust_config)
+    serving_context = build_context_tables(events, windows.end, config.context)
+    pipeline = RankingPipeline(
+        FeatureAssembler(serving_snapshot, serving_context, schema=frame.schema), model, config.policy,
+        ExposureBalancer(config.balancer), snapshot=serving_snapshot, context=serving_context,
+    )
+    bundle_dir = local / BUNDLE_DIR
+    progress(f"saving the model bundle to {bundle_dir}")
+    save_bundle(pipeline, bundle_dir)
+    run.local_copy = bundle_dir
+    plain_dir = None
+    if plain_model is not None:
+        plain_dir = local / PLAIN_MODEL_DIR
+        plain_model.save(plain_dir)
+
+    # --- held-out evaluation: snapshot and context as of the window start (no leakage)
+    progress(f"evaluating on held-out requests from {windows.holdout_start.date()}")
+    eval_pipeline, plain_pipeline = pipelines_as_of(pipeline, plain_model, events, windows.holdout_start)
+    evaluation = evaluate_pipeline(
+        eval_pipeline, events, (windows.holdout_start, windows.end), plain_pipeline=plain_pipeline,
+        truth=load_truth(config.events), truth_meta=load_truth_meta(config.events), config=config.evaluation,
+        facts={"run id": run.run_id, "model": f"runs:/{run.run_id}/{MODEL_ARTIFACT}",
+               "training window": f"{windows.data_start.isoformat()} to {windows.holdout_start.isoformat()}"},
+        progress=progress,
+    )
+    report_path, metrics_path = write_evaluation(evaluation, local / EVALUATION_DIR)
+    metrics = evaluation.flat_metrics()
+    importance = _importance_table(model)
+    importance_path = local / "feature_importance.csv"
+    with atomic_file(importance_path) as tmp:
+        importance.to_csv(tmp, index=False)
+    manifest_path = local / "snapshot_manifest.json"
+    manifest_text = json.dumps(serving_snapshot.manifest, indent=2, sort_keys=True, default=str)
+    with atomic_file(manifest_path) as tmp:
+        tmp.write_text(manifest_text + "\n")
+
+    # --- everything to MLflow
+    progress("logging the run to MLflow")
+    curves = {f"valid_{name.replace('@', '_at_')}": values for name, values in model.evals_result_.get("valid", {}).items()}
+    if plain_model is not None:
+        curves.update({f"plain.valid_{name.replace('@', '_at_')}": values
+                       for name, values in plain_model.evals_result_.get("valid", {}).items()})
+    run.log_metrics({**metrics, "best_iteration": float(model.best_iteration_),
+                     "train_requests": float(fit_part.groups().size), "valid_requests": float(valid_part.groups().size)},
+                    series=curves)
+    run.set_tags({
+        f"{TAG_PREFIX}snapshot_manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
+        f"{TAG_PREFIX}local_bundle": str(bundle_dir),
+        f"{TAG_PREFIX}lightgbm_version": lgb.__version__,
+    })
+    run.log_artifact(importance_path)
+    run.log_artifact(manifest_path)
+    run.log_artifact(local / EVALUATION_DIR, EVALUATION_DIR)
+    if plain_dir is not None:
+        run.log_artifact(plain_dir, PLAIN_MODEL_DIR)
+    progress("logging the model (pyfunc + LightGBM booster)")
+    model_uri = _log_models(run, model, bundle_dir, plain_dir, eval_requests_example(events, windows), pipeline.live_fields)
+    version = None
+    if config.register:
+        progress(f"registering {config.register!r} with alias {CHALLENGER!r}")
+        version = _register(run, config.register, model_uri)
+    run.end("FINISHED")
+    progress(f"done: run {run.run_id}")
+    return TrainResult(run.run_id, model_uri, bundle_dir, metrics, version, report_path)
+
+
+def _local_run_dir(config: TrainJobConfig, run_id: str) -> Path:
+    root = config.output_dir if config.output_dir is not None else Path.cwd() / "trustfeed-models"
+    path = (root / run_id).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _importance_table(model: Any) -> pd.DataFrame:
+    gain = model.feature_importance("gain")
+    split = model.feature_importance("split")
+    table = pd.DataFrame({"feature": gain.index.astype(str), "gain": gain.to_numpy(dtype=float)})
+    table["split"] = split.reindex(gain.index).to_numpy(dtype=float)
+    total = table["gain"].sum()
+    table["gain_share"] = table["gain"] / total if total > 0 else 0.0
+    return table
+
+
+def _data_tags(config: TrainJobConfig, windows: _Windows) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    tags = {
+        f"{TAG_PREFIX}data_start": windows.data_start.isoformat(),
+        f"{TAG_PREFIX}data_end": windows.end.isoformat(),
+        f"{TAG_PREFIX}train_start": windows.data_start.isoformat(),
+        f"{TAG_PREFIX}valid_start": windows.valid_start.isoformat(),
+        f"{TAG_PREFIX}heldout_start": windows.holdout_start.isoformat(),
+        f"{TAG_PREFIX}heldout_end": windows.end.isoformat(),
+        f"{TAG_PREFIX}events": str(config.events.absolute()),
+    }
+    try:
+        tags[f"{TAG_PREFIX}version"] = version("trustfeed")
+    except PackageNotFoundError:
+        pass
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    """The commit of the trustfeed source tree, when it is a git checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and len(commit) == 40 else None
+
+
+def eval_requests_example(events: Any, windows: _Windows, n_candidates: int = 3) -> dict[str, Any]:
+    """One held-out request (a few candidates) as the model's input example."""
+    from .evaluate import requests_from_impressions
+
+    impressions = events["impressions"]
+    later = impressions.loc[(impressions["ts"] >= windows.holdout_start).to_numpy(dtype=bool, na_value=False)]
+    first = later["request_id"].iloc[0]
+    slate = later.loc[later["request_id"] == first].sort_values("position").head(n_candidates)
+    request = requests_from_impressions(slate.assign(request_id=slate["request_id"].astype(str)))[0]
+    return request
+
+
+def _signature(live_fields: tuple[str, ...] = ()) -> Any:
+    """Request in, response out (CONTRACT section 3), as MLflow schema types.
+
+    MLflow enforces the input schema before ``predict`` (also in ``mlflow models serve``):
+    candidate fields beyond the ids are accepted only if the model uses them as live context.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, Property, Schema
+
+    candidate = Object(
+        [Property("stream_id", "string"), Property("creator_id", "string"), Property("merchant_id", "string")]
+        + [Property(name, "double", required=False) for name in live_fields]
+    )
+    inputs = Schema([
+        ColSpec("string", "request_id"),
+        ColSpec("string", "user_id"),
+        ColSpec("string", "ts"),
+        # double, not long: in a batch where some requests omit k the column holds NaN,
+        # which MLflow cannot convert to int64 (the request parser accepts 10.0 as 10)
+        ColSpec("double", "k", required=False),
+        ColSpec(Array(candidate), "candidates"),
+    ])
+    item = Object([
+        Property("stream_id", "string"), Property("creator_id", "string"), Property("merchant_id", "string"),
+        Property("score", "double"), Property("relevance", "double"), Property("trust", "double", required=False),
+    ])
+    dropped = Object([Property("stream_id", "string"), Property("reason", "string")])
+    outputs = Schema([
+        ColSpec("string", "request_id"),
+        ColSpec(Array(item), "items"),
+        ColSpec(Array(dropped), "filtered", required=False),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("lightgbm", "numpy", "pandas", "pyarrow", "scipy", "mlflow"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def _log_models(
+    run: _Run, model: Any, bundle_dir: Path, plain_dir: Path | None, example: dict[str, Any], live_fields: tuple[str, ...]
+) -> str:
+    import mlflow
+    import mlflow.lightgbm
+
+    code = str(Path(__file__).with_name("_pyfunc_model.py"))
+    artifacts = {"bundle": str(bundle_dir)}
+    if plain_dir is not None:
+        artifacts[PLAIN_MODEL_DIR] = str(plain_dir)
+    requirements = _pip_requirements()
+
+    def log() -> None:
+        with mlflow.start_run(run_id=run.run_id):
+            mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT, python_model=code, artifacts=artifacts, signature=_signature(live_fields),
+                input_example=[example], pip_requirements=requirements,
+            )
+            # the raw Booster (LightGBM text format) for tools that want the trees alone
+            mlflow.lightgbm.log_model(model.booster_, name=BOOSTER_ARTIFACT,
+                                      pip_requirements=[r for r in requirements if r.startswith(("lightgbm", "numpy"))])
+
+    run._call("logging the model", lambda: _silently(log))
+    return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+
+
+def _silently(action: Any) -> Any:
+    """Run ``action`` with stdout/stderr captured: MLflow prints registry news with print()."""
+    import contextlib
+    import io
+
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        return action()
+
+
+def _register(run: _Run, name: str, model_uri: str) -> str:
+    def register() -> str:
+        import mlflow
+
+        version = mlflow.register_model(model_uri, name)
+        run.client.set_registered_model_alias(name, CHALLENGER, version.version)
+        return str(version.version)
+
+    result: str = run._call(f"registering {name!r}", lambda: _silently(register))
+    return result
+
+
+def trained_windows_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The held-out window a training run recorded in its tags (``None`` if it has none)."""
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    try:
+        tags = client.get_run(run_id).data.tags
+    except Exception:  # noqa: BLE001 - an unknown run simply has no window
+        return None
+    start, end = tags.get(f"{TAG_PREFIX}heldout_start"), tags.get(f"{TAG_PREFIX}heldout_end")
+    if not start or not end:
+        return None
+    return pd.Timestamp(start), pd.Timestamp(end)
