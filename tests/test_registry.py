@@ -145,6 +145,9 @@ def test_cli_promote_prints_the_reason_and_exit_codes(store: str, name: str, cap
     _register(store, name, GOOD)
     assert main(["promote", name, "--tracking-uri", store]) == 0
     assert f"promoted {name} version" in capsys.readouterr().out
+    # promoting again is refused (already champion): a decision, exit status 1, reason printed
+    assert main(["promote", name, "--tracking-uri", store]) == 1
+    assert "already" in capsys.readouterr().out
 
 
 def test_run_id_of_model_uri_resolves_aliases_and_versions(store: str, name: str) -> None:

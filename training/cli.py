@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+EXIT_NOT_PROMOTED = 1
 
 
 def _version() -> str:
@@ -96,6 +97,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         start=args.start,
         end=args.end,
         progress=StderrProgress(),
+        tracking_uri=args.tracking_uri,
     )
     print(f"report: {result.report_path}")
     print(f"metrics: {result.metrics_path}")
@@ -103,13 +105,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from ..serving import rank_file
+    from ..serving import FeedRanker, rank_file
 
+    ranker = FeedRanker.load(args.model, snapshot=args.snapshot, tracking_uri=args.tracking_uri)
     summary = rank_file(
         model_uri=args.model,
         requests_path=Path(args.requests),
         out_path=Path(args.out),
         snapshot=args.snapshot,
+        ranker=ranker,
     )
     print(summary)
     return EXIT_OK
@@ -120,7 +124,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
     decision = promote(args.name, force=args.force, tracking_uri=args.tracking_uri)
     print(decision.reason)
-    return EXIT_OK
+    # a refusal is a decision, not an error: exit 1 lets scripts branch on it (like grep)
+    return EXIT_OK if decision.promoted else EXIT_NOT_PROMOTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,17 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, metavar="DIR")
     evaluate.add_argument("--from", dest="start", metavar="DATE")
     evaluate.add_argument("--to", dest="end", metavar="DATE")
+    evaluate.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for runs:/ and models:/ URIs")
 
     rank = add("rank", _cmd_rank, "rank a JSON-lines file of requests exactly as the serving API does")
     rank.add_argument("--model", required=True, metavar="URI")
     rank.add_argument("--requests", required=True, metavar="FILE.jsonl")
     rank.add_argument("--out", required=True, metavar="FILE.jsonl")
     rank.add_argument("--snapshot", metavar="PATH", help="trust snapshot directory to use instead of the bundled one")
+    rank.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for runs:/ and models:/ URIs")
 
     promote = add("promote", _cmd_promote, "move the 'champion' alias to the 'challenger' if it is not worse")
     promote.add_argument("name", metavar="NAME", help="registered model name")
     promote.add_argument("--force", action="store_true", help="promote even if held-out metrics are worse")
     promote.add_argument("--tracking-uri", metavar="URI")
+    promote.epilog = "exit status: 0 promoted, 1 not promoted (the reason is printed), 2 bad input"
     return parser
 
 
