@@ -1,0 +1,722 @@
+"""Per-merchant and per-creator evidence counts from a point-in-time event log.
+
+Ids are factorised once (:func:`encode_ids`) into dense integer codes, so every builder
+here is numpy over whole columns plus grouped sums over codes (:mod:`._dask_backend`),
+and the same code runs on the pandas and Dask backends. Counts are *effective* counts:
+each row is weighted by
+
+- time: ``0.5 ** (age_days / half_life)`` for the main (decayed) columns, or a 0/1 window
+  indicator for the ``_<k>d`` columns;
+- credibility of the order it belongs to (``order_weight``, see :func:`_order_credibility`):
+  orders that look like brushing count for little, so fake volume can neither dilute a
+  merchant's complaint rate nor add 5-star reviews.
+
+Nothing here shrinks or combines: that is :mod:`._trust_index`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ._dask_backend import Aggregator
+from ._schema import BENEFITS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .events import EventLog
+    from .trust import TrustConfig
+
+__all__ = ["SignalCounts", "Encoding", "encode_ids", "build_counts", "BAD_CASE_REASONS", "HOST_REPORT_CATEGORIES"]
+
+BAD_CASE_REASONS = ("quality", "not_as_described", "counterfeit")
+HOST_REPORT_CATEGORIES = ("false_advertising", "inducement", "vulgar")
+_DAY = 86_400.0
+
+# Which columns hold which kind of id (only the columns the builders read: factorising
+# strings is the costliest step at scale). The first table of each kind fixes codes 0..n-1
+# in its (sorted) row order, so merchants and creators come out sorted by id.
+_ID_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "merchant": (
+        ("merchants", "merchant_id"), ("orders", "merchant_id"), ("livestreams", "merchant_id"),
+        ("creators", "merchant_id"), ("reports", "merchant_id"), ("violations", "merchant_id"),
+        ("guarantees", "merchant_id"), ("nps", "merchant_id"),
+    ),
+    "user": (
+        ("orders", "user_id"), ("reviews", "user_id"), ("reports", "reporter_id"), ("nps", "user_id"),
+        ("follows", "user_id"), ("impressions", "user_id"),
+    ),
+    "order": (("orders", "order_id"), ("after_sales", "order_id"), ("reviews", "order_id")),
+    "creator": (
+        ("creators", "creator_id"), ("livestreams", "creator_id"), ("orders", "creator_id"),
+        ("reports", "creator_id"), ("violations", "creator_id"), ("follows", "creator_id"),
+        ("impressions", "creator_id"),
+    ),
+    "stream": (("livestreams", "stream_id"), ("reports", "stream_id")),
+    "entity": (("merchants", "entity_id"),),
+    "category": (("merchants", "category"),),
+}  # fmt: skip
+
+
+@dataclass
+class Encoding:
+    """Id strings by code, per kind of id (``vocab["merchant"][code] -> merchant_id``)."""
+
+    vocab: dict[str, pd.api.extensions.ExtensionArray]
+
+    def size(self, kind: str) -> int:
+        """Number of distinct ids of ``kind``."""
+        return len(self.vocab[kind])
+
+
+def encode_ids(events: EventLog) -> tuple[EventLog, Encoding]:
+    """Replace every id column by a dense ``int64`` code (-1 for null).
+
+    Merchants are sorted by ``merchant_id`` and creators by ``creator_id`` first, so code
+    order is id order; orders keep their row order, so an order's code is its row.
+    """
+    from .events import EventLog
+
+    tables = {name: events[name] for name in events.tables}
+    tables["merchants"] = tables["merchants"].sort_values("merchant_id", kind="stable").reset_index(drop=True)
+    tables["creators"] = tables["creators"].sort_values("creator_id", kind="stable").reset_index(drop=True)
+    encoded = {name: frame.copy(deep=False) for name, frame in tables.items()}
+    vocab: dict[str, pd.api.extensions.ExtensionArray] = {}
+    for kind, columns in _ID_KINDS.items():
+        parts = [tables[t][c].astype("string") for t, c in columns]
+        lengths = [len(p) for p in parts]
+        joined = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype="string")
+        codes, uniques = pd.factorize(joined, use_na_sentinel=True)
+        # Kept as the (Arrow-backed) string array: millions of order ids as Python objects
+        # would cost hundreds of MB for ids that are only ever counted.
+        vocab[kind] = pd.array(uniques, dtype="string")
+        offsets = np.cumsum([0, *lengths])
+        for (table, column), start, stop in zip(columns, offsets[:-1], offsets[1:]):
+            encoded[table][column] = codes[start:stop].astype("int64")
+    log = EventLog(encoded, events.missing, events.warnings, events.missing_columns)
+    return log, Encoding(vocab)
+
+
+@dataclass
+class SignalCounts:
+    """Evidence counts as of one time, before shrinkage (rows are dense codes)."""
+
+    merchants: pd.DataFrame  # index: merchant code
+    creators: pd.DataFrame  # index: creator code
+    orders: pd.DataFrame  # per order: merchant, created_at, order_weight, bad_case, bad_review (labels)
+    users: pd.DataFrame  # index: user code; per-user history
+    notes: list[str] = field(default_factory=list)
+
+
+def _age_days(times: pd.Series, as_of: pd.Timestamp) -> np.ndarray:
+    # Time columns may arrive tz-aware, naive-UTC (via numpy) or empty/object: normalise.
+    stamps = pd.to_datetime(pd.Series(times), utc=True)
+    delta = (as_of - stamps).dt.total_seconds().to_numpy(dtype="float64", na_value=np.nan)
+    return np.maximum(delta / _DAY, 0.0)
+
+
+def _time_weights(times: pd.Series, as_of: pd.Timestamp, config: TrustConfig) -> dict[str, np.ndarray]:
+    """``{"": decay, "_7d": window, ...}``: the weightings every evidence column gets."""
+    age = _age_days(times, as_of)
+    weights = {"": np.exp2(-age / config.half_life_days)}
+    for days in config.windows:
+        weights[f"_{days}d"] = (age < days).astype("float64")
+    return weights
+
+
+def _bool(series: pd.Series) -> np.ndarray:
+    """Nullable boolean -> numpy bool with null = False."""
+    return series.astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def _is(series: pd.Series, values: tuple[str, ...] | str) -> np.ndarray:
+    """Enum/text column equals (one of) ``values``; null = False."""
+    wanted = (values,) if isinstance(values, str) else values
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        # Compare the small integer codes, not millions of strings.
+        categories = list(series.cat.categories)
+        positions = [categories.index(v) for v in wanted if v in categories]
+        return np.isin(series.cat.codes.to_numpy(), positions)
+    return series.isin(wanted).to_numpy(dtype=bool, na_value=False)
+
+
+def _codes(series: pd.Series) -> np.ndarray:
+    return series.to_numpy(dtype="int64")
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray, fill: float | int) -> np.ndarray:
+    """``table[codes]`` with ``fill`` where a code is null (-1) or outside the table."""
+    ok = (codes >= 0) & (codes < len(table))
+    if not len(table):
+        return np.full(len(codes), fill, dtype=np.result_type(table.dtype, type(fill)))
+    return np.where(ok, table[np.where(ok, codes, 0)], fill)
+
+
+class _Weighted(Mapping[str, np.ndarray]):
+    """Evidence x time weight (x credibility) columns, computed one at a time on access.
+
+    At ten million rows each column is 80 MB; building them lazily lets the aggregator sum
+    and drop each before the next exists.
+    """
+
+    def __init__(
+        self,
+        evidence: Mapping[str, np.ndarray],
+        time_weights: Mapping[str, np.ndarray],
+        credibility: np.ndarray | float,
+        windowed: tuple[str, ...],
+    ) -> None:
+        self._parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, values in evidence.items():
+            for suffix, weight in time_weights.items():
+                if suffix and name not in windowed:
+                    continue
+                self._parts[name + suffix] = (values, weight)
+        self._credibility = credibility
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        values, weight = self._parts[name]
+        return values * weight * self._credibility
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+
+def _weighted(
+    evidence: Mapping[str, np.ndarray],
+    time_weights: Mapping[str, np.ndarray],
+    credibility: np.ndarray | float = 1.0,
+    windowed: tuple[str, ...] = (),
+) -> Mapping[str, np.ndarray]:
+    """Evidence x time weight (x credibility) columns, ready to sum (lazily computed)."""
+    return _Weighted(evidence, time_weights, credibility, windowed)
+
+
+def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows per (a, b) pair: returns (pair code per row, rows per pair, a of each pair)."""
+    key = a.astype("int64") * max(b_size, 1) + b
+    codes, uniques = pd.factorize(key)
+    per_pair = np.bincount(codes, minlength=len(uniques)).astype("float64")
+    return codes, per_pair, (np.asarray(uniques) // max(b_size, 1)).astype("int64")
+
+
+def _order_credibility(
+    tables: Mapping[str, pd.DataFrame], category: np.ndarray, enc: Encoding, config: TrustConfig, agg: Aggregator
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Per-order suspicion of brushing and the credibility weight derived from it.
+
+    A buyer's credibility comes from its history across the platform: an account whose only
+    activity is buying from this one merchant (no other merchant, no feed impressions, no
+    follows, no survey answers) is what a brushing account looks like. Repeat orders of one
+    buyer at one merchant beyond ``per_buyer_cap`` count for ``cap / n`` each, and orders far
+    below the category's typical amount ("tiny" orders) are suspicious too. Suspicions
+    combine as independent pieces of evidence: ``s = 1 - prod(1 - s_i)``.
+    """
+    orders = tables["orders"]
+    n_users, n_merchants = enc.size("user"), enc.size("merchant")
+    user = _codes(orders["user_id"])
+    merchant = _codes(orders["merchant_id"])
+    paid = ~_is(orders["status"], "cancelled")
+    pair_code, pair_orders, pair_user = _pair_counts(user, merchant, n_merchants)
+    history = agg.sum(pair_user, n_users, {"user_orders": pair_orders, "user_merchants": np.ones(len(pair_orders))})
+    activity = np.zeros(n_users)
+    for table in ("impressions", "follows", "nps"):
+        activity += agg.sum(_codes(tables[table]["user_id"]), n_users, {"n": np.ones(len(tables[table]))})["n"]
+    user_merchants = history["user_merchants"][user]
+    # "No other history" is only evidence when the platform logs browsing or follows at all;
+    # without such logs (a plain order export) every one-off buyer would look isolated.
+    logs_activity = any(len(tables[t]) for t in ("impressions", "follows"))
+    inactive = (activity[user] <= 0) & logs_activity
+    isolated = (user_merchants <= 1) & inactive
+    per_pair = pair_orders[pair_code]
+    # An isolated buyer is only half-suspect (real one-off buyers exist); one that keeps buying
+    # from its only merchant is what a brushing account does.
+    s_isolated = np.where(isolated, np.where(per_pair >= 2, 1.0, config.isolated_buyer_suspicion), 0.0)
+    # A buyer of several shops that never browses, follows or answers a survey looks like a
+    # brushing ring account: weaker evidence.
+    s_inactive = (inactive & ~isolated) * (config.isolated_buyer_suspicion / 2)
+    s_repeat = 1.0 - np.minimum(1.0, config.per_buyer_cap / per_pair)
+
+    amount = orders["amount"].to_numpy(dtype="float64")
+    order_category = _lookup(category, merchant, -1)
+    typical = pd.Series(amount[paid]).groupby(order_category[paid]).median()
+    overall = float(np.median(amount[paid])) if paid.any() else 0.0
+    reference = pd.Series(order_category).map(typical).fillna(overall).to_numpy(dtype="float64")
+    s_tiny = (amount < config.tiny_amount_fraction * reference) * config.tiny_amount_suspicion
+
+    s_praise = _premature_praise(tables, enc) * (1.0 - config.premature_praise_weight)
+
+    suspicion = 1.0 - (1.0 - s_isolated) * (1.0 - s_inactive) * (1.0 - s_repeat) * (1.0 - s_tiny) * (1.0 - s_praise)
+    # A plain dict of columns: a DataFrame would consolidate (copy) them into 2-D blocks,
+    # doubling the largest temporary of the build at ten million orders.
+    evidence: dict[str, Any] = {
+        "order": _codes(orders["order_id"]),
+        "user": user,
+        "merchant": merchant,
+        "created_at": pd.to_datetime(orders["created_at"], utc=True).reset_index(drop=True),
+        "amount": amount,
+        "paid": paid,
+        "suspicion": suspicion,
+        "order_weight": (1.0 - suspicion) * paid,
+        "pair": pair_code,
+    }
+    users = pd.DataFrame(
+        {
+            "user_orders": history["user_orders"],
+            "user_merchants": history["user_merchants"],
+            "user_activity": activity,
+        }
+    )
+    return evidence, users
+
+
+def _premature_praise(tables: Mapping[str, pd.DataFrame], enc: Encoding) -> np.ndarray:
+    """Per order row: a 4-5 star review was written before the order was delivered.
+
+    Praise for goods not yet received is a brushing tell: the order is suspect, not just the
+    review. Only when the log records deliveries at all (else nothing can be told).
+    """
+    orders, reviews = tables["orders"], tables["reviews"]
+    delivered = pd.to_datetime(orders["delivered_at"], utc=True)
+    if not len(reviews) or not delivered.notna().any():
+        return np.zeros(len(orders))
+    order_code = _codes(orders["order_id"])
+    arrived = np.full(enc.size("order"), -1, dtype="int64")
+    arrived[order_code] = np.where(
+        delivered.notna().to_numpy(), delivered.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).view("int64"), -1
+    )
+    reviewed = _codes(reviews["order_id"])
+    ok = (reviewed >= 0) & (reviewed < len(arrived))
+    reviewed = np.where(ok, reviewed, 0)
+    written = pd.to_datetime(reviews["created_at"], utc=True).to_numpy(dtype="datetime64[ns]").view("int64")
+    praise = reviews["rating"].to_numpy(dtype="float64", na_value=np.nan) >= 4
+    when = arrived[reviewed]
+    early = ok & praise & ((when < 0) | (written < when))
+    flagged = np.bincount(reviewed[early], minlength=len(arrived)) > 0
+    return flagged[order_code].astype("float64")
+
+
+def build_counts(
+    tables: Mapping[str, pd.DataFrame],
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    agg: Aggregator,
+    enc: Encoding,
+    category: np.ndarray,
+) -> SignalCounts:
+    """All evidence counts as of ``as_of`` from encoded point-in-time tables.
+
+    ``category`` is the category code of every merchant code (-1: unknown).
+    """
+    n_merchants, n_orders_vocab = enc.size("merchant"), enc.size("order")
+    orders = tables["orders"]
+    order_frame, users = _order_credibility(tables, category, enc, config, agg)
+    tw = _time_weights(orders["created_at"], as_of, config)
+    merchant = order_frame["merchant"]
+    paid = order_frame["paid"]
+    weight = order_frame["order_weight"]
+    suspicion = order_frame["suspicion"]
+    counts: dict[str, np.ndarray] = {}
+
+    # --- orders -------------------------------------------------------------------------
+    promised = orders["promised_ship_by"]
+    due = (promised < as_of).to_numpy(dtype=bool, na_value=False) & paid
+    shipped = orders["shipped_at"]
+    on_time = (shipped <= promised).to_numpy(dtype=bool, na_value=False)
+    late = due & ~on_time
+    presale = _bool(orders["presale"]) & paid
+    follower = _from_followers(tables, enc) & paid
+    evidence_paid = {
+        "n_orders": paid.astype("float64"),
+        "n_due": due.astype("float64"),
+        "n_late": late.astype("float64"),
+        "n_presale": presale.astype("float64"),
+        "n_follower_orders": follower.astype("float64"),
+        "gmv": order_frame["amount"] * paid,
+    }
+    counts.update(agg.sum(merchant, n_merchants, _weighted(evidence_paid, tw, weight, ("n_orders", "n_due", "n_late"))))
+    evidence_all = {"n_orders_all": np.ones(len(orders)), "n_cancelled": (~paid).astype("float64")}
+    counts.update(agg.sum(merchant, n_merchants, _weighted(evidence_all, tw, 1.0 - suspicion, ("n_orders_all", "n_cancelled"))))
+    # Brushing evidence is not credibility-weighted: it is what the weight is made of.
+    counts.update(
+        agg.sum(
+            merchant,
+            n_merchants,
+            {
+                "suspicion": suspicion * paid * tw[""],
+                "n_suspicion": paid * tw[""],
+                "n_orders_raw": paid.astype("float64"),
+            },
+        )
+    )
+    counts.update(_repurchase(order_frame, as_of, config, agg, enc))
+
+    # Dense per-order lookups, indexed by order code.
+    order_code = order_frame["order"]
+    merchant_of = np.full(n_orders_vocab, -1, dtype="int64")
+    merchant_of[order_code] = merchant
+    weight_of = np.zeros(n_orders_vocab)
+    weight_of[order_code] = weight
+    buyer_of = np.full(n_orders_vocab, -1, dtype="int64")
+    buyer_of[order_code] = order_frame["user"]
+    # Delivery time per order (ns since epoch; -1 = not delivered as of the cut). None when
+    # the log records no deliveries at all: then "reviewed before delivery" cannot be told.
+    delivered = pd.to_datetime(orders["delivered_at"], utc=True)
+    delivered_of: np.ndarray | None = None
+    if delivered.notna().any():
+        delivered_of = np.full(n_orders_vocab, -1, dtype="int64")
+        delivered_of[order_code] = np.where(
+            delivered.notna().to_numpy(), delivered.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).view("int64"), -1
+        )
+    lookups = (merchant_of, weight_of, buyer_of, delivered_of)
+
+    # --- after-sales, reviews -------------------------------------------------------------
+    case_counts, bad_case = _after_sales(tables["after_sales"], lookups, as_of, config, agg, n_merchants)
+    counts.update(case_counts)
+    review_counts, bad_review = _reviews(tables["reviews"], lookups, as_of, config, agg, enc)
+    counts.update(review_counts)
+    bad_case, bad_review = bad_case[order_code], bad_review[order_code]
+
+    # --- reports, violations, guarantees, nps, streams ------------------------------------
+    streams = tables["livestreams"]
+    stream_merchant = np.full(enc.size("stream"), -1, dtype="int64")
+    stream_merchant[_codes(streams["stream_id"])] = _codes(streams["merchant_id"])
+    stream_creator = np.full(enc.size("stream"), -1, dtype="int64")
+    stream_creator[_codes(streams["stream_id"])] = _codes(streams["creator_id"])
+    counts.update(_merchant_reports(tables["reports"], stream_merchant, as_of, config, agg, enc))
+    counts.update(_violations(tables["violations"], as_of, config, agg, n_merchants))
+    counts.update(_guarantees(tables["guarantees"], agg, n_merchants))
+    counts.update(_nps(tables["nps"], as_of, config, agg, enc))
+    stream_tw = _time_weights(streams["started_at"], as_of, config)
+    counts.update(agg.sum(_codes(streams["merchant_id"]), n_merchants, {"n_streams": stream_tw[""]}))
+
+    creators = _creators(tables, stream_creator, as_of, config, agg, enc)
+    # Only what the index fit's labels need is kept per order (memory at 10M orders).
+    labels = pd.DataFrame(
+        {
+            "merchant": merchant,
+            "created_at": order_frame["created_at"],
+            "order_weight": weight,
+            "bad_case": bad_case,
+            "bad_review": bad_review,
+        }
+    )
+    return SignalCounts(
+        merchants=pd.DataFrame(counts),
+        creators=creators,
+        orders=labels,
+        users=users,
+    )
+
+
+def _from_followers(tables: Mapping[str, pd.DataFrame], enc: Encoding) -> np.ndarray:
+    """Whether the buyer followed the order's creator before ordering."""
+    orders, follows = tables["orders"], tables["follows"]
+    if not len(follows):
+        return np.zeros(len(orders), dtype=bool)
+    n_creators = max(enc.size("creator"), 1)
+    order_key = _codes(orders["user_id"]) * n_creators + _codes(orders["creator_id"])
+    follow_key = _codes(follows["user_id"]) * n_creators + _codes(follows["creator_id"])
+    followed = pd.to_datetime(follows["followed_at"], utc=True).reset_index(drop=True)
+    first = followed.groupby(follow_key).min()
+    followed_at = pd.Series(order_key).map(first)
+    known = (_codes(orders["creator_id"]) >= 0) & followed_at.notna().to_numpy()
+    created = pd.to_datetime(orders["created_at"], utc=True).reset_index(drop=True)
+    before = (pd.to_datetime(followed_at, utc=True) < created).to_numpy(dtype=bool, na_value=False)
+    return known & before
+
+
+def _repurchase(
+    order_frame: Mapping[str, Any], as_of: pd.Timestamp, config: TrustConfig, agg: Aggregator, enc: Encoding
+) -> dict[str, np.ndarray]:
+    """Credible buyers and those who bought again from the merchant within the horizons.
+
+    Per (buyer, merchant) pair: a pair with 2+ paid orders whose first and last lie within
+    ``days`` of each other repurchased within ``days``. Pairs are weighted by their mean
+    order credibility (a brushing account's repeat orders are not loyalty) and by the decay
+    of their last order.
+    """
+    n_merchants = enc.size("merchant")
+    paid = order_frame["paid"]
+    pair = order_frame["pair"][paid]
+    n_pairs = int(order_frame["pair"].max()) + 1 if len(order_frame["pair"]) else 0
+    seconds = (order_frame["created_at"] - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
+    t = seconds.to_numpy(dtype="float64")[paid]
+    first = np.full(n_pairs, np.inf)
+    last = np.full(n_pairs, -np.inf)
+    np.minimum.at(first, pair, t)
+    np.maximum.at(last, pair, t)
+    pair_n = np.bincount(pair, minlength=n_pairs).astype("float64")
+    mean_w = np.bincount(pair, weights=order_frame["order_weight"][paid], minlength=n_pairs) / np.maximum(pair_n, 1)
+    pair_merchant = np.full(n_pairs, -1, dtype="int64")
+    pair_merchant[pair] = order_frame["merchant"][paid]
+    seen = pair_n > 0
+    age = np.maximum((as_of.timestamp() - np.where(seen, last, 0.0)) / _DAY, 0.0)
+    weight = np.where(seen, mean_w * np.exp2(-age / config.half_life_days), 0.0)
+    span = np.where(seen, last - first, np.inf) / _DAY
+    columns = {"n_buyers": weight}
+    for days in config.repurchase_days:
+        columns[f"n_repurchasers_{days}d"] = weight * ((pair_n >= 2) & (span <= days))
+    return agg.sum(pair_merchant, n_merchants, columns)  # pairs of unpaid-only orders have code -1
+
+
+def _after_sales(
+    cases: pd.DataFrame,
+    lookups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    agg: Aggregator,
+    n_merchants: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Case counts per merchant and the per-order "bad case" flag (dense over order codes).
+
+    Only quality / not_as_described / counterfeit cases are quality evidence; no-reason and
+    logistics returns are counted separately and never enter the quality rates.
+    """
+    merchant_of, weight_of, _, _ = lookups
+    order = _codes(cases["order_id"])
+    known = (order >= 0) & (order < len(merchant_of))
+    order = np.where(known, order, 0)
+    merchant = np.where(known, merchant_of[order], -1)
+    weight = np.where(known, weight_of[order], 0.0)
+    bad = _is(cases["reason"], BAD_CASE_REASONS) & known
+    counterfeit = _is(cases["reason"], "counterfeit") & known
+    resolved = cases["resolved_at"].notna().to_numpy()
+    days = ((cases["resolved_at"] - cases["opened_at"]).dt.total_seconds() / _DAY).to_numpy(
+        dtype="float64", na_value=np.nan
+    )
+    days = np.nan_to_num(days, nan=0.0)
+    favor = _is(cases["outcome"], "buyer_favor") & resolved
+    refund = _is(cases["type"], ("refund_only", "refund_without_return")) & resolved
+    fast = refund & (days <= config.fast_refund_days)
+    slow = resolved & (days > config.slow_resolution_days)
+
+    # One order with two quality cases is still one bad order: count orders, not cases.
+    bad_order = np.bincount(order[bad], minlength=len(merchant_of)) > 0
+    counterfeit_order = np.bincount(order[counterfeit], minlength=len(merchant_of)) > 0
+    first_bad = pd.to_datetime(cases["opened_at"], utc=True).reset_index(drop=True)[bad].groupby(order[bad]).min()
+    flagged = first_bad.index.to_numpy(dtype="int64")
+    tw_orders = _time_weights(first_bad.reset_index(drop=True), as_of, config)
+    flagged_counts = agg.sum(
+        merchant_of[flagged],
+        n_merchants,
+        _weighted(
+            {"n_bad_cases": np.ones(len(flagged)), "n_counterfeit_cases": counterfeit_order[flagged].astype("float64")},
+            tw_orders,
+            weight_of[flagged],
+            ("n_bad_cases",),
+        ),
+    )
+    tw = _time_weights(cases["opened_at"], as_of, config)
+    no_reason = _is(cases["reason"], "no_reason")
+    # A no-reason return is the buyer's statutory right, granted automatically: it says
+    # nothing about the goods or the service, so it is kept out of every service metric.
+    service = (~no_reason).astype("float64")
+    evidence = {
+        "n_cases": service,
+        "n_resolved": resolved * service,
+        "n_buyer_favor": favor * service,
+        "n_intervened": _bool(cases["platform_intervened"]) * service,
+        "n_refund_cases": refund * service,
+        "n_fast_refunds": fast * service,
+        "n_slow_resolutions": slow * service,
+        "resolution_days_sum": np.where(resolved, days, 0.0) * service,
+    }
+    case_counts = agg.sum(merchant, n_merchants, _weighted(evidence, {"": tw[""]}, weight))
+    case_counts.update(agg.sum(merchant, n_merchants, {"n_no_reason_cases": no_reason.astype("float64")}))
+    return {**flagged_counts, **case_counts}, bad_order.astype("float64")
+
+
+def _reviews(
+    reviews: pd.DataFrame,
+    lookups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    agg: Aggregator,
+    enc: Encoding,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Credibility-weighted review evidence and the per-order 1-2 star flag.
+
+    A review counts only if its author bought the order; it carries the order's credibility,
+    one buyer's many reviews of one merchant share ``per_buyer_cap`` reviews' weight, and a
+    4-5 star review written before the order was delivered weighs ``premature_praise_weight``.
+    """
+    merchant_of, weight_of, buyer_of, delivered_of = lookups
+    n_merchants = enc.size("merchant")
+    order = _codes(reviews["order_id"])
+    known = (order >= 0) & (order < len(merchant_of))
+    order = np.where(known, order, 0)
+    merchant = np.where(known, merchant_of[order], -1)
+    author = _codes(reviews["user_id"])
+    by_buyer = known & (author == buyer_of[order])
+    pair_code, per_pair, _ = _pair_counts(author, np.maximum(merchant, 0), n_merchants)
+    credibility = np.where(known, weight_of[order], 0.0) * by_buyer * np.minimum(1.0, config.per_buyer_cap / per_pair[pair_code])
+    rating = reviews["rating"].to_numpy(dtype="float64", na_value=np.nan)
+    if delivered_of is not None:
+        # Praise for goods not yet received is no evidence about them (a classic brushing
+        # tell); a complaint before delivery is a real complaint about the delivery, so only
+        # 4-5 star reviews written before delivery are discounted.
+        written = pd.to_datetime(reviews["created_at"], utc=True).to_numpy(dtype="datetime64[ns]").view("int64")
+        arrived = delivered_of[order]
+        premature = known & ((arrived < 0) | (written < arrived)) & (rating >= 4)
+        credibility = credibility * np.where(premature, config.premature_praise_weight, 1.0)
+    evidence: dict[str, np.ndarray] = {
+        "n_reviews": np.ones(len(reviews)),
+        "n_low_ratings": (rating <= 2).astype("float64"),
+        "rating_shortfall": (5.0 - rating) / 4.0,
+    }
+    for detail in ("quality", "service", "logistics"):
+        values = reviews[detail].astype("float64").to_numpy(na_value=np.nan)
+        present = ~np.isnan(values)
+        evidence[f"n_{detail}_ratings"] = present.astype("float64")
+        evidence[f"{detail}_shortfall"] = np.where(present, (5.0 - np.nan_to_num(values, nan=5.0)) / 4.0, 0.0)
+    tw = _time_weights(reviews["created_at"], as_of, config)
+    counts = agg.sum(merchant, n_merchants, _weighted(evidence, tw, credibility, ("n_reviews", "n_low_ratings")))
+    counts.update(agg.sum(merchant, n_merchants, {"n_reviews_raw": np.ones(len(reviews)), "rating_sum_raw": rating}))
+    low = order[known & (rating <= 2)]
+    bad_review = (np.bincount(low, minlength=len(merchant_of)) > 0).astype("float64")
+    return counts, bad_review
+
+
+def _report_weight(reports: pd.DataFrame, target: np.ndarray, target_size: int, config: TrustConfig) -> np.ndarray:
+    """Verified reports count 1, unreviewed ``unverified_report_weight``, rejected 0.
+
+    One reporter's repeated reports of one target share a single report's weight, so a
+    competitor cannot multiply an (unverified) accusation by repeating it.
+    """
+    verified = reports["verified"].astype("boolean")
+    base = np.where(
+        verified.isna().to_numpy(),
+        config.unverified_report_weight,
+        verified.fillna(False).to_numpy(dtype=bool).astype("float64"),
+    )
+    pair_code, per_pair, _ = _pair_counts(_codes(reports["reporter_id"]), np.maximum(target, 0), target_size)
+    return base / per_pair[pair_code]
+
+
+def _merchant_reports(
+    reports: pd.DataFrame,
+    stream_merchant: np.ndarray,
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    agg: Aggregator,
+    enc: Encoding,
+) -> dict[str, np.ndarray]:
+    n_merchants = enc.size("merchant")
+    merchant = _codes(reports["merchant_id"])
+    stream = _codes(reports["stream_id"])
+    via_stream = _lookup(stream_merchant, stream, -1)
+    merchant = np.where(merchant >= 0, merchant, via_stream)
+    weight = _report_weight(reports, merchant, n_merchants, config)
+    tw = _time_weights(reports["created_at"], as_of, config)
+    evidence = {
+        "n_counterfeit_reports": _is(reports["category"], "counterfeit").astype("float64"),
+        "n_host_reports": _is(reports["category"], HOST_REPORT_CATEGORIES).astype("float64"),
+        "n_reports_weighted": np.ones(len(reports)),
+    }
+    counts = agg.sum(merchant, n_merchants, _weighted(evidence, {"": tw[""]}, weight))
+    verified = reports["verified"].astype("boolean")
+    rejected = (~verified.fillna(True)).to_numpy(dtype=bool)
+    counts.update(
+        agg.sum(merchant, n_merchants, {"n_reports_raw": np.ones(len(reports)), "n_rejected_reports_raw": rejected.astype("float64")})
+    )
+    return counts
+
+
+def _violations(
+    violations: pd.DataFrame, as_of: pd.Timestamp, config: TrustConfig, agg: Aggregator, n_merchants: int
+) -> dict[str, np.ndarray]:
+    tw = _time_weights(violations["created_at"], as_of, config)
+    severity = violations["severity"].to_numpy(dtype="float64", na_value=1.0)
+    host = _codes(violations["creator_id"]) >= 0
+    evidence = {
+        "violation_severity": severity * tw[""],
+        "host_violation_severity": severity * host * tw[""],
+        "n_violations": np.ones(len(violations)),
+        "n_bans": _is(violations["penalty"], "ban").astype("float64"),
+        "n_suspensions": _is(violations["penalty"], "suspension").astype("float64"),
+    }
+    return agg.sum(_codes(violations["merchant_id"]), n_merchants, evidence)
+
+
+def _guarantees(guarantees: pd.DataFrame, agg: Aggregator, n_merchants: int) -> dict[str, np.ndarray]:
+    """Benefits active at the cut: enrolled before it and not (yet known to have) left."""
+    active = guarantees["left_at"].isna().to_numpy()
+    evidence = {f"benefit_{b}": (_is(guarantees["benefit"], b) & active).astype("float64") for b in BENEFITS}
+    counts = {k: np.minimum(v, 1.0) for k, v in agg.sum(_codes(guarantees["merchant_id"]), n_merchants, evidence).items()}
+    counts["n_benefits"] = np.sum(list(counts.values()), axis=0) if counts else np.zeros(n_merchants)
+    return counts
+
+
+def _nps(nps: pd.DataFrame, as_of: pd.Timestamp, config: TrustConfig, agg: Aggregator, enc: Encoding) -> dict[str, np.ndarray]:
+    """NPS answers; one user's repeated answers about one merchant share one answer's weight."""
+    n_merchants = enc.size("merchant")
+    merchant = _codes(nps["merchant_id"])
+    score = nps["score"].to_numpy(dtype="float64", na_value=np.nan)
+    pair_code, per_pair, _ = _pair_counts(_codes(nps["user_id"]), np.maximum(merchant, 0), n_merchants)
+    tw = _time_weights(nps["created_at"], as_of, config)
+    evidence = {
+        "n_nps": np.ones(len(nps)),
+        "n_promoters": (score >= 9).astype("float64"),
+        "n_detractors": (score <= 6).astype("float64"),
+    }
+    return agg.sum(merchant, n_merchants, _weighted(evidence, {"": tw[""]}, 1.0 / per_pair[pair_code]))
+
+
+def _creators(
+    tables: Mapping[str, pd.DataFrame],
+    stream_creator: np.ndarray,
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    agg: Aggregator,
+    enc: Encoding,
+) -> pd.DataFrame:
+    """Per-creator evidence: streams, impressions and engagement, host reports, violations."""
+    n_creators = enc.size("creator")
+    counts: dict[str, np.ndarray] = {}
+    streams = tables["livestreams"]
+    tw = _time_weights(streams["started_at"], as_of, config)
+    counts.update(
+        agg.sum(_codes(streams["creator_id"]), n_creators, {"n_streams": tw[""], "n_streams_raw": np.ones(len(streams))})
+    )
+    impressions = tables["impressions"]
+    tw = _time_weights(impressions["ts"], as_of, config)
+    counts.update(
+        agg.sum(
+            _codes(impressions["creator_id"]),
+            n_creators,
+            {
+                "n_impressions": tw[""],
+                "n_clicks": _bool(impressions["clicked"]) * tw[""],
+                "n_purchases": _bool(impressions["purchased"]) * tw[""],
+                "n_impressions_raw": np.ones(len(impressions)),
+            },
+        )
+    )
+    reports = tables["reports"]
+    creator = _codes(reports["creator_id"])
+    stream = _codes(reports["stream_id"])
+    creator = np.where(creator >= 0, creator, _lookup(stream_creator, stream, -1))
+    weight = _report_weight(reports, creator, n_creators, config)
+    host = _is(reports["category"], HOST_REPORT_CATEGORIES)
+    tw = _time_weights(reports["created_at"], as_of, config)
+    counts.update(agg.sum(creator, n_creators, {"n_host_reports": weight * host * tw[""]}))
+    violations = tables["violations"]
+    tw = _time_weights(violations["created_at"], as_of, config)
+    counts.update(
+        agg.sum(
+            _codes(violations["creator_id"]),
+            n_creators,
+            {
+                "host_violation_severity": violations["severity"].to_numpy(dtype="float64", na_value=1.0) * tw[""],
+                "n_violations": np.ones(len(violations)),
+            },
+        )
+    )
+    return pd.DataFrame(counts)

@@ -1,0 +1,403 @@
+"""From evidence counts to shrunk rates, oriented risk signals, and the fitted trust index.
+
+Three steps, each a whole-column operation over all merchants:
+
+1. :func:`derive_signals` turns effective counts into empirical-Bayes rates (posterior mean,
+   raw rate, effective n, and the pessimistic posterior bound) and into the *risk* matrix:
+   one column per signal, oriented so that larger is worse, on a rate-like scale.
+2. :class:`IndexModel` maps risk to an expected bad-order rate with non-negative weights
+   (so worsening any signal can never raise trust), fitted by NNLS to the bad-order rate
+   each merchant went on to have after an earlier cut, or set to documented defaults when
+   there is too little history. One model for the index, one per dimension.
+3. :func:`top_reasons` names the signals that moved a merchant most away from the prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from ._shrinkage import (
+    BetaPrior,
+    GammaPrior,
+    beta_posterior_mean,
+    beta_posterior_quantile,
+    fit_beta_prior,
+    fit_gamma_prior,
+    gamma_posterior_mean,
+)
+from .errors import NotFittedError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trust import TrustConfig
+
+__all__ = [
+    "BetaRate",
+    "BETA_RATES",
+    "SIGNAL_DIMENSION",
+    "DEFAULT_INDEX_WEIGHTS",
+    "derive_signals",
+    "IndexModel",
+    "top_reasons",
+]
+
+
+@dataclass(frozen=True)
+class BetaRate:
+    """A share-of-trials rate: ``numerator / denominator`` of effective counts.
+
+    ``risk`` says how the rate enters the risk matrix: ``"rate"`` (larger rate is worse) or
+    ``"complement"`` (larger rate is better, so ``1 - rate`` is the risk).
+    """
+
+    name: str
+    numerator: str
+    denominator: str
+    dimension: str
+    source: str
+    risk: str = "rate"
+    by_category: bool = True
+
+
+# The shrunk rates, grouped by trust dimension. Names are the snapshot's column names.
+BETA_RATES: tuple[BetaRate, ...] = (
+    BetaRate("bad_case_rate", "n_bad_cases", "n_orders", "commodity_quality", "after_sales"),
+    BetaRate("counterfeit_case_rate", "n_counterfeit_cases", "n_orders", "commodity_quality", "after_sales"),
+    BetaRate("low_rating_rate", "n_low_ratings", "n_reviews", "commodity_quality", "reviews"),
+    BetaRate("quality_shortfall", "quality_shortfall", "n_quality_ratings", "commodity_quality", "reviews"),
+    BetaRate("buyer_favor_rate", "n_buyer_favor", "n_resolved", "service_quality", "after_sales"),
+    BetaRate("dispute_rate", "n_intervened", "n_cases", "service_quality", "after_sales"),
+    BetaRate("slow_resolution_rate", "n_slow_resolutions", "n_resolved", "service_quality", "after_sales"),
+    BetaRate("service_shortfall", "service_shortfall", "n_service_ratings", "service_quality", "reviews"),
+    BetaRate("cancellation_rate", "n_cancelled", "n_orders_all", "service_quality", "orders"),
+    BetaRate("rating_shortfall", "rating_shortfall", "n_reviews", "product_experience", "reviews"),
+    BetaRate("repurchase_rate", "n_repurchasers_90d", "n_buyers", "product_experience", "orders", risk="complement"),
+    BetaRate("late_shipment_rate", "n_late", "n_due", "product_experience", "orders"),
+    BetaRate("presale_share", "n_presale", "n_orders", "product_experience", "orders"),
+    BetaRate("logistics_shortfall", "logistics_shortfall", "n_logistics_ratings", "product_experience", "reviews"),
+    BetaRate("fast_refund_share", "n_fast_refunds", "n_refund_cases", "after_sales_guarantees", "after_sales", risk="complement"),
+    BetaRate("nps_promoter_rate", "n_promoters", "n_nps", "social_evaluation", "nps", risk="complement"),
+    BetaRate("nps_detractor_rate", "n_detractors", "n_nps", "social_evaluation", "nps"),
+    BetaRate("follower_order_share", "n_follower_orders", "n_orders", "social_evaluation", "follows", risk="complement"),
+    BetaRate("review_rate", "n_reviews", "n_orders", "social_evaluation", "reviews", risk="complement"),
+    BetaRate("brushing_score", "suspicion", "n_suspicion", "overall", "orders", by_category=False),
+)
+
+# Optional columns a rate needs besides its table ("table.column"): absent from the input,
+# the rate has no evidence and sits at its prior.
+_SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "cancellation_rate": ("orders.status",),
+    "late_shipment_rate": ("orders.promised_ship_by",),
+    "presale_share": ("orders.presale",),
+    "quality_shortfall": ("reviews.quality",),
+    "service_shortfall": ("reviews.service",),
+    "logistics_shortfall": ("reviews.logistics",),
+    "buyer_favor_rate": ("after_sales.outcome",),
+    "dispute_rate": ("after_sales.platform_intervened",),
+    "slow_resolution_rate": ("after_sales.resolved_at",),
+    "fast_refund_share": ("after_sales.resolved_at",),
+    "follower_order_share": ("orders.creator_id",),
+}
+
+# Signals that are not a shrunk share, with their dimension.
+_OTHER_SIGNALS: dict[str, str] = {
+    "counterfeit_report_rate": "commodity_quality",
+    "host_report_rate": "host_attitude",
+    "host_violation_severity": "host_attitude",
+    "benefit_gap": "after_sales_guarantees",
+    "violation_severity": "overall",
+    "newness": "overall",
+}
+
+SIGNAL_DIMENSION: dict[str, str] = {
+    **{rate.name: rate.dimension for rate in BETA_RATES},
+    **_OTHER_SIGNALS,
+}
+"""Every risk signal and the trust dimension it belongs to ("overall": index only)."""
+
+# Used when there is too little history to fit (see IndexModel.fit). They encode the
+# contract's definition of a bad order (quality-type cases, 1-2 star reviews) plus verified
+# counterfeit reports and enforcement: past bad-order evidence predicts future bad orders.
+DEFAULT_INDEX_WEIGHTS: dict[str, float] = {
+    "bad_case_rate": 1.0,
+    "low_rating_rate": 0.5,
+    "counterfeit_report_rate": 1.0,
+    "violation_severity": 0.02,
+    "brushing_score": 0.3,
+}
+
+_N_BENEFITS = 5
+_FLOOR_SCALE = 0.01
+_NEWNESS_DAYS = 90.0
+
+
+@dataclass
+class Priors:
+    """The fitted priors of one cut (kept so reference rows reuse them)."""
+
+    beta: dict[str, BetaPrior]
+    gamma: dict[str, GammaPrior]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able parameters for the manifest."""
+        return {
+            "beta": {name: prior.to_dict() for name, prior in self.beta.items()},
+            "gamma": {name: prior.to_dict() for name, prior in self.gamma.items()},
+        }
+
+
+def _column(counts: pd.DataFrame, name: str) -> np.ndarray:
+    if name in counts.columns:
+        return counts[name].to_numpy(dtype="float64")
+    return np.zeros(len(counts))
+
+
+def derive_signals(
+    counts: pd.DataFrame,
+    category: pd.Series,
+    account_age_days: np.ndarray,
+    config: TrustConfig,
+    *,
+    host_exposure: str,
+    missing: tuple[str, ...] = (),
+    priors: Priors | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, Priors]:
+    """Shrunk rates (output columns) and the oriented risk matrix, one row per merchant.
+
+    Parameters
+    ----------
+    counts
+        Effective counts per merchant (:func:`._signals.build_counts`), plus the entity
+        roll-up column ``entity_violation_severity``.
+    category
+        Category per merchant (index aligned with ``counts``); the prior is per category.
+    account_age_days
+        Account age at the cut.
+    host_exposure
+        Column used as exposure for host reports (``n_streams`` or ``n_orders``).
+    missing
+        Optional tables (``"reviews"``) and columns (``"orders.presale"``) absent from the
+        dataset: their rates get no evidence at all, so every merchant sits at the prior
+        (rather than at "zero complaints").
+    priors
+        Reuse these priors instead of fitting (reference rows for :func:`top_reasons`).
+    """
+    fit = priors is None
+    if priors is None:
+        priors = Priors(beta={}, gamma={})
+    out: dict[str, np.ndarray] = {}
+    risk: dict[str, np.ndarray] = {}
+    for rate in BETA_RATES:
+        num = _column(counts, rate.numerator)
+        den = np.maximum(_column(counts, rate.denominator), num)
+        if rate.source in missing or any(column in missing for column in _SOURCE_COLUMNS.get(rate.name, ())):
+            num, den = np.zeros_like(num), np.zeros_like(den)
+        if fit:
+            priors.beta[rate.name] = fit_beta_prior(
+                pd.Series(num, index=counts.index),
+                pd.Series(den, index=counts.index),
+                category if rate.by_category else None,
+                min_trials=config.min_prior_trials,
+                min_group_size=config.min_category_merchants,
+                max_strength=config.max_prior_strength,
+            )
+        alpha, beta = priors.beta[rate.name].for_groups(category if rate.by_category else None, counts.index)
+        mean = beta_posterior_mean(num, den, alpha, beta)
+        # The pessimistic side of the posterior: the upper bound of a bad rate, the lower
+        # bound of a good one. Ranking by it keeps a thin record from looking excellent.
+        q = config.bound_level if rate.risk == "rate" else 1.0 - config.bound_level
+        bound = beta_posterior_quantile(num, den, alpha, beta, q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"{rate.name}_raw"] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        out[rate.name] = mean
+        out[f"{rate.name}_bound"] = bound
+        out[f"{rate.name}_n"] = den
+        ranked = bound if config.rank_by_bound else mean
+        risk[rate.name] = ranked if rate.risk == "rate" else 1.0 - ranked
+
+    for name, numerator, exposure in (
+        ("counterfeit_report_rate", "n_counterfeit_reports", "n_orders"),
+        ("host_report_rate", "n_host_reports", host_exposure),
+    ):
+        c = _column(counts, numerator)
+        e = _column(counts, exposure) * ("reports" not in missing)
+        if fit:
+            priors.gamma[name] = fit_gamma_prior(
+                pd.Series(c), pd.Series(e), min_exposure=config.min_prior_trials, max_strength=config.max_prior_strength
+            )
+        value = gamma_posterior_mean(c, e, priors.gamma[name])
+        out[name] = value
+        out[f"{name}_n"] = e
+        risk[name] = value
+
+    own = _column(counts, "violation_severity")
+    inherited = _column(counts, "entity_violation_severity")
+    out["violation_severity"] = own
+    out["inherited_violation_severity"] = inherited
+    risk["violation_severity"] = np.log1p(own + inherited)
+    host_severity = _column(counts, "host_violation_severity")
+    out["host_violation_severity"] = host_severity
+    risk["host_violation_severity"] = np.log1p(host_severity)
+    benefits = _column(counts, "n_benefits")
+    risk["benefit_gap"] = 1.0 - np.minimum(benefits, _N_BENEFITS) / _N_BENEFITS
+    risk["newness"] = np.exp(-np.maximum(account_age_days, 0.0) / _NEWNESS_DAYS)
+    out["nps"] = out["nps_promoter_rate"] - out["nps_detractor_rate"]
+    return pd.DataFrame(out, index=counts.index), pd.DataFrame(risk, index=counts.index), priors
+
+
+@dataclass
+class _Linear:
+    intercept: float
+    weights: dict[str, float]
+
+
+class IndexModel:
+    """Expected bad-order rate as a non-negative combination of risk signals.
+
+    ``predict`` returns ``intercept + sum_j w_j * risk_j`` clipped to [0, 1]; with every
+    ``w_j >= 0`` and every risk oriented "larger is worse", the prediction can only rise
+    (and trust, ``1 - prediction``, only fall) when any single signal worsens.
+    One linear model for the index and one per dimension (using that dimension's signals).
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, _Linear] | None = None
+        self.fitted_on: int = 0
+        self.source: str = "unfitted"
+        self.fit_quality: dict[str, float] = {}
+
+    @property
+    def models(self) -> dict[str, _Linear]:
+        if self._models is None:
+            raise NotFittedError("IndexModel is not fitted: call fit() or use_defaults() first")
+        return self._models
+
+    @staticmethod
+    def _groups(signals: list[str]) -> dict[str, list[str]]:
+        groups = {"trust_index": list(signals)}
+        for name in signals:
+            dimension = SIGNAL_DIMENSION[name]
+            if dimension != "overall":
+                groups.setdefault(dimension, []).append(name)
+        return groups
+
+    def fit(self, risk: pd.DataFrame, target: np.ndarray, weight: np.ndarray, ridge: float = 0.05) -> IndexModel:
+        """Weighted, ridge-penalised NNLS of the later bad-order rate on the risk signals.
+
+        Each signal is standardised on the fit rows (weighted mean and sd) so that one ridge
+        penalty ``ridge * sum(weight)`` fits all; without it, a nearly constant signal (one that
+        differs only by category prior, say) can get an absurd weight that cancels against the
+        intercept. Rows are weighted by ``weight`` (the merchant's number of later orders).
+        Standardising by a positive scale keeps every weight's sign, so weights stay >= 0 in
+        the signals' own units.
+        """
+        w = np.maximum(np.asarray(weight, dtype="float64"), 0.0)
+        total = float(w.sum())
+        y = np.asarray(target, dtype="float64")
+        y_mean = float(np.average(y, weights=w)) if total > 0 else 0.0
+        models: dict[str, _Linear] = {}
+        for group, names in self._groups(list(risk.columns)).items():
+            x = risk[names].to_numpy(dtype="float64")
+            mean = np.average(x, axis=0, weights=w) if total > 0 else np.zeros(len(names))
+            sd = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w)) if total > 0 else np.zeros(len(names))
+            varying = sd > 1e-9
+            z = (x[:, varying] - mean[varying]) / sd[varying]
+            scale = np.sqrt(w)
+            design = np.vstack([z * scale[:, None], np.sqrt(ridge * total) * np.eye(int(varying.sum()))])
+            response = np.concatenate([(y - y_mean) * scale, np.zeros(int(varying.sum()))])
+            coef = np.zeros(len(names))
+            if varying.any():
+                fitted, _ = optimize.nnls(design, response, maxiter=50 * design.shape[1])
+                coef[varying] = fitted / sd[varying]
+            intercept = y_mean - float(np.dot(coef, mean))
+            models[group] = _Linear(intercept, dict(zip(names, map(float, coef))))
+        self._models = models
+        self.fitted_on = len(y)
+        self.source = "fitted"
+        pred = self.predict(risk, "trust_index")
+        spread = np.sum(w * (y - y_mean) ** 2)
+        self.fit_quality = {
+            "weighted_r2": float(1.0 - np.sum(w * (y - pred) ** 2) / spread) if spread > 0 else 0.0,
+            "ridge": ridge,
+        }
+        return self
+
+    def use_defaults(self, signals: list[str], base_rate: float) -> IndexModel:
+        """Documented default weights (too little history to fit); see ``docs/trust.md``."""
+        models: dict[str, _Linear] = {}
+        for group, names in self._groups(signals).items():
+            if group == "trust_index":
+                weights = {name: DEFAULT_INDEX_WEIGHTS.get(name, 0.0) for name in names}
+                models[group] = _Linear(0.0, weights)
+            else:
+                # A dimension without a fit: its signals' mean risk, centred on the base rate
+                # through the prior-level risk is not known here, so plain averaging is used.
+                models[group] = _Linear(0.0, {name: 1.0 / len(names) for name in names})
+        self._models = models
+        self.source = "default"
+        self.fit_quality = {"base_rate": base_rate}
+        return self
+
+    def predict(self, risk: pd.DataFrame, group: str) -> np.ndarray:
+        """Expected bad-order rate of each merchant under the model of ``group``."""
+        model = self.models[group]
+        value = np.full(len(risk), model.intercept)
+        for name, weight in model.weights.items():
+            if weight:
+                column = risk[name].to_numpy(dtype="float64") if name in risk.columns else 0.0
+                value = value + weight * column
+        # A linear fit can extrapolate below 0 for the best merchants; a hard clip would tie
+        # them all at trust 1. A softplus floor (scale _FLOOR_SCALE) keeps the map strictly
+        # increasing, so order and monotonicity survive, and changes nothing above ~3 scales.
+        floored = _FLOOR_SCALE * np.logaddexp(0.0, value / _FLOOR_SCALE)
+        return np.clip(floored, 0.0, 1.0)
+
+    def contributions(self, risk: pd.DataFrame, reference: pd.DataFrame, group: str = "trust_index") -> pd.DataFrame:
+        """Change of trust (``-w_j * (risk_j - reference_j)``) per signal."""
+        model = self.models[group]
+        names = list(model.weights)
+        w = np.array([model.weights[n] for n in names])
+        delta = risk[names].to_numpy(dtype="float64") - reference[names].to_numpy(dtype="float64")
+        return pd.DataFrame(-delta * w, index=risk.index, columns=names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able parameters for the manifest."""
+        return {
+            "source": self.source,
+            "fitted_on_merchants": self.fitted_on,
+            "fit_quality": self.fit_quality,
+            "models": {
+                group: {"intercept": m.intercept, "weights": m.weights} for group, m in self.models.items()
+            },
+        }
+
+
+def top_reasons(contributions: pd.DataFrame, k: int, extra: Mapping[str, np.ndarray] | None = None) -> pd.Series:
+    """``"signal:+0.012;signal:-0.034"``: the ``k`` largest moves from the prior, by size.
+
+    ``extra`` adds rule-based moves (e.g. a ban) that are not part of the linear model.
+    """
+    frame = contributions.copy()
+    for name, values in (extra or {}).items():
+        frame[name] = values
+    if frame.shape[1] == 0 or len(frame) == 0:
+        return pd.Series([""] * len(frame), index=frame.index, dtype="string")
+    values = frame.to_numpy(dtype="float64")
+    names = np.asarray(frame.columns, dtype=object)
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    picked = np.take_along_axis(values, order, axis=1)
+    text = pd.Series([""] * len(frame), index=frame.index, dtype="string")
+    for slot in range(order.shape[1]):
+        value = picked[:, slot]
+        piece = pd.Series(names[order[:, slot]], index=frame.index, dtype="string") + ":" + pd.Series(
+            np.char.mod("%+.4f", value), index=frame.index, dtype="string"
+        )
+        piece = piece.where(np.abs(value) >= 5e-5, "")
+        joiner = np.where((text.str.len() > 0) & (piece.str.len() > 0), ";", "")
+        text = text + pd.Series(joiner, index=frame.index, dtype="string") + piece
+    return text

@@ -1,0 +1,776 @@
+"""Point-in-time trust snapshots: per-merchant and per-creator trust from event logs.
+
+:func:`build_snapshot` computes, as of a time T and from events before T only, every
+merchant's evidence (orders, after-sales cases, reviews, reports, violations, guarantees,
+NPS, streams), shrinks each rate towards a prior fitted from all merchants (empirical-Bayes,
+per category), and combines the oriented signals into ``trust_index`` and six
+``trust_<dimension>`` scores with non-negative weights fitted to predict each merchant's
+later bad-order rate. See ``docs/trust.md`` for every column, the statistics and the
+defences against gaming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ._dask_backend import make_aggregator
+from ._schema import BENEFITS, TABLE_SPECS
+from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
+from ._signals import Encoding, SignalCounts, build_counts, encode_ids
+from ._trust_index import IndexModel, derive_signals, top_reasons
+from .errors import ConfigError, SchemaError
+from .io import atomic_dir
+from .progress import NullProgress, Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .events import EventLog
+
+__all__ = ["DIMENSIONS", "FORMAT_VERSION", "TrustConfig", "TrustSnapshot", "build_snapshot"]
+
+DIMENSIONS: tuple[str, ...] = (
+    "commodity_quality",
+    "service_quality",
+    "host_attitude",
+    "product_experience",
+    "after_sales_guarantees",
+    "social_evaluation",
+)
+"""The six trust dimensions; each has a ``trust_<dimension>`` column in [0, 1]."""
+
+FORMAT_VERSION = 1
+_SNAPSHOT_TABLES = ("merchants", "creators")
+
+
+def _positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"TrustConfig.{name}: expected a positive number, got {value!r}")
+
+
+def _unit(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok:
+        ok = (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
+    if not ok:
+        raise ConfigError(f"TrustConfig.{name}: expected a number in [0, 1], got {value!r}")
+
+
+def _days(name: str, value: Any) -> tuple[int, ...]:
+    try:
+        days = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"TrustConfig.{name}: expected a tuple of positive day counts, got {value!r}") from None
+    if not days or any(d <= 0 for d in days) or len(set(days)) != len(days):
+        raise ConfigError(f"TrustConfig.{name}: expected distinct positive day counts, got {value!r}")
+    if any(float(v) != int(v) for v in value):
+        raise ConfigError(f"TrustConfig.{name}: expected whole days, got {value!r}")
+    return days
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """How the trust snapshot is computed.
+
+    Parameters
+    ----------
+    windows
+        Rolling windows (days) of the ``_<k>d`` count columns.
+    half_life_days
+        Half-life of the exponential time decay applied to every main (undecorated) count.
+    horizon_days
+        The trust index is fitted on the cut ``as_of - horizon_days`` to predict the
+        bad-order rate of the following ``horizon_days``.
+    fit_cuts
+        How many earlier cuts (``as_of - k * horizon_days``, k = 1..fit_cuts) contribute rows
+        to the fit (cuts with no orders before them are skipped).
+    min_label_orders
+        A merchant enters the fit only with this many (credible) orders in the horizon.
+    min_fit_merchants
+        Fewer eligible merchants than this: documented default weights are used instead.
+    bound_level
+        Posterior level of the pessimistic bound (upper bound of a bad rate, lower bound of a
+        good one) used to rank when ``rank_by_bound``.
+    rank_by_bound
+        Feed the bounds (True) or the posterior means (False) to the trust index.
+    min_prior_trials, min_category_merchants
+        Merchants with fewer trials do not inform the prior fit; a category needs this many
+        informative merchants for its own prior (else the pooled prior is used).
+    max_prior_strength
+        Cap of a prior's strength (pseudo-trials). The moment estimate is infinite when
+        merchants look no more different than binomial noise; a merchant with this many
+        effective trials weighs its record as much as the prior.
+    per_buyer_cap
+        One buyer's orders (and reviews) at one merchant count for at most this many.
+    isolated_buyer_suspicion
+        Brushing suspicion of an order whose buyer has no other platform history.
+    tiny_amount_fraction, tiny_amount_suspicion
+        An order below this fraction of its category's median amount is this suspicious.
+    unverified_report_weight
+        Weight of a report the platform has not reviewed (verified reports weigh 1,
+        rejected ones 0).
+    premature_praise_weight
+        Credibility of an order that got a 4-5 star review before it was delivered, and of
+        that review (when the log records deliveries): praise for goods not yet received says
+        nothing about them, and is what paid-for reviews look like.
+    fast_refund_days, slow_resolution_days
+        A refund resolved within ``fast_refund_days`` is fast; a case taking longer than
+        ``slow_resolution_days`` is slow.
+    repurchase_days
+        Horizons of the repurchase counts; the last one is the ``repurchase_rate`` signal.
+    cold_start_orders
+        Merchants with fewer paid orders are flagged ``cold_start``.
+    ban_multiplier
+        Trust of a banned merchant (or one whose entity is banned) is multiplied by this.
+    brushing_penalty
+        Trust is multiplied by ``1 - brushing_penalty * brushing_score``: fabricated volume is
+        a violation in itself, whatever the other signals say.
+    n_reasons
+        How many signals ``top_reasons`` names.
+    fit_index
+        Fit the index weights from the data (False: always the documented defaults).
+    ridge
+        Ridge penalty of the index fit, relative to the total row weight, on standardised
+        signals (keeps collinear or nearly constant signals from getting wild weights).
+
+    Examples
+    --------
+    >>> TrustConfig(half_life_days=14).half_life_days
+    14.0
+    >>> TrustConfig.from_dict(TrustConfig().to_dict()) == TrustConfig()
+    True
+    """
+
+    windows: tuple[int, ...] = (7, 30, 90)
+    half_life_days: float = 45.0
+    horizon_days: float = 30.0
+    fit_cuts: int = 2
+    min_label_orders: float = 5.0
+    min_fit_merchants: int = 100
+    bound_level: float = 0.7
+    rank_by_bound: bool = True
+    min_prior_trials: float = 3.0
+    max_prior_strength: float = 200.0
+    min_category_merchants: int = 10
+    per_buyer_cap: float = 3.0
+    isolated_buyer_suspicion: float = 0.5
+    tiny_amount_fraction: float = 0.2
+    tiny_amount_suspicion: float = 0.7
+    unverified_report_weight: float = 0.1
+    premature_praise_weight: float = 0.0
+    fast_refund_days: float = 1.0
+    slow_resolution_days: float = 3.0
+    repurchase_days: tuple[int, ...] = (30, 90)
+    cold_start_orders: float = 5.0
+    ban_multiplier: float = 0.1
+    brushing_penalty: float = 0.05
+    n_reasons: int = 3
+    fit_index: bool = True
+    ridge: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "windows", _days("windows", self.windows))
+        object.__setattr__(self, "repurchase_days", _days("repurchase_days", self.repurchase_days))
+        for name in (
+            "half_life_days",
+            "horizon_days",
+            "min_label_orders",
+            "min_prior_trials",
+            "max_prior_strength",
+            "per_buyer_cap",
+            "fast_refund_days",
+            "slow_resolution_days",
+            "cold_start_orders",
+            "ridge",
+        ):
+            _positive(name, getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("min_fit_merchants", "min_category_merchants", "n_reasons", "fit_cuts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"TrustConfig.{name}: expected a positive integer, got {value!r}")
+        _unit("bound_level", self.bound_level, open_low=True, open_high=True)
+        for name in (
+            "isolated_buyer_suspicion",
+            "tiny_amount_fraction",
+            "tiny_amount_suspicion",
+            "unverified_report_weight",
+            "premature_praise_weight",
+            "ban_multiplier",
+            "brushing_penalty",
+        ):
+            _unit(name, getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("rank_by_bound", "fit_index"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"TrustConfig.{name}: expected true or false, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrustConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"TrustConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrustSnapshot:
+    """Trust as of one time: per-merchant and per-creator tables plus a manifest.
+
+    Attributes
+    ----------
+    as_of
+        The cut (UTC): only events strictly before it were used.
+    merchants
+        One row per merchant (columns in ``docs/trust.md``).
+    creators
+        One row per creator.
+    extras
+        Further tables by name (``users``: per-buyer history for the feature assembler).
+    manifest
+        ``as_of``, ``format_version``, ``row_counts``, ``missing_tables``, ``warnings``,
+        ``config``, ``index_model``, ``priors``.
+    """
+
+    as_of: pd.Timestamp
+    merchants: pd.DataFrame
+    creators: pd.DataFrame
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the snapshot directory atomically (Parquet tables + ``manifest.json``)."""
+        with atomic_dir(path) as tmp:
+            self.merchants.to_parquet(tmp / "merchants.parquet", index=False)
+            self.creators.to_parquet(tmp / "creators.parquet", index=False)
+            for name, frame in self.extras.items():
+                frame.to_parquet(tmp / f"{name}.parquet", index=False)
+            manifest = dict(self.manifest)
+            manifest["extras"] = sorted(self.extras)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrustSnapshot:
+        """Read a directory written by :meth:`save` (no pickle anywhere)."""
+        root = Path(path)
+        manifest_path = root / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: not a trust snapshot (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SchemaError(
+                "snapshot", "format_version", f"format version {FORMAT_VERSION}", repr(version)
+            )
+        merchants = _restore(pd.read_parquet(root / "merchants.parquet"))
+        creators = _restore(pd.read_parquet(root / "creators.parquet"))
+        extras = {name: _restore(pd.read_parquet(root / f"{name}.parquet")) for name in manifest.get("extras", [])}
+        manifest.pop("extras", None)
+        return cls(pd.Timestamp(manifest["as_of"]), merchants, creators, extras, manifest)
+
+
+def _restore(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give text columns the snapshot's one string dtype (``string``, null = ``pd.NA``).
+
+    Applied when building and when loading, so a round trip through Parquet is exact.
+    """
+    for name in frame.columns:
+        if frame[name].dtype == object or isinstance(frame[name].dtype, pd.StringDtype):
+            frame[name] = frame[name].astype("string")
+    return frame
+
+
+def _vocab_strings(enc: Encoding, kind: str, codes: np.ndarray) -> pd.Series:
+    """Id strings of ``codes`` (null where the code is -1)."""
+    codes = np.asarray(codes, dtype="int64")
+    vocab = enc.vocab[kind]
+    if not len(vocab):
+        return pd.Series([pd.NA] * len(codes), dtype="string")
+    return pd.Series(vocab.take(np.where(codes >= 0, codes, -1), allow_fill=True), dtype="string")
+
+
+def _merchant_meta(merchants: pd.DataFrame, as_of: pd.Timestamp, enc: Encoding) -> pd.DataFrame:
+    """Entity, category and account age per merchant code (merchants table rows only)."""
+    codes = merchants["merchant_id"].to_numpy(dtype="int64")
+    age = (as_of - merchants["registered_at"]).dt.total_seconds().to_numpy(dtype="float64") / 86_400.0
+    category = merchants["category"].to_numpy(dtype="int64")
+    meta = pd.DataFrame(
+        {
+            "entity": merchants["entity_id"].to_numpy(dtype="int64"),
+            # Per-category priors group on this; unknown category -> NaN -> the pooled prior.
+            "category": pd.Series(np.where(category >= 0, category, np.nan), dtype="float64").to_numpy(),
+            "account_age_days": np.maximum(age, 0.0),
+        },
+        index=pd.Index(codes, name="merchant"),
+    )
+    return meta.sort_index()
+
+
+def _entity_rollup(counts: pd.DataFrame, meta: pd.DataFrame, n_entities: int) -> pd.DataFrame:
+    """Violations and bans of the legal entity, as inherited by each of its accounts.
+
+    A merchant without an ``entity_id`` is its own entity. ``entity_*`` columns hold what the
+    *other* accounts of the entity did, so a re-registered shop starts with its old record.
+    """
+    entity = meta["entity"].to_numpy()
+    key = np.where(entity >= 0, entity, n_entities + np.arange(len(entity)))
+    _, key = np.unique(key, return_inverse=True)
+    out = counts.copy()
+    for column in ("violation_severity", "n_bans", "n_violations"):
+        own = counts[column].to_numpy()
+        total = np.bincount(key, weights=own)[key]
+        out[f"entity_{column}"] = np.maximum(total - own, 0.0)
+    out["entity_merchants"] = np.bincount(key)[key].astype("float64")
+    return out
+
+
+def _evidence(
+    events: EventLog, as_of: pd.Timestamp, config: TrustConfig, backend: str, enc: Encoding
+) -> tuple[SignalCounts, pd.DataFrame]:
+    tables = {name: events[name] for name in events.tables}
+    meta = _merchant_meta(tables["merchants"], as_of, enc)
+    category = np.full(enc.size("merchant"), -1, dtype="int64")
+    category[meta.index.to_numpy()] = np.nan_to_num(meta["category"].to_numpy(), nan=-1).astype("int64")
+    counts = build_counts(tables, as_of, config, make_aggregator(backend), enc, category)
+    merchants = counts.merchants.iloc[meta.index.to_numpy()]
+    merchants.index = meta.index
+    counts.merchants = _entity_rollup(merchants, meta, enc.size("entity"))
+    return counts, meta
+
+
+# Columns the builders never read; dropping them up front keeps every later copy (the
+# point-in-time cuts) small. At ten million impressions request ids alone are ~0.5 GB.
+_UNUSED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "livestreams": ("category",),
+    "orders": ("stream_id",),
+    "after_sales": ("case_id",),
+    "reviews": ("review_id",),
+    "reports": ("report_id",),
+    "violations": ("violation_id", "type"),
+    "nps": ("response_id",),
+    "impressions": ("request_id", "stream_id", "merchant_id", "position", "watch_seconds", "order_id"),
+}
+
+
+def _project(events: EventLog) -> EventLog:
+    """The log with only the columns the trust builders read (no data is copied)."""
+    from .events import EventLog
+
+    tables = {}
+    for name in events.tables:
+        frame = events[name]
+        drop = [c for c in _UNUSED_COLUMNS.get(name, ()) if c in frame.columns]
+        tables[name] = frame.drop(columns=drop) if drop else frame
+    return EventLog(tables, events.missing, events.warnings, getattr(events, "missing_columns", {}))
+
+
+def _named_priors(priors: dict[str, Any], enc: Encoding) -> dict[str, Any]:
+    """Per-category priors keyed by category name (they are fitted on category codes)."""
+    names = enc.vocab["category"]
+    for prior in priors.get("beta", {}).values():
+        groups = prior.get("groups", {})
+        prior["groups"] = {str(names[int(float(code))]): value for code, value in groups.items()}
+    return priors
+
+
+def _point_in_time(events: EventLog, cut: pd.Timestamp) -> EventLog:
+    """``events.before(cut)``, without its full copy when nothing would be cut or masked.
+
+    Snapshots as of the end of a log (the common batch case) would otherwise hold two copies
+    of every table; the check is a few column scans.
+    """
+    for name, spec in TABLE_SPECS.items():
+        frame = events[name]
+        if not len(frame):
+            continue
+        times = frame[spec.event_time]
+        if times.isna().any() or not times.max() < cut:
+            return events.before(cut)
+        for column, revealed_by in spec.resolution:
+            revealed = frame[revealed_by]
+            if revealed.notna().any() and not revealed.max() < cut:
+                return events.before(cut)
+            if column != revealed_by and (frame[column].notna() & revealed.isna()).any():
+                return events.before(cut)
+    return events
+
+
+def _absent(events: EventLog) -> tuple[str, ...]:
+    """Missing optional tables and ``table.column`` names of missing optional columns."""
+    columns = getattr(events, "missing_columns", {}) or {}
+    return tuple(events.missing) + tuple(f"{t}.{c}" for t, cols in columns.items() for c in cols)
+
+
+def _signals(
+    counts: SignalCounts, meta: pd.DataFrame, config: TrustConfig, host_exposure: str, missing: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    return derive_signals(
+        counts.merchants,
+        meta["category"],
+        meta["account_age_days"].to_numpy(),
+        config,
+        host_exposure=host_exposure,
+        missing=missing,
+    )
+
+
+def _later_bad_rate(
+    orders: pd.DataFrame, start: pd.Timestamp, reports: pd.DataFrame, end: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Credible orders placed since ``start`` and how many of them went bad, per merchant code.
+
+    Bad = a quality / not_as_described / counterfeit case or a 1-2 star review (the
+    contract's bad-order definition), as known at the snapshot time; verified counterfeit or
+    false-advertising reports filed since ``start`` count as bad outcomes too (the target
+    rate is capped at 1 by the caller).
+    """
+    created = pd.to_datetime(orders["created_at"], utc=True)
+    window = created >= start
+    if end is not None:
+        window &= created < end
+    later = orders[window.to_numpy(dtype=bool, na_value=False)]
+    bad = np.maximum(later["bad_case"].to_numpy(), later["bad_review"].to_numpy())
+    weight = later["order_weight"].to_numpy()
+    merchant = later["merchant"].to_numpy()
+    report_merchant = reports["merchant_id"].to_numpy(dtype="int64")
+    verified = reports["verified"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    serious = reports["category"].astype("string").isin(("counterfeit", "false_advertising")).to_numpy(dtype=bool, na_value=False)
+    filed = pd.to_datetime(reports["created_at"], utc=True)
+    recent = filed >= start
+    if end is not None:
+        recent &= filed < end
+    recent = recent.to_numpy(dtype=bool, na_value=False)
+    reported = report_merchant[verified & serious & recent & (report_merchant >= 0)]
+    size = int(max(merchant.max() if len(merchant) else -1, reported.max() if len(reported) else -1)) + 1
+    known = merchant >= 0
+    return pd.DataFrame(
+        {
+            "w": np.bincount(merchant[known], weights=weight[known], minlength=size),
+            "bad": np.bincount(merchant[known], weights=(bad * weight)[known], minlength=size)
+            + np.bincount(reported, minlength=size),
+        }
+    )
+
+
+def build_snapshot(
+    events: EventLog,
+    as_of: Any,
+    config: TrustConfig | None = None,
+    backend: str = "pandas",
+    progress: Progress | None = None,
+) -> TrustSnapshot:
+    """Build the trust snapshot as of ``as_of`` from events strictly before it.
+
+    Parameters
+    ----------
+    events
+        A validated event log (:func:`trustfeed.features.events.load_events`). Later events
+        may be present: they are cut away, so the result is the same with or without them.
+    as_of
+        The cut (date string, ISO 8601 or timestamp; naive = UTC).
+    config
+        :class:`TrustConfig` (default settings if None).
+    backend
+        ``"pandas"`` or ``"dask"``: who runs the grouped reductions (same results).
+    progress
+        Receives one call per step.
+
+    Returns
+    -------
+    TrustSnapshot
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from trustfeed.features.events import validate_events
+    >>> events = validate_events({
+    ...     "merchants": pd.DataFrame({"merchant_id": ["m1", "m2"], "registered_at": ["2026-01-01"] * 2}),
+    ...     "orders": pd.DataFrame({"order_id": ["o1", "o2", "o3"], "user_id": ["u1", "u2", "u1"],
+    ...                             "merchant_id": ["m1", "m1", "m2"], "amount": [10.0, 12.0, 9.0],
+    ...                             "created_at": ["2026-01-02", "2026-01-03", "2026-01-04"]}),
+    ... })
+    >>> snapshot = build_snapshot(events, "2026-02-01")
+    >>> snapshot.merchants[["merchant_id", "n_orders_raw"]].values.tolist()
+    [['m1', 2.0], ['m2', 1.0]]
+    >>> bool(snapshot.merchants["trust_index"].between(0, 1).all())
+    True
+    """
+    config = config if config is not None else TrustConfig()
+    if not isinstance(config, TrustConfig):
+        raise ConfigError(f"config: expected a TrustConfig, got {type(config).__name__}")
+    make_aggregator(backend)  # validate early
+    progress = progress if progress is not None else NullProgress()
+    from .events import to_utc
+
+    cut = to_utc(as_of)
+    progress(f"trust: encoding events before {cut.isoformat()}")
+    known, enc = encode_ids(_point_in_time(_project(events), cut))
+    host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
+    progress("trust: evidence")
+    counts, meta = _evidence(known, cut, config, backend, enc)
+    rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
+
+    progress("trust: fitting the index on an earlier cut")
+    model, fit_info = _fit_index(known, counts, cut, config, backend, host_exposure, list(risk.columns), enc)
+
+    progress("trust: scoring merchants")
+    merchants = _merchant_table(counts, meta, rates, risk, priors, model, config, host_exposure, enc, _absent(known))
+    creators = _creator_table(counts, known, merchants, model, config, enc)
+    users = counts.users.copy()
+    users.insert(0, "user_id", _vocab_strings(enc, "user", np.arange(len(users))).to_numpy())
+    users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
+    warnings = list(events.warnings)
+    for table in known.missing:
+        warnings.append(f"{table}: table missing, its signals sit at their priors")
+    if model.source != "fitted":
+        warnings.append(f"trust index: default weights ({fit_info['reason']})")
+    manifest = {
+        "as_of": cut.isoformat(),
+        "format_version": FORMAT_VERSION,
+        "backend": backend,
+        "row_counts": {
+            "merchants": len(merchants),
+            "creators": len(creators),
+            "users": len(users),
+            **{f"events.{name}": len(known[name]) for name in known.tables},
+        },
+        "missing_tables": list(known.missing),
+        "warnings": warnings,
+        "config": config.to_dict(),
+        "index_model": {**model.to_dict(), **fit_info},
+        "priors": _named_priors(priors.to_dict(), enc),
+        "dimensions": list(DIMENSIONS),
+    }
+    progress("trust: done")
+    return TrustSnapshot(cut, _restore(merchants), _restore(creators), {"users": _restore(users)}, manifest)
+
+
+def _fit_index(
+    known: EventLog,
+    counts: SignalCounts,
+    cut: pd.Timestamp,
+    config: TrustConfig,
+    backend: str,
+    host_exposure: str,
+    signals: list[str],
+    enc: Encoding,
+) -> tuple[IndexModel, dict[str, Any]]:
+    model = IndexModel()
+    fit_cut = cut - pd.Timedelta(days=config.horizon_days)
+    info: dict[str, Any] = {"fit_as_of": fit_cut.isoformat(), "horizon_days": config.horizon_days}
+    labels = _later_bad_rate(counts.orders, fit_cut, known["reports"])
+    base_rate = float(min(labels["bad"].sum() / labels["w"].sum(), 1.0)) if labels["w"].sum() > 0 else 0.0
+    info["later_bad_rate"] = base_rate
+    if not config.fit_index:
+        info["reason"] = "fit_index is off"
+        return model.use_defaults(signals, base_rate), info
+    # Stack one block of rows per earlier cut (T - H, T - 2H, ...): more merchants-periods
+    # to fit the weights on, each with features strictly before its own label window.
+    risks: list[pd.DataFrame] = []
+    targets: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    for k in range(1, config.fit_cuts + 1):
+        start = cut - pd.Timedelta(days=k * config.horizon_days)
+        earlier = known.before(start)
+        if len(earlier["orders"]) == 0:
+            break
+        then, meta_then = _evidence(earlier, start, config, backend, enc)
+        _, risk_then, _ = _signals(then, meta_then, config, host_exposure, _absent(known))
+        end = None if k == 1 else start + pd.Timedelta(days=config.horizon_days)
+        block = _later_bad_rate(counts.orders, start, known["reports"], end)
+        block = block.reindex(risk_then.index).fillna(0.0)
+        eligible = (block["w"] >= config.min_label_orders).to_numpy()
+        if eligible.any():
+            risks.append(risk_then[eligible])
+            weights.append(block["w"].to_numpy()[eligible])
+            targets.append(np.minimum(block["bad"].to_numpy()[eligible] / weights[-1], 1.0))
+    n_rows = int(sum(len(w) for w in weights))
+    info["eligible_merchants"] = n_rows
+    info["fit_cuts_used"] = len(risks)
+    if n_rows == 0:
+        info["reason"] = "no orders before the fit cut"
+        return model.use_defaults(signals, base_rate), info
+    if n_rows < config.min_fit_merchants:
+        info["reason"] = (
+            f"{n_rows} merchants with >= {config.min_label_orders:g} orders in the horizon,"
+            f" fewer than min_fit_merchants={config.min_fit_merchants}"
+        )
+        return model.use_defaults(signals, base_rate), info
+    model.fit(pd.concat(risks, ignore_index=True), np.concatenate(targets), np.concatenate(weights), ridge=config.ridge)
+    info["reason"] = "fitted"
+    return model, info
+
+
+def _merchant_table(
+    counts: SignalCounts,
+    meta: pd.DataFrame,
+    rates: pd.DataFrame,
+    risk: pd.DataFrame,
+    priors: Any,
+    model: IndexModel,
+    config: TrustConfig,
+    host_exposure: str,
+    enc: Encoding,
+    missing: tuple[str, ...],
+) -> pd.DataFrame:
+    c = counts.merchants
+    expected_bad = model.predict(risk, "trust_index")
+    banned = ((c["n_bans"] > 0) | (c["entity_n_bans"] > 0)).to_numpy()
+    # Only brushing beyond the platform's norm is penalised: every platform has one-off
+    # buyers with no other history, and they are not evidence against any one merchant.
+    prior = priors.beta["brushing_score"]
+    norm = prior.pooled_alpha / (prior.pooled_alpha + prior.pooled_beta)
+    brushing = np.clip((rates["brushing_score"].to_numpy() - norm) / (1.0 - norm), 0.0, 1.0)
+    multiplier = np.where(banned, config.ban_multiplier, 1.0) * (1.0 - config.brushing_penalty * brushing)
+    trust_index = np.clip((1.0 - expected_bad) * multiplier, 0.0, 1.0)
+
+    # Reference: a merchant of the same category and age with no evidence at all.
+    empty = pd.DataFrame(0.0, index=c.index, columns=c.columns)
+    _, reference, _ = derive_signals(
+        empty,
+        meta["category"],
+        meta["account_age_days"].to_numpy(),
+        config,
+        host_exposure=host_exposure,
+        missing=missing,
+        priors=priors,
+    )
+    contributions = model.contributions(risk, reference)
+    rule_moves = {
+        "banned": np.where(banned, trust_index - (1.0 - expected_bad) * (1.0 - config.brushing_penalty * brushing), 0.0),
+        "brushing_penalty": -(1.0 - expected_bad) * config.brushing_penalty * brushing * np.where(banned, config.ban_multiplier, 1.0),
+    }
+    reasons = top_reasons(contributions, config.n_reasons, rule_moves)
+
+    out: dict[str, Any] = {}
+    out["entity_id"] = _vocab_strings(enc, "entity", meta["entity"].to_numpy()).to_numpy()
+    category = np.nan_to_num(meta["category"].to_numpy(), nan=-1).astype("int64")
+    out["category"] = _vocab_strings(enc, "category", category).to_numpy()
+    out["account_age_days"] = meta["account_age_days"]
+    out["trust_index"] = trust_index
+    for dimension in DIMENSIONS:
+        out[f"trust_{dimension}"] = 1.0 - model.predict(risk, dimension) if dimension in model.models else np.nan
+    out["expected_bad_rate"] = expected_bad
+    out["n_orders"] = c["n_orders"]
+    out["n_orders_raw"] = c["n_orders_raw"]
+    for days in config.windows:
+        out[f"n_orders_{days}d"] = c[f"n_orders_{days}d"]
+    out["gmv"] = c["gmv"]
+    for column in rates.columns:
+        out[column] = rates[column]
+    for days in config.windows:
+        for name, num, den in (
+            ("bad_case_rate", "n_bad_cases", "n_orders"),
+            ("low_rating_rate", "n_low_ratings", "n_reviews"),
+            ("cancellation_rate", "n_cancelled", "n_orders_all"),
+            ("late_shipment_rate", "n_late", "n_due"),
+        ):
+            n = c.get(f"{den}_{days}d", pd.Series(0.0, index=c.index)).to_numpy()
+            k = c.get(f"{num}_{days}d", pd.Series(0.0, index=c.index)).to_numpy()
+            out[f"{name}_{days}d"] = np.where(n > 0, k / np.where(n > 0, n, 1.0), np.nan)
+            out[f"{name}_{days}d_n"] = n
+    for column in (
+        "n_cases", "n_no_reason_cases", "n_reviews", "n_reviews_raw", "n_reports_raw",
+        "n_rejected_reports_raw", "n_violations", "n_bans", "n_suspensions", "n_benefits",
+        "n_streams", "entity_violation_severity", "entity_n_bans", "entity_n_violations", "entity_merchants",
+    ):  # fmt: skip
+        out[column] = c[column] if column in c.columns else 0.0
+    for benefit in BENEFITS:
+        out[f"benefit_{benefit}"] = (c.get(f"benefit_{benefit}", pd.Series(0.0, index=c.index)) > 0).to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw_rating = c.get("rating_sum_raw", 0.0) / c.get("n_reviews_raw", 0.0)
+    out["mean_rating_raw"] = np.where(out["n_reviews_raw"] > 0, raw_rating, np.nan)
+    out["brushing_excess"] = brushing
+    out["banned"] = banned
+    out["entity_banned"] = (c["entity_n_bans"] > 0).to_numpy()
+    out["inherited_record"] = ((c["entity_violation_severity"] > 0) | (c["entity_n_bans"] > 0)).to_numpy()
+    out["cold_start"] = (c["n_orders_raw"] < config.cold_start_orders).to_numpy()
+    out["prior_only"] = (c["n_orders_raw"] <= 0).to_numpy()
+    out["top_reasons"] = reasons
+    out = pd.DataFrame(out, index=c.index)
+    out.insert(0, "merchant_id", _vocab_strings(enc, "merchant", c.index.to_numpy()).to_numpy())
+    out = out.reset_index(drop=True)
+    for name in ("entity_id", "category", "top_reasons"):
+        out[name] = out[name].astype("string")
+    return out
+
+
+def _creator_merchant(known: EventLog, n_creators: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each creator code's merchant code and followers (NaN: unknown).
+
+    The creators table says who is self-operated; otherwise the merchant the creator
+    streamed for most often stands in (ties broken by the lower merchant code, i.e. id).
+    """
+    table = known["creators"]
+    merchant = np.full(n_creators, -1, dtype="int64")
+    followers = np.full(n_creators, np.nan)
+    codes = table["creator_id"].to_numpy(dtype="int64")
+    merchant[codes] = table["merchant_id"].to_numpy(dtype="int64")
+    followers[codes] = table["followers"].to_numpy(dtype="float64", na_value=np.nan)
+    streams = known["livestreams"]
+    if len(streams):
+        pairs = (
+            pd.DataFrame({"creator": streams["creator_id"].to_numpy(), "merchant": streams["merchant_id"].to_numpy(), "n": 1})
+            .groupby(["creator", "merchant"], sort=True)["n"]
+            .sum()
+            .reset_index()
+            .sort_values(["creator", "n", "merchant"], ascending=[True, False, True], kind="stable")
+            .drop_duplicates("creator")
+        )
+        most = np.full(n_creators, -1, dtype="int64")
+        most[pairs["creator"].to_numpy()] = pairs["merchant"].to_numpy()
+        merchant = np.where(merchant >= 0, merchant, most)
+    return merchant, followers
+
+
+def _creator_table(
+    counts: SignalCounts, known: EventLog, merchants: pd.DataFrame, model: IndexModel, config: TrustConfig, enc: Encoding
+) -> pd.DataFrame:
+    c = counts.creators
+    out = pd.DataFrame(index=c.index)
+    merchant, followers = _creator_merchant(known, len(c))
+    out["merchant_id"] = _vocab_strings(enc, "merchant", merchant).to_numpy()
+    out["followers"] = np.nan_to_num(followers, nan=0.0)
+    out["followers_known"] = ~np.isnan(followers)
+    out["popularity"] = np.log1p(out["followers"].to_numpy())
+    n_imp = c["n_impressions"].to_numpy()
+    clicks = c["n_clicks"].to_numpy()
+    purchases = c["n_purchases"].to_numpy()
+    ctr_prior = fit_beta_prior(c["n_clicks"], c["n_impressions"], min_trials=config.min_prior_trials, max_strength=config.max_prior_strength)
+    conv_prior = fit_beta_prior(c["n_purchases"], c["n_impressions"], min_trials=config.min_prior_trials, max_strength=config.max_prior_strength)
+    out["ctr"] = beta_posterior_mean(clicks, n_imp, ctr_prior.pooled_alpha, ctr_prior.pooled_beta)
+    out["conversion_rate"] = beta_posterior_mean(purchases, n_imp, conv_prior.pooled_alpha, conv_prior.pooled_beta)
+    exposure = c["n_streams"]
+    report_prior = fit_gamma_prior(c["n_host_reports"], exposure, min_exposure=config.min_prior_trials, max_strength=config.max_prior_strength)
+    out["host_report_rate"] = gamma_posterior_mean(c["n_host_reports"].to_numpy(), exposure.to_numpy(), report_prior)
+    out["host_violation_severity"] = c["host_violation_severity"]
+    risk = pd.DataFrame(
+        {
+            "host_report_rate": out["host_report_rate"].to_numpy(),
+            "host_violation_severity": np.log1p(c["host_violation_severity"].to_numpy()),
+        },
+        index=c.index,
+    )
+    out["trust_host"] = 1.0 - model.predict(risk, "host_attitude") if "host_attitude" in model.models else np.nan
+    out["n_streams"] = c["n_streams_raw"]
+    out["n_impressions"] = c["n_impressions_raw"]
+    out["n_impressions_decayed"] = c["n_impressions"]
+    out["violations"] = c["n_violations"]
+    banned = merchants.set_index("merchant_id")["banned"]
+    out["merchant_banned"] = out["merchant_id"].map(banned).astype("boolean").fillna(False).astype(bool).to_numpy()
+    out["cold_start"] = (c["n_impressions_raw"] <= 0).to_numpy() & (c["n_streams_raw"] <= 0).to_numpy()
+    out.insert(0, "creator_id", _vocab_strings(enc, "creator", np.arange(len(c))).to_numpy())
+    return out.sort_values("creator_id", kind="stable").reset_index(drop=True)

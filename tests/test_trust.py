@@ -1,0 +1,578 @@
+"""Trust snapshot: columns, point-in-time, shrinkage, gaming cases, monotonicity, round trip."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from trustfeed.features.errors import ConfigError, SchemaError
+from trustfeed.features.events import validate_events
+from trustfeed.features.trust import DIMENSIONS, TrustConfig, TrustSnapshot, build_snapshot
+
+
+def _load_helpers():
+    name = "trustfeed_tests_trust_data"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_trust_data.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+data = _load_helpers()
+AS_OF = data.AS_OF
+# The crafted platform has 40 merchants; let them be enough to fit the index (the default
+# asks for 100 merchant-periods) so the fitted path is what these tests exercise.
+FIT = TrustConfig(min_fit_merchants=30)
+
+
+@pytest.fixture(scope="module")
+def crafted():
+    tables, p_bad = data.craft_tables(np.random.default_rng(7))
+    return tables, p_bad
+
+
+@pytest.fixture(scope="module")
+def crafted_snapshot(crafted):
+    tables, _ = crafted
+    return build_snapshot(validate_events(tables), AS_OF, FIT)
+
+
+def _merchant(snapshot: TrustSnapshot, merchant_id: str) -> pd.Series:
+    rows = snapshot.merchants[snapshot.merchants["merchant_id"] == merchant_id]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+# --------------------------------------------------------------------------- columns
+
+
+def test_documented_columns_and_ranges(crafted_snapshot):
+    merchants = crafted_snapshot.merchants
+    required = [
+        "merchant_id", "entity_id", "category", "account_age_days", "trust_index", "expected_bad_rate",
+        "n_orders", "n_orders_raw", "n_orders_7d", "n_orders_30d", "n_orders_90d",
+        "bad_case_rate", "bad_case_rate_raw", "bad_case_rate_n", "bad_case_rate_bound",
+        "low_rating_rate", "low_rating_rate_n", "banned", "entity_banned", "inherited_record", "cold_start",
+        "prior_only", "brushing_score", "top_reasons",
+    ]  # fmt: skip
+    required += [f"trust_{d}" for d in DIMENSIONS]
+    missing = [c for c in required if c not in merchants.columns]
+    assert not missing
+    for column in ["trust_index", *(f"trust_{d}" for d in DIMENSIONS)]:
+        values = merchants[column].to_numpy(dtype=float)
+        assert np.isfinite(values).all(), column
+        assert ((values >= 0) & (values <= 1)).all(), column
+    assert merchants["merchant_id"].is_unique
+    assert merchants["merchant_id"].tolist() == sorted(merchants["merchant_id"])
+    creators = crafted_snapshot.creators
+    for column in ("creator_id", "merchant_id", "followers", "trust_host", "ctr", "conversion_rate", "n_streams", "n_impressions"):
+        assert column in creators.columns
+    assert creators["trust_host"].between(0, 1).all()
+    assert crafted_snapshot.manifest["index_model"]["source"] == "fitted"
+    # a prior per category (20 merchants each), keyed by category name
+    assert set(crafted_snapshot.manifest["priors"]["beta"]["bad_case_rate"]["groups"]) == {"beauty", "food"}
+    # every merchant names at least one reason, in the documented "name:+0.0123" form
+    pieces = merchants["top_reasons"].str.split(";").explode()
+    assert pieces.str.fullmatch(r"[a-z_0-9]+:[+-]\d+\.\d{4}").all()
+
+
+def test_trust_orders_merchants_by_true_quality(crafted_snapshot, crafted):
+    _, p_bad = crafted
+    merchants = crafted_snapshot.merchants.set_index("merchant_id")
+    rho = stats.spearmanr(merchants["trust_index"], -p_bad.reindex(merchants.index))[0]
+    assert rho > 0.8
+
+
+# --------------------------------------------------------------------------- point in time
+
+
+def test_point_in_time_later_events_change_nothing(crafted, rng):
+    tables, _ = crafted
+    cut = AS_OF - pd.Timedelta(days=10)
+    later = dict(tables)
+    n = 300
+    # A burst of disasters after the cut: orders with quality cases and 1-star reviews,
+    # plus a ban. None of it may leak into the snapshot as of the cut.
+    orders = pd.DataFrame(
+        {
+            "order_id": [f"late{i}" for i in range(n)],
+            "user_id": [f"u{i % 50:04d}" for i in range(n)],
+            "merchant_id": "m000",
+            "created_at": cut + pd.to_timedelta(rng.uniform(0, 5, n), unit="D"),
+            "amount": 50.0,
+        }
+    )
+    later = data.add_rows(later, "orders", orders)
+    later = data.add_rows(
+        later,
+        "reviews",
+        pd.DataFrame(
+            {"review_id": [f"lr{i}" for i in range(n)], "order_id": orders["order_id"], "user_id": orders["user_id"],
+             "created_at": orders["created_at"] + pd.Timedelta(hours=1), "rating": 1}
+        ),
+    )  # fmt: skip
+    later = data.add_rows(
+        later,
+        "violations",
+        pd.DataFrame({"violation_id": ["v-late"], "merchant_id": ["m000"], "created_at": [cut + pd.Timedelta(days=1)], "severity": [3], "penalty": ["ban"]}),
+    )
+    # Cases opened before the cut but resolved after it: outcome must stay unknown.
+    base = build_snapshot(validate_events(tables), cut, FIT)
+    with_later = build_snapshot(validate_events(later), cut, FIT)
+    pd.testing.assert_frame_equal(base.merchants, with_later.merchants)
+    pd.testing.assert_frame_equal(base.creators, with_later.creators)
+    assert not _merchant(with_later, "m000")["banned"]
+    # ...and the later events do matter once the cut moves past them.
+    moved = build_snapshot(validate_events(later), AS_OF, FIT)
+    assert _merchant(moved, "m000")["banned"]
+
+
+def test_snapshot_at_the_end_of_the_log_equals_the_explicit_cut(crafted):
+    tables, _ = crafted
+    events = validate_events(tables)
+    # as of the end of the log nothing is cut: the builder skips the copy; same result as the
+    # explicit point-in-time cut (resolutions after AS_OF do not exist in this log)
+    direct = build_snapshot(events, AS_OF, FIT)
+    explicit = build_snapshot(events.before(AS_OF), AS_OF, FIT)
+    pd.testing.assert_frame_equal(direct.merchants, explicit.merchants)
+    # a cut inside the log masks outcomes resolved after it, and the shortcut must not apply
+    inside = AS_OF - pd.Timedelta(days=1)
+    pd.testing.assert_frame_equal(
+        build_snapshot(events, inside, FIT).merchants, build_snapshot(events.before(inside), inside, FIT).merchants
+    )
+
+
+def test_resolution_after_the_cut_is_unknown(crafted):
+    tables, _ = crafted
+    cases = tables["after_sales"]
+    cut = AS_OF - pd.Timedelta(days=20)
+    # Outcome known only later: a snapshot as of the cut counts these as unresolved.
+    opened_before = (cases["opened_at"] < cut) & (cases["resolved_at"] >= cut)
+    assert opened_before.any()
+    snapshot = build_snapshot(validate_events(tables), cut, FIT)
+    truth = cases[(cases["opened_at"] < cut)]
+    resolved_known = (truth["resolved_at"] < cut).sum()
+    # n_buyer_favor (effective, decayed) can only count cases resolved before the cut
+    assert snapshot.merchants["buyer_favor_rate_n"].sum() <= resolved_known + 1e-9
+
+
+# --------------------------------------------------------------------------- shrinkage
+
+
+def _orders_for(merchant: str, n: int, start: pd.Timestamp, prefix: str, users: int = 300) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "order_id": [f"{prefix}{i}" for i in range(n)],
+            "user_id": [f"u{i % users:04d}" for i in range(n)],
+            "merchant_id": merchant,
+            "created_at": start + pd.to_timedelta(np.linspace(0, 50, n), unit="D"),
+            "amount": 60.0,
+        }
+    )
+
+
+def _quality_cases(orders: pd.DataFrame, every: int, prefix: str) -> pd.DataFrame:
+    picked = orders.iloc[::every]
+    return pd.DataFrame(
+        {
+            "case_id": [f"{prefix}{i}" for i in range(len(picked))],
+            "order_id": picked["order_id"].to_numpy(),
+            "opened_at": picked["created_at"].to_numpy() + pd.Timedelta(days=1),
+            "type": "return",
+            "reason": "quality",
+        }
+    )
+
+
+def test_shrinkage_sparse_near_prior_busy_near_raw(crafted):
+    tables, _ = crafted
+    start = data.START
+    tiny = _orders_for("m_tiny", 1, start, "t")
+    busy = _orders_for("m_busy", 10_000, start, "b")
+    extra_merchants = pd.DataFrame(
+        {"merchant_id": ["m_tiny", "m_busy"], "registered_at": start - pd.Timedelta(days=100), "category": "beauty"}
+    )
+    grown = data.add_rows(tables, "merchants", extra_merchants)
+    grown = data.add_rows(grown, "orders", pd.concat([tiny, busy], ignore_index=True))
+    # the one-order merchant's only order is bad; the busy one has exactly 20% bad orders
+    cases = pd.concat([_quality_cases(tiny, 1, "ct"), _quality_cases(busy, 5, "cb")], ignore_index=True)
+    grown = data.add_rows(grown, "after_sales", cases)
+    snapshot = build_snapshot(validate_events(grown), AS_OF, TrustConfig(half_life_days=10_000))
+    prior_mean = snapshot.merchants["bad_case_rate"].median()
+    tiny_row, busy_row = _merchant(snapshot, "m_tiny"), _merchant(snapshot, "m_busy")
+    assert tiny_row["bad_case_rate_raw"] == 1.0
+    assert abs(tiny_row["bad_case_rate"] - prior_mean) < 0.1
+    assert abs(busy_row["bad_case_rate"] - 0.2) < 0.005
+    assert tiny_row["cold_start"] and not busy_row["cold_start"]
+
+
+def test_merchant_without_orders_gets_the_prior_not_nan(crafted):
+    tables, _ = crafted
+    grown = data.add_rows(
+        tables, "merchants", pd.DataFrame({"merchant_id": ["m_new"], "registered_at": [AS_OF - pd.Timedelta(days=2)], "category": ["food"]})
+    )
+    snapshot = build_snapshot(validate_events(grown), AS_OF, FIT)
+    row = _merchant(snapshot, "m_new")
+    assert row["prior_only"] and row["cold_start"]
+    values = row[["trust_index", "bad_case_rate", "low_rating_rate", *(f"trust_{d}" for d in DIMENSIONS)]].to_numpy(dtype=float)
+    assert np.isfinite(values).all()
+    assert 0.0 < row["bad_case_rate"] < 0.5
+
+
+# --------------------------------------------------------------------------- gaming
+
+
+def _trust(snapshot: TrustSnapshot, merchant_id: str) -> float:
+    return float(_merchant(snapshot, merchant_id)["trust_index"])
+
+
+def test_brushing_with_fresh_accounts_does_not_raise_trust(crafted, crafted_snapshot):
+    tables, _ = crafted
+    target = "m030"  # a poor merchant (p_bad ~ 0.3)
+    n = 400
+    fake = pd.DataFrame(
+        {
+            "order_id": [f"fake{i}" for i in range(n)],
+            "user_id": [f"sock{i % 40}" for i in range(n)],  # 40 accounts with no other history
+            "merchant_id": target,
+            "created_at": data.START + pd.to_timedelta(np.linspace(1, 59, n), unit="D"),
+            "amount": 1.0,
+        }
+    )
+    reviews = pd.DataFrame(
+        {"review_id": [f"fr{i}" for i in range(n)], "order_id": fake["order_id"], "user_id": fake["user_id"],
+         "created_at": fake["created_at"] + pd.Timedelta(hours=2), "rating": 5}
+    )  # fmt: skip
+    brushed = data.add_rows(data.add_rows(tables, "orders", fake), "reviews", reviews)
+    snapshot = build_snapshot(validate_events(brushed), AS_OF, FIT)
+    before, after = _merchant(crafted_snapshot, target), _merchant(snapshot, target)
+    assert after["trust_index"] <= before["trust_index"] + 1e-9
+    assert after["brushing_score"] > before["brushing_score"] + 0.3
+    # the fake 5-star reviews did not dilute its low-rating rate
+    assert after["low_rating_rate"] >= before["low_rating_rate"] - 0.02
+    # ...and it did not climb the ranking either
+    rank_before = crafted_snapshot.merchants["trust_index"].rank(pct=True)[crafted_snapshot.merchants["merchant_id"] == target].iloc[0]
+    rank_after = snapshot.merchants["trust_index"].rank(pct=True)[snapshot.merchants["merchant_id"] == target].iloc[0]
+    assert rank_after <= rank_before
+
+
+def test_one_buyer_reviewing_many_times_does_not_raise_trust(crafted, crafted_snapshot):
+    tables, _ = crafted
+    target = "m030"
+    n = 200
+    # one established buyer (it follows a creator, buys elsewhere) orders and reviews 200 times
+    repeat = pd.DataFrame(
+        {
+            "order_id": [f"rep{i}" for i in range(n)],
+            "user_id": "u0001",
+            "merchant_id": target,
+            "created_at": data.START + pd.to_timedelta(np.linspace(1, 59, n), unit="D"),
+            "amount": 55.0,
+        }
+    )
+    reviews = pd.DataFrame(
+        {"review_id": [f"rr{i}" for i in range(n)], "order_id": repeat["order_id"], "user_id": "u0001",
+         "created_at": repeat["created_at"] + pd.Timedelta(hours=2), "rating": 5}
+    )  # fmt: skip
+    gamed = data.add_rows(data.add_rows(tables, "orders", repeat), "reviews", reviews)
+    snapshot = build_snapshot(validate_events(gamed), AS_OF, FIT)
+    assert _trust(snapshot, target) <= _trust(crafted_snapshot, target) + 0.01
+
+
+def test_praise_before_delivery_does_not_raise_trust(crafted):
+    tables, _ = crafted
+    orders = tables["orders"].copy()
+    orders["delivered_at"] = orders["shipped_at"] + pd.Timedelta(days=2)
+    base = dict(tables, orders=orders)
+    target = "m030"
+    n = 150
+    # established buyers (they follow creators, buy elsewhere), one normal-priced order each,
+    # a 5-star review within the hour and nothing ever delivered: a subtler brushing ring
+    ring = pd.DataFrame(
+        {
+            "order_id": [f"ring{i}" for i in range(n)],
+            "user_id": [f"u{(7 * i) % 400:04d}" for i in range(n)],
+            "merchant_id": target,
+            "created_at": data.START + pd.to_timedelta(np.linspace(1, 55, n), unit="D"),
+            "amount": 60.0,
+        }
+    )
+    praise = pd.DataFrame(
+        {"review_id": [f"ringr{i}" for i in range(n)], "order_id": ring["order_id"], "user_id": ring["user_id"],
+         "created_at": ring["created_at"] + pd.Timedelta(hours=1), "rating": 5}
+    )  # fmt: skip
+    gamed = data.add_rows(data.add_rows(base, "orders", ring), "reviews", praise)
+    config = TrustConfig(fit_index=False)
+    before = _merchant(build_snapshot(validate_events(base), AS_OF, config), target)
+    after = _merchant(build_snapshot(validate_events(gamed), AS_OF, config), target)
+    assert after["low_rating_rate"] >= before["low_rating_rate"] - 0.01
+    assert after["bad_case_rate"] >= before["bad_case_rate"] - 0.01
+    assert after["trust_index"] <= before["trust_index"] + 1e-9
+    assert after["brushing_score"] > before["brushing_score"] + 0.3
+    # the same attack with the rule off does dilute the record: the rule is what stops it
+    naive = _merchant(build_snapshot(validate_events(gamed), AS_OF, TrustConfig(fit_index=False, premature_praise_weight=1.0)), target)
+    assert naive["low_rating_rate"] < before["low_rating_rate"] - 0.02
+    assert naive["trust_index"] > before["trust_index"]
+
+
+def test_reregistered_banned_entity_inherits_the_record(crafted):
+    tables, _ = crafted
+    merchants = tables["merchants"].copy()
+    banned_entity = merchants.loc[merchants["merchant_id"] == "m035", "entity_id"].iloc[0]
+    new_shops = pd.DataFrame(
+        {
+            "merchant_id": ["m_rereg", "m_fresh"],
+            "registered_at": [AS_OF - pd.Timedelta(days=20)] * 2,
+            "entity_id": [banned_entity, "e_fresh"],
+            "category": ["food", "food"],
+        }
+    )
+    grown = data.add_rows(tables, "merchants", new_shops)
+    good_orders = pd.concat(
+        [_orders_for("m_rereg", 30, AS_OF - pd.Timedelta(days=19), "rg"), _orders_for("m_fresh", 30, AS_OF - pd.Timedelta(days=19), "fg")],
+        ignore_index=True,
+    )
+    good_orders["created_at"] = AS_OF - pd.Timedelta(days=19) + pd.to_timedelta(np.tile(np.linspace(0, 18, 30), 2), unit="D")
+    grown = data.add_rows(grown, "orders", good_orders)
+    ban = pd.DataFrame(
+        {"violation_id": ["v1", "v2"], "merchant_id": ["m035", "m035"], "created_at": [AS_OF - pd.Timedelta(days=40), AS_OF - pd.Timedelta(days=30)],
+         "severity": [2, 3], "penalty": ["restriction", "ban"]}
+    )  # fmt: skip
+    grown = data.add_rows(grown, "violations", ban)
+    snapshot = build_snapshot(validate_events(grown), AS_OF, FIT)
+    rereg, fresh = _merchant(snapshot, "m_rereg"), _merchant(snapshot, "m_fresh")
+    assert rereg["banned"] and rereg["inherited_record"] and rereg["entity_banned"]
+    assert not fresh["banned"] and not fresh["inherited_record"]
+    assert rereg["trust_index"] < fresh["trust_index"]
+    percentile = snapshot.merchants["trust_index"].rank(pct=True)[snapshot.merchants["merchant_id"] == "m_rereg"].iloc[0]
+    assert percentile <= 0.1
+    assert "banned" in rereg["top_reasons"]
+
+
+def _reports(target: str, n: int, verified, category: str = "counterfeit", reporters: int | None = None) -> pd.DataFrame:
+    reporters = reporters or n
+    return pd.DataFrame(
+        {
+            "report_id": [f"rep-{target}-{verified}-{i}" for i in range(n)],
+            "reporter_id": [f"u{i % reporters:04d}" for i in range(n)],
+            "created_at": AS_OF - pd.to_timedelta(np.linspace(1, 30, n), unit="D"),
+            "category": category,
+            "merchant_id": target,
+            "verified": pd.array([verified] * n, dtype="boolean"),
+        }
+    )
+
+
+def test_rejected_reports_weigh_nothing_unverified_little(crafted):
+    tables, _ = crafted
+    target = "m005"  # a good merchant
+    # Every other merchant gets one verified report so the report signal exists in the data.
+    base_reports = pd.concat(
+        [_reports(f"m{i:03d}", 1, True) for i in range(0, 40, 3)], ignore_index=True
+    )
+    base = data.add_rows(tables, "reports", base_reports)
+    config = TrustConfig(fit_index=False)  # fixed weights: the comparison is about the evidence
+    reference = build_snapshot(validate_events(base), AS_OF, config)
+    rejected = build_snapshot(validate_events(data.add_rows(base, "reports", _reports(target, 50, False))), AS_OF, config)
+    unverified = build_snapshot(validate_events(data.add_rows(base, "reports", _reports(target, 50, None))), AS_OF, config)
+    verified = build_snapshot(validate_events(data.add_rows(base, "reports", _reports(target, 50, True))), AS_OF, config)
+    t0 = _trust(reference, target)
+    assert _trust(rejected, target) == pytest.approx(t0, abs=1e-12)
+    drop_unverified = t0 - _trust(unverified, target)
+    drop_verified = t0 - _trust(verified, target)
+    assert drop_verified > 0.05
+    assert 0 <= drop_unverified < drop_verified / 5
+    assert _merchant(rejected, target)["n_rejected_reports_raw"] == 50
+
+
+def test_no_reason_returns_are_not_a_quality_signal(crafted, crafted_snapshot):
+    tables, _ = crafted
+    target = "m010"
+    orders = tables["orders"][tables["orders"]["merchant_id"] == target]
+    returns = pd.DataFrame(
+        {
+            "case_id": [f"nr{i}" for i in range(len(orders))],
+            "order_id": orders["order_id"].to_numpy(),
+            "opened_at": orders["created_at"].to_numpy() + pd.Timedelta(days=2),
+            "type": "return",
+            "reason": "no_reason",
+            "resolved_at": orders["created_at"].to_numpy() + pd.Timedelta(days=3),
+            "outcome": "buyer_favor",
+        }
+    )
+    snapshot = build_snapshot(validate_events(data.add_rows(tables, "after_sales", returns)), AS_OF, FIT)
+    row, before = _merchant(snapshot, target), _merchant(crafted_snapshot, target)
+    assert row["n_no_reason_cases"] > 0
+    assert row["trust_index"] == pytest.approx(before["trust_index"], abs=1e-12)
+    assert row["bad_case_rate"] == pytest.approx(before["bad_case_rate"], abs=1e-12)
+
+
+# --------------------------------------------------------------------------- monotonicity
+
+
+_MONOTONE_CACHE: dict[str, object] = {}
+
+
+def _monotone_base():
+    """A fixed platform where every signal's table exists (a table appearing is not "worse")."""
+    if not _MONOTONE_CACHE:
+        tables, _ = data.craft_tables(np.random.default_rng(3), n_merchants=32, orders_per_merchant=30, n_users=200)
+        tables = data.add_rows(tables, "reports", _reports("m031", 2, True))
+        tables = data.add_rows(
+            tables,
+            "violations",
+            pd.DataFrame({"violation_id": ["base"], "merchant_id": ["m031"], "created_at": [AS_OF - pd.Timedelta(days=9)],
+                          "severity": [1], "penalty": ["warning"]}),
+        )  # fmt: skip
+        config = TrustConfig(fit_index=False)
+        _MONOTONE_CACHE.update(tables=tables, config=config, before=build_snapshot(validate_events(tables), AS_OF, config))
+    return _MONOTONE_CACHE["tables"], _MONOTONE_CACHE["config"], _MONOTONE_CACHE["before"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    signal=st.sampled_from(["quality_case", "low_rating", "verified_report", "violation", "late_shipment"]),
+    amount=st.integers(min_value=1, max_value=10),
+    merchant=st.integers(min_value=0, max_value=30),
+)
+def test_worsening_one_signal_never_raises_trust(signal, amount, merchant):
+    tables, config, before = _monotone_base()
+    target = f"m{merchant:03d}"
+    orders = tables["orders"][tables["orders"]["merchant_id"] == target].head(amount)
+    if signal == "quality_case":
+        worse = data.add_rows(tables, "after_sales", _quality_cases(orders, 1, "mono"))
+    elif signal == "low_rating":
+        reviewed = set(tables["reviews"]["order_id"])
+        fresh = orders[~orders["order_id"].isin(reviewed)]
+        worse = data.add_rows(
+            tables,
+            "reviews",
+            pd.DataFrame({"review_id": "mono" + fresh["order_id"], "order_id": fresh["order_id"], "user_id": fresh["user_id"],
+                          "created_at": fresh["created_at"] + pd.Timedelta(hours=5), "rating": 1}),
+        )  # fmt: skip
+    elif signal == "verified_report":
+        worse = data.add_rows(tables, "reports", _reports(target, amount, True))
+    elif signal == "violation":
+        worse = data.add_rows(
+            tables,
+            "violations",
+            pd.DataFrame({"violation_id": [f"mv{i}" for i in range(amount)], "merchant_id": target,
+                          "created_at": AS_OF - pd.Timedelta(days=5), "severity": 2, "penalty": "warning"}),
+        )  # fmt: skip
+    else:
+        late = tables["orders"].copy()
+        rows = late.index[late["order_id"].isin(orders["order_id"])]
+        late.loc[rows, "shipped_at"] = late.loc[rows, "promised_ship_by"] + pd.Timedelta(days=3)
+        worse = dict(tables, orders=late)
+    after = build_snapshot(validate_events(worse), AS_OF, config)
+    assert _trust(after, target) <= _trust(before, target) + 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    column=st.integers(0, 4),
+    delta=st.floats(min_value=1e-4, max_value=0.5),
+)
+def test_fitted_index_model_is_monotone(seed, column, delta):
+    from trustfeed.features._trust_index import IndexModel
+
+    rng = np.random.default_rng(seed)
+    names = ["bad_case_rate", "low_rating_rate", "late_shipment_rate", "violation_severity", "benefit_gap"]
+    risk = pd.DataFrame(rng.random((60, 5)) * 0.3, columns=names)
+    # a target that even rewards some risks (negative true weight): NNLS must still not
+    target = risk.to_numpy() @ rng.normal(0, 1, 5) + rng.normal(0, 0.05, 60)
+    model = IndexModel().fit(risk, np.clip(target, 0, 1), rng.uniform(1, 50, 60))
+    worse = risk.copy()
+    worse.iloc[:, column] += delta
+    for group in model.models:
+        assert (model.predict(worse, group) >= model.predict(risk, group) - 1e-12).all()
+    assert all(w >= 0 for m in model.models.values() for w in m.weights.values())
+
+
+# --------------------------------------------------------------------------- io, config, backends
+
+
+def test_snapshot_round_trip(crafted_snapshot, tmp_path):
+    crafted_snapshot.save(tmp_path / "snap")
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["creators.parquet", "manifest.json", "merchants.parquet", "users.parquet"]
+    loaded = TrustSnapshot.load(tmp_path / "snap")
+    assert loaded.as_of == crafted_snapshot.as_of
+    pd.testing.assert_frame_equal(loaded.merchants, crafted_snapshot.merchants)
+    pd.testing.assert_frame_equal(loaded.creators, crafted_snapshot.creators)
+    pd.testing.assert_frame_equal(loaded.extras["users"], crafted_snapshot.extras["users"])
+    assert json.loads(json.dumps(loaded.manifest, default=str)) == json.loads(json.dumps(crafted_snapshot.manifest, default=str))
+    manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
+    assert manifest["as_of"] == AS_OF.isoformat() and manifest["format_version"] == 1
+    assert manifest["row_counts"]["merchants"] == len(crafted_snapshot.merchants)
+    assert set(manifest["missing_tables"]) == {"livestreams", "reports", "violations", "guarantees", "nps", "impressions"}
+
+
+def test_load_rejects_unknown_format(crafted_snapshot, tmp_path):
+    crafted_snapshot.save(tmp_path / "snap")
+    path = tmp_path / "snap" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 99
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SchemaError, match="format_version"):
+        TrustSnapshot.load(tmp_path / "snap")
+
+
+def test_missing_optional_tables_fall_back_to_priors(crafted):
+    tables, _ = crafted
+    minimal = {"merchants": tables["merchants"], "orders": tables["orders"][["order_id", "user_id", "merchant_id", "created_at", "amount"]]}
+    snapshot = build_snapshot(validate_events(minimal), AS_OF, FIT)
+    merchants = snapshot.merchants
+    assert "reviews" in snapshot.manifest["missing_tables"]
+    assert any("reviews" in w for w in snapshot.manifest["warnings"])
+    for column in ["trust_index", *(f"trust_{d}" for d in DIMENSIONS), "bad_case_rate", "low_rating_rate"]:
+        assert np.isfinite(merchants[column].to_numpy(dtype=float)).all()
+        assert merchants[column].between(0, 1).all()
+    # no after-sales table: no evidence, every merchant at the same prior (not at "0 cases")
+    assert merchants["bad_case_rate_n"].eq(0).all()
+    assert merchants["bad_case_rate"].nunique() == 1 and merchants["bad_case_rate"].iloc[0] > 0
+    assert merchants["late_shipment_rate_n"].eq(0).all()  # orders.promised_ship_by absent
+
+
+def test_dask_backend_gives_the_same_snapshot(crafted):
+    tables, _ = crafted
+    events = validate_events(tables)
+    pandas_snapshot = build_snapshot(events, AS_OF, FIT)
+    dask_snapshot = build_snapshot(events, AS_OF, FIT, backend="dask")
+    pd.testing.assert_frame_equal(pandas_snapshot.merchants, dask_snapshot.merchants, rtol=1e-9)
+    pd.testing.assert_frame_equal(pandas_snapshot.creators, dask_snapshot.creators, rtol=1e-9)
+
+
+def test_bad_backend_and_config_are_clear_errors(crafted):
+    tables, _ = crafted
+    with pytest.raises(ConfigError, match="backend"):
+        build_snapshot(validate_events(tables), AS_OF, backend="spark")
+    with pytest.raises(ConfigError, match="half_life_days"):
+        TrustConfig(half_life_days=0)
+    with pytest.raises(ConfigError, match="bound_level"):
+        TrustConfig(bound_level=1.0)
+    with pytest.raises(ConfigError, match="windows"):
+        TrustConfig(windows=(7, -1))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        TrustConfig.from_dict({"half_life": 3})
+    assert TrustConfig.from_dict(json.loads(json.dumps(TrustConfig(windows=(3, 14)).to_dict()))) == TrustConfig(windows=(3, 14))
+
+
+def test_too_little_history_uses_documented_defaults(crafted):
+    tables, _ = crafted
+    snapshot = build_snapshot(validate_events(tables), data.START + pd.Timedelta(days=20))
+    model = snapshot.manifest["index_model"]
+    assert model["source"] == "default"
+    assert any("default weights" in w for w in snapshot.manifest["warnings"])
+    assert snapshot.merchants["trust_index"].between(0, 1).all()
