@@ -1,9 +1,11 @@
 """Trust signals from live-commerce event logs.
 
-Loading and validating event logs, point-in-time trust snapshots per merchant and
-creator, and the per-request feature assembly shared by training and serving.
+Loading and validating event logs (:func:`load_events`), point-in-time trust snapshots per
+merchant and creator (:func:`build_snapshot`), and the per-request feature assembly that
+training and serving share (:class:`FeatureAssembler`).
 """
 
+from .context import ContextConfig, ContextTables, FeatureAssembler, build_context_tables
 from .errors import (
     ConfigError,
     ModelIntegrityError,
@@ -12,12 +14,27 @@ from .errors import (
     SchemaError,
     TrustfeedError,
 )
+from .events import TABLES, EventLog, load_events, validate_events, write_events
+from .trust import DIMENSIONS, TrustConfig, TrustSnapshot, build_snapshot
 
 __all__ = [
+    "DIMENSIONS",
+    "TABLES",
     "ConfigError",
+    "ContextConfig",
+    "ContextTables",
+    "EventLog",
+    "FeatureAssembler",
     "ModelIntegrityError",
     "NotFittedError",
     "RequestError",
     "SchemaError",
+    "TrustConfig",
+    "TrustSnapshot",
     "TrustfeedError",
+    "build_context_tables",
+    "build_snapshot",
+    "load_events",
+    "validate_events",
+    "write_events",
 ]

@@ -106,3 +106,12 @@ def test_package_init_does_no_heavy_imports() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True)
     assert out.stdout.strip() == "", f"serving import pulled in: {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("package", [f"trustfeed.{p}" for p in PACKAGES])
+def test_public_names_resolve(package: str) -> None:
+    import importlib
+
+    module = importlib.import_module(package)
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, f"{package}.__all__ names that do not resolve: {missing}"
