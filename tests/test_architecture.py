@@ -115,3 +115,14 @@ def test_public_names_resolve(package: str) -> None:
     module = importlib.import_module(package)
     missing = [name for name in module.__all__ if not hasattr(module, name)]
     assert not missing, f"{package}.__all__ names that do not resolve: {missing}"
+
+
+def test_training_submodules_stay_modules() -> None:
+    """Package attributes named like a submodule must stay the submodule, in any import order."""
+    import importlib
+    import types
+
+    package = importlib.import_module("trustfeed.training")
+    for name in ("simulate", "train", "evaluate", "dataset", "registry", "demo"):
+        importlib.import_module(f"trustfeed.training.{name}")
+        assert isinstance(getattr(package, name), types.ModuleType), name

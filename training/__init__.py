@@ -1,7 +1,10 @@
 """Offline jobs: the platform simulator, training data, MLflow-tracked training, evaluation.
 
 Names are loaded on first use, so ``import trustfeed.training`` (and the ``trustfeed``
-command's ``--help``) does not pay for importing MLflow.
+command's ``--help``) does not pay for importing MLflow. The functions ``simulate``, ``train``
+and ``evaluate`` share their names with their modules, so they are not re-exported here (the
+package attribute would then depend on import order): use
+``from trustfeed.training.train import train``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from typing import Any
 _EXPORTS = {
     "SimConfig": "simulate",
     "SimulatedPlatform": "simulate",
-    "simulate": "simulate",
     "write_dataset": "simulate",
     "load_truth": "simulate",
     "expected_outcomes": "simulate",
@@ -22,10 +24,8 @@ _EXPORTS = {
     "graded_labels": "dataset",
     "TrainJobConfig": "train",
     "TrainResult": "train",
-    "train": "train",
     "EvalConfig": "evaluate",
     "EvalResult": "evaluate",
-    "evaluate": "evaluate",
     "PromotionDecision": "registry",
     "promote": "registry",
     "DemoResult": "demo",
