@@ -584,38 +584,48 @@ def _lookup_ids(index: pd.Index, values: Any) -> np.ndarray:
 
 
 class _PairTable:
-    """Values keyed by a pair of integer codes, looked up by binary search on packed keys."""
+    """Values keyed by a pair of integer codes, looked up by binary search on packed keys.
 
-    def __init__(self, left: np.ndarray, right: np.ndarray, width: int, values: np.ndarray) -> None:
+    ``values`` ends with one extra row, ``default``: the value of an absent pair. Lookups
+    return ``-1`` for an absent pair, so ``values[rows]`` needs no mask. ``keys`` ends with
+    a sentinel larger than any packed key, so a search never runs off the end.
+    """
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, width: int, values: np.ndarray, default: Any) -> None:
         valid = (left >= 0) & (right >= 0)
         keys = left[valid].astype(np.int64) * np.int64(max(width, 1)) + right[valid].astype(np.int64)
         order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]
-        self.values = values[valid][order]
+        self.size = int(keys.size)
+        self.keys = np.append(keys[order], np.iinfo(np.int64).max)
+        present = values[valid][order]
+        self.values = np.concatenate([present, np.full((1, *present.shape[1:]), default, dtype=present.dtype)])
         self.width = np.int64(max(width, 1))
 
     def find(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Row of each pair in ``values``, ``-1`` when absent."""
-        if len(self.keys) == 0:
+        if self.size == 0:
             return np.full(len(left), -1, dtype=np.int64)
         query = left.astype(np.int64) * self.width + right.astype(np.int64)
-        pos = np.searchsorted(self.keys, query)
-        pos_clipped = np.minimum(pos, len(self.keys) - 1)
-        hit = (self.keys[pos_clipped] == query) & (left >= 0) & (right >= 0)
-        return np.where(hit, pos_clipped, -1)
+        pos = self.keys.searchsorted(query)  # the sentinel keeps pos within keys
+        # a negative code would alias another pair's packed key: it never matches
+        hit = (self.keys[pos] == query) & (left >= 0) & (right >= 0)
+        return np.where(hit, pos, -1)
 
     def find_one(self, left: int, right: np.ndarray) -> np.ndarray:
         """:meth:`find` for one ``left`` code (one user): search only that user's key range."""
-        if left < 0 or len(self.keys) == 0:
+        if left < 0 or self.size == 0:
             return np.full(len(right), -1, dtype=np.int64)
         base = np.int64(left) * self.width
-        lo, hi = np.searchsorted(self.keys, (base, base + self.width))
+        lo, hi = self.keys.searchsorted((base, base + self.width)).tolist()
         if lo == hi:  # the user has no pairs in this table
             return np.full(len(right), -1, dtype=np.int64)
-        query = base + right.astype(np.int64)
-        span = self.keys[lo:hi]
-        pos = np.minimum(np.searchsorted(span, query), hi - lo - 1)
-        return np.where((span[pos] == query) & (right >= 0), pos + lo, -1)
+        # The user's keys plus the next one (another user's or the sentinel, both at least
+        # base + width). A query is below base + width, and a right code of -1 gives
+        # base - 1, below every key here: neither can match a key that is not this pair's.
+        span = self.keys[lo : hi + 1]
+        query = right + base
+        pos = span.searchsorted(query)
+        return np.where(span[pos] == query, pos + lo, -1)
 
 
 def _ts_ns(values: Any) -> np.ndarray:
@@ -641,6 +651,7 @@ def _ts_ns(values: Any) -> np.ndarray:
 
 
 _NAT = np.iinfo(np.int64).min
+_NEVER = np.iinfo(np.int64).max  # followed_at of a pair that does not exist: after any request
 
 
 def _ns_or_nat(value: Any) -> int:
@@ -753,6 +764,8 @@ class FeatureAssembler:
             ok = (rows >= 0) & (codes >= 0)
             category_codes[rows[ok]] = codes[ok]
         self._merchant_category = category_codes
+        # the same codes as integers, -1 for none: the key of the user-category pair table
+        self._category_code = np.where(np.isfinite(category_codes), category_codes, -1).astype(np.int64)
 
         # status for the policy: trust, banned, banned entity
         trust = np.full(n_m + 1, np.nan)
@@ -828,9 +841,10 @@ class FeatureAssembler:
         n_u = len(self._user_index)
         self._user_activity = np.zeros((n_u + 1, 2))
         empty = np.zeros(0, dtype=np.int64)
-        self._follows = _PairTable(empty, empty, n_c, np.zeros(0, dtype=np.int64))
-        self._user_merchant = _PairTable(empty, empty, n_m, np.zeros((0, 2)))
-        self._user_category = _PairTable(empty, empty, len(self._categories), np.zeros(0))
+        # defaults of an absent pair: never followed, no orders, no affinity
+        self._follows = _PairTable(empty, empty, n_c, np.zeros(0, dtype=np.int64), _NEVER)
+        self._user_merchant = _PairTable(empty, empty, n_m, np.zeros((0, 2)), 0.0)
+        self._user_category = _PairTable(empty, empty, len(self._categories), np.zeros(0), 0.0)
         if context is not None:
             follows = context.follows
             self._follows = _PairTable(
@@ -838,6 +852,7 @@ class FeatureAssembler:
                 _lookup_ids(self._creator_index, _ids(follows["creator_id"])),
                 n_c,
                 _ts_ns(follows["followed_at"]),
+                _NEVER,
             )
             um = context.user_merchant
             self._user_merchant = _PairTable(
@@ -845,6 +860,7 @@ class FeatureAssembler:
                 _lookup_ids(self._merchant_index, _ids(um["merchant_id"])),
                 n_m,
                 np.column_stack([_as_float(um["orders"]), _as_float(um["bad_orders"])]).reshape(-1, 2),
+                0.0,
             )
             uc = context.user_category
             self._user_category = _PairTable(
@@ -852,6 +868,7 @@ class FeatureAssembler:
                 category_index.get_indexer(_ids(uc["category"]).to_numpy(dtype=object, na_value=None)),
                 len(self._categories),
                 _as_float(uc["affinity"]),
+                0.0,
             )
             ua = context.user_activity
             rows = _lookup_ids(self._user_index, _ids(ua["user_id"]))
@@ -904,7 +921,10 @@ class FeatureAssembler:
         # contiguous runs of output columns are filled by slice assignment (no scatter)
         self._merchant_slice = _as_slice(self._merchant_pos)
         self._creator_slice = _as_slice(self._creator_pos)
-        self._special = tuple(special)
+        self._special = tuple((i, kind, column) for i, (_, kind, column) in enumerate(special))
+        special_pos = np.asarray([j for j, _, _ in special], dtype=np.int64)
+        self._special_slice = _as_slice(special_pos)
+        self._special_pos = special_pos
 
     def _user_row(self, user_id: Any) -> int:
         try:
@@ -933,8 +953,8 @@ class FeatureAssembler:
 
     def merchant_status(self, merchant_ids: Any) -> MerchantStatus:
         """Trust and ban status of each merchant id (unknown: median trust, not banned)."""
-        rows = _lookup_ids(self._merchant_index, merchant_ids)
-        return self._status_of(np.where(rows >= 0, rows, len(self._merchant_index)))
+        # an unknown id (-1) reads the last row: the cold-start status
+        return self._status_of(_lookup_ids(self._merchant_index, merchant_ids))
 
     def _status_of(self, rows: np.ndarray) -> MerchantStatus:
         return MerchantStatus(
@@ -980,56 +1000,60 @@ class FeatureAssembler:
         user_ids = _required(columns, "user_id")
         ts = _required(columns, "ts")
 
+        # Unknown ids look up as -1, which every per-id table answers with its last row:
+        # the cold-start prior (merchant and creator tables), no activity (users).
         m_rows = _lookup_ids(self._merchant_index, merchant_ids)
         c_rows = _lookup_ids(self._creator_index, creator_ids)
         one_user: int | None = None
+        u_rows: Any
         if np.ndim(user_ids) == 0:  # one user for the whole request: one lookup
-            one_user = self._user_row(user_ids)
-            u_rows = np.full(n, one_user, dtype=np.int64)
+            one_user = u_rows = self._user_row(user_ids)
         else:
             u_rows = _lookup_ids(self._user_index, _broadcast(user_ids, n))
 
         def find(table: _PairTable, right: np.ndarray) -> np.ndarray:
+            # -1 (absent) selects the table's default value row
             return table.find(u_rows, right) if one_user is None else table.find_one(one_user, right)
 
-        m_gather = np.where(m_rows >= 0, m_rows, len(self._merchant_index))
-        c_gather = np.where(c_rows >= 0, c_rows, len(self._creator_index))
-        u_gather = np.where(u_rows >= 0, u_rows, len(self._user_index))
-        ts_ns = _broadcast(_ts_ns(ts), n)
+        ts_ns: Any
+        if isinstance(ts, pd.Timestamp) and ts.tz is not None:  # what a parsed request carries
+            ts_ns = int(ts.value) if ts.unit == "ns" else int(ts.as_unit("ns").value)
+        elif np.ndim(ts) == 0:  # one time for the whole request: scalar arithmetic below
+            ts_ns = int(_ts_ns(ts)[0])
+        else:
+            ts_ns = _broadcast(_ts_ns(ts), n)
 
         out = np.empty((n, len(self.feature_names)), dtype=np.float64)
-        merchant_block = self._merchant_table.take(m_gather, axis=0)
-        creator_block = self._creator_table.take(c_gather, axis=0)
-        out[:, self._merchant_slice if self._merchant_slice is not None else self._merchant_pos] = merchant_block
-        out[:, self._creator_slice if self._creator_slice is not None else self._creator_pos] = creator_block
-        category = self._merchant_category.take(m_gather)
+        out[:, self._merchant_slice if self._merchant_slice is not None else self._merchant_pos] = (
+            self._merchant_table.take(m_rows, axis=0)
+        )
+        out[:, self._creator_slice if self._creator_slice is not None else self._creator_pos] = (
+            self._creator_table.take(c_rows, axis=0)
+        )
+        # the remaining features go to a small block first, which stays in cache, then into
+        # the matrix in one pass (a column of the matrix itself touches a cache line per row)
+        block = np.empty((n, len(self._special)), dtype=np.float64)
         um_rows: np.ndarray | None = None
         for j, kind, column in self._special:
             if kind == "user_merchant":
                 if um_rows is None:
                     um_rows = find(self._user_merchant, m_rows)
-                values = self._user_merchant.values
-                col = 0 if column == "orders" else 1
-                out[:, j] = np.where(um_rows >= 0, values[np.maximum(um_rows, 0), col] if len(values) else 0.0, 0.0)
+                block[:, j] = self._user_merchant.values[um_rows, 0 if column == "orders" else 1]
             elif kind == "user_follows":
-                rows = find(self._follows, c_rows)
-                followed_at = self._follows.values[np.maximum(rows, 0)] if len(self._follows.values) else np.zeros(n, dtype=np.int64)
-                out[:, j] = ((rows >= 0) & (followed_at < ts_ns) & (ts_ns != _NAT)).astype(np.float64)
+                followed_at = self._follows.values[find(self._follows, c_rows)]
+                block[:, j] = (followed_at < ts_ns) & (ts_ns != _NAT)
             elif kind == "user_category":
-                codes = np.where(np.isfinite(category), category, -1).astype(np.int64)
-                rows = find(self._user_category, codes)
-                values = self._user_category.values
-                out[:, j] = np.where(rows >= 0, values[np.maximum(rows, 0)] if len(values) else 0.0, 0.0)
+                block[:, j] = self._user_category.values[find(self._user_category, self._category_code.take(m_rows))]
             elif kind == "user_activity":
-                out[:, j] = self._user_activity[u_gather, 0 if column == "orders" else 1]
+                block[:, j] = self._user_activity[u_rows, 0 if column == "orders" else 1]
             elif kind == "hour":
-                hours = (ts_ns // _NS_PER_HOUR) % 24
-                out[:, j] = np.where(ts_ns == _NAT, np.nan, hours)
+                block[:, j] = np.where(ts_ns == _NAT, np.nan, (ts_ns // _NS_PER_HOUR) % 24)
             elif kind == "live":
-                out[:, j] = _live_field(columns, column, n)
+                block[:, j] = _live_field(columns, column, n)
             else:  # pragma: no cover - plans are validated when built
-                raise SchemaError("features", self.feature_names[j], "a known feature source", f"{kind}:{column}")
-        return out, m_gather
+                raise SchemaError("features", column, "a known feature source", f"{kind}:{column}")
+        out[:, self._special_slice if self._special_slice is not None else self._special_pos] = block
+        return out, m_rows
 
     def transform_frame(self, candidates: pd.DataFrame | Mapping[str, Any]) -> pd.DataFrame:
         """:meth:`transform` as a DataFrame with named columns (for inspection and reports)."""

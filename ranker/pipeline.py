@@ -49,11 +49,14 @@ import numpy as np
 
 from ..features.errors import ConfigError, RequestError
 from ._request import ParsedRequest, coerce_live_numeric, parse_request
-from .policy import PolicyConfig, final_score, hard_rules
+from .policy import REASONS, PolicyConfig, final_score, rule_codes
 
 __all__ = ["RankingPipeline", "REASON_DUPLICATE"]
 
 REASON_DUPLICATE = "duplicate"
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_REASON_NAMES = np.array(REASONS, dtype=object)  # by policy rule code
 
 
 class RankingPipeline:
@@ -62,8 +65,8 @@ class RankingPipeline:
     Parameters
     ----------
     assembler
-        A :class:`~trustfeed.features.context.FeatureAssembler` (``transform``,
-        ``merchant_status``, ``feature_names``).
+        A :class:`~trustfeed.features.context.FeatureAssembler` (``transform_with_status``,
+        ``schema``, ``feature_names``).
     model
         A fitted :class:`~trustfeed.ranker.lambdamart.LambdaMART` (anything with ``predict``
         and ``feature_names_``); its features must be the assembler's, in the same order.
@@ -198,42 +201,51 @@ class RankingPipeline:
             return []
         sizes = np.fromiter((r.n_candidates for r in requests), dtype=np.int64, count=len(requests))
         total = int(sizes.sum())
-        request_of = np.repeat(np.arange(len(requests)), sizes)
-        stream_ids = _concat([r.stream_id for r in requests], total)
-        creator_ids = _concat([r.creator_id for r in requests], total)
-        merchant_ids = _concat([r.merchant_id for r in requests], total)
+        stream_list = _chain([r.stream_id for r in requests])
+        stream_ids = _object_array(stream_list, total)
+        creator_ids = _object_array(_chain([r.creator_id for r in requests]), total)
+        merchant_ids = _object_array(_chain([r.merchant_id for r in requests]), total)
 
-        duplicate = _duplicated_within(request_of, stream_ids)
-        unique = np.flatnonzero(~duplicate)
+        duplicate = _duplicated_within(sizes, stream_list)
+        if duplicate is None:  # the common case: every candidate is ranked, no index copies
+            unique = np.arange(total)
+            unique_sizes = sizes
+        else:
+            unique = np.flatnonzero(~duplicate)
+            unique_sizes = np.bincount(np.repeat(np.arange(len(requests)), sizes)[unique], minlength=len(requests))
         columns = self._candidate_columns(requests, sizes, unique, stream_ids, creator_ids, merchant_ids)
-        features = self.assembler.transform(columns)
+        # one id lookup serves both the features and the policy's merchant status
+        features, status = self.assembler.transform_with_status(columns)
         relevance = np.asarray(self.model.predict(features), dtype=np.float64)
-        status = self.assembler.merchant_status(merchant_ids[unique])
         trust = np.asarray(status.trust, dtype=np.float64)
-        unique_sizes = np.bincount(request_of[unique], minlength=len(requests))
         # the policy's vectorised parts (what apply_policy_many runs, without its per-request
         # sort: the balancer orders each request itself)
-        reasons = hard_rules(status.banned_merchant, status.banned_entity, trust, self.policy_config)
-        passed = reasons == ""
-        score = np.where(passed, final_score(relevance, trust, self.policy_config, group=unique_sizes), -np.inf)
+        codes = rule_codes(status.banned_merchant, status.banned_entity, trust, self.policy_config)
+        passed = codes == 0
+        score = final_score(relevance, trust, self.policy_config, group=unique_sizes)
+        if not passed.all():
+            score = np.where(passed, score, -np.inf)
 
         responses = []
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        unique_starts = np.concatenate([[0], np.cumsum(unique_sizes)])
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        unique_starts = starts if duplicate is None else np.concatenate([[0], np.cumsum(unique_sizes)]).tolist()
         for i, request in enumerate(requests):
-            rows = slice(int(unique_starts[i]), int(unique_starts[i + 1]))
+            rows = slice(unique_starts[i], unique_starts[i + 1])
             responses.append(
                 self._respond(
                     request,
                     candidate_rows=unique[rows],
-                    duplicate_rows=np.flatnonzero(duplicate[starts[i] : starts[i + 1]]) + starts[i],
+                    duplicate_rows=(
+                        _NO_ROWS if duplicate is None
+                        else np.flatnonzero(duplicate[starts[i] : starts[i + 1]]) + starts[i]
+                    ),
                     stream_ids=stream_ids,
                     creator_ids=creator_ids,
                     merchant_ids=merchant_ids,
                     relevance=relevance[rows],
                     trust=trust[rows],
                     score=score[rows],
-                    reasons=reasons[rows],
+                    codes=codes[rows],
                     passed=passed[rows],
                     features=features[rows] if log_features else None,
                     record=record,
@@ -287,21 +299,28 @@ class RankingPipeline:
         relevance: np.ndarray,
         trust: np.ndarray,
         score: np.ndarray,
-        reasons: np.ndarray,
+        codes: np.ndarray,
         passed: np.ndarray,
         features: np.ndarray | None,
         record: bool,
     ) -> dict[str, Any]:
-        kept = np.flatnonzero(passed)
-        creators = creator_ids[candidate_rows[kept]]
-        merchants = merchant_ids[candidate_rows[kept]]
-        if self.balancer is not None and kept.size:
-            now = request.ts.value / 1e9
-            order = kept[
-                self.balancer.rerank(creators.tolist(), merchants.tolist(), score[kept], trust[kept], now=now, record=False)
-            ]
+        if duplicate_rows.size == 0 and passed.all():
+            # every candidate is ranked, in request order: the balancer reads the request's
+            # own id lists, and its order indexes the candidates directly
+            kept = None
+            creators, merchants = request.creator_id, request.merchant_id
+            kept_score, kept_trust = score, trust
         else:
-            order = kept[np.argsort(-score[kept], kind="stable")]
+            kept = np.flatnonzero(passed)
+            kept_rows = candidate_rows[kept]
+            creators, merchants = creator_ids[kept_rows].tolist(), merchant_ids[kept_rows].tolist()
+            kept_score, kept_trust = score[kept], trust[kept]
+        if self.balancer is not None and kept_score.size:
+            now = request.ts.value / 1e9
+            local = self.balancer.rerank(creators, merchants, kept_score, kept_trust, now=now, record=False)
+        else:
+            local = np.argsort(-kept_score, kind="stable")
+        order = local if kept is None else kept[local]
         rows = candidate_rows[order]
 
         if record and self.balancer is not None and order.size:
@@ -332,12 +351,12 @@ class RankingPipeline:
             for item, vector in zip(items, features[order].tolist(), strict=True):
                 item["features"] = {n: (None if math.isnan(v) else v) for n, v in zip(names, vector, strict=True)}
 
-        filtered_local = np.flatnonzero(~passed)
-        if filtered_local.size == 0 and duplicate_rows.size == 0:
+        if kept is None:
             return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": []}
+        filtered_local = np.flatnonzero(~passed)
         filtered_rows = np.concatenate([candidate_rows[filtered_local], duplicate_rows])
         filtered_reasons = np.concatenate(
-            [reasons[filtered_local].astype(object), np.full(duplicate_rows.size, REASON_DUPLICATE, dtype=object)]
+            [_REASON_NAMES.take(codes[filtered_local]), np.full(duplicate_rows.size, REASON_DUPLICATE, dtype=object)]
         )
         by_input = np.argsort(filtered_rows, kind="stable")
         filtered = [
@@ -349,22 +368,32 @@ class RankingPipeline:
         return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": filtered}
 
 
-def _concat(columns: list[list[str]], total: int) -> np.ndarray:
+def _chain(columns: list[list[str]]) -> list[str]:
+    return columns[0] if len(columns) == 1 else list(itertools.chain.from_iterable(columns))
+
+
+def _object_array(values: list[str], total: int) -> np.ndarray:
+    # filling an empty object array is the fast way (np.array infers, and would make a 2-D
+    # array of equal-length strings' characters for some inputs)
     out = np.empty(total, dtype=object)
-    out[:] = list(itertools.chain.from_iterable(columns)) if len(columns) > 1 else columns[0]
+    out[:] = values
     return out
 
 
-def _duplicated_within(request_of: np.ndarray, stream_ids: np.ndarray) -> np.ndarray:
-    """True for every repeat of a ``stream_id`` within its request (the first is kept)."""
-    if stream_ids.size == 0 or len(set(stream_ids.tolist())) == stream_ids.size:
-        return np.zeros(stream_ids.size, dtype=bool)  # the common case, found in one C pass
+def _duplicated_within(sizes: np.ndarray, stream_ids: list[str]) -> np.ndarray | None:
+    """True for every repeat of a ``stream_id`` within its request (the first is kept).
+
+    ``None`` when there is none, the common case, found in one C pass over the ids.
+    """
+    if len(set(stream_ids)) == len(stream_ids):
+        return None
     import pandas as pd
 
-    codes, uniques = pd.factorize(stream_ids)
+    request_of = np.repeat(np.arange(len(sizes)), sizes)
+    codes, uniques = pd.factorize(np.asarray(stream_ids, dtype=object))
     key = request_of.astype(np.int64) * np.int64(len(uniques)) + codes
     _, first = np.unique(key, return_index=True)
-    duplicate = np.ones(stream_ids.size, dtype=bool)
+    duplicate = np.ones(len(stream_ids), dtype=bool)
     duplicate[first] = False
     return duplicate
 
