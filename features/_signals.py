@@ -252,7 +252,11 @@ def _order_credibility(
 
     s_praise = _premature_praise(tables, enc) * (1.0 - config.premature_praise_weight)
 
-    suspicion = 1.0 - (1.0 - s_isolated) * (1.0 - s_inactive) * (1.0 - s_repeat) * (1.0 - s_tiny) * (1.0 - s_praise)
+    first = 1.0 - (1.0 - s_isolated) * (1.0 - s_inactive) * (1.0 - s_repeat) * (1.0 - s_tiny) * (1.0 - s_praise)
+    s_ring = config.ring_buyer_suspicion * _ring_association(
+        first, user, merchant, paid, pair_code, pair_user, n_users, n_merchants, config.ring_prior_orders
+    )
+    suspicion = 1.0 - (1.0 - first) * (1.0 - s_ring)
     # A plain dict of columns: a DataFrame would consolidate (copy) them into 2-D blocks,
     # doubling the largest temporary of the build at ten million orders.
     evidence: dict[str, Any] = {
@@ -274,6 +278,54 @@ def _order_credibility(
         }
     )
     return evidence, users
+
+
+def _ring_association(
+    first: np.ndarray,
+    user: np.ndarray,
+    merchant: np.ndarray,
+    paid: np.ndarray,
+    pair_code: np.ndarray,
+    pair_user: np.ndarray,
+    n_users: int,
+    n_merchants: int,
+    prior_orders: float,
+) -> np.ndarray:
+    """Per order: how strongly the buyer's shops are ones where *other* buyers look fake.
+
+    Aged brushing accounts (they follow hosts, place decoy orders at honest shops) pass every
+    per-account cue; what they cannot hide is where they buy: mostly at shops whose other
+    orders are suspicious well beyond the platform norm. For each (buyer, shop) pair the shop's
+    first-pass suspicious share is taken *without the buyer's own orders* (so an account
+    cannot incriminate itself), shrunk towards the norm with ``prior_orders`` pseudo-orders,
+    and divided by the norm. The buyer's association is the **median** ratio over its shops
+    (robust to a minority of decoys, and to a real buyer who once bought at a brushing shop),
+    mapped to ``1 - 1 / ratio``: the share of the shops' suspicion that is excess over the
+    norm. Buyers of a single shop get 0 here: the isolation cues already judge them.
+    """
+    p = paid.astype("float64")
+    norm_den = float(p.sum())
+    norm = float(np.dot(first, p)) / norm_den if norm_den > 0 else 0.0
+    if norm <= 0.0 or not len(pair_user):
+        return np.zeros(len(user))
+    n_pairs = len(pair_user)
+    pair_merchant = np.zeros(n_pairs, dtype="int64")
+    pair_merchant[pair_code] = merchant
+    shop_s = np.bincount(merchant, weights=first * p, minlength=n_merchants)
+    shop_n = np.bincount(merchant, weights=p, minlength=n_merchants)
+    own_s = np.bincount(pair_code, weights=first * p, minlength=n_pairs)
+    own_n = np.bincount(pair_code, weights=p, minlength=n_pairs)
+    others = (shop_s[pair_merchant] - own_s + prior_orders * norm) / (shop_n[pair_merchant] - own_n + prior_orders)
+    ratio = np.maximum(others, 0.0) / norm
+    order = np.lexsort((ratio, pair_user))
+    sorted_ratio = ratio[order]
+    n_shops = np.bincount(pair_user, minlength=n_users)
+    start = np.concatenate([[0], np.cumsum(n_shops)[:-1]])
+    lo = np.minimum(start + (n_shops - 1) // 2, n_pairs - 1)
+    hi = np.minimum(start + n_shops // 2, n_pairs - 1)
+    median = np.where(n_shops > 0, 0.5 * (sorted_ratio[lo] + sorted_ratio[hi]), 1.0)
+    association = np.where(n_shops >= 2, np.clip(1.0 - 1.0 / np.maximum(median, 1e-12), 0.0, 1.0), 0.0)
+    return association[user]
 
 
 def _premature_praise(tables: Mapping[str, pd.DataFrame], enc: Encoding) -> np.ndarray:

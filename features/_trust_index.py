@@ -267,6 +267,10 @@ class IndexModel:
 
     def __init__(self) -> None:
         self._models: dict[str, _Linear] | None = None
+        # Per group: sorted distinct predicted good-order rates of the reference population
+        # and their mid-ECDF values (see calibrate / standing).
+        self._reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.reference_size: int = 0
         self.fitted_on: int = 0
         self.source: str = "unfitted"
         self.fit_quality: dict[str, float] = {}
@@ -357,6 +361,52 @@ class IndexModel:
         floored = _FLOOR_SCALE * np.logaddexp(0.0, value / _FLOOR_SCALE)
         return np.clip(floored, 0.0, 1.0)
 
+    def calibrate(self, population: pd.DataFrame) -> IndexModel:
+        """Remember each group's distribution of predicted good-order rates over ``population``.
+
+        ``population`` is the risk matrix of the merchants the standing is measured against
+        (the snapshot's merchants with at least one paid order): data from before the
+        snapshot time only, so point-in-time safety holds.
+        """
+        self._reference = {}
+        for group in self.models:
+            good = np.sort(1.0 - self.predict(population, group))
+            values, first = np.unique(good, return_index=True)
+            counts = np.diff(np.append(first, len(good)))
+            # Mid-ECDF: share of the population strictly worse, plus half of the ties.
+            below = np.cumsum(counts) - counts
+            mid = (below + 0.5 * counts) / max(len(good), 1)
+            # Anchor the ends (good rate 0 -> standing 0, 1 -> 1) so the map is increasing on
+            # all of [0, 1] and a merchant beyond the population's range still moves.
+            xs = np.concatenate([[0.0], values, [1.0]])
+            ys = np.concatenate([[0.0], mid, [1.0]])
+            keep = np.concatenate([[True], np.diff(xs) > 0])
+            self._reference[group] = (xs[keep], np.maximum.accumulate(ys[keep]))
+        self.reference_size = len(population)
+        return self
+
+    def standing(self, risk: pd.DataFrame, group: str) -> np.ndarray:
+        """The group's score as a standing in [0, 1]: the reference population's mid-ECDF.
+
+        ``standing = F(1 - predict(risk, group))`` with ``F`` the (interpolated) share of the
+        reference population whose predicted good-order rate is lower. ``F`` is
+        non-decreasing and ``predict`` increases with every risk, so worsening a signal can
+        never raise the standing; unlike ``1 - predict`` it spreads over [0, 1] even when the
+        predicted rates differ by a few tenths of a percent.
+        """
+        if group not in self._reference:
+            raise NotFittedError("IndexModel.standing: call calibrate() first")
+        xs, ys = self._reference[group]
+        return np.clip(np.interp(1.0 - self.predict(risk, group), xs, ys), 0.0, 1.0)
+
+    def reference_quantiles(self) -> dict[str, dict[str, float]]:
+        """Deciles of each group's predicted bad-order rate over the reference population."""
+        out: dict[str, dict[str, float]] = {}
+        for group, (xs, ys) in self._reference.items():
+            levels = np.arange(1, 10) / 10.0
+            out[group] = {f"p{int(q * 100)}": float(1.0 - np.interp(1.0 - q, ys, xs)) for q in levels}
+        return out
+
     def contributions(self, risk: pd.DataFrame, reference: pd.DataFrame, group: str = "trust_index") -> pd.DataFrame:
         """Change of trust (``-w_j * (risk_j - reference_j)``) per signal."""
         model = self.models[group]
@@ -370,6 +420,7 @@ class IndexModel:
         return {
             "source": self.source,
             "fitted_on_merchants": self.fitted_on,
+            "standing_reference": {"rows": self.reference_size, "expected_bad_rate_deciles": self.reference_quantiles()},
             "fit_quality": self.fit_quality,
             "models": {
                 group: {"intercept": m.intercept, "weights": m.weights} for group, m in self.models.items()

@@ -110,6 +110,11 @@ class TrustConfig:
         One buyer's orders (and reviews) at one merchant count for at most this many.
     isolated_buyer_suspicion
         Brushing suspicion of an order whose buyer has no other platform history.
+    ring_buyer_suspicion, ring_prior_orders
+        Brushing suspicion of a buyer of several shops whose shops are, by the median, ones
+        where other buyers look fake: ``ring_buyer_suspicion * (1 - 1 / ratio)`` with
+        ``ratio`` the shops' first-pass suspicious share (without this buyer, shrunk towards
+        the platform norm with ``ring_prior_orders`` pseudo-orders) over the norm.
     tiny_amount_fraction, tiny_amount_suspicion
         An order below this fraction of its category's median amount is this suspicious.
     unverified_report_weight
@@ -160,6 +165,8 @@ class TrustConfig:
     min_category_merchants: int = 10
     per_buyer_cap: float = 3.0
     isolated_buyer_suspicion: float = 0.5
+    ring_buyer_suspicion: float = 1.0
+    ring_prior_orders: float = 5.0
     tiny_amount_fraction: float = 0.2
     tiny_amount_suspicion: float = 0.7
     unverified_report_weight: float = 0.1
@@ -184,6 +191,7 @@ class TrustConfig:
             "min_prior_trials",
             "max_prior_strength",
             "per_buyer_cap",
+            "ring_prior_orders",
             "fast_refund_days",
             "slow_resolution_days",
             "cold_start_orders",
@@ -198,6 +206,7 @@ class TrustConfig:
         _unit("bound_level", self.bound_level, open_low=True, open_high=True)
         for name in (
             "isolated_buyer_suspicion",
+            "ring_buyer_suspicion",
             "tiny_amount_fraction",
             "tiny_amount_suspicion",
             "unverified_report_weight",
@@ -525,6 +534,12 @@ def build_snapshot(
 
     progress("trust: fitting the index on an earlier cut")
     model, fit_info = _fit_index(known, counts, cut, config, backend, host_exposure, list(risk.columns), enc)
+    # Dimension scores are standings among the merchants with evidence at the snapshot (data
+    # before the cut only). Not the fit rows of the earlier cuts: signals drift as a log
+    # grows (benefits enrolled, cases resolved), and a standing against a past population
+    # would pile today's merchants up at one end.
+    with_orders = (counts.merchants["n_orders_raw"] > 0).to_numpy()
+    model.calibrate(risk[with_orders] if with_orders.any() else risk)
 
     progress("trust: scoring merchants")
     merchants = _merchant_table(counts, meta, rates, risk, priors, model, config, host_exposure, enc, _absent(known))
@@ -662,7 +677,7 @@ def _merchant_table(
     out["account_age_days"] = meta["account_age_days"]
     out["trust_index"] = trust_index
     for dimension in DIMENSIONS:
-        out[f"trust_{dimension}"] = 1.0 - model.predict(risk, dimension) if dimension in model.models else np.nan
+        out[f"trust_{dimension}"] = model.standing(risk, dimension) if dimension in model.models else np.nan
     out["expected_bad_rate"] = expected_bad
     out["n_orders"] = c["n_orders"]
     out["n_orders_raw"] = c["n_orders_raw"]
@@ -764,7 +779,7 @@ def _creator_table(
         },
         index=c.index,
     )
-    out["trust_host"] = 1.0 - model.predict(risk, "host_attitude") if "host_attitude" in model.models else np.nan
+    out["trust_host"] = model.standing(risk, "host_attitude") if "host_attitude" in model.models else np.nan
     out["n_streams"] = c["n_streams_raw"]
     out["n_impressions"] = c["n_impressions_raw"]
     out["n_impressions_decayed"] = c["n_impressions"]

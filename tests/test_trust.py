@@ -267,6 +267,53 @@ def test_brushing_with_fresh_accounts_does_not_raise_trust(crafted, crafted_snap
     assert rank_after <= rank_before
 
 
+def test_aged_ring_accounts_lose_credibility_by_where_they_buy(crafted, crafted_snapshot):
+    tables, _ = crafted
+    shops = ["m030", "m028"]  # two poor merchants brushing through one ring
+    n_ring, n_sock = 30, 300
+    ring = [f"ring{i}" for i in range(n_ring)]
+    # Aged accounts: they follow a host and each places one decoy order at an honest shop, so
+    # no per-account cue fires; then two normal-priced orders at each brushing shop.
+    decoy_shops = [f"m{i:03d}" for i in range(0, 10)]
+    decoys = pd.DataFrame(
+        {"order_id": [f"decoy{i}" for i in range(n_ring)], "user_id": ring,
+         "merchant_id": [decoy_shops[i % 10] for i in range(n_ring)],
+         "created_at": data.START + pd.Timedelta(days=3), "amount": 55.0}
+    )  # fmt: skip
+    ring_orders = pd.DataFrame(
+        {"order_id": [f"ro{i}" for i in range(4 * n_ring)], "user_id": np.tile(ring, 4),
+         "merchant_id": np.repeat(shops * 2, n_ring),
+         "created_at": data.START + pd.to_timedelta(np.linspace(5, 58, 4 * n_ring), unit="D"), "amount": 55.0}
+    )  # fmt: skip
+    # ...alongside one-shot fresh accounts, which the isolation cue catches
+    socks = pd.DataFrame(
+        {"order_id": [f"so{i}" for i in range(n_sock)], "user_id": [f"sock{i // 2}" for i in range(n_sock)],
+         "merchant_id": np.repeat(shops, n_sock // 2),
+         "created_at": data.START + pd.to_timedelta(np.linspace(1, 59, n_sock), unit="D"), "amount": 55.0}
+    )  # fmt: skip
+    fake = pd.concat([ring_orders, socks], ignore_index=True)
+    reviews = pd.DataFrame(
+        {"review_id": "fr" + fake["order_id"], "order_id": fake["order_id"], "user_id": fake["user_id"],
+         "created_at": fake["created_at"] + pd.Timedelta(days=4), "rating": 5}
+    )  # fmt: skip
+    follows = pd.DataFrame({"user_id": ring, "creator_id": "cm005", "followed_at": data.START - pd.Timedelta(days=30)})
+    brushed = data.add_rows(tables, "orders", pd.concat([decoys, fake], ignore_index=True))
+    brushed = data.add_rows(data.add_rows(brushed, "reviews", reviews), "follows", follows)
+    events = validate_events(brushed)
+    with_cue = build_snapshot(events, AS_OF, FIT)
+    without = build_snapshot(events, AS_OF, TrustConfig(min_fit_merchants=30, ring_buyer_suspicion=0.0))
+    for shop in shops:
+        assert _merchant(with_cue, shop)["brushing_score"] > _merchant(without, shop)["brushing_score"] + 0.1
+        assert _merchant(with_cue, shop)["low_rating_rate"] > _merchant(without, shop)["low_rating_rate"]
+        assert _trust(with_cue, shop) <= _trust(without, shop) + 1e-9
+        assert _trust(with_cue, shop) <= _trust(crafted_snapshot, shop) + 0.01
+        # without the cue the same attack buys trust: the check above has teeth
+        assert _trust(without, shop) > _trust(crafted_snapshot, shop) + 0.02
+    # the honest shops where the ring placed decoys are not dragged down by their buyers
+    for shop in decoy_shops:
+        assert abs(_merchant(with_cue, shop)["brushing_score"] - _merchant(without, shop)["brushing_score"]) < 0.05
+
+
 def test_one_buyer_reviewing_many_times_does_not_raise_trust(crafted, crafted_snapshot):
     tables, _ = crafted
     target = "m030"
@@ -499,6 +546,30 @@ def test_fitted_index_model_is_monotone(seed, column, delta):
     for group in model.models:
         assert (model.predict(worse, group) >= model.predict(risk, group) - 1e-12).all()
     assert all(w >= 0 for m in model.models.values() for w in m.weights.values())
+    # the dimension scores are standings against a population: also in [0, 1], never raised
+    # by a worse signal, and spread (the mid-ECDF of the population itself is uniform-ish)
+    model.calibrate(risk)
+    for group in model.models:
+        before, after = model.standing(risk, group), model.standing(worse, group)
+        assert ((before >= 0) & (before <= 1)).all() and (after <= before + 1e-12).all()
+        if np.ptp(model.predict(risk, group)) > 1e-9:
+            assert np.ptp(before) > 0.5
+
+
+def test_standing_is_the_population_mid_ecdf():
+    from trustfeed.features._trust_index import IndexModel
+
+    rng = np.random.default_rng(5)
+    risk = pd.DataFrame({"bad_case_rate": rng.random(200) * 0.2})
+    model = IndexModel().fit(risk, risk["bad_case_rate"].to_numpy() * 0.8, np.ones(200)).calibrate(risk)
+    standing = model.standing(risk, "trust_index")
+    # the merchant with the lowest bad-case rate stands above (almost) everyone, and vice versa
+    expected = 1.0 - (risk["bad_case_rate"].rank().to_numpy() - 0.5) / 200
+    assert np.allclose(standing, expected, atol=1e-9)
+    # beyond the population's range the standing keeps moving towards 0 and 1
+    extreme = pd.DataFrame({"bad_case_rate": [0.9, 0.0]})
+    low, high = model.standing(extreme, "trust_index")
+    assert 0.0 <= low < standing.min() and standing.max() <= high <= 1.0
 
 
 # --------------------------------------------------------------------------- io, config, backends
