@@ -158,20 +158,24 @@ def fit_beta_prior(
     total = np.bincount(g, weights=n_g, minlength=size)
     merchants = np.bincount(g, minlength=size)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.clip(np.bincount(g, weights=s_g, minlength=size) / total, _EPS, 1 - _EPS)
-        observed_var = np.bincount(g, weights=n_g * (s_g / n_g - mean[g]) ** 2, minlength=size) / total
-        binomial_var = mean * (1 - mean) * merchants / total
+        group_mean = np.clip(np.bincount(g, weights=s_g, minlength=size) / total, _EPS, 1 - _EPS)
+        observed_var = np.bincount(g, weights=n_g * (s_g / n_g - group_mean[g]) ** 2, minlength=size) / total
+        binomial_var = group_mean * (1 - group_mean) * merchants / total
         between = observed_var - binomial_var
-        strength = np.where(between > 0, mean * (1 - mean) / np.where(between > 0, between, 1.0) - 1.0, max_strength)
-    strength = np.clip(strength, _MIN_STRENGTH, max_strength)
+        group_strength = np.where(
+            between > 0, group_mean * (1 - group_mean) / np.where(between > 0, between, 1.0) - 1.0, max_strength
+        )
+    group_strength = np.clip(group_strength, _MIN_STRENGTH, max_strength)
     big = merchants >= min_group_size
     index = pd.Index(np.asarray(uniques)[big])
-    alpha = pd.Series((mean * strength)[big], index=index, dtype="float64")
-    beta = pd.Series(((1 - mean) * strength)[big], index=index, dtype="float64")
+    alpha = pd.Series((group_mean * group_strength)[big], index=index, dtype="float64")
+    beta = pd.Series(((1 - group_mean) * group_strength)[big], index=index, dtype="float64")
     return BetaPrior(alpha, beta, pooled_alpha, pooled_beta)
 
 
-def beta_posterior_mean(successes: np.ndarray, trials: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def beta_posterior_mean(
+    successes: np.ndarray, trials: np.ndarray, alpha: np.ndarray | float, beta: np.ndarray | float
+) -> np.ndarray:
     """Posterior mean ``(s + alpha) / (n + alpha + beta)``; equals the prior mean at n = 0."""
     return (successes + alpha) / (trials + alpha + beta)
 

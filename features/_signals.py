@@ -92,7 +92,8 @@ def encode_ids(events: EventLog) -> tuple[EventLog, Encoding]:
         codes, uniques = pd.factorize(joined, use_na_sentinel=True)
         # Kept as the (Arrow-backed) string array: millions of order ids as Python objects
         # would cost hundreds of MB for ids that are only ever counted.
-        vocab[kind] = pd.array(uniques, dtype="string")
+        # pd.array takes an Index at runtime; pandas-stubs allow it only for a few dtypes
+        vocab[kind] = pd.array(uniques, dtype="string")  # type: ignore[call-overload]
         offsets = np.cumsum([0, *lengths])
         for (table, column), start, stop in zip(columns, offsets[:-1], offsets[1:]):
             encoded[table][column] = codes[start:stop].astype("int64")

@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -244,6 +244,18 @@ def _ids(series: pd.Series) -> pd.Series:
     return series.astype("string")
 
 
+def _object_values(series: pd.Series) -> np.ndarray:
+    """Values as an object array with missing values as ``None`` (unknown to the id lookups)."""
+    # pandas accepts na_value=None; pandas-stubs' Scalar type leaves None out
+    return series.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
+
+
+def _positions(index: pd.Index, values: np.ndarray) -> np.ndarray:
+    """``index.get_indexer(values)``: position of each value, ``-1`` when absent."""
+    # get_indexer takes any array-like at runtime; pandas-stubs accept only an Index
+    return index.get_indexer(values)  # type: ignore[arg-type]
+
+
 def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | None = None) -> ContextTables:
     """User and engagement history known strictly before ``as_of``.
 
@@ -294,7 +306,9 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
 
     # follows: first follow of each (user, creator) pair
     follow_events = window(known["follows"], "followed_at")
-    follows = (
+    # as_index=False makes the grouped reduction a DataFrame; pandas-stubs say Series
+    follows = cast(
+        pd.DataFrame,
         pd.DataFrame(
             {
                 "user_id": _ids(follow_events["user_id"]),
@@ -303,7 +317,7 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
             }
         )
         .groupby(["user_id", "creator_id"], as_index=False, sort=True)["followed_at"]
-        .min()
+        .min(),
     )
 
     # paid orders and which of them went bad (as known before the cut)
@@ -397,12 +411,13 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
         ],
         ignore_index=True,
     )
-    codes = category_of.index.get_indexer(interactions["merchant_id"].to_numpy(dtype=object, na_value=None))
+    codes = _positions(category_of.index, _object_values(interactions["merchant_id"]))
     # a dataset without merchant categories has no affinity to compute
     named = category_of.to_numpy(dtype=object) if len(category_of) else np.array([None], dtype=object)
-    interactions["category"] = pd.array(np.where(codes >= 0, named[np.maximum(codes, 0)], None), dtype="string")
+    interactions["category"] = pd.array(np.where(codes >= 0, named[np.maximum(codes, 0)], np.array(None, dtype=object)), dtype="string")
     weighted = interactions.dropna(subset=["category"])
-    user_category = weighted.groupby(["user_id", "category"], as_index=False, sort=True)["w"].sum()
+    # as_index=False: a DataFrame (see follows above)
+    user_category = cast(pd.DataFrame, weighted.groupby(["user_id", "category"], as_index=False, sort=True)["w"].sum())
     totals = user_category.groupby("user_id")["w"].transform("sum")
     user_category["affinity"] = (user_category["w"] / totals).astype("float64")
     user_category = user_category.drop(columns="w")
@@ -561,13 +576,13 @@ def _as_float(series: pd.Series) -> np.ndarray:
 
 def _index(values: Any) -> pd.Index:
     """A hash index over string ids (object dtype: fastest for per-request lookups)."""
-    return pd.Index(np.asarray(pd.Series(values, dtype="string").to_numpy(dtype=object, na_value=None)), dtype=object)
+    return pd.Index(np.asarray(_object_values(pd.Series(values, dtype="string"))), dtype=object)
 
 
 def _lookup_ids(index: pd.Index, values: Any) -> np.ndarray:
     """Position of each id in ``index`` (``-1`` when unknown)."""
     if isinstance(values, pd.Series):
-        values = values.to_numpy(dtype=object, na_value=None)
+        values = _object_values(values)
     array = np.asarray(values, dtype=object)
     engine = getattr(index, "_engine", None)
     if engine is not None and index.dtype == object and array.ndim == 1:
@@ -637,10 +652,10 @@ def _ts_ns(values: Any) -> np.ndarray:
             return np.array([_NAT], dtype=np.int64)
     if isinstance(values, pd.Series) and isinstance(values.dtype, pd.DatetimeTZDtype):
         # tz-aware values are stored as UTC nanoseconds already
-        return np.asarray(values.array.as_unit("ns").asi8, dtype=np.int64)
+        return _epoch_ns(cast(pd.arrays.DatetimeArray, values.array))
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     if pd.api.types.is_datetime64_dtype(series.dtype):  # naive times are UTC
-        return np.asarray(series.dt.tz_localize("UTC").array.as_unit("ns").asi8, dtype=np.int64)
+        return _epoch_ns(series.dt.tz_localize("UTC").array)
     # A request repeats one time over all its candidates: parse each distinct value once
     # (pandas' own parsing cache costs milliseconds at 500 candidates).
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
@@ -648,6 +663,12 @@ def _ts_ns(values: Any) -> np.ndarray:
         return np.full(len(series), _NAT, dtype=np.int64)
     distinct = np.array([_ns_or_nat(value) for value in np.asarray(uniques, dtype=object)], dtype=np.int64)
     return np.where(codes >= 0, distinct[np.maximum(codes, 0)], _NAT)
+
+
+def _epoch_ns(array: pd.arrays.DatetimeArray) -> np.ndarray:
+    """UTC nanoseconds since the epoch of a tz-aware datetime array (NaT -> the int64 minimum)."""
+    # DatetimeArray has asi8 at runtime; pandas-stubs declare it on DatetimeIndex only
+    return np.asarray(array.as_unit("ns").asi8, dtype=np.int64)  # type: ignore[attr-defined]
 
 
 _NAT = np.iinfo(np.int64).min
@@ -760,7 +781,7 @@ class FeatureAssembler:
             category_source.append(context.merchant_category[["merchant_id", "category"]])
         for source in reversed(category_source):  # the snapshot wins over context
             rows = _lookup_ids(self._merchant_index, _ids(source["merchant_id"]))
-            codes = category_index.get_indexer(_ids(source["category"]).to_numpy(dtype=object, na_value=None))
+            codes = _positions(category_index, _object_values(_ids(source["category"])))
             ok = (rows >= 0) & (codes >= 0)
             category_codes[rows[ok]] = codes[ok]
         self._merchant_category = category_codes
@@ -865,7 +886,7 @@ class FeatureAssembler:
             uc = context.user_category
             self._user_category = _PairTable(
                 _lookup_ids(self._user_index, _ids(uc["user_id"])),
-                category_index.get_indexer(_ids(uc["category"]).to_numpy(dtype=object, na_value=None)),
+                _positions(category_index, _object_values(_ids(uc["category"]))),
                 len(self._categories),
                 _as_float(uc["affinity"]),
                 0.0,
@@ -1203,7 +1224,7 @@ def _required(columns: Any, name: str) -> Any:
 
 
 def _broadcast(values: Any, n: int) -> Any:
-    array = values.to_numpy(dtype=object, na_value=None) if isinstance(values, pd.Series) else values
+    array = _object_values(values) if isinstance(values, pd.Series) else values
     if np.ndim(array) == 0:
         return np.full(n, array, dtype=object if not isinstance(array, np.integer) else np.int64)
     array = np.asarray(array)

@@ -436,9 +436,9 @@ def _coerce_bool(series: pd.Series) -> pd.Series:
     is_true = words.isin(_TRUE_WORDS).to_numpy(dtype=bool, na_value=False)
     is_false = words.isin(_FALSE_WORDS).to_numpy(dtype=bool, na_value=False)
     is_null = (words.isna() | (words == "")).to_numpy(dtype=bool, na_value=True)
-    bad = ~(is_true | is_false | is_null)
-    if bad.any():
-        raise _Bad(_many(bad, "value that is not true/false/1/0", "values that are not true/false/1/0"), bad)
+    unparsed = ~(is_true | is_false | is_null)
+    if unparsed.any():
+        raise _Bad(_many(unparsed, "value that is not true/false/1/0", "values that are not true/false/1/0"), unparsed)
     array = pd.arrays.BooleanArray(is_true, ~(is_true | is_false))
     return pd.Series(array, index=series.index, name=series.name)
 
@@ -458,10 +458,10 @@ def _coerce_enum(series: pd.Series, column: ColumnSpec) -> pd.Series:
     if text is None:
         raise _Bad("booleans", series.notna())
     bad_values = text.notna() & ~text.isin(column.categories)
-    bad = bad_values.to_numpy(dtype=bool, na_value=False)
-    if bad.any():
-        shown = ", ".join(repr(v) for v in pd.unique(text[bad].astype(object))[:_SAMPLE_ROWS])
-        raise _Bad(_many(bad, "other value", "other values") + f" ({shown})", bad)
+    bad_rows = bad_values.to_numpy(dtype=bool, na_value=False)
+    if bad_rows.any():
+        shown = ", ".join(repr(v) for v in pd.unique(text[bad_rows].astype(object))[:_SAMPLE_ROWS])
+        raise _Bad(_many(bad_rows, "other value", "other values") + f" ({shown})", bad_rows)
     return text.astype(target)
 
 
@@ -472,7 +472,7 @@ def _null_column(column: ColumnSpec, n_rows: int) -> pd.Series:
 
         return pd.Series(pd.array(pa.nulls(n_rows, pa.large_string()), dtype=dtype), name=column.name)
     if column.kind == "time":
-        return pd.Series(np.full(n_rows, np.datetime64("NaT", "ns")), name=column.name).dt.tz_localize("UTC")
+        return pd.Series(np.full(n_rows, np.datetime64("NaT", "ns")), dtype="datetime64[ns]", name=column.name).dt.tz_localize("UTC")
     # Reindexing an empty typed series fills with that dtype's null without a Python list.
     return pd.Series([], dtype=dtype, name=column.name).reindex(pd.RangeIndex(n_rows))
 

@@ -231,7 +231,7 @@ class TrustConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"TrustConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
 
@@ -461,8 +461,8 @@ def _later_bad_rate(
     recent = filed >= start
     if end is not None:
         recent &= filed < end
-    recent = recent.to_numpy(dtype=bool, na_value=False)
-    reported = report_merchant[verified & serious & recent & (report_merchant >= 0)]
+    recent_mask = recent.to_numpy(dtype=bool, na_value=False)
+    reported = report_merchant[verified & serious & recent_mask & (report_merchant >= 0)]
     size = int(max(merchant.max() if len(merchant) else -1, reported.max() if len(reported) else -1)) + 1
     known = merchant >= 0
     return pd.DataFrame(
@@ -715,12 +715,12 @@ def _merchant_table(
     out["cold_start"] = (c["n_orders_raw"] < config.cold_start_orders).to_numpy()
     out["prior_only"] = (c["n_orders_raw"] <= 0).to_numpy()
     out["top_reasons"] = reasons
-    out = pd.DataFrame(out, index=c.index)
-    out.insert(0, "merchant_id", _vocab_strings(enc, "merchant", c.index.to_numpy()).to_numpy())
-    out = out.reset_index(drop=True)
+    frame = pd.DataFrame(out, index=c.index)
+    frame.insert(0, "merchant_id", _vocab_strings(enc, "merchant", c.index.to_numpy()).to_numpy())
+    frame = frame.reset_index(drop=True)
     for name in ("entity_id", "category", "top_reasons"):
-        out[name] = out[name].astype("string")
-    return out
+        frame[name] = frame[name].astype("string")
+    return frame
 
 
 def _creator_merchant(known: EventLog, n_creators: int) -> tuple[np.ndarray, np.ndarray]:

@@ -185,7 +185,7 @@ class BalancerConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"BalancerConfig: unknown keys {unknown}")
-        values = {k: (math.inf if v == "inf" else v) for k, v in data.items()}
+        values: dict[str, Any] = {k: (math.inf if v == "inf" else v) for k, v in data.items()}
         return cls(**values)
 
 
@@ -242,7 +242,8 @@ class _Ledger:
         values = ids.astype(object).to_numpy()
         uniques, codes = pd.factorize(values)[::-1]
         self._register(list(uniques))
-        unique_slots = pd.Index(self.ids).get_indexer(uniques)
+        # get_indexer takes any array-like at runtime; pandas-stubs accept only an Index
+        unique_slots = pd.Index(self.ids).get_indexer(uniques)  # type: ignore[arg-type]
         return unique_slots[codes]
 
     def rescale(self, factor: float) -> None:

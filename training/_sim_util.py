@@ -157,7 +157,7 @@ def time_column(seconds: np.ndarray, start_ns: int) -> pd.Series:
 
 
 def enum_column(codes: np.ndarray, categories: tuple[str, ...]) -> pd.Series:
-    return pd.Series(pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), categories=list(categories)))
+    return pd.Series(pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), categories=pd.Index(categories)))
 
 
 def bool_column(values: np.ndarray, missing: np.ndarray | None = None) -> pd.Series:

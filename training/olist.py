@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -47,11 +48,11 @@ OLIST_FILES = (
 _CANCELLED = ("canceled", "unavailable")
 
 
-def _read(directory: Path, name: str, **kwargs: object) -> pd.DataFrame:
+def _read(directory: Path, name: str, **kwargs: Any) -> pd.DataFrame:
     path = directory / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: Olist file missing (expected {', '.join(OLIST_FILES)})")
-    return pd.read_csv(path, **kwargs)  # type: ignore[arg-type]
+    return pd.read_csv(path, **kwargs)
 
 
 def _utc(series: pd.Series) -> pd.Series:

@@ -15,10 +15,13 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from ..features.errors import ConfigError, TrustfeedError
+
+if TYPE_CHECKING:  # mlflow is imported lazily: it is slow to import
+    from mlflow import MlflowClient
 
 __all__ = [
     "CHALLENGER",
@@ -157,7 +160,7 @@ def tracking_uri_set_to(tracking_uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
-def client_for(tracking_uri: str):  # -> mlflow.MlflowClient
+def client_for(tracking_uri: str) -> MlflowClient:
     """An :class:`mlflow.MlflowClient` on ``tracking_uri`` (registry on the same store)."""
     from mlflow import MlflowClient
 

@@ -19,11 +19,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 
 from ..features.io import atomic_file
+
+if TYPE_CHECKING:  # matplotlib is imported lazily, only when a report is drawn
+    from matplotlib.figure import Figure
 
 __all__ = ["ReportContent", "render_report", "render_html", "lorenz_curve"]
 
@@ -256,13 +260,13 @@ def _figure(png: bytes, caption: str) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _new_figure(width: float, height: float):  # -> matplotlib.figure.Figure
+def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _png(figure) -> bytes:  # figure: matplotlib.figure.Figure
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -305,7 +309,8 @@ def _tradeoff_png(points: pd.DataFrame, policies: Sequence[str]) -> bytes:
     baselines = points[points["kind"] != "sweep"]
     markers = ("s", "D", "^", "v", "P", "X")
     for i, row in enumerate(baselines.itertuples(index=False)):
-        axes.scatter([row.gini], [row.ndcg_at_10], marker=markers[i % len(markers)], s=70,
+        # both columns are float64; pandas-stubs type namedtuple fields as any scalar
+        axes.scatter([cast(float, row.gini)], [cast(float, row.ndcg_at_10)], marker=markers[i % len(markers)], s=70,
                      color=_colour(policies, str(row.policy)), label=str(row.policy), zorder=3)
     axes.set_xlabel("Gini of creator exposure (lower = fairer)")
     axes.set_ylabel("NDCG@10 (higher = better)")
