@@ -617,7 +617,7 @@ def evaluate_pipeline(
                      + ", ".join(f"{k} {v}" for k, v in reasons.items()))
     notes.append(
         "Policies: logging policy = the logged order; plain LambdaMART = a model trained without trust "
-        "features, ranked by relevance, no hard rules; relevance only = the trust-aware model's relevance "
+        "features, ranked by relevance, with the served hard rules (bans); relevance only = the trust-aware model's relevance "
         "order (trust features, no trust weight in the score, hard rules applied); trust-aware = the policy "
         "score (relevance combined with trust); per-creator cap and FA*IR re-rank that score; trust-aware + "
         "balancer = the served pipeline with its exposure controller."
@@ -888,8 +888,10 @@ def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -
     plain_pipeline = None
     if plain is not None:
         plain_pipeline = RankingPipeline(
+            # the same hard rules as the served pipeline: a ban is a platform decision every
+            # ranker must respect, so the comparison isolates trust features and trust in the score
             FeatureAssembler(snapshot, context, schema=plain.feature_schema_), plain,
-            PolicyConfig(trust_weight=0.0, filter_banned=False), None,
+            PolicyConfig(trust_weight=0.0, filter_banned=served.policy_config.filter_banned), None,
         )
     return pipeline, plain_pipeline
 

@@ -8,7 +8,9 @@ One call of :func:`train` does, in order:
    and log every config, flattened, as params;
 3. build the training frame (point-in-time features, graded labels), fit LambdaMART with early
    stopping on validation NDCG@10, and the plain LambdaMART without trust features that the
-   evaluation compares against;
+   evaluation compares against; fit the expected-value policy (purchase calibration on the
+   validation window, bad-order model on the training window's purchases) and set the
+   balancer's target Gini relative to the validation window (:func:`fit_policy_and_target`);
 4. save the model bundle **locally first** (trust snapshot and context as of the end of the
    data, so it is ready to serve), so a tracking failure later loses nothing;
 5. evaluate on the held-out window (snapshot as of its start: no leakage) and write the report;
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..features.context import ContextConfig
@@ -56,7 +59,8 @@ from .registry import (
     tracking_uri_set_to,
 )
 
-__all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_feature_schema", "MODEL_ARTIFACT"]
+__all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_feature_schema", "fit_policy_and_target",
+           "MODEL_ARTIFACT"]
 
 MODEL_ARTIFACT = "model"
 BOOSTER_ARTIFACT = "booster"
@@ -109,6 +113,10 @@ class TrainJobConfig:
         server); applies unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set.
     run_name
         MLflow run name (``None``: MLflow picks one).
+    target_gini_ratio
+        The balancer's target Gini relative to the data: ``target_gini_ratio`` x the
+        creator-exposure Gini of the unbalanced trust-aware ranking of the validation window.
+        ``None``: ``balancer.target_gini`` is taken as an absolute target.
     """
 
     events: Path
@@ -130,6 +138,7 @@ class TrainJobConfig:
     train_plain: bool = True
     tracking_retries: int = 2
     run_name: str | None = None
+    target_gini_ratio: float | None = 0.8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "events", Path(self.events))
@@ -145,6 +154,11 @@ class TrainJobConfig:
                 raise ConfigError(f"TrainJobConfig.{name}: expected a value in (0, 0.5), got {value!r}")
         if self.validation_fraction + self.holdout_fraction >= 0.8:
             raise ConfigError("TrainJobConfig: validation_fraction + holdout_fraction must leave >= 20% for training")
+        if self.target_gini_ratio is not None and not (
+            isinstance(self.target_gini_ratio, (int, float)) and not isinstance(self.target_gini_ratio, bool)
+            and 0.0 < self.target_gini_ratio <= 1.0
+        ):
+            raise ConfigError(f"TrainJobConfig.target_gini_ratio: expected a value in (0, 1] or None, got {self.target_gini_ratio!r}")
         if not isinstance(self.tracking_retries, int) or self.tracking_retries < 0:
             raise ConfigError(f"TrainJobConfig.tracking_retries: expected an integer >= 0, got {self.tracking_retries!r}")
         if self.until is not None:
@@ -188,6 +202,7 @@ class TrainJobConfig:
             "train_plain": self.train_plain,
             "tracking_retries": self.tracking_retries,
             "run_name": self.run_name,
+            "target_gini_ratio": self.target_gini_ratio,
         }
 
     @classmethod
@@ -326,6 +341,139 @@ def plain_feature_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     plain["monotone"] = [0 for _ in keep]
     plain["categorical"] = [c for c in schema.get("categorical", []) if c in plain["feature_names"]]
     return plain
+
+
+# ----------------------------------------------------------------------------- fitted policy
+
+
+# fewer purchases than this in either window leave the expected-value policy unfitted
+_MIN_PURCHASES = 20
+
+
+def _purchased(impressions: pd.DataFrame) -> np.ndarray:
+    if "purchased" not in impressions.columns or impressions.empty:
+        return np.zeros(len(impressions), dtype=bool)
+    return impressions["purchased"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def _row_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "request_id": frame["request_id"].astype(str).to_numpy(),
+        "stream_id": frame["stream_id"].astype(str).to_numpy(),
+        "position": frame["position"].to_numpy(dtype=np.int64),
+    })
+
+
+def _impression_rows(part: Any, impressions: pd.DataFrame) -> np.ndarray:
+    """Row of ``impressions`` behind each row of a training frame part (-1 if none)."""
+    table = _row_keys(impressions).assign(_row=np.arange(len(impressions)))
+    table = table.drop_duplicates(["request_id", "stream_id", "position"], keep="first")
+    joined = _row_keys(part.frame).merge(table, on=["request_id", "stream_id", "position"], how="left")
+    return joined["_row"].fillna(-1).to_numpy(dtype=np.int64)
+
+
+def _bad_purchases(impressions: pd.DataFrame, events: Any, horizon_days: float) -> np.ndarray:
+    """Bad outcome of purchased impressions, as CONTRACT's bad-order rate counts it.
+
+    An after-sales case for quality / not_as_described / counterfeit or a verified report
+    (within the label horizon, as the graded labels), or a 1-2 star review. A cancelled order
+    is a purchase that did not go bad (the simulator's outcome model counts it the same way).
+    """
+    from .dataset import LABEL_CLICKED, DatasetConfig, graded_labels
+
+    labels = graded_labels(impressions, events, DatasetConfig(label_horizon_days=horizon_days, low_rating_is_bad=True))
+    orders = events["orders"]
+    cancelled = np.zeros(len(impressions), dtype=bool)
+    if "status" in orders.columns and "order_id" in impressions.columns:
+        ids = orders.loc[(orders["status"].astype("string") == "cancelled").fillna(False).to_numpy(dtype=bool), "order_id"]
+        cancelled = impressions["order_id"].astype("string").isin(ids.astype("string")).to_numpy(dtype=bool)
+    # graded_labels turns a bad purchase into a click (1); a cancelled one also reads as a
+    # click or a watch, so cancellations are taken out first
+    return (labels == LABEL_CLICKED) & ~cancelled
+
+
+def _creator_gini(part: Any, score: np.ndarray) -> float:
+    """Creator-exposure Gini (CONTRACT section 4) of ranking each request of ``part`` by ``score``."""
+    from ..ranker.metrics import exposure_by, gini
+
+    frame = part.frame
+    ids = frame["request_id"].to_numpy()
+    order = np.lexsort((np.arange(len(frame)), -score, ids))
+    starts = np.searchsorted(ids[order], ids[order], side="left") if len(frame) else np.zeros(0, dtype=np.int64)
+    position = np.empty(len(frame), dtype=np.int64)
+    position[order] = np.arange(len(frame)) - starts + 1
+    ranked = pd.DataFrame({"creator_id": frame["creator_id"].astype(str).to_numpy(), "position": position})
+    exposure = exposure_by(ranked, "creator_id", population=pd.unique(ranked["creator_id"]))
+    return float(gini(exposure.to_numpy()))
+
+
+def fit_policy_and_target(
+    config: TrainJobConfig, model: Any, fit_part: Any, valid_part: Any, events: Any, progress: Progress | None = None
+) -> tuple[PolicyConfig, BalancerConfig, dict[str, Any]]:
+    """The policy and balancer configs to serve, with what was fitted from the data.
+
+    * ``combine="expected_value"`` without fitted parameters: the purchase calibration
+      ``(a, b)`` from a logistic regression of ``purchased`` on the model score and
+      ``log(position)`` over the validation window, and the bad-order model ``(c0, c1)``
+      from a logistic regression of bad outcomes on ``logit(trust)`` over the purchases of
+      the training window (trust as of each impression's snapshot; ``c1 <= 0``; purchases
+      from cold-start merchants, whose trust is only the prior, are left out). A slope
+      ``a <= 0`` (a model whose score does not predict purchases) keeps the policy unfitted,
+      which falls back to the ``"logit"`` formula, and says so in ``fitted``.
+    * ``target_gini_ratio`` set: ``balancer.target_gini = ratio x`` the creator-exposure
+      Gini of the unbalanced policy ranking of the validation requests (hard rules are not
+      applied there: the frame keeps no ban flags, and bans remove few candidates).
+
+    Returns
+    -------
+    (PolicyConfig, BalancerConfig, dict)
+        The third item holds the fitted values (logged as MLflow params ``fitted.*``).
+    """
+    from ..ranker._expected_value import fit_bad_model, fit_purchase_calibration
+    from ..ranker.policy import final_score
+
+    progress = progress or NullProgress()
+    policy, balancer = config.policy, config.balancer
+    fitted: dict[str, Any] = {}
+    trust_column = "merchant_trust_index"
+    impressions = events["impressions"]
+    valid_score = np.asarray(model.predict(valid_part.features()), dtype=np.float64)
+    if policy.combine == "expected_value" and policy.bad_model is None:
+        progress("fitting the expected-value policy: purchase calibration and bad-order model")
+        flags = _purchased(impressions)
+        rows = _impression_rows(valid_part, impressions)
+        purchased = np.where(rows >= 0, flags[np.maximum(rows, 0)], False)
+        a, b, g = fit_purchase_calibration(valid_score, purchased, valid_part.positions)
+        fitted.update({"policy.purchase_a": a, "policy.purchase_b": b, "policy.purchase_log_position": g,
+                       "policy.valid_purchases": int(purchased.sum())})
+        train_rows = _impression_rows(fit_part, impressions)
+        bought = np.where(train_rows >= 0, flags[np.maximum(train_rows, 0)], False)
+        if "merchant_cold_start" in fit_part.frame.columns:
+            # a cold-start merchant's trust is the prior, not evidence (the whole first
+            # snapshot of the log is cold): it says nothing about how trust predicts bad orders
+            cold = fit_part.frame["merchant_cold_start"].to_numpy(dtype=np.float64) > 0.5
+            fitted["policy.cold_start_purchases_left_out"] = int((bought & cold).sum())
+            bought &= ~cold
+        if (trust_column not in fit_part.frame.columns or purchased.sum() < _MIN_PURCHASES
+                or bought.sum() < _MIN_PURCHASES or not a > 0):
+            fitted["policy.fallback"] = "logit (no trust feature, no purchases, or a score that does not predict purchases)"
+        else:
+            purchases = impressions.iloc[train_rows[bought]].reset_index(drop=True)
+            bad = _bad_purchases(purchases, events, config.dataset.label_horizon_days)
+            trust = fit_part.frame[trust_column].to_numpy(dtype=np.float64)[bought]
+            c0, c1 = fit_bad_model(trust, bad, policy.eps)
+            fitted.update({"policy.bad_c0": c0, "policy.bad_c1": c1, "policy.train_purchases": int(bought.sum()),
+                           "policy.train_bad_rate": float(bad.mean())})
+            policy = replace(policy, purchase_calibration=(a, b), bad_model=(c0, c1))
+    if config.target_gini_ratio is not None:
+        trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
+                 else np.full(len(valid_part), np.nan))
+        unbalanced = _creator_gini(valid_part, final_score(valid_score, trust, policy, group=valid_part.groups()))
+        target = float(np.clip(config.target_gini_ratio * unbalanced, 0.01, 0.99))
+        balancer = replace(balancer, target_gini=target)
+        fitted.update({"balancer.unbalanced_valid_gini": unbalanced, "balancer.target_gini": target})
+        progress(f"balancer target Gini {target:.3f} ({config.target_gini_ratio:g} x {unbalanced:.3f} unbalanced)")
+    return policy, balancer, fitted
 
 
 # ----------------------------------------------------------------------------- MLflow run
@@ -545,14 +693,16 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
             monotone=plain_schema["monotone"], feature_schema=plain_schema,
         )
 
+    policy_config, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress)
+
     # --- the bundle, saved locally before anything else goes to the tracking store
     local = _local_run_dir(config, run.run_id)
     progress(f"building the serving snapshot as of {windows.end.isoformat()}")
     serving_snapshot = build_snapshot(events, windows.end, config=trust_config)
     serving_context = build_context_tables(events, windows.end, config.context)
     pipeline = RankingPipeline(
-        FeatureAssembler(serving_snapshot, serving_context, schema=frame.schema), model, config.policy,
-        ExposureBalancer(config.balancer), snapshot=serving_snapshot, context=serving_context,
+        FeatureAssembler(serving_snapshot, serving_context, schema=frame.schema), model, policy_config,
+        ExposureBalancer(balancer_config), snapshot=serving_snapshot, context=serving_context,
     )
     bundle_dir = local / BUNDLE_DIR
     progress(f"saving the model bundle to {bundle_dir}")
@@ -586,6 +736,8 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
 
     # --- everything to MLflow
     progress("logging the run to MLflow")
+    if fitted:  # repr: the params hold the exact floats the bundle's policy.json serves
+        run.log_params({f"fitted.{k}": repr(v) if isinstance(v, float) else str(v) for k, v in fitted.items()})
     curves = {f"valid_{name.replace('@', '_at_')}": values for name, values in model.evals_result_.get("valid", {}).items()}
     if plain_model is not None:
         curves.update({f"plain.valid_{name.replace('@', '_at_')}": values

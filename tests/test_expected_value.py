@@ -1,0 +1,263 @@
+"""The expected-net-value policy: calibration fits, monotonicity, the bad_cost trade-off."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustfeed.features.errors import ConfigError
+from trustfeed.ranker import _expected_value as ev
+from trustfeed.ranker.policy import PolicyConfig, apply_policy, apply_policy_many, final_score
+
+FITTED = PolicyConfig(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(ev)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_purchase_calibration_recovers_known_parameters(rng: np.random.Generator) -> None:
+    n = 60000
+    score = rng.normal(0.0, 1.2, n)
+    position = rng.integers(1, 16, n)
+    a, b, g = 0.9, -3.0, -0.6
+    purchased = rng.random(n) < _sigmoid(a * score + b + g * np.log(position))
+    fitted = ev.fit_purchase_calibration(score, purchased, position)
+    np.testing.assert_allclose(fitted, (a, b, g), atol=0.08)
+
+
+def test_bad_model_recovers_known_parameters_and_respects_the_constraint(rng: np.random.Generator) -> None:
+    n = 60000
+    trust = rng.beta(2.6, 1.6, n)
+    logit = np.log(trust / (1 - trust))
+    bad = rng.random(n) < _sigmoid(-2.2 - 0.9 * logit)
+    c0, c1 = ev.fit_bad_model(trust, bad)
+    assert c0 == pytest.approx(-2.2, abs=0.08) and c1 == pytest.approx(-0.9, abs=0.08)
+    # bad orders that *rise* with trust violate the monotone policy: the fit lands on c1 = 0,
+    # a constant rate equal to the observed one (the constrained maximum likelihood)
+    rising = rng.random(n) < _sigmoid(-2.2 + 0.9 * logit)
+    c0, c1 = ev.fit_bad_model(trust, rising)
+    assert c1 == 0.0
+    assert _sigmoid(np.array([c0]))[0] == pytest.approx(rising.mean(), abs=1e-4)  # up to the tiny ridge
+
+
+def test_separable_data_stays_finite() -> None:
+    x = np.r_[np.zeros(50), np.ones(50)]
+    beta = ev.logistic_regression(np.column_stack([np.ones(100), x]), x)
+    assert np.isfinite(beta).all() and beta[1] > 5
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rel=st.lists(st.floats(-6, 6, allow_nan=False), min_size=2, max_size=20),
+    data=st.data(),
+    bad_cost=st.floats(0.0, 10.0),
+    c1=st.floats(-3.0, 0.0),
+)
+def test_raising_trust_never_lowers_score_or_rank(rel: list[float], data: st.DataObject, bad_cost: float, c1: float) -> None:
+    n = len(rel)
+    trust = np.array(data.draw(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n)))
+    i = data.draw(st.integers(0, n - 1))
+    raised = trust.copy()
+    raised[i] = data.draw(st.floats(trust[i], 1.0))
+    config = PolicyConfig(purchase_calibration=(1.0, -2.0), bad_model=(-1.5, c1), bad_cost=bad_cost)
+    assert final_score(rel, raised, config)[i] >= final_score(rel, trust, config)[i]
+    before = apply_policy(rel, trust, False, False, config).order.tolist().index(i)
+    after = apply_policy(rel, raised, False, False, config).order.tolist().index(i)
+    assert after <= before
+
+
+@settings(max_examples=60, deadline=None)
+# distinct at the resolution of real model scores (1e-184 apart would tie after standardising)
+@given(rel=st.lists(st.integers(-800, 800), min_size=1, max_size=20, unique=True).map(lambda v: [x / 100 for x in v]),
+       data=st.data())
+def test_zero_bad_cost_is_the_relevance_order(rel: list[float], data: st.DataObject) -> None:
+    trust = data.draw(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=len(rel), max_size=len(rel)))
+    config = PolicyConfig(purchase_calibration=(0.7, -1.0), bad_model=(-1.0, -2.0), bad_cost=0.0)
+    order = apply_policy(rel, trust, False, False, config).order
+    assert order.tolist() == np.argsort(-np.asarray(rel), kind="stable").tolist()
+
+
+def test_high_converting_low_trust_merchant_drops_exactly_when_net_value_says_so() -> None:
+    a, b, c0, c1 = 1.0, -2.0, -1.0, -1.5
+    trustworthy, risky = 0.95, 0.5
+    p_bad_risky = _sigmoid(c0 + c1 * np.log(risky / (1 - risky)))
+    p_bad_good = _sigmoid(c0 + c1 * np.log(trustworthy / (1 - trustworthy)))
+    assert p_bad_risky > 0.2 > 0.01 > p_bad_good  # a clear trust gap between the two
+    base = 0.0  # the trustworthy merchant's relevance
+    for lift in np.linspace(0.0, 3.0, 31):  # how much better the risky one converts
+        relevance = [base + lift, base]  # risky first in input order
+        for bad_cost in (0.5, 1.0, 2.0, 4.0):
+            config = PolicyConfig(purchase_calibration=(a, b), bad_model=(c0, c1), bad_cost=bad_cost)
+            order = apply_policy(relevance, [risky, trustworthy], False, False, config).order.tolist()
+            value_risky = _sigmoid(a * (base + lift) + b) * (1 - (1 + bad_cost) * p_bad_risky)
+            value_good = _sigmoid(a * base + b) * (1 - (1 + bad_cost) * p_bad_good)
+            if abs(value_risky - value_good) < 1e-12:
+                continue
+            expected = [0, 1] if value_risky > value_good else [1, 0]
+            assert order == expected, (lift, bad_cost)
+        # bad_cost = 0 is the comparison arm: trust off, relevance decides
+        off = PolicyConfig(purchase_calibration=(a, b), bad_model=(c0, c1), bad_cost=0.0)
+        if lift > 0:
+            assert apply_policy(relevance, [risky, trustworthy], False, False, off).order.tolist() == [0, 1]
+    # and the switch really happens inside the grid at the default cost of 2
+    config = PolicyConfig(purchase_calibration=(a, b), bad_model=(c0, c1))
+    assert apply_policy([0.2, 0.0], [risky, trustworthy], False, False, config).order.tolist() == [1, 0]
+    assert apply_policy([3.0, 0.0], [risky, trustworthy], False, False, config).order.tolist() == [0, 1]
+
+
+def test_batch_form_nan_and_trust_weight_zero() -> None:
+    rel = np.array([1.0, np.nan, 0.5, 2.0, -1.0])
+    trust = np.array([0.9, 0.9, np.nan, 0.1, 0.5])
+    one = final_score(rel, trust, FITTED)
+    assert np.isneginf(one[1]) and np.isfinite(one[[0, 2, 3, 4]]).all()
+    # NaN trust is neutral (0.5), the same as an explicit 0.5
+    assert one[2] == final_score(rel[[2]], [0.5], FITTED)[0]
+    score, rank, _ = apply_policy_many(rel, trust, False, False, [2, 3], FITTED)
+    np.testing.assert_array_equal(score, one)
+    assert rank.tolist() == [1, 2, 1, 2, 3] or rank[:2].tolist() == [1, 2]
+    off = PolicyConfig(trust_weight=0.0, purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+    finite = np.isfinite(rel)
+    order = apply_policy(rel[finite], trust[finite], False, False, off).order
+    assert order.tolist() == np.argsort(-rel[finite]).tolist()
+
+
+def test_unfitted_expected_value_falls_back_to_the_logit_formula(rng: np.random.Generator) -> None:
+    rel, trust = rng.normal(size=12), rng.random(12)
+    fallback = final_score(rel, trust, PolicyConfig(trust_weight=0.7))
+    logit = final_score(rel, trust, PolicyConfig(trust_weight=0.7, combine="logit"))
+    np.testing.assert_array_equal(fallback, logit)
+
+
+def test_config_validation_and_json_round_trip() -> None:
+    for bad in (
+        {"bad_cost": -1.0},
+        {"bad_cost": float("inf")},
+        {"purchase_calibration": (1.0, 0.0)},  # without bad_model
+        {"purchase_calibration": (0.0, 0.0), "bad_model": (0.0, -1.0)},  # a <= 0
+        {"purchase_calibration": (1.0, 0.0), "bad_model": (0.0, 0.5)},  # c1 > 0
+        {"purchase_calibration": (1.0, 0.0, 3.0), "bad_model": (0.0, -1.0)},
+        {"purchase_calibration": (1.0, float("nan")), "bad_model": (0.0, -1.0)},
+        {"purchase_calibration": "ab", "bad_model": (0.0, -1.0)},
+    ):
+        with pytest.raises(ConfigError):
+            PolicyConfig(**bad)
+    back = PolicyConfig.from_dict(json.loads(json.dumps(FITTED.to_dict())))
+    assert back == FITTED and isinstance(back.bad_model, tuple)
+
+
+def _pipeline_fixture() -> Any:
+    name = "trustfeed_tests_pipeline_fixture"  # shared with the bundle and pipeline tests
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_pipeline_fixture.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_bundle_round_trip_keeps_the_fitted_policy(tmp_path: Path) -> None:
+    from trustfeed.ranker.bundle import load_bundle, save_bundle
+
+    fx = _pipeline_fixture()
+    pipeline = fx.make_pipeline(fx.trained_parts(), balancer=False)
+    pipeline.policy_config = FITTED
+    requests = fx.trained_parts().requests[:10]
+    before = pipeline.rank_many(requests, record=False)
+    save_bundle(pipeline, tmp_path / "bundle")
+    loaded = load_bundle(tmp_path / "bundle")
+    assert loaded.policy_config == FITTED
+    after = loaded.rank_many(requests, record=False)
+    assert [[i["stream_id"] for i in r["items"]] for r in after] == [[i["stream_id"] for i in r["items"]] for r in before]
+    # the served score is the expected net value: a probability times a value <= 1
+    scores = np.array([i["score"] for r in after for i in r["items"]])
+    assert (scores <= 1.0).all() and (scores >= -FITTED.bad_cost).all()
+
+
+def _training_support() -> Any:
+    name = "trustfeed_tests_training_support"  # shared with the training-job tests
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_training_fits_the_policy_and_a_relative_balancer_target(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> None:
+    from mlflow import MlflowClient
+
+    from trustfeed.ranker.bundle import load_bundle
+
+    support = _training_support()
+    request.addfinalizer(support.stop_shared_server)
+    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
+    trained = support.shared_trained_model(root)
+    params = MlflowClient(tracking_uri=trained.server.uri).get_run(trained.result.run_id).data.params
+    served = load_bundle(trained.result.bundle_dir)
+    policy, balancer = served.policy_config, served.balancer.config
+    assert policy.combine == "expected_value" and policy.purchase_calibration is not None
+    a, b = policy.purchase_calibration
+    c0, c1 = policy.bad_model
+    assert a > 0 and c1 <= 0
+    assert (float(params["fitted.policy.purchase_a"]), float(params["fitted.policy.purchase_b"])) == (a, b)
+    assert (float(params["fitted.policy.bad_c0"]), float(params["fitted.policy.bad_c1"])) == (c0, c1)
+    # the logged intercept reproduces roughly the observed bad rate of the warm purchases
+    assert 0.0 < float(params["fitted.policy.train_bad_rate"]) < 0.5
+    # the balancer target is the configured share of the measured unbalanced Gini
+    unbalanced = float(params["fitted.balancer.unbalanced_valid_gini"])
+    assert 0.0 < unbalanced < 1.0
+    assert balancer.target_gini == pytest.approx(trained.config.target_gini_ratio * unbalanced)
+    assert float(params["fitted.balancer.target_gini"]) == pytest.approx(balancer.target_gini)
+
+
+def test_bad_purchases_follow_the_contracts_bad_order_definition() -> None:
+    import pandas as pd
+
+    from trustfeed.features.events import validate_events
+    from trustfeed.training.train import _bad_purchases
+
+    t0 = pd.Timestamp("2026-01-10 12:00", tz="UTC")
+    day = pd.Timedelta(days=1)
+    orders = ["o_ok", "o_quality", "o_late_case", "o_low_review", "o_logistics", "o_cancelled"]
+    n = len(orders)
+    tables = {
+        "merchants": pd.DataFrame({"merchant_id": ["m1"], "registered_at": [t0 - 30 * day]}),
+        "orders": pd.DataFrame({
+            "order_id": orders, "user_id": [f"u{i}" for i in range(n)], "merchant_id": "m1",
+            "created_at": t0, "amount": 10.0, "status": ["paid"] * (n - 1) + ["cancelled"],
+        }),
+        "impressions": pd.DataFrame({
+            "request_id": [f"r{i}" for i in range(n)], "user_id": [f"u{i}" for i in range(n)], "ts": t0,
+            "stream_id": "s1", "creator_id": "c1", "merchant_id": "m1", "position": 1,
+            "clicked": True, "purchased": True, "order_id": orders,
+        }),
+        "after_sales": pd.DataFrame({
+            "case_id": ["k1", "k2", "k3", "k4"], "order_id": ["o_quality", "o_late_case", "o_logistics", "o_cancelled"],
+            "opened_at": [t0 + 2 * day, t0 + 60 * day, t0 + 2 * day, t0 + 2 * day], "type": "return",
+            "reason": ["quality", "counterfeit", "logistics", "quality"],
+        }),
+        "reviews": pd.DataFrame({"review_id": ["v1"], "order_id": ["o_low_review"], "user_id": ["u3"],
+                                 "created_at": [t0 + 3 * day], "rating": [2]}),
+    }
+    events = validate_events(tables)
+    bad = _bad_purchases(events["impressions"], events, horizon_days=30.0)
+    # a quality case or a 1-2 star review is bad; a case after the horizon, a logistics case
+    # and a cancelled order are not
+    assert bad.tolist() == [False, True, False, True, False, False]
