@@ -30,7 +30,9 @@ back exactly once:
   ``record_k``.
 
 Each item carries ``stream_id``, ``creator_id``, ``merchant_id``, ``score`` (the policy's
-relevance x trust score, before the balancer's re-ranking, so the order of ``items`` is
+score: with the default ``combine="expected_value"`` the expected net value of showing the
+item, P(purchase | examined) x (1 - (1 + bad_cost) x p_bad), in ``[-bad_cost, 1]``; taken
+before the balancer's re-ranking, so the order of ``items`` is
 authoritative, not the order of ``score``), ``relevance`` (the model's raw score) and
 ``trust`` (the merchant's ``trust_index``, the snapshot median for an unknown merchant), and
 with ``log_features=True`` also ``features``: ``{feature name: value}`` (``None`` for a

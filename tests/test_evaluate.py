@@ -155,7 +155,7 @@ def test_held_out_window_defaults_and_errors() -> None:
 
 
 @pytest.mark.parametrize("changes", [{"holdout_fraction": 1.0}, {"sweep_strengths": ()}, {"sweep_strengths": (-1.0,)},
-                                     {"cap_k": 0}, {"fair_p": 1.5}, {"max_requests": 0}, {"low_trust_below": 2.0}])
+                                     {"cap_k": 0}, {"fair_p": 1.5}, {"max_requests": 0}, {"low_trust_quantile": 1.0}])
 def test_eval_config_rejects_bad_values(changes: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         EvalConfig(**changes)
@@ -283,3 +283,12 @@ def test_evaluation_without_simulator_truth(trained: Any, tmp_path: Path) -> Non
     document = result.report_path.read_text(encoding="utf-8")
     assert assert_self_contained(document) == 5 and "Counterfactual outcomes" not in document
     assert "No simulator truth" in document
+
+
+def test_trust_segments_hold_both_low_and_high_candidates(evaluated: Any) -> None:
+    segments = pd.DataFrame(json.loads(evaluated.metrics_path.read_text())["segments"])
+    trust = segments[segments["segment_kind"] == "merchant trust"]
+    shares = trust.groupby("segment")["candidate_share"].first()
+    # the low segment is a quantile of the unfiltered candidates, so it is never empty
+    assert {"low", "high"} <= set(shares.index)
+    assert 0.1 < shares["low"] / (shares["low"] + shares["high"]) < 0.4

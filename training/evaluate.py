@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -81,8 +81,11 @@ class EvalConfig:
         Share of creators (by followers) that form the head.
     new_merchant_days
         Merchants registered less than this many days before the window start are "new".
-    low_trust_below
-        Merchants with a trust index below this are "low trust".
+    low_trust_quantile
+        Candidates whose merchant trust is in the bottom this-fraction of the window's
+        (unfiltered) candidates are "low trust". A quantile, not an absolute cut, because
+        trust indexes are skewed: most merchants score high and an absolute cut such as
+        0.5 leaves the low segment empty once banned merchants are filtered.
     max_requests
         Evaluate at most this many requests (the latest ones); ``None``: all.
 
@@ -101,7 +104,7 @@ class EvalConfig:
     fair_alpha: float = 0.1
     head_fraction: float = 0.2
     new_merchant_days: float = 30.0
-    low_trust_below: float = 0.5
+    low_trust_quantile: float = 0.25
     max_requests: int | None = None
 
     def __post_init__(self) -> None:
@@ -121,8 +124,8 @@ class EvalConfig:
                 raise ConfigError(f"EvalConfig.{name}: expected a value in (0, 1), got {value!r}")
         if not self.new_merchant_days > 0:
             raise ConfigError(f"EvalConfig.new_merchant_days: expected > 0, got {self.new_merchant_days!r}")
-        if not 0.0 <= self.low_trust_below <= 1.0:
-            raise ConfigError(f"EvalConfig.low_trust_below: expected a value in [0, 1], got {self.low_trust_below!r}")
+        if not 0.0 < self.low_trust_quantile < 1.0:
+            raise ConfigError(f"EvalConfig.low_trust_quantile: expected a value in (0, 1), got {self.low_trust_quantile!r}")
         if self.max_requests is not None and (not isinstance(self.max_requests, int) or self.max_requests < 1):
             raise ConfigError(f"EvalConfig.max_requests: expected an integer >= 1 or None, got {self.max_requests!r}")
 
@@ -181,9 +184,9 @@ class Evaluation:
             if name in self.policies.get("trust_aware", {}):
                 flat[f"{name}_no_balancer"] = float(self.policies["trust_aware"][name])
         if self.counterfactual is not None:
-            for policy, row in self.counterfactual.iterrows():
-                for name, value in row.items():
-                    flat[f"counterfactual.{policy}.{name}"] = float(value)
+            for cf_policy, row in self.counterfactual.iterrows():
+                for cf_name, value in row.items():
+                    flat[f"counterfactual.{cf_policy}.{cf_name}"] = float(value)
         if self.comparison is not None:
             keys = {"net value": "net_value", "bad-order rate": "bad_order_rate",
                     "Gini of creator exposure": "gini", "expected orders": "expected_orders"}
@@ -220,7 +223,7 @@ def _json_float(value: Any) -> float | None:
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     out = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} for r in out]
+    return [{str(k): (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()} for r in out]
 
 
 # ----------------------------------------------------------------------------- held-out data
@@ -390,7 +393,7 @@ def _rank_all(pipeline: Any, requests: list[dict[str, Any]]) -> list[dict[str, A
 def _measure(
     ranked: pd.DataFrame,
     population: pd.Index,
-    followers: pd.Series,
+    followers: pd.Series | None,
     head_fraction: float,
 ) -> dict[str, float]:
     from ..ranker import metrics as m
@@ -453,8 +456,9 @@ def _segments(
             # every segment of the candidates, with zero exposure where a policy showed none
             exposed = pd.Series(exposure).groupby(joined[kind].to_numpy()).sum()
             share = exposed.reindex(candidate_share.index, fill_value=0.0) / total if total > 0 else exposed.iloc[:0]
+            base_share = dict(zip(map(str, candidate_share.index), candidate_share.to_numpy(dtype=float)))
             for segment, value in share.items():
-                base = float(candidate_share[segment])
+                base = float(base_share[str(segment)])
                 rows.append({
                     "segment_kind": kind,
                     "segment": str(segment),
@@ -573,7 +577,7 @@ def evaluate_pipeline(
 
     # quality/fairness sweep: the served balancer's settings at fixed strengths
     base_config = balancer.config if balancer is not None else None
-    sweep_rows = []
+    sweep_rows: list[dict[str, Any]] = []
     for strength in config.sweep_strengths:
         if base_config is None:
             break
@@ -682,9 +686,10 @@ def _against_plain(policies: Mapping[str, Mapping[str, float]], counterfactual: 
             served, plain = counterfactual.loc[SERVED, metric], counterfactual.loc["plain", metric]
         else:
             served, plain = policies[SERVED][metric], policies["plain"][metric]
-        ratio = float(served) / float(plain) if plain else float("nan")
+        served_value, plain_value = float(cast(float, served)), float(cast(float, plain))
+        ratio = served_value / plain_value if plain_value else float("nan")
         met = ratio >= target if direction == ">=" else ratio <= target
-        rows[label] = {"served": float(served), "plain": float(plain), "ratio": ratio,
+        rows[label] = {"served": served_value, "plain": plain_value, "ratio": ratio,
                        "target": f"{direction} {target:g}", "met": "yes" if met else "no"}
     return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
@@ -735,12 +740,14 @@ def _segment_membership(
     trust = logged[["request_id", "stream_id"]].merge(
         trust_aware[["request_id", "stream_id", "trust"]], on=["request_id", "stream_id"], how="left"
     )["trust"].to_numpy(dtype=float)
+    served_trust = trust[~np.isnan(trust)]
+    low_cut = float(np.quantile(served_trust, config.low_trust_quantile)) if served_trust.size else np.inf
     return pd.DataFrame({
         "request_id": logged["request_id"].to_numpy(),
         "stream_id": logged["stream_id"].to_numpy(),
         "merchant age": np.where(is_new, "new", "established"),
         "creator reach": np.where(tail, "tail", "head"),
-        "merchant trust": np.where(np.isnan(trust), "filtered", np.where(trust < config.low_trust_below, "low", "high")),
+        "merchant trust": np.where(np.isnan(trust), "filtered", np.where(trust <= low_cut, "low", "high")),
     })
 
 

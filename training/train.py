@@ -582,11 +582,11 @@ def _mlflow_session(config: TrainJobConfig, tracking_uri: str) -> Iterator[None]
         with tracking_uri_set_to(tracking_uri), quiet_mlflow():
             yield
     finally:
-        for key, value in saved_env.items():
-            if value is None:
+        for key, saved in saved_env.items():
+            if saved is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = saved
 
 
 # ----------------------------------------------------------------------------- the job
