@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+# The tests' MLflow servers are local: a dead one must fail a test in seconds, not after
+# MLflow's default of minutes of retries with exponential backoff.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -40,3 +50,32 @@ def small_events_dir(small_platform, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("events") / "small"
     write_dataset(small_platform, out)
     return out
+
+
+def load_test_helper(filename: str) -> Any:
+    """Load ``tests/<filename>`` once per session under a fixed module name.
+
+    With ``--import-mode=importlib`` the test folder is not importable by name, so helper
+    modules are loaded by path; the fixed name keeps one copy (and one cache) for all tests.
+    """
+    name = f"trustfeed_tests_{Path(filename).stem.lstrip('_')}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(filename))
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load test helper {filename}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+    """The session's one trained model, logged to one shared ``mlflow server``.
+
+    Defined here once so exactly one finalizer stops the server, at the end of the session.
+    """
+    support = load_test_helper("_training_support.py")
+    request.addfinalizer(support.stop_shared_server)
+    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
+    return support.shared_trained_model(root)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +9,6 @@ import pandas as pd
 import pytest
 
 from trustfeed.training.cli import main
-
-
-def _support() -> Any:
-    name = "trustfeed_tests_training_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
-    support = _support()
-    request.addfinalizer(support.stop_shared_server)
-    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
-    return support.shared_trained_model(root)
 
 
 @pytest.fixture(scope="module")

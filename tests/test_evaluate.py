@@ -7,10 +7,8 @@ session's trained model (see ``_training_support.py``), through the library and 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +24,6 @@ from trustfeed.training.evaluate import EvalConfig, evaluate, held_out_window, r
 from trustfeed.training.report import ReportContent, lorenz_curve, render_html, render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _support() -> Any:
-    name = "trustfeed_tests_training_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
-    support = _support()
-    request.addfinalizer(support.stop_shared_server)
-    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
-    return support.shared_trained_model(root)
 
 
 @pytest.fixture(scope="session")

@@ -188,27 +188,11 @@ def test_bundle_round_trip_keeps_the_fitted_policy(tmp_path: Path) -> None:
     assert (scores <= 1.0).all() and (scores >= -FITTED.bad_cost).all()
 
 
-def _training_support() -> Any:
-    name = "trustfeed_tests_training_support"  # shared with the training-job tests
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def test_training_fits_the_policy_and_a_relative_balancer_target(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> None:
+def test_training_fits_the_policy_and_a_relative_balancer_target(trained: Any) -> None:
     from mlflow import MlflowClient
 
     from trustfeed.ranker.bundle import load_bundle
 
-    support = _training_support()
-    request.addfinalizer(support.stop_shared_server)
-    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
-    trained = support.shared_trained_model(root)
     params = MlflowClient(tracking_uri=trained.server.uri).get_run(trained.result.run_id).data.params
     served = load_bundle(trained.result.bundle_dir)
     policy, balancer = served.policy_config, served.balancer.config

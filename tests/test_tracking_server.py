@@ -30,14 +30,6 @@ def _support() -> Any:
     return sys.modules[name]
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
-    support = _support()
-    request.addfinalizer(support.stop_shared_server)
-    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
-    return support.shared_trained_model(root)
-
-
 def _request(events_dir: Path) -> dict[str, Any]:
     from trustfeed.features.events import load_events
     from trustfeed.training.evaluate import requests_from_impressions

@@ -7,10 +7,8 @@ The end-to-end checks share one model trained once per session against a real
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +16,6 @@ import pytest
 
 from trustfeed.features.errors import ConfigError
 from trustfeed.training.train import TrainJobConfig, flatten_params, plain_feature_schema
-
-
-def _support() -> Any:
-    name = "trustfeed_tests_training_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
-    support = _support()
-    request.addfinalizer(support.stop_shared_server)
-    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
-    return support.shared_trained_model(root)
 
 
 @pytest.fixture(scope="session")
