@@ -75,7 +75,16 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; restore at once
+    """The process umask, read without changing it where the OS allows."""
+    # Linux reports it in /proc; os.umask can only read it by setting it, which would race
+    # with files created by other threads in between
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     current = os.umask(0)
     os.umask(current)
     return current

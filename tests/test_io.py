@@ -64,3 +64,15 @@ def test_sha256_matches_hashlib(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     path.write_bytes(payload)
     assert sha256_file(path) == hashlib.sha256(payload).hexdigest()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_umask_is_read_without_changing_it(mask: int) -> None:
+    from trustfeed.features.io import _umask
+
+    old = os.umask(mask)
+    try:
+        assert _umask() == mask
+        assert os.umask(mask) == mask  # still in force after the read
+    finally:
+        os.umask(old)
