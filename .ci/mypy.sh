@@ -8,7 +8,8 @@
 # check runs on a throw-away root where trustfeed/<folder> are symlinks to the repo's
 # folders: the modules get their real trustfeed.* names and relative imports resolve.
 set -euo pipefail
-python_bin="$1"
+# absolute, because the check runs from a temporary directory
+python_bin="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
 repo="$(pwd)"
 test -f "$repo/pyproject.toml" || { echo "mypy.sh: run from the repository root" >&2; exit 2; }
 work="$(mktemp -d)"
