@@ -1,7 +1,7 @@
 """A small, really trained ranking pipeline for the pipeline, bundle and serving tests.
 
 Built from the project's simulator with the real parts: trust snapshot, context tables,
-feature assembler, LambdaMART (few trees), policy and exposure balancer. Test modules load
+feature assembler, LambdaMART (few trees), policy and exposure balancer. ``conftest.load_test_helper`` loads
 this file under the name :data:`MODULE_NAME` in ``sys.modules`` (the tests directory is not
 a package under ``--import-mode=importlib``), so the process-wide cache below is shared and
 the model is trained once per session.

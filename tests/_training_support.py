@@ -1,9 +1,9 @@
 """Shared helpers of the training-job tests: a real ``mlflow server`` and one trained model.
 
-Test modules load this file under the name :data:`MODULE_NAME` in ``sys.modules`` (the tests
+``conftest.load_test_helper`` loads this file under the name :data:`MODULE_NAME` in ``sys.modules`` (the tests
 directory is not a package under ``--import-mode=importlib``), so the process-wide caches
 below are shared by every module of the session: the tracking server starts once and the
-model is trained once. The server is stopped by the session fixtures' finalizers.
+model is trained once. The server is stopped by the finalizer of conftest's ``trained`` fixture.
 """
 
 from __future__ import annotations

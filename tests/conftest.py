@@ -70,12 +70,23 @@ def load_test_helper(filename: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
+def fx() -> Any:
+    """``tests/_pipeline_fixture.py``: a small trained pipeline and its parts."""
+    return load_test_helper("_pipeline_fixture.py")
+
+
+@pytest.fixture(scope="session")
+def training_support() -> Any:
+    """``tests/_training_support.py``: the shared MLflow server and trained model."""
+    return load_test_helper("_training_support.py")
+
+
+@pytest.fixture(scope="session")
+def trained(training_support: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
     """The session's one trained model, logged to one shared ``mlflow server``.
 
     Defined here once so exactly one finalizer stops the server, at the end of the session.
     """
-    support = load_test_helper("_training_support.py")
-    request.addfinalizer(support.stop_shared_server)
-    root = support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
-    return support.shared_trained_model(root)
+    request.addfinalizer(training_support.stop_shared_server)
+    root = training_support._CACHE.setdefault("root", tmp_path_factory.mktemp("training"))
+    return training_support.shared_trained_model(root)

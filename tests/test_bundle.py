@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,26 +15,13 @@ from trustfeed.features.errors import ConfigError, ModelIntegrityError
 from trustfeed.ranker.bundle import MANIFEST_NAME, load_bundle, save_bundle, verify_bundle
 
 
-def _load_fixture() -> Any:
-    name = "trustfeed_tests_pipeline_fixture"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_pipeline_fixture.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _load_fixture()
-
-
 @pytest.fixture(scope="module")
-def parts() -> Any:
+def parts(fx: Any) -> Any:
     return fx.trained_parts()
 
 
 @pytest.fixture(scope="module")
-def saved(parts: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+def saved(fx: Any, parts: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A pipeline that has served some traffic, and its bundle."""
     pipeline = fx.make_pipeline(parts)
     pipeline.rank_many(parts.requests[:30])
@@ -227,7 +212,7 @@ def test_verified_but_invalid_config_is_reported_against_its_file(saved: tuple[A
     assert error.value.path == "policy.json" and "trust_weight" in str(error.value)
 
 
-def test_extra_files_are_bundled_and_checked(parts: Any, tmp_path: Path) -> None:
+def test_extra_files_are_bundled_and_checked(fx: Any, parts: Any, tmp_path: Path) -> None:
     notes = tmp_path / "importance.csv"
     notes.write_text("feature,gain\nmerchant_trust_index,1.0\n")
     path = tmp_path / "bundle"
@@ -242,7 +227,7 @@ def test_extra_files_are_bundled_and_checked(parts: Any, tmp_path: Path) -> None
         save_bundle(fx.make_pipeline(parts), tmp_path / "b2", extra_files={"model.txt": notes})
 
 
-def test_failed_save_leaves_the_previous_bundle_intact(saved: tuple[Any, Path], parts: Any, tmp_path: Path) -> None:
+def test_failed_save_leaves_the_previous_bundle_intact(fx: Any, saved: tuple[Any, Path], parts: Any, tmp_path: Path) -> None:
     _, path = saved
     bundle = _copy(path, tmp_path)
     before = (bundle / MANIFEST_NAME).read_bytes()
@@ -253,14 +238,14 @@ def test_failed_save_leaves_the_previous_bundle_intact(saved: tuple[Any, Path], 
     assert [p.name for p in tmp_path.iterdir()] == ["copy"]  # no temporary left behind
 
 
-def test_pipeline_without_snapshot_cannot_be_saved(parts: Any, tmp_path: Path) -> None:
+def test_pipeline_without_snapshot_cannot_be_saved(fx: Any, parts: Any, tmp_path: Path) -> None:
     pipeline = fx.make_pipeline(parts)
     pipeline.snapshot = None
     with pytest.raises(ConfigError, match="snapshot"):
         save_bundle(pipeline, tmp_path / "b")
 
 
-def test_pipeline_without_balancer_round_trips(parts: Any, tmp_path: Path) -> None:
+def test_pipeline_without_balancer_round_trips(fx: Any, parts: Any, tmp_path: Path) -> None:
     pipeline = fx.make_pipeline(parts, balancer=False)
     save_bundle(pipeline, tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -160,20 +158,9 @@ def test_config_validation_and_json_round_trip() -> None:
     assert back == FITTED and isinstance(back.bad_model, tuple)
 
 
-def _pipeline_fixture() -> Any:
-    name = "trustfeed_tests_pipeline_fixture"  # shared with the bundle and pipeline tests
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_pipeline_fixture.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def test_bundle_round_trip_keeps_the_fitted_policy(tmp_path: Path) -> None:
+def test_bundle_round_trip_keeps_the_fitted_policy(fx: Any, tmp_path: Path) -> None:
     from trustfeed.ranker.bundle import load_bundle, save_bundle
 
-    fx = _pipeline_fixture()
     pipeline = fx.make_pipeline(fx.trained_parts(), balancer=False)
     pipeline.policy_config = FITTED
     requests = fx.trained_parts().requests[:10]

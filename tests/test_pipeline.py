@@ -8,12 +8,9 @@ and serving features equal training features.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-import sys
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,29 +21,16 @@ from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError, RequestError
 
-
-
-def _load_fixture() -> Any:
-    name = "trustfeed_tests_pipeline_fixture"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_pipeline_fixture.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _load_fixture()
 TS = "2026-01-14T12:00:00+00:00"
 
 
 @pytest.fixture(scope="module")
-def parts() -> Any:
+def parts(fx: Any) -> Any:
     return fx.trained_parts()
 
 
 @pytest.fixture
-def pipeline(parts: Any) -> Any:
+def pipeline(fx: Any, parts: Any) -> Any:
     return fx.make_pipeline(parts)
 
 
@@ -110,7 +94,7 @@ def test_duplicates_are_filtered_and_the_first_is_kept(pipeline: Any, parts: Any
     assert kept["merchant_id"] == candidates[1]["merchant_id"]  # the first occurrence
 
 
-def test_banned_merchant_is_filtered_with_its_reason(parts: Any, rng: np.random.Generator) -> None:
+def test_banned_merchant_is_filtered_with_its_reason(fx: Any, parts: Any, rng: np.random.Generator) -> None:
     candidates = _known_ids(parts, 6, rng)
     banned_id = candidates[2]["merchant_id"]
     merchants = parts.snapshot.merchants.copy()
@@ -123,7 +107,7 @@ def test_banned_merchant_is_filtered_with_its_reason(parts: Any, rng: np.random.
     assert all(item["merchant_id"] != banned_id for item in response["items"])
 
 
-def test_nan_features_and_missing_optional_fields_are_tolerated(parts: Any, rng: np.random.Generator) -> None:
+def test_nan_features_and_missing_optional_fields_are_tolerated(fx: Any, parts: Any, rng: np.random.Generator) -> None:
     merchants = parts.snapshot.merchants.copy()
     numeric = [c for c in merchants.columns if c.startswith("trust_") and c != "trust_index"]
     merchants.loc[merchants.index[::2], numeric] = np.nan  # signals unknown for half the merchants
@@ -147,7 +131,7 @@ def test_feature_logging_gives_the_vector_the_model_scored(pipeline: Any, parts:
     assert np.array_equal(pipeline.model.predict(matrix), np.array([item["relevance"] for item in items]))
 
 
-def test_k_orders_everything_and_records_only_the_shown_slots(parts: Any, rng: np.random.Generator) -> None:
+def test_k_orders_everything_and_records_only_the_shown_slots(fx: Any, parts: Any, rng: np.random.Generator) -> None:
     pipeline = fx.make_pipeline(parts)
     candidates = _known_ids(parts, 15, rng)
     response = pipeline.rank(_request(candidates, k=3))
@@ -158,20 +142,20 @@ def test_k_orders_everything_and_records_only_the_shown_slots(parts: Any, rng: n
     assert set(exposure[exposure > 0].index) == shown
 
 
-def test_record_false_leaves_the_ledger_alone(parts: Any, rng: np.random.Generator) -> None:
+def test_record_false_leaves_the_ledger_alone(fx: Any, parts: Any, rng: np.random.Generator) -> None:
     pipeline = fx.make_pipeline(parts)
     pipeline.rank(_request(_known_ids(parts, 10, rng)), record=False)
     assert pipeline.balancer.creator_exposure().sum() == 0.0
 
 
-def test_trust_weight_zero_orders_by_relevance(parts: Any, rng: np.random.Generator) -> None:
+def test_trust_weight_zero_orders_by_relevance(fx: Any, parts: Any, rng: np.random.Generator) -> None:
     pipeline = fx.make_pipeline(parts, balancer=False, trust_weight=0.0)
     response = pipeline.rank(_request(_known_ids(parts, 20, rng)))
     relevance = [item["relevance"] for item in response["items"]]
     assert relevance == sorted(relevance, reverse=True)
 
 
-def test_trust_lifts_a_merchant_at_equal_relevance(parts: Any) -> None:
+def test_trust_lifts_a_merchant_at_equal_relevance(fx: Any, parts: Any) -> None:
     merchants = parts.snapshot.merchants
     order = merchants["trust_index"].astype(float).argsort().to_numpy()
     low, high = (str(merchants["merchant_id"].iloc[i]) for i in (order[0], order[-1]))
@@ -215,7 +199,7 @@ def test_model_and_assembler_must_agree(parts: Any) -> None:
 # --------------------------------------------------------------------------- one code path
 
 
-def test_rank_many_equals_rank_one_by_one_with_the_ledger_on(parts: Any) -> None:
+def test_rank_many_equals_rank_one_by_one_with_the_ledger_on(fx: Any, parts: Any) -> None:
     requests = parts.requests[:40]
     one_by_one = fx.make_pipeline(parts)
     batched = fx.make_pipeline(parts)
@@ -225,13 +209,13 @@ def test_rank_many_equals_rank_one_by_one_with_the_ledger_on(parts: Any) -> None
     assert batched.balancer.state_dict() == one_by_one.balancer.state_dict()
 
 
-def test_rank_is_deterministic_for_a_fixed_ledger(parts: Any) -> None:
+def test_rank_is_deterministic_for_a_fixed_ledger(fx: Any, parts: Any) -> None:
     first = fx.make_pipeline(parts).rank_many(parts.requests[:10], record=False)
     second = fx.make_pipeline(parts).rank_many(parts.requests[:10], record=False)
     assert first == second
 
 
-def test_serving_features_equal_training_features() -> None:
+def test_serving_features_equal_training_features(fx: Any) -> None:
     """The training frame and the serving response carry the same feature vectors."""
     from trustfeed.features.context import FeatureAssembler, build_context_tables
     from trustfeed.features.events import validate_events
@@ -294,7 +278,7 @@ def _random_requests(draw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def pipeline_with_bans(parts: Any) -> Any:
+def pipeline_with_bans(fx: Any, parts: Any) -> Any:
     merchants = parts.snapshot.merchants.copy()
     merchants["banned"] = merchants["merchant_id"].astype(str).isin(["m1", "m3"])
     return fx.make_pipeline(fx.TrainedParts(**{**vars(parts), "snapshot": replace(parts.snapshot, merchants=merchants)}))
@@ -321,7 +305,7 @@ def test_every_candidate_comes_back_exactly_once(pipeline_with_bans: Any, reques
 
 @settings(max_examples=25, deadline=None)
 @given(requests=st.lists(_random_requests(), max_size=6))
-def test_rank_many_equals_rank_in_turn_for_any_batch(parts: Any, requests: list[dict[str, Any]]) -> None:
+def test_rank_many_equals_rank_in_turn_for_any_batch(fx: Any, parts: Any, requests: list[dict[str, Any]]) -> None:
     requests = [dict(r, request_id=f"r{i}") for i, r in enumerate(requests)]
     one_by_one, batched = fx.make_pipeline(parts), fx.make_pipeline(parts)
     assert batched.rank_many(requests) == [one_by_one.rank(r) for r in requests]

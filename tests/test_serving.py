@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,26 +16,13 @@ from trustfeed.ranker.bundle import save_bundle
 from trustfeed.serving import FeedRanker, RequestError, rank_file
 
 
-def _load_fixture() -> Any:
-    name = "trustfeed_tests_pipeline_fixture"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_pipeline_fixture.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-fx = _load_fixture()
-
-
 @pytest.fixture(scope="module")
-def parts() -> Any:
+def parts(fx: Any) -> Any:
     return fx.trained_parts()
 
 
 @pytest.fixture(scope="module")
-def bundles(parts: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def bundles(fx: Any, parts: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two bundles of different models over the same snapshot ("a": 12 trees, "b": 4)."""
     root = tmp_path_factory.mktemp("serving")
     other = fx.trained_parts(num_rounds=4)

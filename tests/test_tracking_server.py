@@ -8,8 +8,6 @@ trained bundle on disk.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,16 +16,6 @@ import pytest
 
 from trustfeed.training.cli import main
 from trustfeed.training.registry import TrackingUnavailableError, tracking_uri_set_to
-
-
-def _support() -> Any:
-    name = "trustfeed_tests_training_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_training_support.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _request(events_dir: Path) -> dict[str, Any]:
@@ -71,13 +59,13 @@ def test_feed_ranker_loads_the_alias_from_the_server(trained: Any) -> None:
     assert [i["stream_id"] for i in by_alias.rank(request)["items"]] == [i["stream_id"] for i in local.rank(request)["items"]]
 
 
-def test_server_going_away_mid_run_fails_clearly_and_keeps_the_bundle(trained: Any, tmp_path: Path) -> None:
+def test_server_going_away_mid_run_fails_clearly_and_keeps_the_bundle(training_support: Any, trained: Any, tmp_path: Path) -> None:
     from trustfeed.ranker.bundle import verify_bundle
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
     from trustfeed.training.evaluate import EvalConfig
     from trustfeed.training.train import TrainJobConfig, train
 
-    support = _support()
+    support = training_support
     # the job reaches the real server through a relay; closing the relay is the server
     # disappearing (connections dropped, new ones refused) while the shared server lives on
     relay = support.TcpProxy(trained.server.port)
@@ -111,10 +99,10 @@ def test_server_going_away_mid_run_fails_clearly_and_keeps_the_bundle(trained: A
     assert not any(s.startswith("registering") for s in steps)
 
 
-def test_unreachable_server_fails_before_training_with_one_line(
+def test_unreachable_server_fails_before_training_with_one_line(training_support: Any, 
     trained: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    support = _support()
+    support = training_support
     monkeypatch.chdir(tmp_path)
     dead = f"http://127.0.0.1:{support.free_port()}"
     started = time.monotonic()
