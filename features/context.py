@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, ModelIntegrityError, SchemaError
+from .errors import ConfigError, ModelIntegrityError, SchemaError, reject_unknown_keys
 from .events import EventLog
 from .io import atomic_dir
 
@@ -102,9 +102,7 @@ class ContextConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> ContextConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown ContextConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("ContextConfig", values, known)
         return cls(**dict(values))
 
 

@@ -7,6 +7,7 @@ everything else may import it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "NotFittedError",
     "ModelIntegrityError",
     "RequestError",
+    "reject_unknown_keys",
 ]
 
 _MAX_SAMPLE_ROWS = 5
@@ -87,6 +89,23 @@ class RequestError(TrustfeedError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"request field {field!r}: {problem}")
+
+
+def reject_unknown_keys(config_name: str, values: Iterable[str], known: Iterable[str]) -> None:
+    """The ``from_dict`` check of every config: keys outside ``known`` are a :class:`ConfigError`.
+
+    Examples
+    --------
+    >>> reject_unknown_keys("DemoConfig", ["seed"], ["seed", "days"])
+    >>> reject_unknown_keys("DemoConfig", ["sed"], ["seed", "days"])
+    Traceback (most recent call last):
+    ...
+    trustfeed.features.errors.ConfigError: DemoConfig: unknown keys ['sed']; known keys are ['days', 'seed']
+    """
+    known_keys = set(known)
+    unknown = sorted(set(values) - known_keys)
+    if unknown:
+        raise ConfigError(f"{config_name}: unknown keys {unknown}; known keys are {sorted(known_keys)}")
 
 
 def _render_sample(sample: Any) -> str:

@@ -26,7 +26,7 @@ from ._schema import BENEFITS, TABLE_SPECS
 from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
 from ._signals import Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_index import IndexModel, derive_signals, top_reasons
-from .errors import ConfigError, SchemaError
+from .errors import ConfigError, SchemaError, reject_unknown_keys
 from .io import atomic_dir
 from .progress import NullProgress, Progress
 
@@ -228,9 +228,7 @@ class TrustConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> TrustConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"TrustConfig: unknown keys {unknown}; known keys are {sorted(known)}")
+        reject_unknown_keys("TrustConfig", data, known)
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 

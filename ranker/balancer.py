@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, SchemaError
+from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from .metrics import EXPOSURE_KINDS, gini, position_exposure
 
 __all__ = ["BalancerConfig", "ExposureBalancer"]
@@ -182,9 +182,7 @@ class BalancerConfig:
     def from_dict(cls, data: dict[str, Any]) -> BalancerConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"BalancerConfig: unknown keys {unknown}")
+        reject_unknown_keys("BalancerConfig", data, known)
         values: dict[str, Any] = {k: (math.inf if v == "inf" else v) for k, v in data.items()}
         return cls(**values)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, ModelIntegrityError, NotFittedError, SchemaError
+from ..features.errors import ConfigError, ModelIntegrityError, NotFittedError, SchemaError, reject_unknown_keys
 from ..features.io import atomic_dir
 
 __all__ = ["LambdaMARTConfig", "LambdaMART", "MODEL_FILE", "SCHEMA_FILE"]
@@ -224,9 +224,7 @@ class LambdaMARTConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> LambdaMARTConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown LambdaMARTConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("LambdaMARTConfig", values, known)
         data = dict(values)
         if "eval_at" in data:
             data["eval_at"] = tuple(data["eval_at"])

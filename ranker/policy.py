@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..features.errors import ConfigError, SchemaError
+from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ._expected_value import check_parameters, expected_value_score
 
 __all__ = [
@@ -134,9 +134,7 @@ class PolicyConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> PolicyConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown PolicyConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("PolicyConfig", values, known)
         return cls(**dict(values))
 
 

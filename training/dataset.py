@@ -22,7 +22,7 @@ from ..features.context import (
     FeatureAssembler,
     build_context_tables,
 )
-from ..features.errors import ConfigError, SchemaError
+from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.events import EventLog
 from ..features.progress import NullProgress, Progress
 
@@ -98,9 +98,7 @@ class DatasetConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> DatasetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown DatasetConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("DatasetConfig", values, known)
         data = dict(values)
         if "context" in data and isinstance(data["context"], Mapping):
             data["context"] = ContextConfig.from_dict(data["context"])

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..features.errors import ConfigError
+from ..features.errors import ConfigError, reject_unknown_keys
 from ..features.progress import NullProgress, Progress
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -89,9 +89,7 @@ class DemoConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DemoConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown DemoConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("DemoConfig", values, {f.name for f in fields(cls)})
         return cls(**values)
 
 

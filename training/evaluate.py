@@ -24,7 +24,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, SchemaError
+from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.io import atomic_file
 from ..features.progress import NullProgress, Progress
 from .report import ReportContent, render_report
@@ -139,9 +139,7 @@ class EvalConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> EvalConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown EvalConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("EvalConfig", values, known)
         data = dict(values)
         if "sweep_strengths" in data:
             data["sweep_strengths"] = tuple(data["sweep_strengths"])

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from ..features.errors import ConfigError, SchemaError
+from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.events import TABLES, write_events
 from ..features.io import atomic_dir
 from ..features.progress import NullProgress, Progress
@@ -300,9 +300,7 @@ class SimConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"SimConfig: unknown keys {unknown}")
+        reject_unknown_keys("SimConfig", data, known)
         return cls(**dict(data))
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from ..features.context import ContextConfig
-from ..features.errors import ConfigError, SchemaError
+from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.io import atomic_file
 from ..features.progress import NullProgress, Progress
 from ..ranker.balancer import BalancerConfig
@@ -209,9 +209,7 @@ class TrainJobConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> TrainJobConfig:
         """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown TrainJobConfig keys: {', '.join(unknown)}")
+        reject_unknown_keys("TrainJobConfig", values, known)
         data = dict(values)
         nested = {"dataset": DatasetConfig, "model": LambdaMARTConfig, "plain_model": LambdaMARTConfig,
                   "policy": PolicyConfig, "balancer": BalancerConfig, "context": ContextConfig, "evaluation": EvalConfig}
