@@ -28,7 +28,7 @@ from ._schema import BENEFITS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import EventLog
-    from .trust import TrustConfig
+    from ._trust_config import TrustConfig
 
 __all__ = ["SignalCounts", "Encoding", "encode_ids", "build_counts", "BAD_CASE_REASONS", "HOST_REPORT_CATEGORIES"]
 

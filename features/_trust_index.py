@@ -34,7 +34,7 @@ from ._shrinkage import (
 from .errors import NotFittedError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .trust import TrustConfig
+    from ._trust_config import TrustConfig
 
 __all__ = [
     "BetaRate",

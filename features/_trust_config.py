@@ -1,0 +1,201 @@
+"""How the trust snapshot is computed: :class:`TrustConfig`.
+
+Its own module so that the snapshot builder (``trust.py``) and the signal and index modules it
+calls (``_signals.py``, ``_trust_index.py``) all read it without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, reject_unknown_keys
+
+__all__ = ["TrustConfig"]
+
+
+def _positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"TrustConfig.{name}: expected a positive number, got {value!r}")
+
+
+def _unit(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok:
+        ok = (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
+    if not ok:
+        raise ConfigError(f"TrustConfig.{name}: expected a number in [0, 1], got {value!r}")
+
+
+def _days(name: str, value: Any) -> tuple[int, ...]:
+    try:
+        days = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"TrustConfig.{name}: expected a tuple of positive day counts, got {value!r}") from None
+    if not days or any(d <= 0 for d in days) or len(set(days)) != len(days):
+        raise ConfigError(f"TrustConfig.{name}: expected distinct positive day counts, got {value!r}")
+    if any(float(v) != int(v) for v in value):
+        raise ConfigError(f"TrustConfig.{name}: expected whole days, got {value!r}")
+    return days
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """How the trust snapshot is computed.
+
+    Parameters
+    ----------
+    windows
+        Rolling windows (days) of the ``_<k>d`` count columns.
+    half_life_days
+        Half-life of the exponential time decay applied to every main (undecorated) count.
+    horizon_days
+        The trust index is fitted on the cut ``as_of - horizon_days`` to predict the
+        bad-order rate of the following ``horizon_days``.
+    fit_cuts
+        How many earlier cuts (``as_of - k * horizon_days``, k = 1..fit_cuts) contribute rows
+        to the fit (cuts with no orders before them are skipped).
+    min_label_orders
+        A merchant enters the fit only with this many (credible) orders in the horizon.
+    min_fit_merchants
+        Fewer eligible merchants than this: documented default weights are used instead.
+    bound_level
+        Posterior level of the pessimistic bound (upper bound of a bad rate, lower bound of a
+        good one) used to rank when ``rank_by_bound``.
+    rank_by_bound
+        Feed the bounds (True) or the posterior means (False) to the trust index.
+    min_prior_trials, min_category_merchants
+        Merchants with fewer trials do not inform the prior fit; a category needs this many
+        informative merchants for its own prior (else the pooled prior is used).
+    max_prior_strength
+        Cap of a prior's strength (pseudo-trials). The moment estimate is infinite when
+        merchants look no more different than binomial noise; a merchant with this many
+        effective trials weighs its record as much as the prior.
+    per_buyer_cap
+        One buyer's orders (and reviews) at one merchant count for at most this many.
+    isolated_buyer_suspicion
+        Brushing suspicion of an order whose buyer has no other platform history.
+    ring_buyer_suspicion, ring_prior_orders
+        Brushing suspicion of a buyer of several shops whose shops are, by the median, ones
+        where other buyers look fake: ``ring_buyer_suspicion * (1 - 1 / ratio)`` with
+        ``ratio`` the shops' first-pass suspicious share (without this buyer, shrunk towards
+        the platform norm with ``ring_prior_orders`` pseudo-orders) over the norm.
+    tiny_amount_fraction, tiny_amount_suspicion
+        An order below this fraction of its category's median amount is this suspicious.
+    unverified_report_weight
+        Weight of a report the platform has not reviewed (verified reports weigh 1,
+        rejected ones 0).
+    premature_praise_weight
+        Credibility of an order that got a 4-5 star review before it was delivered, and of
+        that review (when the log records deliveries): praise for goods not yet received says
+        nothing about them, and is what paid-for reviews look like.
+    fast_refund_days, slow_resolution_days
+        A refund resolved within ``fast_refund_days`` is fast; a case taking longer than
+        ``slow_resolution_days`` is slow.
+    repurchase_days
+        Horizons of the repurchase counts; the last one is the ``repurchase_rate`` signal.
+    cold_start_orders
+        Merchants with fewer paid orders are flagged ``cold_start``.
+    ban_multiplier
+        Trust of a banned merchant (or one whose entity is banned) is multiplied by this.
+    brushing_penalty
+        Trust is multiplied by ``1 - brushing_penalty * brushing_score``: fabricated volume is
+        a violation in itself, whatever the other signals say.
+    n_reasons
+        How many signals ``top_reasons`` names.
+    fit_index
+        Fit the index weights from the data (False: always the documented defaults).
+    ridge
+        Ridge penalty of the index fit, relative to the total row weight, on standardised
+        signals (keeps collinear or nearly constant signals from getting wild weights).
+
+    Examples
+    --------
+    >>> TrustConfig(half_life_days=14).half_life_days
+    14.0
+    >>> TrustConfig.from_dict(TrustConfig().to_dict()) == TrustConfig()
+    True
+    """
+
+    windows: tuple[int, ...] = (7, 30, 90)
+    half_life_days: float = 45.0
+    horizon_days: float = 30.0
+    fit_cuts: int = 2
+    min_label_orders: float = 5.0
+    min_fit_merchants: int = 100
+    bound_level: float = 0.7
+    rank_by_bound: bool = True
+    min_prior_trials: float = 3.0
+    max_prior_strength: float = 200.0
+    min_category_merchants: int = 10
+    per_buyer_cap: float = 3.0
+    isolated_buyer_suspicion: float = 0.5
+    ring_buyer_suspicion: float = 1.0
+    ring_prior_orders: float = 5.0
+    tiny_amount_fraction: float = 0.2
+    tiny_amount_suspicion: float = 0.7
+    unverified_report_weight: float = 0.1
+    premature_praise_weight: float = 0.0
+    fast_refund_days: float = 1.0
+    slow_resolution_days: float = 3.0
+    repurchase_days: tuple[int, ...] = (30, 90)
+    cold_start_orders: float = 5.0
+    ban_multiplier: float = 0.1
+    brushing_penalty: float = 0.05
+    n_reasons: int = 3
+    fit_index: bool = True
+    ridge: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "windows", _days("windows", self.windows))
+        object.__setattr__(self, "repurchase_days", _days("repurchase_days", self.repurchase_days))
+        for name in (
+            "half_life_days",
+            "horizon_days",
+            "min_label_orders",
+            "min_prior_trials",
+            "max_prior_strength",
+            "per_buyer_cap",
+            "ring_prior_orders",
+            "fast_refund_days",
+            "slow_resolution_days",
+            "cold_start_orders",
+            "ridge",
+        ):
+            _positive(name, getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("min_fit_merchants", "min_category_merchants", "n_reasons", "fit_cuts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"TrustConfig.{name}: expected a positive integer, got {value!r}")
+        _unit("bound_level", self.bound_level, open_low=True, open_high=True)
+        for name in (
+            "isolated_buyer_suspicion",
+            "ring_buyer_suspicion",
+            "tiny_amount_fraction",
+            "tiny_amount_suspicion",
+            "unverified_report_weight",
+            "premature_praise_weight",
+            "ban_multiplier",
+            "brushing_penalty",
+        ):
+            _unit(name, getattr(self, name))
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("rank_by_bound", "fit_index"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"TrustConfig.{name}: expected true or false, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrustConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        reject_unknown_keys("TrustConfig", data, known)
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
