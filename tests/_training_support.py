@@ -234,7 +234,7 @@ def shared_trained_model(root: Path) -> TrainedModel:
     if trained is not None:
         return trained
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
-    from trustfeed.training.evaluate import EvalConfig
+    from trustfeed.training.evaluation import EvalConfig
     from trustfeed.training.train import TrainJobConfig, train
 
     shared_server(root / "server", wait=False)  # the server boots while the data is simulated

@@ -123,6 +123,6 @@ def test_training_submodules_stay_modules() -> None:
     import types
 
     package = importlib.import_module("trustfeed.training")
-    for name in ("simulate", "train", "evaluate", "dataset", "registry", "demo"):
+    for name in ("simulate", "train", "evaluation", "dataset", "registry", "demo"):
         importlib.import_module(f"trustfeed.training.{name}")
         assert isinstance(getattr(package, name), types.ModuleType), name

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError
 from trustfeed.training.cli import main
-from trustfeed.training.evaluate import EvalConfig, evaluate, held_out_window, requests_from_impressions
-from trustfeed.training.report import ReportContent, lorenz_curve, render_html, render_report
+from trustfeed.training.evaluation import EvalConfig, evaluate, held_out_window, requests_from_impressions
+from trustfeed.training.evaluation.report import ReportContent, lorenz_curve, render_html, render_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -235,7 +235,7 @@ def test_segment_shares_add_up_per_policy(evaluated: Any) -> None:
 def test_evaluation_pipelines_see_trust_as_of_the_window_start(trained: Any) -> None:
     """The bundle's snapshot is as of the end of its data; evaluating inside that data must not use it."""
     from trustfeed.features.events import load_events
-    from trustfeed.training.evaluate import load_models_for_evaluation, pipelines_as_of
+    from trustfeed.training.evaluation import load_models_for_evaluation, pipelines_as_of
 
     served, plain = load_models_for_evaluation(str(trained.result.bundle_dir))
     events = load_events(trained.events_dir)

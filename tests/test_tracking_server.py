@@ -20,7 +20,7 @@ from trustfeed.training.registry import TrackingUnavailableError, tracking_uri_s
 
 def _request(events_dir: Path) -> dict[str, Any]:
     from trustfeed.features.events import load_events
-    from trustfeed.training.evaluate import requests_from_impressions
+    from trustfeed.training.evaluation import requests_from_impressions
 
     impressions = load_events(events_dir)["impressions"].sort_values(["ts", "request_id", "position"])
     request_id = impressions["request_id"].iloc[-1]
@@ -62,7 +62,7 @@ def test_feed_ranker_loads_the_alias_from_the_server(trained: Any) -> None:
 def test_server_going_away_mid_run_fails_clearly_and_keeps_the_bundle(training_support: Any, trained: Any, tmp_path: Path) -> None:
     from trustfeed.ranker.bundle import verify_bundle
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
-    from trustfeed.training.evaluate import EvalConfig
+    from trustfeed.training.evaluation import EvalConfig
     from trustfeed.training.train import TrainJobConfig, train
 
     support = training_support

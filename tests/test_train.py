@@ -125,7 +125,7 @@ def test_local_bundle_is_a_verified_bundle(trained: Any) -> None:
 
 def _request(trained: Any) -> dict[str, Any]:
     from trustfeed.features.events import load_events
-    from trustfeed.training.evaluate import requests_from_impressions
+    from trustfeed.training.evaluation import requests_from_impressions
 
     impressions = load_events(trained.events_dir)["impressions"]
     last = impressions.sort_values(["ts", "request_id", "position"]).iloc[-40:]

@@ -1,8 +1,8 @@
 """Offline jobs: the platform simulator, training data, MLflow-tracked training, evaluation.
 
 Names are loaded on first use, so ``import trustfeed.training`` (and the ``trustfeed``
-command's ``--help``) does not pay for importing MLflow. The functions ``simulate``, ``train``
-and ``evaluate`` share their names with their modules, so they are not re-exported here (the
+command's ``--help``) does not pay for importing MLflow. The functions ``simulate`` and ``train``
+share their names with their modules, so they are not re-exported here (the
 package attribute would then depend on import order): use
 ``from trustfeed.training.train import train``.
 """
@@ -24,8 +24,8 @@ _EXPORTS = {
     "graded_labels": "dataset",
     "TrainJobConfig": "train",
     "TrainResult": "train",
-    "EvalConfig": "evaluate",
-    "EvalResult": "evaluate",
+    "EvalConfig": "evaluation",
+    "EvalResult": "evaluation",
     "PromotionDecision": "registry",
     "promote": "registry",
     "DemoResult": "demo",

@@ -141,7 +141,7 @@ def run_demo(
     from ..ranker.balancer import BalancerConfig
     from ..ranker.lambdamart import LambdaMARTConfig
     from .dataset import DatasetConfig
-    from .evaluate import EvalConfig, evaluate
+    from .evaluation import EvalConfig, evaluate
     from .registry import default_tracking_uri
     from .simulate import SimConfig, simulate, write_dataset
     from .train import TrainJobConfig, train

@@ -21,11 +21,13 @@ from urllib.parse import unquote, urlparse
 from ..features.errors import ConfigError, TrustfeedError
 
 if TYPE_CHECKING:  # mlflow is imported lazily: it is slow to import
+    import pandas as pd
     from mlflow import MlflowClient
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "TAG_PREFIX",
     "PROMOTION_METRICS",
     "MetricComparison",
     "PromotionDecision",
@@ -38,7 +40,11 @@ __all__ = [
     "resolve_tracking_uri",
     "run_id_of_model_uri",
     "tracking_uri_set_to",
+    "trained_windows_from_run",
 ]
+
+# prefix of the run tags a training job writes (data windows, versions) and evaluations read back
+TAG_PREFIX = "trustfeed."
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -189,6 +195,21 @@ def run_id_of_model_uri(model_uri: str, tracking_uri: str | None = None) -> str 
         return client.get_logged_model(parts[0]).source_run_id
     except Exception as error:  # noqa: BLE001 - MLflow raises many types for "not found"
         raise RegistryError(f"cannot resolve {model_uri!r}: {_one_line(error)}") from error
+
+
+def trained_windows_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The held-out window a training run recorded in its tags (``None`` if it has none)."""
+    import pandas as pd
+
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    try:
+        tags = client.get_run(run_id).data.tags
+    except Exception:  # noqa: BLE001 - an unknown run simply has no window
+        return None
+    start, end = tags.get(f"{TAG_PREFIX}heldout_start"), tags.get(f"{TAG_PREFIX}heldout_end")
+    if not start or not end:
+        return None
+    return pd.Timestamp(start), pd.Timestamp(end)
 
 
 @dataclass(frozen=True)

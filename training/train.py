@@ -48,9 +48,10 @@ from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMARTConfig
 from ..ranker.policy import PolicyConfig
 from .dataset import DatasetConfig
-from .evaluate import EvalConfig
+from .evaluation import PLAIN_MODEL_DIR, EvalConfig, evaluate_pipeline, pipelines_as_of, requests_from_impressions, write_evaluation
 from .registry import (
     CHALLENGER,
+    TAG_PREFIX,
     TrackingUnavailableError,
     client_for,
     local_artifact_root,
@@ -64,12 +65,9 @@ __all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_fe
 
 MODEL_ARTIFACT = "model"
 BOOSTER_ARTIFACT = "booster"
-PLAIN_MODEL_DIR = "plain_model"
 BUNDLE_DIR = "bundle"
 EVALUATION_DIR = "evaluation"
 
-# run tags the evaluation reads back to find the held-out window
-TAG_PREFIX = "trustfeed."
 
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
@@ -657,7 +655,6 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     from ..ranker.lambdamart import LambdaMART
     from ..ranker.pipeline import RankingPipeline
     from .dataset import build_training_frame, time_split
-    from .evaluate import evaluate_pipeline, pipelines_as_of, write_evaluation
     from .simulate import load_truth, load_truth_meta
 
     run.log_params(flatten_params(config.to_dict()))
@@ -817,8 +814,6 @@ def _git_commit() -> str | None:
 
 def eval_requests_example(events: Any, windows: _Windows, n_candidates: int = 3) -> dict[str, Any]:
     """One held-out request (a few candidates) as the model's input example."""
-    from .evaluate import requests_from_impressions
-
     impressions = events["impressions"]
     later = impressions.loc[(impressions["ts"] >= windows.holdout_start).to_numpy(dtype=bool, na_value=False)]
     first = later["request_id"].iloc[0]
@@ -920,16 +915,3 @@ def _register(run: _Run, name: str, model_uri: str) -> str:
 
     result: str = run._call(f"registering {name!r}", lambda: _silently(register))
     return result
-
-
-def trained_windows_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-    """The held-out window a training run recorded in its tags (``None`` if it has none)."""
-    client = client_for(resolve_tracking_uri(tracking_uri))
-    try:
-        tags = client.get_run(run_id).data.tags
-    except Exception:  # noqa: BLE001 - an unknown run simply has no window
-        return None
-    start, end = tags.get(f"{TAG_PREFIX}heldout_start"), tags.get(f"{TAG_PREFIX}heldout_end")
-    if not start or not end:
-        return None
-    return pd.Timestamp(start), pd.Timestamp(end)

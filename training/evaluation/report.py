@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import pandas as pd
 
-from ..features.io import atomic_file
+from ...features.io import atomic_file
 
 if TYPE_CHECKING:  # matplotlib is imported lazily, only when a report is drawn
     from matplotlib.figure import Figure
@@ -279,7 +279,7 @@ def _colour(policies: Sequence[str], policy: str) -> str:
 
 
 def _lorenz_png(exposures: Mapping[str, np.ndarray], policies: Sequence[str]) -> bytes:
-    from ..ranker.metrics import gini
+    from ...ranker.metrics import gini
 
     figure = _new_figure(6.0, 5.0)
     axes = figure.add_subplot()

@@ -24,15 +24,14 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
-from ..features.io import atomic_file
-from ..features.progress import NullProgress, Progress
+from ...features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ...features.io import atomic_file
+from ...features.progress import NullProgress, Progress
+from ._models import load_models_for_evaluation, pipelines_as_of
 from .report import ReportContent, render_report
 
 __all__ = [
     "EvalConfig",
-    "load_models_for_evaluation",
-    "pipelines_as_of",
     "EvalResult",
     "Evaluation",
     "POLICY_LABELS",
@@ -233,7 +232,7 @@ def held_out_window(events: Any, start: Any = None, end: Any = None, holdout_fra
     Missing bounds default to the latest ``holdout_fraction`` of the impressions' time span
     (start) and just after the last impression (end).
     """
-    from ..features.events import to_utc
+    from ...features.events import to_utc
 
     ts = events["impressions"]["ts"]
     if ts.empty:
@@ -252,7 +251,7 @@ def held_out_window(events: Any, start: Any = None, end: Any = None, holdout_fra
 
 def _logged_slates(events: Any, window: tuple[pd.Timestamp, pd.Timestamp], max_requests: int | None) -> pd.DataFrame:
     """Impressions of the requests that started inside ``window``, with graded labels."""
-    from .dataset import graded_labels
+    from ..dataset import graded_labels
 
     impressions = events["impressions"]
     request_start = impressions.groupby("request_id", sort=False, observed=True)["ts"].transform("min")
@@ -374,7 +373,7 @@ def _pipeline_parts(pipeline: Any) -> tuple[Any, Any, Any]:
 
 def _without_balancer(pipeline: Any) -> Any:
     """The same assembler, model and policy, ranking by the policy score alone."""
-    from ..ranker.pipeline import RankingPipeline
+    from ...ranker.pipeline import RankingPipeline
 
     return RankingPipeline(pipeline.assembler, pipeline.model, pipeline.policy_config, None,
                            snapshot=pipeline.snapshot, context=pipeline.context, model_id=pipeline.model_id)
@@ -394,7 +393,7 @@ def _measure(
     followers: pd.Series | None,
     head_fraction: float,
 ) -> dict[str, float]:
-    from ..ranker import metrics as m
+    from ...ranker import metrics as m
 
     ndcg5 = m.mean_ndcg(ranked, 5)
     ndcg10 = m.mean_ndcg(ranked, 10)
@@ -417,7 +416,7 @@ def _measure(
 def _counterfactual(
     ranked_by_policy: Mapping[str, pd.DataFrame], truth_impressions: pd.DataFrame, meta: Mapping[str, Any]
 ) -> pd.DataFrame:
-    from .simulate import expected_outcomes
+    from ..simulate import expected_outcomes
 
     rows = {}
     for policy, ranked in ranked_by_policy.items():
@@ -440,7 +439,7 @@ def _segments(
     membership: pd.DataFrame,
 ) -> pd.DataFrame:
     """Exposure share and lift per segment; ``membership`` has one boolean-ish column per kind."""
-    from ..ranker.metrics import position_exposure
+    from ...ranker.metrics import position_exposure
 
     kinds = [c for c in membership.columns if c not in ("request_id", "stream_id")]
     candidates = membership[kinds]
@@ -502,8 +501,8 @@ def evaluate_pipeline(
     progress
         Receives one call per step.
     """
-    from ..ranker.balancer import ExposureBalancer
-    from ..ranker.baselines import creator_cap, fair_quota, long_tail_mask
+    from ...ranker.balancer import ExposureBalancer
+    from ...ranker.baselines import creator_cap, fair_quota, long_tail_mask
 
     config = config or EvalConfig()
     progress = progress or NullProgress()
@@ -693,7 +692,7 @@ def _against_plain(policies: Mapping[str, Mapping[str, float]], counterfactual: 
 
 
 def _creator_exposure(ranked: pd.DataFrame, population: pd.Index) -> np.ndarray:
-    from ..ranker.metrics import exposure_by
+    from ...ranker.metrics import exposure_by
 
     return exposure_by(ranked, "creator_id", population=population).to_numpy()
 
@@ -725,7 +724,7 @@ def _segment_membership(
     logged: pd.DataFrame, events: Any, window: tuple[pd.Timestamp, pd.Timestamp],
     followers: pd.Series | None, trust_aware: pd.DataFrame, config: EvalConfig,
 ) -> pd.DataFrame:
-    from ..ranker.baselines import long_tail_mask
+    from ...ranker.baselines import long_tail_mask
 
     merchants = events["merchants"]
     registered = pd.Series(merchants["registered_at"].to_numpy(), index=merchants["merchant_id"].astype(str).to_numpy())
@@ -809,9 +808,9 @@ def evaluate(
     >>> result.report_path.name, round(result.metrics["ndcg_at_10"], 3)  # doctest: +SKIP
     ('report.html', 0.412)
     """
-    from ..features.events import load_events
-    from .registry import quiet_mlflow, resolve_tracking_uri, run_id_of_model_uri
-    from .simulate import load_truth, load_truth_meta
+    from ...features.events import load_events
+    from ..registry import quiet_mlflow, resolve_tracking_uri, run_id_of_model_uri, trained_windows_from_run
+    from ..simulate import load_truth, load_truth_meta
 
     config = config or EvalConfig()
     progress = progress or NullProgress()
@@ -824,8 +823,6 @@ def evaluate(
         progress(f"loading model {model_uri}")
         served, plain = load_models_for_evaluation(str(model_uri), uri)
         if start is None and end is None and run_id is not None:
-            from .train import trained_windows_from_run
-
             recorded = trained_windows_from_run(run_id, uri)
             if recorded is not None:
                 start, end = recorded
@@ -847,60 +844,6 @@ def evaluate(
     return EvalResult(report_path, metrics_path, metrics, run_id)
 
 
-def load_models_for_evaluation(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
-    """The served pipeline of ``model_uri`` and its plain LambdaMART (``None`` if absent).
-
-    The plain model sits beside the bundle: ``plain_model/`` next to ``bundle/`` in a
-    training job's local output, ``artifacts/plain_model`` in the MLflow model.
-    """
-    from ..ranker.bundle import load_bundle
-    from ..ranker.lambdamart import LambdaMART
-    from ..serving._resolve import local_model_dir
-
-    from .registry import resolve_tracking_uri, tracking_uri_set_to
-
-    uri = resolve_tracking_uri(tracking_uri)
-    with tracking_uri_set_to(uri), local_model_dir(model_uri, tracking_uri=uri) as bundle_dir:
-        pipeline = load_bundle(bundle_dir)
-        plain_dir = bundle_dir.parent / "plain_model"
-        plain = LambdaMART.load(plain_dir) if (plain_dir / "model.txt").is_file() else None
-    return pipeline, plain
-
-
-def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -> tuple[Any, Any]:
-    """Evaluation pipelines with trust and context rebuilt as of ``as_of`` from ``events``.
-
-    The bundle's own snapshot is as of the end of its training data, which for a held-out
-    window inside that data would leak the outcomes being predicted; the model, feature
-    layout, policy and balancer settings are the bundle's.
-    """
-    from ..features.context import FeatureAssembler, build_context_tables
-    from ..features.trust import TrustConfig, build_snapshot
-    from ..ranker.balancer import ExposureBalancer
-    from ..ranker.pipeline import RankingPipeline
-    from ..ranker.policy import PolicyConfig
-
-    trust_settings = (served.snapshot.manifest or {}).get("config") if served.snapshot is not None else None
-    trust_config = TrustConfig.from_dict(trust_settings) if trust_settings else None
-    snapshot = build_snapshot(events, as_of, config=trust_config)
-    context_config = served.context.config if served.context is not None else None
-    context = build_context_tables(events, as_of, context_config)
-    balancer = ExposureBalancer(served.balancer.config) if served.balancer is not None else None
-    pipeline = RankingPipeline(
-        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy_config,
-        balancer, snapshot=snapshot, context=context, model_id=served.model_id,
-    )
-    plain_pipeline = None
-    if plain is not None:
-        plain_pipeline = RankingPipeline(
-            # the same hard rules as the served pipeline: a ban is a platform decision every
-            # ranker must respect, so the comparison isolates trust features and trust in the score
-            FeatureAssembler(snapshot, context, schema=plain.feature_schema_), plain,
-            PolicyConfig(trust_weight=0.0, filter_banned=served.policy_config.filter_banned), None,
-        )
-    return pipeline, plain_pipeline
-
-
 def _log_to_run(
     run_id: str, tracking_uri: str, report_path: Path, metrics_path: Path, metrics: Mapping[str, float],
     window: tuple[pd.Timestamp, pd.Timestamp],
@@ -910,7 +853,7 @@ def _log_to_run(
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    from .registry import TrackingUnavailableError, client_for, quiet_mlflow
+    from ..registry import TrackingUnavailableError, client_for, quiet_mlflow
 
     folder = f"evaluations/{window[0].strftime('%Y%m%dT%H%M')}-{window[1].strftime('%Y%m%dT%H%M')}"
     now = int(time.time() * 1000)

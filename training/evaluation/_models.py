@@ -1,0 +1,70 @@
+"""The models an evaluation compares, and their pipelines rebuilt as of a point in time.
+
+Shared by the static evaluation, the training job (which evaluates the pipeline it just
+trained) and anything else that ranks with a trained bundle and its plain LambdaMART.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["PLAIN_MODEL_DIR", "load_models_for_evaluation", "pipelines_as_of"]
+
+# the plain LambdaMART (no trust features) sits in this folder beside the bundle
+PLAIN_MODEL_DIR = "plain_model"
+
+
+def load_models_for_evaluation(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
+    """The served pipeline of ``model_uri`` and its plain LambdaMART (``None`` if absent).
+
+    The plain model sits beside the bundle: ``plain_model/`` next to ``bundle/`` in a
+    training job's local output, ``artifacts/plain_model`` in the MLflow model.
+    """
+    from ...ranker.bundle import load_bundle
+    from ...ranker.lambdamart import LambdaMART
+    from ...serving._resolve import local_model_dir
+
+    from ..registry import resolve_tracking_uri, tracking_uri_set_to
+
+    uri = resolve_tracking_uri(tracking_uri)
+    with tracking_uri_set_to(uri), local_model_dir(model_uri, tracking_uri=uri) as bundle_dir:
+        pipeline = load_bundle(bundle_dir)
+        plain_dir = bundle_dir.parent / PLAIN_MODEL_DIR
+        plain = LambdaMART.load(plain_dir) if (plain_dir / "model.txt").is_file() else None
+    return pipeline, plain
+
+
+def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -> tuple[Any, Any]:
+    """Evaluation pipelines with trust and context rebuilt as of ``as_of`` from ``events``.
+
+    The bundle's own snapshot is as of the end of its training data, which for a held-out
+    window inside that data would leak the outcomes being predicted; the model, feature
+    layout, policy and balancer settings are the bundle's.
+    """
+    from ...features.context import FeatureAssembler, build_context_tables
+    from ...features.trust import TrustConfig, build_snapshot
+    from ...ranker.balancer import ExposureBalancer
+    from ...ranker.pipeline import RankingPipeline
+    from ...ranker.policy import PolicyConfig
+
+    trust_settings = (served.snapshot.manifest or {}).get("config") if served.snapshot is not None else None
+    trust_config = TrustConfig.from_dict(trust_settings) if trust_settings else None
+    snapshot = build_snapshot(events, as_of, config=trust_config)
+    context_config = served.context.config if served.context is not None else None
+    context = build_context_tables(events, as_of, context_config)
+    balancer = ExposureBalancer(served.balancer.config) if served.balancer is not None else None
+    pipeline = RankingPipeline(
+        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy_config,
+        balancer, snapshot=snapshot, context=context, model_id=served.model_id,
+    )
+    plain_pipeline = None
+    if plain is not None:
+        plain_pipeline = RankingPipeline(
+            # the same hard rules as the served pipeline: a ban is a platform decision every
+            # ranker must respect, so the comparison isolates trust features and trust in the score
+            FeatureAssembler(snapshot, context, schema=plain.feature_schema_), plain,
+            PolicyConfig(trust_weight=0.0, filter_banned=served.policy_config.filter_banned), None,
+        )
+    return pipeline, plain_pipeline
