@@ -137,7 +137,7 @@ def _requests(events_dir: Path, holdout_from: pd.Timestamp, banned: list[str]) -
 
 def write_inputs() -> None:
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
-    from trustfeed.training.evaluate import EvalConfig
+    from trustfeed.training.evaluation import EvalConfig
     from trustfeed.training.simulate import SimConfig, simulate, write_dataset
     from trustfeed.training.train import TrainJobConfig, train
 
