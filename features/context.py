@@ -242,6 +242,20 @@ def _ids(series: pd.Series) -> pd.Series:
     return series.astype("string")
 
 
+def _isin(values: pd.Series, among: pd.Series | pd.Index) -> np.ndarray:
+    """``values.isin(among)`` for id columns, hashed by Arrow (missing values never match).
+
+    pandas' own ``isin`` on Arrow-backed strings converts ``among`` one element at a time
+    (seconds for the hundreds of thousands of order ids of a snapshot).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(_ids(pd.Series(among)).dropna().array, type=pa.large_string())
+    found = pc.is_in(pa.array(_ids(values).array, type=pa.large_string()), value_set=wanted, skip_nulls=True)
+    return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def _object_values(series: pd.Series) -> np.ndarray:
     """Values as an object array with missing values as ``None`` (unknown to the id lookups)."""
     # pandas accepts na_value=None; pandas-stubs' Scalar type leaves None out
@@ -336,7 +350,7 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
         {
             "user_id": _ids(paid["user_id"]),
             "merchant_id": _ids(paid["merchant_id"]),
-            "bad": order_ids.isin(pd.Index(list(bad_ids), dtype="string")).to_numpy(dtype=bool),
+            "bad": _isin(order_ids, pd.Index(list(bad_ids), dtype="string")),
         }
     )
     user_merchant = (
@@ -352,7 +366,7 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
     if "order_id" in impressions.columns and purchased.any():
         # an impression just before the cut may lead to an order just after it: count a
         # purchase only once its order exists (orders here are already cut at as_of)
-        placed = _ids(impressions["order_id"]).isin(_ids(known["orders"]["order_id"])).to_numpy(dtype=bool)
+        placed = _isin(impressions["order_id"], known["orders"]["order_id"])
         linked = _ids(impressions["order_id"]).notna().to_numpy(dtype=bool)
         purchased &= placed | ~linked
     position = impressions["position"].to_numpy(dtype="float64", na_value=np.nan)

@@ -205,7 +205,8 @@ def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetCo
     ts = impressions["ts"]
 
     order_ids = impressions["order_id"].astype("string") if "order_id" in impressions.columns else pd.Series(pd.NA, index=impressions.index, dtype="string")
-    rows = pd.DataFrame({"row": np.arange(n), "order_id": order_ids.to_numpy(), "ts": ts.to_numpy()})
+    # .array keeps the time zone: to_numpy() of a tz-aware column builds a Timestamp object per row
+    rows = pd.DataFrame({"row": np.arange(n), "order_id": order_ids.array, "ts": ts.array})
     bought = rows.loc[purchased & order_ids.notna().to_numpy()]
 
     orders = events["orders"]
@@ -240,13 +241,14 @@ def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetCo
     if len(reports) and purchased.any() and "verified" in reports.columns:
         verified = reports.loc[_flag(reports, "verified")]
         if len(verified):
+            chosen = impressions.loc[purchased]
             buyers = pd.DataFrame(
                 {
                     "row": np.flatnonzero(purchased),
-                    "user_id": impressions["user_id"].astype("string").to_numpy()[purchased],
-                    "merchant_id": impressions["merchant_id"].astype("string").to_numpy()[purchased],
-                    "stream_id": impressions["stream_id"].astype("string").to_numpy()[purchased],
-                    "ts": ts.to_numpy()[purchased],
+                    "user_id": chosen["user_id"].astype("string").array,
+                    "merchant_id": chosen["merchant_id"].astype("string").array,
+                    "stream_id": chosen["stream_id"].astype("string").array,
+                    "ts": chosen["ts"].array,
                 }
             )
             filed = pd.DataFrame(
@@ -359,7 +361,7 @@ def build_training_frame(
 
     frame = pd.DataFrame({column: window[column] for column in ID_COLUMNS})
     frame["label"] = graded_labels(window, events, config)
-    frame["snapshot_at"] = snapshot_at.to_numpy()
+    frame["snapshot_at"] = snapshot_at.array
 
     schema: dict[str, Any] | None = None
     blocks: list[np.ndarray] = []
