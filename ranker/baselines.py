@@ -8,11 +8,18 @@
 
 Each takes one request's arrays and returns candidate indices best first (a permutation).
 All are vectorised: FA*IR's greedy merge has a closed form (see :func:`fair_quota`).
+
+The re-rankers (:class:`CreatorCapReranker`, :class:`FairQuotaReranker`,
+:class:`PopularityReranker`) put a baseline in the slot of a
+:class:`~trustfeed.ranker.pipeline.RankingPipeline` where the exposure balancer sits, so a
+baseline is served through the same pipeline (hard rules, features, model, policy score) as
+the trust-aware ranker. They keep no ledger: recording what was shown does nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,7 +27,17 @@ from scipy import stats
 
 from ..features.errors import ConfigError, SchemaError
 
-__all__ = ["creator_cap", "fair_mtable", "fair_quota", "long_tail_mask", "relevance_only"]
+__all__ = [
+    "CreatorCapReranker",
+    "FairQuotaReranker",
+    "PopularityReranker",
+    "Reranker",
+    "creator_cap",
+    "fair_mtable",
+    "fair_quota",
+    "long_tail_mask",
+    "relevance_only",
+]
 
 
 def _relevance(relevance: Any) -> np.ndarray:
@@ -190,3 +207,117 @@ def fair_quota(
     result[position] = protected_order
     result[~is_protected_slot] = other_order
     return result
+
+
+# ----------------------------------------------------------------------------- re-rankers
+
+
+class Reranker(Protocol):
+    """What a :class:`~trustfeed.ranker.pipeline.RankingPipeline` needs in its re-ranking slot."""
+
+    def rerank(
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        now: float | None = None, record: bool | None = None,
+    ) -> np.ndarray: ...
+
+    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None) -> None: ...
+
+
+class _StatelessReranker:
+    """Shared plumbing of the baseline re-rankers: no ledger, nothing to record."""
+
+    # the pipeline reads ``config.record_k``; a baseline has no config
+    config: Any = None
+
+    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None) -> None:
+        """Nothing to record: the baseline keeps no exposure ledger."""
+
+    def record_impressions(self, impressions: pd.DataFrame) -> None:
+        """Nothing to record: the baseline keeps no exposure ledger."""
+
+
+class CreatorCapReranker(_StatelessReranker):
+    """:func:`creator_cap` on the policy score, as a pipeline re-ranker.
+
+    Examples
+    --------
+    >>> CreatorCapReranker(cap=1, k=2).rerank(["a", "a", "b"], ["m", "m", "m"], [0.9, 0.8, 0.7], [0.5] * 3).tolist()
+    [0, 2, 1]
+    """
+
+    def __init__(self, cap: int = 1, k: int = 10) -> None:
+        creator_cap([], [], cap=cap, k=k)  # validates cap and k now, not at the first request
+        self.cap, self.k = cap, k
+
+    def rerank(
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        now: float | None = None, record: bool | None = None,
+    ) -> np.ndarray:
+        """Candidate indices best first."""
+        return creator_cap(relevance, np.asarray(creator_ids, dtype=object), cap=self.cap, k=self.k)
+
+
+class FairQuotaReranker(_StatelessReranker):
+    """FA*IR (:func:`fair_quota`) on the policy score with the long-tail creators protected.
+
+    Parameters
+    ----------
+    followers
+        Follower count per creator id over the whole platform (the head is the top
+        ``head_fraction`` of it; creators not in it are long tail, see :func:`long_tail_mask`).
+    head_fraction, k, p, alpha
+        As in :func:`long_tail_mask` and :func:`fair_quota`.
+
+    Examples
+    --------
+    >>> followers = pd.Series([1000.0, 10.0, 5.0, 1.0, 2.0], index=["a", "b", "c", "d", "e"])
+    >>> FairQuotaReranker(followers, k=3, p=0.9, alpha=0.5).rerank(["a", "a", "b"], ["m"] * 3, [0.9, 0.8, 0.1], [0.5] * 3).tolist()
+    [2, 0, 1]
+    """
+
+    def __init__(self, followers: pd.Series, head_fraction: float = 0.2, k: int = 10, p: float = 0.5, alpha: float = 0.1) -> None:
+        self.mtable = fair_mtable(k, p, alpha)  # validates k, p and alpha
+        long_tail_mask([], followers, head_fraction)  # validates head_fraction
+        self.followers, self.head_fraction, self.k = followers, head_fraction, k
+
+    def rerank(
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        now: float | None = None, record: bool | None = None,
+    ) -> np.ndarray:
+        """Candidate indices best first."""
+        tail = long_tail_mask(np.asarray(creator_ids, dtype=object), self.followers, self.head_fraction)
+        return fair_quota(relevance, tail, k=self.k, mtable=self.mtable)
+
+
+class PopularityReranker(_StatelessReranker):
+    """Popularity plus noise, ignoring the model: a feed before learning to rank.
+
+    Orders by ``log1p(followers) + Gumbel(0, noise)`` (unknown creators have no followers),
+    the shape of the logging policy that produced a simulated dataset's impressions. The
+    noise comes from a generator seeded with ``seed``, so the same requests in the same
+    order get the same lists.
+
+    Examples
+    --------
+    >>> followers = pd.Series([1e6, 10.0], index=["big", "small"])
+    >>> PopularityReranker(followers, noise=0.0).rerank(["small", "big", "new"], ["m"] * 3, [3.0, 2.0, 1.0], [0.5] * 3).tolist()
+    [1, 0, 2]
+    """
+
+    def __init__(self, followers: pd.Series, noise: float = 1.5, seed: int = 0) -> None:
+        if not (np.isfinite(noise) and noise >= 0):
+            raise ConfigError(f"PopularityReranker: expected noise >= 0, got {noise!r}")
+        counts = pd.to_numeric(followers, errors="coerce").fillna(0.0).clip(lower=0.0)
+        self.log_followers = pd.Series(np.log1p(counts.to_numpy(dtype=float)), index=counts.index.astype(str))
+        self.noise = float(noise)
+        self._rng = np.random.default_rng(seed)
+
+    def rerank(
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        now: float | None = None, record: bool | None = None,
+    ) -> np.ndarray:
+        """Candidate indices best first."""
+        popularity = self.log_followers.reindex(np.asarray(creator_ids, dtype=object)).fillna(0.0).to_numpy()
+        if self.noise > 0:
+            popularity = popularity + self._rng.gumbel(0.0, self.noise, popularity.size)
+        return np.argsort(-popularity, kind="stable")

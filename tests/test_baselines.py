@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,3 +122,84 @@ def test_fair_quota_lifts_long_tail_share() -> None:
     order = b.fair_quota(relevance, protected, k=10, p=0.5, alpha=0.1)
     assert protected[order[:10]].sum() >= b.fair_mtable(10, 0.5, 0.1)[-1] > 0
     assert protected[b.relevance_only(relevance)[:10]].sum() == 0
+
+
+# ----------------------------------------------------------------------------- re-rankers in the pipeline
+
+
+def _pipeline_with(fx: Any, parts: Any, reranker: Any) -> Any:
+    from trustfeed.features.context import FeatureAssembler
+    from trustfeed.ranker.pipeline import RankingPipeline
+    from trustfeed.ranker.policy import PolicyConfig
+
+    assembler = FeatureAssembler(parts.snapshot, parts.context, schema=parts.feature_schema)
+    return RankingPipeline(assembler, parts.model, PolicyConfig(), reranker, snapshot=parts.snapshot, context=parts.context)
+
+
+def _followers(parts: Any) -> pd.Series:
+    creators = parts.snapshot.creators
+    return pd.Series(creators["followers"].to_numpy(dtype=float), index=creators["creator_id"].astype(str).to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["creator_cap", "fair_quota"])
+def test_reranker_in_the_pipeline_is_the_baseline_on_the_policy_score(fx: Any, kind: str) -> None:
+    """The pipeline's re-ranking slot gives the baseline function's order of the policy scores."""
+    parts = fx.trained_parts()
+    requests = parts.requests[:40]
+    plain_order = fx.make_pipeline(parts, balancer=False).rank_many(requests)
+    followers = _followers(parts)
+    reranker = (b.CreatorCapReranker(cap=1, k=5) if kind == "creator_cap"
+                else b.FairQuotaReranker(followers, k=8, p=0.6, alpha=0.1))
+    responses = _pipeline_with(fx, parts, reranker).rank_many(requests)
+    moved = 0
+    for reference, response in zip(plain_order, responses, strict=True):
+        items = reference["items"]
+        score = np.array([item["score"] for item in items])
+        creators = np.array([item["creator_id"] for item in items], dtype=object)
+        if kind == "creator_cap":
+            expected = b.creator_cap(score, creators, cap=1, k=5)
+        else:
+            expected = b.fair_quota(score, b.long_tail_mask(creators, followers), k=8, p=0.6, alpha=0.1)
+        assert [item["stream_id"] for item in response["items"]] == [items[i]["stream_id"] for i in expected]
+        assert response["filtered"] == reference["filtered"]
+        moved += [i["stream_id"] for i in items] != [i["stream_id"] for i in response["items"]]
+    assert moved > 0  # the baseline really re-ranks some lists
+
+
+def test_popularity_reranker_orders_by_followers_and_is_seeded(fx: Any) -> None:
+    parts = fx.trained_parts()
+    requests = parts.requests[:30]
+    followers = _followers(parts)
+    quiet = _pipeline_with(fx, parts, b.PopularityReranker(followers, noise=0.0)).rank_many(requests)
+    for response in quiet:
+        counts = followers.reindex([item["creator_id"] for item in response["items"]]).fillna(0.0).to_numpy()
+        assert (np.diff(counts) <= 0).all()
+    first = _pipeline_with(fx, parts, b.PopularityReranker(followers, seed=3)).rank_many(requests)
+    again = _pipeline_with(fx, parts, b.PopularityReranker(followers, seed=3)).rank_many(requests)
+    other = _pipeline_with(fx, parts, b.PopularityReranker(followers, seed=4)).rank_many(requests)
+    assert first == again
+    assert first != other
+
+
+def test_rerankers_reject_bad_settings() -> None:
+    followers = pd.Series([1.0, 2.0], index=["a", "b"])
+    with pytest.raises(ConfigError):
+        b.CreatorCapReranker(cap=0)
+    with pytest.raises(ConfigError):
+        b.FairQuotaReranker(followers, p=1.5)
+    with pytest.raises(ConfigError):
+        b.FairQuotaReranker(followers, head_fraction=0.0)
+    with pytest.raises(ConfigError):
+        b.PopularityReranker(followers, noise=-1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.floats(-5, 5)), min_size=0, max_size=25), st.integers(0, 3))
+def test_rerankers_return_a_permutation(candidates: list[tuple[str, float]], seed: int) -> None:
+    creators = [c for c, _ in candidates]
+    score = [s for _, s in candidates]
+    followers = pd.Series([100.0, 50.0, 10.0, 5.0, 1.0], index=list("abcde"))
+    for reranker in (b.CreatorCapReranker(cap=1, k=4), b.FairQuotaReranker(followers, k=5),
+                     b.PopularityReranker(followers, seed=seed)):
+        order = reranker.rerank(creators, ["m"] * len(creators), score, [0.5] * len(creators))
+        assert sorted(order.tolist()) == list(range(len(candidates)))

@@ -48,7 +48,15 @@ from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMARTConfig
 from ..ranker.policy import PolicyConfig
 from .dataset import DatasetConfig
-from .evaluation import PLAIN_MODEL_DIR, EvalConfig, evaluate_pipeline, pipelines_as_of, requests_from_impressions, write_evaluation
+from .evaluation import (
+    EVALUATION_DIR,
+    PLAIN_MODEL_DIR,
+    EvalConfig,
+    evaluate_pipeline,
+    pipelines_as_of,
+    requests_from_impressions,
+    write_evaluation,
+)
 from .registry import (
     CHALLENGER,
     TAG_PREFIX,
@@ -66,7 +74,6 @@ __all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_fe
 MODEL_ARTIFACT = "model"
 BOOSTER_ARTIFACT = "booster"
 BUNDLE_DIR = "bundle"
-EVALUATION_DIR = "evaluation"
 
 
 _MAX_PARAMS_PER_BATCH = 100

@@ -12,7 +12,7 @@ public functions.
 
 from __future__ import annotations
 
-from ._models import PLAIN_MODEL_DIR, load_models_for_evaluation, pipelines_as_of
+from ._models import EVALUATION_DIR, PLAIN_MODEL_DIR, load_models_for_evaluation, pipelines_as_of
 from .report import ReportContent, render_report
 from .static import (
     POLICY_LABELS,
@@ -27,6 +27,7 @@ from .static import (
 )
 
 __all__ = [
+    "EVALUATION_DIR",
     "PLAIN_MODEL_DIR",
     "POLICY_LABELS",
     "EvalConfig",

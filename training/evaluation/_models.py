@@ -10,10 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["PLAIN_MODEL_DIR", "load_models_for_evaluation", "pipelines_as_of"]
+__all__ = ["EVALUATION_DIR", "PLAIN_MODEL_DIR", "load_models_for_evaluation", "pipelines_as_of"]
 
-# the plain LambdaMART (no trust features) sits in this folder beside the bundle
+# beside the bundle in a training job's output (and in its MLflow run): the plain LambdaMART
+# (no trust features) and the static evaluation of the held-out window
 PLAIN_MODEL_DIR = "plain_model"
+EVALUATION_DIR = "evaluation"
 
 
 def load_models_for_evaluation(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:

@@ -87,6 +87,9 @@ class ReportContent:
         ``target`` and ``met`` (shown under the counterfactual figure).
     notes
         Free-text caveats listed at the end (e.g. lists skipped for having no positive label).
+    links
+        Companion pages shown under the facts: text -> relative address (e.g. the closed-loop
+        rollout's ``rollout.html`` written beside the report).
     """
 
     title: str
@@ -100,6 +103,7 @@ class ReportContent:
     counterfactual: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None
     notes: Sequence[str] = ()
+    links: Mapping[str, str] = field(default_factory=dict)
 
 
 def lorenz_curve(exposure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +152,7 @@ def render_html(content: ReportContent) -> str:
         f"<h1>{_esc(content.title)}</h1>",
         '<p class="lead">Offline evaluation of the trust-aware ranker on held-out feed requests.</p>',
         _facts(content.facts),
+        *_links(content.links),
         "<h2>Headline metrics</h2>",
         _table(content.headline, index=True),
     ]
@@ -230,6 +235,13 @@ def _esc(text: object) -> str:
 def _facts(facts: Mapping[str, str]) -> str:
     rows = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts.items())
     return f'<dl class="facts">{rows}</dl>'
+
+
+def _links(links: Mapping[str, str]) -> list[str]:
+    if not links:
+        return []
+    anchors = ", ".join(f'<a href="{_esc(address)}">{_esc(text)}</a>' for text, address in links.items())
+    return [f'<p class="lead">See also: {anchors}.</p>']
 
 
 def _table(frame: pd.DataFrame, index: bool) -> str:

@@ -773,6 +773,7 @@ def evaluate(
     progress: Progress | None = None,
     tracking_uri: str | None = None,
     config: EvalConfig | None = None,
+    links: Mapping[str, str] | None = None,
 ) -> EvalResult:
     """Offline evaluation of a model on held-out requests: ``report.html`` + ``metrics.json``.
 
@@ -793,6 +794,9 @@ def evaluate(
         MLflow tracking URI for ``runs:/`` and ``models:/`` URIs (default: as ``train``).
     config
         :class:`EvalConfig`.
+    links
+        Companion pages the report links to (text -> address relative to ``out_dir``), e.g.
+        the closed-loop rollout page.
 
     Returns
     -------
@@ -836,6 +840,8 @@ def evaluate(
     )
     if plain_pipeline is None:
         evaluation.notes.append("The model carries no plain LambdaMART (plain_model/): that comparison is left out.")
+    if links:
+        evaluation.content = replace(evaluation.content, links=dict(links))
     report_path, metrics_path = write_evaluation(evaluation, out_dir)
     metrics = evaluation.flat_metrics()
     if run_id is not None:
