@@ -95,6 +95,13 @@ def test_report_leaves_out_sections_without_data(rng: np.random.Generator) -> No
     assert "Counterfactual outcomes" not in document and "Lorenz" not in document
 
 
+def test_report_links_to_companion_pages_by_relative_address(rng: np.random.Generator) -> None:
+    document = render_html(_content(rng, links={"closed-loop rollout <28 days>": "rollout.html"}))
+    assert '<a href="rollout.html">closed-loop rollout &lt;28 days&gt;</a>' in document
+    assert_self_contained(document)
+    assert "See also" not in render_html(_content(rng))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, max_value=1e6, allow_nan=False), min_size=1, max_size=50))
 def test_lorenz_curve_is_a_monotone_path_below_equality(values: list[float]) -> None:
