@@ -256,7 +256,7 @@ def bench_lleaves(name: str, ranker: FeedRanker, iterations: int, warmup: int, s
 
     pipeline = ranker.pipeline
     compiled = CompiledModel(pipeline.model, cache_dir)
-    fast = FeedRanker(RankingPipeline(pipeline.assembler, compiled, pipeline.policy_config, pipeline.balancer,
+    fast = FeedRanker(RankingPipeline(pipeline.assembler, compiled, pipeline.policy, pipeline.balancer,
                                       model_id=pipeline.model_id))
     booster, trees = pipeline.model.booster_, pipeline.model.best_iteration_
 
@@ -296,8 +296,6 @@ def breakdown(ranker: FeedRanker, n: int, iterations: int, seed: int) -> None:
     Each stage is timed alone, in a loop, so its data stay in cache: inside a full request
     (after ``predict`` has walked the trees) the same stages take longer.
     """
-    from trustfeed.ranker.policy import final_score, rule_codes
-
     pipeline = ranker.pipeline
     request = _requests(ranker, n, 1, np.random.default_rng(seed))[0]
     parsed = pipeline.parse(request)
@@ -305,7 +303,7 @@ def breakdown(ranker: FeedRanker, n: int, iterations: int, seed: int) -> None:
     columns = {**ids, "user_id": parsed.user_id, "ts": parsed.ts}
     X, status = pipeline.assembler.transform_with_status(columns)
     relevance = pipeline.model.predict(X)
-    score = final_score(relevance, status.trust, pipeline.policy_config, group=[n])
+    score = pipeline.policy.score(relevance, status.trust, group=[n])
     creators, merchants = ids["creator_id"].tolist(), ids["merchant_id"].tolist()
     order = pipeline.balancer.rerank(creators, merchants, score, status.trust, record=False)
     stages = {
@@ -313,8 +311,8 @@ def breakdown(ranker: FeedRanker, n: int, iterations: int, seed: int) -> None:
         "features + merchant status": lambda: pipeline.assembler.transform_with_status(columns),
         "predict (LambdaMART.predict)": lambda: pipeline.model.predict(X),
         "policy (rules + score)": lambda: (
-            rule_codes(status.banned_merchant, status.banned_entity, status.trust, pipeline.policy_config),
-            final_score(relevance, status.trust, pipeline.policy_config, group=[n]),
+            pipeline.policy.rule_codes(status.banned_merchant, status.banned_entity, status.trust),
+            pipeline.policy.score(relevance, status.trust, group=[n]),
         ),
         "balancer rerank": lambda: pipeline.balancer.rerank(creators, merchants, score, status.trust, record=False),
         "item dicts": lambda: [

@@ -24,7 +24,7 @@ from trustfeed.features.context import FeatureAssembler, build_context_tables
 from trustfeed.features.events import validate_events
 from trustfeed.features.trust import build_snapshot
 from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
-from trustfeed.ranker.policy import PolicyConfig, apply_policy
+from trustfeed.ranker.policy import Policy
 from trustfeed.training.simulate import SimConfig, simulate
 
 
@@ -69,21 +69,19 @@ def main() -> None:
 
     X = assembler.transform(request)
     relevance = model.predict(X)
-    policy = PolicyConfig()
+    policy = Policy()
 
     def features_and_policy() -> None:
         # predict sits between these two in serving; it is timed on its own below
         _, status = assembler.transform_with_status(request)
-        apply_policy(relevance, status.trust, status.banned_merchant, status.banned_entity, policy)
+        policy.rank(relevance, status.trust, status.banned_merchant, status.banned_entity)
 
     number = 200
     timings = {
         "transform (dict request)": best_of(lambda: assembler.transform(request), number, args.repeat),
         "transform (DataFrame request)": best_of(lambda: assembler.transform(as_frame), number, args.repeat),
         "merchant_status": best_of(lambda: assembler.merchant_status(request["merchant_id"]), number, args.repeat),
-        "apply_policy": best_of(
-            lambda: apply_policy(relevance, X[:, 0], False, False, policy), number, args.repeat
-        ),
+        "Policy.rank": best_of(lambda: policy.rank(relevance, X[:, 0], False, False), number, args.repeat),
         "features + status + policy": best_of(features_and_policy, number, args.repeat),
         f"Booster.predict ({args.rounds} trees, 1 thread)": best_of(
             lambda: model.booster_.predict(X, num_threads=1), 20, args.repeat

@@ -27,7 +27,7 @@ import pandas as pd
 from trustfeed.features.events import validate_events
 from trustfeed.features.progress import StderrProgress
 from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
-from trustfeed.ranker.policy import PolicyConfig, final_score
+from trustfeed.ranker.policy import Policy, PolicyConfig
 from trustfeed.training.dataset import DatasetConfig, build_training_frame, time_split
 from trustfeed.training.simulate import SimConfig, simulate
 
@@ -150,7 +150,7 @@ def main() -> None:
     relevance = unbiased.predict(valid.features())
     trust = valid.frame["merchant_trust_index"].to_numpy()
     for weight in (0.5, 1.0, 2.0):
-        score = final_score(relevance, trust, PolicyConfig(trust_weight=weight), group=valid.groups())
+        score = Policy(PolicyConfig(trust_weight=weight)).score(relevance, trust, group=valid.groups())
         record(f"position bias + trust policy (w={weight})", score)
 
     table = pd.DataFrame(results).T

@@ -20,23 +20,22 @@ from .metrics import (
     position_exposure,
 )
 from .pipeline import RankingPipeline
-from .policy import PolicyConfig, apply_policy, final_score, hard_rules
+from .policy import Policy, PolicyConfig, PolicyState
 
 __all__ = [
     "BalancerConfig",
     "ExposureBalancer",
     "LambdaMART",
     "LambdaMARTConfig",
+    "Policy",
     "PolicyConfig",
+    "PolicyState",
     "RankingPipeline",
-    "apply_policy",
     "creator_cap",
     "exposure_by",
     "exposure_summary",
     "fair_quota",
-    "final_score",
     "gini",
-    "hard_rules",
     "kendall_tau",
     "load_bundle",
     "long_tail_share",

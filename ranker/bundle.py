@@ -8,7 +8,8 @@ Layout (every file listed with its sha256 in ``MANIFEST.json``; nothing is pickl
     schema.json            the model's feature schema (names, order, categorical, monotone)
     features.json          the feature assembler's schema (sources, categorical codes)
     pipeline.json          which optional parts the bundle holds
-    policy.json            PolicyConfig
+    policy.json            PolicyConfig (what is configured)
+    policy_state.json      PolicyState (what the policy learned; when it is fitted)
     balancer.json          BalancerConfig              (when the pipeline has a balancer)
     balancer_state.json    the balancer's exposure ledger and controller state
     snapshot/              the trust snapshot: merchants.parquet, creators.parquet, extras, manifest.json
@@ -60,6 +61,7 @@ MODEL_SCHEMA_FILE = "schema.json"
 FEATURES_FILE = "features.json"
 PIPELINE_FILE = "pipeline.json"
 POLICY_FILE = "policy.json"
+POLICY_STATE_FILE = "policy_state.json"
 BALANCER_FILE = "balancer.json"
 BALANCER_STATE_FILE = "balancer_state.json"
 SNAPSHOT_DIR = "snapshot"
@@ -119,9 +121,12 @@ def save_bundle(
                 "feature_names": list(pipeline.feature_names),
                 "balancer": pipeline.balancer is not None,
                 "context": pipeline.context is not None,
+                "policy_state": pipeline.policy.state is not None,
             },
         )
-        _write_json(tmp / POLICY_FILE, pipeline.policy_config.to_dict())
+        _write_json(tmp / POLICY_FILE, pipeline.policy.config.to_dict())
+        if pipeline.policy.state is not None:
+            _write_json(tmp / POLICY_STATE_FILE, pipeline.policy.state.to_dict())
         if pipeline.balancer is not None:
             _write_json(tmp / BALANCER_FILE, pipeline.balancer.config.to_dict())
             _write_json(tmp / BALANCER_STATE_FILE, pipeline.balancer.state_dict())
@@ -137,7 +142,8 @@ def save_bundle(
 
 
 def _own_files() -> set[str]:
-    return {MODEL_FILE, MODEL_SCHEMA_FILE, FEATURES_FILE, PIPELINE_FILE, POLICY_FILE, BALANCER_FILE, BALANCER_STATE_FILE}
+    return {MODEL_FILE, MODEL_SCHEMA_FILE, FEATURES_FILE, PIPELINE_FILE, POLICY_FILE, POLICY_STATE_FILE, BALANCER_FILE,
+            BALANCER_STATE_FILE}
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -278,7 +284,7 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
     from ..features.trust import TrustSnapshot
     from .balancer import BalancerConfig, ExposureBalancer
     from .lambdamart import LambdaMART
-    from .policy import PolicyConfig
+    from .policy import Policy
 
     root = Path(path)
     manifest = verify_bundle(root)
@@ -286,15 +292,19 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
     layout = _read_json(root, PIPELINE_FILE)
     has_balancer = bool(layout.get("balancer"))
     has_context = bool(layout.get("context"))
+    # bundles written before the policy's fitted state had its own file keep it in policy.json
+    has_policy_state = bool(layout.get("policy_state"))
     for rel in ((BALANCER_FILE, BALANCER_STATE_FILE) if has_balancer else ()) + (
         (f"{CONTEXT_DIR}/manifest.json",) if has_context else ()
-    ):
+    ) + ((POLICY_STATE_FILE,) if has_policy_state else ()):
         if rel not in files:
             raise ModelIntegrityError(rel, f"required by {PIPELINE_FILE} but not listed in MANIFEST.json")
 
     model = _parse(MODEL_FILE, lambda: LambdaMART.load(root))
     feature_schema = _read_json(root, FEATURES_FILE)
-    policy_config = _parse(POLICY_FILE, lambda: PolicyConfig.from_dict(_read_json(root, POLICY_FILE)))
+    policy_state = _read_json(root, POLICY_STATE_FILE) if has_policy_state else None
+    policy = _parse(POLICY_STATE_FILE if has_policy_state else POLICY_FILE,
+                    lambda: Policy.from_dict(_read_json(root, POLICY_FILE), policy_state))
     balancer = None
     if has_balancer:
         balancer_config = _parse(BALANCER_FILE, lambda: BalancerConfig.from_dict(_read_json(root, BALANCER_FILE)))
@@ -314,7 +324,7 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
         lambda: RankingPipeline(
             assembler,
             model,
-            policy_config,
+            policy,
             balancer,
             snapshot=trust_snapshot,
             context=context,

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..features.errors import ConfigError, RequestError
 from ._request import ParsedRequest, coerce_live_numeric, parse_request
-from .policy import REASONS, PolicyConfig, final_score, rule_codes
+from .policy import REASONS, Policy, PolicyConfig
 
 __all__ = ["RankingPipeline", "REASON_DUPLICATE"]
 
@@ -72,8 +72,10 @@ class RankingPipeline:
     model
         A fitted :class:`~trustfeed.ranker.lambdamart.LambdaMART` (anything with ``predict``
         and ``feature_names_``); its features must be the assembler's, in the same order.
-    policy_config
-        :class:`~trustfeed.ranker.policy.PolicyConfig` (``None``: defaults).
+    policy
+        The :class:`~trustfeed.ranker.policy.Policy` (fitted or not); a
+        :class:`~trustfeed.ranker.policy.PolicyConfig` is taken as an unfitted policy with that
+        config (``None``: defaults).
     balancer
         An :class:`~trustfeed.ranker.balancer.ExposureBalancer`, or ``None`` to rank by the
         policy score alone.
@@ -114,7 +116,7 @@ class RankingPipeline:
         self,
         assembler: Any,
         model: Any,
-        policy_config: PolicyConfig | None = None,
+        policy: Policy | PolicyConfig | None = None,
         balancer: Any = None,
         *,
         snapshot: Any = None,
@@ -123,7 +125,7 @@ class RankingPipeline:
     ) -> None:
         self.assembler = assembler
         self.model = model
-        self.policy_config = policy_config if policy_config is not None else PolicyConfig()
+        self.policy = policy if isinstance(policy, Policy) else Policy(policy)
         self.balancer = balancer
         self.snapshot = snapshot
         self.context = context
@@ -220,11 +222,11 @@ class RankingPipeline:
         features, status = self.assembler.transform_with_status(columns)
         relevance = np.asarray(self.model.predict(features), dtype=np.float64)
         trust = np.asarray(status.trust, dtype=np.float64)
-        # the policy's vectorised parts (what apply_policy_many runs, without its per-request
+        # the policy's vectorised parts (what Policy.rank_many runs, without its per-request
         # sort: the balancer orders each request itself)
-        codes = rule_codes(status.banned_merchant, status.banned_entity, trust, self.policy_config)
+        codes = self.policy.rule_codes(status.banned_merchant, status.banned_entity, trust)
         passed = codes == 0
-        score = final_score(relevance, trust, self.policy_config, group=unique_sizes)
+        score = self.policy.score(relevance, trust, group=unique_sizes)
         if not passed.all():
             score = np.where(passed, score, -np.inf)
 

@@ -1,15 +1,22 @@
 """Ranking policy: hard rules first, then relevance combined with trust.
 
+One object, :class:`Policy`, owns the whole decision: its configuration
+(:class:`PolicyConfig`: what an operator sets), what it learns from data (:class:`PolicyState`:
+the purchase calibration and the bad-order model, set by :meth:`Policy.fit`), the hard rules
+(:meth:`Policy.rule_codes`) and the vectorised score (:meth:`Policy.score`). Serving
+(:class:`~trustfeed.ranker.pipeline.RankingPipeline`), offline evaluation, the training job and
+the tests all call these same methods.
+
 ``combine="expected_value"`` (the default): rank by expected net value per examination::
 
     score = sigmoid(a * relevance + b) * (1 - (1 + bad_cost) * sigmoid(c0 + c1 * logit(trust)))
 
 the calibrated purchase probability times the value of an order when a bad order costs
-``bad_cost`` good ones (2: net value = good - 2 x bad). ``(a, b)`` (``purchase_calibration``)
-and ``(c0, c1)`` (``bad_model``, ``c1 <= 0``) are fitted by the training job; the
+``bad_cost`` good ones (2: net value = good - 2 x bad). ``(a, b)`` (the purchase calibration)
+and ``(c0, c1)`` (the bad-order model, ``c1 <= 0``) are learned by :meth:`Policy.fit`; the
 derivation and the fits are in :mod:`trustfeed.ranker._expected_value`. ``bad_cost = 0``
 switches trust off like ``trust_weight = 0``: the score is then ``z(relevance)`` (below).
-Until both are fitted (a config written by hand) the policy falls back to the ``"logit"``
+Until the policy is fitted (a config written by hand) it falls back to the ``"logit"``
 formula with ``trust_weight``.
 
 ``combine="logit"``::
@@ -28,7 +35,7 @@ most at the extremes (a 0.05-trust merchant is pushed down hard, 0.5 vs 0.6 bare
 
 a bounded alternative where trust scales relevance (a zero-trust merchant scores zero).
 
-In both forms the score never decreases when trust rises (for ``trust_weight >= 0``), and
+In every form the score never decreases when trust rises (for ``trust_weight >= 0``), and
 ``trust_weight = 0`` ranks by relevance alone (the comparison arm). Hard rules run before
 any scoring and remove candidates with a reason: ``banned_merchant`` (the account is banned),
 ``banned_entity`` (another account of the same legal entity is banned, so a re-registered
@@ -45,20 +52,18 @@ from typing import Any
 import numpy as np
 
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
-from ._expected_value import check_parameters, expected_value_score
+from ._expected_value import check_parameters, expected_value_score, fit_bad_model, fit_purchase_calibration
 
 __all__ = [
+    "Policy",
     "PolicyConfig",
+    "PolicyState",
     "PolicyResult",
     "REASON_BANNED_MERCHANT",
     "REASON_BANNED_ENTITY",
     "REASON_TRUST_FLOOR",
     "REASONS",
-    "hard_rules",
-    "rule_codes",
-    "final_score",
-    "apply_policy",
-    "apply_policy_many",
+    "LEGACY_STATE_KEYS",
 ]
 
 REASON_BANNED_MERCHANT = "banned_merchant"
@@ -67,12 +72,17 @@ REASON_TRUST_FLOOR = "trust_floor"
 _COMBINES = ("expected_value", "logit", "multiplicative")
 _REASONS = np.array(["", REASON_TRUST_FLOOR, REASON_BANNED_ENTITY, REASON_BANNED_MERCHANT], dtype=object)
 REASONS: tuple[str, ...] = tuple(_REASONS.tolist())
-"""Filter reasons by :func:`rule_codes` code (``""``: the candidate stays)."""
+"""Filter reasons by :meth:`Policy.rule_codes` code (``""``: the candidate stays)."""
+
+LEGACY_STATE_KEYS = ("purchase_calibration", "bad_model")
+"""Fitted fields older bundles kept inside the policy config (see :meth:`Policy.from_dict`)."""
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """How the final order is made from relevance and trust (see the module docstring).
+
+    Only what an operator configures; what is learned from data is :class:`PolicyState`.
 
     Parameters
     ----------
@@ -89,18 +99,11 @@ class PolicyConfig:
         Trust is clipped to ``[eps, 1 - eps]`` before the logit.
     bad_cost
         ``"expected_value"``: what a bad order costs, in good orders (``>= 0``).
-    purchase_calibration
-        ``"expected_value"``: ``(a, b)`` with ``P(purchase | examined) = sigmoid(a * relevance + b)``,
-        ``a > 0``; fitted by training (``None``: not fitted).
-    bad_model
-        ``"expected_value"``: ``(c0, c1)`` with ``p_bad = sigmoid(c0 + c1 * logit(trust))``,
-        ``c1 <= 0``; fitted by training (``None``: not fitted).
 
     Examples
     --------
     >>> PolicyConfig.from_dict(PolicyConfig(trust_weight=0.5, combine="logit").to_dict())  # doctest: +NORMALIZE_WHITESPACE
-    PolicyConfig(trust_weight=0.5, combine='logit', trust_floor=None, filter_banned=True, eps=0.001,
-                 bad_cost=2.0, purchase_calibration=None, bad_model=None)
+    PolicyConfig(trust_weight=0.5, combine='logit', trust_floor=None, filter_banned=True, eps=0.001, bad_cost=2.0)
     """
 
     trust_weight: float = 1.0
@@ -109,8 +112,6 @@ class PolicyConfig:
     filter_banned: bool = True
     eps: float = 1e-3
     bad_cost: float = 2.0
-    purchase_calibration: tuple[float, float] | None = None
-    bad_model: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.trust_weight, (int, float)) and np.isfinite(self.trust_weight) and self.trust_weight >= 0):
@@ -121,10 +122,7 @@ class PolicyConfig:
             raise ConfigError(f"trust_floor must be in [0, 1] or None, got {self.trust_floor!r}")
         if not 0 < self.eps < 0.5:
             raise ConfigError(f"eps must be in (0, 0.5), got {self.eps!r}")
-        # JSON gives lists back: tuples keep from_dict(to_dict()) == config
-        calibration, bad = check_parameters(self.purchase_calibration, self.bad_model, self.bad_cost)
-        object.__setattr__(self, "purchase_calibration", calibration)
-        object.__setattr__(self, "bad_model", bad)
+        check_parameters(None, None, self.bad_cost)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able parameters."""
@@ -136,6 +134,48 @@ class PolicyConfig:
         known = {f.name for f in fields(cls)}
         reject_unknown_keys("PolicyConfig", values, known)
         return cls(**dict(values))
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What :meth:`Policy.fit` learns: the two maps of the expected-value score.
+
+    Parameters
+    ----------
+    purchase_calibration
+        ``(a, b)`` with ``P(purchase | examined) = sigmoid(a * relevance + b)``, ``a > 0``.
+    bad_model
+        ``(c0, c1)`` with ``p_bad = sigmoid(c0 + c1 * logit(trust))``, ``c1 <= 0``.
+
+    Examples
+    --------
+    >>> PolicyState.from_dict(PolicyState((1.3, -2.5), (-2.0, -0.8)).to_dict())
+    PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+    """
+
+    purchase_calibration: tuple[float, float]
+    bad_model: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        calibration, bad = check_parameters(self.purchase_calibration, self.bad_model, 0.0)
+        if calibration is None or bad is None:
+            raise ConfigError("PolicyState: purchase_calibration and bad_model are both required")
+        # JSON gives lists back: tuples keep from_dict(to_dict()) == state
+        object.__setattr__(self, "purchase_calibration", calibration)
+        object.__setattr__(self, "bad_model", bad)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fitted values."""
+        return {"purchase_calibration": list(self.purchase_calibration), "bad_model": list(self.bad_model)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PolicyState:
+        """Inverse of :meth:`to_dict`; unknown or missing keys are a :class:`ConfigError`."""
+        reject_unknown_keys("PolicyState", values, set(LEGACY_STATE_KEYS))
+        missing = [k for k in LEGACY_STATE_KEYS if k not in values]
+        if missing:
+            raise ConfigError(f"PolicyState: missing {missing}")
+        return cls(values["purchase_calibration"], values["bad_model"])
 
 
 @dataclass(frozen=True)
@@ -160,6 +200,216 @@ class PolicyResult:
     reasons: np.ndarray
 
 
+class Policy:
+    """Hard rules and the relevance x trust score: the one policy every path calls.
+
+    Parameters
+    ----------
+    config
+        :class:`PolicyConfig` (``None``: defaults).
+    state
+        Fitted :class:`PolicyState` (``None``: not fitted; :meth:`fit` sets it).
+
+    Attributes
+    ----------
+    fit_info_
+        Diagnostics of the last :meth:`fit` (the position coefficient, row counts), for logging.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> policy = Policy(PolicyConfig(trust_weight=1.0))
+    >>> policy.score([2.0, 1.0, 0.0], [0.1, 0.9, 0.9]).round(2).tolist()
+    [-0.97, 2.2, 0.97]
+    >>> Policy(PolicyConfig(trust_weight=0.0)).score([2.0, 1.0, 0.0], [0.1, 0.9, 0.9]).round(2).tolist()
+    [1.22, 0.0, -1.22]
+    >>> result = policy.rank([0.3, 2.0, 1.0], [0.8, 0.9, 0.7], [False, True, False], False)
+    >>> result.order.tolist(), result.filtered.tolist(), result.reasons.tolist()
+    ([2, 0], [1], ['banned_merchant'])
+    """
+
+    def __init__(self, config: PolicyConfig | None = None, state: PolicyState | None = None) -> None:
+        self.config = config if config is not None else PolicyConfig()
+        self.state = state
+        self.fit_info_: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Policy({self.config!r}, state={self.state!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and (self.config, self.state) == (other.config, other.state)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (fit), so not hashable
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the expected-value maps are learned (:meth:`fit` or a loaded state)."""
+        return self.state is not None
+
+    # ------------------------------------------------------------------ learning
+
+    def fit(
+        self,
+        relevance: Any,
+        purchased: Any,
+        position: Any,
+        trust: Any,
+        bad: Any,
+    ) -> Policy:
+        """Learn the purchase calibration and the bad-order model; returns ``self``.
+
+        Parameters
+        ----------
+        relevance, purchased, position
+            Per logged impression (the validation window): the model's raw score, whether
+            it was bought, its 1-based position (a nuisance covariate for position bias).
+        trust, bad
+            Per purchase (the training window): the merchant's trust when it was bought and
+            whether the order went bad.
+
+        A calibration whose relevance slope is not positive (a model whose score does not
+        predict purchases) leaves the policy unfitted, so it keeps the ``"logit"`` fallback;
+        ``fit_info_["fallback"]`` says so.
+        """
+        a, b, g = fit_purchase_calibration(relevance, purchased, position)
+        info: dict[str, Any] = {"purchase_a": a, "purchase_b": b, "purchase_log_position": g,
+                                "valid_purchases": int(np.asarray(purchased, dtype=bool).sum())}
+        if not a > 0:
+            info["fallback"] = "logit (a score that does not predict purchases)"
+            self.state, self.fit_info_ = None, info
+            return self
+        c0, c1 = fit_bad_model(trust, bad, self.config.eps)
+        bad_values = np.asarray(bad, dtype=np.float64)
+        info.update({"bad_c0": c0, "bad_c1": c1, "train_purchases": int(bad_values.size),
+                     "train_bad_rate": float(bad_values.mean()) if bad_values.size else float("nan")})
+        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1)), info
+        return self
+
+    # ------------------------------------------------------------------ the decision
+
+    def rule_codes(self, banned_merchant: Any, banned_entity: Any, trust: Any) -> np.ndarray:
+        """Hard rules as small integers: 0 stays, else the index of the reason in ``REASONS``.
+
+        A banned merchant reports ``banned_merchant`` even if its entity is banned too; NaN
+        trust is unknown, not low: the floor only removes what is known to be bad.
+        """
+        trust_values = np.asarray(trust, dtype=np.float64)
+        n = trust_values.shape[0] if trust_values.ndim else 1
+        merchant = _vector(banned_merchant, n, "banned_merchant", bool)
+        entity = _vector(banned_entity, n, "banned_entity", bool)
+        # integer codes, then one lookup into the reason strings (object arrays are slow to fill)
+        codes = np.zeros(n, dtype=np.int8)
+        if self.config.trust_floor is not None:
+            codes[trust_values < self.config.trust_floor] = 1
+        if self.config.filter_banned:
+            codes[entity] = 2
+            codes[merchant] = 3
+        return codes
+
+    def reasons(self, banned_merchant: Any, banned_entity: Any, trust: Any) -> np.ndarray:
+        """:meth:`rule_codes` as reason strings, ``""`` when the candidate stays (object array)."""
+        return _REASONS.take(self.rule_codes(banned_merchant, banned_entity, trust))
+
+    def score(self, relevance: Any, trust: Any, group: Any = None) -> np.ndarray:
+        """The combined score of every candidate (vectorised; hard rules not applied).
+
+        Parameters
+        ----------
+        relevance, trust
+            Model relevance and merchant trust in [0, 1] per candidate (NaN trust is taken as
+            0.5, i.e. no evidence either way; a NaN relevance ranks last in its request).
+        group
+            Request sizes when scoring many requests laid end to end (``None``: one request);
+            the relevance standardisation is per request.
+        """
+        config = self.config
+        rel = np.asarray(relevance, dtype=np.float64)
+        n = rel.shape[0]
+        trust_values = _vector(trust, n, "trust", np.float64)
+        expected_value = config.combine == "expected_value"
+        if expected_value and self.state is not None and config.trust_weight != 0 and config.bad_cost != 0:
+            # calibrated on the raw score: no per-request standardisation
+            trust_values = np.where(np.isnan(trust_values), 0.5, trust_values)
+            return expected_value_score(rel, trust_values, self.state.purchase_calibration, self.state.bad_model,
+                                        config.bad_cost, config.eps)
+        z = standardise_relevance(rel, None if group is None else _group_sizes(group, n))
+        if config.trust_weight == 0 or (expected_value and config.bad_cost == 0):
+            return z
+        # NaN trust is no evidence either way (0.5); infinities end at the clip bounds
+        clipped = np.clip(np.where(np.isnan(trust_values), 0.5, trust_values), config.eps, 1 - config.eps)
+        if config.combine != "multiplicative":  # "logit", and the unfitted "expected_value" fallback
+            return z + config.trust_weight * (np.log(clipped) - np.log1p(-clipped))
+        return (1.0 / (1.0 + np.exp(-z))) * clipped**config.trust_weight
+
+    def rank(self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any) -> PolicyResult:
+        """Hard rules, then the final order, for one request.
+
+        Ties keep the input order (a stable sort), so equal scores never shuffle.
+        """
+        rel = np.asarray(relevance, dtype=np.float64)
+        trust_values = _vector(trust, rel.shape[0], "trust", np.float64)
+        reasons = self.reasons(banned_merchant, banned_entity, trust_values)
+        kept = reasons == ""
+        score = np.where(kept, self.score(rel, trust_values), -np.inf)
+        kept_idx = np.flatnonzero(kept)
+        order = kept_idx[np.argsort(-score[kept_idx], kind="stable")]
+        filtered = np.flatnonzero(~kept)
+        return PolicyResult(order=order, score=score, filtered=filtered, reasons=reasons[filtered])
+
+    def rank_many(
+        self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any, group: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The vectorised form of :meth:`rank` over many requests laid end to end.
+
+        Returns
+        -------
+        score
+            Final score per row (``-inf`` for filtered rows).
+        rank
+            1-based rank of each kept row within its request (``0`` for filtered rows); the
+            same order :meth:`rank` gives request by request.
+        reasons
+            Filter reason per row (``""`` when kept).
+        """
+        rel = np.asarray(relevance, dtype=np.float64)
+        n = rel.shape[0]
+        trust_values = _vector(trust, n, "trust", np.float64)
+        sizes = _group_sizes(group, n)
+        ids = np.repeat(np.arange(sizes.size), sizes)
+        reasons = self.reasons(banned_merchant, banned_entity, trust_values)
+        kept = reasons == ""
+        score = np.where(kept, self.score(rel, trust_values, group=sizes), -np.inf)
+        # within each request: kept rows by descending score, ties in input order
+        order = np.lexsort((np.arange(n), -score, ~kept, ids))
+        rank = np.zeros(n, dtype=np.int64)
+        starts = np.searchsorted(ids[order], ids[order], side="left")
+        rank[order] = np.arange(n) - starts + 1
+        rank[~kept] = 0
+        return score, rank, reasons
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"config": ..., "state": ... or None}``, JSON-able."""
+        return {"config": self.config.to_dict(), "state": None if self.state is None else self.state.to_dict()}
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> Policy:
+        """Rebuild a policy from its config and fitted state.
+
+        A config written when the fitted maps lived in it (``purchase_calibration`` and
+        ``bad_model`` among its keys) still loads: those keys become the state.
+        """
+        values = dict(config)
+        legacy = {k: values.pop(k) for k in LEGACY_STATE_KEYS if k in values}
+        policy_config = PolicyConfig.from_dict(values)
+        if state is None and legacy:
+            if all(legacy.get(k) is None for k in LEGACY_STATE_KEYS):
+                return cls(policy_config)
+            state = legacy
+        return cls(policy_config, None if state is None else PolicyState.from_dict(state))
+
+
 def _vector(values: Any, n: int, name: str, dtype: Any) -> np.ndarray:
     array = np.asarray(values, dtype=dtype)
     if array.ndim == 0:
@@ -169,39 +419,6 @@ def _vector(values: Any, n: int, name: str, dtype: Any) -> np.ndarray:
     return array
 
 
-def hard_rules(
-    banned_merchant: Any,
-    banned_entity: Any,
-    trust: Any,
-    config: PolicyConfig,
-) -> np.ndarray:
-    """Reason each candidate is removed, ``""`` when it stays (object array).
-
-    A banned merchant reports ``banned_merchant`` even if its entity is banned too.
-    """
-    return _REASONS.take(rule_codes(banned_merchant, banned_entity, trust, config))
-
-
-def rule_codes(banned_merchant: Any, banned_entity: Any, trust: Any, config: PolicyConfig) -> np.ndarray:
-    """:func:`hard_rules` as small integers: 0 stays, else the index of the reason in ``REASONS``.
-
-    The per-request form: a test against 0 is cheaper than comparing reason strings.
-    """
-    trust_values = np.asarray(trust, dtype=np.float64)
-    n = trust_values.shape[0] if trust_values.ndim else 1
-    merchant = _vector(banned_merchant, n, "banned_merchant", bool)
-    entity = _vector(banned_entity, n, "banned_entity", bool)
-    # integer codes, then one lookup into the reason strings (object arrays are slow to fill)
-    codes = np.zeros(n, dtype=np.int8)
-    if config.trust_floor is not None:
-        # NaN trust is unknown, not low: the floor only removes what is known to be bad
-        codes[trust_values < config.trust_floor] = 1
-    if config.filter_banned:
-        codes[entity] = 2
-        codes[merchant] = 3
-    return codes
-
-
 def _group_sizes(group: Any, n: int) -> np.ndarray:
     sizes = np.asarray(group, dtype=np.int64)
     if sizes.ndim != 1 or (sizes < 0).any() or int(sizes.sum()) != n:
@@ -209,67 +426,44 @@ def _group_sizes(group: Any, n: int) -> np.ndarray:
     return sizes
 
 
-def _group_ids(group: Any, n: int) -> np.ndarray:
-    sizes = _group_sizes(group, n)
-    return np.repeat(np.arange(len(sizes)), sizes)
+def standardise_relevance(rel: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+    """Relevance z-scores within each request (mean 0, standard deviation 1 over finite values).
 
-
-def final_score(relevance: Any, trust: Any, config: PolicyConfig, group: Any = None) -> np.ndarray:
-    """The combined score of every candidate (vectorised).
-
-    Parameters
-    ----------
-    relevance, trust
-        Model relevance and merchant trust in [0, 1] per candidate (NaN trust is taken as
-        0.5, i.e. no evidence either way).
-    config
-        :class:`PolicyConfig`.
-    group
-        Request sizes when scoring many requests at once (``None``: one request); the
-        relevance standardisation is per request.
+    ``sizes``: request sizes of the rows laid end to end (``None``: one request). Sums run in
+    index order from ``0.0``, as ``np.bincount`` adds its weights, so a request scores bit for
+    bit the same alone and within a batch. A request whose candidates all score alike has no
+    spread to standardise (scale 1); a NaN relevance is ``-inf`` (last in its request).
 
     Examples
     --------
-    >>> import numpy as np
-    >>> final_score([2.0, 1.0, 0.0], [0.1, 0.9, 0.9], PolicyConfig(trust_weight=1.0)).round(2).tolist()
-    [-0.97, 2.2, 0.97]
-    >>> final_score([2.0, 1.0, 0.0], [0.1, 0.9, 0.9], PolicyConfig(trust_weight=0.0)).round(2).tolist()
-    [1.22, 0.0, -1.22]
+    >>> standardise_relevance(np.array([1.0, 3.0, 1.0, 5.0]), np.array([2, 2])).tolist()
+    [-1.0, 1.0, -1.0, 1.0]
     """
-    rel = np.asarray(relevance, dtype=np.float64)
-    n = rel.shape[0]
-    trust_values = _vector(trust, n, "trust", np.float64)
-    expected_value = config.combine == "expected_value"
-    if expected_value and config.bad_model is not None and config.trust_weight != 0 and config.bad_cost != 0:
-        # calibrated on the raw score: no per-request standardisation; NaN trust is 0.5
-        trust_values = np.where(np.isnan(trust_values), 0.5, trust_values)
-        return expected_value_score(rel, trust_values, config.purchase_calibration, config.bad_model,  # type: ignore[arg-type]
-                                    config.bad_cost, config.eps)
     finite = np.isfinite(rel)
-    if group is None:
-        z = _standardise_one(rel, finite)
-    elif _group_sizes(group, n).size == 1:
-        z = _standardise_sequential(rel, finite)  # one request (serving): no group bookkeeping
-    else:
-        ids = _group_ids(group, n)
-        n_groups = int(ids.max()) + 1 if n else 0
-        rel_clean = np.where(finite, rel, 0.0)
-        counts = np.bincount(ids, weights=finite.astype(float), minlength=n_groups)
-        sums = np.bincount(ids, weights=rel_clean, minlength=n_groups)
-        means = sums / np.maximum(counts, 1)
-        centred = np.where(finite, rel_clean - means[ids], 0.0)
-        variances = np.bincount(ids, weights=centred**2, minlength=n_groups) / np.maximum(counts, 1)
-        # a request whose candidates all score alike has no relevance spread to standardise
-        scale = np.where(variances > 1e-18, np.sqrt(variances), 1.0)
-        # a NaN relevance ranks below every scored candidate of its request
-        z = np.where(finite, centred / scale[ids], -np.inf) if n else centred
-    if config.trust_weight == 0 or (expected_value and config.bad_cost == 0):
-        return z
-    # NaN trust is no evidence either way (0.5); infinities end at the clip bounds
-    clipped = np.clip(np.where(np.isnan(trust_values), 0.5, trust_values), config.eps, 1 - config.eps)
-    if config.combine != "multiplicative":  # "logit", and the unfitted "expected_value" fallback
-        return z + config.trust_weight * (np.log(clipped) - np.log1p(-clipped))
-    return (1.0 / (1.0 + np.exp(-z))) * clipped**config.trust_weight
+    if sizes is None or sizes.size == 1:
+        # one request (serving): the grouped arithmetic below without its group bookkeeping
+        if finite.all():
+            count = max(rel.size, 1)
+            centred = rel - _sequential_sum(rel) / count
+            variance = _sequential_sum(centred * centred) / count
+            return centred / (math.sqrt(variance) if variance > 1e-18 else 1.0)
+        count = max(int(finite.sum()), 1)
+        clean = np.where(finite, rel, 0.0)
+        centred = np.where(finite, clean - _sequential_sum(clean) / count, 0.0)
+        variance = _sequential_sum(centred * centred) / count
+        return np.where(finite, centred / (math.sqrt(variance) if variance > 1e-18 else 1.0), -np.inf)
+    n = rel.shape[0]
+    if n == 0:
+        return rel.copy()
+    ids = np.repeat(np.arange(len(sizes)), sizes)
+    n_groups = len(sizes)
+    rel_clean = np.where(finite, rel, 0.0)
+    counts = np.bincount(ids, weights=finite.astype(float), minlength=n_groups)
+    means = np.bincount(ids, weights=rel_clean, minlength=n_groups) / np.maximum(counts, 1)
+    centred = np.where(finite, rel_clean - means[ids], 0.0)
+    variances = np.bincount(ids, weights=centred**2, minlength=n_groups) / np.maximum(counts, 1)
+    scale = np.where(variances > 1e-18, np.sqrt(variances), 1.0)
+    return np.where(finite, centred / scale[ids], -np.inf)
 
 
 def _sequential_sum(values: np.ndarray) -> float:
@@ -279,103 +473,3 @@ def _sequential_sum(values: np.ndarray) -> float:
     total from ``0.0`` has. ``np.sum`` would add pairwise and differ in the last bits.
     """
     return float(np.cumsum(values)[-1]) + 0.0 if values.size else 0.0
-
-
-def _standardise_sequential(rel: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """Relevance z-scores of one request, bit for bit what the grouped form gives it.
-
-    :func:`final_score` with ``group`` standardises each request with ``np.bincount`` sums;
-    this is the same arithmetic in the same order for one request, so a request scores
-    identically alone and within a batch.
-    """
-    if finite.all():
-        count = max(rel.size, 1)
-        centred = rel - _sequential_sum(rel) / count
-        variance = _sequential_sum(centred * centred) / count
-        return centred / (math.sqrt(variance) if variance > 1e-18 else 1.0)
-    count = max(int(finite.sum()), 1)
-    clean = np.where(finite, rel, 0.0)
-    centred = np.where(finite, clean - _sequential_sum(clean) / count, 0.0)
-    variance = _sequential_sum(centred * centred) / count
-    return np.where(finite, centred / (math.sqrt(variance) if variance > 1e-18 else 1.0), -np.inf)
-
-
-def _standardise_one(rel: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """Relevance z-scores within one request (the per-request fast path of the batch form)."""
-    if finite.all():
-        if len(rel) == 0:
-            return rel.copy()
-        centred = rel - rel.mean()
-        variance = float(np.dot(centred, centred)) / len(rel)
-        return centred / (np.sqrt(variance) if variance > 1e-18 else 1.0)
-    count = int(finite.sum())
-    clean = np.where(finite, rel, 0.0)
-    centred = np.where(finite, clean - (clean.sum() / max(count, 1)), 0.0)
-    variance = float(np.dot(centred, centred)) / max(count, 1)
-    return np.where(finite, centred / (np.sqrt(variance) if variance > 1e-18 else 1.0), -np.inf)
-
-
-def apply_policy(
-    relevance: Any,
-    trust: Any,
-    banned_merchant: Any,
-    banned_entity: Any,
-    config: PolicyConfig,
-) -> PolicyResult:
-    """Hard rules, then the final order, for one request.
-
-    Ties keep the input order (a stable sort), so equal scores never shuffle.
-
-    Examples
-    --------
-    >>> result = apply_policy([0.3, 2.0, 1.0], [0.8, 0.9, 0.7], [False, True, False], False, PolicyConfig())
-    >>> result.order.tolist(), result.filtered.tolist(), result.reasons.tolist()
-    ([2, 0], [1], ['banned_merchant'])
-    """
-    rel = np.asarray(relevance, dtype=np.float64)
-    n = rel.shape[0]
-    trust_values = _vector(trust, n, "trust", np.float64)
-    reasons = hard_rules(banned_merchant, banned_entity, trust_values, config)
-    score = final_score(rel, trust_values, config)
-    kept = reasons == ""
-    score = np.where(kept, score, -np.inf)
-    kept_idx = np.flatnonzero(kept)
-    order = kept_idx[np.argsort(-score[kept_idx], kind="stable")]
-    filtered = np.flatnonzero(~kept)
-    return PolicyResult(order=order, score=score, filtered=filtered, reasons=reasons[filtered])
-
-
-def apply_policy_many(
-    relevance: Any,
-    trust: Any,
-    banned_merchant: Any,
-    banned_entity: Any,
-    group: Any,
-    config: PolicyConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The vectorised form of :func:`apply_policy` over many requests laid end to end.
-
-    Returns
-    -------
-    score
-        Final score per row (``-inf`` for filtered rows).
-    rank
-        1-based rank of each kept row within its request (``0`` for filtered rows); the
-        same order :func:`apply_policy` gives request by request.
-    reasons
-        Filter reason per row (``""`` when kept).
-    """
-    rel = np.asarray(relevance, dtype=np.float64)
-    n = rel.shape[0]
-    trust_values = _vector(trust, n, "trust", np.float64)
-    ids = _group_ids(group, n)
-    reasons = hard_rules(banned_merchant, banned_entity, trust_values, config)
-    kept = reasons == ""
-    score = np.where(kept, final_score(rel, trust_values, config, group=group), -np.inf)
-    # within each request: kept rows by descending score, ties in input order
-    order = np.lexsort((np.arange(n), -score, ~kept, ids))
-    rank = np.zeros(n, dtype=np.int64)
-    starts = np.searchsorted(ids[order], ids[order], side="left")
-    rank[order] = np.arange(n) - starts + 1
-    rank[~kept] = 0
-    return score, rank, reasons

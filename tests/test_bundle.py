@@ -50,7 +50,7 @@ def test_round_trip_gives_identical_rankings_and_state(saved: tuple[Any, Path], 
         assert have["model"] == loaded.model_id and want["model"] is None
         assert {**have, "model": None} == want
     assert loaded.balancer.state_dict() == pipeline.balancer.state_dict()
-    assert loaded.policy_config == pipeline.policy_config
+    assert loaded.policy == pipeline.policy
     assert loaded.balancer.config == pipeline.balancer.config
     assert loaded.feature_names == pipeline.feature_names
 

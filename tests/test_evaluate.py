@@ -251,7 +251,7 @@ def test_evaluation_pipelines_see_trust_as_of_the_window_start(trained: Any) -> 
     assert served.snapshot.as_of > start
     assert pipeline.snapshot.as_of == start and pipeline.context.as_of == start
     assert pipeline.model is served.model and pipeline.feature_names == served.feature_names
-    assert plain_pipeline is not None and plain_pipeline.policy_config.trust_weight == 0.0
+    assert plain_pipeline is not None and plain_pipeline.policy.config.trust_weight == 0.0
     assert not any(name.startswith("merchant_trust") for name in plain_pipeline.feature_names)
 
 

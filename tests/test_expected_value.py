@@ -14,9 +14,14 @@ from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError
 from trustfeed.ranker import _expected_value as ev
-from trustfeed.ranker.policy import PolicyConfig, apply_policy, apply_policy_many, final_score
+from trustfeed.ranker.policy import Policy, PolicyConfig, PolicyState
 
-FITTED = PolicyConfig(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+STATE = PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+FITTED = Policy(PolicyConfig(), STATE)
+
+
+def _fitted(calibration: tuple[float, float], bad_model: tuple[float, float], **config: Any) -> Policy:
+    return Policy(PolicyConfig(**config), PolicyState(calibration, bad_model))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -72,10 +77,10 @@ def test_raising_trust_never_lowers_score_or_rank(rel: list[float], data: st.Dat
     i = data.draw(st.integers(0, n - 1))
     raised = trust.copy()
     raised[i] = data.draw(st.floats(trust[i], 1.0))
-    config = PolicyConfig(purchase_calibration=(1.0, -2.0), bad_model=(-1.5, c1), bad_cost=bad_cost)
-    assert final_score(rel, raised, config)[i] >= final_score(rel, trust, config)[i]
-    before = apply_policy(rel, trust, False, False, config).order.tolist().index(i)
-    after = apply_policy(rel, raised, False, False, config).order.tolist().index(i)
+    policy = _fitted((1.0, -2.0), (-1.5, c1), bad_cost=bad_cost)
+    assert policy.score(rel, raised)[i] >= policy.score(rel, trust)[i]
+    before = policy.rank(rel, trust, False, False).order.tolist().index(i)
+    after = policy.rank(rel, raised, False, False).order.tolist().index(i)
     assert after <= before
 
 
@@ -85,8 +90,8 @@ def test_raising_trust_never_lowers_score_or_rank(rel: list[float], data: st.Dat
        data=st.data())
 def test_zero_bad_cost_is_the_relevance_order(rel: list[float], data: st.DataObject) -> None:
     trust = data.draw(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=len(rel), max_size=len(rel)))
-    config = PolicyConfig(purchase_calibration=(0.7, -1.0), bad_model=(-1.0, -2.0), bad_cost=0.0)
-    order = apply_policy(rel, trust, False, False, config).order
+    policy = _fitted((0.7, -1.0), (-1.0, -2.0), bad_cost=0.0)
+    order = policy.rank(rel, trust, False, False).order
     assert order.tolist() == np.argsort(-np.asarray(rel), kind="stable").tolist()
 
 
@@ -100,8 +105,8 @@ def test_high_converting_low_trust_merchant_drops_exactly_when_net_value_says_so
     for lift in np.linspace(0.0, 3.0, 31):  # how much better the risky one converts
         relevance = [base + lift, base]  # risky first in input order
         for bad_cost in (0.5, 1.0, 2.0, 4.0):
-            config = PolicyConfig(purchase_calibration=(a, b), bad_model=(c0, c1), bad_cost=bad_cost)
-            order = apply_policy(relevance, [risky, trustworthy], False, False, config).order.tolist()
+            policy = _fitted((a, b), (c0, c1), bad_cost=bad_cost)
+            order = policy.rank(relevance, [risky, trustworthy], False, False).order.tolist()
             value_risky = _sigmoid(a * (base + lift) + b) * (1 - (1 + bad_cost) * p_bad_risky)
             value_good = _sigmoid(a * base + b) * (1 - (1 + bad_cost) * p_bad_good)
             if abs(value_risky - value_good) < 1e-12:
@@ -109,70 +114,95 @@ def test_high_converting_low_trust_merchant_drops_exactly_when_net_value_says_so
             expected = [0, 1] if value_risky > value_good else [1, 0]
             assert order == expected, (lift, bad_cost)
         # bad_cost = 0 is the comparison arm: trust off, relevance decides
-        off = PolicyConfig(purchase_calibration=(a, b), bad_model=(c0, c1), bad_cost=0.0)
+        off = _fitted((a, b), (c0, c1), bad_cost=0.0)
         if lift > 0:
-            assert apply_policy(relevance, [risky, trustworthy], False, False, off).order.tolist() == [0, 1]
+            assert off.rank(relevance, [risky, trustworthy], False, False).order.tolist() == [0, 1]
     # and the switch really happens inside the grid at the default cost of 2
-    config = PolicyConfig(purchase_calibration=(a, b), bad_model=(c0, c1))
-    assert apply_policy([0.2, 0.0], [risky, trustworthy], False, False, config).order.tolist() == [1, 0]
-    assert apply_policy([3.0, 0.0], [risky, trustworthy], False, False, config).order.tolist() == [0, 1]
+    policy = _fitted((a, b), (c0, c1))
+    assert policy.rank([0.2, 0.0], [risky, trustworthy], False, False).order.tolist() == [1, 0]
+    assert policy.rank([3.0, 0.0], [risky, trustworthy], False, False).order.tolist() == [0, 1]
 
 
 def test_batch_form_nan_and_trust_weight_zero() -> None:
     rel = np.array([1.0, np.nan, 0.5, 2.0, -1.0])
     trust = np.array([0.9, 0.9, np.nan, 0.1, 0.5])
-    one = final_score(rel, trust, FITTED)
+    one = FITTED.score(rel, trust)
     assert np.isneginf(one[1]) and np.isfinite(one[[0, 2, 3, 4]]).all()
     # NaN trust is neutral (0.5), the same as an explicit 0.5
-    assert one[2] == final_score(rel[[2]], [0.5], FITTED)[0]
-    score, rank, _ = apply_policy_many(rel, trust, False, False, [2, 3], FITTED)
+    assert one[2] == FITTED.score(rel[[2]], [0.5])[0]
+    score, rank, _ = FITTED.rank_many(rel, trust, False, False, [2, 3])
     np.testing.assert_array_equal(score, one)
     assert rank.tolist() == [1, 2, 1, 2, 3] or rank[:2].tolist() == [1, 2]
-    off = PolicyConfig(trust_weight=0.0, purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+    off = _fitted((1.3, -2.5), (-2.0, -0.8), trust_weight=0.0)
     finite = np.isfinite(rel)
-    order = apply_policy(rel[finite], trust[finite], False, False, off).order
+    order = off.rank(rel[finite], trust[finite], False, False).order
     assert order.tolist() == np.argsort(-rel[finite]).tolist()
 
 
 def test_unfitted_expected_value_falls_back_to_the_logit_formula(rng: np.random.Generator) -> None:
     rel, trust = rng.normal(size=12), rng.random(12)
-    fallback = final_score(rel, trust, PolicyConfig(trust_weight=0.7))
-    logit = final_score(rel, trust, PolicyConfig(trust_weight=0.7, combine="logit"))
+    fallback = Policy(PolicyConfig(trust_weight=0.7)).score(rel, trust)
+    logit = Policy(PolicyConfig(trust_weight=0.7, combine="logit")).score(rel, trust)
     np.testing.assert_array_equal(fallback, logit)
 
 
-def test_config_validation_and_json_round_trip() -> None:
-    for bad in (
-        {"bad_cost": -1.0},
-        {"bad_cost": float("inf")},
-        {"purchase_calibration": (1.0, 0.0)},  # without bad_model
-        {"purchase_calibration": (0.0, 0.0), "bad_model": (0.0, -1.0)},  # a <= 0
-        {"purchase_calibration": (1.0, 0.0), "bad_model": (0.0, 0.5)},  # c1 > 0
-        {"purchase_calibration": (1.0, 0.0, 3.0), "bad_model": (0.0, -1.0)},
-        {"purchase_calibration": (1.0, float("nan")), "bad_model": (0.0, -1.0)},
-        {"purchase_calibration": "ab", "bad_model": (0.0, -1.0)},
+def test_config_and_state_validation_and_json_round_trip() -> None:
+    for bad_config in ({"bad_cost": -1.0}, {"bad_cost": float("inf")}, {"purchase_calibration": (1.0, 0.0)}):
+        with pytest.raises(ConfigError):  # what is learned is no longer configured
+            PolicyConfig.from_dict(bad_config)
+    for calibration, bad_model in (
+        ((0.0, 0.0), (0.0, -1.0)),  # a <= 0
+        ((1.0, 0.0), (0.0, 0.5)),  # c1 > 0
+        ((1.0, 0.0, 3.0), (0.0, -1.0)),
+        ((1.0, float("nan")), (0.0, -1.0)),
+        ("ab", (0.0, -1.0)),
+        ((1.0, 0.0), None),  # fitted together or not at all
     ):
         with pytest.raises(ConfigError):
-            PolicyConfig(**bad)
-    back = PolicyConfig.from_dict(json.loads(json.dumps(FITTED.to_dict())))
-    assert back == FITTED and isinstance(back.bad_model, tuple)
+            PolicyState(calibration, bad_model)  # type: ignore[arg-type]
+    saved = json.loads(json.dumps(FITTED.to_dict()))
+    back = Policy.from_dict(saved["config"], saved["state"])
+    assert back == FITTED and isinstance(back.state.bad_model, tuple)  # type: ignore[union-attr]
+    # a config from before the fitted state had its own place still loads, with its state
+    legacy = {**FITTED.config.to_dict(), **STATE.to_dict()}
+    assert Policy.from_dict(legacy) == FITTED
+    assert not Policy.from_dict({**FITTED.config.to_dict(), "purchase_calibration": None, "bad_model": None}).is_fitted
+
+
+def test_fit_learns_the_state_and_a_useless_score_keeps_the_fallback(rng: np.random.Generator) -> None:
+    n = 20000
+    score, position = rng.normal(size=n), rng.integers(1, 11, n)
+    purchased = rng.random(n) < _sigmoid(1.2 * score - 2.5 - 0.5 * np.log(position))
+    trust = rng.beta(2.6, 1.6, n)
+    bad = rng.random(n) < _sigmoid(-2.0 - 0.8 * np.log(trust / (1 - trust)))
+    policy = Policy().fit(score, purchased, position, trust, bad)
+    assert policy.is_fitted and policy.state is not None
+    np.testing.assert_allclose(policy.state.purchase_calibration, (1.2, -2.5), atol=0.15)
+    np.testing.assert_allclose(policy.state.bad_model, (-2.0, -0.8), atol=0.15)
+    assert policy.fit_info_["train_purchases"] == n
+    # the fitted policy ranks by expected net value, the unfitted one by the logit fallback
+    assert not np.array_equal(policy.score(score[:5], trust[:5]), Policy().score(score[:5], trust[:5]))
+    useless = Policy().fit(-score, purchased, position, trust, bad)
+    assert not useless.is_fitted and "fallback" in useless.fit_info_
 
 
 def test_bundle_round_trip_keeps_the_fitted_policy(fx: Any, tmp_path: Path) -> None:
     from trustfeed.ranker.bundle import load_bundle, save_bundle
 
     pipeline = fx.make_pipeline(fx.trained_parts(), balancer=False)
-    pipeline.policy_config = FITTED
+    pipeline.policy = FITTED
     requests = fx.trained_parts().requests[:10]
     before = pipeline.rank_many(requests, record=False)
     save_bundle(pipeline, tmp_path / "bundle")
+    assert json.loads((tmp_path / "bundle" / "policy_state.json").read_text()) == STATE.to_dict()
+    assert "bad_model" not in json.loads((tmp_path / "bundle" / "policy.json").read_text())
     loaded = load_bundle(tmp_path / "bundle")
-    assert loaded.policy_config == FITTED
+    assert loaded.policy == FITTED
     after = loaded.rank_many(requests, record=False)
-    assert [[i["stream_id"] for i in r["items"]] for r in after] == [[i["stream_id"] for i in r["items"]] for r in before]
+    assert [{**r, "model": None} for r in after] == before
     # the served score is the expected net value: a probability times a value <= 1
     scores = np.array([i["score"] for r in after for i in r["items"]])
-    assert (scores <= 1.0).all() and (scores >= -FITTED.bad_cost).all()
+    assert (scores <= 1.0).all() and (scores >= -FITTED.config.bad_cost).all()
 
 
 def test_training_fits_the_policy_and_a_relative_balancer_target(trained: Any) -> None:
@@ -182,10 +212,10 @@ def test_training_fits_the_policy_and_a_relative_balancer_target(trained: Any) -
 
     params = MlflowClient(tracking_uri=trained.server.uri).get_run(trained.result.run_id).data.params
     served = load_bundle(trained.result.bundle_dir)
-    policy, balancer = served.policy_config, served.balancer.config
-    assert policy.combine == "expected_value" and policy.purchase_calibration is not None
-    a, b = policy.purchase_calibration
-    c0, c1 = policy.bad_model
+    policy, balancer = served.policy, served.balancer.config
+    assert policy.config.combine == "expected_value" and policy.state is not None
+    a, b = policy.state.purchase_calibration
+    c0, c1 = policy.state.bad_model
     assert a > 0 and c1 <= 0
     assert (float(params["fitted.policy.purchase_a"]), float(params["fitted.policy.purchase_b"])) == (a, b)
     assert (float(params["fitted.policy.bad_c0"]), float(params["fitted.policy.bad_c1"])) == (c0, c1)

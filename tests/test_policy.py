@@ -11,13 +11,7 @@ from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError, SchemaError
 from trustfeed.ranker import policy as policy_module
-from trustfeed.ranker.policy import (
-    PolicyConfig,
-    apply_policy,
-    apply_policy_many,
-    final_score,
-    hard_rules,
-)
+from trustfeed.ranker.policy import Policy, PolicyConfig, standardise_relevance
 
 relevances = st.floats(-50, 50, allow_nan=False)
 trusts = st.floats(0.0, 1.0, allow_nan=False)
@@ -39,24 +33,22 @@ def test_config_validation_and_round_trip():
 
 
 def test_hard_rules_and_reasons():
-    reasons = hard_rules(
+    reasons = Policy(PolicyConfig(trust_floor=0.1)).reasons(
         banned_merchant=[True, False, False, True, False],
         banned_entity=[True, True, False, False, False],
         trust=[0.9, 0.9, 0.05, 0.9, np.nan],
-        config=PolicyConfig(trust_floor=0.1),
     )
     assert reasons.tolist() == ["banned_merchant", "banned_entity", "trust_floor", "banned_merchant", ""]
-    no_rules = hard_rules([True], [True], [0.0], PolicyConfig(filter_banned=False))
+    no_rules = Policy(PolicyConfig(filter_banned=False)).reasons([True], [True], [0.0])
     assert no_rules.tolist() == [""]
 
 
 def test_every_candidate_comes_back_exactly_once():
-    result = apply_policy(
+    result = Policy().rank(
         relevance=[3.0, 2.0, 1.0, 0.0],
         trust=[0.9, 0.9, 0.9, 0.9],
         banned_merchant=[False, True, False, False],
         banned_entity=[False, False, True, False],
-        config=PolicyConfig(),
     )
     assert result.order.tolist() == [0, 3]
     assert result.filtered.tolist() == [1, 2] and result.reasons.tolist() == ["banned_merchant", "banned_entity"]
@@ -65,24 +57,24 @@ def test_every_candidate_comes_back_exactly_once():
 
 
 def test_empty_single_and_nan():
-    empty = apply_policy([], [], [], [], PolicyConfig())
+    empty = Policy(PolicyConfig()).rank([], [], [], [])
     assert empty.order.size == 0 and empty.filtered.size == 0
-    single = apply_policy([1.0], [0.5], False, False, PolicyConfig())
+    single = Policy(PolicyConfig()).rank([1.0], [0.5], False, False)
     assert single.order.tolist() == [0]
-    nan_relevance = apply_policy([np.nan, 0.0, 1.0], [0.5, 0.5, 0.5], False, False, PolicyConfig())
+    nan_relevance = Policy(PolicyConfig()).rank([np.nan, 0.0, 1.0], [0.5, 0.5, 0.5], False, False)
     assert nan_relevance.order.tolist() == [2, 1, 0]  # unknown relevance goes last, not first
-    nan_trust = final_score([1.0, 0.0], [np.nan, 0.5], PolicyConfig())
+    nan_trust = Policy(PolicyConfig()).score([1.0, 0.0], [np.nan, 0.5])
     assert nan_trust[0] > nan_trust[1]  # NaN trust is neutral (0.5), not a penalty or a crash
     with pytest.raises(SchemaError):
-        final_score([1.0, 2.0], [0.5, 0.5, 0.5], PolicyConfig())
+        Policy(PolicyConfig()).score([1.0, 2.0], [0.5, 0.5, 0.5])
 
 
 def test_trust_weight_zero_is_relevance_order():
     rel = np.array([0.2, 3.0, -1.0, 1.5])
     trust = np.array([0.99, 0.01, 0.99, 0.5])
-    off = apply_policy(rel, trust, False, False, PolicyConfig(trust_weight=0.0))
+    off = Policy(PolicyConfig(trust_weight=0.0)).rank(rel, trust, False, False)
     assert off.order.tolist() == np.argsort(-rel).tolist()
-    on = apply_policy(rel, trust, False, False, PolicyConfig(trust_weight=1.0))
+    on = Policy(PolicyConfig(trust_weight=1.0)).rank(rel, trust, False, False)
     assert on.order[0] != 1  # the 0.01-trust candidate loses the top slot once trust counts
 
 
@@ -100,9 +92,9 @@ def test_raising_trust_never_lowers_score_or_rank(rel, data, weight, combine):
     raised = trust.copy()
     raised[i] = data.draw(st.floats(trust[i], 1.0))
     config = PolicyConfig(trust_weight=weight, combine=combine)
-    assert final_score(rel, raised, config)[i] >= final_score(rel, trust, config)[i]
-    before = apply_policy(rel, trust, False, False, config).order.tolist().index(i)
-    after = apply_policy(rel, raised, False, False, config).order.tolist().index(i)
+    assert Policy(config).score(rel, raised)[i] >= Policy(config).score(rel, trust)[i]
+    before = Policy(config).rank(rel, trust, False, False).order.tolist().index(i)
+    after = Policy(config).rank(rel, raised, False, False).order.tolist().index(i)
     assert after <= before
 
 
@@ -111,9 +103,9 @@ def test_raising_trust_never_lowers_score_or_rank(rel, data, weight, combine):
 def test_order_is_invariant_to_the_models_score_scale(rel, scale, shift, data):
     trust = data.draw(st.lists(trusts, min_size=len(rel), max_size=len(rel)))
     config = PolicyConfig(trust_weight=1.0)
-    base = apply_policy(rel, trust, False, False, config).order
-    moved = apply_policy(np.array(rel) * scale + shift, trust, False, False, config).order
-    z = final_score(rel, trust, config)
+    base = Policy(config).rank(rel, trust, False, False).order
+    moved = Policy(config).rank(np.array(rel) * scale + shift, trust, False, False).order
+    z = Policy(config).score(rel, trust)
     # exact ties may resolve either way after rounding; compare only when scores are distinct
     if len(np.unique(np.round(z, 6))) == len(z):
         assert base.tolist() == moved.tolist()
@@ -128,14 +120,46 @@ def test_batch_form_equals_request_by_request(sizes, data):
     banned = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
     entity = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
     config = PolicyConfig(trust_weight=0.7, trust_floor=0.05)
-    score, rank, reasons = apply_policy_many(rel, trust, banned, entity, sizes, config)
+    score, rank, reasons = Policy(config).rank_many(rel, trust, banned, entity, sizes)
     start = 0
     for size in sizes:
         part = slice(start, start + size)
-        one = apply_policy(rel[part], trust[part], banned[part], entity[part], config)
+        one = Policy(config).rank(rel[part], trust[part], banned[part], entity[part])
         np.testing.assert_allclose(score[part], one.score)
         expected_rank = np.zeros(size, dtype=int)
         expected_rank[one.order] = np.arange(1, len(one.order) + 1)
         assert rank[part].tolist() == expected_rank.tolist()
         assert reasons[part][one.filtered].tolist() == one.reasons.tolist()
         start += size
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 8), min_size=1, max_size=6), data=st.data())
+def test_one_standardisation_scores_a_request_alone_as_within_a_batch(sizes, data):
+    n = sum(sizes)
+    rel = np.array(data.draw(st.lists(st.one_of(relevances, st.just(np.nan)), min_size=n, max_size=n)), dtype=float)
+    batch = standardise_relevance(rel, np.array(sizes))
+    start = 0
+    for size in sizes:
+        alone = standardise_relevance(rel[start : start + size])
+        # bit for bit: serving scores one request, evaluation many at once
+        assert batch[start : start + size].tobytes() == alone.tobytes()
+        finite = np.isfinite(rel[start : start + size])
+        if finite.sum() > 1 and np.ptp(rel[start : start + size][finite]) > 1e-6:
+            assert abs(alone[finite].mean()) < 1e-9 and alone[finite].std() == pytest.approx(1.0)
+        start += size
+
+
+def test_the_pipeline_ranks_with_the_policy_it_holds(fx):
+    """The property tests above exercise the code serving runs: the pipeline's scores are Policy.score's."""
+    parts = fx.trained_parts()
+    pipeline = fx.make_pipeline(parts, balancer=False, trust_weight=0.8)
+    assert isinstance(pipeline.policy, Policy) and pipeline.policy.config.trust_weight == 0.8
+    request = parts.requests[3]
+    response = pipeline.rank(request, record=False)
+    relevance = np.array([item["relevance"] for item in response["items"]])
+    trust = np.array([np.nan if item["trust"] is None else item["trust"] for item in response["items"]])
+    expected = pipeline.policy.score(relevance, trust)
+    # items come back in policy order, so the standardisation is over the same candidates
+    assert [item["score"] for item in response["items"]] == pytest.approx(expected.tolist(), rel=1e-12, abs=1e-12)
+    assert np.all(np.diff(expected) <= 0)

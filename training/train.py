@@ -46,7 +46,7 @@ from ..features.io import atomic_file
 from ..features.progress import NullProgress, Progress
 from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMARTConfig
-from ..ranker.policy import PolicyConfig
+from ..ranker.policy import Policy, PolicyConfig
 from .dataset import DatasetConfig
 from .evaluation import (
     EVALUATION_DIR,
@@ -412,43 +412,37 @@ def _creator_gini(part: Any, score: np.ndarray) -> float:
 
 def fit_policy_and_target(
     config: TrainJobConfig, model: Any, fit_part: Any, valid_part: Any, events: Any, progress: Progress | None = None
-) -> tuple[PolicyConfig, BalancerConfig, dict[str, Any]]:
-    """The policy and balancer configs to serve, with what was fitted from the data.
+) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
+    """The policy and balancer to serve, with what was fitted from the data.
 
-    * ``combine="expected_value"`` without fitted parameters: the purchase calibration
-      ``(a, b)`` from a logistic regression of ``purchased`` on the model score and
-      ``log(position)`` over the validation window, and the bad-order model ``(c0, c1)``
-      from a logistic regression of bad outcomes on ``logit(trust)`` over the purchases of
-      the training window (trust as of each impression's snapshot; ``c1 <= 0``; purchases
-      from cold-start merchants, whose trust is only the prior, are left out). A slope
-      ``a <= 0`` (a model whose score does not predict purchases) keeps the policy unfitted,
-      which falls back to the ``"logit"`` formula, and says so in ``fitted``.
+    * ``combine="expected_value"``: :meth:`Policy.fit <trustfeed.ranker.policy.Policy.fit>`
+      learns the purchase calibration ``(a, b)`` from ``purchased`` against the model score
+      and ``log(position)`` over the validation window, and the bad-order model ``(c0, c1)``
+      from bad outcomes against ``logit(trust)`` over the purchases of the training window
+      (trust as of each impression's snapshot; ``c1 <= 0``; purchases from cold-start
+      merchants, whose trust is only the prior, are left out). Too few purchases, no trust
+      feature, or a slope ``a <= 0`` (a model whose score does not predict purchases) leave
+      the policy unfitted, which falls back to the ``"logit"`` formula, and ``fitted`` says so.
     * ``target_gini_ratio`` set: ``balancer.target_gini = ratio x`` the creator-exposure
       Gini of the unbalanced policy ranking of the validation requests (hard rules are not
       applied there: the frame keeps no ban flags, and bans remove few candidates).
 
     Returns
     -------
-    (PolicyConfig, BalancerConfig, dict)
+    (Policy, BalancerConfig, dict)
         The third item holds the fitted values (logged as MLflow params ``fitted.*``).
     """
-    from ..ranker._expected_value import fit_bad_model, fit_purchase_calibration
-    from ..ranker.policy import final_score
-
     progress = progress or NullProgress()
-    policy, balancer = config.policy, config.balancer
+    policy, balancer = Policy(config.policy), config.balancer
     fitted: dict[str, Any] = {}
     trust_column = "merchant_trust_index"
     impressions = events["impressions"]
     valid_score = np.asarray(model.predict(valid_part.features()), dtype=np.float64)
-    if policy.combine == "expected_value" and policy.bad_model is None:
+    if policy.config.combine == "expected_value":
         progress("fitting the expected-value policy: purchase calibration and bad-order model")
         flags = _purchased(impressions)
         rows = _impression_rows(valid_part, impressions)
         purchased = np.where(rows >= 0, flags[np.maximum(rows, 0)], False)
-        a, b, g = fit_purchase_calibration(valid_score, purchased, valid_part.positions)
-        fitted.update({"policy.purchase_a": a, "policy.purchase_b": b, "policy.purchase_log_position": g,
-                       "policy.valid_purchases": int(purchased.sum())})
         train_rows = _impression_rows(fit_part, impressions)
         bought = np.where(train_rows >= 0, flags[np.maximum(train_rows, 0)], False)
         if "merchant_cold_start" in fit_part.frame.columns:
@@ -457,21 +451,19 @@ def fit_policy_and_target(
             cold = fit_part.frame["merchant_cold_start"].to_numpy(dtype=np.float64) > 0.5
             fitted["policy.cold_start_purchases_left_out"] = int((bought & cold).sum())
             bought &= ~cold
-        if (trust_column not in fit_part.frame.columns or purchased.sum() < _MIN_PURCHASES
-                or bought.sum() < _MIN_PURCHASES or not a > 0):
-            fitted["policy.fallback"] = "logit (no trust feature, no purchases, or a score that does not predict purchases)"
+        if trust_column not in fit_part.frame.columns or purchased.sum() < _MIN_PURCHASES or bought.sum() < _MIN_PURCHASES:
+            fitted.update({"policy.valid_purchases": int(purchased.sum()),
+                           "policy.fallback": "logit (no trust feature, or too few purchases)"})
         else:
             purchases = impressions.iloc[train_rows[bought]].reset_index(drop=True)
             bad = _bad_purchases(purchases, events, config.dataset.label_horizon_days)
             trust = fit_part.frame[trust_column].to_numpy(dtype=np.float64)[bought]
-            c0, c1 = fit_bad_model(trust, bad, policy.eps)
-            fitted.update({"policy.bad_c0": c0, "policy.bad_c1": c1, "policy.train_purchases": int(bought.sum()),
-                           "policy.train_bad_rate": float(bad.mean())})
-            policy = replace(policy, purchase_calibration=(a, b), bad_model=(c0, c1))
+            policy.fit(valid_score, purchased, valid_part.positions, trust, bad)
+            fitted.update({f"policy.{k}": v for k, v in policy.fit_info_.items()})
     if config.target_gini_ratio is not None:
         trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
                  else np.full(len(valid_part), np.nan))
-        unbalanced = _creator_gini(valid_part, final_score(valid_score, trust, policy, group=valid_part.groups()))
+        unbalanced = _creator_gini(valid_part, policy.score(valid_score, trust, group=valid_part.groups()))
         target = float(np.clip(config.target_gini_ratio * unbalanced, 0.01, 0.99))
         balancer = replace(balancer, target_gini=target)
         fitted.update({"balancer.unbalanced_valid_gini": unbalanced, "balancer.target_gini": target})
@@ -695,7 +687,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
             monotone=plain_schema["monotone"], feature_schema=plain_schema,
         )
 
-    policy_config, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress)
+    policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress)
 
     # --- the bundle, saved locally before anything else goes to the tracking store
     local = _local_run_dir(config, run.run_id)
@@ -703,7 +695,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     serving_snapshot = build_snapshot(events, windows.end, config=trust_config)
     serving_context = build_context_tables(events, windows.end, config.context)
     pipeline = RankingPipeline(
-        FeatureAssembler(serving_snapshot, serving_context, schema=frame.schema), model, policy_config,
+        FeatureAssembler(serving_snapshot, serving_context, schema=frame.schema), model, policy,
         ExposureBalancer(balancer_config), snapshot=serving_snapshot, context=serving_context,
     )
     bundle_dir = local / BUNDLE_DIR

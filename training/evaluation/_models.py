@@ -58,7 +58,7 @@ def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -
     context = build_context_tables(events, as_of, context_config)
     balancer = ExposureBalancer(served.balancer.config) if served.balancer is not None else None
     pipeline = RankingPipeline(
-        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy_config,
+        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy,
         balancer, snapshot=snapshot, context=context, model_id=served.model_id,
     )
     plain_pipeline = None
@@ -67,6 +67,6 @@ def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -
             # the same hard rules as the served pipeline: a ban is a platform decision every
             # ranker must respect, so the comparison isolates trust features and trust in the score
             FeatureAssembler(snapshot, context, schema=plain.feature_schema_), plain,
-            PolicyConfig(trust_weight=0.0, filter_banned=served.policy_config.filter_banned), None,
+            PolicyConfig(trust_weight=0.0, filter_banned=served.policy.config.filter_banned), None,
         )
     return pipeline, plain_pipeline

@@ -375,7 +375,7 @@ def _without_balancer(pipeline: Any) -> Any:
     """The same assembler, model and policy, ranking by the policy score alone."""
     from ...ranker.pipeline import RankingPipeline
 
-    return RankingPipeline(pipeline.assembler, pipeline.model, pipeline.policy_config, None,
+    return RankingPipeline(pipeline.assembler, pipeline.model, pipeline.policy, None,
                            snapshot=pipeline.snapshot, context=pipeline.context, model_id=pipeline.model_id)
 
 
