@@ -45,11 +45,11 @@ def golden() -> Any:
 
 def test_golden_inputs_are_complete(golden: Any) -> None:
     """The fixed inputs cover the paths a response can take: ranked, filtered, refused."""
-    from trustfeed.ranker.bundle import verify_bundle
+    from trustfeed.ranker.bundle import load_bundle, verify_bundle
 
     verify_bundle(golden.BUNDLE_DIR)
-    policy = json.loads((golden.BUNDLE_DIR / "policy.json").read_text())
-    assert policy["combine"] == "expected_value" and policy["bad_model"] is not None, "the golden policy must be fitted"
+    policy = load_bundle(golden.BUNDLE_DIR).policy  # the committed bundle keeps its fitted state in policy.json
+    assert policy.config.combine == "expected_value" and policy.is_fitted, "the golden policy must be fitted"
     expected = [json.loads(line) for line in golden.RESPONSES_FILE.read_text().splitlines()]
     assert len(expected) == len(golden.REQUESTS_FILE.read_text().splitlines()) >= 50
     assert any(r.get("filtered") for r in expected), "no response with a filtered candidate"
