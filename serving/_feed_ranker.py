@@ -208,6 +208,45 @@ class FeedRanker:
             self._source = os.fspath(model_uri)
             return fresh.model_id
 
+    def reload_snapshot(self, snapshot: Any, context: Any = None) -> str | None:
+        """Swap in a freshly built trust snapshot (and context tables) for the current model.
+
+        The production loop rebuilds the snapshot on a schedule from the latest events; the
+        model did not change, so nothing is re-read or re-verified: a new pipeline with the
+        current model, feature layout, policy and balancer is built in memory around the new
+        snapshot, then swapped in as one reference (as :meth:`reload` does). The balancer and
+        its exposure ledger carry over as they are.
+
+        Parameters
+        ----------
+        snapshot
+            A :class:`~trustfeed.features.trust.TrustSnapshot` (e.g. ``build_snapshot(events, now)``).
+        context
+            :class:`~trustfeed.features.context.ContextTables` built at the same time
+            (``None``: keep the current ones).
+
+        Returns
+        -------
+        str or None
+            The id of the model now serving (unchanged).
+        """
+        from ..features.context import FeatureAssembler
+
+        with self._reload_lock:
+            current = self._pipeline
+            tables = context if context is not None else current.context
+            fresh = RankingPipeline(
+                FeatureAssembler(snapshot, tables, schema=current.assembler.schema()),
+                current.model,
+                current.policy_config,
+                current.balancer,
+                snapshot=snapshot,
+                context=tables,
+                model_id=current.model_id,
+            )
+            self._pipeline = fresh
+            return fresh.model_id
+
 
 def _load_pipeline(
     model_uri: str | os.PathLike[str],

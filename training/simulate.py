@@ -563,6 +563,45 @@ def _livestreams(
 # --------------------------------------------------------------------------- feed
 
 
+def impression_probabilities(
+    config: SimConfig,
+    merchants: Mapping[str, np.ndarray],
+    creators: Mapping[str, np.ndarray],
+    merchant: np.ndarray,
+    creator: np.ndarray,
+    category: np.ndarray,
+    affinity: np.ndarray,
+    follows_creator: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``p_click``, ``p_purchase``, ``p_bad_order``, ``p_bad`` of feed impressions.
+
+    One row per impression: the stream's ``merchant``, ``creator`` and ``category`` (indices
+    into the latent arrays), the viewer's ``affinity`` (category preference x number of
+    categories) and whether the viewer follows the creator at that time. ``p_bad_order`` is per
+    placed order, ``p_bad`` per purchase including the chance of a cancellation. The feed log
+    and the closed-loop world (:mod:`trustfeed.training.world`) both draw from these.
+    """
+    quality = creators["quality"][creator]
+    trust = merchants["trust"][merchant]
+    log_affinity = np.log(affinity + 0.05)
+    p_click = sigmoid(
+        -1.3 + 0.8 * log_affinity + 1.2 * follows_creator + 1.5 * (quality - 0.65) + 0.8 * (creators["popularity"][creator] - 0.5)
+    )
+    p_purchase = sigmoid(
+        -2.4
+        + 0.6 * log_affinity
+        + 0.8 * follows_creator
+        + 0.8 * (quality - 0.65)
+        + _CATEGORY_CONVERSION[category]
+        + 2.0 * config.impulse_strength * (1.0 - trust)
+    )
+    # A poor host oversells, so bad orders through them are a little more likely. A cancelled
+    # order never reaches the buyer, so p_bad is per purchase including that chance.
+    p_bad_order = np.clip(merchants["p_bad"][merchant] * (0.75 + 0.75 * (1.0 - quality)), 0.0, 1.0)
+    p_bad = p_bad_order * (1.0 - _p_cancel(trust))
+    return p_click, p_purchase, p_bad_order, p_bad
+
+
 def _feed(
     config: SimConfig,
     merchants: dict[str, np.ndarray],
@@ -644,23 +683,10 @@ def _feed(
     else:
         follows_creator = np.zeros(len(stream), dtype=bool)
     quality = creators["quality"][creator]
-    trust = merchants["trust"][merchant]
     log_affinity = np.log(affinity + 0.05)
-    p_click = sigmoid(
-        -1.3 + 0.8 * log_affinity + 1.2 * follows_creator + 1.5 * (quality - 0.65) + 0.8 * (creators["popularity"][creator] - 0.5)
+    p_click, p_purchase, p_bad_order, p_bad = impression_probabilities(
+        config, merchants, creators, merchant, creator, category, affinity, follows_creator
     )
-    p_purchase = sigmoid(
-        -2.4
-        + 0.6 * log_affinity
-        + 0.8 * follows_creator
-        + 0.8 * (quality - 0.65)
-        + _CATEGORY_CONVERSION[category]
-        + 2.0 * config.impulse_strength * (1.0 - trust)
-    )
-    # A poor host oversells, so bad orders through them are a little more likely. A cancelled
-    # order never reaches the buyer, so p_bad is per purchase including that chance.
-    p_bad_order = np.clip(merchants["p_bad"][merchant] * (0.75 + 0.75 * (1.0 - quality)), 0.0, 1.0)
-    p_bad = p_bad_order * (1.0 - _p_cancel(trust))
     exam = position.astype(np.float64) ** -config.position_bias_eta
     clicked = rng.random(len(stream)) < exam * p_click
     hit_rows = np.flatnonzero(clicked)
@@ -761,7 +787,40 @@ def _orders(
     kind, merchant, user, created, creator, stream, impression, p_bad, category, amount, fake = (
         a[order] for a in (kind, merchant, user, created, creator, stream, impression, p_bad, category, amount, fake)
     )
-    t = trust[merchant]
+    lifecycle = fulfilment(rng, config, trust[merchant], p_bad, fake, created, end)
+    return {
+        "kind": kind,
+        "merchant": merchant,
+        "user": user,
+        "created": created,
+        "creator": creator,
+        "stream": stream,
+        "impression": impression,
+        "amount": amount,
+        "category": category,
+        **lifecycle,
+        "fake": fake,
+        "n_fake_users": np.array([n_fake_users]),
+    }
+
+
+def fulfilment(
+    rng: np.random.Generator,
+    config: SimConfig,
+    trust: np.ndarray,
+    p_bad: np.ndarray,
+    fake: np.ndarray,
+    created: np.ndarray,
+    end: float,
+) -> dict[str, np.ndarray]:
+    """What happens to placed orders: cancellation, bad outcome, presale, shipping, delivery.
+
+    One row per order (its merchant's latent ``trust``, its ``p_bad`` per placed order, whether
+    it is a ``fake`` brushing order, its ``created`` time); times after ``end`` are unknown
+    (``NaN``). The feed log and the closed-loop world share it.
+    """
+    n = len(created)
+    t = trust
     d = 1.0 - t
     cancelled = ~fake & (rng.random(n) < _p_cancel(t))
     bad = ~fake & ~cancelled & (rng.random(n) < p_bad)
@@ -781,25 +840,14 @@ def _orders(
     shipped = np.where(shipped < end, shipped, np.nan)
     delivered = np.where(delivered < end, delivered, np.nan)
     return {
-        "kind": kind,
-        "merchant": merchant,
-        "user": user,
-        "created": created,
-        "creator": creator,
-        "stream": stream,
-        "impression": impression,
-        "amount": amount,
-        "category": category,
         "cancelled": cancelled,
         "bad": bad,
-        "fake": fake,
         "presale": presale,
         "promised": promised,
         "late": late,
         "shipped": shipped,
         "delivered": delivered,
         "logistics_delayed": logistics_delayed,
-        "n_fake_users": np.array([n_fake_users]),
     }
 
 

@@ -1,0 +1,188 @@
+"""The registry of ranking policies that evaluations compare.
+
+Each entry of :data:`POLICIES` is a :class:`PolicySpec`: a label and a builder that turns a
+:class:`PolicyContext` (the served pipeline of a model bundle, its plain LambdaMART, the
+simulated world, the bad-order cost) into an object a feed service could hold: anything with
+``rank_many(requests)``, ``record_impressions(frame)`` and ``reload_snapshot(snapshot,
+context)`` (:class:`FeedPolicy`), usually a :class:`~trustfeed.serving.FeedRanker`. Adding a
+policy is adding one entry.
+
+Examples
+--------
+>>> sorted(POLICIES)[:2]
+['oracle', 'plain']
+>>> POLICIES["trust_aware_balanced"].label
+'trust-aware + balancer'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from ...features.errors import ConfigError
+from ...ranker.balancer import ExposureBalancer
+from ...ranker.pipeline import RankingPipeline
+from ...ranker.policy import PolicyConfig
+from ...serving import FeedRanker
+from ..world import World
+
+__all__ = ["FeedPolicy", "OracleRanker", "POLICIES", "PolicyContext", "PolicySpec", "resolve_policies"]
+
+
+class FeedPolicy(Protocol):
+    """What the rollout needs of a policy: the calls a feed service makes."""
+
+    def rank_many(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]: ...
+
+    def record_impressions(self, impressions: pd.DataFrame) -> None: ...
+
+    def reload_snapshot(self, snapshot: Any, context: Any = None) -> Any: ...
+
+
+@dataclass
+class PolicyContext:
+    """What a policy builder may use.
+
+    Attributes
+    ----------
+    served
+        The model bundle's pipeline as loaded (never ranked with: builders copy it, so every
+        run starts from the bundle's exposure ledger).
+    plain_model
+        The plain LambdaMART trained without trust features, when the bundle has one.
+    world
+        The simulated world this policy will serve (the oracle reads its truth).
+    bad_cost
+        Cost of a bad order, in good orders.
+    """
+
+    served: RankingPipeline
+    plain_model: Any
+    world: World
+    bad_cost: float
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One registered policy.
+
+    Attributes
+    ----------
+    label
+        Human name for reports.
+    build
+        ``build(context) -> FeedPolicy``.
+    uses_snapshot
+        Whether the policy reads the trust snapshot and context tables (they are rebuilt and
+        swapped in on the rollout's schedule only for those that do).
+    """
+
+    label: str
+    build: Callable[[PolicyContext], FeedPolicy]
+    uses_snapshot: bool = True
+
+
+def served_pipeline(served: RankingPipeline, *, balancer: bool = True) -> RankingPipeline:
+    """A fresh copy of the served pipeline: same features, model and policy, own ledger."""
+    fresh_balancer = None
+    if balancer and served.balancer is not None:
+        fresh_balancer = ExposureBalancer.from_state(served.balancer.config, served.balancer.state_dict())
+    return RankingPipeline(
+        served.assembler, served.model, served.policy_config, fresh_balancer,
+        snapshot=served.snapshot, context=served.context, model_id=served.model_id,
+    )
+
+
+def plain_pipeline(context: PolicyContext) -> RankingPipeline:
+    """The plain LambdaMART without trust features, under the same hard rules as the served model."""
+    from ...features.context import FeatureAssembler
+
+    plain = context.plain_model
+    if plain is None:
+        raise ConfigError("policy 'plain': the model carries no plain LambdaMART (plain_model/ beside the bundle)")
+    served = context.served
+    return RankingPipeline(
+        FeatureAssembler(served.snapshot, served.context, schema=plain.feature_schema_), plain,
+        # a ban is a platform decision every ranker respects: the comparison isolates trust
+        PolicyConfig(trust_weight=0.0, filter_banned=served.policy_config.filter_banned), None,
+        snapshot=served.snapshot, context=served.context, model_id=f"{served.model_id}:plain",
+    )
+
+
+class OracleRanker:
+    """Ranks each request by the simulator's true expected net value (the upper bound)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def rank_many(self, requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Responses in the contract's shape, every candidate ranked by true net value."""
+        rows = self.world.today_candidates()
+        value = self.world.true_net_value(rows)
+        trust = self.world.latent_trust()
+        frame = pd.DataFrame({
+            "request_id": rows["request_id"].to_numpy(), "stream_id": rows["stream_id"].to_numpy(),
+            "creator_id": self.world.base.creator_ids[rows["creator"].to_numpy()],
+            "merchant_id": self.world.merchant_ids[rows["merchant"].to_numpy()],
+            "score": value, "relevance": value,
+            "trust": trust.to_numpy()[rows["merchant"].to_numpy()],
+        })
+        order = np.lexsort((-value, rows["request"].to_numpy()))
+        request_ids = frame["request_id"].to_numpy()[order]
+        records = frame.drop(columns="request_id").iloc[order].to_dict("records")
+        starts = np.flatnonzero(np.r_[True, request_ids[1:] != request_ids[:-1]])
+        bounds = np.r_[starts, len(request_ids)]
+        by_request = {request_ids[a]: records[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())}
+        out = []
+        for request in requests:
+            items = by_request.get(request["request_id"])
+            if items is None:
+                raise ConfigError(f"oracle: request {request['request_id']!r} is not one the world drew today")
+            out.append({"request_id": request["request_id"], "model": "oracle", "items": items, "filtered": []})
+        return out
+
+    def record_impressions(self, impressions: pd.DataFrame) -> None:
+        """Nothing to record: the oracle keeps no ledger."""
+
+    def reload_snapshot(self, snapshot: Any, context: Any = None) -> None:
+        """Nothing to reload: the oracle reads the world's truth."""
+
+
+def _ranker(pipeline: RankingPipeline) -> FeedRanker:
+    # the loop reports what was shown through record_impressions, so serving must not record too
+    return FeedRanker(pipeline, record_served=False)
+
+
+POLICIES: dict[str, PolicySpec] = {
+    "trust_aware_balanced": PolicySpec(
+        "trust-aware + balancer", lambda context: _ranker(served_pipeline(context.served, balancer=True))
+    ),
+    "trust_aware": PolicySpec(
+        "trust-aware, no balancer", lambda context: _ranker(served_pipeline(context.served, balancer=False))
+    ),
+    "plain": PolicySpec("plain LambdaMART (no trust features)", lambda context: _ranker(plain_pipeline(context))),
+    "oracle": PolicySpec("oracle (true expected net value)", lambda context: OracleRanker(context.world), uses_snapshot=False),
+}
+"""Every policy an evaluation can run, by name."""
+
+
+def resolve_policies(names: Sequence[str] | None) -> list[str]:
+    """The policy names to run (``None``: all), checked against :data:`POLICIES`."""
+    if names is None:
+        return list(POLICIES)
+    if isinstance(names, str):
+        names = [names]
+    chosen = []
+    for name in names:
+        if name not in POLICIES:
+            raise ConfigError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ConfigError(f"no policy chosen; known policies: {', '.join(POLICIES)}")
+    return chosen
