@@ -782,7 +782,7 @@ class World:
             "purchased": purchased,
             "order_id": order_ids,
         })
-        self._append("impressions", impressions.to_dict("series"))
+        self._append("impressions", {str(name): column for name, column in impressions.items()})
 
         # buyers learn how their orders went
         bad = orders["bad"]

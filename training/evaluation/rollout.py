@@ -136,7 +136,7 @@ def _t_interval(values: np.ndarray) -> dict[str, float | None]:
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for row in frame.to_dict("records"):
-        out.append({key: _plain(value) for key, value in row.items()})
+        out.append({str(key): _plain(value) for key, value in row.items()})
     return out
 
 
