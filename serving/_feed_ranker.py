@@ -238,7 +238,7 @@ class FeedRanker:
             fresh = RankingPipeline(
                 FeatureAssembler(snapshot, tables, schema=current.assembler.schema()),
                 current.model,
-                current.policy_config,
+                current.policy,
                 current.balancer,
                 snapshot=snapshot,
                 context=tables,

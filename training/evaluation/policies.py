@@ -93,7 +93,7 @@ def served_pipeline(served: RankingPipeline, *, balancer: bool = True) -> Rankin
     if balancer and served.balancer is not None:
         fresh_balancer = ExposureBalancer.from_state(served.balancer.config, served.balancer.state_dict())
     return RankingPipeline(
-        served.assembler, served.model, served.policy_config, fresh_balancer,
+        served.assembler, served.model, served.policy, fresh_balancer,
         snapshot=served.snapshot, context=served.context, model_id=served.model_id,
     )
 
@@ -109,7 +109,7 @@ def plain_pipeline(context: PolicyContext) -> RankingPipeline:
     return RankingPipeline(
         FeatureAssembler(served.snapshot, served.context, schema=plain.feature_schema_), plain,
         # a ban is a platform decision every ranker respects: the comparison isolates trust
-        PolicyConfig(trust_weight=0.0, filter_banned=served.policy_config.filter_banned), None,
+        PolicyConfig(trust_weight=0.0, filter_banned=served.policy.config.filter_banned), None,
         snapshot=served.snapshot, context=served.context, model_id=f"{served.model_id}:plain",
     )
 

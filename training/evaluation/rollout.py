@@ -336,7 +336,7 @@ def run_rollout(
     served, plain_model = _load_model(str(model_uri), tracking_uri)
     if "plain" in names and plain_model is None:
         raise ConfigError("policy 'plain': the model carries no plain LambdaMART (plain_model/ beside the bundle)")
-    cost = float(bad_cost) if bad_cost is not None else float(getattr(served.policy_config, "bad_cost", DEFAULT_BAD_COST))
+    cost = float(bad_cost) if bad_cost is not None else float(getattr(served.policy.config, "bad_cost", DEFAULT_BAD_COST))
     dynamics = dynamics if dynamics is not None else DynamicsConfig()
     report(f"rollout: rebuilding the platform behind {events_dir}")
     base = WorldBase.from_events(events_dir)
