@@ -25,6 +25,7 @@ import pandas as pd
 
 from ._dask_backend import Aggregator
 from ._schema import BENEFITS
+from .outcomes import BAD_AFTER_SALES_REASONS, LOW_RATING_MAX, order_outcomes, went_bad
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import EventLog
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SignalCounts", "Encoding", "encode_ids", "build_counts", "BAD_CASE_REASONS", "HOST_REPORT_CATEGORIES"]
 
-BAD_CASE_REASONS = ("quality", "not_as_described", "counterfeit")
+BAD_CASE_REASONS = BAD_AFTER_SALES_REASONS  # the one definition lives in .outcomes
 HOST_REPORT_CATEGORIES = ("false_advertising", "inducement", "vulgar")
 _DAY = 86_400.0
 
@@ -107,7 +108,7 @@ class SignalCounts:
 
     merchants: pd.DataFrame  # index: merchant code
     creators: pd.DataFrame  # index: creator code
-    orders: pd.DataFrame  # per order: merchant, created_at, order_weight, bad_case, bad_review (labels)
+    orders: pd.DataFrame  # per order: merchant, created_at, order_weight, bad_case, bad_review, bad (labels)
     users: pd.DataFrame  # index: user code; per-user history
     notes: list[str] = field(default_factory=list)
 
@@ -430,11 +431,12 @@ def build_counts(
     lookups = (merchant_of, weight_of, buyer_of, delivered_of)
 
     # --- after-sales, reviews -------------------------------------------------------------
-    case_counts, bad_case = _after_sales(tables["after_sales"], lookups, as_of, config, agg, n_merchants)
-    counts.update(case_counts)
-    review_counts, bad_review = _reviews(tables["reviews"], lookups, as_of, config, agg, enc)
-    counts.update(review_counts)
-    bad_case, bad_review = bad_case[order_code], bad_review[order_code]
+    # What became of each order, in the orders table's row order (as order_frame)
+    outcomes = order_outcomes(tables).iloc[: len(orders)]
+    counts.update(_after_sales(tables["after_sales"], outcomes, lookups, as_of, config, agg, n_merchants))
+    counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc))
+    bad_case = outcomes["bad_case_at"].notna().to_numpy(dtype="float64")
+    bad_review = outcomes["low_rating_at"].notna().to_numpy(dtype="float64")
 
     # --- reports, violations, guarantees, nps, streams ------------------------------------
     streams = tables["livestreams"]
@@ -458,6 +460,7 @@ def build_counts(
             "order_weight": weight,
             "bad_case": bad_case,
             "bad_review": bad_review,
+            "bad": went_bad(outcomes).astype("float64"),
         }
     )
     return SignalCounts(
@@ -521,13 +524,14 @@ def _repurchase(
 
 def _after_sales(
     cases: pd.DataFrame,
+    outcomes: pd.DataFrame,
     lookups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
     as_of: pd.Timestamp,
     config: TrustConfig,
     agg: Aggregator,
     n_merchants: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Case counts per merchant and the per-order "bad case" flag (dense over order codes).
+) -> dict[str, np.ndarray]:
+    """Case counts per merchant; bad orders (from the order ``outcomes``) weighted as of their first bad case.
 
     Only quality / not_as_described / counterfeit cases are quality evidence; no-reason and
     logistics returns are counted separately and never enter the quality rates.
@@ -538,8 +542,6 @@ def _after_sales(
     order = np.where(known, order, 0)
     merchant = np.where(known, merchant_of[order], -1)
     weight = np.where(known, weight_of[order], 0.0)
-    bad = _is(cases["reason"], BAD_CASE_REASONS) & known
-    counterfeit = _is(cases["reason"], "counterfeit") & known
     resolved = cases["resolved_at"].notna().to_numpy()
     days = ((cases["resolved_at"] - cases["opened_at"]).dt.total_seconds() / _DAY).to_numpy(
         dtype="float64", na_value=np.nan
@@ -551,16 +553,18 @@ def _after_sales(
     slow = resolved & (days > config.slow_resolution_days)
 
     # One order with two quality cases is still one bad order: count orders, not cases.
-    bad_order = np.bincount(order[bad], minlength=len(merchant_of)) > 0
-    counterfeit_order = np.bincount(order[counterfeit], minlength=len(merchant_of)) > 0
-    first_bad = pd.to_datetime(cases["opened_at"], utc=True).reset_index(drop=True)[bad].groupby(order[bad]).min()
-    flagged = first_bad.index.to_numpy(dtype="int64")
-    tw_orders = _time_weights(first_bad.reset_index(drop=True), as_of, config)
+    first_bad = outcomes["bad_case_at"]
+    is_bad = first_bad.notna().to_numpy(dtype=bool)
+    flagged = _codes(outcomes["order_id"])[is_bad]
+    tw_orders = _time_weights(first_bad[is_bad].reset_index(drop=True), as_of, config)
     flagged_counts = agg.sum(
         merchant_of[flagged],
         n_merchants,
         _weighted(
-            {"n_bad_cases": np.ones(len(flagged)), "n_counterfeit_cases": counterfeit_order[flagged].astype("float64")},
+            {
+                "n_bad_cases": np.ones(len(flagged)),
+                "n_counterfeit_cases": outcomes["counterfeit_case_at"].notna().to_numpy(dtype="float64")[is_bad],
+            },
             tw_orders,
             weight_of[flagged],
             ("n_bad_cases",),
@@ -583,7 +587,7 @@ def _after_sales(
     }
     case_counts = agg.sum(merchant, n_merchants, _weighted(evidence, {"": tw[""]}, weight))
     case_counts.update(agg.sum(merchant, n_merchants, {"n_no_reason_cases": no_reason.astype("float64")}))
-    return {**flagged_counts, **case_counts}, bad_order.astype("float64")
+    return {**flagged_counts, **case_counts}
 
 
 def _reviews(
@@ -593,8 +597,8 @@ def _reviews(
     config: TrustConfig,
     agg: Aggregator,
     enc: Encoding,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Credibility-weighted review evidence and the per-order 1-2 star flag.
+) -> dict[str, np.ndarray]:
+    """Credibility-weighted review evidence (the per-order 1-2 star flag is in the order outcomes).
 
     A review counts only if its author bought the order; it carries the order's credibility,
     one buyer's many reviews of one merchant share ``per_buyer_cap`` reviews' weight, and a
@@ -621,7 +625,7 @@ def _reviews(
         credibility = credibility * np.where(premature, config.premature_praise_weight, 1.0)
     evidence: dict[str, np.ndarray] = {
         "n_reviews": np.ones(len(reviews)),
-        "n_low_ratings": (rating <= 2).astype("float64"),
+        "n_low_ratings": (rating <= LOW_RATING_MAX).astype("float64"),
         "rating_shortfall": (5.0 - rating) / 4.0,
     }
     for detail in ("quality", "service", "logistics"):
@@ -632,9 +636,7 @@ def _reviews(
     tw = _time_weights(reviews["created_at"], as_of, config)
     counts = agg.sum(merchant, n_merchants, _weighted(evidence, tw, credibility, ("n_reviews", "n_low_ratings")))
     counts.update(agg.sum(merchant, n_merchants, {"n_reviews_raw": np.ones(len(reviews)), "rating_sum_raw": rating}))
-    low = order[known & (rating <= 2)]
-    bad_review = (np.bincount(low, minlength=len(merchant_of)) > 0).astype("float64")
-    return counts, bad_review
+    return counts
 
 
 def _report_weight(reports: pd.DataFrame, target: np.ndarray, target_size: int, config: TrustConfig) -> np.ndarray:

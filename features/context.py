@@ -34,6 +34,7 @@ import pandas as pd
 from .errors import ConfigError, ModelIntegrityError, SchemaError, reject_unknown_keys
 from .events import EventLog
 from .io import atomic_dir
+from .outcomes import BAD_AFTER_SALES_REASONS, order_outcomes, went_bad
 
 __all__ = [
     "ContextConfig",
@@ -47,8 +48,6 @@ __all__ = [
 CONTEXT_FORMAT_VERSION = 1
 SCHEMA_FORMAT_VERSION = 1
 
-BAD_AFTER_SALES_REASONS = ("quality", "not_as_described", "counterfeit")
-"""After-sales reasons that make an order a bad experience (CONTRACT section 4)."""
 
 _NS_PER_HOUR = 3_600 * 1_000_000_000
 
@@ -332,25 +331,14 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
         .min(),
     )
 
-    # paid orders and which of them went bad (as known before the cut)
-    orders = window(known["orders"], "created_at")
-    status = _column(orders, "status")
-    paid = orders.loc[~(status.astype("string") == "cancelled").fillna(False).to_numpy(dtype=bool)]
-    order_ids = _ids(paid["order_id"])
-    bad_ids: set[str] = set()
-    cases = window(known["after_sales"], "opened_at")
-    if len(cases):
-        bad_reason = _column(cases, "reason").astype("string").isin(BAD_AFTER_SALES_REASONS).fillna(False)
-        bad_ids.update(_ids(cases.loc[bad_reason.to_numpy(dtype=bool), "order_id"]).dropna().unique().tolist())
-    reviews = window(known["reviews"], "created_at")
-    if len(reviews):
-        low = (reviews["rating"].astype("float64") <= 2).to_numpy(dtype=bool, na_value=False)
-        bad_ids.update(_ids(reviews.loc[low, "order_id"]).dropna().unique().tolist())
+    # paid orders and which of them went bad (as known before the cut, within the window)
+    outcomes = order_outcomes(known, since=start)
+    paid = outcomes.loc[outcomes["in_orders"].to_numpy(dtype=bool) & ~outcomes["cancelled"].to_numpy(dtype=bool)]
     order_frame = pd.DataFrame(
         {
             "user_id": _ids(paid["user_id"]),
             "merchant_id": _ids(paid["merchant_id"]),
-            "bad": _isin(order_ids, pd.Index(list(bad_ids), dtype="string")),
+            "bad": went_bad(paid),
         }
     )
     user_merchant = (

@@ -255,8 +255,8 @@ def _later_bad_rate(
 ) -> pd.DataFrame:
     """Credible orders placed since ``start`` and how many of them went bad, per merchant code.
 
-    Bad = a quality / not_as_described / counterfeit case or a 1-2 star review (the
-    contract's bad-order definition), as known at the snapshot time; verified counterfeit or
+    Bad = a bad order (:func:`~trustfeed.features.outcomes.went_bad`: a quality /
+    not_as_described / counterfeit case or a 1-2 star review), as known at the snapshot time; verified counterfeit or
     false-advertising reports filed since ``start`` count as bad outcomes too (the target
     rate is capped at 1 by the caller).
     """
@@ -265,7 +265,7 @@ def _later_bad_rate(
     if end is not None:
         window &= created < end
     later = orders[window.to_numpy(dtype=bool, na_value=False)]
-    bad = np.maximum(later["bad_case"].to_numpy(), later["bad_review"].to_numpy())
+    bad = later["bad"].to_numpy()
     weight = later["order_weight"].to_numpy()
     merchant = later["merchant"].to_numpy()
     report_merchant = reports["merchant_id"].to_numpy(dtype="int64")

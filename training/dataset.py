@@ -16,14 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..features.context import (
-    BAD_AFTER_SALES_REASONS,
-    ContextConfig,
-    FeatureAssembler,
-    build_context_tables,
-)
+from ..features.context import ContextConfig, FeatureAssembler, build_context_tables
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.events import EventLog
+from ..features.outcomes import order_outcomes, went_bad
 from ..features.progress import NullProgress, Progress
 
 __all__ = [
@@ -31,6 +27,7 @@ __all__ = [
     "TrainingFrame",
     "build_training_frame",
     "graded_labels",
+    "purchase_outcomes",
     "time_split",
     "LABEL_SHOWN",
     "LABEL_CLICKED",
@@ -176,30 +173,26 @@ def _flag(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame[column].astype("boolean").fillna(False).to_numpy(dtype=bool, copy=True)
 
 
-def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetConfig | None = None) -> np.ndarray:
-    """Graded label of each impression (CONTRACT section 4).
+def purchase_outcomes(
+    impressions: pd.DataFrame, events: EventLog, config: DatasetConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How each purchase of ``impressions`` turned out, within the label horizon.
 
-    0 shown, 1 clicked, 2 watched >= ``watch_seconds``, 3 purchased but not kept (an
-    after-sales case decided in the buyer's favour), 4 purchased and kept. A purchase whose
-    order got an after-sales case for quality / not_as_described / counterfeit, or whose
-    buyer filed a report against the merchant or stream that was verified (both within
-    ``label_horizon_days``), scores 1: a purchase that ended badly is not a success. A
-    purchase whose order was cancelled counts as not purchased.
+    Reads the order outcomes (:func:`~trustfeed.features.outcomes.order_outcomes`) of each
+    impression's order.
 
-    Parameters
-    ----------
-    impressions
-        Rows of the ``impressions`` table.
-    events
-        The event log (orders, after_sales, reports, reviews are read).
-    config
-        :class:`DatasetConfig` (defaults when ``None``).
+    Returns
+    -------
+    (purchased, bad, not_kept)
+        Boolean arrays over the rows: ``purchased`` (flagged as purchased and the order not
+        cancelled); ``bad``: an after-sales case for quality / not_as_described / counterfeit
+        (or, with ``low_rating_is_bad``, a 1-2 star review) within ``label_horizon_days`` of
+        the impression, or a report by the buyer against the merchant or stream within the
+        horizon that the platform verified; ``not_kept``: an after-sales case decided in the
+        buyer's favour within the horizon.
     """
     config = config or DatasetConfig()
     n = len(impressions)
-    clicked = _flag(impressions, "clicked")
-    watch = pd.to_numeric(impressions.get("watch_seconds", pd.Series(np.nan, index=impressions.index)), errors="coerce")
-    watched = (watch >= config.watch_seconds).to_numpy(dtype=bool, na_value=False)
     purchased = _flag(impressions, "purchased")
     horizon = pd.Timedelta(days=config.label_horizon_days)
     ts = impressions["ts"]
@@ -209,33 +202,19 @@ def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetCo
     rows = pd.DataFrame({"row": np.arange(n), "order_id": order_ids.array, "ts": ts.array})
     bought = rows.loc[purchased & order_ids.notna().to_numpy()]
 
-    orders = events["orders"]
-    if "status" in orders.columns and len(bought):
-        cancelled_ids = orders.loc[(orders["status"].astype("string") == "cancelled").fillna(False).to_numpy(dtype=bool), "order_id"]
-        cancelled = bought["order_id"].isin(cancelled_ids.astype("string")).to_numpy(dtype=bool)
-        purchased[bought["row"].to_numpy()[cancelled]] = False
-        bought = bought.loc[~cancelled]
-
     bad = np.zeros(n, dtype=bool)
     not_kept = np.zeros(n, dtype=bool)
-    cases = events["after_sales"]
-    if len(cases) and len(bought):
-        linked = bought.merge(
-            pd.DataFrame(
-                {
-                    "order_id": cases["order_id"].astype("string"),
-                    "opened_at": cases["opened_at"],
-                    "reason": cases["reason"].astype("string") if "reason" in cases.columns else pd.NA,
-                    "outcome": cases["outcome"].astype("string") if "outcome" in cases.columns else pd.NA,
-                }
-            ),
-            on="order_id",
-        )
-        in_horizon = (linked["opened_at"] < linked["ts"] + horizon).to_numpy(dtype=bool, na_value=False)
-        bad_reason = linked["reason"].isin(BAD_AFTER_SALES_REASONS).fillna(False).to_numpy(dtype=bool)
-        buyer_favor = (linked["outcome"] == "buyer_favor").fillna(False).to_numpy(dtype=bool)
-        bad[linked["row"].to_numpy()[in_horizon & bad_reason]] = True
-        not_kept[linked["row"].to_numpy()[in_horizon & buyer_favor]] = True
+    if len(bought):
+        outcomes = order_outcomes(events)
+        outcomes = outcomes.assign(order_id=outcomes["order_id"].astype("string"))
+        linked = bought.merge(outcomes, on="order_id", how="left")
+        cancelled = linked["cancelled"].fillna(False).to_numpy(dtype=bool)
+        purchased[linked["row"].to_numpy()[cancelled]] = False
+        linked = linked.loc[~cancelled]
+        end = linked["ts"] + horizon
+        row = linked["row"].to_numpy()
+        bad[row[went_bad(linked, end, low_rating=config.low_rating_is_bad)]] = True
+        not_kept[row[(linked["buyer_favor_at"] < end).to_numpy(dtype=bool, na_value=False)]] = True
 
     reports = events["reports"]
     if len(reports) and purchased.any() and "verified" in reports.columns:
@@ -265,16 +244,33 @@ def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetCo
                 window = (pairs["created_at"] >= pairs["ts"]) & (pairs["created_at"] < pairs["ts"] + horizon)
                 hits.append(pairs.loc[window.to_numpy(dtype=bool, na_value=False), "row"].to_numpy())
             bad[np.concatenate(hits).astype(np.int64)] = True
+    return purchased, bad, not_kept
 
-    if config.low_rating_is_bad and len(bought):
-        reviews = events["reviews"]
-        if len(reviews):
-            low = reviews.loc[(reviews["rating"].astype("float64") <= 2).to_numpy(dtype=bool, na_value=False)]
-            linked = bought.merge(
-                pd.DataFrame({"order_id": low["order_id"].astype("string"), "created_at": low["created_at"]}), on="order_id"
-            )
-            in_horizon = (linked["created_at"] < linked["ts"] + horizon).to_numpy(dtype=bool, na_value=False)
-            bad[linked["row"].to_numpy()[in_horizon]] = True
+
+def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetConfig | None = None) -> np.ndarray:
+    """Graded label of each impression (see ``docs/contract.md``, metric definitions).
+
+    0 shown, 1 clicked, 2 watched >= ``watch_seconds``, 3 purchased but not kept (an
+    after-sales case decided in the buyer's favour), 4 purchased and kept. A purchase that
+    ended badly (:func:`purchase_outcomes`: a bad after-sales case or a verified report
+    within ``label_horizon_days``) scores 1: a purchase that ended badly is not a success.
+    A purchase whose order was cancelled counts as not purchased.
+
+    Parameters
+    ----------
+    impressions
+        Rows of the ``impressions`` table.
+    events
+        The event log (orders, after_sales, reports, reviews are read).
+    config
+        :class:`DatasetConfig` (defaults when ``None``).
+    """
+    config = config or DatasetConfig()
+    n = len(impressions)
+    clicked = _flag(impressions, "clicked")
+    watch = pd.to_numeric(impressions.get("watch_seconds", pd.Series(np.nan, index=impressions.index)), errors="coerce")
+    watched = (watch >= config.watch_seconds).to_numpy(dtype=bool, na_value=False)
+    purchased, bad, not_kept = purchase_outcomes(impressions, events, config)
 
     label = np.full(n, LABEL_SHOWN, dtype=np.int64)
     label[clicked] = LABEL_CLICKED

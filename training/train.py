@@ -376,23 +376,19 @@ def _impression_rows(part: Any, impressions: pd.DataFrame) -> np.ndarray:
 
 
 def _bad_purchases(impressions: pd.DataFrame, events: Any, horizon_days: float) -> np.ndarray:
-    """Bad outcome of purchased impressions, as CONTRACT's bad-order rate counts it.
+    """Bad outcome of purchased impressions, as the bad-order rate counts it.
 
-    An after-sales case for quality / not_as_described / counterfeit or a verified report
-    (within the label horizon, as the graded labels), or a 1-2 star review. A cancelled order
-    is a purchase that did not go bad (the simulator's outcome model counts it the same way).
+    A bad order (an after-sales case for quality / not_as_described / counterfeit, or a 1-2
+    star review) or a verified report, within the label horizon, as the graded labels read
+    them (:func:`~trustfeed.training.dataset.purchase_outcomes`). A cancelled order is a
+    purchase that did not go bad (the simulator's outcome model counts it the same way).
     """
-    from .dataset import LABEL_CLICKED, DatasetConfig, graded_labels
+    from .dataset import DatasetConfig, purchase_outcomes
 
-    labels = graded_labels(impressions, events, DatasetConfig(label_horizon_days=horizon_days, low_rating_is_bad=True))
-    orders = events["orders"]
-    cancelled = np.zeros(len(impressions), dtype=bool)
-    if "status" in orders.columns and "order_id" in impressions.columns:
-        ids = orders.loc[(orders["status"].astype("string") == "cancelled").fillna(False).to_numpy(dtype=bool), "order_id"]
-        cancelled = impressions["order_id"].astype("string").isin(ids.astype("string")).to_numpy(dtype=bool)
-    # graded_labels turns a bad purchase into a click (1); a cancelled one also reads as a
-    # click or a watch, so cancellations are taken out first
-    return (labels == LABEL_CLICKED) & ~cancelled
+    purchased, bad, _ = purchase_outcomes(
+        impressions, events, DatasetConfig(label_horizon_days=horizon_days, low_rating_is_bad=True)
+    )
+    return purchased & bad
 
 
 def _creator_gini(part: Any, score: np.ndarray) -> float:
