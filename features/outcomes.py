@@ -23,7 +23,7 @@ by value and keeps the orders table's row order, so row ``i`` is order ``i``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -62,9 +62,10 @@ _NONE = np.iinfo(np.int64).max  # "no such event" while taking minima over int64
 
 
 def _ns(times: pd.Series) -> np.ndarray:
-    """UTC nanoseconds since the epoch, ``_NONE`` for null."""
-    stamps = pd.to_datetime(times, utc=True)
-    return np.where(stamps.isna().to_numpy(), _NONE, stamps.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).view("int64"))
+    """UTC nanoseconds since the epoch, ``_NONE`` for null (no per-row Timestamp objects)."""
+    stamps = pd.DatetimeIndex(pd.to_datetime(times, utc=True)).as_unit("ns")
+    values = stamps.asi8
+    return np.where(values == np.iinfo(np.int64).min, _NONE, values)
 
 
 def _as_time(ns: np.ndarray) -> pd.Series:
@@ -83,14 +84,68 @@ def _first(rows: np.ndarray, times: np.ndarray, n: int, values: pd.Series | None
     first[rows[lead]] = times[lead]
     if values is None:
         return first, None
-    picked = pd.Series(pd.NA, index=np.arange(n), dtype="string")
-    chosen = values.astype("string").to_numpy()[keep][order][lead]
-    picked.iloc[rows[lead]] = chosen
-    return first, picked
+    # a categorical column of n rows: one small code per order, not one string
+    categorical = values.astype("category") if not isinstance(values.dtype, pd.CategoricalDtype) else values
+    dtype = cast(pd.CategoricalDtype, categorical.dtype)
+    codes = np.full(n, -1, dtype=np.int64)
+    codes[rows[lead]] = categorical.cat.codes.to_numpy(dtype=np.int64)[keep][order][lead]
+    return first, pd.Series(pd.Categorical.from_codes(codes, dtype=dtype))
 
 
 def _is_in(series: pd.Series, values: tuple[str, ...]) -> np.ndarray:
+    """Text or categorical column equals one of ``values`` (null: False)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        # compare the small integer codes, not one string per row
+        positions = [i for i, c in enumerate(series.cat.categories) if c in values]
+        return np.isin(series.cat.codes.to_numpy(), positions)
     return series.astype("string").isin(values).to_numpy(dtype=bool, na_value=False)
+
+
+def _order_rows(orders: pd.Series, *referencing: pd.Series) -> tuple[list[np.ndarray], np.ndarray]:
+    """Row of the referenced order for each value of each ``referencing`` id column.
+
+    Ids not in ``orders`` get rows after the orders' (one per distinct id, returned as the
+    second item); null ids get -1. Integer codes (the trust builder's, -1 = null) are matched
+    through a dense table; strings through an Arrow hash of the referenced ids only (there are
+    far fewer cases and reviews than orders, and pandas' own lookups convert Arrow strings one
+    by one).
+    """
+    n_orders = len(orders)
+    if pd.api.types.is_integer_dtype(orders.dtype) and all(pd.api.types.is_integer_dtype(r.dtype) for r in referencing):
+        codes = [r.to_numpy(dtype=np.int64) for r in referencing]
+        own = orders.to_numpy(dtype=np.int64)
+        size = int(max([own.max(initial=-1), *(c.max(initial=-1) for c in codes)])) + 1
+        row_of = np.full(size, -1, dtype=np.int64)
+        row_of[own[own >= 0]] = np.flatnonzero(own >= 0)
+        wanted = np.zeros(size, dtype=bool)
+        for c in codes:
+            wanted[c[c >= 0]] = True
+        orphans = np.flatnonzero(wanted & (row_of < 0))
+        row_of[orphans] = n_orders + np.arange(len(orphans))
+        return [np.where(c >= 0, row_of[np.maximum(c, 0)], -1) for c in codes], orphans
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def arrow(values: pd.Series) -> Any:
+        return pa.array(values.astype("string").array, type=pa.large_string())
+
+    def lookup(values: Any, among: Any) -> tuple[np.ndarray, np.ndarray]:
+        slot = pc.index_in(values, value_set=among)
+        return slot.is_valid().to_numpy(zero_copy_only=False), slot.fill_null(0).to_numpy(zero_copy_only=False)
+
+    refs = [arrow(r) for r in referencing]
+    distinct = pc.unique(pa.concat_arrays(refs).drop_null()) if refs else pa.array([], type=pa.large_string())
+    found, slot = lookup(arrow(orders), distinct)
+    row_of = np.full(len(distinct), -1, dtype=np.int64)
+    row_of[slot[found]] = np.flatnonzero(found)
+    orphan = row_of < 0
+    row_of[orphan] = n_orders + np.arange(int(orphan.sum()))
+    orphans = np.asarray(distinct.filter(pa.array(orphan)).to_pylist(), dtype=object)
+    rows = []
+    for ref in refs:
+        valid, at = lookup(ref, distinct)
+        rows.append(np.where(valid, row_of[at], -1))
+    return rows, orphans
 
 
 def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = None, since: Any = None) -> pd.DataFrame:
@@ -149,23 +204,25 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = N
         cases = cases.loc[(_ns(cases["opened_at"]) >= start) & (_ns(cases["opened_at"]) != _NONE)]
         reviews = reviews.loc[(_ns(reviews["created_at"]) >= start) & (_ns(reviews["created_at"]) != _NONE)]
 
-    known = pd.Index(orders["order_id"])
-    referenced = pd.concat([cases["order_id"], reviews["order_id"]], ignore_index=True).dropna()
-    orphans = pd.unique(referenced[known.get_indexer(referenced) < 0])
-    ids = known.append(pd.Index(orphans, dtype=known.dtype))
-    n = len(ids)
     n_orders = len(orders)
+    (case_rows, review_rows), orphans = _order_rows(orders["order_id"], cases["order_id"], reviews["order_id"])
+    n = n_orders + len(orphans)
 
-    def column(frame: pd.DataFrame, name: str, dtype: Any) -> pd.Series:
-        values = frame[name] if name in frame.columns else pd.Series(pd.NA, index=frame.index)
-        padded = pd.concat([values.reset_index(drop=True), pd.Series(pd.NA, index=np.arange(len(orphans)))], ignore_index=True)
-        return padded.astype(dtype) if dtype is not None else padded
+    def column(name: str) -> pd.Series:
+        """An orders column over all rows (null on the rows of unknown orders)."""
+        values = orders[name].reset_index(drop=True) if name in orders.columns else pd.Series(pd.NA, index=np.arange(n_orders), dtype="string")
+        if name == "order_id":
+            extra = pd.Series(orphans, dtype=values.dtype)
+        elif len(orphans):
+            extra = pd.Series(pd.NA, index=np.arange(len(orphans)), dtype=values.dtype)
+        else:
+            return values
+        return pd.concat([values, extra], ignore_index=True)
 
     status = orders["status"] if "status" in orders.columns else pd.Series(pd.NA, index=orders.index, dtype="string")
     cancelled = np.zeros(n, dtype=bool)
     cancelled[:n_orders] = _is_in(status, ("cancelled",))
 
-    case_rows = ids.get_indexer(cases["order_id"]) if len(cases) else np.zeros(0, dtype=np.int64)
     opened = _ns(cases["opened_at"])
     reason = cases["reason"] if "reason" in cases.columns else pd.Series(pd.NA, index=cases.index, dtype="string")
     outcome = cases["outcome"] if "outcome" in cases.columns else pd.Series(pd.NA, index=cases.index, dtype="string")
@@ -175,7 +232,6 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = N
     counterfeit_at, _ = _first(np.where(_is_in(reason, ("counterfeit",)), case_rows, -1), opened, n)
     favor_at, _ = _first(np.where(_is_in(outcome, ("buyer_favor",)), case_rows, -1), opened, n)
 
-    review_rows = ids.get_indexer(reviews["order_id"]) if len(reviews) else np.zeros(0, dtype=np.int64)
     written = _ns(reviews["created_at"])
     rating = pd.to_numeric(reviews["rating"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     review_at, _ = _first(review_rows, written, n)
@@ -187,9 +243,9 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = N
 
     table = pd.DataFrame(
         {
-            "order_id": pd.Series(ids),
-            "user_id": column(orders, "user_id", None),
-            "merchant_id": column(orders, "merchant_id", None),
+            "order_id": column("order_id"),
+            "user_id": column("user_id"),
+            "merchant_id": column("merchant_id"),
             "created_at": _as_time(np.r_[_ns(orders["created_at"]), np.full(len(orphans), _NONE)]),
             "in_orders": np.arange(n) < n_orders,
             "cancelled": cancelled,
@@ -205,9 +261,6 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = N
             "bad_at": _as_time(np.minimum(bad_case_at, low_at)),
         }
     )
-    for name in ("user_id", "merchant_id"):
-        if len(orders) and table[name].dtype == object:
-            table[name] = table[name].astype(orders[name].dtype)
     return table
 
 
