@@ -30,7 +30,7 @@ import pandas as pd
 
 from .events import EventLog, to_utc
 
-__all__ = ["BAD_AFTER_SALES_REASONS", "LOW_RATING_MAX", "OUTCOME_COLUMNS", "order_outcomes", "went_bad"]
+__all__ = ["BAD_AFTER_SALES_REASONS", "LOW_RATING_MAX", "OUTCOME_COLUMNS", "net_value", "order_outcomes", "went_bad"]
 
 BAD_AFTER_SALES_REASONS: tuple[str, ...] = ("quality", "not_as_described", "counterfeit")
 """After-sales reasons that make an order bad (a logistics or no-reason return does not)."""
@@ -284,3 +284,18 @@ def went_bad(outcomes: pd.DataFrame, before: Any = None, *, low_rating: bool = T
         return times.notna().to_numpy(dtype=bool)
     limit = before if isinstance(before, pd.Series) else pd.Series(before, index=times.index)
     return (times.reset_index(drop=True) < limit.reset_index(drop=True)).to_numpy(dtype=bool, na_value=False)
+
+
+def net_value(good_orders: float, bad_orders: float, bad_cost: float) -> float:
+    """Net value of a set of orders: ``good_orders - bad_cost x bad_orders``.
+
+    ``bad_cost`` is what one bad order costs in good ones: the policy's ``bad_cost``
+    (``PolicyConfig.bad_cost``) so that offline evaluation values orders as the ranking
+    policy that served them does.
+
+    Examples
+    --------
+    >>> net_value(90.0, 10.0, bad_cost=2.0)
+    70.0
+    """
+    return float(good_orders) - float(bad_cost) * float(bad_orders)

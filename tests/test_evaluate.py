@@ -279,3 +279,18 @@ def test_trust_segments_hold_both_low_and_high_candidates(evaluated: Any) -> Non
     # the low segment is a quantile of the unfiltered candidates, so it is never empty
     assert {"low", "high"} <= set(shares.index)
     assert 0.1 < shares["low"] / (shares["low"] + shares["high"]) < 0.4
+
+
+@pytest.mark.parametrize("bad_cost", [0.0, 2.0, 5.0])
+def test_counterfactual_net_value_follows_the_policy_bad_cost(bad_cost: float) -> None:
+    """Net value is good - bad_cost x bad with the served policy's cost, not a fixed 2."""
+    from trustfeed.training.evaluation.static import _counterfactual
+
+    truth = pd.DataFrame({"request_id": ["q1", "q1"], "stream_id": ["a", "b"],
+                          "p_click": [0.5, 0.2], "p_purchase": [0.1, 0.5], "p_bad": [0.0, 1.0]})
+    slate = pd.DataFrame({"request_id": ["q1", "q1"], "stream_id": ["b", "a"], "position": [1, 2]})
+    table = _counterfactual({"served": slate}, truth, {"position_bias": {"eta": 1.0}}, bad_cost)
+    row = table.loc["served"]
+    assert row["good_orders"] > 0 and row["bad_orders"] > 0
+    assert row["net_value"] == pytest.approx(row["good_orders"] - bad_cost * row["bad_orders"])
+    assert table.attrs["bad_cost"] == bad_cost

@@ -207,7 +207,8 @@ def render_html(content: ReportContent) -> str:
             _figure(
                 _counterfactual_png(content.counterfactual, policies),
                 "Expected outcomes had each policy served the held-out requests, computed from the "
-                "simulator's hidden purchase and bad-order probabilities. Net value = good orders - 2 x bad orders.",
+                "simulator's hidden purchase and bad-order probabilities. Net value = good orders - "
+                f"{content.counterfactual.attrs.get('bad_cost', 2.0):g} x bad orders (the policy's bad_cost).",
             ),
             _table(content.counterfactual, index=True),
         ]

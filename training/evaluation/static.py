@@ -26,6 +26,7 @@ import pandas as pd
 
 from ...features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ...features.io import atomic_file
+from ...features.outcomes import net_value
 from ...features.progress import NullProgress, Progress
 from ._models import load_models_for_evaluation, pipelines_as_of
 from .report import ReportContent, render_report
@@ -414,8 +415,9 @@ def _measure(
 
 
 def _counterfactual(
-    ranked_by_policy: Mapping[str, pd.DataFrame], truth_impressions: pd.DataFrame, meta: Mapping[str, Any]
+    ranked_by_policy: Mapping[str, pd.DataFrame], truth_impressions: pd.DataFrame, meta: Mapping[str, Any], bad_cost: float
 ) -> pd.DataFrame:
+    """Expected orders, good and bad orders and net value (at ``bad_cost``) of each policy's rankings."""
     from ..simulate import expected_outcomes
 
     rows = {}
@@ -429,9 +431,11 @@ def _counterfactual(
             "good_orders": good,
             "bad_orders": bad,
             "bad_order_rate": bad / orders if orders > 0 else float("nan"),
-            "net_value": good - 2.0 * bad,
+            "net_value": net_value(good, bad, bad_cost),
         }
-    return pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.attrs["bad_cost"] = float(bad_cost)  # the report states the cost its net value used
+    return table
 
 
 def _segments(
@@ -606,7 +610,7 @@ def evaluate_pipeline(
         progress("evaluate: counterfactual outcomes from the simulator's truth")
         counterfactual = _counterfactual(
             {p: ranked[p] for p in ("logging", "plain", "relevance_only", "trust_aware", SERVED) if p in ranked},
-            truth_impressions, truth_meta,
+            truth_impressions, truth_meta, pipeline.policy.config.bad_cost,
         )
     else:
         notes.append("No simulator truth (truth/) beside the events: counterfactual outcomes are not shown, "
