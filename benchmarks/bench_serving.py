@@ -8,26 +8,25 @@ For 50, 200, 500 and 1000 candidates per request, one thread, after warm-up, Lig
 - raw ``Booster.predict`` on the same requests' feature matrices (numpy, float64), timed in
   the same run, interleaved with the end-to-end calls so both see the same machine load;
 
-and their ratio (target: end-to-end at most 1.3 x raw predict), for two models. Each time is
-given as wall clock and, in brackets, as the thread's CPU time, which a busy shared machine
-disturbs less (in a VM it still counts stolen time):
+and their ratio (target: end-to-end no slower than raw predict), for two models and three
+ways of serving: the LightGBM predictor, the compiled predictor (lleaves; when installed, with
+its scores checked against LightGBM's to 1e-9) and the compiled predictor returning the
+column form of the response. Each time is given as wall clock and, in brackets, as the
+thread's CPU time, which a busy shared machine disturbs less (in a VM it still counts stolen
+time):
 
 - ``demo``: trained like ``trustfeed demo`` does (simulated platform of 150 merchants over
   42 days, LambdaMART with up to 120 rounds and early stopping), or an existing bundle / MLflow
   model given with ``--bundle``;
 - ``reference``: 200 trees x 63 leaves on the same features (fixed size, no early stopping).
 
-A per-stage breakdown at 500 candidates shows where the time beyond ``predict`` goes.
-
-With ``--lleaves`` (optional, ``pip install lleaves``; compiling takes a while) each model is
-also compiled to native code with lleaves; its scores are checked against LightGBM's to 1e-9
-and it is timed as raw predict and end to end (the same pipeline with the compiled predictor).
+After loading, the process calls ``gc.freeze()`` as a service would (``--no-gc-freeze`` to
+skip it). A per-stage breakdown at 500 candidates shows where the time beyond ``predict`` goes.
 
 Run::
 
     python benchmarks/bench_serving.py                 # about a minute of setup on 2 cores
     python benchmarks/bench_serving.py --bundle trustfeed-demo/.../bundle --iterations 2000
-    python benchmarks/bench_serving.py --lleaves
 """
 
 from __future__ import annotations
@@ -153,141 +152,74 @@ def _ratio(top: dict[str, float], bottom: dict[str, float], q: str) -> str:
     return f"{top[f'wall_{q}'] / bottom[f'wall_{q}']:5.2f} [{top[f'cpu_{q}'] / bottom[f'cpu_{q}']:4.2f}]"
 
 
-class _PredictProbe:
-    """The pipeline's model, timing each ``predict`` call (thread CPU nanoseconds)."""
+def bench_model(name: str, ranker: FeedRanker, iterations: int, warmup: int, seed: int,
+                compile_cache: Path) -> dict[int, dict[str, Any]]:
+    """Interleaved end-to-end and raw-predict timings per request size, for each predictor.
 
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self.feature_names_ = model.feature_names_
-        self.calls: list[int] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        c0 = time.thread_time_ns()
-        out = self._model.predict(X)
-        self.calls.append(time.thread_time_ns() - c0)
-        return out
-
-
-def _inside(ranker: FeedRanker, requests: list[dict[str, Any]], matrices: list[np.ndarray],
-            raw_predict: Any, iterations: int) -> tuple[float, float]:
-    """Median thread CPU ms of ``predict`` inside ``rank`` and of the rest of ``rank``.
-
-    A second pass, same interleaving, with the model wrapped in a probe (so the main
-    end-to-end figures carry no probe).
+    Per request: raw LightGBM ``predict`` on its feature matrix, then ``rank`` with the LightGBM
+    predictor, with the compiled predictor (when lleaves is installed), and with the compiled
+    predictor returning the column form. Ratios are against the raw ``predict`` of the same loop.
     """
+    from trustfeed.ranker.balancer import ExposureBalancer
+    from trustfeed.ranker.pipeline import RankingPipeline
+    from trustfeed.serving._compiled import compiled_available
+
     pipeline = ranker.pipeline
-    probe = _PredictProbe(pipeline.model)
-    pipeline.model = probe
-    rest: list[int] = []
-    try:
-        for i in range(iterations):
-            _, cpu = _timed(ranker.rank, requests[i % len(requests)])
-            rest.append(cpu - probe.calls[-1])
-            raw_predict(matrices[i % len(requests)])
-    finally:
-        pipeline.model = probe._model
-    return float(np.median(probe.calls)) / 1e6, float(np.median(rest)) / 1e6
-
-
-def bench_model(name: str, ranker: FeedRanker, iterations: int, warmup: int, seed: int) -> dict[int, dict[str, Any]]:
-    """Interleaved end-to-end and raw-predict timings per request size.
-
-    Two more columns split the end-to-end CPU time: ``predict`` inside ``rank`` (it runs
-    slower there than raw ``predict`` timed right after another ``predict``, because the rest
-    of the request has pushed the trees out of the CPU caches) and everything else.
-    """
-    booster = ranker.pipeline.model.booster_
-    trees = ranker.pipeline.model.best_iteration_
+    booster = pipeline.model.booster_
+    trees = pipeline.model.best_iteration_
 
     def raw_predict(matrix: np.ndarray) -> None:
         booster.predict(matrix, num_threads=1, num_iteration=trees)
 
+    variants: dict[str, Any] = {"lightgbm": ranker.rank}
+    compiled: FeedRanker | None = None
+    if compiled_available():
+        started = time.perf_counter()
+        balancer = ExposureBalancer.from_state(pipeline.balancer.config, pipeline.balancer.state_dict())
+        compiled = FeedRanker(RankingPipeline(pipeline.assembler, pipeline.model, pipeline.policy, balancer,
+                                              model_id=pipeline.model_id),
+                              predictor="compiled", compile_cache=compile_cache)
+        print(f"\n{name}: compiled with lleaves in {time.perf_counter() - started:.1f} s")
+        fast = compiled
+        variants["compiled"] = fast.rank
+        variants["compiled, columns"] = lambda request: fast.rank(request, columns=True)
+    else:
+        print("\nlleaves is not installed: LightGBM predictor only (pip install 'trustfeed[compiled]')")
+
     results: dict[int, dict[str, Any]] = {}
     rng = np.random.default_rng(seed)
-    print(f"\n{name}: {trees} trees, {booster.num_feature()} features; ms, wall clock [thread CPU time]")
-    print(f"{'candidates':>10} {'e2e p50':>15} {'e2e p99':>15} {'raw p50':>15} {'raw p99':>15} "
-          f"{'ratio p50':>13} {'ratio p99':>13} {'cpu: predict in rank':>20} {'rest of rank':>12}")
+    print(f"{name}: {trees} trees, {booster.num_feature()} features; ms, wall clock [thread CPU time]")
+    print(f"{'candidates':>10} {'predictor':>18} {'e2e p50':>15} {'e2e p99':>15} {'raw p50':>15} {'raw p99':>15} "
+          f"{'ratio p50':>13} {'ratio p99':>13}")
     for n in SIZES:
         requests = _requests(ranker, n, 16, rng)
         matrices = [_matrix(ranker, r) for r in requests]
+        diff = 0.0
+        if compiled is not None:
+            diff = max(float(np.max(np.abs(compiled.pipeline.model.predict(X) - booster.predict(X, num_iteration=trees))))
+                       for X in matrices)
         for i in range(warmup):
-            ranker.rank(requests[i % len(requests)])
             raw_predict(matrices[i % len(requests)])
-        e2e: list[tuple[int, int]] = []
+            for rank in variants.values():
+                rank(requests[i % len(requests)])
         raw: list[tuple[int, int]] = []
+        e2e: dict[str, list[tuple[int, int]]] = {v: [] for v in variants}
         gc.collect()
         for i in range(iterations):
-            e2e.append(_timed(ranker.rank, requests[i % len(requests)]))
             raw.append(_timed(raw_predict, matrices[i % len(requests)]))
-        e, r = _stats(e2e), _stats(raw)
-        inside, rest = _inside(ranker, requests, matrices, raw_predict, max(iterations // 2, 1))
-        results[n] = {"e2e": e, "raw": r, "predict_in_rank": inside, "rest_of_rank": rest}
-        print(f"{n:>10} {_cell(e, 'p50'):>15} {_cell(e, 'p99'):>15} {_cell(r, 'p50'):>15} {_cell(r, 'p99'):>15} "
-              f"{_ratio(e, r, 'p50'):>13} {_ratio(e, r, 'p99'):>13} {inside:>20.3f} {rest:>12.3f}")
+            for v, rank in variants.items():
+                e2e[v].append(_timed(rank, requests[i % len(requests)]))
+        r = _stats(raw)
+        results[n] = {"raw": r, "max_diff": diff}
+        for v in variants:
+            e = _stats(e2e[v])
+            results[n][v] = e
+            print(f"{n:>10} {v:>18} {_cell(e, 'p50'):>15} {_cell(e, 'p99'):>15} {_cell(r, 'p50'):>15} "
+                  f"{_cell(r, 'p99'):>15} {_ratio(e, r, 'p50'):>13} {_ratio(e, r, 'p99'):>13}")
+        if compiled is not None:
+            print(f"{'':>10} compiled scores: largest |difference| from LightGBM {diff:.1e}"
+                  + ("  WARNING: above 1e-9" if diff > 1e-9 else ""))
     return results
-
-
-class CompiledModel:
-    """The pipeline's model with predictions from an lleaves-compiled copy of its trees."""
-
-    def __init__(self, model: Any, cache_dir: Path) -> None:
-        import lleaves
-
-        self.feature_names_ = model.feature_names_
-        self.best_iteration_ = model.best_iteration_
-        self.booster_ = model.booster_
-        model_file = cache_dir / "model.txt"
-        model_file.write_text(model.booster_.model_to_string(num_iteration=model.best_iteration_))
-        started = time.perf_counter()
-        self._compiled = lleaves.Model(model_file=str(model_file))
-        self._compiled.compile(cache=str(cache_dir / "model.so"), raw_score=True)
-        self.compile_seconds = time.perf_counter() - started
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self._compiled.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=1))
-
-
-def bench_lleaves(name: str, ranker: FeedRanker, iterations: int, warmup: int, seed: int, cache_dir: Path) -> None:
-    """LightGBM against the lleaves-compiled trees: same scores, raw and end-to-end time."""
-    from trustfeed.ranker.pipeline import RankingPipeline
-
-    pipeline = ranker.pipeline
-    compiled = CompiledModel(pipeline.model, cache_dir)
-    fast = FeedRanker(RankingPipeline(pipeline.assembler, compiled, pipeline.policy, pipeline.balancer,
-                                      model_id=pipeline.model_id))
-    booster, trees = pipeline.model.booster_, pipeline.model.best_iteration_
-
-    def lightgbm_predict(matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(booster.predict(matrix, num_threads=1, num_iteration=trees))
-
-    rng = np.random.default_rng(seed)
-    print(f"\n{name} compiled with lleaves in {compiled.compile_seconds:.0f} s; ms, wall [thread CPU]")
-    print(f"{'candidates':>10} {'max |diff|':>10} {'lightgbm p50':>15} {'lleaves p50':>15} {'speed-up':>8} "
-          f"{'e2e p50':>15} {'e2e p99':>15} {'e2e/lleaves p50':>15}")
-    for n in SIZES:
-        requests = _requests(ranker, n, 16, rng)
-        matrices = [_matrix(ranker, r) for r in requests]
-        diff = max(float(np.max(np.abs(compiled.predict(X) - lightgbm_predict(X)))) for X in matrices)
-        for i in range(warmup):
-            fast.rank(requests[i % len(requests)])
-            compiled.predict(matrices[i % len(requests)])
-        lgb: list[tuple[int, int]] = []
-        ll: list[tuple[int, int]] = []
-        e2e: list[tuple[int, int]] = []
-        gc.collect()
-        for i in range(iterations):
-            lgb.append(_timed(lightgbm_predict, matrices[i % len(requests)]))
-            ll.append(_timed(compiled.predict, matrices[i % len(requests)]))
-            e2e.append(_timed(fast.rank, requests[i % len(requests)]))
-        g, lv, e = _stats(lgb), _stats(ll), _stats(e2e)
-        print(f"{n:>10} {diff:>10.1e} {_cell(g, 'p50'):>15} {_cell(lv, 'p50'):>15} "
-              f"{g['cpu_p50'] / lv['cpu_p50']:>8.2f} {_cell(e, 'p50'):>15} {_cell(e, 'p99'):>15} "
-              f"{_ratio(e, lv, 'p50'):>15}")
-        if diff > 1e-9:
-            print(f"  WARNING: lleaves scores differ from LightGBM's by {diff:.2e} (> 1e-9)")
 
 
 def breakdown(ranker: FeedRanker, n: int, iterations: int, seed: int) -> None:
@@ -335,31 +267,29 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--lleaves", action="store_true", help="also time an lleaves-compiled predictor")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="leave the collector as it is (default: gc.freeze() after loading, as a service does)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         demo_uri, reference_uri = _bundles(args.seed, Path(tmp), args.bundle)
         gc.collect()  # the training data is gone: the process holds what a service would
         rankers = {"demo": FeedRanker.load(demo_uri), "reference (200 x 63)": FeedRanker.load(reference_uri)}
-        results = {name: bench_model(name, r, args.iterations, args.warmup, args.seed) for name, r in rankers.items()}
+        if not args.no_gc_freeze:
+            gc.freeze()
+        results = {name: bench_model(name, r, args.iterations, args.warmup, args.seed, Path(tmp) / "compiled")
+                   for name, r in rankers.items()}
         breakdown(rankers["demo"], 500, 300, args.seed)
-        if args.lleaves:
-            for i, (name, ranker) in enumerate(rankers.items()):
-                cache = Path(tmp) / f"lleaves-{i}"
-                cache.mkdir()
-                bench_lleaves(name, ranker, args.iterations, args.warmup, args.seed, cache)
 
-    print("\nsummary at 500 candidates (wall [thread CPU]):")
-    demo = results["demo"][500]["e2e"]
-    print(f"  demo end-to-end p99: {demo['wall_p99']:.2f} ms [{demo['cpu_p99']:.2f}] (target <= 5 ms)")
+    print(f"\nsummary at 500 candidates, ms, wall [thread CPU]; gc.freeze() after load: {not args.no_gc_freeze}")
     for name, by_size in results.items():
-        e, r = by_size[500]["e2e"], by_size[500]["raw"]
-        print(f"  {name}: end-to-end / raw predict p50 {_ratio(e, r, 'p50')}, p99 {_ratio(e, r, 'p99')} "
-              f"(target <= 1.3); p10 {_ratio(e, r, 'p10')}, the least disturbed calls on a shared machine")
         at = by_size[500]
-        print(f"    CPU: predict inside rank {at['predict_in_rank']:.3f} ms (raw {r['cpu_p50']:.3f}), rest of rank "
-              f"{at['rest_of_rank']:.3f} ms = {at['rest_of_rank'] / r['cpu_p50']:.0%} of raw predict (target <= 30%)")
+        r = at["raw"]
+        print(f"  {name}: raw LightGBM predict p50 {_cell(r, 'p50')}, p99 {_cell(r, 'p99')}")
+        for v in (k for k in at if k not in ("raw", "max_diff")):
+            e = at[v]
+            print(f"    rank, {v:<18} p50 {_cell(e, 'p50')} p99 {_cell(e, 'p99')}; end-to-end / raw predict "
+                  f"p50 {_ratio(e, r, 'p50')}, p99 {_ratio(e, r, 'p99')}, p10 {_ratio(e, r, 'p10')} (target <= 1.0)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,15 @@ authoritative, not the order of ``score``), ``relevance`` (the model's raw score
 with ``log_features=True`` also ``features``: ``{feature name: value}`` (``None`` for a
 missing value) exactly as the model saw them, for logging the next training set. ``model``
 is the id of the bundle the pipeline was loaded from (``None`` for an unsaved pipeline).
+
+Column form
+-----------
+``columns=True`` returns the same response with ``items`` as columns instead of one dict per
+item: ``{"stream_id": [...], "creator_id": [...], "merchant_id": [...]}`` as lists and
+``score``, ``relevance``, ``trust`` as float64 arrays (NaN for a missing trust), all best
+first, plus ``features`` (a matrix, rows in item order) with ``log_features=True``. It is the
+same code path up to the last step, which skips building a Python dict per candidate: a
+service that serialises the response itself (JSON, MessagePack, Arrow) saves that cost.
 """
 
 from __future__ import annotations
@@ -145,7 +154,14 @@ class RankingPipeline:
 
     # ------------------------------------------------------------------ public API
 
-    def rank(self, request: Mapping[str, Any], *, log_features: bool = False, record: bool = True) -> dict[str, Any]:
+    def rank(
+        self,
+        request: Mapping[str, Any],
+        *,
+        log_features: bool = False,
+        record: bool = True,
+        columns: bool = False,
+    ) -> dict[str, Any]:
         """Rank one request (see the module docstring for the response).
 
         Parameters
@@ -156,13 +172,15 @@ class RankingPipeline:
             Add each item's feature vector (``features``) to the response.
         record
             Record the served top ``k`` in the balancer's exposure ledger.
+        columns
+            Return ``items`` as columns (see "Column form" in the module docstring).
 
         Raises
         ------
         RequestError
             The request is malformed; ``field`` names the offending field.
         """
-        return self.rank_parsed([self.parse(request)], log_features=log_features, record=record)[0]
+        return self.rank_parsed([self.parse(request)], log_features=log_features, record=record, columns=columns)[0]
 
     def rank_many(
         self,
@@ -170,6 +188,7 @@ class RankingPipeline:
         *,
         log_features: bool = False,
         record: bool = True,
+        columns: bool = False,
     ) -> list[dict[str, Any]]:
         """Rank many requests at once: the vectorised form of :meth:`rank`.
 
@@ -182,7 +201,7 @@ class RankingPipeline:
                 parsed.append(self.parse(request))
             except RequestError as error:
                 raise RequestError(f"requests[{i}].{error.field}", error.problem) from None
-        return self.rank_parsed(parsed, log_features=log_features, record=record)
+        return self.rank_parsed(parsed, log_features=log_features, record=record, columns=columns)
 
     def parse(self, request: Mapping[str, Any]) -> ParsedRequest:
         """Validate a request, including the live-context fields this model uses."""
@@ -199,6 +218,7 @@ class RankingPipeline:
         *,
         log_features: bool = False,
         record: bool = True,
+        columns: bool = False,
     ) -> list[dict[str, Any]]:
         """Rank validated requests (what :meth:`rank` and :meth:`rank_many` call)."""
         if not requests:
@@ -217,9 +237,9 @@ class RankingPipeline:
         else:
             unique = np.flatnonzero(~duplicate)
             unique_sizes = np.bincount(np.repeat(np.arange(len(requests)), sizes)[unique], minlength=len(requests))
-        columns = self._candidate_columns(requests, sizes, unique, stream_ids, creator_ids, merchant_ids)
+        candidates = self._candidate_columns(requests, sizes, unique, stream_ids, creator_ids, merchant_ids)
         # one id lookup serves both the features and the policy's merchant status
-        features, status = self.assembler.transform_with_status(columns)
+        features, status = self.assembler.transform_with_status(candidates)
         relevance = np.asarray(self.model.predict(features), dtype=np.float64)
         trust = np.asarray(status.trust, dtype=np.float64)
         # the policy's vectorised parts (what Policy.rank_many runs, without its per-request
@@ -253,6 +273,7 @@ class RankingPipeline:
                     passed=passed[rows],
                     features=features[rows] if log_features else None,
                     record=record,
+                    columns=columns,
                 )
             )
         return responses
@@ -307,6 +328,7 @@ class RankingPipeline:
         passed: np.ndarray,
         features: np.ndarray | None,
         record: bool,
+        columns: bool,
     ) -> dict[str, Any]:
         if duplicate_rows.size == 0 and passed.all():
             # every candidate is ranked, in request order: the balancer reads the request's
@@ -337,23 +359,24 @@ class RankingPipeline:
                 now=request.ts.value / 1e9,
             )
 
-        # The response is JSON-shaped Python objects: one dict per item is the output format.
-        items = [
-            {"stream_id": s, "creator_id": c, "merchant_id": m, "score": sc, "relevance": rl, "trust": tr}
-            for s, c, m, sc, rl, tr in zip(
-                stream_ids[rows].tolist(),
-                creator_ids[rows].tolist(),
-                merchant_ids[rows].tolist(),
-                score[order].tolist(),
-                relevance[order].tolist(),
-                _json_floats(trust[order]),
-                strict=True,
+        items: Any
+        if columns:
+            items = {
+                "stream_id": stream_ids[rows].tolist(),
+                "creator_id": creator_ids[rows].tolist(),
+                "merchant_id": merchant_ids[rows].tolist(),
+                "score": score[order],
+                "relevance": relevance[order],
+                "trust": trust[order],
+            }
+            if features is not None:
+                items["features"] = features[order]
+        else:
+            # JSON-shaped Python objects: one dict per item is the contract's output format
+            items = self._item_dicts(
+                stream_ids[rows], creator_ids[rows], merchant_ids[rows], score[order], relevance[order], trust[order],
+                None if features is None else features[order],
             )
-        ]
-        if features is not None:
-            names = self.feature_names
-            for item, vector in zip(items, features[order].tolist(), strict=True):
-                item["features"] = {n: (None if math.isnan(v) else v) for n, v in zip(names, vector, strict=True)}
 
         if kept is None:
             return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": []}
@@ -370,6 +393,34 @@ class RankingPipeline:
             )
         ]
         return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": filtered}
+
+    def _item_dicts(
+        self,
+        stream_ids: np.ndarray,
+        creator_ids: np.ndarray,
+        merchant_ids: np.ndarray,
+        score: np.ndarray,
+        relevance: np.ndarray,
+        trust: np.ndarray,
+        features: np.ndarray | None,
+    ) -> list[dict[str, Any]]:
+        items = [
+            {"stream_id": s, "creator_id": c, "merchant_id": m, "score": sc, "relevance": rl, "trust": tr}
+            for s, c, m, sc, rl, tr in zip(
+                stream_ids.tolist(),
+                creator_ids.tolist(),
+                merchant_ids.tolist(),
+                score.tolist(),
+                relevance.tolist(),
+                _json_floats(trust),
+                strict=True,
+            )
+        ]
+        if features is not None:
+            names = self.feature_names
+            for item, vector in zip(items, features.tolist(), strict=True):
+                item["features"] = {n: (None if math.isnan(v) else v) for n, v in zip(names, vector, strict=True)}
+        return items
 
 
 def _chain(columns: list[list[str]]) -> list[str]:

@@ -214,26 +214,26 @@ def test_mean_ndcg_skips_and_counts_lists_without_positive() -> None:
     assert res.mean != pytest.approx((expected_a + expected_c) / 3)
 
 
-def test_mean_ndcg_matches_ranx(rng: np.random.Generator) -> None:
-    from ranx import Qrels, Run, evaluate
-
-    n_requests = 40
-    sizes = rng.integers(2, 15, size=n_requests)
-    request = np.repeat([f"q{i}" for i in range(n_requests)], sizes)
-    labels = rng.integers(0, 5, size=request.size) * (rng.random(request.size) < 0.4)
-    scores = rng.random(request.size)
-    frame = pd.DataFrame({"request_id": request, "label": labels, "score": scores,
-                          "doc": [f"d{i}" for i in range(request.size)]})
-    frame["position"] = frame.groupby("request_id")["score"].rank(ascending=False, method="first")
-    has_positive = frame.groupby("request_id")["label"].transform("max") > 0
-    scored = frame[has_positive]
-    qrels = Qrels({q: dict(zip(g["doc"], g["label"].astype(int))) for q, g in scored.groupby("request_id")})
-    run = Run({q: dict(zip(g["doc"], g["score"])) for q, g in scored.groupby("request_id")})
-    for k in (1, 5, 10):
-        expected = evaluate(qrels, run, f"ndcg_burges@{k}")
+def test_mean_ndcg_hand_computed() -> None:
+    # labels in shown order; gain 2^label - 1, discount log2(position + 1), ideal = the list's
+    # labels sorted, cut at k (what trec_eval's and ranx's ndcg_burges compute)
+    frame = pd.DataFrame(
+        {
+            "request_id": ["a"] * 3 + ["b"] * 4 + ["c"] * 2,
+            "position": [1, 2, 3, 1, 2, 3, 4, 2, 1],
+            "label": [3, 0, 2, 0, 1, 0, 4, 0, 0],
+        }
+    )
+    log2_3, log2_5 = math.log2(3), math.log2(5)
+    a = {1: 1.0, 3: (7 + 3 / 2) / (7 + 3 / log2_3), 5: (7 + 3 / 2) / (7 + 3 / log2_3)}
+    b = {1: 0.0, 3: (1 / log2_3) / (15 + 1 / log2_3), 5: (1 / log2_3 + 15 / log2_5) / (15 + 1 / log2_3)}
+    for k in (1, 3, 5):
         res = m.mean_ndcg(frame, k=k)
-        assert res.n_skipped == int((~has_positive).groupby(frame["request_id"]).first().sum())
-        assert res.mean == pytest.approx(expected, abs=1e-9)
+        assert (res.n_scored, res.n_skipped) == (2, 1)  # c has no positive label
+        assert res.per_list["a"] == pytest.approx(a[k], abs=1e-12)
+        assert res.per_list["b"] == pytest.approx(b[k], abs=1e-12)
+        assert res.mean == pytest.approx((a[k] + b[k]) / 2, abs=1e-12)
+    assert a[3] == pytest.approx(0.955830, abs=1e-6) and b[3] == pytest.approx(0.040365, abs=1e-6)
 
 
 def test_ndcg_rejects_bad_k_and_missing_labels() -> None:

@@ -312,6 +312,35 @@ def test_rank_many_equals_rank_in_turn_for_any_batch(fx: Any, parts: Any, reques
     assert batched.balancer.state_dict() == one_by_one.balancer.state_dict()
 
 
+def _as_item_dicts(items: dict[str, Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The column form's items as the dict form writes them (NaN trust -> None)."""
+    out = []
+    for i, stream in enumerate(items["stream_id"]):
+        trust = float(items["trust"][i])
+        item = {"stream_id": stream, "creator_id": items["creator_id"][i], "merchant_id": items["merchant_id"][i],
+                "score": float(items["score"][i]), "relevance": float(items["relevance"][i]),
+                "trust": None if math.isnan(trust) else trust}
+        if "features" in items:
+            item["features"] = {n: (None if math.isnan(v) else float(v)) for n, v in zip(names, items["features"][i])}
+        out.append(item)
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(requests=st.lists(_random_requests(), min_size=1, max_size=4), log_features=st.booleans())
+def test_column_form_is_the_dict_form_as_columns(
+    fx: Any, parts: Any, requests: list[dict[str, Any]], log_features: bool
+) -> None:
+    requests = [dict(r, request_id=f"r{i}") for i, r in enumerate(requests)]
+    as_dicts, as_columns = fx.make_pipeline(parts), fx.make_pipeline(parts)
+    expected = as_dicts.rank_many(requests, log_features=log_features)
+    got = [as_columns.rank(r, columns=True, log_features=log_features) for r in requests]
+    for response, reference in zip(got, expected, strict=True):
+        assert isinstance(response["items"]["score"], np.ndarray)
+        assert {**response, "items": _as_item_dicts(response["items"], as_columns.feature_names)} == reference
+    assert as_columns.balancer.state_dict() == as_dicts.balancer.state_dict()
+
+
 def test_live_context_fields_reach_the_features_and_are_checked(parts: Any, rng: np.random.Generator) -> None:
     from trustfeed.features.context import FeatureAssembler
     from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig

@@ -1,0 +1,147 @@
+"""The compiled predictor: LightGBM's scores to 1e-9, its cache trusted only when verified, the fallback."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from trustfeed.ranker.bundle import save_bundle
+from trustfeed.serving import FeedRanker
+from trustfeed.serving._compiled import CompiledModel, compile_model, compiled_available
+
+lleaves_only = pytest.mark.skipif(not compiled_available(), reason="the compiled extra (lleaves) is not installed")
+
+
+@pytest.fixture(scope="module")
+def parts(fx: Any) -> Any:
+    return fx.trained_parts()
+
+
+@pytest.fixture(scope="module")
+def compiled(parts: Any) -> CompiledModel:
+    return CompiledModel(parts.model)
+
+
+@pytest.fixture(scope="module")
+def bundle(fx: Any, parts: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("compiled") / "bundle"
+    save_bundle(fx.make_pipeline(parts), path)
+    return path
+
+
+def _feature_rows(parts: Any, fx: Any) -> np.ndarray:
+    pipeline = fx.make_pipeline(parts)
+    return pipeline.assembler.transform(parts.impressions)
+
+
+@lleaves_only
+def test_compiled_scores_equal_lightgbm_on_served_rows(compiled: CompiledModel, parts: Any, fx: Any) -> None:
+    served = _feature_rows(parts, fx)
+    # the same rows with values missing (LightGBM's NaN routing) are part of the check
+    missing = served.copy()
+    missing[np.random.default_rng(3).random(missing.shape) < 0.2] = np.nan
+    X = np.vstack([served, missing])
+    np.testing.assert_allclose(compiled.predict(X), parts.model.predict(X), rtol=0, atol=1e-9)
+    assert compiled.predict(X[:0]).shape == (0,)
+
+
+@lleaves_only
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_compiled_scores_equal_lightgbm_on_any_values(compiled: CompiledModel, parts: Any, data: st.DataObject) -> None:
+    # any finite or missing value in any feature, categorical codes outside the vocabulary included
+    shape = (data.draw(st.integers(1, 8)), len(compiled.feature_names_))
+    values = st.one_of(st.floats(-1e6, 1e6, allow_nan=False), st.just(float("nan")), st.integers(-3, 60).map(float))
+    X = data.draw(arrays(np.float64, shape, elements=values))
+    np.testing.assert_allclose(compiled.predict(X), parts.model.predict(X), rtol=0, atol=1e-9)
+
+
+@lleaves_only
+def test_feed_ranker_compiled_gives_the_lightgbm_response(bundle: Path, parts: Any) -> None:
+    plain = FeedRanker.load(bundle, record_served=False)
+    fast = FeedRanker.load(bundle, record_served=False, predictor="compiled")
+    assert (plain.predictor, fast.predictor) == ("lightgbm", "compiled")
+    for request in parts.requests[:20]:
+        expected, got = plain.rank(request), fast.rank(request)
+        assert [i["stream_id"] for i in got["items"]] == [i["stream_id"] for i in expected["items"]]
+        np.testing.assert_allclose(
+            [i["relevance"] for i in got["items"]], [i["relevance"] for i in expected["items"]], rtol=0, atol=1e-9
+        )
+        assert got["filtered"] == expected["filtered"]
+    # a reload compiles the new model too
+    fast.reload(bundle)
+    assert fast.predictor == "compiled"
+
+
+@lleaves_only
+def test_compile_cache_is_keyed_by_the_model_and_verified(parts: Any, fx: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    X = _feature_rows(parts, fx)[:50]
+    first = CompiledModel(parts.model, cache)
+    assert not first.cached and len(list(cache.glob("*.o"))) == 1
+    second = CompiledModel(parts.model, cache)
+    assert second.cached
+    np.testing.assert_array_equal(second.predict(X), first.predict(X))
+
+    other = fx.trained_parts(num_rounds=4).model  # another model: another entry, never the first's code
+    third = CompiledModel(other, cache)
+    assert not third.cached and len(list(cache.glob("*.o"))) == 2
+    np.testing.assert_allclose(third.predict(X), other.predict(X), rtol=0, atol=1e-9)
+
+    # a tampered object is refused (recompiled), never loaded
+    obj = _entry(cache, first)
+    obj.write_bytes(obj.read_bytes()[:-16] + b"\0" * 16)
+    with pytest.warns(RuntimeWarning, match="checksum"):
+        again = CompiledModel(parts.model, cache)
+    assert not again.cached
+    np.testing.assert_allclose(again.predict(X), parts.model.predict(X), rtol=0, atol=1e-9)
+
+
+def _entry(cache: Path, model: CompiledModel) -> Path:
+    from trustfeed.serving._compiled import _Cache
+
+    return _Cache(cache, model.model_sha256).object_path
+
+
+@lleaves_only
+def test_a_cache_others_can_write_is_not_used(parts: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    with pytest.warns(RuntimeWarning, match="writable by other users"):
+        model = CompiledModel(parts.model, cache)
+    assert not model.cached and not list(cache.glob("*.o"))
+
+
+def test_without_lleaves_compiled_falls_back_to_lightgbm(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = builtins.__import__
+
+    def no_lleaves(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "lleaves" or name.startswith("lleaves."):
+            raise ImportError("no lleaves here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lleaves)
+    assert not compiled_available()
+    with pytest.warns(RuntimeWarning, match="lleaves"):
+        model = compile_model(parts.model, "compiled")
+    assert model is parts.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compile_model(parts.model, "lightgbm") is parts.model
+
+
+def test_unknown_predictor_is_a_config_error(parts: Any) -> None:
+    from trustfeed.features.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="predictor"):
+        compile_model(parts.model, "treelite")
