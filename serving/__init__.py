@@ -9,5 +9,6 @@ JSON-lines file. See ``docs/serving.md``.
 from ..features.errors import ModelIntegrityError, RequestError
 from ._batch import rank_file
 from ._feed_ranker import FeedRanker
+from ._shared_ledger import RedisLedger, SharedLedgerConfig
 
-__all__ = ["FeedRanker", "ModelIntegrityError", "RequestError", "rank_file"]
+__all__ = ["FeedRanker", "ModelIntegrityError", "RedisLedger", "RequestError", "SharedLedgerConfig", "rank_file"]

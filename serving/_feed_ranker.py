@@ -13,6 +13,7 @@ from ..ranker.bundle import load_bundle
 from ..ranker.pipeline import RankingPipeline
 from ._compiled import CompiledModel, compile_model
 from ._resolve import local_model_dir
+from ._shared_ledger import RedisLedger
 
 __all__ = ["FeedRanker"]
 
@@ -44,6 +45,10 @@ class FeedRanker:
         Directory of compiled models, so that workers and restarts serving the same model
         compile it once. Entries are keyed by the checksum of the verified model text and
         checked before use; see ``docs/serving.md``.
+    shared_ledger
+        A :class:`~trustfeed.serving.RedisLedger`: the balancer's exposure ledger is then the
+        platform's, shared by every worker through Redis (synced in the background; ranking
+        never waits on it). It is attached again after every reload.
 
     Examples
     --------
@@ -83,8 +88,12 @@ class FeedRanker:
         source: str | None = None,
         predictor: str = "lightgbm",
         compile_cache: str | os.PathLike[str] | None = None,
+        shared_ledger: RedisLedger | None = None,
     ) -> None:
         pipeline.model = compile_model(pipeline.model, predictor, compile_cache)
+        self.shared_ledger = shared_ledger
+        if shared_ledger is not None:
+            pipeline.balancer = shared_ledger.attach(pipeline.balancer)
         self._predictor = predictor
         self._compile_cache = compile_cache
         self._pipeline = pipeline
@@ -103,6 +112,7 @@ class FeedRanker:
         tracking_uri: str | None = None,
         predictor: str = "lightgbm",
         compile_cache: str | os.PathLike[str] | None = None,
+        shared_ledger: RedisLedger | None = None,
     ) -> FeedRanker:
         """Load and verify a model bundle.
 
@@ -115,7 +125,7 @@ class FeedRanker:
         snapshot
             A trust snapshot directory (``trustfeed features``) to use instead of the bundled
             one.
-        record_served, predictor, compile_cache
+        record_served, predictor, compile_cache, shared_ledger
             See the class parameters.
         tracking_uri
             MLflow tracking URI for ``runs:/`` and ``models:/`` (default: MLflow's own).
@@ -134,6 +144,7 @@ class FeedRanker:
             source=os.fspath(model_uri),
             predictor=predictor,
             compile_cache=compile_cache,
+            shared_ledger=shared_ledger,
         )
 
     # ------------------------------------------------------------------ ranking
@@ -240,6 +251,8 @@ class FeedRanker:
                 from ..ranker.balancer import ExposureBalancer
 
                 fresh.balancer = ExposureBalancer.from_state(fresh.balancer.config, current.balancer.state_dict())
+            if self.shared_ledger is not None:
+                fresh.balancer = self.shared_ledger.attach(fresh.balancer)
             self._pipeline = fresh
             self._source = os.fspath(model_uri)
             return fresh.model_id

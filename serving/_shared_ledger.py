@@ -1,0 +1,325 @@
+"""One exposure ledger for every worker of the platform, kept in Redis.
+
+Each worker still ranks from its own in-process balancer, so a request never waits on the
+network. What changes is what that balancer's ledger holds: a background thread
+
+1. **pushes** the exposure this worker recorded since the last sync (summed per creator and
+   merchant, one pipelined round trip of ``HINCRBYFLOAT``) into time buckets in Redis, and
+2. **pulls** the platform-wide ledger back (every bucket still inside the window, decayed to
+   now) and writes it into the local ledger, so the re-ranking and the Gini controller of
+   every worker see the exposure of the whole platform, not their own share of it.
+
+Redis layout: one hash per ``bucket`` seconds of wall-clock time, ``<prefix>:creators:<n>``
+and ``<prefix>:merchants:<n>`` (``n = floor(t / bucket)``), field = id, value = exposure
+recorded in that bucket. Each hash expires ``window`` seconds after its bucket, so the store
+never grows past the window and needs no cleaning job. A bucket of age ``a`` counts with
+weight ``2 ** (-a / half_life)``.
+
+When Redis is unreachable (down, restarted, network), ranking goes on unchanged: the worker
+keeps recording locally and its pending exposure accumulates (one number per distinct id).
+Its ledger then holds the last platform view it pulled plus its own exposure since, decaying
+as usual, so the controller acts on a partial, ageing view, like a per-worker ledger. At the
+next successful sync the pending exposure is pushed (nothing is lost) and the platform view
+replaces the local one again. Every Redis call has a socket timeout, and only the sync thread
+makes them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+
+from ..features.errors import ConfigError, reject_unknown_keys
+from ..ranker.balancer import ExposureBalancer
+from ..ranker.metrics import position_exposure
+
+__all__ = ["RedisLedger", "SharedLedgerConfig"]
+
+_KINDS = ("creators", "merchants")
+_MAX_BUCKETS = 1024  # hashes read per sync
+
+
+@dataclass(frozen=True)
+class SharedLedgerConfig:
+    """How the shared ledger is kept (bounds are checked).
+
+    Parameters
+    ----------
+    url
+        Redis URL, e.g. ``redis://127.0.0.1:6379/0``.
+    prefix
+        Key prefix; workers with the same prefix share one ledger.
+    half_life
+        Seconds after which shared exposure counts half.
+    bucket
+        Seconds of wall-clock time per Redis hash.
+    window
+        Seconds a bucket is kept (and read); ``None``: four half-lives.
+    sync_interval
+        Seconds between two syncs of the background thread (the latency bound of a worker's
+        view of the others).
+    timeout
+        Socket timeout of every Redis call, in seconds.
+    """
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "trustfeed:ledger"
+    half_life: float = 600.0
+    bucket: float = 60.0
+    window: float | None = None
+    sync_interval: float = 0.5
+    timeout: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("half_life", "bucket", "sync_interval", "timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ConfigError(f"SharedLedgerConfig.{name}: expected a positive number of seconds, got {value!r}")
+        if self.window is not None and not (isinstance(self.window, (int, float)) and self.window >= self.bucket):
+            raise ConfigError(f"SharedLedgerConfig.window: expected at least one bucket ({self.bucket}), got {self.window!r}")
+        if self.kept / self.bucket > _MAX_BUCKETS:
+            raise ConfigError(
+                f"SharedLedgerConfig: the window ({self.kept:g} s) holds more than {_MAX_BUCKETS} buckets of "
+                f"{self.bucket:g} s; set a longer bucket or a shorter window"
+            )
+        if not isinstance(self.prefix, str) or not self.prefix:
+            raise ConfigError(f"SharedLedgerConfig.prefix: expected a non-empty string, got {self.prefix!r}")
+
+    @property
+    def kept(self) -> float:
+        """Seconds of history read and kept in Redis."""
+        return 4.0 * self.half_life if self.window is None else float(self.window)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SharedLedgerConfig:
+        reject_unknown_keys("SharedLedgerConfig", values, {f for f in cls.__dataclass_fields__})
+        return cls(**dict(values))
+
+
+class _SharedBalancer(ExposureBalancer):
+    """An :class:`ExposureBalancer` that also hands what it records to a :class:`RedisLedger`."""
+
+    _shared: RedisLedger
+
+    def _record_slots(self, creator_slots: np.ndarray, merchants: list[str], positions: np.ndarray,
+                      now: float | None) -> None:
+        cfg = self.config
+        exposure = position_exposure(positions, cfg.exposure_kind, cfg.exposure_patience)
+        with self._lock:
+            creators = [self._creators.ids[s] for s in creator_slots.tolist()]
+        self._shared.add(creators, merchants, exposure)
+        super()._record_slots(creator_slots, merchants, positions, now)
+
+    def record_impressions(self, impressions: pd.DataFrame) -> None:
+        super().record_impressions(impressions)  # validates first: a bad frame adds nothing
+        if impressions.empty:
+            return
+        cfg = self.config
+        exposure = position_exposure(impressions["position"].to_numpy(np.float64), cfg.exposure_kind,
+                                     cfg.exposure_patience)
+        self._shared.add(impressions["creator_id"].astype(str).tolist(),
+                         impressions["merchant_id"].astype(str).tolist(), exposure)
+
+    def apply_platform(self, exposure: Mapping[str, pd.Series]) -> None:
+        """Replace the local ledger's values by the platform's (decayed to now, true units)."""
+        with self._lock:
+            hl = self.config.half_life
+            growth = 1.0 if math.isinf(hl) else 2.0 ** ((self._clock - self._origin) / hl)
+            for kind, ledger in (("creators", self._creators), ("merchants", self._merchants)):
+                values = exposure[kind]
+                if values.empty:
+                    continue
+                slots = ledger.slots(values.index.tolist())
+                ledger.stored[slots] = values.to_numpy(np.float64) * growth
+                if kind == "creators":
+                    # exposure somewhere on the platform means a candidate there: in the population
+                    ledger.last_seen[slots] = np.maximum(ledger.last_seen[slots], self._clock)
+                ledger.total = float(ledger.stored[: ledger.size].sum())
+
+
+class RedisLedger:
+    """The platform's exposure ledger in Redis, synced with a worker's balancer.
+
+    Create one per worker process and pass it to
+    :class:`~trustfeed.serving.FeedRanker` (``shared_ledger=``); the ranker attaches its
+    balancer (again after every reload). Call :meth:`close` at shutdown (it pushes what is
+    pending).
+
+    Parameters
+    ----------
+    config
+        :class:`SharedLedgerConfig` (or its fields as keyword arguments).
+    client
+        A ``redis.Redis`` client to use instead of one made from ``config.url``.
+    start
+        Start the background sync thread (``False``: call :meth:`sync` yourself).
+    """
+
+    def __init__(self, config: SharedLedgerConfig | None = None, *, client: Any = None, start: bool = True,
+                 **options: Any) -> None:
+        self.config = config if config is not None else SharedLedgerConfig(**options)
+        if client is None:
+            import redis
+
+            client = redis.Redis.from_url(
+                self.config.url, socket_timeout=self.config.timeout, socket_connect_timeout=self.config.timeout,
+                decode_responses=False,
+            )
+        self._client = client
+        self._lock = threading.Lock()
+        self._pending: dict[str, defaultdict[str, float]] = {kind: defaultdict(float) for kind in _KINDS}
+        self._pending_bucket: int | None = None
+        self._balancer: _SharedBalancer | None = None
+        self.connected = False
+        self.last_sync: float | None = None
+        self.last_error: str | None = None
+        self.syncs = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="trustfeed-ledger-sync", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, balancer: ExposureBalancer | None) -> ExposureBalancer | None:
+        """The balancer to serve with: ``balancer``'s state, recording into this ledger too."""
+        if balancer is None:
+            return None
+        # from_state builds an instance of the class it is called on
+        shared = cast(_SharedBalancer, _SharedBalancer.from_state(balancer.config, balancer.state_dict()))
+        shared._shared = self
+        with self._lock:
+            self._balancer = shared
+        return shared
+
+    # ------------------------------------------------------------------ recording
+
+    def add(self, creators: list[str], merchants: list[str], exposure: np.ndarray) -> None:
+        """Queue exposure for the next push (called by the balancer; no network)."""
+        values = exposure.tolist()
+        with self._lock:
+            bucket = self._bucket(time.time())
+            if self._pending_bucket is None:
+                self._pending_bucket = bucket
+            pending_creators, pending_merchants = self._pending["creators"], self._pending["merchants"]
+            for creator, merchant, value in zip(creators, merchants, values, strict=True):
+                pending_creators[creator] += value
+                pending_merchants[merchant] += value
+
+    @property
+    def pending(self) -> int:
+        """Distinct creators with exposure not yet pushed."""
+        with self._lock:
+            return len(self._pending["creators"])
+
+    # ------------------------------------------------------------------ sync
+
+    def _bucket(self, t: float) -> int:
+        return int(t // self.config.bucket)
+
+    def _key(self, kind: str, bucket: int) -> str:
+        return f"{self.config.prefix}:{kind}:{bucket}"
+
+    def sync(self) -> bool:
+        """Push pending exposure and pull the platform ledger into the attached balancer.
+
+        Returns whether Redis answered; on failure the pending exposure is kept for the next
+        try and the local ledger is left as it is.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, {kind: defaultdict(float) for kind in _KINDS}
+            bucket, self._pending_bucket = self._pending_bucket, None
+            balancer = self._balancer
+        try:
+            if bucket is not None:
+                self._push(pending, bucket)
+            platform = self.platform_exposure()
+        except Exception as error:  # noqa: BLE001 - any Redis or socket failure: keep serving locally
+            self._requeue(pending, bucket)
+            self.connected = False
+            self.last_error = f"{type(error).__name__}: {error}"
+            return False
+        self.connected = True
+        self.last_error = None
+        self.last_sync = time.time()
+        self.syncs += 1
+        if balancer is not None:
+            balancer.apply_platform(platform)
+        return True
+
+    def _push(self, pending: dict[str, defaultdict[str, float]], bucket: int) -> None:
+        # exposure pending since an older bucket is filed under the bucket it started in, so a
+        # long outage does not make old exposure look fresh
+        expire = int(math.ceil(self.config.kept + self.config.bucket))
+        pipe = self._client.pipeline(transaction=False)
+        for kind in _KINDS:
+            values = pending[kind]
+            if not values:
+                continue
+            key = self._key(kind, bucket)
+            for item, value in values.items():
+                pipe.hincrbyfloat(key, item, value)
+            pipe.expire(key, expire)
+        pipe.execute()
+
+    def _requeue(self, pending: dict[str, defaultdict[str, float]], bucket: int | None) -> None:
+        with self._lock:
+            for kind in _KINDS:
+                target = self._pending[kind]
+                for item, value in pending[kind].items():
+                    target[item] += value
+            if bucket is not None and (self._pending_bucket is None or bucket < self._pending_bucket):
+                self._pending_bucket = bucket
+
+    def platform_exposure(self, now: float | None = None) -> dict[str, pd.Series]:
+        """The shared ledger decayed to ``now``: ``{"creators": Series, "merchants": Series}``.
+
+        Raises whatever the Redis client raises when the store is unreachable.
+        """
+        now = time.time() if now is None else now
+        last = self._bucket(now)
+        first = self._bucket(now - self.config.kept)
+        buckets = list(range(first, last + 1))
+        pipe = self._client.pipeline(transaction=False)
+        for kind in _KINDS:
+            for b in buckets:
+                pipe.hgetall(self._key(kind, b))
+        replies = pipe.execute()
+        out = {}
+        for k, kind in enumerate(_KINDS):
+            parts = []
+            for b, reply in zip(buckets, replies[k * len(buckets) : (k + 1) * len(buckets)], strict=True):
+                if not reply:
+                    continue
+                age = max(now - (b + 0.5) * self.config.bucket, 0.0)
+                weight = 2.0 ** (-age / self.config.half_life)
+                ids = [key.decode() if isinstance(key, bytes) else str(key) for key in reply]
+                parts.append(pd.Series(np.fromiter((float(v) for v in reply.values()), np.float64, len(reply)) * weight,
+                                       index=pd.Index(ids, dtype=object)))
+            out[kind] = (pd.concat(parts).groupby(level=0, sort=False).sum() if parts
+                         else pd.Series(dtype=np.float64, index=pd.Index([], dtype=object)))
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.sync_interval):
+            self.sync()
+
+    def close(self, flush: bool = True) -> None:
+        """Stop the sync thread; with ``flush``, push what is pending one last time."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * (self.config.timeout + self.config.sync_interval))
+        if flush:
+            self.sync()
