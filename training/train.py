@@ -47,6 +47,7 @@ from ..features.progress import NullProgress, Progress
 from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMARTConfig
 from ..ranker.policy import Policy, PolicyConfig
+from .bad_order_cost import BadOrderCostConfig
 from .dataset import DatasetConfig
 from .evaluation import (
     EVALUATION_DIR,
@@ -122,6 +123,11 @@ class TrainJobConfig:
         The balancer's target Gini relative to the data: ``target_gini_ratio`` x the
         creator-exposure Gini of the unbalanced trust-aware ranking of the validation window.
         ``None``: ``balancer.target_gini`` is taken as an absolute target.
+    bad_cost_estimate
+        How the cost of a bad order is measured from the training data's orders
+        (:mod:`trustfeed.training.bad_order_cost`); a usable estimate replaces
+        ``policy.bad_cost``, otherwise ``policy.bad_cost`` stays (and the run says why).
+        ``None``: always ``policy.bad_cost``.
     """
 
     events: Path
@@ -144,6 +150,7 @@ class TrainJobConfig:
     tracking_retries: int = 2
     run_name: str | None = None
     target_gini_ratio: float | None = 0.8
+    bad_cost_estimate: BadOrderCostConfig | None = field(default_factory=BadOrderCostConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "events", Path(self.events))
@@ -179,6 +186,8 @@ class TrainJobConfig:
                 raise ConfigError(f"TrainJobConfig.{name}: expected a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         if self.plain_model is not None and not isinstance(self.plain_model, LambdaMARTConfig):
             raise ConfigError("TrainJobConfig.plain_model: expected a LambdaMARTConfig or None")
+        if self.bad_cost_estimate is not None and not isinstance(self.bad_cost_estimate, BadOrderCostConfig):
+            raise ConfigError("TrainJobConfig.bad_cost_estimate: expected a BadOrderCostConfig or None")
         if self.trust is not None:
             from ..features.trust import TrustConfig
 
@@ -208,6 +217,7 @@ class TrainJobConfig:
             "tracking_retries": self.tracking_retries,
             "run_name": self.run_name,
             "target_gini_ratio": self.target_gini_ratio,
+            "bad_cost_estimate": None if self.bad_cost_estimate is None else self.bad_cost_estimate.to_dict(),
         }
 
     @classmethod
@@ -217,7 +227,8 @@ class TrainJobConfig:
         reject_unknown_keys("TrainJobConfig", values, known)
         data = dict(values)
         nested = {"dataset": DatasetConfig, "model": LambdaMARTConfig, "plain_model": LambdaMARTConfig,
-                  "policy": PolicyConfig, "balancer": BalancerConfig, "context": ContextConfig, "evaluation": EvalConfig}
+                  "policy": PolicyConfig, "balancer": BalancerConfig, "context": ContextConfig, "evaluation": EvalConfig,
+                  "bad_cost_estimate": BadOrderCostConfig}
         for name, kind in nested.items():
             if isinstance(data.get(name), Mapping):
                 data[name] = kind.from_dict(data[name])  # type: ignore[attr-defined]
@@ -407,9 +418,16 @@ def _creator_gini(part: Any, score: np.ndarray) -> float:
 
 
 def fit_policy_and_target(
-    config: TrainJobConfig, model: Any, fit_part: Any, valid_part: Any, events: Any, progress: Progress | None = None
+    config: TrainJobConfig, model: Any, fit_part: Any, valid_part: Any, events: Any, progress: Progress | None = None,
+    *, data_end: Any = None,
 ) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
     """The policy and balancer to serve, with what was fitted from the data.
+
+    * ``bad_cost_estimate`` set (and ``combine="expected_value"``): the cost of a bad order
+      measured from the orders before ``data_end`` (the end of the training data; ``None``:
+      the whole of ``events``) by :func:`~trustfeed.training.bad_order_cost.estimate_bad_order_cost`
+      replaces ``policy.bad_cost`` when the estimate is usable; ``fitted`` holds the estimate,
+      the cost used and where it came from (``policy.bad_cost_source``).
 
     * ``combine="expected_value"``: :meth:`Policy.fit <trustfeed.ranker.policy.Policy.fit>`
       learns the purchase calibration ``(a, b)`` from ``purchased`` against the model score
@@ -434,6 +452,18 @@ def fit_policy_and_target(
     trust_column = "merchant_trust_index"
     impressions = events["impressions"]
     valid_score = np.asarray(model.predict(valid_part.features()), dtype=np.float64)
+    if config.bad_cost_estimate is not None and policy.config.combine == "expected_value":
+        from .bad_order_cost import estimate_bad_order_cost
+
+        progress("measuring the cost of a bad order from the buyers' later orders")
+        cost = estimate_bad_order_cost(events if data_end is None else events.before(data_end), config.bad_cost_estimate,
+                                       end=data_end)
+        bad_cost = cost.cost_or(policy.config.bad_cost)
+        source = "measured" if cost.usable else f"configured: {cost.reason}"
+        fitted.update({**{f"policy.{k}": v for k, v in cost.to_metrics().items()},
+                       "policy.bad_cost": bad_cost, "policy.bad_cost_source": source})
+        progress(f"bad-order cost {bad_cost:.3g} good orders ({source})")
+        policy = Policy(replace(policy.config, bad_cost=bad_cost))
     if policy.config.combine == "expected_value":
         progress("fitting the expected-value policy: purchase calibration and bad-order model")
         flags = _purchased(impressions)
@@ -683,7 +713,8 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
             monotone=plain_schema["monotone"], feature_schema=plain_schema,
         )
 
-    policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress)
+    policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
+                                                            data_end=windows.holdout_start)
 
     # --- the bundle, saved locally before anything else goes to the tracking store
     local = _local_run_dir(config, run.run_id)
@@ -732,7 +763,8 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     if plain_model is not None:
         curves.update({f"plain.valid_{name.replace('@', '_at_')}": values
                        for name, values in plain_model.evals_result_.get("valid", {}).items()})
-    run.log_metrics({**metrics, "best_iteration": float(model.best_iteration_),
+    cost_metrics = {k: float(v) for k, v in fitted.items() if k.startswith("policy.bad_order_cost.")}
+    run.log_metrics({**metrics, **cost_metrics, "best_iteration": float(model.best_iteration_),
                      "train_requests": float(fit_part.groups().size), "valid_requests": float(valid_part.groups().size)},
                     series=curves)
     run.set_tags({
