@@ -462,6 +462,8 @@ class MerchantStatus(NamedTuple):
     """Another account of the same legal entity is banned (the merchant itself is not)."""
     known: np.ndarray
     """The merchant is in the snapshot."""
+    guarantees: np.ndarray
+    """Buyer-protection ("trusted purchase") benefits the merchant offers (0 when unknown)."""
 
 
 # Feature sources: where a feature's value comes from.
@@ -816,6 +818,10 @@ class FeatureAssembler:
         self._trust = np.clip(trust, 0.0, 1.0)
         self._banned = banned
         self._banned_entity = banned_entity
+        guarantees = np.zeros(n_m + 1)
+        if "n_benefits" in merchants.columns:
+            guarantees[merchant_rows[valid_rows]] = np.nan_to_num(_as_float(merchants["n_benefits"])[valid_rows])
+        self._guarantees = guarantees
 
         # ---- creators
         creator_ids = _ids(creators["creator_id"])
@@ -983,6 +989,7 @@ class FeatureAssembler:
             banned_merchant=self._banned[rows],
             banned_entity=self._banned_entity[rows],
             known=self._merchant_known[rows] > 0,
+            guarantees=self._guarantees[rows],
         )
 
     def transform_with_status(self, candidates: pd.DataFrame | Mapping[str, Any]) -> tuple[np.ndarray, MerchantStatus]:

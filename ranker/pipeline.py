@@ -246,7 +246,7 @@ class RankingPipeline:
         # sort: the balancer orders each request itself)
         codes = self.policy.rule_codes(status.banned_merchant, status.banned_entity, trust)
         passed = codes == 0
-        score = self.policy.score(relevance, trust, group=unique_sizes)
+        score = self.policy.score(relevance, trust, group=unique_sizes, guarantees=status.guarantees)
         if not passed.all():
             score = np.where(passed, score, -np.inf)
 

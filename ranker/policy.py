@@ -99,11 +99,22 @@ class PolicyConfig:
         Trust is clipped to ``[eps, 1 - eps]`` before the logit.
     bad_cost
         ``"expected_value"``: what a bad order costs, in good orders (``>= 0``).
+    guarantee_boost
+        Priority for merchants offering buyer protection ("trusted purchase": refund without
+        return, return freight, fake-one-pay-ten, 7-day no-reason returns, fast refund),
+        ``>= 0``, ``0`` = none. With the expected-value and multiplicative scores (a value
+        with a meaningful zero) a guaranteed merchant's score ``s`` becomes
+        ``s * exp(guarantee_boost * sign(s))``: a positive value grows by the factor
+        ``exp(guarantee_boost)``, a negative one shrinks towards 0; with the logit score it
+        gains ``guarantee_boost`` (standard deviations of relevance). Either way the score of
+        a guaranteed candidate only rises, and the order among guaranteed (or among
+        non-guaranteed) candidates is unchanged.
 
     Examples
     --------
     >>> PolicyConfig.from_dict(PolicyConfig(trust_weight=0.5, combine="logit").to_dict())  # doctest: +NORMALIZE_WHITESPACE
-    PolicyConfig(trust_weight=0.5, combine='logit', trust_floor=None, filter_banned=True, eps=0.001, bad_cost=2.0)
+    PolicyConfig(trust_weight=0.5, combine='logit', trust_floor=None, filter_banned=True, eps=0.001, bad_cost=2.0,
+                 guarantee_boost=0.0)
     """
 
     trust_weight: float = 1.0
@@ -112,6 +123,7 @@ class PolicyConfig:
     filter_banned: bool = True
     eps: float = 1e-3
     bad_cost: float = 2.0
+    guarantee_boost: float = 0.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.trust_weight, (int, float)) and np.isfinite(self.trust_weight) and self.trust_weight >= 0):
@@ -123,6 +135,9 @@ class PolicyConfig:
         if not 0 < self.eps < 0.5:
             raise ConfigError(f"eps must be in (0, 0.5), got {self.eps!r}")
         check_parameters(None, None, self.bad_cost)
+        if not (isinstance(self.guarantee_boost, (int, float)) and not isinstance(self.guarantee_boost, bool)
+                and math.isfinite(self.guarantee_boost) and 0 <= self.guarantee_boost <= 10):
+            raise ConfigError(f"guarantee_boost must be a number in [0, 10], got {self.guarantee_boost!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able parameters."""
@@ -310,7 +325,7 @@ class Policy:
         """:meth:`rule_codes` as reason strings, ``""`` when the candidate stays (object array)."""
         return _REASONS.take(self.rule_codes(banned_merchant, banned_entity, trust))
 
-    def score(self, relevance: Any, trust: Any, group: Any = None) -> np.ndarray:
+    def score(self, relevance: Any, trust: Any, group: Any = None, guarantees: Any = None) -> np.ndarray:
         """The combined score of every candidate (vectorised; hard rules not applied).
 
         Parameters
@@ -321,16 +336,36 @@ class Policy:
         group
             Request sizes when scoring many requests laid end to end (``None``: one request);
             the relevance standardisation is per request.
+        guarantees
+            Buyer-protection benefits of each candidate's merchant (``> 0``: guaranteed), for
+            ``guarantee_boost``; ``None``: none known.
         """
+        score = self._base_score(relevance, trust, group)
+        if self.config.guarantee_boost == 0 or guarantees is None:
+            return score
+        guaranteed = _vector(guarantees, score.shape[0], "guarantees", np.float64) > 0
+        boost = self.config.guarantee_boost
+        if self.config.combine == "logit" or (self.config.combine == "expected_value" and not self._uses_expected_value):
+            return np.where(guaranteed, score + boost, score)
+        return np.where(guaranteed, score * np.exp(boost * np.sign(score)), score)
+
+    @property
+    def _uses_expected_value(self) -> bool:
+        config = self.config
+        return (config.combine == "expected_value" and self.state is not None and config.trust_weight != 0
+                and config.bad_cost != 0)
+
+    def _base_score(self, relevance: Any, trust: Any, group: Any) -> np.ndarray:
         config = self.config
         rel = np.asarray(relevance, dtype=np.float64)
         n = rel.shape[0]
         trust_values = _vector(trust, n, "trust", np.float64)
         expected_value = config.combine == "expected_value"
-        if expected_value and self.state is not None and config.trust_weight != 0 and config.bad_cost != 0:
+        state = self.state
+        if self._uses_expected_value and state is not None:
             # calibrated on the raw score: no per-request standardisation
             trust_values = np.where(np.isnan(trust_values), 0.5, trust_values)
-            return expected_value_score(rel, trust_values, self.state.purchase_calibration, self.state.bad_model,
+            return expected_value_score(rel, trust_values, state.purchase_calibration, state.bad_model,
                                         config.bad_cost, config.eps)
         z = standardise_relevance(rel, None if group is None else _group_sizes(group, n))
         if config.trust_weight == 0 or (expected_value and config.bad_cost == 0):
@@ -341,7 +376,8 @@ class Policy:
             return z + config.trust_weight * (np.log(clipped) - np.log1p(-clipped))
         return (1.0 / (1.0 + np.exp(-z))) * clipped**config.trust_weight
 
-    def rank(self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any) -> PolicyResult:
+    def rank(self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any,
+             guarantees: Any = None) -> PolicyResult:
         """Hard rules, then the final order, for one request.
 
         Ties keep the input order (a stable sort), so equal scores never shuffle.
@@ -350,14 +386,14 @@ class Policy:
         trust_values = _vector(trust, rel.shape[0], "trust", np.float64)
         reasons = self.reasons(banned_merchant, banned_entity, trust_values)
         kept = reasons == ""
-        score = np.where(kept, self.score(rel, trust_values), -np.inf)
+        score = np.where(kept, self.score(rel, trust_values, guarantees=guarantees), -np.inf)
         kept_idx = np.flatnonzero(kept)
         order = kept_idx[np.argsort(-score[kept_idx], kind="stable")]
         filtered = np.flatnonzero(~kept)
         return PolicyResult(order=order, score=score, filtered=filtered, reasons=reasons[filtered])
 
     def rank_many(
-        self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any, group: Any
+        self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any, group: Any, guarantees: Any = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The vectorised form of :meth:`rank` over many requests laid end to end.
 
@@ -378,7 +414,7 @@ class Policy:
         ids = np.repeat(np.arange(sizes.size), sizes)
         reasons = self.reasons(banned_merchant, banned_entity, trust_values)
         kept = reasons == ""
-        score = np.where(kept, self.score(rel, trust_values, group=sizes), -np.inf)
+        score = np.where(kept, self.score(rel, trust_values, group=sizes, guarantees=guarantees), -np.inf)
         # within each request: kept rows by descending score, ties in input order
         order = np.lexsort((np.arange(n), -score, ~kept, ids))
         rank = np.zeros(n, dtype=np.int64)

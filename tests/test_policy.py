@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError, SchemaError
 from trustfeed.ranker import policy as policy_module
-from trustfeed.ranker.policy import Policy, PolicyConfig, standardise_relevance
+from trustfeed.ranker.policy import Policy, PolicyConfig, PolicyState, standardise_relevance
 
 relevances = st.floats(-50, 50, allow_nan=False)
 trusts = st.floats(0.0, 1.0, allow_nan=False)
@@ -163,3 +163,78 @@ def test_the_pipeline_ranks_with_the_policy_it_holds(fx):
     # items come back in policy order, so the standardisation is over the same candidates
     assert [item["score"] for item in response["items"]] == pytest.approx(expected.tolist(), rel=1e-12, abs=1e-12)
     assert np.all(np.diff(expected) <= 0)
+
+
+def _exposure(order: np.ndarray, n: int) -> np.ndarray:
+    """Exposure 1 / log2(position + 1) of every candidate (0 when filtered)."""
+    exposure = np.zeros(n)
+    exposure[order] = 1.0 / np.log2(np.arange(2, order.size + 2))
+    return exposure
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rel=st.lists(st.floats(-6, 6, allow_nan=False), min_size=1, max_size=20),
+    data=st.data(),
+    boosts=st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 5.0)),
+    combine=st.sampled_from(["expected_value", "logit", "multiplicative"]),
+)
+def test_guarantee_boost_only_raises_guaranteed_merchants(rel, data, boosts, combine):
+    n = len(rel)
+    trust = np.array(data.draw(st.lists(trusts, min_size=n, max_size=n)))
+    guarantees = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    low, high = sorted(boosts)
+    state = PolicyState((1.0, -2.0), (-1.5, -0.7)) if combine == "expected_value" else None
+    ranks = []
+    for boost in (low, high):
+        policy = Policy(PolicyConfig(combine=combine, guarantee_boost=boost), state)
+        result = policy.rank(rel, trust, False, False, guarantees=guarantees)
+        rank = np.empty(n, dtype=int)
+        rank[result.order] = np.arange(n)
+        ranks.append(rank)
+        # within each side the order is the unboosted one
+        plain = Policy(PolicyConfig(combine=combine), state).score(rel, trust)
+        boosted = policy.score(rel, trust, guarantees=guarantees)
+        assert (boosted >= plain - 1e-12).all() and (boosted[guarantees == 0] == plain[guarantees == 0]).all()
+    guaranteed = guarantees > 0
+    # a higher boost never moves a guaranteed candidate down nor a plain one up, so the
+    # guaranteed merchants' exposure share only grows
+    assert (ranks[1][guaranteed] <= ranks[0][guaranteed]).all()
+    assert (ranks[1][~guaranteed] >= ranks[0][~guaranteed]).all()
+    exposure = [1.0 / np.log2(r + 2) for r in ranks]
+    assert exposure[1][guaranteed].sum() >= exposure[0][guaranteed].sum() - 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(rel=st.lists(relevances, min_size=1, max_size=20), data=st.data(), floors=st.tuples(trusts, trusts))
+def test_trust_floor_removes_exactly_the_merchants_below_it(rel, data, floors):
+    n = len(rel)
+    trust = np.array(data.draw(st.lists(trusts, min_size=n, max_size=n)))
+    low, high = sorted(floors)
+    kept = []
+    for floor in (low, high):
+        result = Policy(PolicyConfig(trust_floor=floor)).rank(rel, trust, False, False)
+        assert set(result.filtered.tolist()) == set(np.flatnonzero(trust < floor).tolist())
+        assert _exposure(result.order, n)[trust < floor].sum() == 0.0
+        kept.append(set(result.order.tolist()))
+    assert kept[1] <= kept[0]  # a higher floor never brings a candidate back
+
+
+def test_guarantee_boost_validation_and_the_pipeline_passes_guarantees(fx):
+    for bad in (-0.1, float("inf"), 11.0, True):
+        with pytest.raises(ConfigError, match="guarantee_boost"):
+            PolicyConfig(guarantee_boost=bad)
+    parts = fx.trained_parts()
+    plain = fx.make_pipeline(parts, balancer=False)
+    boosted = fx.make_pipeline(parts, balancer=False)
+    boosted.policy = Policy(PolicyConfig(guarantee_boost=3.0))
+    status = plain.assembler.merchant_status(np.array(parts.snapshot.merchants["merchant_id"].tolist(), dtype=object))
+    guaranteed = {m for m, g in zip(parts.snapshot.merchants["merchant_id"], status.guarantees, strict=True) if g > 0}
+    assert guaranteed, "the fixture world has merchants offering buyer protection"
+    lift = []
+    for pipeline in (plain, boosted):
+        shown = [(i + 1, item["merchant_id"]) for r in pipeline.rank_many(parts.requests[:40], record=False)
+                 for i, item in enumerate(r["items"][:10])]
+        exposure = np.array([1.0 / np.log2(p + 1) for p, _ in shown])
+        lift.append(exposure[[m in guaranteed for _, m in shown]].sum() / exposure.sum())
+    assert lift[1] > lift[0]
