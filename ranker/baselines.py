@@ -4,7 +4,10 @@
 - :func:`creator_cap`: at most ``cap`` items per creator in the first ``k``;
 - :func:`fair_quota`: FA*IR (Zehlike et al., CIKM 2017) ranked group fairness with the long-tail
   creators as the protected group: every prefix of the first ``k`` holds at least the number of
-  protected items a binomial test with proportion ``p`` at significance ``alpha`` requires.
+  protected items a binomial test with proportion ``p`` at significance ``alpha`` requires;
+- :class:`FairCoReranker`: a FairCo-style amortised P-controller (Morik et al., SIGIR 2020);
+- :class:`PMMFReranker`: P-MMF-style per-creator dual prices by online mirror descent (Xu et
+  al., WWW 2023).
 
 Each takes one request's arrays and returns candidate indices best first (a permutation).
 All are vectorised: FA*IR's greedy merge has a closed form (see :func:`fair_quota`).
@@ -29,6 +32,8 @@ from ..features.errors import ConfigError, SchemaError
 
 __all__ = [
     "CreatorCapReranker",
+    "FairCoReranker",
+    "PMMFReranker",
     "FairQuotaReranker",
     "PopularityReranker",
     "Reranker",
@@ -321,3 +326,165 @@ class PopularityReranker(_StatelessReranker):
         if self.noise > 0:
             popularity = popularity + self._rng.gumbel(0.0, self.noise, popularity.size)
         return np.argsort(-popularity, kind="stable")
+
+
+# ----------------------------------------------------------------------------- amortised fairness
+
+
+def _merit(relevance: np.ndarray) -> np.ndarray:
+    """A request's scores as merits in (0, 1): the logistic of their per-request z-score.
+
+    Policy scores have a model-dependent scale (a raw LambdaMART score, an expected net value
+    in ``[-bad_cost, 1]``); the fairness baselines need a positive merit on one scale.
+    """
+    from .policy import standardise_relevance
+
+    z = standardise_relevance(np.asarray(relevance, dtype=np.float64))
+    return 1.0 / (1.0 + np.exp(-np.where(np.isfinite(z), z, -30.0)))
+
+
+class _AmortisedReranker:
+    """A re-ranker with per-creator running totals (creators are the providers)."""
+
+    config: Any = None  # the pipeline reads ``config.record_k``; these keep no config
+
+    def __init__(self) -> None:
+        from .balancer import _Ledger
+
+        self._exposure = _Ledger()  # exposure received, per creator
+        self._secondary = np.zeros(1024)  # per creator: merit seen (FairCo) or log-price (P-MMF)
+        self._last: np.ndarray | None = None  # slots of the last request's candidates
+
+    def _slots(self, creator_ids: Sequence[str]) -> np.ndarray:
+        slots = self._exposure.slots(list(creator_ids))
+        if self._exposure.stored.size > self._secondary.size:
+            self._secondary = np.concatenate([self._secondary, np.zeros(self._exposure.stored.size - self._secondary.size)])
+        return slots
+
+    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None) -> None:
+        """Add the exposure ``1 / log2(position + 1)`` of a served list to the creators' totals."""
+        slots = self._slots(creator_ids)
+        exposure = 1.0 / np.log2(np.asarray(positions, dtype=np.float64) + 1.0)
+        np.add.at(self._exposure.stored, slots, exposure)
+        self._after_record(slots, exposure)
+
+    def _after_record(self, slots: np.ndarray, exposure: np.ndarray) -> None:
+        """Hook for the dual update of :class:`PMMFReranker`."""
+
+    def record_impressions(self, impressions: pd.DataFrame) -> None:
+        """Add logged impressions (``creator_id``, ``position``) to the creators' exposure."""
+        if len(impressions):
+            slots = self._exposure.slots_bulk(impressions["creator_id"].astype(str))
+            if self._exposure.stored.size > self._secondary.size:
+                self._secondary = np.concatenate([self._secondary, np.zeros(self._exposure.stored.size - self._secondary.size)])
+            exposure = 1.0 / np.log2(impressions["position"].to_numpy(dtype=np.float64) + 1.0)
+            np.add.at(self._exposure.stored, slots, exposure)
+
+
+class FairCoReranker(_AmortisedReranker):
+    """FairCo-style amortised P-controller for merit-proportional creator exposure.
+
+    After Morik et al., "Controlling Fairness and Bias in Dynamic Learning-to-Rank" (SIGIR
+    2020): rank by ``merit + strength * err``, where ``err`` of a candidate is the gap
+    between the largest exposure-per-merit among the request's creators and its own creator's,
+    both accumulated over every request served so far (the paper's ``(tau - 1) x`` average
+    disparity is this accumulated gap). A creator that got less exposure than its merit
+    earns is lifted in proportion to the shortfall, so the disparity is driven towards zero
+    over time. Groups are individual creators; the maximum is taken over the request's
+    creators (the paper takes it over all groups). Merit is the logistic of the
+    per-request z-scored policy score, accumulated as a mean per creator.
+
+    Examples
+    --------
+    >>> fairco = FairCoReranker(strength=1.0)
+    >>> fairco.rerank(["a", "b"], ["m", "m"], [1.0, 1.0], [0.5, 0.5]).tolist()  # a tie: input order
+    [0, 1]
+    >>> fairco.record(["a", "b"], ["m", "m"], [1, 2])  # "a" got more exposure for the same merit
+    >>> fairco.rerank(["a", "b"], ["m", "m"], [1.0, 1.0], [0.5, 0.5]).tolist()
+    [1, 0]
+    """
+
+    def __init__(self, strength: float = 0.01) -> None:
+        if not (np.isfinite(strength) and strength >= 0):
+            raise ConfigError(f"FairCoReranker: expected strength >= 0, got {strength!r}")
+        super().__init__()
+        self.strength = float(strength)
+        self._seen = np.zeros(1024)  # requests each creator was a candidate in
+
+    def rerank(
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        now: float | None = None, record: bool | None = None,
+    ) -> np.ndarray:
+        """Candidate indices best first (the merit of this request is accumulated)."""
+        rel = _relevance(relevance)
+        if rel.size == 0:
+            return np.zeros(0, dtype=np.intp)
+        merit = _merit(rel)
+        slots = self._slots(creator_ids)
+        if self._secondary.size > self._seen.size:
+            self._seen = np.concatenate([self._seen, np.zeros(self._secondary.size - self._seen.size)])
+        np.add.at(self._secondary, slots, merit)
+        np.add.at(self._seen, slots, 1.0)
+        mean_merit = self._secondary[slots] / np.maximum(self._seen[slots], 1.0)
+        per_merit = self._exposure.stored[slots] / np.maximum(mean_merit, 1e-9)
+        err = per_merit.max() - per_merit
+        return np.argsort(-(merit + self.strength * err), kind="stable")
+
+
+class PMMFReranker(_AmortisedReranker):
+    """P-MMF-style per-creator dual prices updated by online mirror descent.
+
+    After Xu et al., "P-MMF: Provider Max-min Fairness Re-ranking in Recommender System" (WWW
+    2023), without its projection step (the reference code solves it with cvxpy): each
+    creator (provider) has a dual price; a request ranks by ``merit - strength * price``;
+    after the served list is recorded, the prices take one exponentiated-gradient (entropic
+    mirror descent) step with step size ``learning_rate`` on the gap between the exposure each
+    candidate creator received and an equal share of the list's exposure among the request's
+    creators, so over-exposed creators get dearer and starved ones cheaper. Prices are
+    normalised to mean 1 over the creators seen. Merit as in :class:`FairCoReranker`.
+
+    Examples
+    --------
+    >>> pmmf = PMMFReranker(strength=0.5, learning_rate=1.0)
+    >>> for _ in range(5):  # "a" always wins and is shown first
+    ...     order = pmmf.rerank(["a", "b"], ["m", "m"], [1.0, 0.9], [0.5, 0.5])
+    ...     pmmf.record(["a", "b"], ["m", "m"], [1, 2])
+    >>> pmmf.rerank(["a", "b"], ["m", "m"], [1.0, 0.9], [0.5, 0.5]).tolist()
+    [1, 0]
+    """
+
+    def __init__(self, strength: float = 0.1, learning_rate: float = 0.05) -> None:
+        if not (np.isfinite(strength) and strength >= 0 and np.isfinite(learning_rate) and learning_rate > 0):
+            raise ConfigError(f"PMMFReranker: expected strength >= 0 and learning_rate > 0, got {strength!r}, {learning_rate!r}")
+        super().__init__()
+        self.strength, self.learning_rate = float(strength), float(learning_rate)
+
+    def _prices(self, slots: np.ndarray) -> np.ndarray:
+        seen = self._exposure.size
+        log_price = self._secondary[:seen]
+        # softmax over the creators seen, times their number: mean price 1
+        shift = log_price.max(initial=0.0)
+        weights = np.exp(log_price - shift)
+        return np.asarray(weights[slots] * seen / weights.sum())
+
+    def rerank(
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        now: float | None = None, record: bool | None = None,
+    ) -> np.ndarray:
+        """Candidate indices best first (remembers the candidates for the price update)."""
+        rel = _relevance(relevance)
+        if rel.size == 0:
+            return np.zeros(0, dtype=np.intp)
+        slots = self._slots(creator_ids)
+        self._last = np.unique(slots)
+        return np.argsort(-(_merit(rel) - self.strength * self._prices(slots)), kind="stable")
+
+    def _after_record(self, slots: np.ndarray, exposure: np.ndarray) -> None:
+        candidates = self._last if self._last is not None else np.unique(slots)
+        self._last = None
+        if candidates.size == 0:
+            return
+        received = np.zeros(self._exposure.size)
+        np.add.at(received, slots, exposure)
+        gradient = received[candidates] - exposure.sum() / candidates.size
+        self._secondary[candidates] += self.learning_rate * gradient

@@ -200,6 +200,36 @@ def test_rerankers_return_a_permutation(candidates: list[tuple[str, float]], see
     score = [s for _, s in candidates]
     followers = pd.Series([100.0, 50.0, 10.0, 5.0, 1.0], index=list("abcde"))
     for reranker in (b.CreatorCapReranker(cap=1, k=4), b.FairQuotaReranker(followers, k=5),
-                     b.PopularityReranker(followers, seed=seed)):
-        order = reranker.rerank(creators, ["m"] * len(creators), score, [0.5] * len(creators))
-        assert sorted(order.tolist()) == list(range(len(candidates)))
+                     b.PopularityReranker(followers, seed=seed), b.FairCoReranker(0.1), b.PMMFReranker(0.5, 0.5)):
+        for _ in range(2):  # the amortised ones change with what was recorded
+            order = reranker.rerank(creators, ["m"] * len(creators), score, [0.5] * len(creators))
+            assert sorted(order.tolist()) == list(range(len(candidates)))
+            reranker.record([creators[i] for i in order[:3]], ["m"] * min(3, len(order)), np.arange(1, min(3, len(order)) + 1))
+
+
+def _stream_gini(reranker: Any, rng: np.random.Generator, requests: int = 300) -> float:
+    """Creator-exposure Gini of a stream of requests where a few creators always score best."""
+    from trustfeed.ranker.metrics import gini
+
+    creators = np.array([f"c{i}" for i in range(20)], dtype=object)
+    quality = np.linspace(1.0, 0.0, 20)
+    exposure = pd.Series(0.0, index=creators)
+    for _ in range(requests):
+        pick = rng.choice(20, 8, replace=False)
+        score = quality[pick] + rng.normal(0.0, 0.05, 8)
+        order = reranker.rerank(creators[pick].tolist(), ["m"] * 8, score, [0.5] * 8)
+        shown = creators[pick][order[:5]]
+        reranker.record(shown.tolist(), ["m"] * 5, np.arange(1, 6))
+        exposure[shown] += 1.0 / np.log2(np.arange(2, 7))
+    return float(gini(exposure.to_numpy()))
+
+
+@pytest.mark.parametrize("make", [lambda s: b.FairCoReranker(strength=s), lambda s: b.PMMFReranker(strength=s, learning_rate=0.2)])
+def test_amortised_baselines_flatten_exposure_more_as_strength_grows(make: Any) -> None:
+    ginis = [_stream_gini(make(strength), np.random.default_rng(5)) for strength in (0.0, 0.05, 1.0)]
+    assert ginis[0] > ginis[1] > ginis[2]
+    # strength 0 is the merit order: the policy score decides alone
+    reranker = make(0.0)
+    assert reranker.rerank(["a", "b", "c"], ["m"] * 3, [0.1, 0.9, 0.5], [0.5] * 3).tolist() == [1, 2, 0]
+    with pytest.raises(ConfigError):
+        make(-1.0)
