@@ -75,6 +75,7 @@ from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.events import TABLES, write_events
 from ..features.io import atomic_dir
 from ..features.progress import NullProgress, Progress
+from ._sim_attacks import apply_exit_scams, attack_truth, exit_scam_aftermath, report_bombing
 from ._sim_util import (
     DAY,
     HOUR,
@@ -191,6 +192,13 @@ class SimConfig:
         Share of shipments delayed by the carrier, independent of the merchant.
     false_report_rate
         Unfounded reports per merchant and active day (size-weighted), independent of trust.
+    exit_scam_rate, exit_scam_surge
+        Share of (good, established) merchants that switch to an exit scam during the window,
+        and their surge of new-buyer orders after the switch (times their usual order rate).
+        0 = off. See :mod:`._sim_attacks`.
+    report_bombing_rate, bombing_reports
+        Share of good merchants hit by a burst of false reports from fresh accounts, and the
+        mean number of reports per burst. 0 = off.
 
     Examples
     --------
@@ -218,6 +226,10 @@ class SimConfig:
     no_reason_return_rate: float = 0.06
     logistics_delay_rate: float = 0.08
     false_report_rate: float = 0.02
+    exit_scam_rate: float = 0.0
+    exit_scam_surge: float = 3.0
+    report_bombing_rate: float = 0.0
+    bombing_reports: float = 40.0
 
     def __post_init__(self) -> None:
         for name in ("seed", "merchants", "days", "slate_min", "slate_max"):
@@ -245,6 +257,8 @@ class SimConfig:
             "new_merchant_rate",
             "no_reason_return_rate",
             "logistics_delay_rate",
+            "exit_scam_rate",
+            "report_bombing_rate",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
@@ -255,6 +269,8 @@ class SimConfig:
             "impulse_strength",
             "position_bias_eta",
             "false_report_rate",
+            "exit_scam_surge",
+            "bombing_reports",
         ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0.0 <= value < math.inf):
@@ -1091,14 +1107,18 @@ def simulate(config: SimConfig, progress: Progress | None = None) -> SimulatedPl
     feed = _feed(config, merchants, creators, users, follows, streams)
     report("simulating orders")
     orders = _orders(config, merchants, users, streams, feed, end)
+    orders, switch = apply_exit_scams(config, merchants, orders, end)
     report("simulating after-sales, reviews, reports, guarantees and NPS")
     cases = _after_sales(config, merchants, orders, end)
     reviews = _reviews(config, merchants, orders, end)
     reports = _reports(config, merchants, creators, streams, orders, end)
+    cases, reviews, reports = exit_scam_aftermath(config, orders, cases, reviews, reports, end)
+    reports, *bombed = report_bombing(config, merchants, orders, reports, end)
     guarantees = _guarantees(config, merchants, end)
     nps = _nps(config, merchants, orders, end)
     report("assembling tables")
     tables, truth = _assemble(config, start_ns, merchants, creators, follows, streams, feed, orders, cases, reviews, reports, guarantees, nps)
+    truth["merchants"] = attack_truth(truth["merchants"], start_ns, switch, (bombed[0], bombed[1]))
     return SimulatedPlatform(tables=tables, truth=truth, config=config)
 
 
