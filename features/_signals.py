@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ._dask_backend import Aggregator
+from ._early_warning import early_warning_counts
 from ._schema import BENEFITS
 from .outcomes import BAD_AFTER_SALES_REASONS, LOW_RATING_MAX, order_outcomes, went_bad
 
@@ -437,6 +438,7 @@ def build_counts(
     counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc))
     bad_case = outcomes["bad_case_at"].notna().to_numpy(dtype="float64")
     bad_review = outcomes["low_rating_at"].notna().to_numpy(dtype="float64")
+    counts.update(_early_warning(order_frame, orders, outcomes, as_of, config, agg, enc))
 
     # --- reports, violations, guarantees, nps, streams ------------------------------------
     streams = tables["livestreams"]
@@ -468,6 +470,46 @@ def build_counts(
         creators=creators,
         orders=labels,
         users=users,
+    )
+
+
+def _seconds(times: pd.Series) -> np.ndarray:
+    """Epoch seconds of a time column (NaN where null)."""
+    stamps = pd.to_datetime(pd.Series(times), utc=True).reset_index(drop=True)
+    ns = stamps.to_numpy(dtype="datetime64[ns]").view("int64").astype("float64")
+    return np.where(stamps.isna().to_numpy(), np.nan, ns / 1e9)
+
+
+def _early_warning(
+    order_frame: Mapping[str, Any],
+    orders: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    agg: Aggregator,
+    enc: Encoding,
+) -> dict[str, np.ndarray]:
+    """Counts of the early-warning signals (:mod:`._early_warning`).
+
+    A complaint is an order going bad (:mod:`.outcomes`), dated when it did.
+    """
+    bad_at = _seconds(outcomes["bad_at"])
+    complained = ~np.isnan(bad_at)
+    return early_warning_counts(
+        merchant=order_frame["merchant"],
+        user=order_frame["user"],
+        paid=order_frame["paid"],
+        created_s=_seconds(order_frame["created_at"]),
+        promised_s=_seconds(orders["promised_ship_by"]),
+        shipped_known=orders["shipped_at"].notna().to_numpy(),
+        presale=_bool(orders["presale"]),
+        complaint_merchant=np.asarray(order_frame["merchant"])[complained],
+        complaint_s=bad_at[complained],
+        as_of=as_of,
+        config=config,
+        agg=agg,
+        n_merchants=enc.size("merchant"),
+        n_users=enc.size("user"),
     )
 
 

@@ -104,6 +104,18 @@ class TrustConfig:
     brushing_penalty
         Trust is multiplied by ``1 - brushing_penalty * brushing_score``: fabricated volume is
         a violation in itself, whatever the other signals say.
+    alarm_recent_days, alarm_baseline_days
+        Early warning: the recent window compared against the merchant's own preceding
+        baseline window (days).
+    overdue_days
+        Orders whose promised ship time passed within this many days count as due.
+    new_buyer_days
+        An account is a new buyer while its first order on the platform is younger than this.
+    alarm_surprise
+        Surprise (``-log10`` tail probability) at which an early-warning part starts to count;
+        it counts fully at twice this.
+    alarm_penalty
+        Trust is multiplied by ``1 - alarm_penalty * early_warning``.
     n_reasons
         How many signals ``top_reasons`` names.
     fit_index
@@ -145,6 +157,12 @@ class TrustConfig:
     cold_start_orders: float = 5.0
     ban_multiplier: float = 0.1
     brushing_penalty: float = 0.05
+    alarm_recent_days: float = 2.0
+    alarm_baseline_days: float = 28.0
+    overdue_days: float = 14.0
+    new_buyer_days: float = 7.0
+    alarm_surprise: float = 2.0
+    alarm_penalty: float = 0.5
     n_reasons: int = 3
     fit_index: bool = True
     ridge: float = 0.05
@@ -164,6 +182,11 @@ class TrustConfig:
             "slow_resolution_days",
             "cold_start_orders",
             "ridge",
+            "alarm_recent_days",
+            "alarm_baseline_days",
+            "overdue_days",
+            "new_buyer_days",
+            "alarm_surprise",
         ):
             _positive(name, getattr(self, name))
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -181,6 +204,7 @@ class TrustConfig:
             "premature_praise_weight",
             "ban_multiplier",
             "brushing_penalty",
+            "alarm_penalty",
         ):
             _unit(name, getattr(self, name))
             object.__setattr__(self, name, float(getattr(self, name)))

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ._dask_backend import make_aggregator
+from ._early_warning import early_warning_scores
 from ._schema import BENEFITS, TABLE_SPECS
 from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
 from ._signals import Encoding, SignalCounts, build_counts, encode_ids
@@ -463,8 +464,10 @@ def _merchant_table(
     prior = priors.beta["brushing_score"]
     norm = prior.pooled_alpha / (prior.pooled_alpha + prior.pooled_beta)
     brushing = np.clip((rates["brushing_score"].to_numpy() - norm) / (1.0 - norm), 0.0, 1.0)
+    warning = early_warning_scores(c, rates["late_shipment_rate"].to_numpy(), config)
+    alarm = warning["early_warning"].to_numpy()
     multiplier = np.where(banned, config.ban_multiplier, 1.0) * (1.0 - config.brushing_penalty * brushing)
-    trust_index = np.clip((1.0 - expected_bad) * multiplier, 0.0, 1.0)
+    trust_index = np.clip((1.0 - expected_bad) * multiplier * (1.0 - config.alarm_penalty * alarm), 0.0, 1.0)
 
     # Reference: a merchant of the same category and age with no evidence at all.
     empty = pd.DataFrame(0.0, index=c.index, columns=c.columns)
@@ -479,8 +482,9 @@ def _merchant_table(
     )
     contributions = model.contributions(risk, reference)
     rule_moves = {
-        "banned": np.where(banned, trust_index - (1.0 - expected_bad) * (1.0 - config.brushing_penalty * brushing), 0.0),
+        "banned": np.where(banned, (1.0 - expected_bad) * (1.0 - config.brushing_penalty * brushing) * (config.ban_multiplier - 1.0), 0.0),
         "brushing_penalty": -(1.0 - expected_bad) * config.brushing_penalty * brushing * np.where(banned, config.ban_multiplier, 1.0),
+        "early_warning": -(1.0 - expected_bad) * multiplier * config.alarm_penalty * alarm,
     }
     reasons = top_reasons(contributions, config.n_reasons, rule_moves)
 
@@ -523,6 +527,8 @@ def _merchant_table(
         raw_rating = c.get("rating_sum_raw", 0.0) / c.get("n_reviews_raw", 0.0)
     out["mean_rating_raw"] = np.where(out["n_reviews_raw"] > 0, raw_rating, np.nan)
     out["brushing_excess"] = brushing
+    for column in warning.columns:
+        out[column] = warning[column].to_numpy()
     out["banned"] = banned
     out["entity_banned"] = (c["entity_n_bans"] > 0).to_numpy()
     out["inherited_record"] = ((c["entity_violation_severity"] > 0) | (c["entity_n_bans"] > 0)).to_numpy()

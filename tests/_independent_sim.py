@@ -320,3 +320,113 @@ def generate(seed: int, n_merchants: int = 400, days: int = 90, n_users: int = 6
         }
     )
     return IndependentWorld(tables, truth, as_of)
+
+
+@dataclass(frozen=True)
+class AttackedWorld:
+    """An :class:`IndependentWorld` with exit scams and report bombing added, and their truth.
+
+    ``attacks`` has ``merchant_id``, ``exit_scam_at`` and ``bombed_from`` / ``bombed_until``
+    (NaT where the merchant was not attacked).
+    """
+
+    tables: dict[str, pd.DataFrame]
+    truth: pd.DataFrame
+    attacks: pd.DataFrame
+    as_of: pd.Timestamp
+
+
+def with_attacks(world: IndependentWorld, seed: int, n_scams: int = 8, n_bombed: int = 8) -> AttackedWorld:
+    """Add attacks to a generated world (a story of its own, not the project simulator's).
+
+    Exit scam ("clearance sale"): a busy, good shop opens a sale at ``exit_scam_at`` in the
+    last fortnight; orders from newly created accounts pour in at five times its usual rate;
+    from then on it ships nothing, except a fifth of the orders that go out as counterfeits,
+    which draw counterfeit cases a few days after delivery. Report bombing: fresh accounts
+    that never bought anything file 15-50 reports against a good busy shop within 36 hours;
+    the platform has reviewed none of them yet.
+    """
+    rng = np.random.default_rng(10_000 + seed)
+    tables = {name: frame.copy() for name, frame in world.tables.items()}
+    orders = tables["orders"]
+    days = (world.as_of - START) / pd.Timedelta(days=1)
+    busy = orders.groupby("merchant_id").size()
+    truth = world.truth.set_index("merchant_id")
+    good = truth.index[(truth["true_trust"] >= truth["true_trust"].median()) & ~truth["is_brusher"] & ~truth["is_reregistered"]]
+    pool = busy.reindex(good).dropna()
+    pool = pool[pool >= 60].index.to_numpy()
+    picked = rng.choice(pool, min(len(pool), n_scams + n_bombed), replace=False)
+    scammers, bombed = picked[:n_scams], picked[n_scams:]
+    attacks = pd.DataFrame({"merchant_id": world.truth["merchant_id"]})
+    switch = pd.Series(_ts(rng.uniform(days - 14, days - 6, len(scammers))), index=scammers)
+
+    # ---- exit scams: the surge, then nothing shipped (or fakes)
+    daily = busy.reindex(scammers).to_numpy() / days
+    n_surge = rng.poisson(5.0 * daily * (days - (switch - START).dt.total_seconds().to_numpy() / 86_400))
+    shop = np.repeat(scammers, n_surge)
+    start_days = np.repeat((switch - START).dt.total_seconds().to_numpy() / 86_400, n_surge)
+    t = start_days + rng.random(len(shop)) * (days - start_days)
+    surge = pd.DataFrame(
+        {
+            "order_id": _ids("sale", len(shop)),
+            "user_id": np.char.add("newbie", (np.arange(len(shop)) // 2).astype(str)),
+            "merchant_id": shop,
+            "created_at": _ts(t),
+            "amount": np.round(rng.lognormal(np.log(80.0), 0.5, len(shop)), 2),
+            "creator_id": np.char.add("host_", shop),
+            "status": "paid",
+            "promised_ship_by": _ts(t + 2.0),
+            "shipped_at": _ts(t + 1.0),
+            "delivered_at": _ts(t + 3.0),
+        }
+    )
+    orders = pd.concat([orders, surge], ignore_index=True)
+    created = pd.to_datetime(orders["created_at"], utc=True)
+    after = orders["merchant_id"].map(switch)
+    scam = (created >= pd.to_datetime(after, utc=True)).to_numpy(dtype=bool, na_value=False)
+    ships_fake = scam & (rng.random(len(orders)) < 0.2)
+    orders.loc[scam & ~ships_fake, ["shipped_at", "delivered_at"]] = pd.NaT
+    tables["orders"] = orders.sort_values("created_at", kind="stable", ignore_index=True)
+    fakes = orders[ships_fake & (rng.random(len(orders)) < 0.7)]
+    opened = pd.to_datetime(fakes["delivered_at"], utc=True) + pd.to_timedelta(rng.uniform(0.5, 4.0, len(fakes)), unit="D")
+    cases = pd.DataFrame(
+        {
+            "case_id": _ids("fakecase", len(fakes)),
+            "order_id": fakes["order_id"].to_numpy(),
+            "opened_at": opened.to_numpy(),
+            "type": "refund_only",
+            "reason": "counterfeit",
+            "resolved_at": (opened + pd.Timedelta(days=2)).to_numpy(),
+            "outcome": "buyer_favor",
+            "platform_intervened": True,
+        }
+    )
+    scam_ids = set(orders.loc[scam, "order_id"])
+    kept = tables["after_sales"][~tables["after_sales"]["order_id"].isin(scam_ids)]
+    tables["after_sales"] = pd.concat([kept, cases], ignore_index=True)
+    tables["reviews"] = tables["reviews"][~tables["reviews"]["order_id"].isin(scam_ids)].reset_index(drop=True)
+    attacks["exit_scam_at"] = pd.to_datetime(attacks["merchant_id"].map(switch), utc=True)
+
+    # ---- report bombing
+    start = pd.Series(rng.uniform(days - 20, days - 3, len(bombed)), index=bombed)
+    size = rng.integers(15, 51, len(bombed))
+    target = np.repeat(bombed, size)
+    filed = np.repeat(start.to_numpy(), size) + rng.uniform(0, 1.5, len(target))
+    bomb = pd.DataFrame(
+        {
+            "report_id": _ids("bomb", len(target)),
+            "reporter_id": np.char.add("sock", rng.integers(0, 40, len(target)).astype(str)),
+            "created_at": _ts(filed),
+            "category": rng.choice(["counterfeit", "false_advertising"], len(target)),
+            "merchant_id": target,
+            "verified": pd.array([pd.NA] * len(target), dtype="boolean"),
+        }
+    )
+    tables["reports"] = pd.concat([tables["reports"], bomb], ignore_index=True)
+    attacks["bombed_from"] = pd.to_datetime(attacks["merchant_id"].map(_ts_series(start)), utc=True)
+    attacks["bombed_until"] = pd.to_datetime(attacks["merchant_id"].map(_ts_series(start + 1.5)), utc=True)
+    return AttackedWorld(tables, world.truth, attacks, world.as_of)
+
+
+def _ts_series(days: pd.Series) -> pd.Series:
+    return pd.Series(_ts(days.to_numpy()), index=days.index)
