@@ -446,7 +446,9 @@ def build_counts(
     stream_merchant[_codes(streams["stream_id"])] = _codes(streams["merchant_id"])
     stream_creator = np.full(enc.size("stream"), -1, dtype="int64")
     stream_creator[_codes(streams["stream_id"])] = _codes(streams["creator_id"])
-    counts.update(_merchant_reports(tables["reports"], stream_merchant, as_of, config, agg, enc))
+    # Sorted (buyer, merchant) keys of paid orders: who may credibly complain about whom.
+    buyers = np.unique(order_frame["user"][paid] * max(n_merchants, 1) + merchant[paid])
+    counts.update(_merchant_reports(tables["reports"], stream_merchant, as_of, config, agg, enc, buyers))
     counts.update(_violations(tables["violations"], as_of, config, agg, n_merchants))
     counts.update(_guarantees(tables["guarantees"], agg, n_merchants))
     counts.update(_nps(tables["nps"], as_of, config, agg, enc))
@@ -681,19 +683,27 @@ def _reviews(
     return counts
 
 
-def _report_weight(reports: pd.DataFrame, target: np.ndarray, target_size: int, config: TrustConfig) -> np.ndarray:
+def _report_weight(
+    reports: pd.DataFrame, target: np.ndarray, target_size: int, config: TrustConfig, buyers: np.ndarray | None = None
+) -> np.ndarray:
     """Verified reports count 1, unreviewed ``unverified_report_weight``, rejected 0.
 
     One reporter's repeated reports of one target share a single report's weight, so a
-    competitor cannot multiply an (unverified) accusation by repeating it.
+    competitor cannot multiply an (unverified) accusation by repeating it. ``buyers``
+    (sorted ``user * target_size + target`` keys of paid orders): an unreviewed report from
+    an account that never bought from the target weighs ``non_buyer_report_weight`` times
+    less, so a campaign of fresh accounts cannot sink a shop before the platform reviews it.
     """
     verified = reports["verified"].astype("boolean")
-    base = np.where(
-        verified.isna().to_numpy(),
-        config.unverified_report_weight,
-        verified.fillna(False).to_numpy(dtype=bool).astype("float64"),
-    )
-    pair_code, per_pair, _ = _pair_counts(_codes(reports["reporter_id"]), np.maximum(target, 0), target_size)
+    unreviewed = verified.isna().to_numpy()
+    base = np.where(unreviewed, config.unverified_report_weight, verified.fillna(False).to_numpy(dtype=bool).astype("float64"))
+    reporter = _codes(reports["reporter_id"])
+    if buyers is not None and len(reports):
+        key = reporter * max(target_size, 1) + np.maximum(target, 0)
+        hit = np.searchsorted(buyers, key)
+        bought = (hit < len(buyers)) & (buyers[np.minimum(hit, max(len(buyers) - 1, 0))] == key) if len(buyers) else np.zeros(len(key), dtype=bool)
+        base = np.where(unreviewed & ~bought, base * config.non_buyer_report_weight, base)
+    pair_code, per_pair, _ = _pair_counts(reporter, np.maximum(target, 0), target_size)
     return base / per_pair[pair_code]
 
 
@@ -704,13 +714,14 @@ def _merchant_reports(
     config: TrustConfig,
     agg: Aggregator,
     enc: Encoding,
+    buyers: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     n_merchants = enc.size("merchant")
     merchant = _codes(reports["merchant_id"])
     stream = _codes(reports["stream_id"])
     via_stream = _lookup(stream_merchant, stream, -1)
     merchant = np.where(merchant >= 0, merchant, via_stream)
-    weight = _report_weight(reports, merchant, n_merchants, config)
+    weight = _report_weight(reports, merchant, n_merchants, config, buyers)
     tw = _time_weights(reports["created_at"], as_of, config)
     evidence = {
         "n_counterfeit_reports": _is(reports["category"], "counterfeit").astype("float64"),

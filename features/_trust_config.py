@@ -88,6 +88,9 @@ class TrustConfig:
     unverified_report_weight
         Weight of a report the platform has not reviewed (verified reports weigh 1,
         rejected ones 0).
+    non_buyer_report_weight
+        Further factor on an unreviewed report whose author never bought from the merchant
+        (report bombing comes from fresh accounts).
     premature_praise_weight
         Credibility of an order that got a 4-5 star review before it was delivered, and of
         that review (when the log records deliveries): praise for goods not yet received says
@@ -150,6 +153,7 @@ class TrustConfig:
     tiny_amount_fraction: float = 0.2
     tiny_amount_suspicion: float = 0.7
     unverified_report_weight: float = 0.1
+    non_buyer_report_weight: float = 0.3
     premature_praise_weight: float = 0.0
     fast_refund_days: float = 1.0
     slow_resolution_days: float = 3.0
@@ -201,6 +205,7 @@ class TrustConfig:
             "tiny_amount_fraction",
             "tiny_amount_suspicion",
             "unverified_report_weight",
+            "non_buyer_report_weight",
             "premature_praise_weight",
             "ban_multiplier",
             "brushing_penalty",

@@ -672,3 +672,32 @@ def test_weighted_draws_stay_in_group_and_skip_zero_weight(weights: list[float],
     cum = np.cumsum(weight)
     target = rng.random(50) * cum[-1]
     assert (sorted_search(cum, target) == np.searchsorted(cum, target, side="right")).all()
+
+
+def test_attacks_are_off_by_default_and_recorded_in_truth_when_on(small_platform) -> None:
+    truth = small_platform.truth["merchants"]
+    assert truth[["exit_scam_at", "bombed_from", "bombed_until"]].isna().all().all()
+    attacked = simulate(SimConfig(seed=4, merchants=150, days=30, exit_scam_rate=0.05, report_bombing_rate=0.05))
+    m = attacked.truth["merchants"]
+    scams, bombed = m.dropna(subset=["exit_scam_at"]), m.dropna(subset=["bombed_from"])
+    assert len(scams) == 8 and len(bombed) == 8 and not set(scams["merchant_id"]) & set(bombed["merchant_id"])
+    orders = attacked.tables["orders"].merge(attacked.truth["orders"], on="order_id")
+    orders = orders.merge(m[["merchant_id", "exit_scam_at"]], on="merchant_id")
+    paid = orders["status"] == "paid"
+    switched = orders["exit_scam_at"].notna()
+    after = switched & (orders["created_at"] >= orders["exit_scam_at"]) & paid
+    before = switched & (orders["created_at"] < orders["exit_scam_at"]) & paid
+    # after the switch: bad orders, mostly never shipped, a presale spike, more orders per day
+    assert orders.loc[after, "is_bad"].all() and not orders.loc[before, "is_bad"].mean() > 0.2
+    assert orders.loc[after, "shipped_at"].isna().mean() > 0.6 > orders.loc[before, "shipped_at"].isna().mean()
+    assert orders.loc[after, "presale"].mean() > 4 * orders.loc[before, "presale"].mean()
+    days_after = (attacked.config.end_time - scams["exit_scam_at"]).dt.total_seconds().sum() / 86_400
+    days_before = (scams["exit_scam_at"] - attacked.config.start_time).dt.total_seconds().sum() / 86_400
+    assert after.sum() / days_after > 2 * before.sum() / days_before
+    # bombing: reports inside the window, from accounts that bought nothing, never confirmed
+    reports = attacked.tables["reports"].merge(bombed[["merchant_id", "bombed_from", "bombed_until"]], on="merchant_id")
+    burst = reports[(reports["created_at"] >= reports["bombed_from"]) & (reports["created_at"] <= reports["bombed_until"])]
+    assert len(burst) >= 8 * 20
+    # (the odd ordinary report may fall inside a window)
+    assert burst["reporter_id"].isin(attacked.tables["orders"]["user_id"]).mean() < 0.05
+    assert burst["verified"].fillna(False).mean() < 0.05

@@ -123,17 +123,27 @@ def reaction_times(
     )
 
 
-def bombing_drops(snapshots: Mapping[Any, pd.DataFrame], truth_merchants: pd.DataFrame, settle_days: float = 7.0) -> pd.DataFrame:
+def bombing_drops(
+    snapshots: Mapping[Any, pd.DataFrame],
+    truth_merchants: pd.DataFrame,
+    settle_days: float = 7.0,
+    unbombed: Mapping[Any, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
     """Per bombed merchant: percentile before the campaign and its largest drop after.
 
     Columns: ``merchant_id``, ``bombed_from``, ``percentile_before`` (last snapshot before the
     campaign; NaN if none), ``lowest_percentile`` (snapshots from the campaign start to
-    ``settle_days`` after its end), ``largest_drop`` (``before - lowest``, >= 0).
+    ``settle_days`` after its end), ``largest_drop`` (``before - lowest``, >= 0). A drop over
+    days also holds whatever else happened to the shop meanwhile; ``unbombed`` (snapshots at
+    the same times of the same log without the campaigns' reports) isolates the campaign:
+    ``drop_vs_unbombed`` is the largest ``unbombed - bombed`` percentile over those times.
     """
     pct = percentiles(snapshots)
+    clean = percentiles(unbombed) if unbombed is not None else None
     times = np.array(pct.columns)
     bombed = truth_merchants.dropna(subset=["bombed_from"])
     rows = []
+    # one row per attacked merchant (tens), not per order
     for merchant_id, start, stop in zip(bombed["merchant_id"].astype(str), bombed["bombed_from"], bombed["bombed_until"]):
         start, stop = to_utc(start), to_utc(stop)
         before = [t for t in times if t < start]
@@ -141,6 +151,11 @@ def bombing_drops(snapshots: Mapping[Any, pd.DataFrame], truth_merchants: pd.Dat
         known = merchant_id in pct.index
         base = float(pct.at[merchant_id, before[-1]]) if before and known else np.nan
         lowest = float(pct.loc[merchant_id, during].min()) if during and known else np.nan
+        versus = np.nan
+        if clean is not None and during and known and merchant_id in clean.index:
+            shared = [t for t in during if t in clean.columns]
+            if shared:
+                versus = float(max((clean.loc[merchant_id, shared] - pct.loc[merchant_id, shared]).max(), 0.0))
         rows.append(
             {
                 "merchant_id": merchant_id,
@@ -148,9 +163,11 @@ def bombing_drops(snapshots: Mapping[Any, pd.DataFrame], truth_merchants: pd.Dat
                 "percentile_before": base,
                 "lowest_percentile": lowest,
                 "largest_drop": max(base - lowest, 0.0) if np.isfinite(base) and np.isfinite(lowest) else np.nan,
+                "drop_vs_unbombed": versus,
             }
         )
-    return pd.DataFrame(rows, columns=["merchant_id", "bombed_from", "percentile_before", "lowest_percentile", "largest_drop"])
+    columns = ["merchant_id", "bombed_from", "percentile_before", "lowest_percentile", "largest_drop", "drop_vs_unbombed"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def summarise(switched: pd.DataFrame, bombed: pd.DataFrame, within_hours: float = 48.0) -> dict[str, float]:
@@ -166,4 +183,5 @@ def summarise(switched: pd.DataFrame, bombed: pd.DataFrame, within_hours: float 
         "bombed_merchants": float(len(bombed)),
         "largest_bombing_drop": float(bombed["largest_drop"].max()) if len(bombed) else float("nan"),
         "mean_bombing_drop": float(bombed["largest_drop"].mean()) if len(bombed) else float("nan"),
+        "largest_bombing_drop_vs_unbombed": float(bombed["drop_vs_unbombed"].max()) if len(bombed) else float("nan"),
     }
