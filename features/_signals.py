@@ -319,9 +319,16 @@ def _ring_association(
     own_s = np.bincount(pair_code, weights=first * p, minlength=n_pairs)
     own_n = np.bincount(pair_code, weights=p, minlength=n_pairs)
     others = (shop_s[pair_merchant] - own_s + prior_orders * norm) / (shop_n[pair_merchant] - own_n + prior_orders)
-    ratio = np.maximum(others, 0.0) / norm
-    order = np.lexsort((ratio, pair_user))
-    sorted_ratio = ratio[order]
+    ratio = np.maximum(others, 0.0) / norm + 0.0  # + 0.0 turns -0.0 into 0.0 for the bit trick below
+    # Ratios sorted within each buyer, by one sort of a packed int64 key: the buyer code in the
+    # high half, the ratio's float32 bits in the low half (for non-negative floats the bit
+    # pattern orders like the value). np.lexsort on two keys took 40 s at 8M pairs (random
+    # access merge passes); this sort takes ~2.5 s. The median is exact up to float32
+    # rounding of the ratio (relative 6e-8).
+    packed = (pair_user.astype("int64") << 32) | ratio.astype("float32").view("uint32").astype("int64")
+    packed.sort()
+    sorted_ratio = (packed & 0xFFFFFFFF).astype("uint32").view("float32").astype("float64")
+    del packed
     n_shops = np.bincount(pair_user, minlength=n_users)
     start = np.concatenate([[0], np.cumsum(n_shops)[:-1]])
     lo = np.minimum(start + (n_shops - 1) // 2, n_pairs - 1)

@@ -79,8 +79,8 @@ def reaction_times(
     Examples
     --------
     >>> t0 = pd.Timestamp("2026-01-01", tz="UTC")
-    >>> snaps = {t0 + pd.Timedelta(hours=h): pd.DataFrame({"merchant_id": ["a", "b", "c", "d", "e"],
-    ...          "trust_index": [0.9, 0.8, 0.7, 0.6, 0.5] if h < 24 else [0.1, 0.8, 0.7, 0.6, 0.5]})
+    >>> snaps = {t0 + pd.Timedelta(hours=h): pd.DataFrame({"merchant_id": ["a", "b", "c", "d", "e", "f"],
+    ...          "trust_index": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4] if h < 24 else [0.1, 0.8, 0.7, 0.6, 0.5, 0.4]})
     ...          for h in (0, 12, 24, 36)}
     >>> truth = pd.DataFrame({"merchant_id": ["a"], "exit_scam_at": [t0]})
     >>> orders = pd.DataFrame({"order_id": ["o1"], "merchant_id": ["a"], "created_at": [t0 + pd.Timedelta(hours=1)],
