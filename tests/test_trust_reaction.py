@@ -2,7 +2,7 @@
 
 Checked on the independent generator (tests/_independent_sim) with attacks of its own story
 (``with_attacks``), snapshots on a daily grid, and the reaction metrics of
-``training/reaction.py``. The early-warning parts are also checked one by one on counts.
+``training/evaluation/reaction.py``. The early-warning parts are also checked one by one on counts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from scipy import stats
 from trustfeed.features._early_warning import early_warning_scores
 from trustfeed.features.events import validate_events
 from trustfeed.features.trust import TrustConfig, build_snapshot
-from trustfeed.training import reaction
+from trustfeed.training.evaluation import reaction
 
 
 def _load_generator() -> Any:

@@ -22,17 +22,34 @@ window) per merchant in ``truth/merchants``; NaT for everyone else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from ..features.events import TABLES
-from ._sim_util import DAY, HOUR, stage_rng
+from ._sim_util import DAY, HOUR, stage_rng, time_column
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
 
-    from .simulate import SimConfig
+class AttackConfig(Protocol):
+    """What the attacks read of :class:`~trustfeed.training.simulate.SimConfig`."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def merchants(self) -> int: ...
+    @property
+    def n_users(self) -> int: ...
+    @property
+    def orders_per_merchant_day(self) -> float: ...
+    @property
+    def exit_scam_rate(self) -> float: ...
+    @property
+    def exit_scam_surge(self) -> float: ...
+    @property
+    def report_bombing_rate(self) -> float: ...
+    @property
+    def bombing_reports(self) -> float: ...
 
 __all__ = ["apply_exit_scams", "exit_scam_aftermath", "report_bombing", "attack_truth"]
 
@@ -46,7 +63,7 @@ _PROMISE = 48 * HOUR
 Arrays = dict[str, np.ndarray]
 
 
-def _good_established(config: SimConfig, merchants: Arrays, end: float, min_trust: float) -> np.ndarray:
+def _good_established(config: AttackConfig, merchants: Arrays, end: float, min_trust: float) -> np.ndarray:
     """Original accounts with a clean, long record that stay open to the end of the window."""
     m = config.merchants
     return np.flatnonzero(
@@ -57,7 +74,7 @@ def _good_established(config: SimConfig, merchants: Arrays, end: float, min_trus
     )
 
 
-def apply_exit_scams(config: SimConfig, merchants: Arrays, orders: Arrays, end: float) -> tuple[Arrays, np.ndarray]:
+def apply_exit_scams(config: AttackConfig, merchants: Arrays, orders: Arrays, end: float) -> tuple[Arrays, np.ndarray]:
     """Switch some good merchants to an exit scam; returns the orders and the switch times.
 
     ``switch`` (seconds, NaN = no scam) is per merchant. The returned orders carry a
@@ -132,7 +149,7 @@ def apply_exit_scams(config: SimConfig, merchants: Arrays, orders: Arrays, end: 
 
 
 def exit_scam_aftermath(
-    config: SimConfig, orders: Arrays, cases: Arrays, reviews: Arrays, reports: Arrays, end: float
+    config: AttackConfig, orders: Arrays, cases: Arrays, reviews: Arrays, reports: Arrays, end: float
 ) -> tuple[Arrays, Arrays, Arrays]:
     """Replace what buyers did about scam orders by what scammed buyers do.
 
@@ -210,7 +227,7 @@ def exit_scam_aftermath(
     return cases, reviews, reports
 
 
-def report_bombing(config: SimConfig, merchants: Arrays, orders: Arrays, reports: Arrays, end: float) -> tuple[Arrays, np.ndarray, np.ndarray]:
+def report_bombing(config: AttackConfig, merchants: Arrays, orders: Arrays, reports: Arrays, end: float) -> tuple[Arrays, np.ndarray, np.ndarray]:
     """Add report-bombing campaigns; returns the reports and each merchant's campaign window."""
     n_merchants = len(merchants["trust"])
     start = np.full(n_merchants, np.nan)
@@ -258,8 +275,6 @@ def report_bombing(config: SimConfig, merchants: Arrays, orders: Arrays, reports
 
 def attack_truth(truth_merchants: pd.DataFrame, start_ns: int, switch: np.ndarray, bombed: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
     """``truth/merchants`` with ``exit_scam_at``, ``bombed_from`` and ``bombed_until``."""
-    from ._sim_util import time_column
-
     out = truth_merchants.copy()
     out["exit_scam_at"] = time_column(switch, start_ns).to_numpy()
     out["bombed_from"] = time_column(bombed[0], start_ns).to_numpy()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..features.events import to_utc
+from ...features.events import to_utc
 
 __all__ = ["percentiles", "evidence_times", "reaction_times", "bombing_drops", "summarise"]
 
