@@ -91,29 +91,36 @@ def reaction_times(
     """
     pct = percentiles(snapshots)
     evidence = evidence_times(truth_merchants, orders, after_sales)
+    # Snapshot times as ns since the epoch, percentiles as a merchants x times matrix.
+    times = pd.DatetimeIndex(pct.columns)
+    ns = times.asi8
+    matrix = pct.to_numpy(dtype="float64")
+    row_of = {merchant_id: i for i, merchant_id in enumerate(pct.index)}
+    created = pd.to_datetime(orders["created_at"], utc=True).to_numpy(dtype="datetime64[ns]").view("int64")
+    status = orders["status"].astype("string").fillna("paid") if "status" in orders.columns else None
+    paid = (status != "cancelled").to_numpy(dtype=bool) if status is not None else np.ones(len(orders), dtype=bool)
+    merchant = orders["merchant_id"].astype(str).to_numpy()
+    switches = truth_merchants.set_index(truth_merchants["merchant_id"].astype(str))["exit_scam_at"]
     rows = []
-    times = np.array(pct.columns)
-    created = pd.to_datetime(orders["created_at"], utc=True)
-    paid = orders["status"].astype("string").fillna("paid") != "cancelled" if "status" in orders.columns else pd.Series(True, index=orders.index)
-    merchant = orders["merchant_id"].astype(str)
-    for merchant_id, switch_at in evidence.index.to_series().map(
-        truth_merchants.set_index(truth_merchants["merchant_id"].astype(str))["exit_scam_at"]
-    ).items():  # one row per attacked merchant (tens), not per order
-        switch_at = to_utc(switch_at)
-        after = [t for t in times if t >= switch_at]
-        low = [t for t in after if merchant_id in pct.index and pct.at[merchant_id, t] < threshold]
-        reacted = low[0] if low else pd.NaT
-        until = reacted if low else (times[-1] if len(times) else switch_at)
-        taken = int((paid & (merchant == merchant_id) & (created >= switch_at) & (created < until)).sum())
-        ev = evidence.get(merchant_id, pd.NaT)
+    for merchant_id in evidence.index:  # one row per attacked merchant (tens), not per order
+        switch_at = to_utc(switches[merchant_id])
+        after = ns >= switch_at.value
+        row = row_of.get(merchant_id)
+        low = after & (matrix[row] < threshold) if row is not None else np.zeros(len(ns), dtype=bool)
+        reacted = bool(low.any())
+        reacted_ns = int(ns[np.argmax(low)]) if reacted else (int(ns[-1]) if len(ns) else switch_at.value)
+        taken = int((paid & (merchant == merchant_id) & (created >= switch_at.value) & (created < reacted_ns)).sum())
+        ev = evidence[merchant_id]
+        ev_ns = pd.Timestamp(ev).value if pd.notna(ev) else None
+        hour = 3_600e9
         rows.append(
             {
                 "merchant_id": merchant_id,
                 "switch_at": switch_at,
                 "evidence_at": ev,
-                "reacted_at": reacted,
-                "hours_from_switch": (reacted - switch_at) / pd.Timedelta(hours=1) if low else np.nan,
-                "hours_from_evidence": (reacted - ev) / pd.Timedelta(hours=1) if low and pd.notna(ev) else np.nan,
+                "reacted_at": pd.Timestamp(reacted_ns, tz="UTC") if reacted else pd.NaT,
+                "hours_from_switch": (reacted_ns - switch_at.value) / hour if reacted else np.nan,
+                "hours_from_evidence": (reacted_ns - ev_ns) / hour if reacted and ev_ns is not None else np.nan,
                 "orders_taken": taken,
             }
         )
@@ -139,23 +146,30 @@ def bombing_drops(
     ``drop_vs_unbombed`` is the largest ``unbombed - bombed`` percentile over those times.
     """
     pct = percentiles(snapshots)
-    clean = percentiles(unbombed) if unbombed is not None else None
-    times = np.array(pct.columns)
+    ns = pd.DatetimeIndex(pct.columns).asi8
+    matrix = pct.to_numpy(dtype="float64")
+    row_of = {merchant_id: i for i, merchant_id in enumerate(pct.index)}
+    clean_matrix: np.ndarray | None = None
+    if unbombed is not None:
+        clean = percentiles(unbombed).reindex(index=pct.index, columns=pct.columns)
+        clean_matrix = clean.to_numpy(dtype="float64")
     bombed = truth_merchants.dropna(subset=["bombed_from"])
+    settle = int(pd.Timedelta(days=settle_days).value)
     rows = []
     # one row per attacked merchant (tens), not per order
     for merchant_id, start, stop in zip(bombed["merchant_id"].astype(str), bombed["bombed_from"], bombed["bombed_until"]):
         start, stop = to_utc(start), to_utc(stop)
-        before = [t for t in times if t < start]
-        during = [t for t in times if start <= t <= stop + pd.Timedelta(days=settle_days)]
-        known = merchant_id in pct.index
-        base = float(pct.at[merchant_id, before[-1]]) if before and known else np.nan
-        lowest = float(pct.loc[merchant_id, during].min()) if during and known else np.nan
+        row = row_of.get(merchant_id)
+        values = matrix[row] if row is not None else np.full(len(ns), np.nan)
+        before = ns < start.value
+        during = (ns >= start.value) & (ns <= stop.value + settle)
+        base = float(values[before][-1]) if before.any() else np.nan
+        lowest = float(np.nanmin(values[during])) if during.any() and np.isfinite(values[during]).any() else np.nan
         versus = np.nan
-        if clean is not None and during and known and merchant_id in clean.index:
-            shared = [t for t in during if t in clean.columns]
-            if shared:
-                versus = float(max((clean.loc[merchant_id, shared] - pct.loc[merchant_id, shared]).max(), 0.0))
+        if clean_matrix is not None and row is not None and during.any():
+            gap = clean_matrix[row][during] - values[during]
+            if np.isfinite(gap).any():
+                versus = max(float(np.nanmax(gap)), 0.0)
         rows.append(
             {
                 "merchant_id": merchant_id,
