@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, ModelIntegrityError, SchemaError, reject_unknown_keys
-from .events import EventLog
+from .events import EventLog, to_utc
 from .io import atomic_dir
 from .outcomes import BAD_AFTER_SALES_REASONS, order_outcomes, went_bad
 
@@ -213,17 +213,6 @@ class ContextTables:
         )
 
 
-def _utc(t: Any) -> pd.Timestamp:
-    try:
-        stamp = pd.Timestamp(t)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}: {error}") from None
-    if pd.isna(stamp):
-        raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.as_unit("ns")
-
-
 def _column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
     """``frame[name]``, or a column of ``default`` when an optional column is absent."""
     if name in frame.columns:
@@ -299,7 +288,7 @@ def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | N
     [['u1', 'm1', 1]]
     """
     config = config or ContextConfig()
-    cut = _utc(as_of)
+    cut = to_utc(as_of)
     known = events.before(cut)
     start = None if config.lookback_days is None else cut - pd.Timedelta(days=config.lookback_days)
 
@@ -649,7 +638,7 @@ def _ts_ns(values: Any) -> np.ndarray:
     """Request times as int64 nanoseconds since the epoch (UTC); unparseable -> NaT."""
     if np.ndim(values) == 0:
         try:
-            return np.array([_utc(values).value], dtype=np.int64)
+            return np.array([to_utc(values).value], dtype=np.int64)
         except ConfigError:
             return np.array([_NAT], dtype=np.int64)
     if isinstance(values, pd.Series) and isinstance(values.dtype, pd.DatetimeTZDtype):
@@ -679,7 +668,7 @@ _NEVER = np.iinfo(np.int64).max  # followed_at of a pair that does not exist: af
 
 def _ns_or_nat(value: Any) -> int:
     try:
-        return int(_utc(value).value)
+        return int(to_utc(value).value)
     except (ConfigError, ValueError, TypeError, OverflowError):
         return int(_NAT)
 

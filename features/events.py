@@ -112,23 +112,29 @@ def _spec(name: str) -> TableSpec:
 
 
 def to_utc(t: Any) -> pd.Timestamp:
-    """Parse a point in time to a UTC ``pd.Timestamp``; naive times are taken as UTC.
+    """Parse a point in time to a UTC ``pd.Timestamp`` (nanoseconds); naive times are taken as UTC.
 
-    Raises :class:`~trustfeed.features.errors.ConfigError` if ``t`` is not a time.
+    The one time parser of trustfeed: cuts, windows, configs and ranking requests all read
+    times through it. Raises :class:`~trustfeed.features.errors.ConfigError` if ``t`` is not
+    a time (or is outside the nanosecond range, years 1677-2262).
 
     Examples
     --------
     >>> to_utc("2026-03-01")
     Timestamp('2026-03-01 00:00:00+0000', tz='UTC')
+    >>> to_utc("2026-03-01T08:00:00+08:00")
+    Timestamp('2026-03-01 00:00:00+0000', tz='UTC')
     """
     try:
         stamp = pd.Timestamp(t)
-    except (TypeError, ValueError) as error:
+        if stamp is pd.NaT or pd.isna(stamp):
+            raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}")
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return stamp.as_unit("ns")
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError) as error:
         raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}: {error}") from None
-    if stamp is pd.NaT or pd.isna(stamp):
-        raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.as_unit("ns")
 
 
 # --------------------------------------------------------------------------- EventLog

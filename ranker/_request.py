@@ -18,7 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..features.errors import RequestError
+from ..features.errors import ConfigError, RequestError
+from ..features.events import to_utc
 
 __all__ = ["ParsedRequest", "parse_request", "CANDIDATE_ID_FIELDS", "RequestError"]
 
@@ -168,14 +169,11 @@ def _parse_ts(value: Any) -> pd.Timestamp:
     # Epoch numbers are ambiguous (seconds or milliseconds?): the contract says ISO 8601.
     if not isinstance(value, (str, _dt.datetime)):
         raise RequestError("ts", f"expected an ISO 8601 time, got {_kind(value)}")
+    # Times are UTC: a time without an offset is read as UTC (the one parser, to_utc).
     try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError, OverflowError):
+        return to_utc(value)
+    except ConfigError:
         raise RequestError("ts", f"expected an ISO 8601 time, got {value!r}") from None
-    if ts is pd.NaT or pd.isna(ts):
-        raise RequestError("ts", f"expected an ISO 8601 time, got {value!r}")
-    # The contract's times are UTC: a time without an offset is read as UTC.
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _parse_k(value: Any) -> int | None:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..features.context import ContextConfig, FeatureAssembler, build_context_tables
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
-from ..features.events import EventLog
+from ..features.events import EventLog, to_utc
 from ..features.outcomes import order_outcomes, went_bad
 from ..features.progress import NullProgress, Progress
 
@@ -158,11 +158,6 @@ class TrainingFrame:
             self.monotone,
             self.schema,
         )
-
-
-def _utc(t: Any) -> pd.Timestamp:
-    stamp = pd.Timestamp(t)
-    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).as_unit("ns")
 
 
 def _flag(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -343,14 +338,14 @@ def build_training_frame(
     impressions = events["impressions"]
     keep = np.ones(len(impressions), dtype=bool)
     if start is not None:
-        keep &= (impressions["ts"] >= _utc(start)).to_numpy(dtype=bool, na_value=False)
+        keep &= (impressions["ts"] >= to_utc(start)).to_numpy(dtype=bool, na_value=False)
     if end is not None:
-        keep &= (impressions["ts"] < _utc(end)).to_numpy(dtype=bool, na_value=False)
+        keep &= (impressions["ts"] < to_utc(end)).to_numpy(dtype=bool, na_value=False)
     window = impressions.loc[keep].reset_index(drop=True)
     if window.empty:
         raise SchemaError("impressions", "ts", f"impressions in [{start}, {end})", "none")
 
-    anchor = _utc(start) if start is not None else window["ts"].min()
+    anchor = to_utc(start) if start is not None else window["ts"].min()
     snapshot_at = _snapshot_times(window["ts"], anchor, config.snapshot_every_days)
     times = sorted(snapshot_at.unique())
     categories = _category_order(events, max(times))
@@ -433,10 +428,9 @@ def time_split(
         raise ConfigError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
     request_time = data.frame.groupby("request_id", sort=False)["ts"].transform("min")
     if valid_from is not None:
-        cut = _utc(valid_from)
+        cut = to_utc(valid_from)
     else:
         starts = np.sort(data.frame.groupby("request_id", sort=False)["ts"].min().to_numpy())
-        cut = pd.Timestamp(starts[int(np.floor(len(starts) * (1 - valid_fraction)))])
-        cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
+        cut = to_utc(starts[int(np.floor(len(starts) * (1 - valid_fraction)))])
     valid = (request_time >= cut).to_numpy(dtype=bool)
     return data.subset(~valid), data.subset(valid)

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
-from ..features.events import TABLES, write_events
+from ..features.events import TABLES, to_utc, write_events
 from ..features.io import atomic_dir
 from ..features.progress import NullProgress, Progress
 from ._sim_attacks import apply_exit_scams, attack_truth, exit_scam_aftermath, report_bombing
@@ -300,8 +300,7 @@ class SimConfig:
     @property
     def start_time(self) -> pd.Timestamp:
         """The window start as a UTC timestamp."""
-        ts = pd.Timestamp(self.start)
-        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return to_utc(self.start)
 
     @property
     def end_time(self) -> pd.Timestamp:
