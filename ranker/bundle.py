@@ -280,7 +280,7 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
         The bundle (or the override snapshot) is incomplete, altered or of an unknown format;
         the message names the file.
     """
-    from ..features.context import ContextTables, FeatureAssembler
+    from ..features.context import ContextTables
     from ..features.trust import TrustSnapshot
     from .balancer import BalancerConfig, ExposureBalancer
     from .lambdamart import LambdaMART
@@ -318,17 +318,11 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
     else:
         trust_snapshot, snapshot_digest = load_snapshot(snapshot)
         model_id = f"{model_id}+snapshot-{snapshot_digest[:8]}"
-    assembler = _parse(FEATURES_FILE, lambda: FeatureAssembler(trust_snapshot, context, schema=feature_schema))
+    # the feature layout (features.json) over the tables, checked against the model's features
     return _parse(
-        MODEL_SCHEMA_FILE,
-        lambda: RankingPipeline(
-            assembler,
-            model,
-            policy,
-            balancer,
-            snapshot=trust_snapshot,
-            context=context,
-            model_id=model_id,
+        FEATURES_FILE,
+        lambda: RankingPipeline.from_tables(
+            trust_snapshot, context, model, policy, balancer, schema=feature_schema, model_id=model_id
         ),
     )
 

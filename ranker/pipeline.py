@@ -152,6 +152,91 @@ class RankingPipeline:
             source.split(":", 1)[1] for source in schema.get("sources", ()) if source.startswith("live:")
         )
 
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_tables(
+        cls,
+        snapshot: Any,
+        context: Any,
+        model: Any,
+        policy: Policy | PolicyConfig | None = None,
+        balancer: Any = None,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        model_id: str | None = None,
+    ) -> RankingPipeline:
+        """The pipeline over a trust snapshot and context tables: the one way to build one.
+
+        The feature assembler is built from ``snapshot`` and ``context`` with the feature
+        layout ``schema`` (the model's, saved beside it; ``None``: derived from the tables).
+        Training, evaluation, bundle loading, snapshot reloads and the closed loop all come
+        through here (or through :meth:`as_of`, which builds the tables first).
+        """
+        from ..features.context import FeatureAssembler
+
+        assembler = FeatureAssembler(snapshot, context, schema=schema)
+        return cls(assembler, model, policy, balancer, snapshot=snapshot, context=context, model_id=model_id)
+
+    @classmethod
+    def as_of(
+        cls,
+        events: Any,
+        t: Any,
+        model: Any,
+        policy: Policy | PolicyConfig | None = None,
+        balancer: Any = None,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        trust: Any = None,
+        context: Any = None,
+        model_id: str | None = None,
+    ) -> RankingPipeline:
+        """The pipeline as of time ``t``: trust snapshot and history built from events before ``t``.
+
+        Parameters
+        ----------
+        events
+            A validated :class:`~trustfeed.features.events.EventLog` (later events are cut).
+        t
+            The cut (any time :func:`~trustfeed.features.events.to_utc` reads).
+        model, policy, balancer, schema, model_id
+            As for :meth:`from_tables`.
+        trust, context
+            :class:`~trustfeed.features.trust.TrustConfig` and
+            :class:`~trustfeed.features.context.ContextConfig` (``None``: defaults).
+        """
+        from ..features.context import build_context_tables
+        from ..features.events import to_utc
+        from ..features.trust import build_snapshot
+
+        cut = to_utc(t)
+        snapshot = build_snapshot(events, cut, config=trust)
+        tables = build_context_tables(events, cut, context)
+        return cls.from_tables(snapshot, tables, model, policy, balancer, schema=schema, model_id=model_id)
+
+    def rebuilt_as_of(self, events: Any, t: Any, *, balancer: Any = None) -> RankingPipeline:
+        """This pipeline's model, policy and feature layout with trust and history as of ``t``.
+
+        The trust and history settings are the ones this pipeline's tables were built with;
+        ``balancer`` (``None``: none) is the new pipeline's own, so nothing ranked with the
+        new pipeline touches this one's exposure ledger.
+        """
+        from ..features.trust import TrustConfig
+
+        settings = (self.snapshot.manifest or {}).get("config") if self.snapshot is not None else None
+        return type(self).as_of(
+            events,
+            t,
+            self.model,
+            self.policy,
+            balancer,
+            schema=self.assembler.schema(),
+            trust=TrustConfig.from_dict(settings) if settings else None,
+            context=self.context.config if self.context is not None else None,
+            model_id=self.model_id,
+        )
+
     # ------------------------------------------------------------------ public API
 
     def rank(

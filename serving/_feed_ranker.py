@@ -279,19 +279,12 @@ class FeedRanker:
         str or None
             The id of the model now serving (unchanged).
         """
-        from ..features.context import FeatureAssembler
-
         with self._reload_lock:
             current = self._pipeline
             tables = context if context is not None else current.context
-            fresh = RankingPipeline(
-                FeatureAssembler(snapshot, tables, schema=current.assembler.schema()),
-                current.model,
-                current.policy,
-                current.balancer,
-                snapshot=snapshot,
-                context=tables,
-                model_id=current.model_id,
+            fresh = RankingPipeline.from_tables(
+                snapshot, tables, current.model, current.policy, current.balancer,
+                schema=current.assembler.schema(), model_id=current.model_id,
             )
             self._pipeline = fresh
             return fresh.model_id

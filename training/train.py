@@ -673,8 +673,7 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
 def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
     import lightgbm as lgb
 
-    from ..features.context import FeatureAssembler, build_context_tables
-    from ..features.trust import TrustConfig, build_snapshot
+    from ..features.trust import TrustConfig
     from ..ranker.balancer import ExposureBalancer
     from ..ranker.bundle import save_bundle
     from ..ranker.lambdamart import LambdaMART
@@ -719,12 +718,11 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     # --- the bundle, saved locally before anything else goes to the tracking store
     local = _local_run_dir(config, run.run_id)
     progress(f"building the serving snapshot as of {windows.end.isoformat()}")
-    serving_snapshot = build_snapshot(events, windows.end, config=trust_config)
-    serving_context = build_context_tables(events, windows.end, config.context)
-    pipeline = RankingPipeline(
-        FeatureAssembler(serving_snapshot, serving_context, schema=frame.schema), model, policy,
-        ExposureBalancer(balancer_config), snapshot=serving_snapshot, context=serving_context,
+    pipeline = RankingPipeline.as_of(
+        events, windows.end, model, policy, ExposureBalancer(balancer_config),
+        schema=frame.schema, trust=trust_config, context=config.context,
     )
+    serving_snapshot = pipeline.snapshot
     bundle_dir = local / BUNDLE_DIR
     progress(f"saving the model bundle to {bundle_dir}")
     save_bundle(pipeline, bundle_dir)

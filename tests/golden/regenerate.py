@@ -155,8 +155,9 @@ def write_inputs() -> None:
             evaluation=EvalConfig(sweep_strengths=(0.0,)),
         )
         result = train(config)
-        fitted = json.loads((Path(result.bundle_dir) / "policy.json").read_text())
-        if fitted.get("bad_model") is None:
+        from trustfeed.ranker.bundle import load_bundle
+
+        if not load_bundle(result.bundle_dir).policy.is_fitted:
             sys.exit("the golden bundle's policy was not fitted (too few purchases): enlarge PLATFORM")
         for target in (EVENTS_DIR, BUNDLE_DIR):
             shutil.rmtree(target, ignore_errors=True)

@@ -45,28 +45,19 @@ def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -
     window inside that data would leak the outcomes being predicted; the model, feature
     layout, policy and balancer settings are the bundle's.
     """
-    from ...features.context import FeatureAssembler, build_context_tables
-    from ...features.trust import TrustConfig, build_snapshot
     from ...ranker.balancer import ExposureBalancer
     from ...ranker.pipeline import RankingPipeline
     from ...ranker.policy import PolicyConfig
 
-    trust_settings = (served.snapshot.manifest or {}).get("config") if served.snapshot is not None else None
-    trust_config = TrustConfig.from_dict(trust_settings) if trust_settings else None
-    snapshot = build_snapshot(events, as_of, config=trust_config)
-    context_config = served.context.config if served.context is not None else None
-    context = build_context_tables(events, as_of, context_config)
     balancer = ExposureBalancer(served.balancer.config) if served.balancer is not None else None
-    pipeline = RankingPipeline(
-        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy,
-        balancer, snapshot=snapshot, context=context, model_id=served.model_id,
-    )
+    pipeline = served.rebuilt_as_of(events, as_of, balancer=balancer)
     plain_pipeline = None
     if plain is not None:
-        plain_pipeline = RankingPipeline(
+        plain_pipeline = RankingPipeline.from_tables(
+            pipeline.snapshot, pipeline.context, plain,
             # the same hard rules as the served pipeline: a ban is a platform decision every
             # ranker must respect, so the comparison isolates trust features and trust in the score
-            FeatureAssembler(snapshot, context, schema=plain.feature_schema_), plain,
             PolicyConfig(trust_weight=0.0, filter_banned=served.policy.config.filter_banned), None,
+            schema=plain.feature_schema_,
         )
     return pipeline, plain_pipeline

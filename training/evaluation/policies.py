@@ -100,17 +100,15 @@ def served_pipeline(served: RankingPipeline, *, balancer: bool = True) -> Rankin
 
 def plain_pipeline(context: PolicyContext) -> RankingPipeline:
     """The plain LambdaMART without trust features, under the same hard rules as the served model."""
-    from ...features.context import FeatureAssembler
-
     plain = context.plain_model
     if plain is None:
         raise ConfigError("policy 'plain': the model carries no plain LambdaMART (plain_model/ beside the bundle)")
     served = context.served
-    return RankingPipeline(
-        FeatureAssembler(served.snapshot, served.context, schema=plain.feature_schema_), plain,
+    return RankingPipeline.from_tables(
+        served.snapshot, served.context, plain,
         # a ban is a platform decision every ranker respects: the comparison isolates trust
         PolicyConfig(trust_weight=0.0, filter_banned=served.policy.config.filter_banned), None,
-        snapshot=served.snapshot, context=served.context, model_id=f"{served.model_id}:plain",
+        schema=plain.feature_schema_, model_id=f"{served.model_id}:plain",
     )
 
 
