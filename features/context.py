@@ -164,7 +164,7 @@ class ContextTables:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``<table>.parquet`` per table and ``manifest.json`` atomically into ``path``."""
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "context-tables") as tmp:
             for name in _TABLE_COLUMNS:
                 self.table(name).to_parquet(tmp / f"{name}.parquet", index=False)
             manifest = {

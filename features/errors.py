@@ -17,6 +17,7 @@ __all__ = [
     "NotFittedError",
     "ModelIntegrityError",
     "RequestError",
+    "OutputError",
     "reject_unknown_keys",
 ]
 
@@ -89,6 +90,19 @@ class RequestError(TrustfeedError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"request field {field!r}: {problem}")
+
+
+class OutputError(TrustfeedError):
+    """An output path cannot be written without destroying something trustfeed did not create.
+
+    ``path`` names the target; ``problem`` says why (a foreign non-empty directory, a
+    regular file where a directory goes, ...).
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
 
 
 def reject_unknown_keys(config_name: str, values: Iterable[str], known: Iterable[str]) -> None:

@@ -125,16 +125,27 @@ def to_utc(t: Any) -> pd.Timestamp:
     >>> to_utc("2026-03-01T08:00:00+08:00")
     Timestamp('2026-03-01 00:00:00+0000', tz='UTC')
     """
+    shown = _clip_repr(t)
     try:
         stamp = pd.Timestamp(t)
         if stamp is pd.NaT or pd.isna(stamp):
-            raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}")
-        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-        return stamp.as_unit("ns")
-    except ConfigError:
-        raise
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ConfigError(f"expected a UTC time (ISO 8601), got {t!r}: {error}") from None
+            raise ValueError("not a time")
+        # nanosecond resolution is what every table and feature uses: it bounds the years
+        stamp = (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).as_unit("ns")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        raise ConfigError(f"expected a time between {TIME_RANGE} (UTC), got {shown}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"expected a UTC time (ISO 8601), got {shown}: {' '.join(str(error).split())[:200]}") from None
+    return stamp
+
+
+TIME_RANGE = f"{pd.Timestamp.min.ceil('s').isoformat()} and {pd.Timestamp.max.floor('s').isoformat()}"
+"""The times trustfeed can represent (nanoseconds since 1970 in 64 bits)."""
+
+
+def _clip_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- EventLog
@@ -843,7 +854,7 @@ def write_events(tables: Mapping[str, pd.DataFrame] | EventLog, path: str | os.P
         if unknown:
             _spec(str(unknown[0]))
         events = validate_events(tables)
-    with atomic_dir(path) as staging:
+    with atomic_dir(path, "events") as staging:
         for name in TABLES:
             if name in events.missing:
                 continue

@@ -75,9 +75,14 @@ class TrustSnapshot:
     extras: dict[str, pd.DataFrame] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the snapshot directory atomically (Parquet tables + ``manifest.json``)."""
-        with atomic_dir(path) as tmp:
+    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> None:
+        """Write the snapshot directory atomically (Parquet tables + ``manifest.json``).
+
+        An existing ``path`` is replaced only if it is empty or an earlier snapshot (with
+        ``force``: any trustfeed output); anything else raises
+        :class:`~trustfeed.features.errors.OutputError` (see :func:`~trustfeed.features.io.atomic_dir`).
+        """
+        with atomic_dir(path, "trust-snapshot", force=force) as tmp:
             self.merchants.to_parquet(tmp / "merchants.parquet", index=False)
             self.creators.to_parquet(tmp / "creators.parquet", index=False)
             for name, frame in self.extras.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
@@ -111,6 +112,8 @@ def parse_request(request: Any) -> ParsedRequest:
     columns = _plain_id_columns(candidates)
     if columns is not None:
         stream_id, creator_id, merchant_id = columns
+        for name, column in zip(CANDIDATE_ID_FIELDS, columns, strict=True):
+            _check_encodable(column, lambda i, name=name: f"candidates[{i}].{name}")
         return ParsedRequest(
             request_id=request_id, user_id=user_id, ts=ts, k=k,
             stream_id=stream_id, creator_id=creator_id, merchant_id=merchant_id, live={},
@@ -121,6 +124,8 @@ def parse_request(request: Any) -> ParsedRequest:
         i = not_objects[0]
         raise RequestError(f"candidates[{i}]", f"expected an object, got {_kind(candidates[i])}")
     ids = {name: _id_column(candidates, name) for name in CANDIDATE_ID_FIELDS}
+    for name, column in ids.items():
+        _check_encodable(column, lambda i, name=name: f"candidates[{i}].{name}")
     live = _live_columns(candidates)
     return ParsedRequest(
         request_id=request_id,
@@ -147,9 +152,35 @@ def _kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return f"boolean {value!r}"
-    if isinstance(value, (str, int, float)):
-        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, int):
+        # str() of a huge int is slow and may be refused (sys.int_info.str_digits_check_threshold)
+        return f"int {value!r}" if -(10**18) < value < 10**18 else f"int of {value.bit_length()} bits"
+    if isinstance(value, (str, float)):
+        return f"{type(value).__name__} {_clip(repr(value))}"
     return type(value).__name__
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A value quoted in an error message, cut short so the message stays one short line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_encodable(values: Sequence[str], where: Any) -> None:
+    """Raise RequestError for the first string holding a lone surrogate (not valid Unicode text).
+
+    JSON allows ``"\\ud800"``; such a string cannot be written as UTF-8, logged or stored.
+    ``where(i)`` names the field of the ``i``-th value.
+    """
+    try:
+        "".join(values).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, value in enumerate(values):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise RequestError(
+                    where(i), f"not valid Unicode text (lone surrogate at character {error.start})"
+                ) from None
 
 
 def _required_str(request: Mapping[str, Any], name: str) -> str:
@@ -160,31 +191,51 @@ def _required_str(request: Mapping[str, Any], name: str) -> str:
         raise RequestError(name, f"expected a string, got {_kind(value)}")
     if not value:
         raise RequestError(name, "expected a non-empty string, got ''")
+    _check_encodable((value,), lambda _: name)
     return value
+
+
+# ISO 8601 as JSON encoders write it: a date, optionally a time (seconds and fraction
+# optional) and a UTC offset. Words pandas also understands ("now", "today") are not times
+# a request can carry: they would rank differently on every call.
+_ISO_8601 = re.compile(
+    r"(?:\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"  # extended format
+    r"|\d{8}(?:T\d{4}(?:\d{2}(?:[.,]\d{1,9})?)?)?)"  # basic format
+    r"(?:Z|z|[+-]\d{2}(?::?\d{2})?)?",
+    re.ASCII,
+)
 
 
 def _parse_ts(value: Any) -> pd.Timestamp:
     if value is _MISSING:
         raise RequestError("ts", "missing")
     # Epoch numbers are ambiguous (seconds or milliseconds?): the contract says ISO 8601.
-    if not isinstance(value, (str, _dt.datetime)):
+    if isinstance(value, str):
+        if not _ISO_8601.fullmatch(value):
+            raise RequestError("ts", f"expected an ISO 8601 time, got {_clip(value)!r}")
+    elif not isinstance(value, _dt.datetime):
         raise RequestError("ts", f"expected an ISO 8601 time, got {_kind(value)}")
     # Times are UTC: a time without an offset is read as UTC (the one parser, to_utc).
     try:
         return to_utc(value)
-    except ConfigError:
-        raise RequestError("ts", f"expected an ISO 8601 time, got {value!r}") from None
+    except ConfigError as error:
+        raise RequestError("ts", str(error)) from None
+
+
+_MAX_K = 2**31 - 1
 
 
 def _parse_k(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer() and value > 0:
+        if isinstance(value, float) and value.is_integer() and 0 < value <= _MAX_K:
             return int(value)  # JSON encoders may write 10 as 10.0
         raise RequestError("k", f"expected a positive integer, got {_kind(value)}")
     if value <= 0:
-        raise RequestError("k", f"expected a positive integer, got {value}")
+        raise RequestError("k", f"expected a positive integer, got {_kind(value)}")
+    if value > _MAX_K:
+        raise RequestError("k", f"expected a positive integer up to {_MAX_K}, got {_kind(value)}")
     return value
 
 
@@ -280,4 +331,18 @@ def coerce_live_numeric(parsed: ParsedRequest, name: str) -> list[float]:
     if bad:
         i = bad[0]
         raise RequestError(f"candidates[{i}].{name}", f"expected a number or null, got {_kind(column[i])}")
-    return [math.nan if v is None else float(v) for v in column]
+    try:
+        return [math.nan if v is None else float(v) for v in column]
+    except OverflowError:  # an integer beyond the float range (about 1.8e308)
+        i = next(i for i, v in enumerate(column) if isinstance(v, int) and not _fits_float(v))
+        raise RequestError(
+            f"candidates[{i}].{name}", f"expected a number within the float range, got {_kind(column[i])}"
+        ) from None
+
+
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True

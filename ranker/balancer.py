@@ -564,6 +564,12 @@ class ExposureBalancer:
         ``impressions`` has ``request_id``, ``creator_id``, ``merchant_id``, ``position``
         (1-based) and, for ``half_life_unit="seconds"``, ``ts`` (datetime or epoch seconds).
         Requests count in order of first appearance. One controller update follows.
+
+        Raises
+        ------
+        SchemaError
+            A column is missing, an id is null or empty, or a position is not an integer
+            >= 1; the ledger is left exactly as it was.
         """
         cfg = self.config
         needed = ["request_id", "creator_id", "merchant_id", "position"]
@@ -575,6 +581,7 @@ class ExposureBalancer:
                               f"columns {list(impressions.columns)}")
         if impressions.empty:
             return
+        _check_impressions(impressions)
         exposure = position_exposure(impressions["position"].to_numpy(np.float64),
                                      cfg.exposure_kind, cfg.exposure_patience)
         request_codes, requests = pd.factorize(impressions["request_id"])
@@ -694,3 +701,23 @@ class ExposureBalancer:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"balancer state: missing or malformed field ({exc})") from exc
         return balancer
+
+
+def _check_impressions(impressions: pd.DataFrame) -> None:
+    """Every row names its request, creator and merchant and has a 1-based integer position.
+
+    Checked before the ledger is touched: a null creator would otherwise be credited to
+    whichever creator shares its code, and a bad row found halfway would leave the clock moved.
+    """
+    for column in ("request_id", "creator_id", "merchant_id"):
+        values = impressions[column]
+        bad = values.isna().to_numpy() | (values.astype(str).str.len() == 0).to_numpy()
+        if bad.any():
+            raise SchemaError("impressions", column, "a non-empty id on every row", f"{int(bad.sum())} missing",
+                              impressions.loc[bad].head())
+    position = pd.to_numeric(impressions["position"], errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(position) | (position < 1) | (position != np.floor(position))
+    if bad.any():
+        raise SchemaError("impressions", "position", "an integer >= 1 on every row",
+                          f"{int(bad.sum())} missing or invalid", impressions.loc[bad].head())

@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..features.errors import ConfigError, ModelIntegrityError, TrustfeedError
-from ..features.io import atomic_dir, sha256_file
+from ..features.io import OUTPUT_MARKER, atomic_dir, sha256_file
 from .pipeline import RankingPipeline
 
 __all__ = [
@@ -53,6 +55,11 @@ BUNDLE_FORMAT = "trustfeed-bundle"
 BUNDLE_FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 MANIFEST_NAME = "MANIFEST.json"
+SIGNATURE_NAME = "MANIFEST.sig"
+# Not covered by the manifest: the manifest itself, its signature (made after it) and the
+# marker every trustfeed output directory carries (written when the directory is published;
+# it only says "trustfeed wrote this" and nothing reads it when loading).
+_UNLISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME, OUTPUT_MARKER})
 _SELF_KEY = "manifest_sha256"
 _ID_LENGTH = 16
 
@@ -111,7 +118,7 @@ def save_bundle(
         _check_relative(rel)
         if rel == MANIFEST_NAME or rel in _own_files() or rel.split("/")[0] in (SNAPSHOT_DIR, CONTEXT_DIR):
             raise ConfigError(f"save_bundle: extra file {rel!r} would overwrite a part of the bundle")
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, "model-bundle") as tmp:
         # LambdaMART.save writes its directory atomically (it replaces it): it goes first
         pipeline.model.save(tmp)
         _write_json(tmp / FEATURES_FILE, pipeline.assembler.schema())
@@ -175,7 +182,7 @@ def _bundle_files(root: Path) -> list[str]:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel != MANIFEST_NAME:
+            if rel not in _UNLISTED:
                 found.append(rel)
     return sorted(found)
 
@@ -190,6 +197,138 @@ def _write_manifest(root: Path) -> dict[str, Any]:
     manifest = {**body, _SELF_KEY: hashlib.sha256(_canonical_body(body)).hexdigest()}
     (root / MANIFEST_NAME).write_text(_render(manifest), encoding="ascii")
     return manifest
+
+
+_MAX_MANIFEST_BYTES = 4 << 20  # ~40,000 listed files; a real bundle lists a few dozen
+_MAX_JSON_BYTES = 256 << 20  # the other JSON parts (features.json holds categorical codes)
+_MAX_JSON_DEPTH = 64
+_MAX_NUMBER_CHARS = 32
+_MANIFEST_KEYS = frozenset({"format", "format_version", "created_at", "files", _SELF_KEY})
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_manifest(raw: bytes) -> dict[str, Any]:
+    """Parse and check the bytes of a ``MANIFEST.json``; every problem is a ModelIntegrityError.
+
+    The parser is bounded: at most 4 MiB of ASCII, nesting at most 64 levels deep, numbers
+    of at most 32 characters, exactly the documented keys with their types (``files`` maps
+    plain relative paths to 64 hex digits), the known format and version, the self-checksum
+    and the canonical layout. Nothing about the files it lists is checked here.
+
+    Examples
+    --------
+    >>> parse_manifest(b"[" * 100_000)
+    Traceback (most recent call last):
+    ...
+    trustfeed.features.errors.ModelIntegrityError: MANIFEST.json: not valid JSON (nested more than 64 levels deep)
+    """
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ModelIntegrityError(MANIFEST_NAME, f"{len(raw)} bytes, more than a manifest can be ({_MAX_MANIFEST_BYTES})")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as error:
+        raise ModelIntegrityError(MANIFEST_NAME, f"not ASCII (byte {error.start})") from None
+    manifest = _bounded_json(text, MANIFEST_NAME)
+    if not isinstance(manifest, dict):
+        raise ModelIntegrityError(MANIFEST_NAME, f"expected a JSON object, got {_json_kind(manifest)}")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise ModelIntegrityError(MANIFEST_NAME, f"format: expected {BUNDLE_FORMAT!r}, got {_short(manifest.get('format'))}")
+    version = manifest.get("format_version")
+    if type(version) is not int or version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelIntegrityError(
+            MANIFEST_NAME,
+            f"format_version: expected one of {sorted(SUPPORTED_FORMAT_VERSIONS)}, got {_short(version)} "
+            "(a bundle written by another trustfeed version?)",
+        )
+    unknown = sorted(set(manifest) - _MANIFEST_KEYS)
+    if unknown:
+        raise ModelIntegrityError(MANIFEST_NAME, f"unknown keys {_short(unknown)}")
+    if not isinstance(manifest.get("created_at"), str):
+        raise ModelIntegrityError(MANIFEST_NAME, f"created_at: expected a string, got {_json_kind(manifest.get('created_at'))}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(_is_sha256(v) for v in files.values()):
+        raise ModelIntegrityError(MANIFEST_NAME, "files: expected an object {relative path: sha256 as 64 hex digits}")
+    for rel in files:
+        pure = PurePosixPath(rel)
+        if not rel or pure.is_absolute() or ".." in pure.parts or rel != pure.as_posix() or rel in _UNLISTED:
+            raise ModelIntegrityError(_clip(rel), "listed path is not a plain relative path inside the bundle")
+    self_sum = manifest.get(_SELF_KEY)
+    body = {key: value for key, value in manifest.items() if key != _SELF_KEY}
+    if not _is_sha256(self_sum) or self_sum != hashlib.sha256(_canonical_body(body)).hexdigest():
+        raise ModelIntegrityError(MANIFEST_NAME, "checksum mismatch: the manifest was altered")
+    if text != _render(manifest):
+        raise ModelIntegrityError(MANIFEST_NAME, "not in its canonical layout: the manifest was altered")
+    return manifest
+
+
+def _bounded_json(text: str, rel: str) -> Any:
+    """``json.loads`` with the nesting depth and the length of numbers bounded."""
+    depth = _max_depth(text)
+    if depth > _MAX_JSON_DEPTH:
+        raise ModelIntegrityError(rel, f"not valid JSON (nested more than {_MAX_JSON_DEPTH} levels deep)")
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
+        raise ModelIntegrityError(rel, f"not valid JSON ({_clip(str(error))})") from None
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def _max_depth(text: str) -> int:
+    """The deepest bracket nesting of a JSON text (strings ignored), computed without recursion."""
+    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    if not brackets:
+        return 0
+    steps = [1 if c in "[{" else -1 for c in brackets]
+    return max(itertools.accumulate(steps))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise ValueError(f"a number of {len(text)} characters")
+    return float(text)
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a value read from a bundle, cut short: the message stays one short line."""
+    return _clip(repr(value), limit)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_bounded(path: Path, rel: str, limit: int) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise ModelIntegrityError(rel, f"{size} bytes, more than expected (at most {limit})")
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)[:limit]
+    except OSError as error:
+        raise ModelIntegrityError(rel, f"unreadable ({error.strerror or error})") from None
 
 
 def bundle_id(manifest: Mapping[str, Any]) -> str:
@@ -213,35 +352,8 @@ def verify_bundle(path: str | os.PathLike[str], required: tuple[str, ...] = _REQ
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise ModelIntegrityError(MANIFEST_NAME, "missing: not a trustfeed model bundle, or an incomplete one")
-    raw = manifest_path.read_bytes()
-    try:
-        text = raw.decode("ascii")
-        manifest = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelIntegrityError(MANIFEST_NAME, f"not valid JSON ({error})") from None
-    if not isinstance(manifest, dict):
-        raise ModelIntegrityError(MANIFEST_NAME, f"expected a JSON object, got {type(manifest).__name__}")
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise ModelIntegrityError(MANIFEST_NAME, f"format: expected {BUNDLE_FORMAT!r}, got {manifest.get('format')!r}")
-    version = manifest.get("format_version")
-    if isinstance(version, bool) or version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ModelIntegrityError(
-            MANIFEST_NAME,
-            f"format_version: expected one of {sorted(SUPPORTED_FORMAT_VERSIONS)}, got {version!r} "
-            "(a bundle written by another trustfeed version?)",
-        )
-    body = {key: value for key, value in manifest.items() if key != _SELF_KEY}
-    if manifest.get(_SELF_KEY) != hashlib.sha256(_canonical_body(body)).hexdigest():
-        raise ModelIntegrityError(MANIFEST_NAME, "checksum mismatch: the manifest was altered")
-    if text != _render(manifest):
-        raise ModelIntegrityError(MANIFEST_NAME, "not in its canonical layout: the manifest was altered")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-        raise ModelIntegrityError(MANIFEST_NAME, "files: expected an object {relative path: sha256}")
-    for rel in files:
-        pure = PurePosixPath(rel)
-        if pure.is_absolute() or ".." in pure.parts or rel != pure.as_posix() or rel == MANIFEST_NAME:
-            raise ModelIntegrityError(rel, "listed path is not a plain relative path inside the bundle")
+    manifest = parse_manifest(_read_bounded(manifest_path, MANIFEST_NAME, _MAX_MANIFEST_BYTES))
+    files = manifest["files"]
     for rel in required:
         if rel not in files:
             raise ModelIntegrityError(rel, "required file not listed in MANIFEST.json")
@@ -360,10 +472,12 @@ def load_snapshot(path: str | os.PathLike[str]) -> tuple[Any, str]:
 
 
 def _read_json(root: Path, rel: str) -> Any:
+    raw = _read_bounded(root / rel, rel, _MAX_JSON_BYTES)
     try:
-        return json.loads((root / rel).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelIntegrityError(rel, f"unreadable JSON ({error})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ModelIntegrityError(rel, f"unreadable JSON (not UTF-8 at byte {error.start})") from None
+    return _bounded_json(text, rel)
 
 
 def _parse(rel: str, build: Any) -> Any:
@@ -372,6 +486,6 @@ def _parse(rel: str, build: Any) -> Any:
         return build()
     except ModelIntegrityError:
         raise
-    except (TrustfeedError, KeyError, TypeError, ValueError, OSError) as error:
+    except (TrustfeedError, KeyError, TypeError, ValueError, OSError, RecursionError, OverflowError) as error:
         message = " ".join(str(error).split())
         raise ModelIntegrityError(rel, f"cannot be loaded: {type(error).__name__}: {message}") from error

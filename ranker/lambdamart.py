@@ -470,7 +470,7 @@ class LambdaMART:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``model.txt`` (LightGBM text) and ``schema.json`` atomically into ``path``."""
         self._check_fitted()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "lambdamart-model") as tmp:
             (tmp / MODEL_FILE).write_text(self.booster_.model_to_string(num_iteration=self.best_iteration_))
             (tmp / SCHEMA_FILE).write_text(json.dumps(self.schema(), indent=2, sort_keys=True))
 

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trustfeed.features.errors import ConfigError, SchemaError
+from trustfeed.features.errors import ConfigError, OutputError, SchemaError
+from trustfeed.features.io import OUTPUT_MARKER
 from trustfeed.features.events import (
     REQUIRED_TABLES,
     TABLES,
@@ -536,7 +537,7 @@ def test_parquet_and_csv_load_to_identical_frames(tmp_path: Path) -> None:
     parquet_dir = tmp_path / "parquet"
     write_events(tables, parquet_dir)
     from_csv, from_parquet = load_events(csv_dir), load_events(parquet_dir)
-    assert sorted(p.name for p in parquet_dir.iterdir()) == sorted(f"{n}.parquet" for n in TABLES)
+    assert sorted(p.name for p in parquet_dir.iterdir() if p.name != OUTPUT_MARKER) == sorted(f"{n}.parquet" for n in TABLES)
     for name in TABLES:
         pd.testing.assert_frame_equal(from_csv[name], from_parquet[name], check_exact=True)
     assert from_csv.missing == from_parquet.missing == ()
@@ -638,8 +639,14 @@ def test_write_revalidates_an_event_log_that_was_changed(tmp_path: Path) -> None
 def test_write_replaces_directory_and_leaves_later_files_alone(tmp_path: Path) -> None:
     out = tmp_path / "dataset"
     out.mkdir()
-    (out / "stale.parquet").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError):  # a directory trustfeed did not write is never replaced
+        write_events(required_only(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    (out / "notes.txt").unlink()
     write_events(required_only(), out)
+    (out / "stale.parquet").write_text("old")
+    write_events(required_only(), out)  # an earlier output of the same writer is replaced whole
     assert not (out / "stale.parquet").exists()
     (out / "truth").mkdir()
     pd.DataFrame({"merchant_id": ["m1"], "latent_trust": [0.9]}).to_parquet(out / "truth" / "merchants.parquet")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trustfeed.features.io import atomic_dir, atomic_file, sha256_file
+from trustfeed.features.io import OUTPUT_MARKER, atomic_dir, atomic_file, sha256_file
 
 
 def _mode(path: Path) -> int:
@@ -34,10 +34,10 @@ def test_atomic_dir_replaces_whole_directory_or_nothing(tmp_path: Path) -> None:
         with atomic_dir(target) as tmp:
             (tmp / "b.parquet").write_text("2")
             raise RuntimeError("crash")
-    assert sorted(p.name for p in target.iterdir()) == ["a.parquet"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "a.parquet"]
     with atomic_dir(target) as tmp:
         (tmp / "c.parquet").write_text("3")
-    assert sorted(p.name for p in target.iterdir()) == ["c.parquet"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "c.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot"]
 
 

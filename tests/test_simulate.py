@@ -171,7 +171,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
     write_dataset(simulate(config), tmp_path / "a")
     write_dataset(simulate(config), tmp_path / "b")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 12 + 5
+    assert len(files) == 12 + 5 + 1  # tables, truth, the output marker
     for relative in files:
         assert (tmp_path / "a" / relative).read_bytes() == (tmp_path / "b" / relative).read_bytes(), relative
 
@@ -184,9 +184,10 @@ def test_different_seeds_differ() -> None:
 
 def test_write_dataset_replaces_an_existing_directory(tmp_path: Path) -> None:
     out = tmp_path / "data"
-    out.mkdir()
+    platform = simulate(SimConfig(seed=1, merchants=15, days=3))
+    write_dataset(platform, out)
     (out / "stale.parquet").write_text("old")
-    write_dataset(simulate(SimConfig(seed=1, merchants=15, days=3)), out)
+    write_dataset(platform, out)
     assert not (out / "stale.parquet").exists()
     assert (out / "truth" / "meta.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -16,6 +16,7 @@ from scipy import stats
 
 from trustfeed.features.errors import ConfigError, SchemaError
 from trustfeed.features.events import validate_events
+from trustfeed.features.io import OUTPUT_MARKER
 from trustfeed.features.trust import DIMENSIONS, TrustConfig, TrustSnapshot, build_snapshot
 
 
@@ -577,7 +578,8 @@ def test_standing_is_the_population_mid_ecdf():
 
 def test_snapshot_round_trip(crafted_snapshot, tmp_path):
     crafted_snapshot.save(tmp_path / "snap")
-    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == ["creators.parquet", "manifest.json", "merchants.parquet", "users.parquet"]
+    assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == [
+        OUTPUT_MARKER, "creators.parquet", "manifest.json", "merchants.parquet", "users.parquet"]
     loaded = TrustSnapshot.load(tmp_path / "snap")
     assert loaded.as_of == crafted_snapshot.as_of
     pd.testing.assert_frame_equal(loaded.merchants, crafted_snapshot.merchants)

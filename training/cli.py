@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..features.errors import TrustfeedError
+from ..features.errors import OutputError, TrustfeedError
+from ..features.io import check_output_dir, check_output_file
 from ..features.progress import StderrProgress
 
 __all__ = ["main", "build_parser"]
@@ -52,9 +53,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import SimConfig, simulate, write_dataset
 
     config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days)
+    check_output_dir(args.out, "simulated-dataset", force=args.force)  # before minutes of work
     progress = StderrProgress()
     platform = simulate(config, progress=progress)
-    write_dataset(platform, Path(args.out), progress=progress)
+    write_dataset(platform, Path(args.out), progress=progress, force=args.force)
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -63,10 +65,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from ..features.events import load_events
     from ..features.trust import build_snapshot
 
+    check_output_dir(args.out, "trust-snapshot", force=args.force)  # before the work
     progress = StderrProgress()
     events = load_events(Path(args.events))
     snapshot = build_snapshot(events, as_of=args.as_of, backend=args.backend, progress=progress)
-    snapshot.save(Path(args.out))
+    snapshot.save(Path(args.out), force=args.force)
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -90,6 +93,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
+    for name in ("report.html", "metrics.json"):  # checked before the work, not after it
+        check_output_file(Path(args.out) / name)
     result = evaluate(
         events=Path(args.events),
         model_uri=args.model,
@@ -107,6 +112,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_rank(args: argparse.Namespace) -> int:
     from ..serving import FeedRanker, rank_file
 
+    check_output_file(args.out)
+    if Path(args.requests).is_dir():
+        raise OutputError(args.requests, "is a directory, expected a JSON-lines file of requests")
     ranker = FeedRanker.load(args.model, snapshot=args.snapshot, tracking_uri=args.tracking_uri)
     summary = rank_file(
         model_uri=args.model,
@@ -154,12 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--merchants", type=_positive_int, default=500)
     simulate.add_argument("--days", type=_positive_int, default=60)
+    simulate.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     features = add("features", _cmd_features, "write the trust snapshot as of a date")
     features.add_argument("--events", required=True, metavar="DIR")
     features.add_argument("--as-of", required=True, metavar="DATE", help="UTC date or ISO 8601 time")
     features.add_argument("--out", required=True, metavar="DIR")
     features.add_argument("--backend", choices=("pandas", "dask"), default="pandas")
+    features.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     train = add("train", _cmd_train, "train the ranker and log the run to MLflow")
     train.add_argument("--events", required=True, metavar="DIR")
@@ -191,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FORCE_HELP = (
+    "replace DIR even if it holds another trustfeed output (an earlier output of this command is "
+    "always replaced; a directory trustfeed did not write never is)"
+)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -202,7 +218,10 @@ def _positive_int(text: str) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
+    text = " ".join(str(error).split())
+    if isinstance(error, OSError) and not isinstance(error, TrustfeedError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"  # without the "[Errno 30]" prefix
+    return text if len(text) <= 1000 else text[:997] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,8 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (TrustfeedError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (TrustfeedError, OSError) as error:
+        # OSError: a bad path, a read-only or full file system, a busy mount point, ...
         print(f"trustfeed {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:
+        if not type(error).__module__.startswith("mlflow"):
+            raise  # a bug: keep the traceback
+        # MLflow refusing a URI or a store (e.g. an unknown scheme) is bad input, not a bug
+        print(f"trustfeed {args.command}: error: MLflow: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"trustfeed {args.command}: interrupted", file=sys.stderr)

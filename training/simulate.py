@@ -1356,10 +1356,14 @@ def _assemble(
 # --------------------------------------------------------------------------- files
 
 
-def write_dataset(platform: SimulatedPlatform, out_dir: str | Path, progress: Progress | None = None) -> None:
+def write_dataset(
+    platform: SimulatedPlatform, out_dir: str | Path, progress: Progress | None = None, *, force: bool = False
+) -> None:
     """Write the tables (CONTRACT section 1, Parquet) and ``truth/`` to ``out_dir``, atomically.
 
-    ``out_dir`` is replaced as a whole only once everything is written.
+    ``out_dir`` is replaced as a whole only once everything is written, and only if it is
+    empty or an earlier simulated dataset (with ``force``: any trustfeed output); anything
+    else raises :class:`~trustfeed.features.errors.OutputError`.
 
     Examples
     --------
@@ -1370,7 +1374,7 @@ def write_dataset(platform: SimulatedPlatform, out_dir: str | Path, progress: Pr
     ['creators', 'impressions', 'merchants', 'orders']
     """
     report = progress if progress is not None else NullProgress()
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "simulated-dataset", force=force) as tmp:
         report("writing event tables")
         _write_tables(platform.tables, tmp)
         report("writing truth")
