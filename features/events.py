@@ -344,6 +344,9 @@ def _blank_to_null(series: pd.Series) -> pd.Series:
     return text.mask(blank.to_numpy())
 
 
+_EXACT_FLOAT_INTEGER = 2.0**53
+
+
 def _coerce_id(series: pd.Series) -> pd.Series:
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -355,6 +358,10 @@ def _coerce_id(series: pd.Series) -> pd.Series:
         fractional = values.notna() & (values != np.floor(values))
         if fractional.any():
             raise _Bad("non-integer numbers", fractional)
+        # beyond 2**53 a float no longer holds one exact integer (and infinity none at all)
+        inexact = values.notna() & ~(values.abs() <= _EXACT_FLOAT_INTEGER)
+        if inexact.any():
+            raise _Bad(f"numbers beyond {_EXACT_FLOAT_INTEGER:.0f} that a float cannot hold exactly", inexact)
         return values.astype("Int64").astype(ID_DTYPE)
     if pd.api.types.is_datetime64_any_dtype(dtype) or isinstance(dtype, pd.DatetimeTZDtype):
         raise _Bad("timestamps", series.notna())

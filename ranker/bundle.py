@@ -15,6 +15,8 @@ Layout (every file listed with its sha256 in ``MANIFEST.json``; nothing is pickl
     snapshot/              the trust snapshot: merchants.parquet, creators.parquet, extras, manifest.json
     context/               user and engagement history tables (Parquet) + manifest.json
     <extra files>          anything the training job adds (``extra_files``)
+    MANIFEST.sig           optional: an Ed25519 signature of MANIFEST.json's bytes (see
+                           :mod:`trustfeed.ranker.signing`), made after the manifest
 
 Loading verifies every checksum *before* parsing anything: a missing, altered or unlisted
 file, an altered manifest or an unknown format version raises
@@ -35,11 +37,17 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..features.errors import ConfigError, ModelIntegrityError, TrustfeedError
 from ..features.io import OUTPUT_MARKER, atomic_dir, sha256_file
 from .pipeline import RankingPipeline
+from .signing import SIGNATURE_NAME, load_signing_key, load_verify_key, verify_signature, write_signature
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+KeyPath = str | os.PathLike[str]
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -48,6 +56,7 @@ __all__ = [
     "bundle_id",
     "load_bundle",
     "save_bundle",
+    "sign_bundle",
     "verify_bundle",
 ]
 
@@ -55,7 +64,6 @@ BUNDLE_FORMAT = "trustfeed-bundle"
 BUNDLE_FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 MANIFEST_NAME = "MANIFEST.json"
-SIGNATURE_NAME = "MANIFEST.sig"
 # Not covered by the manifest: the manifest itself, its signature (made after it) and the
 # marker every trustfeed output directory carries (written when the directory is published;
 # it only says "trustfeed wrote this" and nothing reads it when loading).
@@ -92,6 +100,8 @@ def save_bundle(
     pipeline: RankingPipeline,
     path: str | os.PathLike[str],
     extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
+    *,
+    signing_key: KeyPath | Ed25519PrivateKey | None = None,
 ) -> str:
     """Write ``pipeline`` as a bundle directory at ``path`` (atomically: all or nothing).
 
@@ -105,6 +115,9 @@ def save_bundle(
     extra_files
         ``{relative path in the bundle: source file}``, e.g. a feature-importance table;
         they are checksummed like every other file.
+    signing_key
+        An Ed25519 private key (a ``signing.key`` file from ``trustfeed keygen``, or the key
+        object): the manifest is signed (``MANIFEST.sig``) before the bundle is published.
 
     Returns
     -------
@@ -113,6 +126,7 @@ def save_bundle(
     """
     if pipeline.snapshot is None:
         raise ConfigError("save_bundle: the pipeline has no trust snapshot (build it with snapshot=...)")
+    private_key = load_signing_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
     extra = dict(extra_files or {})
     for rel in extra:
         _check_relative(rel)
@@ -145,7 +159,29 @@ def save_bundle(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
         manifest = _write_manifest(tmp)
+        if private_key is not None:
+            write_signature(tmp, private_key, (tmp / MANIFEST_NAME).read_bytes())
     return str(manifest[_SELF_KEY][:_ID_LENGTH])
+
+
+def sign_bundle(path: str | os.PathLike[str], signing_key: KeyPath | Ed25519PrivateKey) -> str:
+    """Sign an existing bundle (e.g. once it has been reviewed); returns the key id.
+
+    The bundle is verified first: only an intact bundle is signed. An earlier signature is
+    replaced. The bundle id does not change (it is the manifest's checksum).
+
+    Raises
+    ------
+    ModelIntegrityError
+        The bundle is incomplete or altered.
+    ConfigError
+        ``signing_key`` is not an Ed25519 private key.
+    """
+    private_key = load_signing_key(signing_key) if isinstance(signing_key, (str, os.PathLike)) else signing_key
+    root = Path(path)
+    verify_bundle(root)
+    raw = _read_bounded(root / MANIFEST_NAME, MANIFEST_NAME, _MAX_MANIFEST_BYTES)
+    return write_signature(root, private_key, raw)
 
 
 def _own_files() -> set[str]:
@@ -336,23 +372,42 @@ def bundle_id(manifest: Mapping[str, Any]) -> str:
     return str(manifest[_SELF_KEY])[:_ID_LENGTH]
 
 
-def verify_bundle(path: str | os.PathLike[str], required: tuple[str, ...] = _REQUIRED) -> dict[str, Any]:
+def verify_bundle(
+    path: str | os.PathLike[str],
+    required: tuple[str, ...] = _REQUIRED,
+    *,
+    verify_key: KeyPath | Ed25519PublicKey | None = None,
+) -> dict[str, Any]:
     """Check a bundle directory against its manifest; returns the manifest.
+
+    With ``verify_key`` (an Ed25519 public key: a ``verify.key`` file or the key object) the
+    manifest's signature is checked first, before the manifest is even parsed: a bundle that
+    is unsigned, signed by another key or whose manifest changed after signing is refused.
+    Without it, the manifest only proves the bundle is complete and unchanged *relative to its
+    own manifest*: it catches corruption and careless edits, not someone who can rewrite the
+    whole directory.
 
     Raises
     ------
     ModelIntegrityError
         Naming the file: a missing, unparsable or altered manifest; an unknown format or
         format version; a listed file that is missing or whose sha256 differs; a file present
-        but not listed; a required file not listed; a listed path leaving the bundle.
+        but not listed; a required file not listed; a listed path leaving the bundle; with
+        ``verify_key``, a missing, foreign or broken signature.
+    ConfigError
+        ``verify_key`` is not an Ed25519 public key.
     """
+    public_key = load_verify_key(verify_key) if isinstance(verify_key, (str, os.PathLike)) else verify_key
     root = Path(path)
     if not root.is_dir():
         raise ModelIntegrityError(str(root), "not a directory")
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise ModelIntegrityError(MANIFEST_NAME, "missing: not a trustfeed model bundle, or an incomplete one")
-    manifest = parse_manifest(_read_bounded(manifest_path, MANIFEST_NAME, _MAX_MANIFEST_BYTES))
+    raw = _read_bounded(manifest_path, MANIFEST_NAME, _MAX_MANIFEST_BYTES)
+    if public_key is not None:
+        verify_signature(root, raw, public_key)
+    manifest = parse_manifest(raw)
     files = manifest["files"]
     for rel in required:
         if rel not in files:
@@ -373,7 +428,12 @@ def verify_bundle(path: str | os.PathLike[str], required: tuple[str, ...] = _REQ
 # --------------------------------------------------------------------------- loading
 
 
-def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] | None = None) -> RankingPipeline:
+def load_bundle(
+    path: str | os.PathLike[str],
+    snapshot: str | os.PathLike[str] | None = None,
+    *,
+    verify_key: KeyPath | Ed25519PublicKey | None = None,
+) -> RankingPipeline:
     """Verify and load a bundle directory as a :class:`RankingPipeline`.
 
     Parameters
@@ -384,7 +444,10 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
         A trust snapshot directory (as written by ``trustfeed features``) to use instead of
         the bundled one, e.g. a fresher one; the model's feature layout is kept (see
         :class:`~trustfeed.features.context.FeatureAssembler`'s ``schema``). The bundled
-        context tables are still used.
+        context tables are still used. (It is not covered by the bundle's signature: it is
+        checked against its own manifest only.)
+    verify_key
+        Refuse the bundle unless its manifest is signed by this key (see :func:`verify_bundle`).
 
     Raises
     ------
@@ -399,7 +462,7 @@ def load_bundle(path: str | os.PathLike[str], snapshot: str | os.PathLike[str] |
     from .policy import Policy
 
     root = Path(path)
-    manifest = verify_bundle(root)
+    manifest = verify_bundle(root, verify_key=verify_key)
     files = manifest["files"]
     layout = _read_json(root, PIPELINE_FILE)
     has_balancer = bool(layout.get("balancer"))

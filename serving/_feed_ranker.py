@@ -9,7 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from ..features.errors import SchemaError
 from ..ranker.bundle import load_bundle
+from ..ranker.signing import load_verify_key
 from ..ranker.pipeline import RankingPipeline
 from ._compiled import CompiledModel, compile_model
 from ._resolve import local_model_dir
@@ -89,6 +91,7 @@ class FeedRanker:
         predictor: str = "lightgbm",
         compile_cache: str | os.PathLike[str] | None = None,
         shared_ledger: RedisLedger | None = None,
+        verify_key: str | os.PathLike[str] | None = None,
     ) -> None:
         pipeline.model = compile_model(pipeline.model, predictor, compile_cache)
         self.shared_ledger = shared_ledger
@@ -98,6 +101,7 @@ class FeedRanker:
         self._compile_cache = compile_cache
         self._pipeline = pipeline
         self._source = source
+        self._verify_key = verify_key
         self.record_served = record_served
         # serialises reloads (not ranking): ranking only reads one reference
         self._reload_lock = threading.Lock()
@@ -113,6 +117,7 @@ class FeedRanker:
         predictor: str = "lightgbm",
         compile_cache: str | os.PathLike[str] | None = None,
         shared_ledger: RedisLedger | None = None,
+        verify_key: str | os.PathLike[str] | None = None,
     ) -> FeedRanker:
         """Load and verify a model bundle.
 
@@ -129,22 +134,31 @@ class FeedRanker:
             See the class parameters.
         tracking_uri
             MLflow tracking URI for ``runs:/`` and ``models:/`` (default: MLflow's own).
+        verify_key
+            An Ed25519 public key file (``verify.key`` from ``trustfeed keygen``): the bundle
+            must be signed by its private key and unchanged since. It is kept, and every
+            :meth:`reload` checks against it too. Without it, the bundle is only checked
+            against its own manifest, which anyone able to write the directory can rewrite.
 
         Raises
         ------
         ModelIntegrityError
             The bundle is incomplete, altered or of an unknown format (the message names the
-            file), or MLflow cannot resolve the URI.
+            file), or MLflow cannot resolve the URI; with ``verify_key``, it is unsigned,
+            signed by another key or changed after signing.
+        ConfigError
+            ``verify_key`` is not a readable Ed25519 public key.
         FileNotFoundError
             A local path that does not exist.
         """
         return cls(
-            _load_pipeline(model_uri, snapshot, tracking_uri),
+            _load_pipeline(model_uri, snapshot, tracking_uri, verify_key),
             record_served=record_served,
             source=os.fspath(model_uri),
             predictor=predictor,
             compile_cache=compile_cache,
             shared_ledger=shared_ledger,
+            verify_key=verify_key,
         )
 
     # ------------------------------------------------------------------ ranking
@@ -204,11 +218,25 @@ class FeedRanker:
             Rows (a DataFrame or a list of dicts) with ``request_id``, ``creator_id``,
             ``merchant_id``, ``position`` (1-based) and ``ts`` (when the balancer decays by
             time), as in the ``impressions`` table of CONTRACT section 1.
+
+        Raises
+        ------
+        SchemaError
+            A required column is missing, an id is null or empty, a position is not an
+            integer >= 1, or a string is not valid text; the ledger is left unchanged.
         """
         balancer = self._pipeline.balancer
         if balancer is None:
             return
-        frame = impressions if isinstance(impressions, pd.DataFrame) else pd.DataFrame(list(impressions))
+        if isinstance(impressions, pd.DataFrame):
+            frame = impressions
+        else:
+            rows = list(impressions)
+            try:
+                frame = pd.DataFrame(rows)
+            except UnicodeEncodeError:  # pandas' Arrow strings refuse lone surrogates
+                raise SchemaError("impressions", _column_with_surrogate(rows), "valid Unicode text",
+                                  "a string with a lone surrogate") from None
         balancer.record_impressions(frame)
 
     # ------------------------------------------------------------------ reload
@@ -223,9 +251,9 @@ class FeedRanker:
     ) -> str | None:
         """Swap in another model (and its snapshot and config) while other threads rank.
 
-        The new bundle is loaded and verified completely first; only then is the one
-        pipeline reference replaced. A failed load raises and leaves the current model
-        serving.
+        The new bundle is loaded and verified completely first (against the verify key given
+        to :meth:`load`, if any); only then is the one pipeline reference replaced. A failed
+        load raises and leaves the current model serving.
 
         Parameters
         ----------
@@ -244,7 +272,7 @@ class FeedRanker:
             The id of the model now serving.
         """
         with self._reload_lock:
-            fresh = _load_pipeline(model_uri, snapshot, tracking_uri)
+            fresh = _load_pipeline(model_uri, snapshot, tracking_uri, self._verify_key)
             fresh.model = compile_model(fresh.model, self._predictor, self._compile_cache)
             current = self._pipeline
             if keep_ledger and fresh.balancer is not None and current.balancer is not None:
@@ -294,6 +322,21 @@ def _load_pipeline(
     model_uri: str | os.PathLike[str],
     snapshot: str | os.PathLike[str] | None,
     tracking_uri: str | None,
+    verify_key: str | os.PathLike[str] | None = None,
 ) -> RankingPipeline:
+    # a bad key file fails before anything is downloaded
+    public_key = load_verify_key(verify_key) if verify_key is not None else None
     with local_model_dir(model_uri, tracking_uri=tracking_uri) as bundle_dir:
-        return load_bundle(bundle_dir, snapshot=snapshot)
+        return load_bundle(bundle_dir, snapshot=snapshot, verify_key=public_key)
+
+
+def _column_with_surrogate(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first column holding a string that cannot be encoded (only run on that error)."""
+    for row in rows:
+        for name, value in dict(row).items():
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return str(name)
+    return None

@@ -12,15 +12,22 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ..features.errors import ModelIntegrityError
+from ..features.errors import ConfigError, ModelIntegrityError
 from ..ranker.bundle import MANIFEST_NAME
 
-__all__ = ["find_bundle_dir", "local_model_dir"]
+__all__ = ["TRACKING_RETRIES_ENV", "TRACKING_TIMEOUT_ENV", "bounded_mlflow_http", "check_tracking_store",
+           "find_bundle_dir", "local_model_dir", "tracking_uri_set_to"]
+
+TRACKING_RETRIES_ENV = "TRUSTFEED_TRACKING_RETRIES"
+TRACKING_TIMEOUT_ENV = "TRUSTFEED_TRACKING_TIMEOUT"
+_DEFAULT_RETRIES = 2
+_DEFAULT_TIMEOUT_SECONDS = 8
 
 # Where the training job's MLflow model keeps the bundle (pyfunc artifact named "bundle").
 _MLFLOW_BUNDLE_PATHS = ("artifacts/bundle", "bundle")
@@ -66,22 +73,122 @@ def local_model_dir(
     import mlflow.artifacts  # imported here: loading a local bundle never needs MLflow
     from mlflow.exceptions import MlflowException
 
+    if tracking_uri is not None:
+        check_tracking_store(tracking_uri)
     scratch = Path(tempfile.mkdtemp(prefix="trustfeed-model-"))
     try:
         try:
-            source = uri
-            if tracking_uri is not None and urlparse(uri).scheme == "models":
-                source = _registry_download_uri(uri, tracking_uri)
-            with _quiet_downloads():
+            with bounded_mlflow_http(), _quiet_downloads(), (
+                tracking_uri_set_to(tracking_uri) if tracking_uri is not None else contextlib.nullcontext()
+            ):
+                source = uri
+                if tracking_uri is not None and urlparse(uri).scheme == "models":
+                    source = _registry_download_uri(uri, tracking_uri)
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=source, dst_path=str(scratch), tracking_uri=tracking_uri
                 )
-        except MlflowException as error:
-            message = " ".join(str(error).split())
+        except (MlflowException, OSError) as error:  # OSError: the server or store is unreachable
+            message = " ".join(str(error).split())[:500]
             raise ModelIntegrityError(uri, f"MLflow could not resolve the model: {message}") from error
         yield find_bundle_dir(Path(local))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_tracking_store(tracking_uri: str) -> None:
+    """Fail fast on a local sqlite tracking store that cannot be opened.
+
+    MLflow retries opening a database ten times with growing sleeps (about 100 s) before it
+    gives up; a file that cannot be created (a read-only or pseudo file system, a path under a
+    regular file) is known at once. Other URIs are left to MLflow.
+
+    Raises
+    ------
+    ConfigError
+        Naming the store and the reason.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    location = unquote(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
+    if not location or location == ":memory:":
+        return
+    database = Path(location)
+    for parent in database.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"tracking store {tracking_uri}: {parent} is a file, not a directory")
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow itself would
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=rwc", uri=True, timeout=10)) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+    except (OSError, sqlite3.Error) as error:
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())
+        raise ConfigError(f"tracking store {tracking_uri}: cannot open {database} ({reason})") from None
+
+
+@contextlib.contextmanager
+def tracking_uri_set_to(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's global (fluent) tracking URI at ``tracking_uri`` for a block.
+
+    Needed beside explicit ``tracking_uri=`` arguments: in MLflow 3.17,
+    ``mlflow.artifacts.download_artifacts("runs:/<id>/model", tracking_uri=...)`` looks the
+    logged model up through the *global* URI (and creates ``./mlflow.db`` when none is set).
+    The global URI is process-wide: concurrent loads from different stores must not overlap.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri  # None when MLflow is on its own default
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri rewrites it
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None restores the default
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+@contextlib.contextmanager
+def bounded_mlflow_http(retries: int | None = None, timeout: float | None = None) -> Iterator[None]:
+    """Bound MLflow's HTTP retries and timeout for a block, so a dead server fails in seconds.
+
+    MLflow's own defaults retry for minutes (7 retries, exponential backoff). Here: ``retries``
+    (default ``$TRUSTFEED_TRACKING_RETRIES``, else 2) with a backoff factor of 1, and
+    ``timeout`` seconds per request (default ``$TRUSTFEED_TRACKING_TIMEOUT``, else 8; it
+    bounds waiting for a reply, not a whole download). MLflow's own variables
+    (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._TIMEOUT``, ``..._BACKOFF_FACTOR``) win when set.
+
+    Raises
+    ------
+    ConfigError
+        A setting that is not a non-negative number.
+    """
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(_setting(TRACKING_RETRIES_ENV, retries, _DEFAULT_RETRIES, int)),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(_setting(TRACKING_TIMEOUT_ENV, timeout, _DEFAULT_TIMEOUT_SECONDS, int)),
+    }
+    added = [key for key in wanted if key not in os.environ]
+    for key in added:
+        os.environ[key] = wanted[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _setting(env: str, given: float | None, default: int, kind: type) -> int:
+    raw: object = given if given is not None else os.environ.get(env, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{env}: expected a whole number >= 0, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{env}: expected a whole number >= 0, got {raw!r}")
+    return int(value)
 
 
 @contextlib.contextmanager

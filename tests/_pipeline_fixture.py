@@ -119,3 +119,32 @@ def make_pipeline(parts: TrainedParts, *, balancer: bool = True, trust_weight: f
         snapshot=parts.snapshot,
         context=parts.context,
     )
+
+
+def tiny_live_pipeline() -> Any:
+    """A tiny pipeline (hand-made snapshot, 4 trees) whose model uses the live field ``viewers``.
+
+    Built in well under a second; each call gets its own balancer ledger.
+    """
+    from trustfeed.features.context import FeatureAssembler
+    from trustfeed.features.trust import TrustSnapshot
+    from trustfeed.ranker.balancer import BalancerConfig, ExposureBalancer
+    from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
+    from trustfeed.ranker.pipeline import RankingPipeline
+
+    if "tiny-live" not in _CACHE:
+        snapshot = TrustSnapshot(
+            pd.Timestamp("2026-01-05", tz="UTC"),
+            merchants=pd.DataFrame({"merchant_id": ["m1", "m2"], "trust_index": [0.9, 0.2]}),
+            creators=pd.DataFrame({"creator_id": ["c1", "c2"], "followers": [10.0, 500.0]}),
+            manifest={"as_of": "2026-01-05T00:00:00+00:00", "format_version": 1},
+        )
+        assembler = FeatureAssembler(snapshot, live_fields=("viewers",))
+        X = np.random.default_rng(3).normal(size=(200, len(assembler.feature_names)))
+        model = LambdaMART(LambdaMARTConfig(num_rounds=4, min_data_in_leaf=5, early_stopping_rounds=0)).fit(
+            X, (X[:, -1] > 0).astype(int), group=[20] * 10, feature_names=assembler.feature_names,
+            feature_schema=assembler.schema(),
+        )
+        _CACHE["tiny-live"] = (assembler, model, snapshot)
+    assembler, model, snapshot = _CACHE["tiny-live"]
+    return RankingPipeline(assembler, model, balancer=ExposureBalancer(BalancerConfig()), snapshot=snapshot)

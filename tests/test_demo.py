@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -131,3 +132,32 @@ def test_demo_run_is_in_its_own_store_with_the_evaluation(demo_run: tuple[Path, 
 def test_demo_config_rejects_bad_sizes(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         DemoConfig(**changes)
+
+
+def test_runs_uri_loads_with_an_explicit_sqlite_tracking_uri(
+    demo_run: tuple[Path, Path, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``tracking_uri=`` / ``--tracking-uri`` resolve ``runs:/`` as MLFLOW_TRACKING_URI would."""
+    from mlflow import MlflowClient
+
+    from trustfeed.ranker.bundle import load_bundle
+    from trustfeed.serving import FeedRanker
+
+    _, out, _, _ = demo_run
+    store = f"sqlite:///{out}/mlflow.db"
+    client = MlflowClient(tracking_uri=store)
+    run = client.search_runs([client.get_experiment_by_name("trustfeed-demo").experiment_id])[0]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing here: MLflow's default store would be ./mlflow.db
+    model_uri = f"runs:/{run.info.run_id}/model"
+    ranker = FeedRanker.load(model_uri, tracking_uri=store)
+    local = load_bundle(next((out / "models").glob("*/bundle")))
+    assert ranker.model_id == local.model_id
+    (tmp_path / "requests.jsonl").write_text(json.dumps({
+        "request_id": "r1", "user_id": "u1", "ts": "2026-01-05T12:00:00Z",
+        "candidates": [{"stream_id": "s1", "creator_id": "c1", "merchant_id": "m1"}]}) + "\n")
+    status = main(["rank", "--model", model_uri, "--tracking-uri", store, "--requests", "requests.jsonl", "--out", "o.jsonl"])
+    assert status == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "o.jsonl").read_text())["model"] == local.model_id
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError, ModelIntegrityError, NotFittedError, SchemaError
+from trustfeed.features.io import OUTPUT_MARKER
 from trustfeed.ranker import lambdamart as lambdamart_module
 from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
 
@@ -115,7 +116,7 @@ def test_save_load_identical_predictions_and_integrity(tmp_path, rng):
         X, y, group, feature_names=["a", "b", "cat", "noise"], categorical=["cat"], monotone=[1, -1, 0, 0], feature_schema={"kind": "x"}
     )
     model.save(tmp_path / "model")
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.txt", "schema.json"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [OUTPUT_MARKER, "model.txt", "schema.json"]
     loaded = LambdaMART.load(tmp_path / "model")
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
     assert loaded.feature_names_ == model.feature_names_ and loaded.monotone_ == (1, -1, 0, 0)

@@ -165,3 +165,35 @@ def test_cli_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert status == 2
     assert len(err) == 1 and err[0].startswith(f"trustfeed {argv[0]}: error:"), err
     assert (tmp_path / "file.txt").read_text() == "keep"
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_output(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = Path(sys.executable).with_name("trustfeed")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "trustfeed.training.cli"]
+    out = tmp_path / "data"
+    child = subprocess.Popen([*command, "simulate", "--out", str(out), "--merchants", "400", "--days", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(1.5)  # while it imports pandas or simulates: both must end the same way
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if not line.startswith("[")]  # progress lines start with [
+    assert child.returncode == 130, err
+    assert lines == ["trustfeed simulate: interrupted"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("store", ["/proc/trustfeed-test.db", "{tmp}/file.txt/mlflow.db"])
+def test_an_unopenable_sqlite_store_fails_at_once(tmp_path: Path, store: str) -> None:
+    from trustfeed.features.errors import ConfigError
+    from trustfeed.serving._resolve import check_tracking_store
+
+    (tmp_path / "file.txt").write_text("keep")
+    uri = "sqlite:///" + store.format(tmp=tmp_path)
+    with pytest.raises(ConfigError, match="tracking store") as error:
+        check_tracking_store(uri)  # MLflow alone retries such a store for about 100 s
+    assert "\n" not in str(error.value)
+    check_tracking_store(f"sqlite:///{tmp_path}/ok/mlflow.db")
+    assert (tmp_path / "ok" / "mlflow.db").is_file() and (tmp_path / "file.txt").read_text() == "keep"

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from trustfeed.features.errors import ConfigError, SchemaError
@@ -73,28 +71,10 @@ def test_out_of_range_times_are_config_errors_for_the_cli() -> None:
         to_utc("9999-01-01")
 
 
-@pytest.fixture(scope="module")
-def live_pipeline() -> Any:
-    """A tiny pipeline whose model uses the live field ``viewers``."""
-    from trustfeed.features.context import FeatureAssembler
-    from trustfeed.features.trust import TrustSnapshot
-    from trustfeed.ranker.balancer import BalancerConfig, ExposureBalancer
-    from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
-    from trustfeed.ranker.pipeline import RankingPipeline
-
-    snapshot = TrustSnapshot(
-        pd.Timestamp("2026-01-05", tz="UTC"),
-        merchants=pd.DataFrame({"merchant_id": ["m1", "m2"], "trust_index": [0.9, 0.2]}),
-        creators=pd.DataFrame({"creator_id": ["c1", "c2"], "followers": [10.0, 500.0]}),
-        manifest={"as_of": "2026-01-05T00:00:00+00:00", "format_version": 1},
-    )
-    assembler = FeatureAssembler(snapshot, live_fields=("viewers",))
-    X = np.random.default_rng(3).normal(size=(200, len(assembler.feature_names)))
-    model = LambdaMART(LambdaMARTConfig(num_rounds=4, min_data_in_leaf=5, early_stopping_rounds=0)).fit(
-        X, (X[:, -1] > 0).astype(int), group=[20] * 10, feature_names=assembler.feature_names,
-        feature_schema=assembler.schema(),
-    )
-    return RankingPipeline(assembler, model, balancer=ExposureBalancer(BalancerConfig()), snapshot=snapshot)
+@pytest.fixture
+def live_pipeline(fx: Any) -> Any:
+    """A tiny pipeline whose model uses the live field ``viewers`` (its own ledger per test)."""
+    return fx.tiny_live_pipeline()
 
 
 def test_a_live_value_beyond_float_range_is_a_request_error(live_pipeline: Any) -> None:

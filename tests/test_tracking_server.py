@@ -113,3 +113,40 @@ def test_unreachable_server_fails_before_training_with_one_line(training_support
     assert err[-1].startswith("trustfeed train: error:") and dead in err[-1]
     assert not (tmp_path / "trustfeed-models").exists()  # nothing trained, nothing to keep
     assert time.monotonic() - started < 60
+
+
+def test_runs_uri_loads_from_the_server_with_an_explicit_tracking_uri(
+    trained: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustfeed.serving import FeedRanker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ranker = FeedRanker.load(trained.result.model_uri, tracking_uri=trained.server.uri)
+    assert trained.result.model_uri.startswith("runs:/")
+    assert ranker.model_id == FeedRanker.load(trained.result.bundle_dir).model_id
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("command", ["promote", "rank"])
+def test_a_dead_tracking_server_fails_in_seconds_with_one_line(
+    training_support: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    # no MLflow retry settings from outside: the command's own bounds are what is tested
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    dead = f"http://127.0.0.1:{training_support.free_port()}"
+    argv = {
+        "promote": ["promote", "feed", "--tracking-uri", dead],
+        "rank": ["rank", "--model", "models:/feed@champion", "--tracking-uri", dead,
+                 "--requests", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "o.jsonl")],
+    }[command]
+    started = time.monotonic()
+    status = main(argv)
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith(f"trustfeed {command}: error:"), err
+    assert elapsed < 30

@@ -8,13 +8,13 @@ message on stderr and exit status 2; anything else is a bug and keeps its traceb
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..features.errors import OutputError, TrustfeedError
-from ..features.io import check_output_dir, check_output_file
-from ..features.progress import StderrProgress
+# Nothing of trustfeed is imported at module level: importing the features package takes
+# seconds (pandas, pyarrow), and Ctrl-C during that must still be one line (see main).
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +33,7 @@ def _version() -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..features.progress import StderrProgress
     from .demo import run_demo
 
     result = run_demo(out_dir=Path(args.out), seed=args.seed, progress=StderrProgress())
@@ -50,6 +51,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from ..features.io import check_output_dir
+    from ..features.progress import StderrProgress
     from .simulate import SimConfig, simulate, write_dataset
 
     config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days)
@@ -63,6 +66,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from ..features.events import load_events
+    from ..features.io import check_output_dir
+    from ..features.progress import StderrProgress
     from ..features.trust import build_snapshot
 
     check_output_dir(args.out, "trust-snapshot", force=args.force)  # before the work
@@ -75,6 +80,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..features.progress import StderrProgress
     from .train import TrainJobConfig, train
 
     config = TrainJobConfig(
@@ -83,6 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         tracking_uri=args.tracking_uri,
         register=args.register,
+        signing_key=Path(args.signing_key) if args.signing_key else None,
     )
     result = train(config, progress=StderrProgress())
     print(f"run id: {result.run_id}")
@@ -91,10 +98,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..features.io import check_output_file
+    from ..features.progress import StderrProgress
     from .evaluation import evaluate
 
     for name in ("report.html", "metrics.json"):  # checked before the work, not after it
         check_output_file(Path(args.out) / name)
+    verify_key = _verify_key(args)
     result = evaluate(
         events=Path(args.events),
         model_uri=args.model,
@@ -103,6 +113,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         end=args.end,
         progress=StderrProgress(),
         tracking_uri=args.tracking_uri,
+        verify_key=verify_key,
     )
     print(f"report: {result.report_path}")
     print(f"metrics: {result.metrics_path}")
@@ -110,12 +121,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    from ..features.errors import OutputError
+    from ..features.io import check_output_file
     from ..serving import FeedRanker, rank_file
 
     check_output_file(args.out)
     if Path(args.requests).is_dir():
         raise OutputError(args.requests, "is a directory, expected a JSON-lines file of requests")
-    ranker = FeedRanker.load(args.model, snapshot=args.snapshot, tracking_uri=args.tracking_uri)
+    ranker = FeedRanker.load(
+        args.model, snapshot=args.snapshot, tracking_uri=args.tracking_uri, verify_key=_verify_key(args)
+    )
     summary = rank_file(
         model_uri=args.model,
         requests_path=Path(args.requests),
@@ -124,6 +139,38 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         ranker=ranker,
     )
     print(summary)
+    return EXIT_OK
+
+
+def _verify_key(args: argparse.Namespace) -> str | None:
+    """``--verify-key``, else ``$TRUSTFEED_VERIFY_KEY``; checked to be a public key before any work."""
+    path = args.verify_key or os.environ.get(VERIFY_KEY_ENV) or None
+    if path is not None:
+        from ..ranker.signing import load_verify_key
+
+        load_verify_key(path)
+    return path
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ..ranker.signing import generate_keypair, key_id, load_verify_key
+
+    private, public = generate_keypair(args.out)
+    print(f"signing key (keep it secret, on the training host): {private}")
+    print(f"verify key (give it to serving hosts): {public}")
+    print(f"key id: {key_id(load_verify_key(public))}")
+    return EXIT_OK
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from ..features.errors import ConfigError
+    from ..ranker.bundle import sign_bundle
+
+    key = args.key or os.environ.get(SIGNING_KEY_ENV) or None
+    if key is None:
+        raise ConfigError(f"sign: no key: give --key PATH or set {SIGNING_KEY_ENV}")
+    signed_by = sign_bundle(args.bundle, key)
+    print(f"signed {args.bundle} with key {signed_by}")
     return EXIT_OK
 
 
@@ -177,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--experiment", default="trustfeed", metavar="NAME")
     train.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: MLflow's own default)")
     train.add_argument("--register", metavar="NAME", help="register the model under NAME with alias 'challenger'")
+    train.add_argument("--signing-key", metavar="PATH", default=os.environ.get(SIGNING_KEY_ENV),
+                       help=f"sign the bundle with this Ed25519 private key (default: ${SIGNING_KEY_ENV})")
 
     evaluate = add("evaluate", _cmd_evaluate, "offline evaluation: write report.html and metrics.json")
     evaluate.add_argument("--events", required=True, metavar="DIR")
@@ -185,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--from", dest="start", metavar="DATE")
     evaluate.add_argument("--to", dest="end", metavar="DATE")
     evaluate.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for runs:/ and models:/ URIs")
+    evaluate.add_argument("--verify-key", metavar="PATH", help=_VERIFY_HELP)
 
     rank = add("rank", _cmd_rank, "rank a JSON-lines file of requests exactly as the serving API does")
     rank.add_argument("--model", required=True, metavar="URI")
@@ -192,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--out", required=True, metavar="FILE.jsonl")
     rank.add_argument("--snapshot", metavar="PATH", help="trust snapshot directory to use instead of the bundled one")
     rank.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for runs:/ and models:/ URIs")
+    rank.add_argument("--verify-key", metavar="PATH", help=_VERIFY_HELP)
+
+    keygen = add("keygen", _cmd_keygen, "write a new Ed25519 key pair for signing model bundles")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="writes DIR/signing.key and DIR/verify.key")
+
+    sign = add("sign", _cmd_sign, "sign an existing model bundle (e.g. after review)")
+    sign.add_argument("--bundle", required=True, metavar="DIR", help="the bundle directory (it holds MANIFEST.json)")
+    sign.add_argument("--key", metavar="PATH", help=f"Ed25519 private key (default: ${SIGNING_KEY_ENV})")
 
     promote = add("promote", _cmd_promote, "move the 'champion' alias to the 'challenger' if it is not worse")
     promote.add_argument("name", metavar="NAME", help="registered model name")
@@ -201,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGNING_KEY_ENV = "TRUSTFEED_SIGNING_KEY"
+VERIFY_KEY_ENV = "TRUSTFEED_VERIFY_KEY"
+_VERIFY_HELP = (
+    f"refuse a bundle not signed by this Ed25519 public key (default: ${VERIFY_KEY_ENV}; "
+    "without a key, a bundle is checked against its own manifest only)"
+)
 _FORCE_HELP = (
     "replace DIR even if it holds another trustfeed output (an earlier output of this command is "
     "always replaced; a directory trustfeed did not write never is)"
@@ -219,7 +283,7 @@ def _positive_int(text: str) -> int:
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
-    if isinstance(error, OSError) and not isinstance(error, TrustfeedError) and error.filename and error.strerror:
+    if isinstance(error, OSError) and error.filename and error.strerror:
         text = f"{error.filename}: {error.strerror}"  # without the "[Errno 30]" prefix
     return text if len(text) <= 1000 else text[:997] + "..."
 
@@ -229,9 +293,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        return _run(args)
+    except KeyboardInterrupt:  # also while the libraries are still being imported
+        print(f"trustfeed {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..features.errors import TrustfeedError
+
+    try:
+        if args.command == "evaluate":
+            from ..serving._resolve import bounded_mlflow_http  # MLflow calls fail in seconds, not minutes
+
+            with bounded_mlflow_http():
+                return int(args.handler(args))
         return int(args.handler(args))
-    except (TrustfeedError, OSError) as error:
-        # OSError: a bad path, a read-only or full file system, a busy mount point, ...
+    except TrustfeedError as error:
+        print(f"trustfeed {args.command}: error: {' '.join(str(error).split())[:1000]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        # a bad path, a read-only or full file system, a busy mount point, ...
         print(f"trustfeed {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:
@@ -240,9 +322,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # MLflow refusing a URI or a store (e.g. an unknown scheme) is bad input, not a bug
         print(f"trustfeed {args.command}: error: MLflow: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"trustfeed {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from ..features.errors import ConfigError, TrustfeedError
+from ..serving._resolve import bounded_mlflow_http, check_tracking_store, tracking_uri_set_to
 
 if TYPE_CHECKING:  # mlflow is imported lazily: it is slow to import
     import pandas as pd
@@ -142,34 +143,11 @@ def quiet_mlflow() -> Iterator[None]:
                 os.environ[key] = value
 
 
-@contextlib.contextmanager
-def tracking_uri_set_to(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's global (fluent) tracking URI at ``tracking_uri`` for a block.
-
-    Needed beside explicit ``tracking_uri=`` arguments: in MLflow 3.17,
-    ``mlflow.artifacts.download_artifacts("runs:/<id>/model", tracking_uri=...)`` looks the
-    logged model up through the *global* URI (and creates ``./mlflow.db`` when none is set).
-    """
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    previous = tracking_utils._tracking_uri  # None when MLflow is on its own default
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri rewrites it
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None restores the default
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
 def client_for(tracking_uri: str) -> MlflowClient:
     """An :class:`mlflow.MlflowClient` on ``tracking_uri`` (registry on the same store)."""
     from mlflow import MlflowClient
 
+    check_tracking_store(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -278,7 +256,7 @@ def promote(
         if direction not in ("higher", "lower"):
             raise ConfigError(f"promotion metric {metric!r}: direction must be 'higher' or 'lower', got {direction!r}")
     uri = resolve_tracking_uri(tracking_uri)
-    with quiet_mlflow():
+    with quiet_mlflow(), bounded_mlflow_http():
         client = client_for(uri)
         challenger = _version_by_alias(client, name, CHALLENGER)
         if challenger is None:

@@ -62,6 +62,7 @@ from .registry import (
     CHALLENGER,
     TAG_PREFIX,
     TrackingUnavailableError,
+    check_tracking_store,
     client_for,
     local_artifact_root,
     quiet_mlflow,
@@ -128,6 +129,10 @@ class TrainJobConfig:
         (:mod:`trustfeed.training.bad_order_cost`); a usable estimate replaces
         ``policy.bad_cost``, otherwise ``policy.bad_cost`` stays (and the run says why).
         ``None``: always ``policy.bad_cost``.
+    signing_key
+        An Ed25519 private key file (``trustfeed keygen``): the bundle's manifest is signed
+        before the bundle is published or logged, so a serving host with the matching
+        ``verify.key`` can refuse anything else. Checked when the config is made.
     """
 
     events: Path
@@ -151,9 +156,15 @@ class TrainJobConfig:
     run_name: str | None = None
     target_gini_ratio: float | None = 0.8
     bad_cost_estimate: BadOrderCostConfig | None = field(default_factory=BadOrderCostConfig)
+    signing_key: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "events", Path(self.events))
+        if self.signing_key is not None:
+            from ..ranker.signing import load_signing_key
+
+            object.__setattr__(self, "signing_key", Path(self.signing_key))
+            load_signing_key(self.signing_key)  # a bad key fails now, not after the training
         if self.output_dir is not None:
             object.__setattr__(self, "output_dir", Path(self.output_dir))
         if not self.experiment or not isinstance(self.experiment, str):
@@ -218,6 +229,7 @@ class TrainJobConfig:
             "run_name": self.run_name,
             "target_gini_ratio": self.target_gini_ratio,
             "bad_cost_estimate": None if self.bad_cost_estimate is None else self.bad_cost_estimate.to_dict(),
+            "signing_key": None if self.signing_key is None else str(self.signing_key),
         }
 
     @classmethod
@@ -595,6 +607,7 @@ def _mlflow_session(config: TrainJobConfig, tracking_uri: str) -> Iterator[None]
         # the CLI prints the run id and model URI itself
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     }
+    check_tracking_store(tracking_uri)  # MLflow would retry an unopenable sqlite file for ~100 s
     saved_env = {k: os.environ.get(k) for k in defaults}
     for key, value in defaults.items():
         if saved_env[key] is None:
@@ -725,7 +738,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     serving_snapshot = pipeline.snapshot
     bundle_dir = local / BUNDLE_DIR
     progress(f"saving the model bundle to {bundle_dir}")
-    save_bundle(pipeline, bundle_dir)
+    save_bundle(pipeline, bundle_dir, signing_key=config.signing_key)
     run.local_copy = bundle_dir
     plain_dir = None
     if plain_model is not None:

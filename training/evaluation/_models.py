@@ -6,6 +6,7 @@ trained) and anything else that ranks with a trained bundle and its plain Lambda
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pandas as pd
@@ -18,11 +19,15 @@ PLAIN_MODEL_DIR = "plain_model"
 EVALUATION_DIR = "evaluation"
 
 
-def load_models_for_evaluation(model_uri: str, tracking_uri: str | None = None) -> tuple[Any, Any]:
+def load_models_for_evaluation(
+    model_uri: str, tracking_uri: str | None = None, *, verify_key: str | os.PathLike[str] | None = None
+) -> tuple[Any, Any]:
     """The served pipeline of ``model_uri`` and its plain LambdaMART (``None`` if absent).
 
     The plain model sits beside the bundle: ``plain_model/`` next to ``bundle/`` in a
-    training job's local output, ``artifacts/plain_model`` in the MLflow model.
+    training job's local output, ``artifacts/plain_model`` in the MLflow model. With
+    ``verify_key`` the bundle must carry a signature by that key (the plain model is not
+    covered by it: it is only the comparison arm).
     """
     from ...ranker.bundle import load_bundle
     from ...ranker.lambdamart import LambdaMART
@@ -32,7 +37,7 @@ def load_models_for_evaluation(model_uri: str, tracking_uri: str | None = None) 
 
     uri = resolve_tracking_uri(tracking_uri)
     with tracking_uri_set_to(uri), local_model_dir(model_uri, tracking_uri=uri) as bundle_dir:
-        pipeline = load_bundle(bundle_dir)
+        pipeline = load_bundle(bundle_dir, verify_key=verify_key)
         plain_dir = bundle_dir.parent / PLAIN_MODEL_DIR
         plain = LambdaMART.load(plain_dir) if (plain_dir / "model.txt").is_file() else None
     return pipeline, plain

@@ -778,6 +778,8 @@ def evaluate(
     tracking_uri: str | None = None,
     config: EvalConfig | None = None,
     links: Mapping[str, str] | None = None,
+    *,
+    verify_key: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """Offline evaluation of a model on held-out requests: ``report.html`` + ``metrics.json``.
 
@@ -801,6 +803,10 @@ def evaluate(
     links
         Companion pages the report links to (text -> address relative to ``out_dir``), e.g.
         the closed-loop rollout page.
+    verify_key
+        An Ed25519 public key file: the bundle must be signed by its private key (see
+        :meth:`trustfeed.serving.FeedRanker.load`). The plain comparison model beside the
+        bundle is not covered by the signature.
 
     Returns
     -------
@@ -829,7 +835,7 @@ def evaluate(
     with quiet_mlflow():
         run_id = run_id_of_model_uri(str(model_uri), uri)
         progress(f"loading model {model_uri}")
-        served, plain = load_models_for_evaluation(str(model_uri), uri)
+        served, plain = load_models_for_evaluation(str(model_uri), uri, verify_key=verify_key)
         if start is None and end is None and run_id is not None:
             recorded = trained_windows_from_run(run_id, uri)
             if recorded is not None:
