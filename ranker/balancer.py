@@ -714,10 +714,10 @@ def _check_impressions(impressions: pd.DataFrame) -> None:
         bad = values.isna().to_numpy() | (values.astype(str).str.len() == 0).to_numpy()
         if bad.any():
             raise SchemaError("impressions", column, "a non-empty id on every row", f"{int(bad.sum())} missing",
-                              impressions.loc[bad].head())
+                              impressions.loc[bad].head(3))
     position = pd.to_numeric(impressions["position"], errors="coerce").to_numpy(np.float64)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(position) | (position < 1) | (position != np.floor(position))
     if bad.any():
         raise SchemaError("impressions", "position", "an integer >= 1 on every row",
-                          f"{int(bad.sum())} missing or invalid", impressions.loc[bad].head())
+                          f"{int(bad.sum())} missing or invalid", impressions.loc[bad].head(3))
