@@ -133,7 +133,7 @@ def to_utc(t: Any) -> pd.Timestamp:
         # nanosecond resolution is what every table and feature uses: it bounds the years
         stamp = (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).as_unit("ns")
     except (pd.errors.OutOfBoundsDatetime, OverflowError):
-        raise ConfigError(f"expected a time between {TIME_RANGE} (UTC), got {shown}") from None
+        raise ConfigError(f"expected a UTC time between {TIME_RANGE}, got {shown}") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"expected a UTC time (ISO 8601), got {shown}: {' '.join(str(error).split())[:200]}") from None
     return stamp
