@@ -125,18 +125,18 @@ def to_utc(t: Any) -> pd.Timestamp:
     >>> to_utc("2026-03-01T08:00:00+08:00")
     Timestamp('2026-03-01 00:00:00+0000', tz='UTC')
     """
-    shown = _clip_repr(t)
     try:
         stamp = pd.Timestamp(t)
         if stamp is pd.NaT or pd.isna(stamp):
             raise ValueError("not a time")
         # nanosecond resolution is what every table and feature uses: it bounds the years
-        stamp = (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).as_unit("ns")
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return stamp if stamp.unit == "ns" else stamp.as_unit("ns")
     except (pd.errors.OutOfBoundsDatetime, OverflowError):
-        raise ConfigError(f"expected a UTC time between {TIME_RANGE}, got {shown}") from None
+        raise ConfigError(f"expected a UTC time between {TIME_RANGE}, got {_clip_repr(t)}") from None
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"expected a UTC time (ISO 8601), got {shown}: {' '.join(str(error).split())[:200]}") from None
-    return stamp
+        detail = " ".join(str(error).split())[:200]
+        raise ConfigError(f"expected a UTC time (ISO 8601), got {_clip_repr(t)}: {detail}") from None
 
 
 TIME_RANGE = f"{pd.Timestamp.min.ceil('s').isoformat()} and {pd.Timestamp.max.floor('s').isoformat()}"

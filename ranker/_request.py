@@ -112,8 +112,7 @@ def parse_request(request: Any) -> ParsedRequest:
     columns = _plain_id_columns(candidates)
     if columns is not None:
         stream_id, creator_id, merchant_id = columns
-        for name, column in zip(CANDIDATE_ID_FIELDS, columns, strict=True):
-            _check_encodable(column, lambda i, name=name: f"candidates[{i}].{name}")
+        _check_id_columns(columns)
         return ParsedRequest(
             request_id=request_id, user_id=user_id, ts=ts, k=k,
             stream_id=stream_id, creator_id=creator_id, merchant_id=merchant_id, live={},
@@ -124,8 +123,7 @@ def parse_request(request: Any) -> ParsedRequest:
         i = not_objects[0]
         raise RequestError(f"candidates[{i}]", f"expected an object, got {_kind(candidates[i])}")
     ids = {name: _id_column(candidates, name) for name in CANDIDATE_ID_FIELDS}
-    for name, column in ids.items():
-        _check_encodable(column, lambda i, name=name: f"candidates[{i}].{name}")
+    _check_id_columns(tuple(ids.values()))
     live = _live_columns(candidates)
     return ParsedRequest(
         request_id=request_id,
@@ -165,6 +163,14 @@ def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _check_id_columns(columns: Sequence[Sequence[str]]) -> None:
+    """The candidate id columns hold valid Unicode text (one pass over all of them when ASCII)."""
+    if all("".join(column).isascii() for column in columns):
+        return  # the common case (one C pass per column): nothing can be a surrogate
+    for name, column in zip(CANDIDATE_ID_FIELDS, columns, strict=True):
+        _check_encodable(column, lambda i, name=name: f"candidates[{i}].{name}")
+
+
 def _check_encodable(values: Sequence[str], where: Any) -> None:
     """Raise RequestError for the first string holding a lone surrogate (not valid Unicode text).
 
@@ -191,7 +197,8 @@ def _required_str(request: Mapping[str, Any], name: str) -> str:
         raise RequestError(name, f"expected a string, got {_kind(value)}")
     if not value:
         raise RequestError(name, "expected a non-empty string, got ''")
-    _check_encodable((value,), lambda _: name)
+    if not value.isascii():
+        _check_encodable((value,), lambda _: name)
     return value
 
 
