@@ -87,3 +87,94 @@ def test_rollout_result_schema_and_errors(bundle: Path, trained: Any, tmp_path: 
     (tmp_path / "events").mkdir()
     with pytest.raises(SchemaError, match="truth"):
         run_rollout(str(bundle), tmp_path / "events", days=1)
+
+
+def _order_by_trust(world: Any, day: Any, worst_first: bool) -> list[dict[str, Any]]:
+    """Responses that put the least (or most) trustworthy merchant's streams first."""
+    trust = world.latent_trust()
+    responses = []
+    for request in day.requests:
+        key = [trust[c["merchant_id"]] for c in request["candidates"]]
+        order = np.argsort(key if worst_first else [-k for k in key], kind="stable")
+        responses.append({"request_id": request["request_id"], "items": [request["candidates"][i] for i in order]})
+    return responses
+
+
+def test_showing_the_worst_merchants_first_loses_buyers(base: Any) -> None:
+    from trustfeed.training.world import DynamicsConfig, World
+
+    dynamics = DynamicsConfig(bad_order_trust_loss=0.6, visit_elasticity=2.0)
+    for seed in (0, 1):
+        outcomes = {}
+        for worst_first in (True, False):
+            world = World(base, seed=seed, dynamics=dynamics)
+            requests = []
+            for _ in range(12):
+                day = world.next_requests()
+                requests.append(world.serve(day, _order_by_trust(world, day, worst_first)).metrics["requests"])
+            outcomes[worst_first] = (world.buyer_trust.mean(), sum(requests[-4:]))
+        assert outcomes[True][0] < outcomes[False][0]
+        assert outcomes[True][1] < outcomes[False][1]
+
+
+def test_different_policies_share_random_numbers(base: Any) -> None:
+    """Same day-0 requests; a candidate at the same position in both feeds has the same outcome."""
+    from trustfeed.training.world import World
+
+    worlds = [World(base, seed=2), World(base, seed=2)]
+    days = [w.next_requests() for w in worlds]
+    assert days[0].requests == days[1].requests
+    shown = [w.serve(d, _order_by_trust(w, d, worst_first)).shown for w, d, worst_first in zip(worlds, days, (True, False))]
+    same = shown[0].merge(shown[1], on=["request_id", "stream_id", "position"], suffixes=("_a", "_b"))
+    assert len(same) > 0
+    assert (same["clicked_a"] == same["clicked_b"]).all()
+    assert (same["purchased_a"] == same["purchased_b"]).all()
+
+
+def test_static_world_keeps_buyers_and_creators_and_logs_valid_events(base: Any) -> None:
+    from trustfeed.features.events import validate_events
+    from trustfeed.training.world import DynamicsConfig, World
+
+    world = World(base, seed=1, dynamics=DynamicsConfig.off())
+    for _ in range(3):
+        _serve_in_order(world, world.next_requests())
+    assert (world.buyer_trust == 1.0).all() and (world.creator_supply == 1.0).all() and not world.creator_quit.any()
+    events = world.events()
+    assert len(events["impressions"]) > len(base.events["impressions"])
+    assert len(events["orders"]) > len(base.events["orders"])
+    checked = validate_events(events.tables)  # the appended rows keep the contract's tables
+    assert not [w for w in checked.warnings if "unknown" in w]
+
+
+def test_rollout_ranks_through_the_feed_ranker(base: Any, bundle: Path) -> None:
+    """The loop's responses are what RankingPipeline.rank_many gives for the same requests."""
+    from trustfeed.features.context import FeatureAssembler
+    from trustfeed.ranker.balancer import ExposureBalancer
+    from trustfeed.ranker.bundle import load_bundle
+    from trustfeed.ranker.pipeline import RankingPipeline
+    from trustfeed.training.evaluation.policies import POLICIES, PolicyContext
+    from trustfeed.training.evaluation.rollout import _snapshot_builder
+    from trustfeed.training.world import World
+
+    served = load_bundle(bundle)
+    world = World(base, seed=0)
+    snapshot, context = _snapshot_builder(served)(base.events, base.start)
+    ranker = POLICIES["trust_aware_balanced"].build(PolicyContext(served, None, world, 2.0))
+    ranker.reload_snapshot(snapshot, context)
+    day = world.next_requests()
+    reference = RankingPipeline(
+        FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy,
+        ExposureBalancer.from_state(served.balancer.config, served.balancer.state_dict()), model_id=served.model_id,
+    )
+    assert ranker.rank_many(day.requests) == reference.rank_many(day.requests, record=False)
+
+
+def test_dynamics_config_is_validated_and_round_trips() -> None:
+    from trustfeed.training.world import DynamicsConfig
+
+    config = DynamicsConfig(supply_elasticity=0.3)
+    assert DynamicsConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="quit_after_days"):
+        DynamicsConfig(quit_after_days=0)
+    with pytest.raises(ConfigError, match="unknown"):
+        DynamicsConfig.from_dict({"nope": 1})

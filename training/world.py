@@ -50,6 +50,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -494,7 +495,7 @@ class World:
         # buyer trust changes waiting for the moment the buyer learns how an order went
         self._pending_trust = pd.DataFrame({"t": np.zeros(0), "user": np.zeros(0, np.int64),
                                             "loss": np.zeros(0), "gain": np.zeros(0, bool)})
-        self._new_rows: dict[str, list[pd.DataFrame]] = {}
+        self._new_rows: dict[str, list[dict[str, Any]]] = {}
         self._events: EventLog = base.events
         self._day_candidates: pd.DataFrame | None = None
         self._today_active_creators = np.zeros(0, dtype=np.int64)
@@ -516,17 +517,36 @@ class World:
         return np.array([f"{prefix}{i}" for i in range(first, first + n)], dtype=object)
 
     def _append(self, table: str, columns: dict[str, Any]) -> None:
-        frame = pd.DataFrame(columns)
-        if frame.empty:
-            return
-        dtypes = table_dtypes(table)
-        for name, dtype in dtypes.items():
-            if name not in frame.columns:
-                frame[name] = pd.Series([None] * len(frame), dtype=dtype)
-        frame = frame[list(dtypes)].astype(dtypes)
-        self._new_rows.setdefault(table, []).append(frame)
+        """Queue new rows of ``table``: raw columns (times as seconds after the start).
 
+        They become typed frames only when the log is read (:meth:`events`), once per table
+        and read, so trajectories that never rebuild a snapshot never pay for it.
+        """
+        lengths = {len(v) for v in columns.values() if v is not None and np.ndim(v)}
+        if not lengths or lengths == {0}:
+            return
+        self._new_rows.setdefault(table, []).append(columns)
+
+    def _frame(self, table: str, parts: list[dict[str, Any]]) -> pd.DataFrame:
+        n = [max(len(v) for v in part.values() if v is not None and np.ndim(v)) for part in parts]
+        columns: dict[str, Any] = {}
+        for name, dtype in table_dtypes(table).items():
+            values = [part.get(name) for part in parts]
+            is_time = isinstance(dtype, pd.DatetimeTZDtype)
+            filler: Any = np.nan if is_time else None
+            joined = np.concatenate([
+                np.asarray(v) if v is not None and np.ndim(v) else np.full(k, filler, dtype=float if is_time else object)
+                for v, k in zip(values, n)
+            ])
+            if is_time:
+                columns[name] = time_column(joined.astype(np.float64), self._start_ns)
+            elif isinstance(dtype, pd.CategoricalDtype):
+                columns[name] = pd.Series(pd.Categorical(joined, dtype=dtype))
+            else:
+                columns[name] = pd.Series(joined).astype(dtype)
+        return pd.DataFrame(columns)
     def _when(self, seconds: np.ndarray) -> pd.Series:
+        # only for what must be a time now (request times, reported impressions)
         return time_column(np.asarray(seconds, dtype=np.float64), self._start_ns)
 
     def events(self) -> EventLog:
@@ -534,7 +554,7 @@ class World:
         if self._new_rows:
             tables = dict(self._events.tables)
             for name, parts in self._new_rows.items():
-                tables[name] = pd.concat([tables[name], *parts], ignore_index=True)
+                tables[name] = pd.concat([tables[name], self._frame(name, parts)], ignore_index=True)
             self._new_rows = {}
             missing = tuple(name for name in self._events.missing if name not in tables or tables[name].empty)
             self._events = replace(self._events, tables=tables, missing=missing)
@@ -597,8 +617,8 @@ class World:
             "stream_id": [f"s{i}" for i in number],
             "creator_id": self.base.creator_ids[s_creator],
             "merchant_id": self.merchant_ids[merchant],
-            "started_at": self._when(started),
-            "ended_at": self._when(ended),
+            "started_at": _seconds(started),
+            "ended_at": _seconds(ended),
             "category": np.asarray(CATEGORIES, dtype=object)[self.merchants["category"][merchant]],
         })
         self._today_streams = len(s_creator)
@@ -769,10 +789,10 @@ class World:
         )
         order_ids = np.full(len(shown), None, dtype=object)
         order_ids[rows] = orders["order_id"]
-        impressions = pd.DataFrame({
+        columns = {
             "request_id": shown["request_id"].to_numpy(),
             "user_id": self.base.user_ids[user],
-            "ts": self._when(ts),
+            "ts": ts,
             "stream_id": shown["stream_id"].to_numpy(),
             "creator_id": self.base.creator_ids[creator],
             "merchant_id": self.merchant_ids[merchant],
@@ -781,8 +801,9 @@ class World:
             "watch_seconds": np.round(watch, 1),
             "purchased": purchased,
             "order_id": order_ids,
-        })
-        self._append("impressions", {str(name): column for name, column in impressions.items()})
+        }
+        self._append("impressions", columns)
+        impressions = pd.DataFrame({**columns, "ts": self._when(ts)})
 
         # buyers learn how their orders went
         bad = orders["bad"]
@@ -867,14 +888,14 @@ class World:
             "order_id": order_ids,
             "user_id": self.base.user_ids[user],
             "merchant_id": self.merchant_ids[merchant],
-            "created_at": self._when(created),
+            "created_at": _seconds(created),
             "amount": amount,
             "creator_id": None if creator is None else self.base.creator_ids[creator],
             "stream_id": stream_ids,
             "status": status,
-            "promised_ship_by": self._when(lifecycle["promised"]),
-            "shipped_at": self._when(lifecycle["shipped"]),
-            "delivered_at": self._when(lifecycle["delivered"]),
+            "promised_ship_by": _seconds(lifecycle["promised"]),
+            "shipped_at": _seconds(lifecycle["shipped"]),
+            "delivered_at": _seconds(lifecycle["delivered"]),
             "presale": lifecycle["presale"],
         })
         if n:
@@ -883,10 +904,10 @@ class World:
             self._append("after_sales", {
                 "case_id": self._next_ids("case", "as", len(cases["order"])),
                 "order_id": order_ids[cases["order"]],
-                "opened_at": self._when(cases["opened"]),
+                "opened_at": _seconds(cases["opened"]),
                 "type": _labels("after_sales", "type", cases["type"]),
                 "reason": _labels("after_sales", "reason", cases["reason"]),
-                "resolved_at": self._when(cases["resolved"]),
+                "resolved_at": _seconds(cases["resolved"]),
                 "outcome": _labels("after_sales", "outcome", cases["outcome"]),
                 "platform_intervened": cases["intervened"],
             })
@@ -896,11 +917,11 @@ class World:
                 "review_id": self._next_ids("review", "r", len(reviews["order"])),
                 "order_id": order_ids[reviews["order"]],
                 "user_id": self.base.user_ids[user[reviews["order"]]],
-                "created_at": self._when(reviews["created"]),
+                "created_at": _seconds(reviews["created"]),
                 "rating": reviews["rating"],
-                "quality": pd.Series(reviews["quality"].astype(np.int64), dtype="Int64").mask(missing),
-                "service": pd.Series(reviews["service"].astype(np.int64), dtype="Int64").mask(missing),
-                "logistics": pd.Series(reviews["logistics"].astype(np.int64), dtype="Int64").mask(missing),
+                "quality": np.where(missing, np.nan, reviews["quality"]),
+                "service": np.where(missing, np.nan, reviews["service"]),
+                "logistics": np.where(missing, np.nan, reviews["logistics"]),
             })
         return orders
 
@@ -945,7 +966,7 @@ class World:
         self._append("violations", {
             "violation_id": self._next_ids("violation", "v", len(order)),
             "merchant_id": self.merchant_ids[v_merchant[order]],
-            "created_at": self._when(found["t"][order]),
+            "created_at": _seconds(found["t"][order]),
             "severity": found["severity"][order],
             "penalty": penalties,
         })
@@ -973,7 +994,7 @@ class World:
         self.merchant_ids = np.concatenate((self.merchant_ids, ids))
         self.guaranteed = np.concatenate((self.guaranteed, np.zeros(len(back), dtype=bool)))
         self._append("merchants", {
-            "merchant_id": ids, "registered_at": self._when(registered),
+            "merchant_id": ids, "registered_at": _seconds(registered),
             "entity_id": self.base.entity_ids[m["entity"][first:]],
             "category": np.asarray(CATEGORIES, dtype=object)[category],
         })
@@ -1007,9 +1028,18 @@ class World:
         return pd.Series(self.merchants["trust"], index=self.merchant_ids)
 
 
-def _labels(table: str, column: str, codes: np.ndarray) -> pd.Categorical:
-    categories = pd.CategoricalDtype(table_dtypes(table)[column].categories)
+@functools.lru_cache(maxsize=None)
+def _enum_labels(table: str, column: str) -> np.ndarray:
+    return np.asarray([*table_dtypes(table)[column].categories, None], dtype=object)
+
+
+def _labels(table: str, column: str, codes: np.ndarray) -> np.ndarray:
+    """Enum codes of the simulator (schema order, ``-1``: none) as labels."""
+    categories = _enum_labels(table, column)
     codes = np.asarray(codes, dtype=np.int64)
-    return pd.Categorical.from_codes(np.where(codes < 0, -1, codes), dtype=categories)
+    return np.asarray(categories[np.where(codes < 0, len(categories) - 1, codes)])
 
 
+def _seconds(seconds: Any) -> np.ndarray:
+    """Times queued for the log stay seconds after the simulation start until it is read."""
+    return np.asarray(seconds, dtype=np.float64)
