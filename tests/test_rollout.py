@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trustfeed.features.errors import ConfigError, ModelIntegrityError, SchemaError
 
@@ -178,3 +180,18 @@ def test_dynamics_config_is_validated_and_round_trips() -> None:
         DynamicsConfig(quit_after_days=0)
     with pytest.raises(ConfigError, match="unknown"):
         DynamicsConfig.from_dict({"nope": 1})
+
+
+@given(
+    seed=st.integers(0, 2**31), stage=st.integers(0, 100),
+    keys=st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=40),
+)
+@settings(max_examples=50, deadline=None)
+def test_keyed_uniforms_depend_only_on_their_key(seed: int, stage: int, keys: list[int]) -> None:
+    from trustfeed.training.world import keyed_uniforms
+
+    u = keyed_uniforms(seed, stage, 5, np.array(keys))
+    assert ((u >= 0.0) & (u < 1.0)).all()
+    # each element is the draw of its own key, whatever else is drawn beside it
+    assert [float(keyed_uniforms(seed, stage, 5, k)) for k in keys] == u.tolist()
+    assert not np.array_equal(keyed_uniforms(seed, stage + 1, 5, np.array(keys)), u)  # stages are independent
