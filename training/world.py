@@ -63,6 +63,7 @@ from scipy import special, stats
 
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ..features.events import EventLog, load_events, table_dtypes
+from ..features.outcomes import net_value
 from ._sim_util import DAY, HOUR, categorical, grouped_weighted_draw, time_column
 from .simulate import (
     _CATEGORY_PRICE,
@@ -853,7 +854,7 @@ class World:
             "trust_weighted_exposure": float((exposure * self.merchants["trust"][merchant]).sum() / max(exposure.sum(), 1e-12)),
         }
         metrics["bad_order_rate"] = metrics["bad_orders"] / metrics["orders"] if metrics["orders"] else 0.0
-        metrics["net_value"] = good - self.bad_cost * metrics["bad_orders"]
+        metrics["net_value"] = net_value(good, metrics["bad_orders"], self.bad_cost)
         shown_frame = shown.assign(exposure=exposure, clicked=clicked, purchased=purchased)
         self.day += 1
         self._day_candidates = None
