@@ -173,15 +173,10 @@ def _load_model(model_uri: str, tracking_uri: str | None) -> tuple[Any, Any]:
 
 def _snapshot_builder(served: Any) -> Any:
     """``build(events, as_of) -> (snapshot, context)`` with the served model's trust settings."""
-    from ...features.context import build_context_tables
-    from ...features.trust import TrustConfig, build_snapshot
-
-    settings = (served.snapshot.manifest or {}).get("config") if served.snapshot is not None else None
-    trust_config = TrustConfig.from_dict(settings) if settings else None
-    context_config = served.context.config if served.context is not None else None
 
     def build(events: Any, as_of: pd.Timestamp) -> tuple[Any, Any]:
-        return build_snapshot(events, as_of, config=trust_config), build_context_tables(events, as_of, context_config)
+        rebuilt = served.rebuilt_as_of(events, as_of)
+        return rebuilt.snapshot, rebuilt.context
 
     return build
 
