@@ -90,6 +90,13 @@ def local_model_dir(
         except (MlflowException, OSError) as error:  # OSError: the server or store is unreachable
             message = " ".join(str(error).split())[:500]
             raise ModelIntegrityError(uri, f"MLflow could not resolve the model: {message}") from error
+        except (ValueError, TypeError, KeyError) as error:
+            # MLflow's artifact repositories fail this way on URIs they half-understand (e.g. a
+            # plain http:// URL that is not an mlflow-artifacts endpoint): bad input, not a bug here
+            message = " ".join(str(error).split())[:300]
+            raise ModelIntegrityError(
+                uri, f"MLflow could not resolve the model ({type(error).__name__}: {message})"
+            ) from error
         yield find_bundle_dir(Path(local))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -155,6 +155,9 @@ def test_cli_features_into_a_foreign_directory_keeps_it_and_fails_fast(
         ["rank", "--model", "{tmp}", "--requests", "{file}", "--out", "{tmp}"],
         ["rank", "--model", "{tmp}", "--requests", "{tmp}", "--out", "{tmp}/o.jsonl"],
         ["promote", "x", "--tracking-uri", "bogus://nowhere"],
+        ["rank", "--model", "http://127.0.0.1:9/x", "--requests", "{file}", "--out", "{tmp}/o.jsonl"],
+        ["rank", "--model", "runs:/0123/model", "--tracking-uri", "sqlite:///{file}/x.db", "--requests", "{file}",
+         "--out", "{tmp}/o.jsonl"],
     ],
 )
 def test_cli_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
