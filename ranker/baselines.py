@@ -479,6 +479,20 @@ class PMMFReranker(_AmortisedReranker):
         self._last = np.unique(slots)
         return np.argsort(-(_merit(rel) - self.strength * self._prices(slots)), kind="stable")
 
+    def record_impressions(self, impressions: pd.DataFrame) -> None:
+        """Logged impressions (``request_id``, ``creator_id``, ``position``): exposure and one price step per request.
+
+        The log holds only what was shown, so each shown creator's gap is taken against the
+        mean exposure of its request's shown creators (the over-exposed top grows dearer).
+        """
+        super().record_impressions(impressions)
+        if len(impressions) == 0:
+            return
+        slots = self._exposure.slots_bulk(impressions["creator_id"].astype(str))
+        exposure = 1.0 / np.log2(impressions["position"].to_numpy(dtype=np.float64) + 1.0)
+        request_mean = pd.Series(exposure).groupby(impressions["request_id"].to_numpy()).transform("mean").to_numpy()
+        np.add.at(self._secondary, slots, self.learning_rate * (exposure - request_mean))
+
     def _after_record(self, slots: np.ndarray, exposure: np.ndarray) -> None:
         candidates = self._last if self._last is not None else np.unique(slots)
         self._last = None

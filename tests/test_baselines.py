@@ -233,3 +233,13 @@ def test_amortised_baselines_flatten_exposure_more_as_strength_grows(make: Any) 
     assert reranker.rerank(["a", "b", "c"], ["m"] * 3, [0.1, 0.9, 0.5], [0.5] * 3).tolist() == [1, 2, 0]
     with pytest.raises(ConfigError):
         make(-1.0)
+
+
+def test_amortised_baselines_learn_from_logged_impressions() -> None:
+    """The closed loop reports what was shown as an impression log, not through record()."""
+    impressions = pd.DataFrame({"request_id": ["r1", "r1", "r2", "r2"], "creator_id": ["a", "b", "a", "b"],
+                                "position": [1, 2, 1, 2]})
+    for reranker in (b.FairCoReranker(strength=1.0), b.PMMFReranker(strength=1.0, learning_rate=2.0)):
+        assert reranker.rerank(["a", "b"], ["m", "m"], [1.0, 1.0], [0.5, 0.5]).tolist() == [0, 1]
+        reranker.record_impressions(impressions)  # "a" always on top
+        assert reranker.rerank(["a", "b"], ["m", "m"], [1.0, 1.0], [0.5, 0.5]).tolist() == [1, 0]

@@ -164,6 +164,12 @@ def test_evaluate_writes_report_and_metrics(evaluated: Any) -> None:
         assert 0.0 <= values["ndcg_at_10"] <= 1.0
     kinds = {row["segment_kind"] for row in metrics["segments"]}
     assert kinds == {"merchant age", "creator reach", "merchant trust"}
+    # the static frontier: the balancer's sweep and the amortised fairness baselines' sweeps
+    tradeoff = pd.DataFrame(metrics["tradeoff"])
+    sweeps = tradeoff[tradeoff["kind"] == "sweep"].groupby("policy")["strength"].apply(list).to_dict()
+    assert sweeps == {"balancer sweep": [0.0, 4.0], "FairCo sweep": [0.01, 0.1, 1.0], "P-MMF sweep": [0.1, 0.5, 2.0]}
+    fairco = tradeoff[tradeoff["policy"] == "FairCo sweep"].sort_values("strength")
+    assert fairco["gini"].iloc[-1] < fairco["gini"].iloc[0]  # a stronger controller spreads exposure
     against = metrics["against_plain"]
     assert set(against) == {"net value", "bad-order rate", "Gini of creator exposure", "expected orders"}
     served, plain = metrics["counterfactual"]["served"], metrics["counterfactual"]["plain"]

@@ -18,7 +18,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,7 +27,8 @@ import pandas as pd
 from ...features.errors import ConfigError
 from ...ranker.balancer import ExposureBalancer
 from ...ranker.pipeline import RankingPipeline
-from ...ranker.policy import PolicyConfig
+from ...ranker.baselines import FairCoReranker, PMMFReranker
+from ...ranker.policy import Policy, PolicyConfig
 from ...serving import FeedRanker
 from ..world import World
 
@@ -151,6 +152,26 @@ class OracleRanker:
         """Nothing to reload: the oracle reads the world's truth."""
 
 
+GUARANTEE_BOOST = 0.5
+"""``guarantee_boost`` of the ``guarantee_priority`` entry (a 65% larger value for guaranteed merchants)."""
+FAIRCO_STRENGTH = 0.1
+PMMF_STRENGTH = 0.5
+"""Strengths of the amortised fairness baselines (the middle of the static evaluation's sweeps)."""
+
+
+def _with_policy(pipeline: RankingPipeline, **levers: Any) -> RankingPipeline:
+    """``pipeline`` with its policy's config changed (the fitted state kept)."""
+    pipeline.policy = Policy(replace(pipeline.policy.config, **levers), pipeline.policy.state)
+    return pipeline
+
+
+def _with_reranker(served: RankingPipeline, reranker: Any) -> RankingPipeline:
+    """The served features, model and policy score, re-ranked by ``reranker`` instead of the balancer."""
+    pipeline = served_pipeline(served, balancer=False)
+    pipeline.balancer = reranker
+    return pipeline
+
+
 def _ranker(pipeline: RankingPipeline) -> FeedRanker:
     # the loop reports what was shown through record_impressions, so serving must not record too
     return FeedRanker(pipeline, record_served=False)
@@ -165,6 +186,16 @@ POLICIES: dict[str, PolicySpec] = {
     ),
     "plain": PolicySpec("plain LambdaMART (no trust features)", lambda context: _ranker(plain_pipeline(context))),
     "oracle": PolicySpec("oracle (true expected net value)", lambda context: OracleRanker(context.world), uses_snapshot=False),
+    "guarantee_priority": PolicySpec(
+        "trust-aware + balancer, guarantee priority", lambda context: _ranker(_with_policy(
+            served_pipeline(context.served), guarantee_boost=GUARANTEE_BOOST))
+    ),
+    "fairco": PolicySpec(
+        "trust-aware + FairCo controller", lambda context: _ranker(_with_reranker(context.served, FairCoReranker(FAIRCO_STRENGTH)))
+    ),
+    "pmmf": PolicySpec(
+        "trust-aware + P-MMF dual prices", lambda context: _ranker(_with_reranker(context.served, PMMFReranker(PMMF_STRENGTH)))
+    ),
 }
 """Every policy an evaluation can run, by name."""
 

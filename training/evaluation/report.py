@@ -171,8 +171,9 @@ def render_html(content: ReportContent) -> str:
             "<h2>Quality against fairness</h2>",
             _figure(
                 _tradeoff_png(content.tradeoff, policies),
-                "NDCG@10 against the Gini of creator exposure for a sweep of balancer strength, "
-                "with the baselines on the same axes. Up and to the left is better.",
+                "NDCG@10 against the Gini of creator exposure for sweeps of the balancer's strength and of "
+                "the FairCo-style and P-MMF-style baselines' strengths, with the other baselines on the same "
+                "axes. Up and to the left is better.",
             ),
             _table(content.tradeoff, index=False),
         ]
@@ -313,9 +314,11 @@ def _lorenz_png(exposures: Mapping[str, np.ndarray], policies: Sequence[str]) ->
 def _tradeoff_png(points: pd.DataFrame, policies: Sequence[str]) -> bytes:
     figure = _new_figure(7.0, 5.0)
     axes = figure.add_subplot()
-    sweep = points[points["kind"] == "sweep"].sort_values("strength")
-    if not sweep.empty:
-        axes.plot(sweep["gini"], sweep["ndcg_at_10"], marker="o", color="#444444", label="balancer sweep (strength)")
+    sweeps = points[points["kind"] == "sweep"]
+    greys = ("#444444", "#8c6d31", "#637939", "#7b4173")
+    for i, (label, sweep) in enumerate(sweeps.groupby("policy", sort=False)):
+        sweep = sweep.sort_values("strength")
+        axes.plot(sweep["gini"], sweep["ndcg_at_10"], marker="o", color=greys[i % len(greys)], label=f"{label} (strength)")
         for row in sweep.itertuples(index=False):
             axes.annotate(f"{row.strength:g}", (row.gini, row.ndcg_at_10), textcoords="offset points",
                           xytext=(4, 4), fontsize=8, color="#555")

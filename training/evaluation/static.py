@@ -72,6 +72,10 @@ class EvalConfig:
         impressions' time span.
     sweep_strengths
         Fixed balancer strengths of the quality/fairness sweep (the controller is off).
+    fairco_strengths, pmmf_strengths
+        Strengths of the FairCo-style and P-MMF-style baselines swept on the same axes
+        (:class:`~trustfeed.ranker.baselines.FairCoReranker`,
+        :class:`~trustfeed.ranker.baselines.PMMFReranker`; empty: not run).
     cap_per_creator, cap_k
         Per-creator cap baseline: at most ``cap_per_creator`` items per creator in the top ``cap_k``.
     fair_k, fair_p, fair_alpha
@@ -97,6 +101,8 @@ class EvalConfig:
 
     holdout_fraction: float = 0.2
     sweep_strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    fairco_strengths: tuple[float, ...] = (0.01, 0.1, 1.0)
+    pmmf_strengths: tuple[float, ...] = (0.1, 0.5, 2.0)
     cap_per_creator: int = 1
     cap_k: int = 10
     fair_k: int = 10
@@ -114,6 +120,11 @@ class EvalConfig:
         if not strengths or any(not math.isfinite(s) or s < 0 for s in strengths):
             raise ConfigError(f"EvalConfig.sweep_strengths: expected finite values >= 0, got {self.sweep_strengths!r}")
         object.__setattr__(self, "sweep_strengths", strengths)
+        for name in ("fairco_strengths", "pmmf_strengths"):
+            values = tuple(float(s) for s in getattr(self, name))
+            if any(not math.isfinite(s) or s < 0 for s in values):
+                raise ConfigError(f"EvalConfig.{name}: expected finite values >= 0, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, values)
         for name in ("cap_per_creator", "cap_k", "fair_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -132,7 +143,8 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able parameters."""
         values = asdict(self)
-        values["sweep_strengths"] = list(self.sweep_strengths)
+        for name in ("sweep_strengths", "fairco_strengths", "pmmf_strengths"):
+            values[name] = list(getattr(self, name))
         return values
 
     @classmethod
@@ -141,8 +153,9 @@ class EvalConfig:
         known = {f.name for f in fields(cls)}
         reject_unknown_keys("EvalConfig", values, known)
         data = dict(values)
-        if "sweep_strengths" in data:
-            data["sweep_strengths"] = tuple(data["sweep_strengths"])
+        for name in ("sweep_strengths", "fairco_strengths", "pmmf_strengths"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(**data)
 
 
@@ -506,7 +519,7 @@ def evaluate_pipeline(
         Receives one call per step.
     """
     from ...ranker.balancer import ExposureBalancer
-    from ...ranker.baselines import creator_cap, fair_quota, long_tail_mask
+    from ...ranker.baselines import FairCoReranker, PMMFReranker, creator_cap, fair_quota, long_tail_mask
 
     config = config or EvalConfig()
     progress = progress or NullProgress()
@@ -593,6 +606,22 @@ def evaluate_pipeline(
         ))
         measured = _measure(swept, population, followers, config.head_fraction)
         sweep_rows.append({"policy": "balancer sweep", "kind": "sweep", "strength": strength,
+                           "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"]})
+    # the amortised fairness baselines (FairCo, P-MMF) on the policy score, swept on the same axes
+    amortised: list[tuple[str, Any, float]] = [("FairCo sweep", FairCoReranker, s) for s in config.fairco_strengths]
+    amortised += [("P-MMF sweep", PMMFReranker, s) for s in config.pmmf_strengths]
+    for label, kind, strength in amortised:
+        reranker = kind(strength)
+
+        def served_by(a: int, b: int, reranker: Any = reranker) -> np.ndarray:
+            order = reranker.rerank(creators[a:b].tolist(), merchants[a:b].tolist(), score[a:b], trust[a:b])
+            shown = order[: config.cap_k]
+            reranker.record(creators[a:b][shown].tolist(), merchants[a:b][shown].tolist(), np.arange(1, shown.size + 1))
+            return order
+
+        measured = _measure(with_facts(_per_request_order(trust_aware, served_by)), population, followers,
+                            config.head_fraction)
+        sweep_rows.append({"policy": label, "kind": "sweep", "strength": strength,
                            "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"]})
     baseline_rows = [
         {"policy": POLICY_LABELS[p], "kind": "baseline" if p != SERVED else "served", "strength": float("nan"),
