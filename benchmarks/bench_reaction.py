@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["snapshot_seconds"] = round(seconds, 1)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(switched.round(1).to_string(index=False))
-        print(drops.round(3).to_string(index=False))
+        print(drops.round({"percentile_before": 3, "lowest_percentile": 3, "largest_drop": 3, "drop_vs_unbombed": 3}).to_string(index=False))
     print(json.dumps({k: (round(v, 3) if np.isfinite(v) else None) for k, v in summary.items()}, indent=1))
     return 0
 
