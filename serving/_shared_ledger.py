@@ -75,7 +75,7 @@ class SharedLedgerConfig:
     half_life: float = 600.0
     bucket: float = 60.0
     window: float | None = None
-    sync_interval: float = 0.5
+    sync_interval: float = 1.0
     timeout: float = 0.25
 
     def __post_init__(self) -> None:
@@ -299,17 +299,17 @@ class RedisLedger:
         replies = pipe.execute()
         out = {}
         for k, kind in enumerate(_KINDS):
-            parts = []
+            totals: dict[Any, float] = {}
             for b, reply in zip(buckets, replies[k * len(buckets) : (k + 1) * len(buckets)], strict=True):
                 if not reply:
                     continue
-                age = max(now - (b + 0.5) * self.config.bucket, 0.0)
-                weight = 2.0 ** (-age / self.config.half_life)
-                ids = [key.decode() if isinstance(key, bytes) else str(key) for key in reply]
-                parts.append(pd.Series(np.fromiter((float(v) for v in reply.values()), np.float64, len(reply)) * weight,
-                                       index=pd.Index(ids, dtype=object)))
-            out[kind] = (pd.concat(parts).groupby(level=0, sort=False).sum() if parts
-                         else pd.Series(dtype=np.float64, index=pd.Index([], dtype=object)))
+                weight = 2.0 ** (-max(now - (b + 0.5) * self.config.bucket, 0.0) / self.config.half_life)
+                get = totals.get
+                for item, value in reply.items():
+                    totals[item] = get(item, 0.0) + float(value) * weight
+            ids = [item.decode() if isinstance(item, bytes) else str(item) for item in totals]
+            out[kind] = pd.Series(np.fromiter(totals.values(), np.float64, len(totals)),
+                                  index=pd.Index(ids, dtype=object), dtype=np.float64)
         return out
 
     def _run(self) -> None:

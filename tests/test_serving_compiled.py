@@ -55,7 +55,7 @@ def test_compiled_scores_equal_lightgbm_on_served_rows(compiled: CompiledModel, 
 
 
 @lleaves_only
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_compiled_scores_equal_lightgbm_on_any_values(compiled: CompiledModel, parts: Any, data: st.DataObject) -> None:
     # any finite or missing value in any feature, categorical codes outside the vocabulary included

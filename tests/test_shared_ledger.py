@@ -119,7 +119,7 @@ def test_workers_see_each_others_exposure_and_the_platform_gini(
 
     expected = _served_exposure(a_responses + b_responses, 5)
     platform = a_ledger.platform_exposure()["creators"]
-    pd.testing.assert_series_equal(platform.sort_index(), expected.sort_index(), check_names=False, atol=1e-9)
+    pd.testing.assert_series_equal(platform.sort_index(), expected.sort_index(), check_names=False, check_index_type=False, atol=1e-9)
     # both workers' ledgers now hold the platform's exposure, not their own share
     for ranker in (a, b):
         local = ranker.pipeline.balancer.creator_exposure().reindex(expected.index)
@@ -155,7 +155,7 @@ def test_redis_killed_mid_run_ranking_goes_on_and_nothing_is_lost(
     assert ledger.sync() and ledger.connected
     platform = ledger.platform_exposure()["creators"]
     expected = _served_exposure(during + after, 4)
-    pd.testing.assert_series_equal(platform.sort_index(), expected.sort_index(), check_names=False, atol=1e-9)
+    pd.testing.assert_series_equal(platform.sort_index(), expected.sort_index(), check_names=False, check_index_type=False, atol=1e-9)
     assert len(before) == 8
 
 
@@ -169,7 +169,7 @@ def test_impressions_and_reloads_reach_the_shared_ledger(redis_server: RedisServ
     platform = ledger.platform_exposure()["creators"]
     frame = impressions.assign(exposure=position_exposure(impressions["position"].to_numpy(np.float64), "log2", 0.8))
     expected = frame.groupby(frame["creator_id"].astype(str))["exposure"].sum()
-    pd.testing.assert_series_equal(platform.sort_index(), expected.sort_index(), check_names=False, atol=1e-9)
+    pd.testing.assert_series_equal(platform.sort_index(), expected.sort_index(), check_names=False, check_index_type=False, atol=1e-9)
 
 
 def test_background_sync_and_close(redis_server: RedisServer, bundle: Path, parts: Any) -> None:
