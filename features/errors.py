@@ -18,6 +18,7 @@ __all__ = [
     "ModelIntegrityError",
     "RequestError",
     "OutputError",
+    "ClusterError",
     "reject_unknown_keys",
 ]
 
@@ -81,6 +82,10 @@ class ModelIntegrityError(TrustfeedError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class ClusterError(TrustfeedError):
+    """A compute cluster (a Dask scheduler and its workers) could not be reached or failed mid-job."""
 
 
 class RequestError(TrustfeedError, ValueError):

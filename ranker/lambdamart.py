@@ -27,7 +27,7 @@ import pandas as pd
 from ..features.errors import ConfigError, ModelIntegrityError, NotFittedError, SchemaError, reject_unknown_keys
 from ..features.io import atomic_dir
 
-__all__ = ["LambdaMARTConfig", "LambdaMART", "MODEL_FILE", "SCHEMA_FILE"]
+__all__ = ["LambdaMARTConfig", "LambdaMART", "MODEL_FILE", "SCHEMA_FILE", "warm_best_round"]
 
 MODEL_FILE = "model.txt"
 SCHEMA_FILE = "schema.json"
@@ -514,6 +514,59 @@ class LambdaMART:
         model.best_iteration_ = int(booster.current_iteration())
         model.evals_result_ = schema.get("evals_result", {})
         return model
+
+    @classmethod
+    def from_booster(
+        cls,
+        config: LambdaMARTConfig,
+        booster: Any,
+        *,
+        feature_schema: Mapping[str, Any],
+        monotone: Sequence[int],
+        evals_result: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    ) -> LambdaMART:
+        """A fitted ranker around a Booster trained elsewhere (e.g. by LightGBM's distributed learner).
+
+        The best iteration follows the same warm early-stopping rule :meth:`fit` applies, on
+        the ``"valid"`` curve of ``evals_result`` (all trees when there is none).
+        """
+        names = tuple(booster.feature_name())
+        if list(names) != list(feature_schema.get("feature_names", names)):
+            raise ModelIntegrityError("booster", f"features {list(names)} differ from the schema {feature_schema.get('feature_names')}")
+        model = cls(config)
+        model.booster_ = booster
+        model.feature_names_ = names
+        model.categorical_ = tuple(feature_schema.get("categorical", ()))
+        model.monotone_ = tuple(int(d) for d in monotone)
+        model.feature_schema_ = dict(feature_schema)
+        curves = {name: {metric: [float(v) for v in values] for metric, values in c.items()} for name, c in (evals_result or {}).items()}
+        model.evals_result_ = curves
+        curve = curves.get("valid", {}).get(f"ndcg@{config.eval_at[0]}")
+        best = 0
+        if curve and config.early_stopping_rounds > 0:
+            best = warm_best_round(curve, config.early_stopping_rounds, config.min_rounds)
+        model.best_iteration_ = best if best > 0 else int(booster.current_iteration())
+        return model
+
+
+def warm_best_round(scores: Sequence[float], patience: int, min_rounds: int) -> int:
+    """The round (1-based) warm early stopping keeps for a validation curve (0: none).
+
+    The rule of :meth:`LambdaMART.fit`: the best score from round ``min_rounds`` on, stopping
+    once it has not improved for ``patience`` rounds.
+
+    Examples
+    --------
+    >>> warm_best_round([0.9, 0.5, 0.6, 0.7, 0.65, 0.64, 0.8], patience=2, min_rounds=2)
+    4
+    """
+    best_round, best_score = 0, -np.inf
+    for rounds, score in enumerate(scores, start=1):
+        if rounds >= min_rounds and (score > best_score or best_round == 0):
+            best_round, best_score = rounds, float(score)
+        if best_round and rounds - best_round >= patience:
+            break
+    return best_round
 
 
 class _WarmEarlyStopping:

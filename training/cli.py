@@ -80,7 +80,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ..features.progress import StderrProgress
+    from .evaluation import EvalConfig
     from .train import TrainJobConfig, train
 
     config = TrainJobConfig(
@@ -90,7 +93,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         register=args.register,
         signing_key=Path(args.signing_key) if args.signing_key else None,
+        backend=args.backend,
+        scheduler=args.scheduler,
+        evaluate=args.evaluation != "off",
     )
+    if args.evaluation == "full":
+        config = replace(config, evaluation=EvalConfig())
     result = train(config, progress=StderrProgress())
     print(f"run id: {result.run_id}")
     print(f"model uri: {result.model_uri}")
@@ -226,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--register", metavar="NAME", help="register the model under NAME with alias 'challenger'")
     train.add_argument("--signing-key", metavar="PATH", default=os.environ.get(SIGNING_KEY_ENV),
                        help=f"sign the bundle with this Ed25519 private key (default: ${SIGNING_KEY_ENV})")
+    train.add_argument("--evaluation", choices=("quick", "full", "off"), default="quick",
+                       help="in-job held-out evaluation: quick = the latest few thousand held-out requests (default), "
+                            "full = all of them, off = none (no held-out metrics on the run)")
+    train.add_argument("--backend", choices=("pandas", "dask"), default="pandas",
+                       help="build the training frame and train in this process (pandas) or on a Dask cluster")
+    train.add_argument("--scheduler", metavar="ADDRESS",
+                       help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (with --backend dask; default: a local cluster)")
 
     evaluate = add("evaluate", _cmd_evaluate, "offline evaluation: write report.html and metrics.json")
     evaluate.add_argument("--events", required=True, metavar="DIR")

@@ -9,7 +9,7 @@ CONTRACT section 4; its group is its ``request_id``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -327,14 +327,76 @@ def build_training_frame(
     """
     config = config or DatasetConfig()
     progress = progress or NullProgress()
-    if snapshot_builder is None:
-        from ..features.trust import TrustConfig, build_snapshot
+    builder = snapshot_builder or default_snapshot_builder(config)
+    plan = plan_training_frame(events, start, end, config)
 
-        trust_config = TrustConfig(**config.trust) if config.trust else None
+    def tables() -> Iterator[tuple[pd.Timestamp, Any, Any]]:
+        # one snapshot alive at a time: each is used for its rows, then dropped
+        for i, as_of in enumerate(plan.times):
+            progress("building trust snapshot and context", i + 1, len(plan.times))
+            yield as_of, builder(events, as_of), build_context_tables(events, as_of, config.context)
 
-        def snapshot_builder(log: EventLog, as_of: pd.Timestamp) -> Any:
-            return build_snapshot(log, as_of, config=trust_config)
+    schema: dict[str, Any] | None = None
+    blocks: list[np.ndarray] = []
+    rows_of: list[np.ndarray] = []
+    for as_of, snapshot, context in tables():
+        if schema is None:
+            schema = feature_schema(snapshot, context, plan.categories)
+        rows = np.flatnonzero((plan.window["snapshot_at"] == as_of).to_numpy())
+        blocks.append(FeatureAssembler(snapshot, context, schema=schema).transform(plan.window.iloc[rows]))
+        rows_of.append(rows)
+    if schema is None:  # unreachable: the window is non-empty, so there is a snapshot time
+        raise SchemaError("impressions", "ts", "at least one snapshot time", "none")
+    features = np.empty((len(plan.window), len(schema["feature_names"])), dtype=np.float64)
+    for rows, block in zip(rows_of, blocks, strict=True):
+        features[rows] = block
+    frame = assemble_rows(plan.window, features, schema, events, config)
+    return TrainingFrame(
+        frame=frame,
+        feature_names=tuple(schema["feature_names"]),
+        categorical=tuple(schema["categorical"]),
+        monotone=tuple(int(d) for d in schema["monotone"]),
+        schema=schema,
+    )
 
+
+# ----------------------------------------------------------------------------- shared by both backends
+# (the Dask backend, training/_dask_training.py, runs the same steps per partition of requests)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """The impressions of a training window with the snapshot time of each row.
+
+    Attributes
+    ----------
+    window
+        The impressions with ``start <= ts < end`` (index reset) and a ``snapshot_at`` column.
+    times
+        The snapshot times, ascending.
+    categories
+        Merchant categories in code order (see :func:`feature_schema`).
+    """
+
+    window: pd.DataFrame
+    times: tuple[pd.Timestamp, ...]
+    categories: list[str]
+
+
+def default_snapshot_builder(config: DatasetConfig) -> Callable[[EventLog, pd.Timestamp], Any]:
+    """``(events, as_of) -> TrustSnapshot`` with ``config.trust``."""
+    from ..features.trust import TrustConfig, build_snapshot
+
+    trust_config = TrustConfig(**config.trust) if config.trust else None
+
+    def snapshot_builder(log: EventLog, as_of: pd.Timestamp) -> Any:
+        return build_snapshot(log, as_of, config=trust_config)
+
+    return snapshot_builder
+
+
+def plan_training_frame(events: EventLog, start: Any, end: Any, config: DatasetConfig) -> FramePlan:
+    """The window's impressions and the as-of time of the snapshot each one reads."""
     impressions = events["impressions"]
     keep = np.ones(len(impressions), dtype=bool)
     if start is not None:
@@ -347,48 +409,34 @@ def build_training_frame(
 
     anchor = to_utc(start) if start is not None else window["ts"].min()
     snapshot_at = _snapshot_times(window["ts"], anchor, config.snapshot_every_days)
-    times = sorted(snapshot_at.unique())
-    categories = _category_order(events, max(times))
+    times = tuple(sorted(snapshot_at.unique()))
+    return FramePlan(window.assign(snapshot_at=snapshot_at.array), times, _category_order(events, max(times)))
 
-    frame = pd.DataFrame({column: window[column] for column in ID_COLUMNS})
+
+def feature_schema(snapshot: Any, context: Any, categories: list[str]) -> dict[str, Any]:
+    """The assembler schema of the frame, with merchant category codes fixed for all snapshots."""
+    schema = FeatureAssembler(snapshot, context).schema()
+    schema["categories"] = {"merchant_category": categories}
+    return schema
+
+
+def assemble_rows(
+    window: pd.DataFrame, features: np.ndarray, schema: Mapping[str, Any], events: EventLog, config: DatasetConfig
+) -> pd.DataFrame:
+    """Ids, graded label, snapshot time and features of ``window``'s rows, sorted by request.
+
+    Rows come out in request-time order, the rows of a request together by position.
+    """
+    frame = pd.DataFrame({column: window[column].array for column in ID_COLUMNS})
     frame["label"] = graded_labels(window, events, config)
-    frame["snapshot_at"] = snapshot_at.array
-
-    schema: dict[str, Any] | None = None
-    blocks: list[np.ndarray] = []
-    rows_of: list[np.ndarray] = []
-    for i, as_of in enumerate(times):
-        progress("building trust snapshot and context", i + 1, len(times))
-        snapshot = snapshot_builder(events, as_of)
-        context = build_context_tables(events, as_of, config.context)
-        if schema is None:
-            derived = FeatureAssembler(snapshot, context).schema()
-            derived["categories"] = {"merchant_category": categories}
-            schema = derived
-        assembler = FeatureAssembler(snapshot, context, schema=schema)
-        rows = np.flatnonzero((snapshot_at == as_of).to_numpy())
-        blocks.append(assembler.transform(window.iloc[rows]))
-        rows_of.append(rows)
-    if schema is None:  # unreachable: the window is non-empty, so there is a snapshot time
-        raise SchemaError("impressions", "ts", "at least one snapshot time", "none")
-    features = np.empty((len(window), len(schema["feature_names"])), dtype=np.float64)
-    for rows, block in zip(rows_of, blocks, strict=True):
-        features[rows] = block
-    frame = pd.concat([frame, pd.DataFrame(features, columns=schema["feature_names"])], axis=1)
-
+    frame["snapshot_at"] = window["snapshot_at"].array
+    frame = pd.concat([frame, pd.DataFrame(features, columns=list(schema["feature_names"]))], axis=1)
     request_time = frame.groupby("request_id", sort=False)["ts"].transform("min")
-    frame = (
+    return (
         frame.assign(_request_time=request_time)
         .sort_values(["_request_time", "request_id", "position"], kind="stable")
         .drop(columns="_request_time")
         .reset_index(drop=True)
-    )
-    return TrainingFrame(
-        frame=frame,
-        feature_names=tuple(schema["feature_names"]),
-        categorical=tuple(schema["categorical"]),
-        monotone=tuple(int(d) for d in schema["monotone"]),
-        schema=schema,
     )
 
 

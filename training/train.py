@@ -73,6 +73,7 @@ from .registry import (
 __all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_feature_schema", "fit_policy_and_target",
            "MODEL_ARTIFACT"]
 
+BACKENDS = ("pandas", "dask")
 MODEL_ARTIFACT = "model"
 BOOSTER_ARTIFACT = "booster"
 BUNDLE_DIR = "bundle"
@@ -80,6 +81,16 @@ BUNDLE_DIR = "bundle"
 
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
+
+
+# held-out requests the in-job evaluation ranks by default (the latest ones): enough for
+# stable headline metrics, a fraction of the cost of ranking every held-out request with
+# every policy; `trustfeed evaluate` (or evaluation=EvalConfig()) measures them all
+IN_JOB_EVAL_REQUESTS = 3000
+
+
+def _default_evaluation() -> EvalConfig:
+    return EvalConfig(max_requests=IN_JOB_EVAL_REQUESTS)
 
 
 def _default_dataset() -> DatasetConfig:
@@ -113,6 +124,17 @@ class TrainJobConfig:
     dataset, model, plain_model, policy, balancer, context, trust, evaluation
         Component configs; ``plain_model`` (``None``: same as ``model``) trains the
         comparison LambdaMART without trust features.
+    evaluate
+        Evaluate on the held-out window inside the job (report, held-out metrics for
+        promotion). ``evaluation.max_requests`` bounds its cost: by default the latest
+        ``IN_JOB_EVAL_REQUESTS`` held-out requests.
+    backend
+        ``"pandas"``: the training frame and both models in this process. ``"dask"``: the
+        training frame built per partition on a Dask cluster and the ranker trained with
+        LightGBM's distributed learner (see ``docs/training.md`` for what differs).
+    scheduler
+        Address of a running Dask scheduler (``backend="dask"`` only); ``None``: a local
+        cluster started for the job.
     train_plain
         Train the plain model (the evaluation's comparison arm).
     tracking_retries
@@ -150,7 +172,10 @@ class TrainJobConfig:
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     context: ContextConfig = field(default_factory=ContextConfig)
     trust: Mapping[str, Any] | None = None
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    evaluation: EvalConfig = field(default_factory=_default_evaluation)
+    evaluate: bool = True
+    backend: str = "pandas"
+    scheduler: str | None = None
     train_plain: bool = True
     tracking_retries: int = 2
     run_name: str | None = None
@@ -182,6 +207,12 @@ class TrainJobConfig:
             and 0.0 < self.target_gini_ratio <= 1.0
         ):
             raise ConfigError(f"TrainJobConfig.target_gini_ratio: expected a value in (0, 1] or None, got {self.target_gini_ratio!r}")
+        if not isinstance(self.evaluate, bool):
+            raise ConfigError(f"TrainJobConfig.evaluate: expected true or false, got {self.evaluate!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"TrainJobConfig.backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.scheduler is not None and (self.backend != "dask" or not isinstance(self.scheduler, str) or not self.scheduler.strip()):
+            raise ConfigError(f"TrainJobConfig.scheduler: expected a Dask scheduler address with backend='dask', got {self.scheduler!r}")
         if not isinstance(self.tracking_retries, int) or self.tracking_retries < 0:
             raise ConfigError(f"TrainJobConfig.tracking_retries: expected an integer >= 0, got {self.tracking_retries!r}")
         if self.until is not None:
@@ -224,6 +255,9 @@ class TrainJobConfig:
             "context": self.context.to_dict(),
             "trust": self.trust,
             "evaluation": self.evaluation.to_dict(),
+            "evaluate": self.evaluate,
+            "backend": self.backend,
+            "scheduler": self.scheduler,
             "train_plain": self.train_plain,
             "tracking_retries": self.tracking_retries,
             "run_name": self.run_name,
@@ -689,7 +723,6 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     from ..features.trust import TrustConfig
     from ..ranker.balancer import ExposureBalancer
     from ..ranker.bundle import save_bundle
-    from ..ranker.lambdamart import LambdaMART
     from ..ranker.pipeline import RankingPipeline
     from .dataset import build_training_frame, time_split
     from .simulate import load_truth, load_truth_meta
@@ -700,30 +733,28 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     dataset_config = replace(config.dataset, context=config.context, trust=config.trust)
     trust_config = TrustConfig.from_dict(config.trust) if config.trust else None
     progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
-    frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress)
-    fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
-    if len(fit_part) == 0 or len(valid_part) == 0:
-        raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
-                          f"{len(fit_part)} training and {len(valid_part)} validation rows")
+    if config.backend == "dask":
+        from ._dask_training import fit_on_dask
 
-    progress(f"training LambdaMART on {fit_part.groups().size:,} requests ({len(fit_part):,} impressions)")
-    model = LambdaMART(config.model).fit(
-        fit_part.features(), fit_part.labels, fit_part.groups(), position=fit_part.positions,
-        X_valid=valid_part.features(), y_valid=valid_part.labels, group_valid=valid_part.groups(),
-        feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone,
-        feature_schema=frame.schema,
-    )
-    plain_model = None
-    if config.train_plain:
-        progress("training the plain LambdaMART without trust features")
-        plain_schema = plain_feature_schema(frame.schema)
-        columns = [frame.feature_names.index(n) for n in plain_schema["feature_names"]]
-        plain_model = LambdaMART(config.plain_model or config.model).fit(
-            fit_part.features()[:, columns], fit_part.labels, fit_part.groups(), position=fit_part.positions,
-            X_valid=valid_part.features()[:, columns], y_valid=valid_part.labels, group_valid=valid_part.groups(),
-            feature_names=plain_schema["feature_names"], categorical=plain_schema["categorical"],
-            monotone=plain_schema["monotone"], feature_schema=plain_schema,
+        if config.model.position_bias:
+            progress("Dask: LightGBM's distributed ranker learns no position bias; training without it")
+        on_dask = fit_on_dask(
+            events, end=windows.holdout_start, valid_from=windows.valid_start, config=dataset_config,
+            model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
+            plain_schema_of=plain_feature_schema, scheduler=config.scheduler, progress=progress,
         )
+        model, plain_model = on_dask.model, on_dask.plain_model
+        # the policy fit reads only the purchased rows of the training part
+        fit_part, valid_part, train_requests = on_dask.fit_purchases, on_dask.valid_part, on_dask.train_requests
+    else:
+        frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress)
+        fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
+        if len(fit_part) == 0 or len(valid_part) == 0:
+            raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
+                              f"{len(fit_part)} training and {len(valid_part)} validation rows")
+        model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress)
+        train_requests = int(fit_part.groups().size)
+    schema = model.feature_schema_
 
     policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
                                                             data_end=windows.holdout_start)
@@ -733,7 +764,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     progress(f"building the serving snapshot as of {windows.end.isoformat()}")
     pipeline = RankingPipeline.as_of(
         events, windows.end, model, policy, ExposureBalancer(balancer_config),
-        schema=frame.schema, trust=trust_config, context=config.context,
+        schema=schema, trust=trust_config, context=config.context,
     )
     serving_snapshot = pipeline.snapshot
     bundle_dir = local / BUNDLE_DIR
@@ -746,17 +777,23 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
         plain_model.save(plain_dir)
 
     # --- held-out evaluation: snapshot and context as of the window start (no leakage)
-    progress(f"evaluating on held-out requests from {windows.holdout_start.date()}")
-    eval_pipeline, plain_pipeline = pipelines_as_of(pipeline, plain_model, events, windows.holdout_start)
-    evaluation = evaluate_pipeline(
-        eval_pipeline, events, (windows.holdout_start, windows.end), plain_pipeline=plain_pipeline,
-        truth=load_truth(config.events), truth_meta=load_truth_meta(config.events), config=config.evaluation,
-        facts={"run id": run.run_id, "model": f"runs:/{run.run_id}/{MODEL_ARTIFACT}",
-               "training window": f"{windows.data_start.isoformat()} to {windows.holdout_start.isoformat()}"},
-        progress=progress,
-    )
-    report_path, metrics_path = write_evaluation(evaluation, local / EVALUATION_DIR)
-    metrics = evaluation.flat_metrics()
+    metrics: dict[str, float] = {}
+    report_path = None
+    if config.evaluate:
+        scope = "all" if config.evaluation.max_requests is None else f"the latest {config.evaluation.max_requests:,}"
+        progress(f"evaluating on {scope} held-out requests from {windows.holdout_start.date()}")
+        eval_pipeline, plain_pipeline = pipelines_as_of(pipeline, plain_model, events, windows.holdout_start)
+        evaluation = evaluate_pipeline(
+            eval_pipeline, events, (windows.holdout_start, windows.end), plain_pipeline=plain_pipeline,
+            truth=load_truth(config.events), truth_meta=load_truth_meta(config.events), config=config.evaluation,
+            facts={"run id": run.run_id, "model": f"runs:/{run.run_id}/{MODEL_ARTIFACT}",
+                   "training window": f"{windows.data_start.isoformat()} to {windows.holdout_start.isoformat()}"},
+            progress=progress,
+        )
+        report_path, _ = write_evaluation(evaluation, local / EVALUATION_DIR)
+        metrics = evaluation.flat_metrics()
+    else:
+        progress("in-job evaluation off: run `trustfeed evaluate` on this model for held-out metrics")
     importance = _importance_table(model)
     importance_path = local / "feature_importance.csv"
     with atomic_file(importance_path) as tmp:
@@ -776,7 +813,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
                        for name, values in plain_model.evals_result_.get("valid", {}).items()})
     cost_metrics = {k: float(v) for k, v in fitted.items() if k.startswith("policy.bad_order_cost.")}
     run.log_metrics({**metrics, **cost_metrics, "best_iteration": float(model.best_iteration_),
-                     "train_requests": float(fit_part.groups().size), "valid_requests": float(valid_part.groups().size)},
+                     "train_requests": float(train_requests), "valid_requests": float(valid_part.groups().size)},
                     series=curves)
     run.set_tags({
         f"{TAG_PREFIX}snapshot_manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
@@ -785,7 +822,8 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     })
     run.log_artifact(importance_path)
     run.log_artifact(manifest_path)
-    run.log_artifact(local / EVALUATION_DIR, EVALUATION_DIR)
+    if report_path is not None:
+        run.log_artifact(local / EVALUATION_DIR, EVALUATION_DIR)
     if plain_dir is not None:
         run.log_artifact(plain_dir, PLAIN_MODEL_DIR)
     progress("logging the model (pyfunc + LightGBM booster)")
@@ -797,6 +835,46 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     run.end("FINISHED")
     progress(f"done: run {run.run_id}")
     return TrainResult(run.run_id, model_uri, bundle_dir, metrics, version, report_path)
+
+
+def _fit_models(config: TrainJobConfig, frame: Any, fit_part: Any, valid_part: Any, progress: Progress) -> tuple[Any, Any]:
+    """The trust-aware LambdaMART and (with ``train_plain``) the plain one, fitted side by side.
+
+    Each fit runs LightGBM with its own ``num_threads`` and LightGBM releases the GIL while it
+    boosts, so the plain model trains in a second thread at the same time instead of after the
+    first one; each model is the same as when trained alone (LightGBM is deterministic per fit).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..ranker.lambdamart import LambdaMART
+
+    X_fit, X_valid = fit_part.features(), valid_part.features()
+    fit_groups, valid_groups = fit_part.groups(), valid_part.groups()
+
+    def fit_plain() -> Any:
+        plain_schema = plain_feature_schema(frame.schema)
+        columns = [frame.feature_names.index(n) for n in plain_schema["feature_names"]]
+        return LambdaMART(config.plain_model or config.model).fit(
+            X_fit[:, columns], fit_part.labels, fit_groups, position=fit_part.positions,
+            X_valid=X_valid[:, columns], y_valid=valid_part.labels, group_valid=valid_groups,
+            feature_names=plain_schema["feature_names"], categorical=plain_schema["categorical"],
+            monotone=plain_schema["monotone"], feature_schema=plain_schema,
+        )
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plain-lambdamart") as pool:
+        plain_future = None
+        if config.train_plain:
+            progress("training the plain LambdaMART without trust features (alongside)")
+            plain_future = pool.submit(fit_plain)
+        progress(f"training LambdaMART on {fit_groups.size:,} requests ({len(fit_part):,} impressions)")
+        model = LambdaMART(config.model).fit(
+            X_fit, fit_part.labels, fit_groups, position=fit_part.positions,
+            X_valid=X_valid, y_valid=valid_part.labels, group_valid=valid_groups,
+            feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone,
+            feature_schema=frame.schema,
+        )
+        plain_model = plain_future.result() if plain_future is not None else None
+    return model, plain_model
 
 
 def _local_run_dir(config: TrainJobConfig, run_id: str) -> Path:

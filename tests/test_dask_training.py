@@ -1,0 +1,190 @@
+"""The Dask training backend against a real scheduler and two worker processes on 127.0.0.1.
+
+Tiny data (one small simulated platform) so the whole module stays within seconds of
+cluster start-up: the frame built on the cluster equals the in-process one, the models
+trained both ways rank held-out requests alike, an unreachable scheduler is a one-line
+error, and a worker killed during training is survived by a retry on the worker left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("distributed", reason="the dask extra (distributed) is part of the test extra")
+
+START_TIMEOUT = 60.0
+# held-out NDCG@10 of the Dask-trained ranker within this of the in-process one (absolute):
+# data-parallel LightGBM bins features per worker and sums histograms, so trees differ slightly
+NDCG_TOLERANCE = 0.03
+# the kill lands while LightGBM's workers boost: enough rounds that training outlasts the delay
+KILL_AFTER_SECONDS = 2.0
+KILLED_RUN_ROUNDS = 3000
+MODEL = {"num_rounds": 20, "early_stopping_rounds": 0, "min_rounds": 1, "min_data_in_leaf": 20, "num_leaves": 15,
+         "position_bias": False}
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalDaskCluster:
+    """``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (each in its own process group)."""
+
+    def __init__(self, root: Path, workers: int = 2) -> None:
+        self.root = root
+        self.workers = workers
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.address = ""
+
+    def _spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        out = open(self.root / log, "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=self.root)
+        self.processes.append(process)
+        return process
+
+    def start(self) -> LocalDaskCluster:
+        port = _free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        self._spawn("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                    "--dashboard-address", ":0", "--no-show", log="scheduler.log")
+        for i in range(self.workers):
+            self._spawn("distributed.cli.dask_worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+                        "--nworkers", "1", "--no-dashboard", "--no-nanny", "--memory-limit", "1GB",
+                        log=f"worker{i}.log")
+        from distributed import Client
+
+        deadline = time.monotonic() + START_TIMEOUT
+        with Client(self.address, timeout=f"{START_TIMEOUT:.0f}s") as client:
+            client.wait_for_workers(self.workers, timeout=max(1.0, deadline - time.monotonic()))
+        return self
+
+    def kill_worker(self) -> None:
+        """SIGKILL the first worker process (no goodbye to the scheduler)."""
+        os.killpg(self.processes[1].pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def events() -> Any:
+    from trustfeed.features.events import validate_events
+    from trustfeed.training.simulate import SimConfig, simulate
+
+    return validate_events(simulate(SimConfig(seed=5, merchants=40, days=18)).tables)
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[LocalDaskCluster]:
+    running = LocalDaskCluster(tmp_path).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _windows(events: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+    ts = events["impressions"]["ts"]
+    end = ts.max().floor("D") + pd.Timedelta(days=1)
+    return ts.min().floor("D") + pd.Timedelta(days=11), ts.min().floor("D") + pd.Timedelta(days=14), end
+
+
+def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int = MODEL["num_rounds"]) -> Any:
+    from trustfeed.ranker.lambdamart import LambdaMARTConfig
+    from trustfeed.training._dask_training import fit_on_dask
+    from trustfeed.training.dataset import DatasetConfig
+    from trustfeed.training.train import plain_feature_schema
+
+    valid_from, holdout, _ = _windows(events)
+    return fit_on_dask(events, end=holdout, valid_from=valid_from, config=DatasetConfig(snapshot_every_days=3),
+                       model_config=LambdaMARTConfig(**{**MODEL, "num_rounds": rounds}), plain_config=None, plain_schema_of=plain_feature_schema,
+                       scheduler=scheduler, partitions=3, progress=progress)
+
+
+def _held_out_ndcg(model: Any, frame: Any) -> float:
+    from trustfeed.ranker.metrics import mean_ndcg
+
+    score = model.predict(frame.features())
+    ranked = frame.frame[["request_id", "label"]].assign(score=score)
+    ranked["position"] = ranked.groupby("request_id", sort=False)["score"].rank(ascending=False, method="first")
+    return float(mean_ndcg(ranked, 10).mean)
+
+
+def test_dask_frame_and_model_match_in_process(events: Any, cluster: LocalDaskCluster) -> None:
+    from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
+    from trustfeed.training.dataset import DatasetConfig, build_training_frame, time_split
+
+    on_dask = _fit_on_dask(events, cluster.address)
+    valid_from, holdout, end = _windows(events)
+    frame = build_training_frame(events, end=holdout, config=DatasetConfig(snapshot_every_days=3))
+    fit_part, valid_part = time_split(frame, valid_from=valid_from)
+
+    # the frame built per partition on the workers is the in-process frame, row for row
+    columns = list(valid_part.frame.columns)
+    pd.testing.assert_frame_equal(on_dask.valid_part.frame[columns], valid_part.frame)
+    assert on_dask.train_rows == len(fit_part) and on_dask.train_requests == fit_part.groups().size
+    assert on_dask.partitions >= 2  # the training really was spread over partitions
+
+    local = LambdaMART(LambdaMARTConfig(**MODEL)).fit(
+        fit_part.features(), fit_part.labels, fit_part.groups(), X_valid=valid_part.features(),
+        y_valid=valid_part.labels, group_valid=valid_part.groups(), feature_names=frame.feature_names,
+        categorical=frame.categorical, monotone=frame.monotone, feature_schema=frame.schema,
+    )
+    held_out = build_training_frame(events, start=holdout, end=end, config=DatasetConfig(snapshot_every_days=3))
+    distributed, in_process = _held_out_ndcg(on_dask.model, held_out), _held_out_ndcg(local, held_out)
+    assert abs(distributed - in_process) <= NDCG_TOLERANCE, (distributed, in_process)
+    # and both learned something: better than a random order of the same lists
+    shuffled = held_out.frame[["request_id", "label"]].assign(score=np.random.default_rng(0).random(len(held_out)))
+    shuffled["position"] = shuffled.groupby("request_id", sort=False)["score"].rank(method="first")
+    from trustfeed.ranker.metrics import mean_ndcg
+
+    assert min(distributed, in_process) > float(mean_ndcg(shuffled, 10).mean) + 0.05
+
+
+def test_a_worker_killed_during_training_stops_the_job_with_one_line(events: Any, cluster: LocalDaskCluster) -> None:
+    from trustfeed.features.errors import ClusterError
+
+    def progress(message: str, *_: Any) -> None:
+        if message.startswith("Dask: training LambdaMART"):
+            threading.Timer(KILL_AFTER_SECONDS, cluster.kill_worker).start()
+
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ left while training LambdaMART") as caught:
+        _fit_on_dask(events, cluster.address, progress, rounds=KILLED_RUN_ROUNDS)
+    assert cluster.processes[1].poll() is not None  # the worker really is gone
+    assert "\n" not in str(caught.value)
+    # well before LightGBM's own network timeout: the driver noticed the worker leave
+    assert time.monotonic() - started < 60
+
+
+def test_unreachable_scheduler_is_a_one_line_error(events: Any) -> None:
+    from trustfeed.features.errors import ClusterError
+    from trustfeed.training._dask_training import dask_client
+
+    with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1:9") as caught:
+        with dask_client("tcp://127.0.0.1:9", connect_timeout="2s"):
+            pass
+    assert "\n" not in str(caught.value)

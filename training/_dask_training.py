@@ -1,0 +1,362 @@
+"""The training frame and the rankers on a Dask cluster (``trustfeed train --backend dask``).
+
+The same steps as the in-process job, spread over workers:
+
+* the driver builds the as-of trust snapshots and context tables (one per snapshot time,
+  small next to the impressions) and sends each worker one copy;
+* the window's impressions are shuffled by ``request_id`` into partitions, so a request
+  never spans two partitions; each partition joins its rows against the snapshot of their
+  day and computes the graded labels on the worker (:func:`~.dataset.assemble_rows`, the
+  code the in-process frame uses), and the frame stays on the workers;
+* ``lightgbm.dask.DaskLGBMRanker`` trains data-parallel on the training requests, with the
+  validation requests as its evaluation set; the warm early-stopping rule then picks the
+  best round from the recorded curve. A worker lost while the frame is built costs only
+  time (Dask recomputes its partitions); a worker lost while LightGBM trains stops the job
+  with a :class:`~trustfeed.features.errors.ClusterError` (LightGBM's workers cannot go on
+  without it).
+
+Only what the rest of the job needs comes back to the driver: the validation requests (for
+the purchase calibration and the balancer's target Gini) and the purchased training rows
+(for the bad-order model). See ``docs/training.md`` for the limits.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..features.errors import ClusterError, SchemaError
+from ..features.events import EventLog
+from ..features.progress import NullProgress, Progress
+from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
+from ..features.context import build_context_tables
+from .dataset import (
+    DatasetConfig,
+    FramePlan,
+    TrainingFrame,
+    assemble_rows,
+    default_snapshot_builder,
+    feature_schema,
+    plan_training_frame,
+)
+
+__all__ = ["DaskFit", "dask_client", "fit_on_dask"]
+
+# rows per partition the frame aims at: big enough to amortise a task, small enough that
+# a worker holds a few partitions of the ~40 float feature columns at once
+ROWS_PER_PARTITION = 250_000
+# the label tables every worker needs; impressions travel partitioned, the rest stays behind
+_LABEL_TABLES = ("orders", "after_sales", "reports", "reviews")
+# seconds LightGBM's workers wait for each other before giving up (its default is 2 hours)
+_NETWORK_TIMEOUT_MINUTES = 2
+_CONNECT_TIMEOUT = "10s"
+# how often the driver checks that every worker is still there while LightGBM trains
+_WATCH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class DaskFit:
+    """What the distributed part of a training job hands back to the driver.
+
+    Attributes
+    ----------
+    model, plain_model
+        The fitted rankers (``plain_model`` ``None`` when not asked for).
+    valid_part
+        The validation requests, gathered (the policy calibration reads them).
+    fit_purchases
+        The purchased rows of the training requests, gathered (the bad-order model reads them).
+    train_requests, train_rows, partitions
+        Size of the training part and the number of partitions it was trained from.
+    """
+
+    model: LambdaMART
+    plain_model: LambdaMART | None
+    valid_part: TrainingFrame
+    fit_purchases: TrainingFrame
+    train_requests: int
+    train_rows: int
+    partitions: int
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int = 2, connect_timeout: str = _CONNECT_TIMEOUT) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``scheduler``, or to a local cluster of ``workers`` processes.
+
+    Raises
+    ------
+    ClusterError
+        ``distributed`` is not installed or the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as error:
+        raise ClusterError("the Dask backend needs the 'distributed' package: pip install 'trustfeed[dask]'") from error
+
+    import logging
+
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+        return
+    try:
+        client = Client(scheduler, timeout=connect_timeout)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {' '.join(str(error).split())}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _label_events(events: EventLog) -> EventLog:
+    """The tables the graded labels read; the rest (impressions above all) left empty."""
+    tables = {name: frame if name in _LABEL_TABLES else frame.iloc[:0] for name, frame in events.tables.items()}
+    return replace(events, tables=tables)
+
+
+def _partition_frame(
+    part: pd.DataFrame, tables: Mapping[pd.Timestamp, tuple[Any, Any]], events: EventLog,
+    schema: Mapping[str, Any], config: DatasetConfig,
+) -> pd.DataFrame:
+    """One partition of impressions (whole requests) -> its rows of the training frame."""
+    from ..features.context import FeatureAssembler
+
+    # in the frame's row order up front, so the rows assemble_rows returns line up with these
+    request_time = part.groupby("request_id", sort=False)["ts"].transform("min")
+    part = (part.assign(_request_time=request_time)
+            .sort_values(["_request_time", "request_id", "position"], kind="stable")
+            .drop(columns="_request_time").reset_index(drop=True))
+    features = np.empty((len(part), len(schema["feature_names"])), dtype=np.float64)
+    for as_of in pd.unique(part["snapshot_at"]):
+        rows = np.flatnonzero((part["snapshot_at"] == as_of).to_numpy())
+        snapshot, context = tables[pd.Timestamp(as_of)]
+        features[rows] = FeatureAssembler(snapshot, context, schema=dict(schema)).transform(part.iloc[rows])
+    frame = assemble_rows(part, features, schema, events, config)
+    purchased = (part["purchased"].astype("boolean").fillna(False).to_numpy(dtype=bool) if "purchased" in part.columns
+                 else np.zeros(len(part), dtype=bool))
+    return frame.assign(purchased=purchased)
+
+
+def _request_split(part: pd.DataFrame, valid_from: pd.Timestamp, validation: bool) -> pd.DataFrame:
+    request_time = part.groupby("request_id", sort=False)["ts"].transform("min")
+    keep = (request_time >= valid_from).to_numpy(dtype=bool) == validation
+    return part.loc[keep].reset_index(drop=True)
+
+
+def _group_sizes(part: pd.DataFrame) -> pd.Series:
+    ids = part["request_id"].to_numpy()
+    if len(ids) == 0:
+        return pd.Series(np.zeros(0, dtype=np.int64))
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return pd.Series(np.diff(np.r_[starts, len(ids)]).astype(np.int64))
+
+
+def _non_empty(frame: Any) -> tuple[Any, int]:
+    """The partitions of ``frame`` that hold rows (an empty one would stall LightGBM's network)."""
+    sizes = frame.map_partitions(len).compute()
+    keep = [i for i, n in enumerate(sizes) if n > 0]
+    if not keep:
+        return frame, 0
+    return (frame.partitions[keep] if len(keep) < frame.npartitions else frame), len(keep)
+
+
+def _fit_ranker(
+    client: Any, config: LambdaMARTConfig, fit: Any, valid: Any, columns: list[str], schema: Mapping[str, Any],
+    monotone: tuple[int, ...], what: str,
+) -> LambdaMART:
+    from lightgbm.dask import DaskLGBMRanker
+
+    params = config.lgb_params()
+    for key in ("num_threads", "metric", "eval_at"):  # set by the Dask estimator / fit below
+        params.pop(key, None)
+    if any(monotone):
+        params["monotone_constraints"] = list(monotone)
+        params["monotone_constraints_method"] = config.monotone_method
+    params["time_out"] = _NETWORK_TIMEOUT_MINUTES
+    ranker = DaskLGBMRanker(client=client, n_estimators=config.num_rounds, **params)
+    categorical = [c for c in schema.get("categorical", []) if c in columns]
+
+    def fit_and_fetch() -> Any:
+        with warnings.catch_warnings():
+            # "n_jobs will be ignored": the estimator's default, Dask sets threads per worker
+            warnings.filterwarnings("ignore", message=".*will be ignored", category=UserWarning)
+            ranker.fit(
+                fit[columns], fit["label"], group=fit.map_partitions(_group_sizes, meta=("group", "int64")),
+                eval_X=(valid[columns],), eval_y=(valid["label"],),
+                eval_group=[valid.map_partitions(_group_sizes, meta=("group", "int64"))],
+                eval_names=["valid"], eval_metric="ndcg", eval_at=list(config.eval_at),
+                categorical_feature=categorical or "auto",
+            )
+        return ranker.to_local()
+
+    local = _watched(client, fit_and_fetch, what)
+    return LambdaMART.from_booster(config, local.booster_, feature_schema=schema, monotone=monotone,
+                                   evals_result=getattr(local, "evals_result_", None))
+
+
+def _gather(frame: Any, plan_schema: Mapping[str, Any]) -> TrainingFrame:
+    table = frame.compute().reset_index(drop=True)
+    request_time = table.groupby("request_id", sort=False)["ts"].transform("min")
+    table = (table.assign(_request_time=request_time)
+             .sort_values(["_request_time", "request_id", "position"], kind="stable")
+             .drop(columns="_request_time").reset_index(drop=True))
+    return TrainingFrame(table, tuple(plan_schema["feature_names"]), tuple(plan_schema["categorical"]),
+                         tuple(int(d) for d in plan_schema["monotone"]), dict(plan_schema))
+
+
+def fit_on_dask(
+    events: EventLog,
+    *,
+    end: pd.Timestamp,
+    valid_from: pd.Timestamp,
+    config: DatasetConfig,
+    model_config: LambdaMARTConfig,
+    plain_config: LambdaMARTConfig | None,
+    plain_schema_of: Any,
+    scheduler: str | None = None,
+    partitions: int | None = None,
+    progress: Progress | None = None,
+) -> DaskFit:
+    """Build the training frame on a Dask cluster and train the ranker(s) there.
+
+    Parameters
+    ----------
+    events
+        The validated event log (cut at the job's ``until``).
+    end, valid_from
+        Training requests are those before ``valid_from``; validation requests from there to ``end``.
+    config
+        :class:`~trustfeed.training.dataset.DatasetConfig` of the frame.
+    model_config, plain_config
+        The ranker's config and the plain model's (``None``: no plain model).
+    plain_schema_of
+        ``schema -> schema`` without trust features (the job's ``plain_feature_schema``).
+    scheduler
+        A Dask scheduler address; ``None``: a local cluster for the job.
+    partitions
+        Partitions of the frame (``None``: about ``ROWS_PER_PARTITION`` rows each, at least two).
+    progress
+        Receives one call per step.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached or has no workers, or a worker left during training.
+    SchemaError
+        No complete training or validation request.
+    """
+    import dask
+    import dask.dataframe as dd
+
+    progress = progress or NullProgress()
+    plan: FramePlan = plan_training_frame(events, None, end, config)
+    builder = default_snapshot_builder(config)
+    tables: dict[pd.Timestamp, tuple[Any, Any]] = {}
+    for i, as_of in enumerate(plan.times):
+        progress("building trust snapshot and context", i + 1, len(plan.times))
+        tables[pd.Timestamp(as_of)] = (builder(events, as_of), build_context_tables(events, as_of, config.context))
+    first = tables[pd.Timestamp(plan.times[0])]
+    schema = feature_schema(first[0], first[1], plan.categories)
+    monotone = tuple(int(d) for d in schema["monotone"])
+    n_parts = partitions or max(2, math.ceil(len(plan.window) / ROWS_PER_PARTITION))
+    label_log = _label_events(events)
+    meta = _partition_frame(plan.window.iloc[:0], tables, label_log, schema, config)
+
+    with dask_client(scheduler) as client, dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        progress(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers at {client.scheduler.address}")
+        progress(f"Dask: shuffling {len(plan.window):,} impressions into {n_parts} partitions of whole requests")
+        return _fit_with_client(client, plan, tables, label_log, schema, monotone, meta, config, valid_from,
+                                model_config, plain_config, plain_schema_of, n_parts, dd, progress)
+
+
+def _workers(client: Any) -> set[str]:
+    return set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.workers)))
+
+
+def _watched(client: Any, action: Any, what: str) -> Any:
+    """Run ``action`` (a distributed LightGBM fit) and fail fast when a worker leaves meanwhile.
+
+    LightGBM's workers talk to each other directly: when one dies, the others wait on its
+    socket and Dask hands the dead worker's task to a busy survivor, so the fit would hang
+    until LightGBM's network timeout. Losing a worker during training is therefore a
+    :class:`ClusterError` at once (the frame building before it survives worker loss: Dask
+    recomputes lost partitions).
+    """
+    import threading
+
+    before = _workers(client)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="dask-lightgbm-fit", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(_WATCH_SECONDS)
+        if not worker.is_alive():
+            break
+        lost = before - _workers(client)
+        if lost:
+            raise ClusterError(f"Dask worker {sorted(lost)[0]} left while {what}; the job stopped "
+                               f"(no bundle written): restart the workers and run it again")
+    if "error" in outcome:
+        error = outcome["error"]
+        if isinstance(error, (ClusterError, SchemaError)):
+            raise error
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ClusterError(f"distributed training failed while {what}: {type(error).__name__}: {detail}") from None
+    return outcome["value"]
+
+
+def _fit_with_client(
+    client: Any, plan: FramePlan, tables: Mapping[pd.Timestamp, tuple[Any, Any]], label_log: EventLog,
+    schema: Mapping[str, Any], monotone: tuple[int, ...], meta: pd.DataFrame, config: DatasetConfig,
+    valid_from: pd.Timestamp, model_config: LambdaMARTConfig, plain_config: LambdaMARTConfig | None,
+    plain_schema_of: Any, n_parts: int, dd: Any, progress: Progress,
+) -> DaskFit:
+    if not client.scheduler_info().get("workers"):
+        raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
+    [tables_on_workers, labels_on_workers] = client.scatter([dict(tables), label_log], broadcast=True, hash=False)
+    impressions = dd.from_pandas(plan.window, npartitions=n_parts, sort=False).shuffle("request_id", npartitions=n_parts)
+    frame = impressions.map_partitions(_partition_frame, tables_on_workers, labels_on_workers, schema, config, meta=meta)
+    fit = frame.map_partitions(_request_split, valid_from, False, meta=meta)
+    valid = frame.map_partitions(_request_split, valid_from, True, meta=meta)
+    fit, valid = client.persist([fit, valid])
+    fit, fit_partitions = _non_empty(fit)
+    valid, valid_partitions = _non_empty(valid)
+    if fit_partitions == 0 or valid_partitions == 0:
+        raise SchemaError("impressions", "ts", "complete requests in both the training and validation windows",
+                          f"{fit_partitions} training and {valid_partitions} validation partitions with rows")
+    sizes = fit.map_partitions(lambda p: pd.Series([len(p), p["request_id"].nunique()]), meta=(None, "int64")).compute()
+    train_rows, train_requests = int(sizes.iloc[0::2].sum()), int(sizes.iloc[1::2].sum())
+    progress(f"Dask: training LambdaMART on {train_requests:,} requests ({train_rows:,} impressions, "
+             f"{fit_partitions} partitions)")
+    names = list(schema["feature_names"])
+    model = _fit_ranker(client, model_config, fit, valid, names, schema, monotone, "training LambdaMART")
+    plain_model = None
+    if plain_config is not None:
+        progress("Dask: training the plain LambdaMART without trust features")
+        plain_schema = plain_schema_of(schema)
+        plain_model = _fit_ranker(client, plain_config, fit, valid, list(plain_schema["feature_names"]), plain_schema,
+                                  tuple(int(d) for d in plain_schema["monotone"]), "training the plain LambdaMART")
+    progress("Dask: gathering the validation requests and the purchased training rows")
+    valid_part = _gather(valid, schema)
+    purchases = _gather(fit.map_partitions(lambda p: p.loc[p["purchased"].to_numpy(dtype=bool)], meta=meta), schema)
+    return DaskFit(model, plain_model, valid_part, purchases, train_requests, train_rows, fit_partitions)
