@@ -99,9 +99,9 @@ def events() -> Any:
 
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[LocalDaskCluster]:
-    running = LocalDaskCluster(tmp_path).start()
+    running = LocalDaskCluster(tmp_path)
     try:
-        yield running
+        yield running.start()
     finally:
         running.stop()
 
