@@ -54,13 +54,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..features.errors import ConfigError, RequestError
 from ._request import ParsedRequest, coerce_live_numeric, parse_request
+from .interfaces import FeatureSource, Reranker, Scorer
 from .policy import REASONS, Policy, PolicyConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..features.context import ContextConfig, ContextTables
+    from ..features.events import EventLog
+    from ..features.trust import TrustConfig, TrustSnapshot
 
 __all__ = ["RankingPipeline", "REASON_DUPLICATE"]
 
@@ -123,13 +129,13 @@ class RankingPipeline:
 
     def __init__(
         self,
-        assembler: Any,
-        model: Any,
+        assembler: FeatureSource,
+        model: Scorer,
         policy: Policy | PolicyConfig | None = None,
-        balancer: Any = None,
+        balancer: Reranker | None = None,
         *,
-        snapshot: Any = None,
-        context: Any = None,
+        snapshot: TrustSnapshot | None = None,
+        context: ContextTables | None = None,
         model_id: str | None = None,
     ) -> None:
         self.assembler = assembler
@@ -157,11 +163,11 @@ class RankingPipeline:
     @classmethod
     def from_tables(
         cls,
-        snapshot: Any,
-        context: Any,
-        model: Any,
+        snapshot: TrustSnapshot | None,
+        context: ContextTables | None,
+        model: Scorer,
         policy: Policy | PolicyConfig | None = None,
-        balancer: Any = None,
+        balancer: Reranker | None = None,
         *,
         schema: Mapping[str, Any] | None = None,
         model_id: str | None = None,
@@ -175,21 +181,23 @@ class RankingPipeline:
         """
         from ..features.context import FeatureAssembler
 
+        if snapshot is None:
+            raise ConfigError("a ranking pipeline needs a trust snapshot (got None)")
         assembler = FeatureAssembler(snapshot, context, schema=schema)
         return cls(assembler, model, policy, balancer, snapshot=snapshot, context=context, model_id=model_id)
 
     @classmethod
     def as_of(
         cls,
-        events: Any,
+        events: EventLog,
         t: Any,
-        model: Any,
+        model: Scorer,
         policy: Policy | PolicyConfig | None = None,
-        balancer: Any = None,
+        balancer: Reranker | None = None,
         *,
         schema: Mapping[str, Any] | None = None,
-        trust: Any = None,
-        context: Any = None,
+        trust: TrustConfig | None = None,
+        context: ContextConfig | None = None,
         model_id: str | None = None,
     ) -> RankingPipeline:
         """The pipeline as of time ``t``: trust snapshot and history built from events before ``t``.
@@ -215,14 +223,14 @@ class RankingPipeline:
         tables = build_context_tables(events, cut, context)
         return cls.from_tables(snapshot, tables, model, policy, balancer, schema=schema, model_id=model_id)
 
-    def rebuilt_as_of(self, events: Any, t: Any, *, balancer: Any = None) -> RankingPipeline:
+    def rebuilt_as_of(self, events: EventLog, t: Any, *, balancer: Reranker | None = None) -> RankingPipeline:
         """This pipeline's model, policy and feature layout with trust and history as of ``t``.
 
         The trust and history settings are the ones this pipeline's tables were built with;
         ``balancer`` (``None``: none) is the new pipeline's own, so nothing ranked with the
         new pipeline touches this one's exposure ledger.
         """
-        from ..features.trust import TrustConfig
+        from ..features.trust import TrustConfig as _TrustConfig
 
         settings = (self.snapshot.manifest or {}).get("config") if self.snapshot is not None else None
         return type(self).as_of(
@@ -232,7 +240,7 @@ class RankingPipeline:
             self.policy,
             balancer,
             schema=self.assembler.schema(),
-            trust=TrustConfig.from_dict(settings) if settings else None,
+            trust=_TrustConfig.from_dict(settings) if settings else None,
             context=self.context.config if self.context is not None else None,
             model_id=self.model_id,
         )

@@ -39,6 +39,7 @@ import pandas as pd
 
 from ..features.errors import ConfigError, reject_unknown_keys
 from ..ranker.balancer import ExposureBalancer
+from ..ranker.interfaces import Reranker
 from ..ranker.metrics import position_exposure
 
 __all__ = ["RedisLedger", "SharedLedgerConfig"]
@@ -193,7 +194,7 @@ class RedisLedger:
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, balancer: ExposureBalancer | None) -> ExposureBalancer | None:
+    def attach(self, balancer: Reranker | None) -> ExposureBalancer | None:
         """The balancer to serve with: ``balancer``'s state, recording into this ledger too."""
         if balancer is None:
             return None

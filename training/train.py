@@ -799,7 +799,8 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     with atomic_file(importance_path) as tmp:
         importance.to_csv(tmp, index=False)
     manifest_path = local / "snapshot_manifest.json"
-    manifest_text = json.dumps(serving_snapshot.manifest, indent=2, sort_keys=True, default=str)
+    manifest_text = json.dumps(serving_snapshot.manifest if serving_snapshot is not None else {}, indent=2,
+                               sort_keys=True, default=str)
     with atomic_file(manifest_path) as tmp:
         tmp.write_text(manifest_text + "\n")
 
