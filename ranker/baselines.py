@@ -282,15 +282,17 @@ class FairQuotaReranker(_StatelessReranker):
 
     def __init__(self, followers: pd.Series, head_fraction: float = 0.2, k: int = 10, p: float = 0.5, alpha: float = 0.1) -> None:
         self.mtable = fair_mtable(k, p, alpha)  # validates k, p and alpha
-        long_tail_mask([], followers, head_fraction)  # validates head_fraction
-        self.followers, self.head_fraction, self.k = followers, head_fraction, k
+        ids = pd.Index(followers.index.astype(str))
+        # the head is fixed for the platform: found once, then one hash lookup per request
+        self._head = pd.Index(ids[~long_tail_mask(ids.to_numpy(dtype=object), followers, head_fraction)])
+        self.k = k
 
     def rerank(
         self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first."""
-        tail = long_tail_mask(np.asarray(creator_ids, dtype=object), self.followers, self.head_fraction)
+        tail = self._head.get_indexer(np.asarray(creator_ids, dtype=object)) < 0
         return fair_quota(relevance, tail, k=self.k, mtable=self.mtable)
 
 
@@ -313,7 +315,9 @@ class PopularityReranker(_StatelessReranker):
         if not (np.isfinite(noise) and noise >= 0):
             raise ConfigError(f"PopularityReranker: expected noise >= 0, got {noise!r}")
         counts = pd.to_numeric(followers, errors="coerce").fillna(0.0).clip(lower=0.0)
-        self.log_followers = pd.Series(np.log1p(counts.to_numpy(dtype=float)), index=counts.index.astype(str))
+        self._creators = pd.Index(counts.index.astype(str))
+        # the last entry is for creators not in ``followers``: no followers
+        self._log_followers = np.append(np.log1p(counts.to_numpy(dtype=float)), 0.0)
         self.noise = float(noise)
         self._rng = np.random.default_rng(seed)
 
@@ -322,7 +326,7 @@ class PopularityReranker(_StatelessReranker):
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first."""
-        popularity = self.log_followers.reindex(np.asarray(creator_ids, dtype=object)).fillna(0.0).to_numpy()
+        popularity = self._log_followers[self._creators.get_indexer(np.asarray(creator_ids, dtype=object))]
         if self.noise > 0:
             popularity = popularity + self._rng.gumbel(0.0, self.noise, popularity.size)
         return np.argsort(-popularity, kind="stable")

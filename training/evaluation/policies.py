@@ -26,11 +26,12 @@ import pandas as pd
 
 from ...features.errors import ConfigError
 from ...ranker.balancer import ExposureBalancer
+from ...ranker.baselines import CreatorCapReranker, FairCoReranker, FairQuotaReranker, PMMFReranker, PopularityReranker
 from ...ranker.pipeline import RankingPipeline
-from ...ranker.baselines import FairCoReranker, PMMFReranker
 from ...ranker.policy import Policy, PolicyConfig
 from ...serving import FeedRanker
 from ..world import World
+from .static import EvalConfig
 
 __all__ = ["FeedPolicy", "OracleRanker", "POLICIES", "PolicyContext", "PolicySpec", "resolve_policies"]
 
@@ -172,6 +173,15 @@ def _with_reranker(served: RankingPipeline, reranker: Any) -> RankingPipeline:
     return pipeline
 
 
+def _followers(context: PolicyContext) -> pd.Series:
+    # the platform's follower counts: the head / long tail split the rollout's metrics use too
+    return context.world.creator_followers()
+
+
+# the baselines' settings are the static evaluation's, so both evaluations compare the same policies
+_BASELINES = EvalConfig()
+
+
 def _ranker(pipeline: RankingPipeline) -> FeedRanker:
     # the loop reports what was shown through record_impressions, so serving must not record too
     return FeedRanker(pipeline, record_served=False)
@@ -185,6 +195,23 @@ POLICIES: dict[str, PolicySpec] = {
         "trust-aware, no balancer", lambda context: _ranker(served_pipeline(context.served, balancer=False))
     ),
     "plain": PolicySpec("plain LambdaMART (no trust features)", lambda context: _ranker(plain_pipeline(context))),
+    "relevance_only": PolicySpec(
+        "relevance only", lambda context: _ranker(_with_policy(served_pipeline(context.served, balancer=False),
+                                                               trust_weight=0.0))
+    ),
+    "creator_cap": PolicySpec(
+        "per-creator cap", lambda context: _ranker(_with_reranker(context.served, CreatorCapReranker(
+            cap=_BASELINES.cap_per_creator, k=_BASELINES.cap_k)))
+    ),
+    "fair_quota": PolicySpec(
+        "FA*IR long-tail quota", lambda context: _ranker(_with_reranker(context.served, FairQuotaReranker(
+            _followers(context), head_fraction=_BASELINES.head_fraction, k=_BASELINES.fair_k,
+            p=_BASELINES.fair_p, alpha=_BASELINES.fair_alpha)))
+    ),
+    "popularity": PolicySpec(
+        "popularity (followers + noise)", lambda context: _ranker(_with_reranker(context.served, PopularityReranker(
+            _followers(context), seed=context.world.seed)))
+    ),
     "oracle": PolicySpec("oracle (true expected net value)", lambda context: OracleRanker(context.world), uses_snapshot=False),
     "guarantee_priority": PolicySpec(
         "trust-aware + balancer, guarantee priority", lambda context: _ranker(_with_policy(
