@@ -38,7 +38,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(out_dir=Path(args.out), seed=args.seed, progress=StderrProgress())
     print(f"report: {result.report_path}")
+    if result.rollout_path is not None:
+        print(f"rollout: {result.rollout_path}")
     print(f"mlflow ui: {result.mlflow_ui_command}")
+    if result.headline:
+        print(result.headline)
     return EXIT_OK
 
 
@@ -125,6 +129,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"report: {result.report_path}")
     print(f"metrics: {result.metrics_path}")
+    return EXIT_OK
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from .evaluation.rollout_report import evaluate_rollout, rollout_headline
+
+    policies = None if args.policies is None else [name.strip() for name in args.policies.split(",") if name.strip()]
+    output = evaluate_rollout(
+        args.model,
+        Path(args.events),
+        Path(args.out),
+        days=args.days,
+        seeds=args.seeds,
+        policies=policies,
+        tracking_uri=args.tracking_uri,
+        progress=StderrProgress(),
+    )
+    print(f"rollout: {output.json_path}")
+    print(f"page: {output.html_path}")
+    print(rollout_headline(output.document))
     return EXIT_OK
 
 
@@ -250,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--to", dest="end", metavar="DATE")
     evaluate.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for runs:/ and models:/ URIs")
     evaluate.add_argument("--verify-key", metavar="PATH", help=_VERIFY_HELP)
+
+    rollout = add("rollout", _cmd_rollout,
+                  "closed-loop evaluation: serve a simulated platform day by day with each ranking policy")
+    rollout.add_argument("--model", required=True, metavar="URI")
+    rollout.add_argument("--events", required=True, metavar="DIR", help="a simulated dataset (with truth/)")
+    rollout.add_argument("--out", required=True, metavar="DIR", help="where rollout.json and rollout.html go")
+    # days and seeds are checked by the library, so a bad value is the usual one-line error
+    rollout.add_argument("--days", type=int, default=28, help="days each policy serves (default: 28)")
+    rollout.add_argument("--seeds", type=int, default=3, help="trajectories per policy (default: 3)")
+    rollout.add_argument("--policies", metavar="A,B,...", help="comma-separated policy names (default: all)")
+    rollout.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for runs:/ and models:/ URIs")
 
     rank = add("rank", _cmd_rank, "rank a JSON-lines file of requests exactly as the serving API does")
     rank.add_argument("--model", required=True, metavar="URI")

@@ -9,7 +9,10 @@
   (:data:`POLICIES`) that evaluations compare;
 - :mod:`~trustfeed.training.evaluation.rollout`: the closed-loop evaluation
   (:func:`run_rollout`, ``trustfeed rollout``) on the simulated platform of
-  :mod:`trustfeed.training.world`.
+  :mod:`trustfeed.training.world`;
+- :mod:`~trustfeed.training.evaluation.rollout_report`: what ``trustfeed rollout`` writes
+  (``rollout.json``, the ``rollout.html`` page) and its headline against the plain model
+  (:func:`evaluate_rollout`, :func:`rollout_headline`).
 
 Nothing here imports the training job (:mod:`trustfeed.training.train`); it calls these
 public functions.
@@ -40,6 +43,10 @@ __all__ = [
     "PolicySpec",
     "RolloutResult",
     "run_rollout",
+    "RolloutOutput",
+    "evaluate_rollout",
+    "rollout_headline",
+    "write_rollout",
     "PLAIN_MODEL_DIR",
     "POLICY_LABELS",
     "EvalConfig",
@@ -67,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from . import rollout
 
         return getattr(rollout, name)
+    if name in ("RolloutOutput", "evaluate_rollout", "rollout_headline", "write_rollout"):
+        from . import rollout_report
+
+        return getattr(rollout_report, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
