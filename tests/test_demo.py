@@ -19,7 +19,8 @@ from trustfeed.training import demo as demo_module
 from trustfeed.training.cli import main
 from trustfeed.training.demo import DemoConfig
 
-SMALL = {"merchants": 40, "days": 21, "num_rounds": 15, "early_stopping_rounds": 5, "sweep_strengths": (0.0, 4.0)}
+SMALL = {"merchants": 40, "days": 21, "num_rounds": 15, "early_stopping_rounds": 5, "sweep_strengths": (0.0, 4.0),
+         "rollout_days": 2, "rollout_seeds": 2, "rollout_policies": ("trust_aware_balanced", "plain")}
 PROGRESS_LINE = re.compile(r"^\[\s*\d+\.\ds\] \S")
 
 
@@ -83,8 +84,14 @@ def test_demo_prints_the_report_and_the_mlflow_ui_command(demo_run: tuple[Path, 
     _, out, stdout, _ = demo_run
     lines = stdout.strip().splitlines()
     assert lines[0] == f"report: {out / 'report.html'}"
-    assert lines[1] == f"mlflow ui: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db"
-    assert len(lines) == 2  # nothing else reaches stdout (no MLflow registry or URL chatter)
+    assert lines[1] == f"rollout: {out / 'rollout.html'}"
+    assert lines[2] == f"mlflow ui: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db"
+    # the headline: the served policy against the plain LambdaMART over the rollout, one line per metric
+    assert lines[3].startswith("closed loop over 2 days, trust-aware + balancer against the plain LambdaMART")
+    for line, metric in zip(lines[4:], ("net value", "orders", "bad-order rate", "buyer retention"), strict=True):
+        assert line.strip().startswith(metric) and "2 seeds" in line
+        assert line.rsplit(": ", 1)[1] in ("better", "worse", "no clear difference")
+    assert len(lines) == 8  # nothing else reaches stdout (no MLflow registry or URL chatter)
 
 
 def test_demo_console_shows_only_progress_lines(demo_run: tuple[Path, Path, str, str]) -> None:
@@ -92,7 +99,8 @@ def test_demo_console_shows_only_progress_lines(demo_run: tuple[Path, Path, str,
     lines = [line for line in stderr.splitlines() if line.strip()]
     noise = [line for line in lines if not PROGRESS_LINE.match(line)]
     assert not noise, noise[:5]
-    for step in ("demo 1/4", "demo 2/4", "demo 3/4", "demo 4/4", "training LambdaMART", "logging the run to MLflow"):
+    for step in ("demo 1/5", "demo 2/5", "demo 3/5", "demo 4/5", "demo 5/5", "training LambdaMART",
+                 "logging the run to MLflow", "rollout: plain, seed 1"):
         assert any(step in line for line in lines), step
     assert not any("iteration" in line.lower() or "INFO" in line for line in lines)
 
@@ -113,6 +121,12 @@ def test_demo_report_is_self_contained(demo_run: tuple[Path, Path, str, str]) ->
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', document)
     assert len(images) == 6
     assert all(base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n") for image in images)
+    # the report links the rollout page written beside it, which is self-contained too
+    assert '<a href="rollout.html">' in document
+    page = (out / "rollout.html").read_text(encoding="utf-8")
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2
+    assert json.loads((out / "rollout.json").read_text())["policies"] == list(SMALL["rollout_policies"])
 
 
 def test_demo_run_is_in_its_own_store_with_the_evaluation(demo_run: tuple[Path, Path, str, str]) -> None:
@@ -128,7 +142,8 @@ def test_demo_run_is_in_its_own_store_with_the_evaluation(demo_run: tuple[Path, 
     assert experiment.artifact_location.startswith((out / "mlruns").as_uri())
 
 
-@pytest.mark.parametrize("changes", [{"merchants": 0}, {"days": 7}, {"num_rounds": True}, {"target_gini": 1.0}])
+@pytest.mark.parametrize("changes", [{"merchants": 0}, {"days": 7}, {"num_rounds": True}, {"target_gini": 1.0},
+                                     {"rollout_days": -1}, {"rollout_seeds": 0}, {"rollout_policies": ()}])
 def test_demo_config_rejects_bad_sizes(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         DemoConfig(**changes)

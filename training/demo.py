@@ -7,6 +7,7 @@ Everything lives under one output directory, including the MLflow store (sqlite
     <out>/features/          the trust snapshot as of the end of the log
     <out>/models/<run id>/   the local copy of the trained bundle and its evaluation
     <out>/report.html        the evaluation report (``trustfeed evaluate``), with metrics.json
+    <out>/rollout.html       the closed-loop rollout (``trustfeed rollout``), with rollout.json
     <out>/mlflow.db, mlruns/ the MLflow tracking store
 """
 
@@ -51,6 +52,9 @@ class DemoConfig:
         (the controller then saturates before the 0.8x target; docs/ranker.md has the sweep).
     sweep_strengths
         Balancer strengths of the report's quality/fairness sweep.
+    rollout_days, rollout_seeds, rollout_policies
+        The closed-loop rollout after training: days each policy serves the simulated
+        platform, seeds (trajectories per policy) and policies (``rollout_days=0`` skips it).
     experiment
         MLflow experiment name.
     """
@@ -65,6 +69,9 @@ class DemoConfig:
     balancer_max_move: int = 3
     balancer_relevance_floor: int = 20
     sweep_strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    rollout_days: int = 7
+    rollout_seeds: int = 3
+    rollout_policies: tuple[str, ...] = ("trust_aware_balanced", "trust_aware", "plain", "oracle")
     experiment: str = "trustfeed-demo"
 
     def __post_init__(self) -> None:
@@ -76,6 +83,13 @@ class DemoConfig:
             raise ConfigError(f"DemoConfig.target_gini: expected a value in (0, 1) or None, got {self.target_gini!r}")
         if not 0.0 < self.target_gini_ratio <= 1.0:
             raise ConfigError(f"DemoConfig.target_gini_ratio: expected a value in (0, 1], got {self.target_gini_ratio!r}")
+        for name in ("rollout_days", "rollout_seeds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"DemoConfig.{name}: expected an integer >= 0, got {value!r}")
+        if self.rollout_days > 0 and (self.rollout_seeds < 1 or not self.rollout_policies):
+            raise ConfigError("DemoConfig: a rollout needs rollout_seeds >= 1 and at least one policy")
+        object.__setattr__(self, "rollout_policies", tuple(str(p) for p in self.rollout_policies))
         if self.days < 14:
             raise ConfigError(f"DemoConfig.days: expected at least 14 days (train, validation, held out), got {self.days}")
         object.__setattr__(self, "sweep_strengths", tuple(float(s) for s in self.sweep_strengths))
@@ -84,6 +98,7 @@ class DemoConfig:
         """JSON-able parameters."""
         values = asdict(self)
         values["sweep_strengths"] = list(self.sweep_strengths)
+        values["rollout_policies"] = list(self.rollout_policies)
         return values
 
     @classmethod
@@ -95,7 +110,11 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What the demo produced; ``mlflow_ui_command`` opens the MLflow UI on its store."""
+    """What the demo produced; ``mlflow_ui_command`` opens the MLflow UI on its store.
+
+    ``rollout_path`` is the closed-loop rollout page and ``headline`` its comparison of the
+    served policy with the plain LambdaMART (both ``None`` when the rollout is skipped).
+    """
 
     report_path: Path
     metrics_path: Path
@@ -104,6 +123,8 @@ class DemoResult:
     model_uri: str
     tracking_uri: str
     seconds: float
+    rollout_path: Path | None = None
+    headline: str | None = None
 
 
 def run_demo(
@@ -112,7 +133,7 @@ def run_demo(
     progress: Progress | None = None,
     config: DemoConfig | None = None,
 ) -> DemoResult:
-    """Simulate, build features, train and evaluate; everything under ``out_dir``.
+    """Simulate, build features, train, run the closed loop and evaluate; everything under ``out_dir``.
 
     Parameters
     ----------
@@ -142,6 +163,7 @@ def run_demo(
     from ..ranker.lambdamart import LambdaMARTConfig
     from .dataset import DatasetConfig
     from .evaluation import EvalConfig, evaluate
+    from .evaluation.rollout_report import ROLLOUT_HTML, evaluate_rollout, rollout_headline
     from .registry import default_tracking_uri
     from .simulate import SimConfig, simulate, write_dataset
     from .train import TrainJobConfig, train
@@ -154,16 +176,17 @@ def run_demo(
     events_dir = out / "events"
     tracking_uri = default_tracking_uri(out)
 
-    progress(f"demo 1/4: simulating {config.merchants} merchants over {config.days} days (seed {seed})")
+    steps = 5 if config.rollout_days > 0 else 4
+    progress(f"demo 1/{steps}: simulating {config.merchants} merchants over {config.days} days (seed {seed})")
     platform = simulate(SimConfig(seed=seed, merchants=config.merchants, days=config.days), progress=progress)
     write_dataset(platform, events_dir, progress=progress)
 
-    progress("demo 2/4: building the trust snapshot (trustfeed features)")
+    progress(f"demo 2/{steps}: building the trust snapshot (trustfeed features)")
     events = load_events(events_dir)
     end = events["impressions"]["ts"].max().floor("D") + _one_day()
     build_snapshot(events, end, progress=progress).save(out / "features")
 
-    progress("demo 3/4: training the ranker and logging it to MLflow")
+    progress(f"demo 3/{steps}: training the ranker and logging it to MLflow")
     evaluation = EvalConfig(sweep_strengths=config.sweep_strengths)
     result = train(
         TrainJobConfig(
@@ -185,9 +208,21 @@ def run_demo(
         progress=progress,
     )
 
-    progress("demo 4/4: evaluating on the held-out days (trustfeed evaluate)")
+    rollout_path = headline = None
+    links: dict[str, str] = {}
+    if config.rollout_days > 0:
+        progress(f"demo 4/{steps}: closed-loop rollout, {config.rollout_days} days x {config.rollout_seeds} seeds "
+                 f"({', '.join(config.rollout_policies)}; trustfeed rollout)")
+        rolled = evaluate_rollout(
+            result.model_uri, events_dir, out, days=config.rollout_days, seeds=config.rollout_seeds,
+            policies=config.rollout_policies, tracking_uri=tracking_uri, progress=progress,
+        )
+        rollout_path, headline = rolled.html_path, rollout_headline(rolled.document)
+        links[f"closed-loop rollout ({config.rollout_days} days)"] = ROLLOUT_HTML
+
+    progress(f"demo {steps}/{steps}: evaluating on the held-out days (trustfeed evaluate)")
     evaluated = evaluate(events_dir, result.model_uri, out, progress=progress,
-                         tracking_uri=tracking_uri, config=evaluation)
+                         tracking_uri=tracking_uri, config=evaluation, links=links)
     command = f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}"
     return DemoResult(
         report_path=evaluated.report_path,
@@ -197,6 +232,8 @@ def run_demo(
         model_uri=result.model_uri,
         tracking_uri=tracking_uri,
         seconds=time.perf_counter() - started,
+        rollout_path=rollout_path,
+        headline=headline,
     )
 
 
