@@ -133,6 +133,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
+    from ..features.progress import StderrProgress
     from .evaluation.rollout_report import evaluate_rollout, rollout_headline
 
     policies = None if args.policies is None else [name.strip() for name in args.policies.split(",") if name.strip()]
