@@ -1,4 +1,4 @@
-"""The declarative schema of the event-log tables (CONTRACT section 1).
+"""The declarative schema of the event-log tables (docs/contract.md section 1).
 
 This module only describes the tables; :mod:`trustfeed.features.events` loads, coerces and
 checks them against it. Keeping the description as data means the docs, the validator and

@@ -1,4 +1,4 @@
-"""Event logs: load, validate and write the input tables of CONTRACT section 1.
+"""Event logs: load, validate and write the input tables of docs/contract.md section 1.
 
 Every command that reads events goes through :func:`load_events` (or
 :func:`validate_events` for frames already in memory), so a dataset is checked the same

@@ -1,7 +1,7 @@
 """The expected-net-value policy: calibrated purchase probability x value of an order.
 
-Net value counts a good order as +1 and a bad one as ``-bad_cost`` (CONTRACT's demo and the
-ranker issue use ``bad_cost = 2``: net value = good - 2 x bad = orders x (1 - 3 p_bad)). With
+Net value counts a good order as +1 and a bad one as ``-bad_cost`` (the default
+``bad_cost = 2`` gives net value = good - 2 x bad = orders x (1 - 3 p_bad)). With
 position-based examination (a viewer examines position ``p`` with a probability that falls with
 ``p`` and does not depend on the item), the expected net value of a list is
 ``sum_p exam(p) * P(purchase | examined)_i * (1 - (1 + bad_cost) * p_bad_i)``, which the

@@ -1,4 +1,4 @@
-"""Parsing and validation of ranking requests (CONTRACT section 3).
+"""Parsing and validation of ranking requests (docs/contract.md section 3).
 
 A request arrives as Python objects (decoded JSON). :func:`parse_request` checks it and turns
 the candidate list into columns, so everything after parsing is vectorised. A problem raises

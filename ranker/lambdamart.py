@@ -7,7 +7,7 @@ NDCG@10 with the per-iteration curve kept for MLflow, and unbiased LambdaMART (L
 ``position`` field) to learn from a feed whose clicks are inflated at the top slots.
 
 NDCG note: LightGBM scores a query without any positive label as 1, while trustfeed's
-metrics (CONTRACT section 4) skip such lists. For early stopping the two agree: LightGBM's
+metrics (docs/contract.md section 4) skip such lists. For early stopping the two agree: LightGBM's
 value is an increasing affine function of ours (the all-zero queries add the same constant
 at every iteration), so the best iteration is the same.
 """
@@ -92,7 +92,7 @@ class LambdaMARTConfig:
         Pairs considered per query for ``lambdarank``.
     max_label
         Highest relevance grade; ``label_gain`` defaults to ``2**l - 1`` for ``l`` in
-        ``0..max_label`` (the CONTRACT gain).
+        ``0..max_label`` (the gain of docs/contract.md section 4).
     label_gain
         Explicit gains per grade (``None``: ``2**l - 1``).
     position_bias

@@ -1,11 +1,11 @@
-"""Ranking and exposure metrics, exactly as CONTRACT section 4 defines them.
+"""Ranking and exposure metrics, exactly as docs/contract.md section 4 defines them.
 
 Every function works on plain arrays or on a *long* frame of ranked lists: one row per
 (request, served item) with at least ``request_id`` and ``position`` (1-based) plus whatever
 the metric needs (``creator_id``, ``label``, ``trust``, ...). Everything is vectorised over
 rows; no function loops over requests or creators in Python.
 
-Definitions (CONTRACT section 4):
+Definitions (docs/contract.md section 4):
 
 - exposure of position ``p``: ``1 / log2(p + 1)`` (``kind="log2"``, the default; ``"reciprocal"``
   ``1 / p`` and ``"rbp"`` ``patience ** (p - 1)`` are available when a run says otherwise);
@@ -165,7 +165,7 @@ def exposure_by(
 
 
 def gini(x: Any) -> float:
-    """Gini coefficient of non-negative values, zeros included (CONTRACT section 4).
+    """Gini coefficient of non-negative values, zeros included (docs/contract.md section 4).
 
     ``G = sum_i (2i - N - 1) x_i / (N * sum x)`` with ``x`` sorted ascending and ``i`` 1-based.
     0 means perfectly equal; the maximum, all to one of N, is ``(N - 1) / N`` (so G < 1).

@@ -1,4 +1,4 @@
-"""The in-process scorer: request in, ranked response out (CONTRACT section 3).
+"""The in-process scorer: request in, ranked response out (docs/contract.md section 3).
 
 :class:`RankingPipeline` joins the four parts of a trained ranker: the feature assembler
 (the one feature code path of training and serving), the LambdaMART model, the policy (hard
@@ -260,7 +260,7 @@ class RankingPipeline:
         Parameters
         ----------
         request
-            A request of CONTRACT section 3.
+            A request of docs/contract.md section 3.
         log_features
             Add each item's feature vector (``features``) to the response.
         record

@@ -2,7 +2,7 @@
 
 ``FeedRanker.load(model_uri)`` loads and verifies a model bundle (a local directory, an
 MLflow model directory, ``runs:/...`` or ``models:/name@alias``); ``rank(request)`` returns the
-response of CONTRACT section 3. ``rank_file`` is ``trustfeed rank``: the same calls over a
+response of docs/contract.md section 3. ``rank_file`` is ``trustfeed rank``: the same calls over a
 JSON-lines file. See ``docs/serving.md``.
 """
 

@@ -21,7 +21,7 @@ __all__ = ["FeedRanker"]
 
 
 class FeedRanker:
-    """In-process ranking service over one loaded model bundle (CONTRACT section 3).
+    """In-process ranking service over one loaded model bundle (docs/contract.md section 3).
 
     Every call goes through one :class:`~trustfeed.ranker.pipeline.RankingPipeline`: the same
     scorer ``trustfeed rank`` and offline evaluation use. Calls are thread-safe. Each call
@@ -217,7 +217,7 @@ class FeedRanker:
         impressions
             Rows (a DataFrame or a list of dicts) with ``request_id``, ``creator_id``,
             ``merchant_id``, ``position`` (1-based) and ``ts`` (when the balancer decays by
-            time), as in the ``impressions`` table of CONTRACT section 1.
+            time), as in the ``impressions`` table of docs/contract.md section 1.
 
         Raises
         ------

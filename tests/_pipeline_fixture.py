@@ -82,7 +82,7 @@ def trained_parts(seed: int = 5, num_rounds: int = 12) -> TrainedParts:
 
 
 def requests_from_impressions(impressions: pd.DataFrame) -> list[dict[str, Any]]:
-    """Ranking requests (CONTRACT section 3) from logged impressions, one per request_id."""
+    """Ranking requests (docs/contract.md section 3) from logged impressions, one per request_id."""
     frame = impressions.sort_values(["request_id", "position"])
     candidates = frame[["stream_id", "creator_id", "merchant_id"]].astype(object).to_dict(orient="records")
     heads = frame.drop_duplicates("request_id")

@@ -1,4 +1,4 @@
-"""The layering and packaging rules of STYLE.md, checked on the source tree."""
+"""The layering and packaging rules of the project (docs/DESIGN.md), checked on the source tree."""
 
 from __future__ import annotations
 

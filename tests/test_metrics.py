@@ -1,4 +1,4 @@
-"""Metrics of CONTRACT section 4: hand-computed fixtures, independent cross-checks, properties."""
+"""Metrics of docs/contract.md section 4: hand-computed fixtures, independent cross-checks, properties."""
 
 from __future__ import annotations
 

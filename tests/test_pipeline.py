@@ -1,6 +1,6 @@
 """Conformance suite of the in-process scorer (RankingPipeline) over really trained parts.
 
-STYLE.md's list for every scorer: empty slate, one candidate, unknown merchant, duplicate ids,
+The conformance list every scorer must pass: empty slate, one candidate, unknown merchant, duplicate ids,
 NaN features / missing optional fields, every candidate back exactly once, batch == one by one,
 and serving features equal training features.
 """

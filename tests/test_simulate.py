@@ -48,7 +48,7 @@ def _real_orders(platform: SimulatedPlatform) -> pd.DataFrame:
 
 
 def _observed_bad(platform: SimulatedPlatform, orders: pd.DataFrame) -> pd.Series:
-    """CONTRACT section 4: bad-reason after-sales case or a 1-2 star review."""
+    """docs/contract.md section 4: bad-reason after-sales case or a 1-2 star review."""
     cases = platform.tables["after_sales"]
     reviews = platform.tables["reviews"]
     bad_ids = set(cases.loc[cases["reason"].isin(BAD_REASONS), "order_id"].astype(str))

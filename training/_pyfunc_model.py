@@ -6,7 +6,7 @@ MLflow executes the file when it loads the model, so it uses absolute ``trustfee
 imports (it runs as a script, not as a module of the package) and ends with
 :func:`mlflow.models.set_model`.
 
-``predict`` takes ranking requests (CONTRACT section 3) and returns responses, ranked by
+``predict`` takes ranking requests (docs/contract.md section 3) and returns responses, ranked by
 the same :class:`~trustfeed.serving.FeedRanker` that in-process serving uses. Accepted
 inputs: what MLflow hands over after enforcing the signature (a DataFrame with one row
 per request: ``request_id``, ``user_id``, ``ts``, ``k``, ``candidates``), a list of

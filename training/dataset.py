@@ -4,7 +4,7 @@ Every impression of the window becomes one row: its features come from
 :class:`~trustfeed.features.context.FeatureAssembler` (the same code serving runs) over the
 trust snapshot and context tables built as of the start of the impression's day (UTC), so no
 row ever sees an event at or after its own day began; its label is the graded outcome of
-CONTRACT section 4; its group is its ``request_id``.
+docs/contract.md section 4; its group is its ``request_id``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class DatasetConfig:
         within this many days of the impression; fixing the horizon keeps a row's label
         stable as the log grows.
     low_rating_is_bad
-        Also score a purchase with a 1-2 star review as 1 (CONTRACT section 4 counts only
+        Also score a purchase with a 1-2 star review as 1 (docs/contract.md section 4 counts only
         bad after-sales cases and verified reports; the bad-order *rate* also counts low
         ratings).
     context

@@ -1,7 +1,6 @@
 """Adapter: the public Olist e-commerce sample as contract event-log tables.
 
-Olist is a Brazilian marketplace; its sellers are our merchants. The mapping follows
-``../shared/data/NOTES.md``:
+Olist is a Brazilian marketplace; its sellers are our merchants. The mapping:
 
 - seller -> merchant (``category``: the seller's most frequent product category, in
   English; ``registered_at``: the seller's first purchase timestamp, as the data has no

@@ -3,7 +3,7 @@
 :func:`simulate` draws merchants with a hidden trust level, livestream hosts, users, a feed
 log and everything that follows from orders (shipping, after-sales cases, reviews, reports,
 violations, bans and re-registrations, buyer-protection enrolments, NPS answers), all in the
-event-log format of CONTRACT section 1. The hidden truth (who is trustworthy, which orders
+event-log format of docs/contract.md section 1. The hidden truth (who is trustworthy, which orders
 were fake or bad, and the click and purchase probabilities of every logged impression) is
 kept apart, for evaluation only.
 
@@ -1081,7 +1081,7 @@ def simulate(config: SimConfig, progress: Progress | None = None) -> SimulatedPl
     Returns
     -------
     SimulatedPlatform
-        ``tables``: the twelve tables of CONTRACT section 1, with the validated dtypes;
+        ``tables``: the twelve tables of docs/contract.md section 1, with the validated dtypes;
         ``truth``: ``merchants``, ``creators``, ``orders`` and ``impressions`` (see the
         module docstring).
 
@@ -1359,7 +1359,7 @@ def _assemble(
 def write_dataset(
     platform: SimulatedPlatform, out_dir: str | Path, progress: Progress | None = None, *, force: bool = False
 ) -> None:
-    """Write the tables (CONTRACT section 1, Parquet) and ``truth/`` to ``out_dir``, atomically.
+    """Write the tables (docs/contract.md section 1, Parquet) and ``truth/`` to ``out_dir``, atomically.
 
     ``out_dir`` is replaced as a whole only once everything is written, and only if it is
     empty or an earlier simulated dataset (with ``force``: any trustfeed output); anything

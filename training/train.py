@@ -105,7 +105,7 @@ class TrainJobConfig:
     Parameters
     ----------
     events
-        Dataset directory (CONTRACT section 1).
+        Dataset directory (docs/contract.md section 1).
     until
         Use only events before this time (``None``: all).
     experiment
@@ -449,7 +449,7 @@ def _bad_purchases(impressions: pd.DataFrame, events: Any, horizon_days: float) 
 
 
 def _creator_gini(part: Any, score: np.ndarray) -> float:
-    """Creator-exposure Gini (CONTRACT section 4) of ranking each request of ``part`` by ``score``."""
+    """Creator-exposure Gini (docs/contract.md section 4) of ranking each request of ``part`` by ``score``."""
     from ..ranker.metrics import exposure_by, gini
 
     frame = part.frame
@@ -940,7 +940,7 @@ def eval_requests_example(events: Any, windows: _Windows, n_candidates: int = 3)
 
 
 def _signature(live_fields: tuple[str, ...] = ()) -> Any:
-    """Request in, response out (CONTRACT section 3), as MLflow schema types.
+    """Request in, response out (docs/contract.md section 3), as MLflow schema types.
 
     MLflow enforces the input schema before ``predict`` (also in ``mlflow models serve``):
     candidate fields beyond the ids are accepted only if the model uses them as live context.

@@ -1,12 +1,12 @@
 """Offline evaluation: rank held-out feed requests and measure quality, fairness and trust.
 
 The held-out requests are the logged impressions' slates in a time window. Each is sent,
-as a CONTRACT section 3 request, through the same :class:`~trustfeed.ranker.pipeline.RankingPipeline`
+as a docs/contract.md section 3 request, through the same :class:`~trustfeed.ranker.pipeline.RankingPipeline`
 that serving uses (``rank_many``), with and without the exposure balancer; the plain
 LambdaMART trained without trust features goes through a pipeline of its own. The
 baselines (relevance only, per-creator cap, FA*IR quota) and a sweep of balancer strength
 re-rank the same relevance scores. Every policy's lists are then measured with
-:mod:`trustfeed.ranker.metrics` (CONTRACT section 4), and, when the events come from the
+:mod:`trustfeed.ranker.metrics` (docs/contract.md section 4), and, when the events come from the
 simulator (``truth/`` present), with the simulator's counterfactual expected outcomes.
 """
 
@@ -298,7 +298,7 @@ def _logged_slates(events: Any, window: tuple[pd.Timestamp, pd.Timestamp], max_r
 
 
 def requests_from_impressions(slates: pd.DataFrame) -> list[dict[str, Any]]:
-    """CONTRACT section 3 requests from logged slates (one per ``request_id``, in row order).
+    """docs/contract.md section 3 requests from logged slates (one per ``request_id``, in row order).
 
     ``slates`` needs ``request_id``, ``user_id``, ``ts`` and the candidate ids, rows of a
     request together. Requests are Python objects, so building them is one pass over rows;
@@ -657,7 +657,7 @@ def evaluate_pipeline(
         "balancer = the served pipeline with its exposure controller."
     )
     skipped = int(policies[SERVED]["lists_without_positive"])
-    notes.append(f"NDCG skips lists without any positive label ({skipped} of {len(requests)} requests), per CONTRACT section 4.")
+    notes.append(f"NDCG skips lists without any positive label ({skipped} of {len(requests)} requests), per docs/contract.md section 4.")
 
     headline = pd.DataFrame.from_dict(policies, orient="index")
     headline.index = [POLICY_LABELS.get(p, p) for p in headline.index]
@@ -815,7 +815,7 @@ def evaluate(
     Parameters
     ----------
     events
-        Dataset directory (CONTRACT section 1); ``truth/`` beside it enables counterfactuals.
+        Dataset directory (docs/contract.md section 1); ``truth/`` beside it enables counterfactuals.
     model_uri
         Anything MLflow resolves (``runs:/<id>/model``, ``models:/name@alias``) or a bundle directory.
     out_dir
