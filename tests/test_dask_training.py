@@ -28,8 +28,11 @@ pytest.importorskip("distributed", reason="the dask extra (distributed) is part 
 
 START_TIMEOUT = 60.0
 # held-out NDCG@10 of the Dask-trained ranker within this of the in-process one (absolute):
-# data-parallel LightGBM bins features per worker and sums histograms, so trees differ slightly
-NDCG_TOLERANCE = 0.03
+# data-parallel LightGBM bins features per worker and sums histograms, so trees differ slightly,
+# and which partitions land on which worker changes from run to run. On this tiny dataset two
+# fresh-clone runs differed from the in-process model by 0.005 and 0.041, so 0.03 was flaky;
+# 0.06 is the stated tolerance for this size (docs/training.md), not the 3% bar on real sizes.
+NDCG_TOLERANCE = 0.06
 # the kill lands while LightGBM's workers boost: enough rounds that training outlasts the delay
 KILL_AFTER_SECONDS = 2.0
 KILLED_RUN_ROUNDS = 3000

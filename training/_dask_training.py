@@ -308,18 +308,24 @@ def _watched(client: Any, action: Any, what: str) -> Any:
 
     worker = threading.Thread(target=run, name="dask-lightgbm-fit", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(_WATCH_SECONDS)
-        if not worker.is_alive():
-            break
+    def stop_if_a_worker_left() -> None:
         lost = before - _workers(client)
         if lost:
             raise ClusterError(f"Dask worker {sorted(lost)[0]} left while {what}; the job stopped "
                                f"(no bundle written): restart the workers and run it again")
+
+    while worker.is_alive():
+        worker.join(_WATCH_SECONDS)
+        if not worker.is_alive():
+            break
+        stop_if_a_worker_left()
     if "error" in outcome:
         error = outcome["error"]
         if isinstance(error, (ClusterError, SchemaError)):
             raise error
+        # a fit that failed because a worker died (e.g. its task was cancelled before the next
+        # watch tick) reports the real cause, not Dask's follow-on error
+        stop_if_a_worker_left()
         detail = " ".join(str(error).split())[:200] or type(error).__name__
         raise ClusterError(f"distributed training failed while {what}: {type(error).__name__}: {detail}") from None
     return outcome["value"]
