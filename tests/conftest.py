@@ -76,6 +76,12 @@ def fx() -> Any:
 
 
 @pytest.fixture(scope="session")
+def independent_sim() -> Any:
+    """``tests/_independent_sim.py``: the trust generator written apart from the project's simulator."""
+    return load_test_helper("_independent_sim.py")
+
+
+@pytest.fixture(scope="session")
 def training_support() -> Any:
     """``tests/_training_support.py``: the shared MLflow server and trained model."""
     return load_test_helper("_training_support.py")

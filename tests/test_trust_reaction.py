@@ -7,9 +7,6 @@ Checked on the independent generator (tests/_independent_sim) with attacks of it
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,22 +22,10 @@ from trustfeed.features.trust import TrustConfig, build_snapshot
 from trustfeed.training.evaluation import reaction
 
 
-def _load_generator() -> Any:
-    name = "trustfeed_tests_independent_sim"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_independent_sim.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-gen = _load_generator()
-
-
 @pytest.fixture(scope="module")
-def attacked() -> Any:
-    return gen.with_attacks(gen.generate(1, n_merchants=250, days=60, n_users=4000), 1, n_scams=5, n_bombed=4)
+def attacked(independent_sim: Any) -> Any:
+    world = independent_sim.generate(1, n_merchants=250, days=60, n_users=4000)
+    return independent_sim.with_attacks(world, 1, n_scams=5, n_bombed=4)
 
 
 @pytest.fixture(scope="module")
