@@ -943,6 +943,8 @@ class FeatureAssembler:
         self._special_pos = special_pos
 
     def _user_row(self, user_id: Any) -> int:
+        if isinstance(user_id, str):
+            return int(_lookup_ids(self._user_index, [user_id])[0])
         try:
             row = self._user_index.get_loc(user_id)
         except (KeyError, TypeError, pd.errors.InvalidIndexError):
@@ -1023,7 +1025,7 @@ class FeatureAssembler:
         c_rows = _lookup_ids(self._creator_index, creator_ids)
         one_user: int | None = None
         u_rows: Any
-        if np.ndim(user_ids) == 0:  # one user for the whole request: one lookup
+        if isinstance(user_ids, str) or np.ndim(user_ids) == 0:  # one user for the whole request: one lookup
             one_user = u_rows = self._user_row(user_ids)
         else:
             u_rows = _lookup_ids(self._user_index, _broadcast(user_ids, n))

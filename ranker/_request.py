@@ -112,7 +112,6 @@ def parse_request(request: Any) -> ParsedRequest:
     columns = _plain_id_columns(candidates)
     if columns is not None:
         stream_id, creator_id, merchant_id = columns
-        _check_id_columns(columns)
         return ParsedRequest(
             request_id=request_id, user_id=user_id, ts=ts, k=k,
             stream_id=stream_id, creator_id=creator_id, merchant_id=merchant_id, live={},
@@ -251,20 +250,21 @@ _ID_GETTERS = tuple(itemgetter(name) for name in CANDIDATE_ID_FIELDS)
 
 def _plain_id_columns(candidates: Sequence[Any]) -> tuple[list[str], list[str], list[str]] | None:
     """The id columns when every candidate is a dict of exactly the three ids, all non-empty
-    ``str``; ``None`` when anything is different (the caller then validates field by field)."""
-    if not candidates or not _all_types(candidates, dict) or set(map(len, candidates)) != {len(CANDIDATE_ID_FIELDS)}:
+    strings holding valid text; ``None`` when anything is different (the caller then validates
+    field by field and names the first bad field)."""
+    if not candidates or set(map(type, candidates)) != {dict} or set(map(len, candidates)) != {len(CANDIDATE_ID_FIELDS)}:
         return None
     try:
-        stream_id, creator_id, merchant_id = (list(map(get, candidates)) for get in _ID_GETTERS)
-    except KeyError:
+        stream_id, creator_id, merchant_id = columns = tuple(list(map(get, candidates)) for get in _ID_GETTERS)
+        # one C pass per column checks types and text at once: joining refuses anything but
+        # strings, and ASCII text cannot hold a lone surrogate
+        ascii_text = all(["".join(column).isascii() for column in columns])
+    except (KeyError, TypeError):
         return None
-    if (
-        set(map(type, stream_id)) | set(map(type, creator_id)) | set(map(type, merchant_id)) != {str}
-        or "" in stream_id
-        or "" in creator_id
-        or "" in merchant_id
-    ):
+    if "" in stream_id or "" in creator_id or "" in merchant_id:
         return None
+    if not ascii_text:
+        _check_id_columns(columns)
     return stream_id, creator_id, merchant_id
 
 

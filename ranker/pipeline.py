@@ -316,8 +316,9 @@ class RankingPipeline:
         """Rank validated requests (what :meth:`rank` and :meth:`rank_many` call)."""
         if not requests:
             return []
-        sizes = np.fromiter((r.n_candidates for r in requests), dtype=np.int64, count=len(requests))
-        total = int(sizes.sum())
+        size_list = [r.n_candidates for r in requests]
+        total = sum(size_list)
+        sizes = np.asarray(size_list, dtype=np.int64)
         stream_list = _chain([r.stream_id for r in requests])
         stream_ids = _object_array(stream_list, total)
         creator_ids = _object_array(_chain([r.creator_id for r in requests]), total)
@@ -339,13 +340,15 @@ class RankingPipeline:
         # sort: the balancer orders each request itself)
         codes = self.policy.rule_codes(status.banned_merchant, status.banned_entity, trust)
         passed = codes == 0
-        score = self.policy.score(relevance, trust, group=unique_sizes, guarantees=status.guarantees)
+        # one request needs no group bookkeeping (the policy scores it alike either way)
+        group = None if len(requests) == 1 else unique_sizes
+        score = self.policy.score(relevance, trust, group=group, guarantees=status.guarantees)
         if not passed.all():
             score = np.where(passed, score, -np.inf)
 
         responses = []
-        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        unique_starts = starts if duplicate is None else np.concatenate([[0], np.cumsum(unique_sizes)]).tolist()
+        starts = [0, *itertools.accumulate(size_list)]
+        unique_starts = starts if duplicate is None else [0, *itertools.accumulate(unique_sizes.tolist())]
         for i, request in enumerate(requests):
             rows = slice(unique_starts[i], unique_starts[i + 1])
             responses.append(
