@@ -82,7 +82,7 @@ def run_stages(events_dir: Path) -> dict[str, Any]:
         return result
 
     events = stage("load", lambda: load_events(events_dir))
-    windows = _windows(events, None, config.validation_fraction, config.holdout_fraction)
+    windows = _windows(events, None, config.validation_fraction, config.evaluation.holdout_fraction)
     frame = stage("frame", lambda: build_training_frame(events, end=windows.holdout_start, config=config.dataset))
     fit, valid = time_split(frame, valid_from=windows.valid_start)
     out["impressions"] = len(events["impressions"])

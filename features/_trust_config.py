@@ -6,44 +6,20 @@ calls (``_signals.py``, ``_trust_index.py``) all read it without importing each 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
-
-from .errors import ConfigError, reject_unknown_keys
+from .config import Config, Constraints, Flag, Integer, Items, Real
 
 __all__ = ["TrustConfig"]
 
-
-def _positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
-        raise ConfigError(f"TrustConfig.{name}: expected a positive number, got {value!r}")
-
-
-def _unit(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-    if ok:
-        ok = (value > 0 if open_low else value >= 0) and (value < 1 if open_high else value <= 1)
-    if not ok:
-        raise ConfigError(f"TrustConfig.{name}: expected a number in [0, 1], got {value!r}")
-
-
-def _days(name: str, value: Any) -> tuple[int, ...]:
-    try:
-        days = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"TrustConfig.{name}: expected a tuple of positive day counts, got {value!r}") from None
-    if not days or any(d <= 0 for d in days) or len(set(days)) != len(days):
-        raise ConfigError(f"TrustConfig.{name}: expected distinct positive day counts, got {value!r}")
-    if any(float(v) != int(v) for v in value):
-        raise ConfigError(f"TrustConfig.{name}: expected whole days, got {value!r}")
-    return days
+_DAYS = Items(Integer(low=1), min_len=1, distinct=True)
+_POSITIVE = Real(0, strict_low=True)
+_UNIT = Real(0, 1)
 
 
 @dataclass(frozen=True)
-class TrustConfig:
+class TrustConfig(Config):
     """How the trust snapshot is computed.
 
     Parameters
@@ -171,60 +147,22 @@ class TrustConfig:
     fit_index: bool = True
     ridge: float = 0.05
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "windows", _days("windows", self.windows))
-        object.__setattr__(self, "repurchase_days", _days("repurchase_days", self.repurchase_days))
-        for name in (
-            "half_life_days",
-            "horizon_days",
-            "min_label_orders",
-            "min_prior_trials",
-            "max_prior_strength",
-            "per_buyer_cap",
-            "ring_prior_orders",
-            "fast_refund_days",
-            "slow_resolution_days",
-            "cold_start_orders",
-            "ridge",
-            "alarm_recent_days",
-            "alarm_baseline_days",
-            "overdue_days",
-            "new_buyer_days",
-            "alarm_surprise",
-        ):
-            _positive(name, getattr(self, name))
-            object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("min_fit_merchants", "min_category_merchants", "n_reasons", "fit_cuts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"TrustConfig.{name}: expected a positive integer, got {value!r}")
-        _unit("bound_level", self.bound_level, open_low=True, open_high=True)
-        for name in (
-            "isolated_buyer_suspicion",
-            "ring_buyer_suspicion",
-            "tiny_amount_fraction",
-            "tiny_amount_suspicion",
-            "unverified_report_weight",
-            "non_buyer_report_weight",
-            "premature_praise_weight",
-            "ban_multiplier",
-            "brushing_penalty",
-            "alarm_penalty",
-        ):
-            _unit(name, getattr(self, name))
-            object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("rank_by_bound", "fit_index"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"TrustConfig.{name}: expected true or false, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrustConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("TrustConfig", data, known)
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+    constraints: ClassVar[Constraints] = {
+        "windows": _DAYS,
+        "repurchase_days": _DAYS,
+        **dict.fromkeys(
+            ("half_life_days", "horizon_days", "min_label_orders", "min_prior_trials", "max_prior_strength",
+             "per_buyer_cap", "ring_prior_orders", "fast_refund_days", "slow_resolution_days", "cold_start_orders",
+             "ridge", "alarm_recent_days", "alarm_baseline_days", "overdue_days", "new_buyer_days", "alarm_surprise"),
+            _POSITIVE,
+        ),
+        **dict.fromkeys(("min_fit_merchants", "min_category_merchants", "n_reasons", "fit_cuts"), Integer(low=1)),
+        "bound_level": Real(0, 1, strict_low=True, strict_high=True),
+        **dict.fromkeys(
+            ("isolated_buyer_suspicion", "ring_buyer_suspicion", "tiny_amount_fraction", "tiny_amount_suspicion",
+             "unverified_report_weight", "non_buyer_report_weight", "premature_praise_weight", "ban_multiplier",
+             "brushing_penalty", "alarm_penalty"),
+            _UNIT,
+        ),
+        **dict.fromkeys(("rank_by_bound", "fit_index"), Flag()),
+    }

@@ -24,14 +24,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, ModelIntegrityError, SchemaError, reject_unknown_keys
+from .config import Config, Constraints, Integer, Real
+from .errors import ConfigError, ModelIntegrityError, SchemaError
 from .events import EventLog, to_utc
 from .io import atomic_dir
 from .outcomes import BAD_AFTER_SALES_REASONS, order_outcomes, went_bad
@@ -61,7 +62,7 @@ _NON_FEATURE_COLUMNS = frozenset(
 
 
 @dataclass(frozen=True)
-class ContextConfig:
+class ContextConfig(Config):
     """How user and engagement history is summarised.
 
     Parameters
@@ -83,26 +84,12 @@ class ContextConfig:
     click_weight: float = 0.25
     max_position: int = 50
 
-    def __post_init__(self) -> None:
-        if self.lookback_days is not None and not self.lookback_days > 0:
-            raise ConfigError(f"lookback_days must be > 0 or None, got {self.lookback_days!r}")
-        if not self.engagement_prior_strength > 0:
-            raise ConfigError(f"engagement_prior_strength must be > 0, got {self.engagement_prior_strength!r}")
-        if not 0 <= self.click_weight <= 1:
-            raise ConfigError(f"click_weight must be in [0, 1], got {self.click_weight!r}")
-        if not (isinstance(self.max_position, int) and self.max_position >= 1):
-            raise ConfigError(f"max_position must be an integer >= 1, got {self.max_position!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ContextConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("ContextConfig", values, known)
-        return cls(**dict(values))
+    constraints: ClassVar[Constraints] = {
+        "lookback_days": Real(0, strict_low=True, optional=True),
+        "engagement_prior_strength": Real(0, strict_low=True),
+        "click_weight": Real(0, 1),
+        "max_position": Integer(low=1),
+    }
 
 
 _TABLE_COLUMNS: dict[str, tuple[str, ...]] = {

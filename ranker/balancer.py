@@ -23,15 +23,16 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from itertools import filterfalse
 from operator import itemgetter
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ..features.config import Choice, Config, Constraints, Flag, Integer, Real
+from ..features.errors import ConfigError, SchemaError
 from .metrics import EXPOSURE_KINDS, gini, position_exposure
 
 __all__ = ["BalancerConfig", "ExposureBalancer"]
@@ -43,7 +44,7 @@ _RENORMALISE_AFTER_HALF_LIVES = 400.0
 
 
 @dataclass(frozen=True)
-class BalancerConfig:
+class BalancerConfig(Config):
     """Configuration of :class:`ExposureBalancer` (what is set, never what is learned).
 
     Parameters
@@ -116,52 +117,27 @@ class BalancerConfig:
     auto_record: bool = False
     record_k: int | None = None
 
-    def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ConfigError:
-            return ConfigError(f"BalancerConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+    constraints: ClassVar[Constraints] = {
+        "target_gini": Real(0, 1, strict_low=True, strict_high=True),
+        **dict.fromkeys(("kp", "ki", "strength_min", "strength_max", "merit_exponent"), Real(0)),
+        "initial_strength": Real(),
+        "control_interval": Integer(low=1),
+        "half_life": Real(0, strict_low=True, allow_inf=True),
+        "half_life_unit": Choice("requests", "seconds"),
+        "population_window": Real(0, strict_low=True, allow_inf=True, optional=True),
+        "trust_threshold": Real(0, 1),
+        **dict.fromkeys(("relevance_floor", "max_move", "diversity_k"), Integer(0, 1_000_000)),
+        "exposure_kind": Choice(*EXPOSURE_KINDS),
+        "exposure_patience": Real(0, 1, strict_low=True, strict_high=True),
+        "auto_record": Flag(),
+        "record_k": Integer(low=1, optional=True),
+    }
 
-        def is_int(value: Any) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-        def is_real(value: Any) -> bool:
-            return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-        for name in ("target_gini", "kp", "ki", "strength_min", "strength_max", "initial_strength",
-                     "half_life", "merit_exponent", "trust_threshold", "exposure_patience"):
-            if not is_real(getattr(self, name)) or math.isnan(getattr(self, name)):
-                raise bad(name, "a number")
-        if not 0.0 < self.target_gini < 1.0:
-            raise bad("target_gini", "a value in (0, 1)")
-        for name in ("kp", "ki", "strength_min", "merit_exponent"):
-            if not 0.0 <= getattr(self, name) < math.inf:
-                raise bad(name, "a finite value >= 0")
-        if not self.strength_min <= self.strength_max < math.inf:
-            raise bad("strength_max", f"a finite value >= strength_min ({self.strength_min})")
+    def check(self) -> None:
+        if self.strength_max < self.strength_min:
+            raise self.reject("strength_max", f"a finite value >= strength_min ({self.strength_min})")
         if not self.strength_min <= self.initial_strength <= self.strength_max:
-            raise bad("initial_strength", "a value within [strength_min, strength_max]")
-        if not is_int(self.control_interval) or self.control_interval < 1:
-            raise bad("control_interval", "an integer >= 1")
-        if not self.half_life > 0.0:
-            raise bad("half_life", "a value > 0 (math.inf for no decay)")
-        if self.half_life_unit not in ("requests", "seconds"):
-            raise bad("half_life_unit", "'requests' or 'seconds'")
-        if self.population_window is not None and (
-            not is_real(self.population_window) or not self.population_window > 0.0
-        ):
-            raise bad("population_window", "a value > 0 or None")
-        if not 0.0 <= self.trust_threshold <= 1.0:
-            raise bad("trust_threshold", "a value in [0, 1]")
-        for name in ("relevance_floor", "max_move", "diversity_k"):
-            if not is_int(getattr(self, name)) or not 0 <= getattr(self, name) <= 1_000_000:
-                raise bad(name, "an integer in [0, 1000000]")
-        if self.exposure_kind not in EXPOSURE_KINDS:
-            raise bad("exposure_kind", f"one of {EXPOSURE_KINDS}")
-        if not 0.0 < self.exposure_patience < 1.0:
-            raise bad("exposure_patience", "a value in (0, 1)")
-        if not isinstance(self.auto_record, bool):
-            raise bad("auto_record", "a bool")
-        if self.record_k is not None and (not is_int(self.record_k) or self.record_k < 1):
-            raise bad("record_k", "an integer >= 1 or None")
+            raise self.reject("initial_strength", "a value within [strength_min, strength_max]")
 
     @property
     def window(self) -> float:
@@ -169,22 +145,6 @@ class BalancerConfig:
         if self.population_window is not None:
             return float(self.population_window)
         return 4.0 * self.half_life
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (``math.inf`` becomes the string ``"inf"``)."""
-        out = asdict(self)
-        for name, value in out.items():
-            if isinstance(value, float) and math.isinf(value):
-                out[name] = "inf"
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BalancerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("BalancerConfig", data, known)
-        values: dict[str, Any] = {k: (math.inf if v == "inf" else v) for k, v in data.items()}
-        return cls(**values)
 
 
 class _Ledger:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, ModelIntegrityError, NotFittedError, SchemaError, reject_unknown_keys
+from ..features.config import Choice, Config, Constraints, Flag, Integer, Items, JSONMapping, Real
+from ..features.errors import ModelIntegrityError, NotFittedError, SchemaError
 from ..features.io import atomic_dir
 
 __all__ = ["LambdaMARTConfig", "LambdaMART", "MODEL_FILE", "SCHEMA_FILE", "warm_best_round"]
@@ -63,7 +64,7 @@ _MANAGED_KEYS = frozenset(
 
 
 @dataclass(frozen=True)
-class LambdaMARTConfig:
+class LambdaMARTConfig(Config):
     """Hyper-parameters of the ranker (frozen, validated, JSON round-trip).
 
     Parameters
@@ -141,42 +142,41 @@ class LambdaMARTConfig:
     seed: int = 0
     extra_params: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "eval_at", tuple(int(k) for k in self.eval_at))
-        if self.label_gain is not None:
-            object.__setattr__(self, "label_gain", tuple(float(g) for g in self.label_gain))
-        object.__setattr__(self, "extra_params", dict(self.extra_params))
-        if self.objective not in _OBJECTIVES:
-            raise ConfigError(f"objective must be one of {_OBJECTIVES}, got {self.objective!r}")
-        _positive("learning_rate", self.learning_rate)
-        _int_at_least("num_leaves", self.num_leaves, 2)
-        _int_at_least("min_data_in_leaf", self.min_data_in_leaf, 0)
-        _int_at_least("num_rounds", self.num_rounds, 1)
-        _int_at_least("early_stopping_rounds", self.early_stopping_rounds, 0)
-        _int_at_least("min_rounds", self.min_rounds, 1)
-        _int_at_least("lambdarank_truncation_level", self.lambdarank_truncation_level, 1)
-        _int_at_least("max_label", self.max_label, 1)
-        _int_at_least("bagging_freq", self.bagging_freq, 0)
-        _int_at_least("max_bin", self.max_bin, 2)
-        _int_at_least("num_threads", self.num_threads, 0)
-        for name in ("feature_fraction", "bagging_fraction"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
-        for name in ("min_sum_hessian_in_leaf", "lambda_l2", "position_bias_regularization"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not self.eval_at or any(k < 1 for k in self.eval_at):
-            raise ConfigError(f"eval_at must be non-empty positive cut-offs, got {self.eval_at!r}")
+    constraints: ClassVar[Constraints] = {
+        "objective": Choice(*_OBJECTIVES),
+        "learning_rate": Real(0, strict_low=True),
+        "num_leaves": Integer(low=2),
+        "min_data_in_leaf": Integer(low=0),
+        "min_sum_hessian_in_leaf": Real(0),
+        "feature_fraction": Real(0, 1, strict_low=True),
+        "bagging_fraction": Real(0, 1, strict_low=True),
+        "bagging_freq": Integer(low=0),
+        "lambda_l2": Real(0),
+        "max_bin": Integer(low=2),
+        "num_rounds": Integer(low=1),
+        "early_stopping_rounds": Integer(low=0),
+        "min_rounds": Integer(low=1),
+        "eval_at": Items(Integer(low=1), min_len=1),
+        "lambdarank_truncation_level": Integer(low=1),
+        "max_label": Integer(low=1),
+        "label_gain": Items(Real(), optional=True),
+        "position_bias": Flag(),
+        "position_bias_regularization": Real(0),
+        "monotone_method": Choice("basic", "intermediate", "advanced"),
+        "num_threads": Integer(low=0),
+        "deterministic": Flag(),
+        "seed": Integer(),
+        "extra_params": JSONMapping(),
+    }
+
+    def check(self) -> None:
         if self.label_gain is not None and len(self.label_gain) <= self.max_label:
-            raise ConfigError(f"label_gain needs {self.max_label + 1} gains (grades 0..{self.max_label}), got {len(self.label_gain)}")
+            raise self.reject("label_gain", f"{self.max_label + 1} gains (grades 0..{self.max_label})")
         if self.position_bias and self.objective != "lambdarank":
-            raise ConfigError("position_bias needs objective='lambdarank' (LightGBM learns position factors only there)")
-        if self.monotone_method not in ("basic", "intermediate", "advanced"):
-            raise ConfigError(f"monotone_method must be basic, intermediate or advanced, got {self.monotone_method!r}")
+            raise self.reject("position_bias", "false unless objective='lambdarank' (LightGBM learns position factors only there)")
         clash = sorted(set(self.extra_params) & _MANAGED_KEYS)
         if clash:
-            raise ConfigError(f"extra_params may not set {', '.join(clash)}: use the config fields")
+            raise self.reject("extra_params", f"no key the config sets itself ({', '.join(clash)}: use the config fields)")
 
     @property
     def gains(self) -> tuple[float, ...]:
@@ -211,36 +211,6 @@ class LambdaMARTConfig:
             params["lambdarank_position_bias_regularization"] = self.position_bias_regularization
         params.update(self.extra_params)
         return params
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        values = asdict(self)
-        values["eval_at"] = list(self.eval_at)
-        values["label_gain"] = None if self.label_gain is None else list(self.label_gain)
-        values["extra_params"] = dict(self.extra_params)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LambdaMARTConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("LambdaMARTConfig", values, known)
-        data = dict(values)
-        if "eval_at" in data:
-            data["eval_at"] = tuple(data["eval_at"])
-        if data.get("label_gain") is not None:
-            data["label_gain"] = tuple(data["label_gain"])
-        return cls(**data)
-
-
-def _positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value > 0):
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
-
-
-def _int_at_least(name: str, value: int, minimum: int) -> None:
-    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum):
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _group_sizes(group: Any, n_rows: int, what: str) -> np.ndarray:

@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..features.config import Choice, Config, Constraints, Flag, Real
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ._expected_value import check_parameters, expected_value_score, fit_bad_model, fit_purchase_calibration
 
@@ -79,7 +80,7 @@ LEGACY_STATE_KEYS = ("purchase_calibration", "bad_model")
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(Config):
     """How the final order is made from relevance and trust (see the module docstring).
 
     Only what an operator configures; what is learned from data is :class:`PolicyState`.
@@ -125,30 +126,15 @@ class PolicyConfig:
     bad_cost: float = 2.0
     guarantee_boost: float = 0.0
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.trust_weight, (int, float)) and np.isfinite(self.trust_weight) and self.trust_weight >= 0):
-            raise ConfigError(f"trust_weight must be a finite number >= 0, got {self.trust_weight!r}")
-        if self.combine not in _COMBINES:
-            raise ConfigError(f"combine must be one of {_COMBINES}, got {self.combine!r}")
-        if self.trust_floor is not None and not 0 <= self.trust_floor <= 1:
-            raise ConfigError(f"trust_floor must be in [0, 1] or None, got {self.trust_floor!r}")
-        if not 0 < self.eps < 0.5:
-            raise ConfigError(f"eps must be in (0, 0.5), got {self.eps!r}")
-        check_parameters(None, None, self.bad_cost)
-        if not (isinstance(self.guarantee_boost, (int, float)) and not isinstance(self.guarantee_boost, bool)
-                and math.isfinite(self.guarantee_boost) and 0 <= self.guarantee_boost <= 10):
-            raise ConfigError(f"guarantee_boost must be a number in [0, 10], got {self.guarantee_boost!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> PolicyConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("PolicyConfig", values, known)
-        return cls(**dict(values))
+    constraints: ClassVar[Constraints] = {
+        "trust_weight": Real(0),
+        "combine": Choice(*_COMBINES),
+        "trust_floor": Real(0, 1, optional=True),
+        "filter_banned": Flag(),
+        "eps": Real(0, 0.5, strict_low=True, strict_high=True),
+        "bad_cost": Real(0),
+        "guarantee_boost": Real(0, 10),
+    }
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, reject_unknown_keys
+from ..features.config import Config, Constraints, Real, Text
+from ..features.errors import ConfigError
 from ..ranker.balancer import ExposureBalancer
 from ..ranker.interfaces import Reranker
 from ..ranker.metrics import position_exposure
@@ -49,7 +50,7 @@ _MAX_BUCKETS = 1024  # hashes read per sync
 
 
 @dataclass(frozen=True)
-class SharedLedgerConfig:
+class SharedLedgerConfig(Config):
     """How the shared ledger is kept (bounds are checked).
 
     Parameters
@@ -79,33 +80,25 @@ class SharedLedgerConfig:
     sync_interval: float = 1.0
     timeout: float = 0.25
 
-    def __post_init__(self) -> None:
-        for name in ("half_life", "bucket", "sync_interval", "timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ConfigError(f"SharedLedgerConfig.{name}: expected a positive number of seconds, got {value!r}")
-        if self.window is not None and not (isinstance(self.window, (int, float)) and self.window >= self.bucket):
-            raise ConfigError(f"SharedLedgerConfig.window: expected at least one bucket ({self.bucket}), got {self.window!r}")
+    constraints: ClassVar[Constraints] = {
+        **dict.fromkeys(("url", "prefix"), Text()),
+        **dict.fromkeys(("half_life", "bucket", "sync_interval", "timeout"), Real(0, strict_low=True)),
+        "window": Real(0, strict_low=True, optional=True),
+    }
+
+    def check(self) -> None:
+        if self.window is not None and self.window < self.bucket:
+            raise self.reject("window", f"at least one bucket ({self.bucket:g} s)")
         if self.kept / self.bucket > _MAX_BUCKETS:
             raise ConfigError(
                 f"SharedLedgerConfig: the window ({self.kept:g} s) holds more than {_MAX_BUCKETS} buckets of "
                 f"{self.bucket:g} s; set a longer bucket or a shorter window"
             )
-        if not isinstance(self.prefix, str) or not self.prefix:
-            raise ConfigError(f"SharedLedgerConfig.prefix: expected a non-empty string, got {self.prefix!r}")
 
     @property
     def kept(self) -> float:
         """Seconds of history read and kept in Redis."""
         return 4.0 * self.half_life if self.window is None else float(self.window)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SharedLedgerConfig:
-        reject_unknown_keys("SharedLedgerConfig", values, {f for f in cls.__dataclass_fields__})
-        return cls(**dict(values))
 
 
 class _SharedBalancer(ExposureBalancer):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from trustfeed.features.errors import ConfigError
+from trustfeed.training.evaluation import EvalConfig
 from trustfeed.training.train import TrainJobConfig, flatten_params, plain_feature_schema
 
 
@@ -38,7 +39,7 @@ def test_every_config_value_is_a_param(trained: Any, run: Any) -> None:
     logged = run.data.params
     assert set(expected) <= set(logged)
     for key in ("model.learning_rate", "model.num_rounds", "policy.trust_weight", "balancer.target_gini",
-                "dataset.snapshot_every_days", "context.engagement_prior_strength", "evaluation.fair_p"):
+                "dataset.snapshot_every_days", "dataset.context.engagement_prior_strength", "evaluation.fair_p"):
         assert logged[key] == expected[key]
     assert logged["model.num_rounds"] == str(trained.config.model.num_rounds)
 
@@ -230,7 +231,7 @@ def _support_tracking(trained: Any) -> Any:
 
 
 def test_config_round_trips_and_rejects_unknown_keys(tmp_path: Path) -> None:
-    config = TrainJobConfig(events=tmp_path, register="feed", holdout_fraction=0.25)
+    config = TrainJobConfig(events=tmp_path, register="feed", evaluation=EvalConfig(holdout_fraction=0.25))
     again = TrainJobConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     with pytest.raises(ConfigError, match="unknown"):
@@ -239,9 +240,10 @@ def test_config_round_trips_and_rejects_unknown_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"holdout_fraction": 0.0}, {"validation_fraction": 0.6}, {"validation_fraction": 0.4, "holdout_fraction": 0.45},
+    [{"evaluation": {"holdout_fraction": 0.0}}, {"evaluation": EvalConfig(holdout_fraction=0.5)},
+     {"validation_fraction": 0.6}, {"validation_fraction": 0.4, "evaluation": EvalConfig(holdout_fraction=0.45)},
      {"experiment": ""}, {"register": " "}, {"until": "not a date"}, {"tracking_retries": -1},
-     {"trust": {"no_such_setting": 1}}],
+     {"dataset": {"trust": {"no_such_setting": 1}}}, {"scheduler": "tcp://127.0.0.1:8786"}],
 )
 def test_config_rejects_bad_values(tmp_path: Path, changes: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):

@@ -54,14 +54,14 @@ the configured cost stays:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ..features.config import Config, Constraints, Integer, Items, Real
+from ..features.errors import SchemaError
 from ..features.events import to_utc
 
 __all__ = ["BadOrderCostConfig", "BadOrderCost", "estimate_from_orders", "estimate_bad_order_cost"]
@@ -70,7 +70,7 @@ _Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
-class BadOrderCostConfig:
+class BadOrderCostConfig(Config):
     """How the cost of a bad order is measured (see the module docstring).
 
     Parameters
@@ -91,32 +91,12 @@ class BadOrderCostConfig:
     min_bad_orders: int = 50
     max_cost: float = 10.0
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.horizon_days, (int, float)) and math.isfinite(self.horizon_days) and self.horizon_days > 0):
-            raise ConfigError(f"BadOrderCostConfig.horizon_days: expected a number > 0, got {self.horizon_days!r}")
-        edges = tuple(int(e) for e in self.segment_edges)
-        if any(e < 1 for e in edges) or list(edges) != sorted(set(edges)):
-            raise ConfigError(f"BadOrderCostConfig.segment_edges: expected increasing integers >= 1, got {self.segment_edges!r}")
-        object.__setattr__(self, "segment_edges", edges)
-        if not isinstance(self.min_bad_orders, int) or self.min_bad_orders < 1:
-            raise ConfigError(f"BadOrderCostConfig.min_bad_orders: expected an integer >= 1, got {self.min_bad_orders!r}")
-        if not (isinstance(self.max_cost, (int, float)) and math.isfinite(self.max_cost) and self.max_cost > 0):
-            raise ConfigError(f"BadOrderCostConfig.max_cost: expected a number > 0, got {self.max_cost!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        values = asdict(self)
-        values["segment_edges"] = list(self.segment_edges)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> BadOrderCostConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        reject_unknown_keys("BadOrderCostConfig", values, {f.name for f in fields(cls)})
-        data = dict(values)
-        if "segment_edges" in data:
-            data["segment_edges"] = tuple(data["segment_edges"])
-        return cls(**data)
+    constraints: ClassVar[Constraints] = {
+        "horizon_days": Real(0, strict_low=True),
+        "segment_edges": Items(Integer(low=1), increasing=True),
+        "min_bad_orders": Integer(low=1),
+        "max_cost": Real(0, strict_low=True),
+    }
 
 
 @dataclass(frozen=True)

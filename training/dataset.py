@@ -10,15 +10,17 @@ docs/contract.md section 4; its group is its ``request_id``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from ..features.context import ContextConfig, FeatureAssembler, build_context_tables
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ..features.config import Config, Constraints, Flag, Integer, Nested, Real
+from ..features.errors import ConfigError, SchemaError
 from ..features.events import EventLog, to_utc
+from ..features.trust import TrustConfig
 from ..features.outcomes import order_outcomes, went_bad
 from ..features.progress import NullProgress, Progress
 
@@ -41,7 +43,7 @@ ID_COLUMNS = ("request_id", "user_id", "ts", "stream_id", "creator_id", "merchan
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(Config):
     """How the training frame is built.
 
     Parameters
@@ -63,7 +65,7 @@ class DatasetConfig:
     context
         :class:`~trustfeed.features.context.ContextConfig` for the user history tables.
     trust
-        Keyword arguments of ``TrustConfig`` for the snapshots (``None``: its defaults).
+        :class:`~trustfeed.features.trust.TrustConfig` of the snapshots (``None``: its defaults).
     """
 
     snapshot_every_days: int = 1
@@ -71,35 +73,16 @@ class DatasetConfig:
     label_horizon_days: float = 30.0
     low_rating_is_bad: bool = False
     context: ContextConfig = ContextConfig()
-    trust: Mapping[str, Any] | None = None
+    trust: TrustConfig | None = None
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.snapshot_every_days, int) and self.snapshot_every_days >= 1):
-            raise ConfigError(f"snapshot_every_days must be an integer >= 1, got {self.snapshot_every_days!r}")
-        if not self.watch_seconds >= 0:
-            raise ConfigError(f"watch_seconds must be >= 0, got {self.watch_seconds!r}")
-        if not self.label_horizon_days > 0:
-            raise ConfigError(f"label_horizon_days must be > 0, got {self.label_horizon_days!r}")
-        if isinstance(self.context, Mapping):
-            object.__setattr__(self, "context", ContextConfig.from_dict(self.context))
-        if self.trust is not None:
-            object.__setattr__(self, "trust", dict(self.trust))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        values = asdict(self)
-        values["context"] = self.context.to_dict()
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> DatasetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("DatasetConfig", values, known)
-        data = dict(values)
-        if "context" in data and isinstance(data["context"], Mapping):
-            data["context"] = ContextConfig.from_dict(data["context"])
-        return cls(**data)
+    constraints: ClassVar[Constraints] = {
+        "snapshot_every_days": Integer(low=1),
+        "watch_seconds": Real(0),
+        "label_horizon_days": Real(0, strict_low=True),
+        "low_rating_is_bad": Flag(),
+        "context": Nested(ContextConfig),
+        "trust": Nested(TrustConfig, optional=True),
+    }
 
 
 @dataclass(frozen=True)
@@ -385,9 +368,9 @@ class FramePlan:
 
 def default_snapshot_builder(config: DatasetConfig) -> Callable[[EventLog, pd.Timestamp], Any]:
     """``(events, as_of) -> TrustSnapshot`` with ``config.trust``."""
-    from ..features.trust import TrustConfig, build_snapshot
+    from ..features.trust import build_snapshot
 
-    trust_config = TrustConfig(**config.trust) if config.trust else None
+    trust_config = config.trust
 
     def snapshot_builder(log: EventLog, as_of: pd.Timestamp) -> Any:
         return build_snapshot(log, as_of, config=trust_config)

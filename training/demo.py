@@ -16,18 +16,18 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..features.errors import ConfigError, reject_unknown_keys
+from ..features.config import Config, Constraints, Integer, Items, Real, Text
 from ..features.progress import NullProgress, Progress
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Config):
     """Size of the demo (small enough for a few minutes on two cores).
 
     Parameters
@@ -74,39 +74,27 @@ class DemoConfig:
     rollout_policies: tuple[str, ...] = ("trust_aware_balanced", "trust_aware", "plain", "oracle")
     experiment: str = "trustfeed-demo"
 
-    def __post_init__(self) -> None:
-        for name in ("merchants", "days", "snapshot_every_days", "num_rounds", "balancer_max_move", "balancer_relevance_floor"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"DemoConfig.{name}: expected a positive integer, got {value!r}")
-        if self.target_gini is not None and not 0.0 < self.target_gini < 1.0:
-            raise ConfigError(f"DemoConfig.target_gini: expected a value in (0, 1) or None, got {self.target_gini!r}")
-        if not 0.0 < self.target_gini_ratio <= 1.0:
-            raise ConfigError(f"DemoConfig.target_gini_ratio: expected a value in (0, 1], got {self.target_gini_ratio!r}")
-        for name in ("rollout_days", "rollout_seeds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"DemoConfig.{name}: expected an integer >= 0, got {value!r}")
-        if self.rollout_days > 0 and (self.rollout_seeds < 1 or not self.rollout_policies):
-            raise ConfigError("DemoConfig: a rollout needs rollout_seeds >= 1 and at least one policy")
-        object.__setattr__(self, "rollout_policies", tuple(str(p) for p in self.rollout_policies))
-        if self.days < 14:
-            raise ConfigError(f"DemoConfig.days: expected at least 14 days (train, validation, held out), got {self.days}")
-        object.__setattr__(self, "sweep_strengths", tuple(float(s) for s in self.sweep_strengths))
+    constraints: ClassVar[Constraints] = {
+        # at least two weeks: training, validation and held-out windows of whole days
+        "days": Integer(low=14),
+        **dict.fromkeys(
+            ("merchants", "snapshot_every_days", "num_rounds", "balancer_max_move", "balancer_relevance_floor"),
+            Integer(low=1),
+        ),
+        "early_stopping_rounds": Integer(low=0),
+        "target_gini": Real(0, 1, strict_low=True, strict_high=True, optional=True),
+        "target_gini_ratio": Real(0, 1, strict_low=True),
+        "sweep_strengths": Items(Real(0), min_len=1),
+        **dict.fromkeys(("rollout_days", "rollout_seeds"), Integer(low=0)),
+        "rollout_policies": Items(Text()),
+        "experiment": Text(),
+    }
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        values = asdict(self)
-        values["sweep_strengths"] = list(self.sweep_strengths)
-        values["rollout_policies"] = list(self.rollout_policies)
-        return values
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DemoConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        reject_unknown_keys("DemoConfig", values, {f.name for f in fields(cls)})
-        return cls(**values)
-
+    def check(self) -> None:
+        if self.rollout_days > 0 and self.rollout_seeds < 1:
+            raise self.reject("rollout_seeds", "at least 1 when rollout_days > 0")
+        if self.rollout_days > 0 and not self.rollout_policies:
+            raise self.reject("rollout_policies", "at least one policy when rollout_days > 0")
 
 @dataclass(frozen=True)
 class DemoResult:

@@ -63,15 +63,15 @@ True
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ..features.config import Config, Constraints, Integer, Real, Time
+from ..features.errors import SchemaError
 from ..features.events import TABLES, to_utc, write_events
 from ..features.io import atomic_dir
 from ..features.progress import NullProgress, Progress
@@ -151,7 +151,7 @@ _RETRIEVAL_DRAWS = 1.6
 
 
 @dataclass(frozen=True)
-class SimConfig:
+class SimConfig(Config):
     """Size and behaviour of a simulated platform.
 
     Parameters
@@ -231,56 +231,26 @@ class SimConfig:
     report_bombing_rate: float = 0.0
     bombing_reports: float = 40.0
 
-    def __post_init__(self) -> None:
-        for name in ("seed", "merchants", "days", "slate_min", "slate_max"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise ConfigError(f"SimConfig.{name}: expected an integer, got {value!r}")
-        if self.seed < 0:
-            raise ConfigError(f"SimConfig.seed: expected >= 0, got {self.seed}")
-        if self.merchants < 1:
-            raise ConfigError(f"SimConfig.merchants: expected >= 1, got {self.merchants}")
-        if self.days < 1:
-            raise ConfigError(f"SimConfig.days: expected >= 1, got {self.days}")
-        for name in ("users", "creators", "requests_per_day"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"SimConfig.{name}: expected a positive integer or None, got {value!r}")
-        if not 1 <= self.slate_min <= self.slate_max:
-            raise ConfigError(
-                f"SimConfig.slate_min/slate_max: expected 1 <= slate_min <= slate_max, got {self.slate_min}, {self.slate_max}"
-            )
-        for name in (
-            "brusher_rate",
-            "reregistration_rate",
-            "self_operated_rate",
-            "new_merchant_rate",
-            "no_reason_return_rate",
-            "logistics_delay_rate",
-            "exit_scam_rate",
-            "report_bombing_rate",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"SimConfig.{name}: expected a number in [0, 1], got {value!r}")
-        for name in (
-            "orders_per_merchant_day",
-            "fake_orders_per_brusher_day",
-            "impulse_strength",
-            "position_bias_eta",
-            "false_report_rate",
-            "exit_scam_surge",
-            "bombing_reports",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0.0 <= value < math.inf):
-                raise ConfigError(f"SimConfig.{name}: expected a finite number >= 0, got {value!r}")
-        try:
-            parsed = pd.Timestamp(self.start)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"SimConfig.start: expected an ISO 8601 time, got {self.start!r}") from error
-        if parsed is pd.NaT:
-            raise ConfigError(f"SimConfig.start: expected an ISO 8601 time, got {self.start!r}")
+    constraints: ClassVar[Constraints] = {
+        "seed": Integer(low=0),
+        **dict.fromkeys(("merchants", "days", "slate_min", "slate_max"), Integer(low=1)),
+        **dict.fromkeys(("users", "creators", "requests_per_day"), Integer(low=1, optional=True)),
+        **dict.fromkeys(
+            ("brusher_rate", "reregistration_rate", "self_operated_rate", "new_merchant_rate", "no_reason_return_rate",
+             "logistics_delay_rate", "exit_scam_rate", "report_bombing_rate"),
+            Real(0, 1),
+        ),
+        **dict.fromkeys(
+            ("orders_per_merchant_day", "fake_orders_per_brusher_day", "impulse_strength", "position_bias_eta",
+             "false_report_rate", "exit_scam_surge", "bombing_reports"),
+            Real(0),
+        ),
+        "start": Time(),
+    }
+
+    def check(self) -> None:
+        if self.slate_max < self.slate_min:
+            raise self.reject("slate_max", f"an integer >= slate_min ({self.slate_min})")
 
     @property
     def n_users(self) -> int:
@@ -306,17 +276,6 @@ class SimConfig:
     def end_time(self) -> pd.Timestamp:
         """The window end (exclusive)."""
         return self.start_time + pd.Timedelta(days=self.days)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        return {key: (int(value) if isinstance(value, np.integer) else value) for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SimConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("SimConfig", data, known)
-        return cls(**dict(data))
 
 
 @dataclass

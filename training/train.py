@@ -33,15 +33,15 @@ import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from ..features.context import ContextConfig
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ..features.config import Choice, Config, Constraints, FilePath, Flag, Integer, Nested, Real, Text, Time
+from ..features.errors import ConfigError, SchemaError
 from ..features.io import atomic_file
 from ..features.progress import NullProgress, Progress
 from ..ranker.balancer import BalancerConfig
@@ -99,7 +99,7 @@ def _default_dataset() -> DatasetConfig:
 
 
 @dataclass(frozen=True)
-class TrainJobConfig:
+class TrainJobConfig(Config):
     """Everything one training job needs (every field is logged to MLflow as a param).
 
     Parameters
@@ -118,12 +118,14 @@ class TrainJobConfig:
     output_dir
         Where the local copy of each run is kept (``<output_dir>/<run id>/bundle``, ...);
         ``None``: ``./trustfeed-models``.
-    validation_fraction, holdout_fraction
-        Shares of the impressions' time span (latest last) used for early stopping and for
-        the held-out evaluation; boundaries are rounded down to whole days.
-    dataset, model, plain_model, policy, balancer, context, trust, evaluation
+    validation_fraction
+        Share of the impressions' time span used for early stopping, just before the
+        held-out window (``evaluation.holdout_fraction``, the latest share of the span);
+        boundaries are rounded down to whole days.
+    dataset, model, plain_model, policy, balancer, evaluation
         Component configs; ``plain_model`` (``None``: same as ``model``) trains the
-        comparison LambdaMART without trust features.
+        comparison LambdaMART without trust features. The dataset's ``context`` and
+        ``trust`` configs also build the served snapshot and history tables.
     evaluate
         Evaluate on the held-out window inside the job (report, held-out metrics for
         promotion). ``evaluation.max_requests`` bounds its cost: by default the latest
@@ -164,14 +166,11 @@ class TrainJobConfig:
     register: str | None = None
     output_dir: Path | None = None
     validation_fraction: float = 0.15
-    holdout_fraction: float = 0.2
     dataset: DatasetConfig = field(default_factory=_default_dataset)
     model: LambdaMARTConfig = field(default_factory=LambdaMARTConfig)
     plain_model: LambdaMARTConfig | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
-    context: ContextConfig = field(default_factory=ContextConfig)
-    trust: Mapping[str, Any] | None = None
     evaluation: EvalConfig = field(default_factory=_default_evaluation)
     evaluate: bool = True
     backend: str = "pandas"
@@ -183,102 +182,43 @@ class TrainJobConfig:
     bad_cost_estimate: BadOrderCostConfig | None = field(default_factory=BadOrderCostConfig)
     signing_key: Path | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "events", Path(self.events))
+    constraints: ClassVar[Constraints] = {
+        "events": FilePath(),
+        "until": Time(optional=True),
+        "experiment": Text(),
+        "tracking_uri": Text(optional=True),
+        "register": Text(optional=True),
+        "output_dir": FilePath(optional=True),
+        "validation_fraction": Real(0, 0.5, strict_low=True, strict_high=True),
+        "dataset": Nested(DatasetConfig),
+        "model": Nested(LambdaMARTConfig),
+        "plain_model": Nested(LambdaMARTConfig, optional=True),
+        "policy": Nested(PolicyConfig),
+        "balancer": Nested(BalancerConfig),
+        "evaluation": Nested(EvalConfig),
+        "evaluate": Flag(),
+        "backend": Choice(*BACKENDS),
+        "scheduler": Text(optional=True),
+        "train_plain": Flag(),
+        "tracking_retries": Integer(low=0),
+        "run_name": Text(optional=True),
+        "target_gini_ratio": Real(0, 1, strict_low=True, optional=True),
+        "bad_cost_estimate": Nested(BadOrderCostConfig, optional=True),
+        "signing_key": FilePath(optional=True),
+    }
+
+    def check(self) -> None:
+        holdout = self.evaluation.holdout_fraction
+        if not holdout < 0.5:
+            raise ConfigError(f"TrainJobConfig.evaluation.holdout_fraction: expected a value in (0, 0.5), got {holdout!r}")
+        if self.validation_fraction + holdout >= 0.8:
+            raise ConfigError("TrainJobConfig: validation_fraction + evaluation.holdout_fraction must leave >= 20% for training")
+        if self.scheduler is not None and self.backend != "dask":
+            raise self.reject("scheduler", "None unless backend='dask'")
         if self.signing_key is not None:
             from ..ranker.signing import load_signing_key
 
-            object.__setattr__(self, "signing_key", Path(self.signing_key))
             load_signing_key(self.signing_key)  # a bad key fails now, not after the training
-        if self.output_dir is not None:
-            object.__setattr__(self, "output_dir", Path(self.output_dir))
-        if not self.experiment or not isinstance(self.experiment, str):
-            raise ConfigError(f"TrainJobConfig.experiment: expected a non-empty name, got {self.experiment!r}")
-        if self.register is not None and (not isinstance(self.register, str) or not self.register.strip()):
-            raise ConfigError(f"TrainJobConfig.register: expected a model name, got {self.register!r}")
-        for name in ("validation_fraction", "holdout_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 < value < 0.5:
-                raise ConfigError(f"TrainJobConfig.{name}: expected a value in (0, 0.5), got {value!r}")
-        if self.validation_fraction + self.holdout_fraction >= 0.8:
-            raise ConfigError("TrainJobConfig: validation_fraction + holdout_fraction must leave >= 20% for training")
-        if self.target_gini_ratio is not None and not (
-            isinstance(self.target_gini_ratio, (int, float)) and not isinstance(self.target_gini_ratio, bool)
-            and 0.0 < self.target_gini_ratio <= 1.0
-        ):
-            raise ConfigError(f"TrainJobConfig.target_gini_ratio: expected a value in (0, 1] or None, got {self.target_gini_ratio!r}")
-        if not isinstance(self.evaluate, bool):
-            raise ConfigError(f"TrainJobConfig.evaluate: expected true or false, got {self.evaluate!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"TrainJobConfig.backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.scheduler is not None and (self.backend != "dask" or not isinstance(self.scheduler, str) or not self.scheduler.strip()):
-            raise ConfigError(f"TrainJobConfig.scheduler: expected a Dask scheduler address with backend='dask', got {self.scheduler!r}")
-        if not isinstance(self.tracking_retries, int) or self.tracking_retries < 0:
-            raise ConfigError(f"TrainJobConfig.tracking_retries: expected an integer >= 0, got {self.tracking_retries!r}")
-        if self.until is not None:
-            try:
-                stamp = pd.Timestamp(self.until)
-            except (TypeError, ValueError) as error:
-                raise ConfigError(f"TrainJobConfig.until: expected a date or ISO 8601 time, got {self.until!r}") from error
-            if stamp is pd.NaT:
-                raise ConfigError(f"TrainJobConfig.until: expected a date or ISO 8601 time, got {self.until!r}")
-        for name, kind in (("dataset", DatasetConfig), ("model", LambdaMARTConfig), ("policy", PolicyConfig),
-                           ("balancer", BalancerConfig), ("context", ContextConfig), ("evaluation", EvalConfig)):
-            if not isinstance(getattr(self, name), kind):
-                raise ConfigError(f"TrainJobConfig.{name}: expected a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        if self.plain_model is not None and not isinstance(self.plain_model, LambdaMARTConfig):
-            raise ConfigError("TrainJobConfig.plain_model: expected a LambdaMARTConfig or None")
-        if self.bad_cost_estimate is not None and not isinstance(self.bad_cost_estimate, BadOrderCostConfig):
-            raise ConfigError("TrainJobConfig.bad_cost_estimate: expected a BadOrderCostConfig or None")
-        if self.trust is not None:
-            from ..features.trust import TrustConfig
-
-            TrustConfig.from_dict(dict(self.trust))  # validate now, not after minutes of work
-            object.__setattr__(self, "trust", dict(self.trust))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (nested component configs)."""
-        return {
-            "events": str(self.events),
-            "until": self.until,
-            "experiment": self.experiment,
-            "tracking_uri": self.tracking_uri,
-            "register": self.register,
-            "output_dir": None if self.output_dir is None else str(self.output_dir),
-            "validation_fraction": self.validation_fraction,
-            "holdout_fraction": self.holdout_fraction,
-            "dataset": self.dataset.to_dict(),
-            "model": self.model.to_dict(),
-            "plain_model": None if self.plain_model is None else self.plain_model.to_dict(),
-            "policy": self.policy.to_dict(),
-            "balancer": self.balancer.to_dict(),
-            "context": self.context.to_dict(),
-            "trust": self.trust,
-            "evaluation": self.evaluation.to_dict(),
-            "evaluate": self.evaluate,
-            "backend": self.backend,
-            "scheduler": self.scheduler,
-            "train_plain": self.train_plain,
-            "tracking_retries": self.tracking_retries,
-            "run_name": self.run_name,
-            "target_gini_ratio": self.target_gini_ratio,
-            "bad_cost_estimate": None if self.bad_cost_estimate is None else self.bad_cost_estimate.to_dict(),
-            "signing_key": None if self.signing_key is None else str(self.signing_key),
-        }
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainJobConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("TrainJobConfig", values, known)
-        data = dict(values)
-        nested = {"dataset": DatasetConfig, "model": LambdaMARTConfig, "plain_model": LambdaMARTConfig,
-                  "policy": PolicyConfig, "balancer": BalancerConfig, "context": ContextConfig, "evaluation": EvalConfig,
-                  "bad_cost_estimate": BadOrderCostConfig}
-        for name, kind in nested.items():
-            if isinstance(data.get(name), Mapping):
-                data[name] = kind.from_dict(data[name])  # type: ignore[attr-defined]
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -705,7 +645,7 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
     until = to_utc(config.until) if config.until is not None else None
     if until is not None:
         events = events.before(until)
-    windows = _windows(events, until, config.validation_fraction, config.holdout_fraction)
+    windows = _windows(events, until, config.validation_fraction, config.evaluation.holdout_fraction)
 
     with _mlflow_session(config, tracking_uri):
         progress(f"tracking: {tracking_uri} (experiment {config.experiment!r})")
@@ -720,7 +660,6 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
 def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
     import lightgbm as lgb
 
-    from ..features.trust import TrustConfig
     from ..ranker.balancer import ExposureBalancer
     from ..ranker.bundle import save_bundle
     from ..ranker.pipeline import RankingPipeline
@@ -730,8 +669,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     run.log_params(flatten_params(config.to_dict()))
     run.set_tags(_data_tags(config, windows))
 
-    dataset_config = replace(config.dataset, context=config.context, trust=config.trust)
-    trust_config = TrustConfig.from_dict(config.trust) if config.trust else None
+    dataset_config = config.dataset
     progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
     if config.backend == "dask":
         from ._dask_training import fit_on_dask
@@ -764,7 +702,7 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     progress(f"building the serving snapshot as of {windows.end.isoformat()}")
     pipeline = RankingPipeline.as_of(
         events, windows.end, model, policy, ExposureBalancer(balancer_config),
-        schema=schema, trust=trust_config, context=config.context,
+        schema=schema, trust=dataset_config.trust, context=dataset_config.context,
     )
     serving_snapshot = pipeline.snapshot
     bundle_dir = local / BUNDLE_DIR

@@ -53,15 +53,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ..features.config import Config, Constraints, Flag, Integer, Real
+from ..features.errors import ConfigError, SchemaError
 from ..features.events import EventLog, load_events, table_dtypes
 from ..features.outcomes import net_value
 from ._sim_util import DAY, HOUR, categorical, grouped_weighted_draw, time_column
@@ -105,7 +106,7 @@ _EXPOSURE_REFERENCE_DAYS = 14
 
 
 @dataclass(frozen=True)
-class DynamicsConfig:
+class DynamicsConfig(Config):
     """The long-run responses of the closed-loop world; each one can be switched off.
 
     Every parameter says where its value comes from; "assumption" marks a value chosen for
@@ -189,44 +190,26 @@ class DynamicsConfig:
     exit_exposure_ratio: float = 0.3
     exit_hazard: float = 0.05
 
-    def __post_init__(self) -> None:
-        for name in ("buyer_trust", "creator_supply", "merchant_exit"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"DynamicsConfig.{name}: expected true or false, got {getattr(self, name)!r}")
-        for name in (
-            "bad_order_trust_loss", "guarantee_shield", "good_order_trust_gain", "starve_ratio",
-            "exit_trust_max", "exit_exposure_ratio", "exit_hazard",
-        ):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"DynamicsConfig.{name}: expected a number in [0, 1], got {value!r}")
-        for name in ("visit_elasticity", "purchase_elasticity", "supply_elasticity", "supply_min"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value < math.inf:
-                raise ConfigError(f"DynamicsConfig.{name}: expected a finite number >= 0, got {value!r}")
-        if not _is_number(self.exposure_memory_days) or not 0.0 < self.exposure_memory_days < math.inf:
-            raise ConfigError(f"DynamicsConfig.exposure_memory_days: expected a number > 0, got {self.exposure_memory_days!r}")
-        if not _is_number(self.supply_max) or not self.supply_min <= self.supply_max < math.inf:
-            raise ConfigError(
-                f"DynamicsConfig.supply_max: expected a finite number >= supply_min ({self.supply_min}), got {self.supply_max!r}"
-            )
-        if not isinstance(self.quit_after_days, int) or isinstance(self.quit_after_days, bool) or self.quit_after_days < 1:
-            raise ConfigError(f"DynamicsConfig.quit_after_days: expected an integer >= 1, got {self.quit_after_days!r}")
+    constraints: ClassVar[Constraints] = {
+        **dict.fromkeys(("buyer_trust", "creator_supply", "merchant_exit"), Flag()),
+        **dict.fromkeys(
+            ("bad_order_trust_loss", "guarantee_shield", "good_order_trust_gain", "starve_ratio",
+             "exit_trust_max", "exit_exposure_ratio", "exit_hazard"),
+            Real(0, 1),
+        ),
+        **dict.fromkeys(("visit_elasticity", "purchase_elasticity", "supply_elasticity", "supply_min", "supply_max"), Real(0)),
+        "exposure_memory_days": Real(0, strict_low=True),
+        "quit_after_days": Integer(low=1),
+    }
+
+    def check(self) -> None:
+        if self.supply_max < self.supply_min:
+            raise self.reject("supply_max", f"a finite number >= supply_min ({self.supply_min})")
 
     @classmethod
     def off(cls) -> DynamicsConfig:
         """Every dynamic switched off: the simulator's static platform."""
         return cls(buyer_trust=False, creator_supply=False, merchant_exit=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> DynamicsConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        reject_unknown_keys("DynamicsConfig", values, {f.name for f in fields(cls)})
-        return cls(**dict(values))
 
 
 def _is_number(value: Any) -> bool:

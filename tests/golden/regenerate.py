@@ -169,7 +169,7 @@ def write_inputs() -> None:
 
         impressions = load_events(EVENTS_DIR)["impressions"]
         span = impressions["ts"].max() - impressions["ts"].min()
-        holdout_from = (impressions["ts"].min() + span * (1 - config.holdout_fraction)).floor("D")
+        holdout_from = (impressions["ts"].min() + span * (1 - config.evaluation.holdout_fraction)).floor("D")
         merchants = pd.read_parquet(BUNDLE_DIR / "snapshot" / "merchants.parquet")
         banned = sorted(merchants.loc[merchants["banned"].astype(bool), "merchant_id"].astype(str))
         lines = [json.dumps(r, sort_keys=True) for r in _requests(EVENTS_DIR, holdout_from, banned)]

@@ -17,14 +17,15 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 
-from ...features.errors import ConfigError, SchemaError, reject_unknown_keys
+from ...features.config import Config, Constraints, Integer, Items, Real
+from ...features.errors import ConfigError, SchemaError
 from ...features.io import atomic_file
 from ...features.outcomes import net_value
 from ...features.progress import NullProgress, Progress
@@ -62,14 +63,15 @@ SERVED = "served"
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """What the offline evaluation measures.
 
     Parameters
     ----------
     holdout_fraction
-        Default window when neither dates nor the training run say: the latest share of the
-        impressions' time span.
+        The latest share of the impressions' time span that is held out: the training job
+        evaluates on it (and trains before it), and ``evaluate`` uses it when neither dates
+        nor the training run give the window.
     sweep_strengths
         Fixed balancer strengths of the quality/fairness sweep (the controller is off).
     fairco_strengths, pmmf_strengths
@@ -113,50 +115,16 @@ class EvalConfig:
     low_trust_quantile: float = 0.25
     max_requests: int | None = None
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ConfigError(f"EvalConfig.holdout_fraction: expected a value in (0, 1), got {self.holdout_fraction!r}")
-        strengths = tuple(float(s) for s in self.sweep_strengths)
-        if not strengths or any(not math.isfinite(s) or s < 0 for s in strengths):
-            raise ConfigError(f"EvalConfig.sweep_strengths: expected finite values >= 0, got {self.sweep_strengths!r}")
-        object.__setattr__(self, "sweep_strengths", strengths)
-        for name in ("fairco_strengths", "pmmf_strengths"):
-            values = tuple(float(s) for s in getattr(self, name))
-            if any(not math.isfinite(s) or s < 0 for s in values):
-                raise ConfigError(f"EvalConfig.{name}: expected finite values >= 0, got {getattr(self, name)!r}")
-            object.__setattr__(self, name, values)
-        for name in ("cap_per_creator", "cap_k", "fair_k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"EvalConfig.{name}: expected an integer >= 1, got {value!r}")
-        for name in ("fair_p", "fair_alpha", "head_fraction"):
-            value = getattr(self, name)
-            if not 0.0 < value < 1.0:
-                raise ConfigError(f"EvalConfig.{name}: expected a value in (0, 1), got {value!r}")
-        if not self.new_merchant_days > 0:
-            raise ConfigError(f"EvalConfig.new_merchant_days: expected > 0, got {self.new_merchant_days!r}")
-        if not 0.0 < self.low_trust_quantile < 1.0:
-            raise ConfigError(f"EvalConfig.low_trust_quantile: expected a value in (0, 1), got {self.low_trust_quantile!r}")
-        if self.max_requests is not None and (not isinstance(self.max_requests, int) or self.max_requests < 1):
-            raise ConfigError(f"EvalConfig.max_requests: expected an integer >= 1 or None, got {self.max_requests!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able parameters."""
-        values = asdict(self)
-        for name in ("sweep_strengths", "fairco_strengths", "pmmf_strengths"):
-            values[name] = list(getattr(self, name))
-        return values
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> EvalConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a :class:`ConfigError`."""
-        known = {f.name for f in fields(cls)}
-        reject_unknown_keys("EvalConfig", values, known)
-        data = dict(values)
-        for name in ("sweep_strengths", "fairco_strengths", "pmmf_strengths"):
-            if name in data:
-                data[name] = tuple(data[name])
-        return cls(**data)
+    constraints: ClassVar[Constraints] = {
+        "holdout_fraction": Real(0, 1, strict_low=True, strict_high=True),
+        "sweep_strengths": Items(Real(0), min_len=1),
+        "fairco_strengths": Items(Real(0)),
+        "pmmf_strengths": Items(Real(0)),
+        **dict.fromkeys(("cap_per_creator", "cap_k", "fair_k"), Integer(low=1)),
+        **dict.fromkeys(("fair_p", "fair_alpha", "head_fraction", "low_trust_quantile"), Real(0, 1, strict_low=True, strict_high=True)),
+        "new_merchant_days": Real(0, strict_low=True),
+        "max_requests": Integer(low=1, optional=True),
+    }
 
 
 @dataclass(frozen=True)
