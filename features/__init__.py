@@ -1,10 +1,12 @@
 """Trust signals from live-commerce event logs.
 
 Loading and validating event logs (:func:`load_events`), point-in-time trust snapshots per
-merchant and creator (:func:`build_snapshot`), and the per-request feature assembly that
+merchant and creator (:func:`build_snapshot`, updated from a stored state by
+:func:`update_snapshot`), and the per-request feature assembly that
 training and serving share (:class:`FeatureAssembler`).
 """
 
+from ._incremental import TrustState, changes_since, update_snapshot
 from .context import ContextConfig, ContextTables, FeatureAssembler, build_context_tables
 from .errors import (
     ConfigError,
@@ -31,10 +33,13 @@ __all__ = [
     "SchemaError",
     "TrustConfig",
     "TrustSnapshot",
+    "TrustState",
     "TrustfeedError",
     "build_context_tables",
     "build_snapshot",
+    "changes_since",
     "load_events",
+    "update_snapshot",
     "validate_events",
     "write_events",
 ]

@@ -31,7 +31,7 @@ from ._shrinkage import (
     fit_gamma_prior,
     gamma_posterior_mean,
 )
-from .errors import NotFittedError
+from .errors import ConfigError, NotFittedError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._trust_config import TrustConfig
@@ -346,6 +346,37 @@ class IndexModel:
         self.source = "default"
         self.fit_quality = {"base_rate": base_rate}
         return self
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], signals: list[str]) -> IndexModel:
+        """The weights of :meth:`to_dict` again (uncalibrated: call :meth:`calibrate`).
+
+        ``signals`` are the risk columns of the build that will use the weights; weights
+        fitted on another set of signals (another trustfeed version) are a ``ConfigError``.
+        """
+        try:
+            models = {
+                group: _Linear(float(m["intercept"]), {str(k): float(v) for k, v in m["weights"].items()})
+                for group, m in data["models"].items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ConfigError(f"index weights: expected models with intercept and weights, got {error!r}") from None
+        expected = cls._groups(signals)
+        got = {group: set(m.weights) for group, m in models.items()}
+        if got != {group: set(names) for group, names in expected.items()}:
+            have = set().union(*got.values()) if got else set()
+            raise ConfigError(
+                f"index weights: fitted on other signals than this version computes (only in the weights:"
+                f" {sorted(have - set(signals))}, only here: {sorted(set(signals) - have)}): rebuild in full"
+            )
+        # In the signals' own order, as a fit gives them (the order of the sums in predict).
+        models = {g: _Linear(models[g].intercept, {n: models[g].weights[n] for n in names}) for g, names in expected.items()}
+        model = cls()
+        model._models = models
+        model.source = str(data.get("source", "fitted"))
+        model.fitted_on = int(data.get("fitted_on_merchants", 0))
+        model.fit_quality = {str(k): float(v) for k, v in dict(data.get("fit_quality", {})).items()}
+        return model
 
     def predict(self, risk: pd.DataFrame, group: str) -> np.ndarray:
         """Expected bad-order rate of each merchant under the model of ``group``."""

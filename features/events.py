@@ -666,8 +666,8 @@ def _reference_warnings(tables: Mapping[str, pd.DataFrame], missing: Iterable[st
     return warnings
 
 
-def _validate(raw_tables: Mapping[str, pd.DataFrame], notes: Iterable[str] = ()) -> EventLog:
-    for name in REQUIRED_TABLES:
+def _validate(raw_tables: Mapping[str, pd.DataFrame], notes: Iterable[str] = (), partial: bool = False) -> EventLog:
+    for name in () if partial else REQUIRED_TABLES:
         if name not in raw_tables or raw_tables[name] is None:
             raise SchemaError(name, None, "a required table", "no such table")
     tables: dict[str, pd.DataFrame] = {}
@@ -762,7 +762,7 @@ def _read_table(spec: TableSpec, path: Path) -> pd.DataFrame:
     return frame
 
 
-def load_events(path: str | os.PathLike[str]) -> EventLog:
+def load_events(path: str | os.PathLike[str], *, partial: bool = False) -> EventLog:
     """Read and validate a dataset directory.
 
     For each table, ``<table>.parquet`` is read if present, else ``<table>.csv``.
@@ -773,6 +773,9 @@ def load_events(path: str | os.PathLike[str]) -> EventLog:
     ----------
     path
         The dataset directory.
+    partial
+        The directory holds only some new events (the incremental update): the required
+        tables may be absent too (they are then empty and listed in ``missing``).
 
     Returns
     -------
@@ -814,11 +817,11 @@ def load_events(path: str | os.PathLike[str]) -> EventLog:
             raw[name] = _read_table(spec, parquet)
         elif csv.exists():
             raw[name] = _read_table(spec, csv)
-        elif spec.required:
+        elif spec.required and not partial:
             raise SchemaError(
                 name, None, f"a file {name}.parquet or {name}.csv (required table)", f"neither in {directory}"
             )
-    return _validate(raw, notes)
+    return _validate(raw, notes, partial)
 
 
 def write_events(tables: Mapping[str, pd.DataFrame] | EventLog, path: str | os.PathLike[str]) -> None:

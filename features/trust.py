@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ DIMENSIONS: tuple[str, ...] = (
 
 FORMAT_VERSION = 1
 _SNAPSHOT_TABLES = ("merchants", "creators")
+# Keys of a manifest's ``index_model`` that IndexModel.to_dict writes (the rest is fit info).
+_MODEL_KEYS = ("source", "fitted_on_merchants", "standing_reference", "fit_quality", "models")
 
 
 @dataclass(frozen=True)
@@ -75,14 +78,20 @@ class TrustSnapshot:
     extras: dict[str, pd.DataFrame] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> None:
+    def save(
+        self, path: str | os.PathLike[str], *, force: bool = False, also: Callable[[Path], None] | None = None
+    ) -> None:
         """Write the snapshot directory atomically (Parquet tables + ``manifest.json``).
 
         An existing ``path`` is replaced only if it is empty or an earlier snapshot (with
         ``force``: any trustfeed output); anything else raises
         :class:`~trustfeed.features.errors.OutputError` (see :func:`~trustfeed.features.io.atomic_dir`).
+        ``also`` writes more files into the staging directory before it is put in place (the
+        incremental state), so they appear together with the snapshot or not at all.
         """
         with atomic_dir(path, "trust-snapshot", force=force) as tmp:
+            if also is not None:
+                also(tmp)
             self.merchants.to_parquet(tmp / "merchants.parquet", index=False)
             self.creators.to_parquet(tmp / "creators.parquet", index=False)
             for name, frame in self.extras.items():
@@ -300,6 +309,8 @@ def build_snapshot(
     config: TrustConfig | None = None,
     backend: str = "pandas",
     progress: Progress | None = None,
+    *,
+    index: Mapping[str, Any] | None = None,
 ) -> TrustSnapshot:
     """Build the trust snapshot as of ``as_of`` from events strictly before it.
 
@@ -316,6 +327,10 @@ def build_snapshot(
         ``"pandas"`` or ``"dask"``: who runs the grouped reductions (same results).
     progress
         Receives one call per step.
+    index
+        Index weights to use instead of fitting them (the ``index_model`` of an earlier
+        snapshot's manifest, as the incremental update carries them); the priors and the
+        standing reference are still computed from this build's own evidence.
 
     Returns
     -------
@@ -352,8 +367,13 @@ def build_snapshot(
     counts, meta = _evidence(known, cut, config, backend, enc)
     rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
 
-    progress("trust: fitting the index on an earlier cut")
-    model, fit_info = _fit_index(known, counts, cut, config, backend, host_exposure, list(risk.columns), enc)
+    if index is None:
+        progress("trust: fitting the index on an earlier cut")
+        model, fit_info = _fit_index(known, counts, cut, config, backend, host_exposure, list(risk.columns), enc)
+    else:
+        progress("trust: index weights carried from an earlier snapshot")
+        model = IndexModel.from_dict(index, list(risk.columns))
+        fit_info = {k: v for k, v in index.items() if k not in _MODEL_KEYS}
     # Dimension scores are standings among the merchants with evidence at the snapshot (data
     # before the cut only). Not the fit rows of the earlier cuts: signals drift as a log
     # grows (benefits enrolled, cases resolved), and a standing against a past population
@@ -371,7 +391,7 @@ def build_snapshot(
     for table in known.missing:
         warnings.append(f"{table}: table missing, its signals sit at their priors")
     if model.source != "fitted":
-        warnings.append(f"trust index: default weights ({fit_info['reason']})")
+        warnings.append(f"trust index: default weights ({fit_info.get('reason', 'carried')})")
     manifest = {
         "as_of": cut.isoformat(),
         "format_version": FORMAT_VERSION,

@@ -262,9 +262,11 @@ class FeedRanker:
         keep_ledger
             Carry the live exposure ledger (and controller state) over to the new model's
             balancer config: exposure already served is a fact about the feed, not about the
-            model. ``False`` starts from the ledger stored in the new bundle. (Exposure
-            that requests still running on the old model record during the swap stays in
-            the old ledger.)
+            model. With the same balancer config the live balancer object itself serves on,
+            so nothing recorded during the swap is lost; with another config its state is
+            copied (exposure that requests still running on the old model record during the
+            swap then stays in the old ledger). ``False`` starts from the ledger stored in
+            the new bundle.
 
         Returns
         -------
@@ -276,10 +278,17 @@ class FeedRanker:
             fresh.model = compile_model(fresh.model, self._predictor, self._compile_cache)
             current = self._pipeline
             if keep_ledger and fresh.balancer is not None and current.balancer is not None:
-                from ..ranker.balancer import ExposureBalancer
+                if fresh.balancer.config == current.balancer.config:
+                    # The live balancer itself: exposure that requests still running on the
+                    # old pipeline record lands in the ledger that keeps serving.
+                    fresh.balancer = current.balancer
+                else:
+                    from ..ranker.balancer import ExposureBalancer
 
-                fresh.balancer = ExposureBalancer.from_state(fresh.balancer.config, current.balancer.state_dict())
-            if self.shared_ledger is not None:
+                    fresh.balancer = ExposureBalancer.from_state(fresh.balancer.config, current.balancer.state_dict())
+                    if self.shared_ledger is not None:
+                        fresh.balancer = self.shared_ledger.attach(fresh.balancer)
+            elif self.shared_ledger is not None:
                 fresh.balancer = self.shared_ledger.attach(fresh.balancer)
             self._pipeline = fresh
             self._source = os.fspath(model_uri)
@@ -297,7 +306,8 @@ class FeedRanker:
         Parameters
         ----------
         snapshot
-            A :class:`~trustfeed.features.trust.TrustSnapshot` (e.g. ``build_snapshot(events, now)``).
+            A :class:`~trustfeed.features.trust.TrustSnapshot` (e.g. ``build_snapshot(events, now)``)
+            or a snapshot directory (``trustfeed features``, also ``--incremental``).
         context
             :class:`~trustfeed.features.context.ContextTables` built at the same time
             (``None``: keep the current ones).
@@ -307,6 +317,10 @@ class FeedRanker:
         str or None
             The id of the model now serving (unchanged).
         """
+        if isinstance(snapshot, (str, os.PathLike)):
+            from ..features.trust import TrustSnapshot
+
+            snapshot = TrustSnapshot.load(snapshot)  # read before the lock: ranking goes on meanwhile
         with self._reload_lock:
             current = self._pipeline
             tables = context if context is not None else current.context

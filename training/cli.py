@@ -69,16 +69,28 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from ..features.events import load_events
+    from ..features._incremental import write_incremental, write_snapshot
+    from ..features.errors import ConfigError
+    from ..features.events import load_events, to_utc
     from ..features.io import check_output_dir
     from ..features.progress import StderrProgress
     from ..features.trust import build_snapshot
 
+    if args.incremental != (args.source is not None):
+        raise ConfigError("--incremental and --from SNAPSHOT_DIR go together")
     check_output_dir(args.out, "trust-snapshot", force=args.force)  # before the work
+    to_utc(args.as_of)  # a bad date fails before the events are read
     progress = StderrProgress()
-    events = load_events(Path(args.events))
-    snapshot = build_snapshot(events, as_of=args.as_of, backend=args.backend, progress=progress)
-    snapshot.save(Path(args.out), force=args.force)
+    if args.incremental:
+        write_incremental(args.source, Path(args.events), args.as_of, Path(args.out),
+                          backend=args.backend, force=args.force, progress=progress)
+    elif args.keep_state:
+        events = load_events(Path(args.events))
+        write_snapshot(events, args.as_of, Path(args.out), backend=args.backend, force=args.force, progress=progress)
+    else:
+        events = load_events(Path(args.events))
+        snapshot = build_snapshot(events, as_of=args.as_of, backend=args.backend, progress=progress)
+        snapshot.save(Path(args.out), force=args.force)
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -245,10 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     features = add("features", _cmd_features, "write the trust snapshot as of a date")
-    features.add_argument("--events", required=True, metavar="DIR")
+    features.add_argument("--events", required=True, metavar="DIR",
+                          help="event log (with --incremental: only the rows added or changed since --from)")
     features.add_argument("--as-of", required=True, metavar="DATE", help="UTC date or ISO 8601 time")
     features.add_argument("--out", required=True, metavar="DIR")
     features.add_argument("--backend", choices=("pandas", "dask"), default="pandas")
+    features.add_argument("--keep-state", action="store_true",
+                          help="also write the state an incremental update starts from (OUT/state/)")
+    features.add_argument("--incremental", action="store_true",
+                          help="apply --events to the state of the snapshot --from instead of a full rebuild")
+    features.add_argument("--from", dest="source", metavar="SNAPSHOT_DIR",
+                          help="with --incremental: a snapshot written with its state")
     features.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     train = add("train", _cmd_train, "train the ranker and log the run to MLflow")
