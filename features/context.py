@@ -1,41 +1,55 @@
 """Per-request feature assembly: the one feature code path of training and serving.
 
-Two pieces:
+:class:`FeatureAssembler` joins a trust snapshot and the history tables of
+:mod:`trustfeed.features.history` onto candidates ``(user_id, ts, stream_id, creator_id,
+merchant_id, ...)`` and returns a float matrix in a fixed feature order. Serving calls
+:meth:`FeatureAssembler.transform` once per request; training calls the very same method over
+millions of logged impressions. All lookups are precomputed in ``__init__`` as numpy arrays
+plus hash indexes, so a request costs a few vectorised gathers and no DataFrame joins.
 
-* :func:`build_context_tables` turns the event log into point-in-time *user and engagement
-  history* as of a time T (who follows which creator, who bought from which merchant and how
-  it went, which product categories a user favours, how each creator's streams engaged
-  viewers). It is the per-user complement of the per-merchant trust snapshot of
-  :mod:`trustfeed.features.trust`, and like it is saved as Parquet (no pickle).
-* :class:`FeatureAssembler` joins a trust snapshot and context tables onto candidates
-  ``(user_id, ts, stream_id, creator_id, merchant_id, ...)`` and returns a float matrix in a
-  fixed feature order. Serving calls :meth:`FeatureAssembler.transform` once per request;
-  training calls the very same method over millions of logged impressions. All lookups are
-  precomputed in ``__init__`` as numpy arrays plus hash indexes, so a request costs a few
-  vectorised gathers and no DataFrame joins.
+Each feature reads one typed source (:mod:`trustfeed.features.sources`): per merchant, per
+creator or per request row. The feature order, the sources, the categorical codes and the
+monotone directions form the *schema* (:meth:`FeatureAssembler.schema`), which is saved beside
+the model; an assembler built with ``schema=`` reproduces exactly that feature layout on any
+later snapshot. What the policy's rules read about each merchant (trust, bans, guarantees)
+comes from :mod:`trustfeed.features.merchant_status`.
 
-The feature order, the categorical codes and the monotone directions form the *schema*
-(:meth:`FeatureAssembler.schema`), which is saved beside the model; an assembler built with
-``schema=`` reproduces exactly that feature layout on any later snapshot.
+The history tables (:class:`ContextConfig`, :class:`ContextTables`,
+:func:`build_context_tables`) live in :mod:`trustfeed.features.history` and are importable
+from here too.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from .config import Config, Constraints, Integer, Real
-from .errors import ConfigError, ModelIntegrityError, SchemaError
-from .events import EventLog, to_utc
-from .io import atomic_dir
-from .outcomes import BAD_AFTER_SALES_REASONS, order_outcomes, went_bad
+from ._columns import _as_float, _bool, _ids, _object_values, _positions
+from .errors import ConfigError, SchemaError
+from .events import to_utc
+from .history import CONTEXT_FORMAT_VERSION, ContextConfig, ContextTables, build_context_tables
+from .merchant_status import MerchantStatus, merchant_status_table
+from .outcomes import BAD_AFTER_SALES_REASONS
+from .sources import (
+    CreatorColumn,
+    CreatorKnown,
+    Engagement,
+    ENGAGEMENT_COLUMNS,
+    Hour,
+    Live,
+    MerchantCategory,
+    MerchantColumn,
+    MerchantKnown,
+    Source,
+    UserActivity,
+    UserCategory,
+    UserFollows,
+    UserMerchant,
+    parse_source,
+)
 
 __all__ = [
     "ContextConfig",
@@ -44,9 +58,9 @@ __all__ = [
     "MerchantStatus",
     "build_context_tables",
     "BAD_AFTER_SALES_REASONS",
+    "CONTEXT_FORMAT_VERSION",
 ]
 
-CONTEXT_FORMAT_VERSION = 1
 SCHEMA_FORMAT_VERSION = 1
 
 
@@ -58,417 +72,25 @@ _NON_FEATURE_COLUMNS = frozenset(
 )
 
 
-# --------------------------------------------------------------------------- context tables
-
-
-@dataclass(frozen=True)
-class ContextConfig(Config):
-    """How user and engagement history is summarised.
-
-    Parameters
-    ----------
-    lookback_days
-        Only history of the last ``lookback_days`` before ``as_of`` counts (``None``: all).
-    engagement_prior_strength
-        Pseudo-impressions of the Beta prior that shrinks a creator's click-through and
-        conversion rates toward the platform rate (few impressions say little).
-    click_weight
-        Weight of a click relative to an order in the user x category affinity.
-    max_position
-        Positions beyond this share one click-through prior in the position-normalised
-        CTR (clicks over expected clicks).
-    """
-
-    lookback_days: float | None = None
-    engagement_prior_strength: float = 20.0
-    click_weight: float = 0.25
-    max_position: int = 50
-
-    constraints: ClassVar[Constraints] = {
-        "lookback_days": Real(0, strict_low=True, optional=True),
-        "engagement_prior_strength": Real(0, strict_low=True),
-        "click_weight": Real(0, 1),
-        "max_position": Integer(low=1),
-    }
-
-
-_TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "follows": ("user_id", "creator_id", "followed_at"),
-    "user_merchant": ("user_id", "merchant_id", "orders", "bad_orders"),
-    "user_category": ("user_id", "category", "affinity"),
-    "user_activity": ("user_id", "orders", "clicks"),
-    "creator_engagement": ("creator_id", "impressions", "clicks", "purchases", "ctr", "cvr", "coec"),
-    "merchant_category": ("merchant_id", "category"),
-}
-
-
-@dataclass(frozen=True)
-class ContextTables:
-    """Point-in-time user and engagement history as of ``as_of`` (only events before it).
-
-    Attributes
-    ----------
-    as_of
-        The cut time (UTC).
-    follows
-        ``user_id, creator_id, followed_at``: the first follow of each pair.
-    user_merchant
-        ``user_id, merchant_id, orders, bad_orders``: past paid orders of the user with the
-        merchant and how many of them went bad (after-sales case for quality /
-        not_as_described / counterfeit, or a 1-2 star review, known before ``as_of``).
-    user_category
-        ``user_id, category, affinity``: the share of the user's orders and (down-weighted)
-        clicks that went to merchants of each category.
-    user_activity
-        ``user_id, orders, clicks``: the user's overall activity.
-    creator_engagement
-        ``creator_id, impressions, clicks, purchases, ctr, cvr, coec``: smoothed
-        click-through and conversion rates and clicks over expected clicks (position-normalised).
-    merchant_category
-        ``merchant_id, category`` of merchants registered before ``as_of``.
-    priors
-        Platform-wide rates used for unknown creators: ``ctr``, ``cvr``.
-    config
-        The :class:`ContextConfig` used.
-    """
-
-    as_of: pd.Timestamp
-    follows: pd.DataFrame
-    user_merchant: pd.DataFrame
-    user_category: pd.DataFrame
-    user_activity: pd.DataFrame
-    creator_engagement: pd.DataFrame
-    merchant_category: pd.DataFrame
-    priors: Mapping[str, float] = field(default_factory=dict)
-    config: ContextConfig = field(default_factory=ContextConfig)
-
-    def table(self, name: str) -> pd.DataFrame:
-        """One table by name (see :data:`_TABLE_COLUMNS` for the names)."""
-        if name not in _TABLE_COLUMNS:
-            raise KeyError(f"no context table {name!r}; tables are {', '.join(_TABLE_COLUMNS)}")
-        frame: pd.DataFrame = getattr(self, name)
-        return frame
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``<table>.parquet`` per table and ``manifest.json`` atomically into ``path``."""
-        with atomic_dir(path, "context-tables") as tmp:
-            for name in _TABLE_COLUMNS:
-                self.table(name).to_parquet(tmp / f"{name}.parquet", index=False)
-            manifest = {
-                "kind": "trustfeed.context",
-                "format_version": CONTEXT_FORMAT_VERSION,
-                "as_of": self.as_of.isoformat(),
-                "priors": {k: float(v) for k, v in self.priors.items()},
-                "config": self.config.to_dict(),
-                "row_counts": {name: int(len(self.table(name))) for name in _TABLE_COLUMNS},
-            }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ContextTables:
-        """Read a directory written by :meth:`save`.
-
-        Raises :class:`ModelIntegrityError` naming the file when a part is missing or of an
-        unknown format.
-        """
-        root = Path(path)
-        manifest_path = root / "manifest.json"
-        if not manifest_path.is_file():
-            raise ModelIntegrityError(str(manifest_path), "missing context manifest")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("kind") != "trustfeed.context" or manifest.get("format_version") != CONTEXT_FORMAT_VERSION:
-            raise ModelIntegrityError(
-                str(manifest_path),
-                f"expected trustfeed.context format {CONTEXT_FORMAT_VERSION}, got "
-                f"{manifest.get('kind')!r} format {manifest.get('format_version')!r}",
-            )
-        tables: dict[str, pd.DataFrame] = {}
-        for name, columns in _TABLE_COLUMNS.items():
-            file = root / f"{name}.parquet"
-            if not file.is_file():
-                raise ModelIntegrityError(str(file), "missing context table")
-            frame = pd.read_parquet(file)
-            absent = [c for c in columns if c not in frame.columns]
-            if absent:
-                raise ModelIntegrityError(str(file), f"missing columns {absent}")
-            tables[name] = frame
-        return cls(
-            as_of=pd.Timestamp(manifest["as_of"]).tz_convert("UTC"),
-            priors=dict(manifest.get("priors", {})),
-            config=ContextConfig.from_dict(manifest.get("config", {})),
-            **tables,
-        )
-
-
-def _column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
-    """``frame[name]``, or a column of ``default`` when an optional column is absent."""
-    if name in frame.columns:
-        return frame[name]
-    return pd.Series(default, index=frame.index, dtype=object if default is None else None)
-
-
-def _bool(series: pd.Series) -> np.ndarray:
-    # copy=True: without nulls, pandas may hand back a view of the event table's own
-    # buffer, and callers update the result in place
-    return series.astype("boolean").fillna(False).to_numpy(dtype=bool, copy=True)
-
-
-def _ids(series: pd.Series) -> pd.Series:
-    return series.astype("string")
-
-
-def _isin(values: pd.Series, among: pd.Series | pd.Index) -> np.ndarray:
-    """``values.isin(among)`` for id columns, hashed by Arrow (missing values never match).
-
-    pandas' own ``isin`` on Arrow-backed strings converts ``among`` one element at a time
-    (seconds for the hundreds of thousands of order ids of a snapshot).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    wanted = pa.array(_ids(pd.Series(among)).dropna().array, type=pa.large_string())
-    found = pc.is_in(pa.array(_ids(values).array, type=pa.large_string()), value_set=wanted, skip_nulls=True)
-    return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def _object_values(series: pd.Series) -> np.ndarray:
-    """Values as an object array with missing values as ``None`` (unknown to the id lookups)."""
-    # pandas accepts na_value=None; pandas-stubs' Scalar type leaves None out
-    return series.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
-
-
-def _positions(index: pd.Index, values: np.ndarray) -> np.ndarray:
-    """``index.get_indexer(values)``: position of each value, ``-1`` when absent."""
-    # get_indexer takes any array-like at runtime; pandas-stubs accept only an Index
-    return index.get_indexer(values)  # type: ignore[arg-type]
-
-
-def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | None = None) -> ContextTables:
-    """User and engagement history known strictly before ``as_of``.
-
-    Parameters
-    ----------
-    events
-        A validated :class:`~trustfeed.features.events.EventLog`.
-    as_of
-        The cut time; rows with event time ``>= as_of`` are ignored (point-in-time rule).
-    config
-        :class:`ContextConfig`; defaults apply when ``None``.
-
-    Returns
-    -------
-    ContextTables
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from trustfeed.features.events import validate_events
-    >>> events = validate_events({
-    ...     "merchants": pd.DataFrame({"merchant_id": ["m1"], "registered_at": ["2026-01-01"],
-    ...                                "category": ["beauty"]}),
-    ...     "orders": pd.DataFrame({"order_id": ["o1", "o2"], "user_id": ["u1", "u1"],
-    ...                             "merchant_id": ["m1", "m1"], "amount": [10.0, 5.0],
-    ...                             "created_at": ["2026-01-02", "2026-01-09"]}),
-    ... })
-    >>> context = build_context_tables(events, "2026-01-05")
-    >>> context.user_merchant[["user_id", "merchant_id", "orders"]].values.tolist()
-    [['u1', 'm1', 1]]
-    """
-    config = config or ContextConfig()
-    cut = to_utc(as_of)
-    known = events.before(cut)
-    start = None if config.lookback_days is None else cut - pd.Timedelta(days=config.lookback_days)
-
-    def window(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
-        times = frame[time_column]
-        keep = (times < cut).to_numpy(dtype=bool, na_value=False)
-        if start is not None:
-            keep &= (times >= start).to_numpy(dtype=bool, na_value=False)
-        return frame.loc[keep]
-
-    merchants = known["merchants"]
-    merchant_category = pd.DataFrame(
-        {"merchant_id": _ids(merchants["merchant_id"]), "category": _ids(_column(merchants, "category"))}
-    ).dropna(subset=["category"]).reset_index(drop=True)
-
-    # follows: first follow of each (user, creator) pair
-    follow_events = window(known["follows"], "followed_at")
-    # as_index=False makes the grouped reduction a DataFrame; pandas-stubs say Series
-    follows = cast(
-        pd.DataFrame,
-        pd.DataFrame(
-            {
-                "user_id": _ids(follow_events["user_id"]),
-                "creator_id": _ids(follow_events["creator_id"]),
-                "followed_at": follow_events["followed_at"],
-            }
-        )
-        .groupby(["user_id", "creator_id"], as_index=False, sort=True)["followed_at"]
-        .min(),
-    )
-
-    # paid orders and which of them went bad (as known before the cut, within the window)
-    outcomes = order_outcomes(known, since=start)
-    paid = outcomes.loc[outcomes["in_orders"].to_numpy(dtype=bool) & ~outcomes["cancelled"].to_numpy(dtype=bool)]
-    order_frame = pd.DataFrame(
-        {
-            "user_id": _ids(paid["user_id"]),
-            "merchant_id": _ids(paid["merchant_id"]),
-            "bad": went_bad(paid),
-        }
-    )
-    user_merchant = (
-        order_frame.groupby(["user_id", "merchant_id"], as_index=False, sort=True)
-        .agg(orders=("bad", "size"), bad_orders=("bad", "sum"))
-        .astype({"orders": "int64", "bad_orders": "int64"})
-    )
-
-    # impressions: creator engagement and user clicks
-    impressions = window(known["impressions"], "ts")
-    clicked = _bool(_column(impressions, "clicked"))
-    purchased = _bool(_column(impressions, "purchased"))
-    if "order_id" in impressions.columns and purchased.any():
-        # an impression just before the cut may lead to an order just after it: count a
-        # purchase only once its order exists (orders here are already cut at as_of)
-        placed = _isin(impressions["order_id"], known["orders"]["order_id"])
-        linked = _ids(impressions["order_id"]).notna().to_numpy(dtype=bool)
-        purchased &= placed | ~linked
-    position = impressions["position"].to_numpy(dtype="float64", na_value=np.nan)
-    n_impressions = len(impressions)
-    global_ctr = float(clicked.mean()) if n_impressions else 0.0
-    global_cvr = float(purchased.mean()) if n_impressions else 0.0
-    # Click-through by position: the expected clicks of each impression under the logging
-    # policy's position bias, so a creator always shown on top is not credited for the slot.
-    slot = np.clip(np.nan_to_num(position, nan=config.max_position), 1, config.max_position).astype(np.int64)
-    m = config.engagement_prior_strength
-    slot_impr = np.bincount(slot, minlength=config.max_position + 1).astype(float)
-    slot_clicks = np.bincount(slot, weights=clicked.astype(float), minlength=config.max_position + 1)
-    slot_ctr = (slot_clicks + m * global_ctr) / (slot_impr + m)
-    engagement = pd.DataFrame(
-        {
-            "creator_id": _ids(impressions["creator_id"]),
-            "clicked": clicked.astype("int64"),
-            "purchased": purchased.astype("int64"),
-            "expected_clicks": slot_ctr[slot],
-        }
-    )
-    creator_engagement = engagement.groupby("creator_id", as_index=False, sort=True).agg(
-        impressions=("clicked", "size"),
-        clicks=("clicked", "sum"),
-        purchases=("purchased", "sum"),
-        expected_clicks=("expected_clicks", "sum"),
-    )
-    creator_engagement["ctr"] = (creator_engagement["clicks"] + m * global_ctr) / (creator_engagement["impressions"] + m)
-    creator_engagement["cvr"] = (creator_engagement["purchases"] + m * global_cvr) / (
-        creator_engagement["impressions"] + m
-    )
-    creator_engagement["coec"] = (creator_engagement["clicks"] + m * global_ctr) / (
-        creator_engagement["expected_clicks"] + m * global_ctr
-    ).where(lambda s: s > 0, 1.0)
-    creator_engagement = creator_engagement.drop(columns="expected_clicks").astype(
-        {"impressions": "int64", "clicks": "int64", "purchases": "int64"}
-    )
-
-    # user x category affinity from orders and (down-weighted) clicks
-    category_of = pd.Series(
-        merchant_category["category"].to_numpy(), index=pd.Index(merchant_category["merchant_id"].to_numpy())
-    )
-    category_of = category_of[~category_of.index.duplicated()]
-    interactions = pd.concat(
-        [
-            pd.DataFrame({"user_id": order_frame["user_id"], "merchant_id": order_frame["merchant_id"], "w": 1.0}),
-            pd.DataFrame(
-                {
-                    "user_id": _ids(impressions.loc[clicked, "user_id"]),
-                    "merchant_id": _ids(impressions.loc[clicked, "merchant_id"]),
-                    "w": config.click_weight,
-                }
-            ),
-        ],
-        ignore_index=True,
-    )
-    codes = _positions(category_of.index, _object_values(interactions["merchant_id"]))
-    # a dataset without merchant categories has no affinity to compute
-    named = category_of.to_numpy(dtype=object) if len(category_of) else np.array([None], dtype=object)
-    interactions["category"] = pd.array(np.where(codes >= 0, named[np.maximum(codes, 0)], np.array(None, dtype=object)), dtype="string")
-    weighted = interactions.dropna(subset=["category"])
-    # as_index=False: a DataFrame (see follows above)
-    user_category = cast(pd.DataFrame, weighted.groupby(["user_id", "category"], as_index=False, sort=True)["w"].sum())
-    totals = user_category.groupby("user_id")["w"].transform("sum")
-    user_category["affinity"] = (user_category["w"] / totals).astype("float64")
-    user_category = user_category.drop(columns="w")
-
-    user_activity = (
-        pd.concat(
-            [
-                order_frame[["user_id"]].assign(orders=1, clicks=0),
-                pd.DataFrame({"user_id": _ids(impressions.loc[clicked, "user_id"]), "orders": 0, "clicks": 1}),
-            ],
-            ignore_index=True,
-        )
-        .groupby("user_id", as_index=False, sort=True)[["orders", "clicks"]]
-        .sum()
-        .astype({"orders": "int64", "clicks": "int64"})
-    )
-
-    return ContextTables(
-        as_of=cut,
-        follows=follows.reset_index(drop=True),
-        user_merchant=user_merchant.reset_index(drop=True),
-        user_category=user_category.reset_index(drop=True),
-        user_activity=user_activity.reset_index(drop=True),
-        creator_engagement=creator_engagement.reset_index(drop=True),
-        merchant_category=merchant_category,
-        priors={"ctr": global_ctr, "cvr": global_cvr},
-        config=config,
-    )
-
-
 # --------------------------------------------------------------------------- feature assembly
 
 
-class MerchantStatus(NamedTuple):
-    """What the policy needs to know about each candidate's merchant (aligned to candidates)."""
-
-    trust: np.ndarray
-    """``trust_index`` in [0, 1]; the snapshot median for unknown merchants."""
-    banned_merchant: np.ndarray
-    """The merchant account is banned."""
-    banned_entity: np.ndarray
-    """Another account of the same legal entity is banned (the merchant itself is not)."""
-    known: np.ndarray
-    """The merchant is in the snapshot."""
-    guarantees: np.ndarray
-    """Buyer-protection ("trusted purchase") benefits the merchant offers (0 when unknown)."""
-
-
-# Feature sources: where a feature's value comes from.
-#   merchant:<col>          numeric column of snapshot.merchants (cold start: see _source_matrix)
-#   creator:<col>           numeric column of snapshot.creators (cold start: likewise)
-#   merchant_known / creator_known   1 when the id is in the snapshot
-#   merchant_category       categorical code of the merchant's category (schema codes)
-#   engagement:<col>        context.creator_engagement column (cold start: platform prior)
-#   user_merchant:<col>     past orders / bad orders of the user with the merchant (0 if none)
-#   user_follows            the user followed the creator before the request time
-#   user_category           user's affinity to the merchant's category (0 if none)
-#   user_activity:<col>     the user's overall past orders / clicks
-#   hour                    hour of day (UTC) of the request
-#   live:<field>            an optional live-context field of the candidate (NaN if absent)
-_CONTEXT_PLAN: tuple[tuple[str, str], ...] = (
-    ("creator_coec", "engagement:coec"),
-    ("creator_log_impressions", "engagement:log_impressions"),
-    ("user_follows_creator", "user_follows"),
-    ("user_category_affinity", "user_category"),
-    ("user_merchant_orders", "user_merchant:orders"),
-    ("user_merchant_bad_orders", "user_merchant:bad_orders"),
-    ("user_orders", "user_activity:orders"),
-    ("user_clicks", "user_activity:clicks"),
-    ("hour_of_day", "hour"),
+# History features every assembler adds (sources in trustfeed.features.sources).
+_CONTEXT_PLAN: tuple[tuple[str, Source], ...] = (
+    ("creator_coec", Engagement("coec")),
+    ("creator_log_impressions", Engagement("log_impressions")),
+    ("user_follows_creator", UserFollows()),
+    ("user_category_affinity", UserCategory()),
+    ("user_merchant_orders", UserMerchant("orders")),
+    ("user_merchant_bad_orders", UserMerchant("bad_orders")),
+    ("user_orders", UserActivity("orders")),
+    ("user_clicks", UserActivity("clicks")),
+    ("hour_of_day", Hour()),
 )
 # Creator engagement from the context, used only when the snapshot has no such column.
-_ENGAGEMENT_FALLBACK: tuple[tuple[str, str, str], ...] = (
-    ("creator_ctr", "engagement:ctr", "ctr"),
-    ("creator_conversion_rate", "engagement:cvr", "conversion_rate"),
+_ENGAGEMENT_FALLBACK: tuple[tuple[str, Source, str], ...] = (
+    ("creator_ctr", Engagement("ctr"), "ctr"),
+    ("creator_conversion_rate", Engagement("cvr"), "conversion_rate"),
 )
 
 MERCHANT_COLUMNS: tuple[str, ...] = (
@@ -544,12 +166,6 @@ def _pick_columns(frame: pd.DataFrame, wanted: tuple[str, ...] | None) -> list[s
     chosen = [c for c in numeric if _is_trust_signal(c)]
     chosen += [c for c in wanted if c in numeric and c not in chosen]
     return chosen
-
-
-def _as_float(series: pd.Series) -> np.ndarray:
-    if pd.api.types.is_bool_dtype(series.dtype):
-        return series.astype("float64").to_numpy(dtype="float64", na_value=np.nan)
-    return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _index(values: Any) -> pd.Index:
@@ -735,7 +351,7 @@ class FeatureAssembler:
         self._categories = tuple(categories)
         self.feature_names: tuple[str, ...] = tuple(name for name, _, _ in plan)
         self.monotone: tuple[int, ...] = tuple(direction for _, _, direction in plan)
-        self.categorical: tuple[str, ...] = tuple(name for name, source, _ in plan if source == "merchant_category")
+        self.categorical: tuple[str, ...] = tuple(name for name, source, _ in plan if isinstance(source, MerchantCategory))
         self._position = {name: i for i, name in enumerate(self.feature_names)}
 
         # ---- merchants: one row per known id, plus a final cold-start row
@@ -746,7 +362,7 @@ class FeatureAssembler:
         self._merchant_index = _vocabulary(merchant_ids, extra_merchants)
         n_m = len(self._merchant_index)
         merchant_rows = _snapshot_rows(self._merchant_index, merchant_ids)
-        merchant_cols = [src.split(":", 1)[1] for _, src, _ in plan if src.startswith("merchant:")]
+        merchant_cols = [source.column for _, source, _ in plan if isinstance(source, MerchantColumn)]
         self._merchant_matrix = _source_matrix(merchants, merchant_cols, merchant_rows, n_m)
         self._merchant_known = np.zeros(n_m + 1)
         self._merchant_known[merchant_rows[merchant_rows >= 0]] = 1.0
@@ -766,38 +382,10 @@ class FeatureAssembler:
         # the same codes as integers, -1 for none: the key of the user-category pair table
         self._category_code = np.where(np.isfinite(category_codes), category_codes, -1).astype(np.int64)
 
-        # status for the policy: trust, banned, banned entity
-        trust = np.full(n_m + 1, np.nan)
-        banned = np.zeros(n_m + 1, dtype=bool)
-        banned_entity = np.zeros(n_m + 1, dtype=bool)
-        valid_rows = merchant_rows >= 0
-        if "trust_index" in merchants.columns:
-            trust[merchant_rows[valid_rows]] = _as_float(merchants["trust_index"])[valid_rows]
+        # what the policy's rules read (trust, bans, guarantees), per merchant row
         trust_column = self._merchant_col_of("trust_index", merchant_cols)
         prior_trust = self._merchant_matrix[n_m, trust_column] if trust_column is not None else np.nan
-        if not np.isfinite(prior_trust):
-            prior_trust = float(np.nanmedian(trust[:-1])) if np.isfinite(trust[:-1]).any() else 0.5
-        trust[~np.isfinite(trust)] = prior_trust
-        if "banned" in merchants.columns:
-            banned[merchant_rows[valid_rows]] = _bool(merchants["banned"])[valid_rows]
-            entity_flag = next((c for c in ("entity_banned", "banned_entity") if c in merchants.columns), None)
-            if entity_flag is not None:
-                banned_entity[merchant_rows[valid_rows]] = _bool(merchants[entity_flag])[valid_rows]
-            elif "entity_id" in merchants.columns:
-                entity = _ids(merchants["entity_id"])
-                any_banned = (
-                    pd.Series(_bool(merchants["banned"]), index=merchants.index).groupby(entity.to_numpy(), dropna=True).transform("any")
-                )
-                flag = any_banned.reindex(merchants.index).fillna(False).to_numpy(dtype=bool)
-                banned_entity[merchant_rows[valid_rows]] = flag[valid_rows]
-            banned_entity &= ~banned
-        self._trust = np.clip(trust, 0.0, 1.0)
-        self._banned = banned
-        self._banned_entity = banned_entity
-        guarantees = np.zeros(n_m + 1)
-        if "n_benefits" in merchants.columns:
-            guarantees[merchant_rows[valid_rows]] = np.nan_to_num(_as_float(merchants["n_benefits"])[valid_rows])
-        self._guarantees = guarantees
+        self._status = merchant_status_table(merchants, merchant_rows, n_m, prior_trust)
 
         # ---- creators
         creator_ids = _ids(creators["creator_id"])
@@ -807,13 +395,13 @@ class FeatureAssembler:
         self._creator_index = _vocabulary(creator_ids, extra_creators)
         n_c = len(self._creator_index)
         creator_rows = _snapshot_rows(self._creator_index, creator_ids)
-        creator_cols = [src.split(":", 1)[1] for _, src, _ in plan if src.startswith("creator:")]
+        creator_cols = [source.column for _, source, _ in plan if isinstance(source, CreatorColumn)]
         self._creator_matrix = _source_matrix(creators, creator_cols, creator_rows, n_c)
         self._creator_known = np.zeros(n_c + 1)
         self._creator_known[creator_rows[creator_rows >= 0]] = 1.0
 
         # creator engagement (context), cold start = platform prior
-        engagement_cols = ("ctr", "cvr", "coec", "log_impressions")
+        engagement_cols = ENGAGEMENT_COLUMNS
         self._engagement = np.full((n_c + 1, len(engagement_cols)), np.nan)
         if context is not None:
             prior = np.array([context.priors.get("ctr", np.nan), context.priors.get("cvr", np.nan), 1.0, 0.0])
@@ -893,29 +481,17 @@ class FeatureAssembler:
         merchant_pos: list[int] = []
         creator_parts: list[np.ndarray] = []
         creator_pos: list[int] = []
-        special: list[tuple[int, str, str]] = []
+        special: list[tuple[int, Source]] = []
+        tables = _EntityTables(self)
         for j, (_, source, _) in enumerate(self._plan):
-            kind, _, column = source.partition(":")
-            if kind == "merchant":
-                merchant_parts.append(self._merchant_matrix[:, self._merchant_col[column]])
+            if source.entity == "merchant":
+                merchant_parts.append(source.entity_values(tables))
                 merchant_pos.append(j)
-            elif kind == "merchant_known":
-                merchant_parts.append(self._merchant_known)
-                merchant_pos.append(j)
-            elif kind == "merchant_category":
-                merchant_parts.append(self._merchant_category)
-                merchant_pos.append(j)
-            elif kind == "creator":
-                creator_parts.append(self._creator_matrix[:, self._creator_col[column]])
-                creator_pos.append(j)
-            elif kind == "creator_known":
-                creator_parts.append(self._creator_known)
-                creator_pos.append(j)
-            elif kind == "engagement":
-                creator_parts.append(self._engagement[:, self._engagement_col[column]])
+            elif source.entity == "creator":
+                creator_parts.append(source.entity_values(tables))
                 creator_pos.append(j)
             else:
-                special.append((j, kind, column))
+                special.append((j, source))
         n_m, n_c = len(self._merchant_index) + 1, len(self._creator_index) + 1
         self._merchant_table = np.ascontiguousarray(np.column_stack(merchant_parts)) if merchant_parts else np.zeros((n_m, 0))
         self._creator_table = np.ascontiguousarray(np.column_stack(creator_parts)) if creator_parts else np.zeros((n_c, 0))
@@ -924,8 +500,9 @@ class FeatureAssembler:
         # contiguous runs of output columns are filled by slice assignment (no scatter)
         self._merchant_slice = _as_slice(self._merchant_pos)
         self._creator_slice = _as_slice(self._creator_pos)
-        self._special = tuple((i, kind, column) for i, (_, kind, column) in enumerate(special))
-        special_pos = np.asarray([j for j, _, _ in special], dtype=np.int64)
+        # per-request sources, each filling its column of the request block
+        self._special = tuple((i, source.request_values) for i, (_, source) in enumerate(special))
+        special_pos = np.asarray([j for j, _ in special], dtype=np.int64)
         self._special_slice = _as_slice(special_pos)
         self._special_pos = special_pos
 
@@ -950,7 +527,7 @@ class FeatureAssembler:
             "kind": "trustfeed.features",
             "format_version": SCHEMA_FORMAT_VERSION,
             "feature_names": list(self.feature_names),
-            "sources": [source for _, source, _ in self._plan],
+            "sources": [source.text() for _, source, _ in self._plan],
             "monotone": list(self.monotone),
             "categorical": list(self.categorical),
             "categories": {"merchant_category": list(self._categories)},
@@ -962,12 +539,13 @@ class FeatureAssembler:
         return self._status_of(_lookup_ids(self._merchant_index, merchant_ids))
 
     def _status_of(self, rows: np.ndarray) -> MerchantStatus:
+        status = self._status
         return MerchantStatus(
-            trust=self._trust[rows],
-            banned_merchant=self._banned[rows],
-            banned_entity=self._banned_entity[rows],
-            known=self._merchant_known[rows] > 0,
-            guarantees=self._guarantees[rows],
+            trust=status.trust[rows],
+            banned_merchant=status.banned_merchant[rows],
+            banned_entity=status.banned_entity[rows],
+            known=status.known[rows],
+            guarantees=status.guarantees[rows],
         )
 
     def transform_with_status(self, candidates: pd.DataFrame | Mapping[str, Any]) -> tuple[np.ndarray, MerchantStatus]:
@@ -1017,10 +595,6 @@ class FeatureAssembler:
         else:
             u_rows = _lookup_ids(self._user_index, _broadcast(user_ids, n))
 
-        def find(table: _PairTable, right: np.ndarray) -> np.ndarray:
-            # -1 (absent) selects the table's default value row
-            return table.find(u_rows, right) if one_user is None else table.find_one(one_user, right)
-
         ts_ns: Any
         if isinstance(ts, pd.Timestamp) and ts.tz is not None:  # what a parsed request carries
             ts_ns = int(ts.value) if ts.unit == "ns" else int(ts.as_unit("ns").value)
@@ -1039,25 +613,9 @@ class FeatureAssembler:
         # the remaining features go to a small block first, which stays in cache, then into
         # the matrix in one pass (a column of the matrix itself touches a cache line per row)
         block = np.empty((n, len(self._special)), dtype=np.float64)
-        um_rows: np.ndarray | None = None
-        for j, kind, column in self._special:
-            if kind == "user_merchant":
-                if um_rows is None:
-                    um_rows = find(self._user_merchant, m_rows)
-                block[:, j] = self._user_merchant.values[um_rows, 0 if column == "orders" else 1]
-            elif kind == "user_follows":
-                followed_at = self._follows.values[find(self._follows, c_rows)]
-                block[:, j] = (followed_at < ts_ns) & (ts_ns != _NAT)
-            elif kind == "user_category":
-                block[:, j] = self._user_category.values[find(self._user_category, self._category_code.take(m_rows))]
-            elif kind == "user_activity":
-                block[:, j] = self._user_activity[u_rows, 0 if column == "orders" else 1]
-            elif kind == "hour":
-                block[:, j] = np.where(ts_ns == _NAT, np.nan, (ts_ns // _NS_PER_HOUR) % 24)
-            elif kind == "live":
-                block[:, j] = _live_field(columns, column, n)
-            else:  # pragma: no cover - plans are validated when built
-                raise SchemaError("features", column, "a known feature source", f"{kind}:{column}")
+        rows = _RequestRows(self, columns, n, m_rows, c_rows, u_rows, one_user, ts_ns)
+        for j, values in self._special:
+            block[:, j] = values(rows)
         out[:, self._special_slice if self._special_slice is not None else self._special_pos] = block
         return out, m_rows
 
@@ -1065,6 +623,87 @@ class FeatureAssembler:
         """:meth:`transform` as a DataFrame with named columns (for inspection and reports)."""
         index = candidates.index if isinstance(candidates, pd.DataFrame) else None
         return pd.DataFrame(self.transform(candidates), columns=list(self.feature_names), index=index)
+
+
+class _EntityTables:
+    """The assembler's per-entity values, as the merchant and creator sources read them."""
+
+    __slots__ = ("_assembler",)
+
+    def __init__(self, assembler: FeatureAssembler) -> None:
+        self._assembler = assembler
+
+    def merchant_column(self, column: str) -> np.ndarray:
+        return self._assembler._merchant_matrix[:, self._assembler._merchant_col[column]]
+
+    def merchant_known(self) -> np.ndarray:
+        return self._assembler._merchant_known
+
+    def merchant_category(self) -> np.ndarray:
+        return self._assembler._merchant_category
+
+    def creator_column(self, column: str) -> np.ndarray:
+        return self._assembler._creator_matrix[:, self._assembler._creator_col[column]]
+
+    def creator_known(self) -> np.ndarray:
+        return self._assembler._creator_known
+
+    def engagement(self, column: str) -> np.ndarray:
+        return self._assembler._engagement[:, self._assembler._engagement_col[column]]
+
+
+class _RequestRows:
+    """One transform call's looked-up rows, as the per-request sources read them.
+
+    ``u_rows`` is one row for a single-user request (``one_user`` set) or one per candidate;
+    ``ts_ns`` likewise one time or one per candidate. Unknown ids are ``-1``, which every
+    table answers with its default (last) row.
+    """
+
+    __slots__ = ("_assembler", "_columns", "_n", "_m_rows", "_c_rows", "_u_rows", "_one_user", "_ts_ns", "_um_rows")
+
+    def __init__(
+        self, assembler: FeatureAssembler, columns: Any, n: int, m_rows: np.ndarray, c_rows: np.ndarray,
+        u_rows: Any, one_user: int | None, ts_ns: Any,
+    ) -> None:
+        self._assembler = assembler
+        self._columns = columns
+        self._n = n
+        self._m_rows = m_rows
+        self._c_rows = c_rows
+        self._u_rows = u_rows
+        self._one_user = one_user
+        self._ts_ns = ts_ns
+        self._um_rows: np.ndarray | None = None
+
+    def _find(self, table: _PairTable, right: np.ndarray) -> np.ndarray:
+        # -1 (absent) selects the table's default value row
+        if self._one_user is None:
+            return table.find(self._u_rows, right)
+        return table.find_one(self._one_user, right)
+
+    def user_merchant(self, column: str) -> np.ndarray:
+        table = self._assembler._user_merchant
+        if self._um_rows is None:  # orders and bad orders share one lookup
+            self._um_rows = self._find(table, self._m_rows)
+        return table.values[self._um_rows, 0 if column == "orders" else 1]
+
+    def user_follows(self) -> np.ndarray:
+        followed_at = self._assembler._follows.values[self._find(self._assembler._follows, self._c_rows)]
+        return (followed_at < self._ts_ns) & (self._ts_ns != _NAT)
+
+    def user_category(self) -> np.ndarray:
+        assembler = self._assembler
+        return assembler._user_category.values[self._find(assembler._user_category, assembler._category_code.take(self._m_rows))]
+
+    def user_activity(self, column: str) -> np.ndarray:
+        return self._assembler._user_activity[self._u_rows, 0 if column == "orders" else 1]
+
+    def hour(self) -> np.ndarray:
+        return np.where(self._ts_ns == _NAT, np.nan, (self._ts_ns // _NS_PER_HOUR) % 24)
+
+    def live(self, field: str) -> np.ndarray:
+        return _live_field(self._columns, field, self._n)
 
 
 # --------------------------------------------------------------------------- plan helpers
@@ -1076,18 +715,18 @@ def _derive_plan(
     live_fields: tuple[str, ...],
     merchant_columns: tuple[str, ...] | None,
     creator_columns: tuple[str, ...] | None,
-) -> list[tuple[str, str, int]]:
-    plan: list[tuple[str, str, int]] = []
+) -> list[tuple[str, Source, int]]:
+    plan: list[tuple[str, Source, int]] = []
     for column in _pick_columns(merchants, merchant_columns):
         name = column if column.startswith("merchant_") else f"merchant_{column}"
-        plan.append((name, f"merchant:{column}", _direction(column)))
-    plan.append(("merchant_known", "merchant_known", 0))
-    plan.append(("merchant_category", "merchant_category", 0))
+        plan.append((name, MerchantColumn(column), _direction(column)))
+    plan.append(("merchant_known", MerchantKnown(), 0))
+    plan.append(("merchant_category", MerchantCategory(), 0))
     creator_picked = _pick_columns(creators, creator_columns)
     for column in creator_picked:
         name = column if column.startswith("creator_") else f"creator_{column}"
-        plan.append((name, f"creator:{column}", _direction(column)))
-    plan.append(("creator_known", "creator_known", 0))
+        plan.append((name, CreatorColumn(column), _direction(column)))
+    plan.append(("creator_known", CreatorKnown(), 0))
     for name, source, snapshot_column in _ENGAGEMENT_FALLBACK:
         if snapshot_column not in creator_picked:
             plan.append((name, source, 0))
@@ -1097,32 +736,14 @@ def _derive_plan(
             name = f"context_{name}"
         plan.append((name, source, 0))
     for live in live_fields:
-        plan.append((f"live_{live}", f"live:{live}", 0))
+        plan.append((f"live_{live}", Live(live), 0))
     names = [name for name, _, _ in plan]
     if len(set(names)) != len(names):
         raise SchemaError("snapshot", None, "distinct feature names", f"duplicates in {names}")
     return plan
 
 
-_KNOWN_KINDS = frozenset(
-    {
-        "merchant",
-        "creator",
-        "merchant_known",
-        "creator_known",
-        "merchant_category",
-        "engagement",
-        "user_merchant",
-        "user_follows",
-        "user_category",
-        "user_activity",
-        "hour",
-        "live",
-    }
-)
-
-
-def _plan_from_schema(schema: Mapping[str, Any]) -> tuple[list[tuple[str, str, int]], list[str]]:
+def _plan_from_schema(schema: Mapping[str, Any]) -> tuple[list[tuple[str, Source, int]], list[str]]:
     if schema.get("kind") != "trustfeed.features" or schema.get("format_version") != SCHEMA_FORMAT_VERSION:
         raise SchemaError(
             "feature schema",
@@ -1131,13 +752,10 @@ def _plan_from_schema(schema: Mapping[str, Any]) -> tuple[list[tuple[str, str, i
             f"{schema.get('kind')!r} format {schema.get('format_version')!r}",
         )
     names = list(schema["feature_names"])
-    sources = list(schema["sources"])
+    sources = [parse_source(text) for text in schema["sources"]]
     monotone = [int(v) for v in schema["monotone"]]
     if not len(names) == len(sources) == len(monotone):
         raise SchemaError("feature schema", "sources", f"{len(names)} sources and monotone entries", "other lengths")
-    for source in sources:
-        if source.partition(":")[0] not in _KNOWN_KINDS:
-            raise SchemaError("feature schema", "sources", "a known feature source", repr(source))
     categories = list(schema.get("categories", {}).get("merchant_category", []))
     return list(zip(names, sources, monotone, strict=True)), categories
 
