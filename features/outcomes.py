@@ -127,7 +127,9 @@ def _order_rows(orders: pd.Series, *referencing: pd.Series) -> tuple[list[np.nda
     import pyarrow.compute as pc
 
     def arrow(values: pd.Series) -> Any:
-        return pa.array(values.astype("string").array, type=pa.large_string())
+        array = pa.array(values.astype("string").array, type=pa.large_string())
+        # an Arrow-backed column (e.g. a log grown by concatenation) comes back chunked
+        return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
     def lookup(values: Any, among: Any) -> tuple[np.ndarray, np.ndarray]:
         slot = pc.index_in(values, value_set=among)

@@ -8,7 +8,7 @@ position-based examination (a viewer examines position ``p`` with a probability 
 rearrangement inequality maximises by sorting items on::
 
     score = P(purchase | examined) * (1 - (1 + bad_cost) * p_bad(merchant))
-    P(purchase | examined) = sigmoid(a * s + b)                 # s: the model's raw score
+    P(purchase | examined) = sigmoid(a * s + b + d * p_bad)     # s: the model's raw score
     p_bad(merchant)        = sigmoid(c0 + c1 * logit(trust))    # c1 <= 0
 
 Both maps are fitted by the training job (:func:`fit_purchase_calibration` on the validation
@@ -17,6 +17,20 @@ window, with ``log(position)`` as a nuisance covariate for position bias that ra
 and trustworthy merchants is the one the data and the cost of a bad order imply, not a chosen
 weight. ``c1 <= 0`` and ``a > 0`` make the score non-decreasing in trust and in relevance;
 ``bad_cost = 0`` ranks by ``P(purchase | examined)``, i.e. by relevance alone.
+
+``d`` (the *risk term*, :func:`fit_risk_calibration`) corrects a double count. A model that
+sees trust features and was trained on labels that grade a bad purchase low has already
+lowered the score of risky merchants; calibrating that score to purchases alone would then
+read "risky" as "unlikely to be bought" and the value factor would charge the same risk a
+second time. With ``p_bad`` as a covariate of the calibration, ``d`` measures how much more
+a risky merchant's candidate is bought than its score says (the part of the risk the score
+already priced in). ``d`` is kept in ``[0, 1 + bad_cost]``: on that interval the score stays
+non-decreasing in trust (the derivative of ``log score`` in ``p_bad`` is
+``d (1 - P) - (1 + bad_cost) / (1 - (1 + bad_cost) p_bad) <= d - (1 + bad_cost)`` while
+the value is positive, and a negative value only falls further as ``p_bad`` grows), so the
+correction can soften the trust penalty but never invert it. Scoring clips ``d`` to that
+interval for the configured ``bad_cost``, so a state fitted for one cost stays monotone under
+another.
 
 The fits are Newton (IRLS) logistic regressions in numpy, with a tiny ridge so separable or
 constant data cannot diverge.
@@ -36,6 +50,8 @@ __all__ = [
     "logistic_regression",
     "fit_purchase_calibration",
     "fit_bad_model",
+    "fit_risk_calibration",
+    "max_risk_term",
     "purchase_probability",
     "bad_probability",
     "expected_value_score",
@@ -59,9 +75,9 @@ def _logit(p: np.ndarray, eps: float) -> np.ndarray:
 
 
 def logistic_regression(
-    X: Any, y: Any, *, ridge: float = 1e-6, max_iter: int = 100, tol: float = 1e-10
+    X: Any, y: Any, *, ridge: float = 1e-6, max_iter: int = 100, tol: float = 1e-10, offset: Any = None
 ) -> np.ndarray:
-    """Maximum-likelihood logistic regression ``P(y=1) = sigmoid(X @ beta)`` by Newton/IRLS.
+    """Maximum-likelihood logistic regression ``P(y=1) = sigmoid(X @ beta + offset)`` by Newton/IRLS.
 
     Parameters
     ----------
@@ -73,6 +89,8 @@ def logistic_regression(
         L2 penalty (times ``n``) on every coefficient: keeps separable data finite.
     max_iter, tol
         Newton steps and the convergence threshold on the step size.
+    offset
+        A fixed term added to the linear predictor (``n``; ``None``: 0).
 
     Returns
     -------
@@ -96,10 +114,13 @@ def logistic_regression(
     n, k = X.shape
     if n == 0:
         raise SchemaError("logistic regression", "X", "at least one row", "none")
+    fixed = np.zeros(n) if offset is None else np.broadcast_to(np.asarray(offset, dtype=np.float64), (n,))
+    if not np.isfinite(fixed).all():
+        raise SchemaError("logistic regression", "offset", "finite values", "NaN or infinity")
     penalty = ridge * n * np.eye(k)
     beta = np.zeros(k)
     for _ in range(max_iter):
-        p = _sigmoid(X @ beta)
+        p = _sigmoid(X @ beta + fixed)
         w = p * (1.0 - p)
         gradient = X.T @ (y - p) - penalty @ beta
         hessian = (X * w[:, None]).T @ X + penalty
@@ -141,6 +162,55 @@ def fit_purchase_calibration(score: Any, purchased: Any, position: Any) -> tuple
     return float(a), float(b), float(g)
 
 
+def max_risk_term(bad_cost: float) -> float:
+    """The largest risk term ``d`` that keeps the score non-decreasing in trust: ``1 + bad_cost``."""
+    return 1.0 + float(bad_cost)
+
+
+def fit_risk_calibration(
+    score: Any, purchased: Any, position: Any, p_bad: Any, bad_cost: float
+) -> tuple[float, float, float, float]:
+    """``P(purchase) = sigmoid(a * score + b + g * log(position) + d * p_bad)``: ``(a, b, g, d)``.
+
+    :func:`fit_purchase_calibration` with the candidate merchant's bad-order probability as
+    a covariate, ``d`` constrained to ``[0, 1 + bad_cost]`` (see the module docstring). The
+    likelihood is concave, so an unconstrained optimum outside the interval puts the
+    constrained one on its nearest bound: the fit is repeated with ``d`` fixed there (an
+    offset).
+
+    Examples
+    --------
+    A score that already penalises risky merchants (they are bought more than it says):
+
+    >>> rng = np.random.default_rng(3)
+    >>> n = 60000
+    >>> q, pos = rng.uniform(0.02, 0.4, n), rng.integers(1, 11, n)
+    >>> s = rng.normal(size=n) - 2.0 * q
+    >>> bought = rng.random(n) < 1 / (1 + np.exp(-(1.2 * s - 2.0 - 0.7 * np.log(pos) + 2.0 * q)))
+    >>> a, b, g, d = fit_risk_calibration(s, bought, pos, q, bad_cost=2.0)
+    >>> [round(a, 1), round(b, 1), round(g, 1)], abs(d - 2.0) < 0.3
+    ([1.2, -2.0, -0.7], True)
+    >>> round(fit_risk_calibration(s, bought, pos, q, bad_cost=0.5)[3], 1)  # capped at 1 + bad_cost
+    1.5
+    """
+    s = np.asarray(score, dtype=np.float64)
+    pos = np.asarray(position, dtype=np.float64)
+    bought = np.asarray(purchased, dtype=np.float64)
+    q = np.asarray(p_bad, dtype=np.float64)
+    if not (s.shape == pos.shape == bought.shape == q.shape) or s.ndim != 1:
+        raise SchemaError("purchase calibration", "score/purchased/position/p_bad", "four equal-length vectors",
+                          f"shapes {s.shape}, {bought.shape}, {pos.shape}, {q.shape}")
+    if (pos < 1).any():
+        raise SchemaError("purchase calibration", "position", "1-based positions", f"minimum {pos.min()}")
+    base = np.column_stack([s, np.ones_like(s), np.log(pos)])
+    a, b, g, d = logistic_regression(np.column_stack([base, q]), bought)
+    high = max_risk_term(bad_cost)
+    if not 0.0 <= d <= high:
+        d = min(max(d, 0.0), high)
+        a, b, g = logistic_regression(base, bought, offset=d * q)
+    return float(a), float(b), float(g), float(d)
+
+
 def fit_bad_model(trust: Any, bad: Any, eps: float = 1e-3) -> tuple[float, float]:
     """``p_bad = sigmoid(c0 + c1 * logit(trust))`` over purchases, constrained ``c1 <= 0``.
 
@@ -168,10 +238,13 @@ def fit_bad_model(trust: Any, bad: Any, eps: float = 1e-3) -> tuple[float, float
     return float(c0), float(c1)
 
 
-def purchase_probability(score: Any, calibration: Sequence[float]) -> np.ndarray:
-    """``sigmoid(a * score + b)`` (NaN score stays NaN)."""
+def purchase_probability(score: Any, calibration: Sequence[float], p_bad: Any = None, risk_term: float = 0.0) -> np.ndarray:
+    """``sigmoid(a * score + b + risk_term * p_bad)`` (NaN score stays NaN; ``p_bad=None``: no risk term)."""
     a, b = float(calibration[0]), float(calibration[1])
-    return _sigmoid(a * np.asarray(score, dtype=np.float64) + b)
+    logit = a * np.asarray(score, dtype=np.float64) + b
+    if p_bad is not None and risk_term != 0.0:
+        logit = logit + risk_term * np.asarray(p_bad, dtype=np.float64)
+    return _sigmoid(logit)
 
 
 def bad_probability(trust: Any, model: Sequence[float], eps: float = 1e-3) -> np.ndarray:
@@ -188,8 +261,13 @@ def expected_value_score(
     bad_model: Sequence[float],
     bad_cost: float,
     eps: float = 1e-3,
+    risk_term: float = 0.0,
 ) -> np.ndarray:
     """``P(purchase | examined) * (1 - (1 + bad_cost) * p_bad)``; a NaN relevance is ``-inf``.
+
+    ``risk_term`` is ``d`` of the calibration, clipped to ``[0, 1 + bad_cost]`` so the score
+    never falls as trust rises (``bad_cost = 0`` charges no risk and ranks by relevance alone,
+    without it).
 
     Examples
     --------
@@ -205,11 +283,14 @@ def expected_value_score(
     """
     rel = np.asarray(relevance, dtype=np.float64)
     finite = np.isfinite(rel)
-    purchase = purchase_probability(np.where(finite, rel, 0.0), calibration)
     if bad_cost == 0.0:
-        value = purchase
+        # no risk is charged, so there is no double count to undo: relevance alone
+        value = purchase_probability(np.where(finite, rel, 0.0), calibration)
     else:
-        value = purchase * (1.0 - (1.0 + bad_cost) * bad_probability(trust, bad_model, eps))
+        p_bad = bad_probability(trust, bad_model, eps)
+        d = min(max(float(risk_term), 0.0), max_risk_term(bad_cost))
+        value = purchase_probability(np.where(finite, rel, 0.0), calibration, p_bad, d)
+        value = value * (1.0 - (1.0 + bad_cost) * p_bad)
     return value if finite.all() else np.where(finite, value, -np.inf)
 
 

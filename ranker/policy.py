@@ -9,12 +9,15 @@ the tests all call these same methods.
 
 ``combine="expected_value"`` (the default): rank by expected net value per examination::
 
-    score = sigmoid(a * relevance + b) * (1 - (1 + bad_cost) * sigmoid(c0 + c1 * logit(trust)))
+    p_bad = sigmoid(c0 + c1 * logit(trust))
+    score = sigmoid(a * relevance + b + d * p_bad) * (1 - (1 + bad_cost) * p_bad)
 
 the calibrated purchase probability times the value of an order when a bad order costs
-``bad_cost`` good ones (2: net value = good - 2 x bad). ``(a, b)`` (the purchase calibration)
-and ``(c0, c1)`` (the bad-order model, ``c1 <= 0``) are learned by :meth:`Policy.fit`; the
-derivation and the fits are in :mod:`trustfeed.ranker._expected_value`. ``bad_cost = 0``
+``bad_cost`` good ones (2: net value = good - 2 x bad). ``(a, b)`` (the purchase calibration),
+``d`` (its risk term: how much of the merchant's risk the model's score already priced in,
+``0 <= d <= 1 + bad_cost`` so the score stays monotone in trust) and ``(c0, c1)`` (the
+bad-order model, ``c1 <= 0``) are learned by :meth:`Policy.fit`; the derivation and the fits
+are in :mod:`trustfeed.ranker._expected_value`. ``bad_cost = 0``
 switches trust off like ``trust_weight = 0``: the score is then ``z(relevance)`` (below).
 Until the policy is fitted (a config written by hand) it falls back to the ``"logit"``
 formula with ``trust_weight``.
@@ -53,7 +56,14 @@ import numpy as np
 
 from ..features.config import Choice, Config, Constraints, Flag, Real
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
-from ._expected_value import check_parameters, expected_value_score, fit_bad_model, fit_purchase_calibration
+from ._expected_value import (
+    bad_probability,
+    check_parameters,
+    expected_value_score,
+    fit_bad_model,
+    fit_purchase_calibration,
+    fit_risk_calibration,
+)
 
 __all__ = [
     "Policy",
@@ -147,36 +157,49 @@ class PolicyState:
         ``(a, b)`` with ``P(purchase | examined) = sigmoid(a * relevance + b)``, ``a > 0``.
     bad_model
         ``(c0, c1)`` with ``p_bad = sigmoid(c0 + c1 * logit(trust))``, ``c1 <= 0``.
+    risk_term
+        ``d >= 0``: the calibration's weight on ``p_bad`` (the risk the model's score already
+        priced in; scoring caps it at ``1 + bad_cost``). ``0`` (the default, and what states
+        saved before it existed load as): none.
 
     Examples
     --------
-    >>> PolicyState.from_dict(PolicyState((1.3, -2.5), (-2.0, -0.8)).to_dict())
-    PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8))
+    >>> PolicyState.from_dict(PolicyState((1.3, -2.5), (-2.0, -0.8), 1.5).to_dict())
+    PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8), risk_term=1.5)
     """
 
     purchase_calibration: tuple[float, float]
     bad_model: tuple[float, float]
+    risk_term: float = 0.0
 
     def __post_init__(self) -> None:
         calibration, bad = check_parameters(self.purchase_calibration, self.bad_model, 0.0)
         if calibration is None or bad is None:
             raise ConfigError("PolicyState: purchase_calibration and bad_model are both required")
+        if not (isinstance(self.risk_term, (int, float)) and not isinstance(self.risk_term, bool)
+                and math.isfinite(self.risk_term) and self.risk_term >= 0):
+            raise ConfigError(f"PolicyState.risk_term must be a finite number >= 0, got {self.risk_term!r}")
         # JSON gives lists back: tuples keep from_dict(to_dict()) == state
         object.__setattr__(self, "purchase_calibration", calibration)
         object.__setattr__(self, "bad_model", bad)
+        object.__setattr__(self, "risk_term", float(self.risk_term))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fitted values."""
-        return {"purchase_calibration": list(self.purchase_calibration), "bad_model": list(self.bad_model)}
+        return {"purchase_calibration": list(self.purchase_calibration), "bad_model": list(self.bad_model),
+                "risk_term": self.risk_term}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PolicyState:
-        """Inverse of :meth:`to_dict`; unknown or missing keys are a :class:`ConfigError`."""
-        reject_unknown_keys("PolicyState", values, set(LEGACY_STATE_KEYS))
+        """Inverse of :meth:`to_dict`; unknown or missing keys are a :class:`ConfigError`.
+
+        ``risk_term`` may be absent (states saved before it existed): it is then 0.
+        """
+        reject_unknown_keys("PolicyState", values, {*LEGACY_STATE_KEYS, "risk_term"})
         missing = [k for k in LEGACY_STATE_KEYS if k not in values]
         if missing:
             raise ConfigError(f"PolicyState: missing {missing}")
-        return cls(values["purchase_calibration"], values["bad_model"])
+        return cls(values["purchase_calibration"], values["bad_model"], values.get("risk_term", 0.0))
 
 
 @dataclass(frozen=True)
@@ -256,6 +279,7 @@ class Policy:
         position: Any,
         trust: Any,
         bad: Any,
+        impression_trust: Any = None,
     ) -> Policy:
         """Learn the purchase calibration and the bad-order model; returns ``self``.
 
@@ -267,23 +291,35 @@ class Policy:
         trust, bad
             Per purchase (the training window): the merchant's trust when it was bought and
             whether the order went bad.
+        impression_trust
+            Per logged impression (aligned with ``relevance``): the merchant's trust then.
+            Given, the calibration also learns its risk term ``d`` (the merchant risk the
+            model's score already priced in, see :mod:`trustfeed.ranker._expected_value`);
+            ``None``: ``d = 0``.
 
         A calibration whose relevance slope is not positive (a model whose score does not
         predict purchases) leaves the policy unfitted, so it keeps the ``"logit"`` fallback;
         ``fit_info_["fallback"]`` says so.
         """
-        a, b, g = fit_purchase_calibration(relevance, purchased, position)
-        info: dict[str, Any] = {"purchase_a": a, "purchase_b": b, "purchase_log_position": g,
+        c0, c1 = fit_bad_model(trust, bad, self.config.eps)
+        if impression_trust is None or self.config.bad_cost == 0:
+            a, b, g = fit_purchase_calibration(relevance, purchased, position)
+            d = 0.0
+        else:
+            rel = np.asarray(relevance, dtype=np.float64)
+            p_bad = bad_probability(_vector(impression_trust, rel.shape[0], "impression_trust", np.float64),
+                                    (c0, c1), self.config.eps)
+            a, b, g, d = fit_risk_calibration(rel, purchased, position, p_bad, self.config.bad_cost)
+        info: dict[str, Any] = {"purchase_a": a, "purchase_b": b, "purchase_log_position": g, "purchase_risk_term": d,
                                 "valid_purchases": int(np.asarray(purchased, dtype=bool).sum())}
         if not a > 0:
             info["fallback"] = "logit (a score that does not predict purchases)"
             self.state, self.fit_info_ = None, info
             return self
-        c0, c1 = fit_bad_model(trust, bad, self.config.eps)
         bad_values = np.asarray(bad, dtype=np.float64)
         info.update({"bad_c0": c0, "bad_c1": c1, "train_purchases": int(bad_values.size),
                      "train_bad_rate": float(bad_values.mean()) if bad_values.size else float("nan")})
-        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1)), info
+        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1), d), info
         return self
 
     # ------------------------------------------------------------------ the decision
@@ -352,7 +388,7 @@ class Policy:
             # calibrated on the raw score: no per-request standardisation
             trust_values = np.where(np.isnan(trust_values), 0.5, trust_values)
             return expected_value_score(rel, trust_values, state.purchase_calibration, state.bad_model,
-                                        config.bad_cost, config.eps)
+                                        config.bad_cost, config.eps, state.risk_term)
         z = standardise_relevance(rel, None if group is None else _group_sizes(group, n))
         if config.trust_weight == 0 or (expected_value and config.bad_cost == 0):
             return z

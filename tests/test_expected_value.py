@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trustfeed.features.errors import ConfigError
+from trustfeed.features.errors import ConfigError, SchemaError
 from trustfeed.ranker import _expected_value as ev
 from trustfeed.ranker.policy import Policy, PolicyConfig, PolicyState
 
@@ -70,14 +70,19 @@ def test_separable_data_stays_finite() -> None:
     data=st.data(),
     bad_cost=st.floats(0.0, 10.0),
     c1=st.floats(-3.0, 0.0),
+    risk_term=st.floats(0.0, 30.0),
 )
-def test_raising_trust_never_lowers_score_or_rank(rel: list[float], data: st.DataObject, bad_cost: float, c1: float) -> None:
+def test_raising_trust_never_lowers_score_or_rank(
+    rel: list[float], data: st.DataObject, bad_cost: float, c1: float, risk_term: float
+) -> None:
+    # any fitted risk term, even one above 1 + bad_cost (a state fitted for a higher cost):
+    # scoring caps it, so trust never lowers the score
     n = len(rel)
     trust = np.array(data.draw(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n)))
     i = data.draw(st.integers(0, n - 1))
     raised = trust.copy()
     raised[i] = data.draw(st.floats(trust[i], 1.0))
-    policy = _fitted((1.0, -2.0), (-1.5, c1), bad_cost=bad_cost)
+    policy = Policy(PolicyConfig(bad_cost=bad_cost), PolicyState((1.0, -2.0), (-1.5, c1), risk_term))
     assert policy.score(rel, raised)[i] >= policy.score(rel, trust)[i]
     before = policy.rank(rel, trust, False, False).order.tolist().index(i)
     after = policy.rank(rel, raised, False, False).order.tolist().index(i)
@@ -164,7 +169,7 @@ def test_config_and_state_validation_and_json_round_trip() -> None:
     back = Policy.from_dict(saved["config"], saved["state"])
     assert back == FITTED and isinstance(back.state.bad_model, tuple)  # type: ignore[union-attr]
     # a config from before the fitted state had its own place still loads, with its state
-    legacy = {**FITTED.config.to_dict(), **STATE.to_dict()}
+    legacy = {**FITTED.config.to_dict(), "purchase_calibration": STATE.purchase_calibration, "bad_model": STATE.bad_model}
     assert Policy.from_dict(legacy) == FITTED
     assert not Policy.from_dict({**FITTED.config.to_dict(), "purchase_calibration": None, "bad_model": None}).is_fitted
 
@@ -184,6 +189,56 @@ def test_fit_learns_the_state_and_a_useless_score_keeps_the_fallback(rng: np.ran
     assert not np.array_equal(policy.score(score[:5], trust[:5]), Policy().score(score[:5], trust[:5]))
     useless = Policy().fit(-score, purchased, position, trust, bad)
     assert not useless.is_fitted and "fallback" in useless.fit_info_
+
+
+def test_risk_calibration_recovers_the_priced_in_risk_and_keeps_its_bounds(rng: np.random.Generator) -> None:
+    n = 60000
+    p_bad = rng.uniform(0.0, 0.5, n)
+    position = rng.integers(1, 11, n)
+    # a score that already pushed risky merchants down: they are bought more than it says
+    score = rng.normal(size=n) - 2.0 * p_bad
+    logit = 1.1 * score - 2.2 - 0.6 * np.log(position)
+    for d_true, bad_cost in ((1.5, 2.0), (0.0, 2.0)):
+        bought = rng.random(n) < _sigmoid(logit + d_true * p_bad)
+        a, b, g, d = ev.fit_risk_calibration(score, bought, position, p_bad, bad_cost)
+        np.testing.assert_allclose((a, b, g), (1.1, -2.2, -0.6), atol=0.1)
+        assert d == pytest.approx(d_true, abs=0.35) and d >= 0.0
+    # outside [0, 1 + bad_cost] the fit lands on the nearest bound (the constrained optimum)
+    bought = rng.random(n) < _sigmoid(logit + 6.0 * p_bad)
+    assert ev.fit_risk_calibration(score, bought, position, p_bad, 1.0)[3] == 2.0
+    bought = rng.random(n) < _sigmoid(logit - 3.0 * p_bad)
+    assert ev.fit_risk_calibration(score, bought, position, p_bad, 1.0)[3] == 0.0
+    with pytest.raises(SchemaError):
+        ev.fit_risk_calibration(score, bought, position, p_bad[:-1], 1.0)
+
+
+def test_fit_with_impression_trust_learns_the_risk_term_and_ranks_risky_merchants_higher(rng: np.random.Generator) -> None:
+    n = 40000
+    trust = rng.beta(2.6, 1.6, n)
+    bad = rng.random(n) < _sigmoid(-2.0 - 0.8 * np.log(trust / (1 - trust)))
+    position = rng.integers(1, 11, n)
+    p_bad = _sigmoid(-2.0 - 0.8 * np.log(trust / (1 - trust)))
+    score = rng.normal(size=n) - 3.0 * p_bad  # the model's score double-counts the risk
+    purchased = rng.random(n) < _sigmoid(1.2 * score - 2.5 - 0.5 * np.log(position) + 2.0 * p_bad)
+    plain = Policy().fit(score, purchased, position, trust, bad)
+    corrected = Policy().fit(score, purchased, position, trust, bad, impression_trust=trust)
+    assert plain.state is not None and corrected.state is not None
+    assert plain.state.risk_term == 0.0 and corrected.state.risk_term == pytest.approx(2.0, abs=0.5)
+    assert corrected.fit_info_["purchase_risk_term"] == corrected.state.risk_term
+    # what the correction buys: a risky candidate with a slightly better score now beats a
+    # safe one where the uncorrected policy charged its risk twice
+    rel, candidates = np.array([0.3, 0.0]), np.array([0.35, 0.95])
+    assert corrected.score(rel, candidates)[0] / corrected.score(rel, candidates)[1] > \
+        plain.score(rel, candidates)[0] / plain.score(rel, candidates)[1]
+    # no cost charged, nothing to undo: bad_cost = 0 learns no risk term
+    free = Policy(PolicyConfig(bad_cost=0.0)).fit(score, purchased, position, trust, bad, impression_trust=trust)
+    assert free.state is not None and free.state.risk_term == 0.0
+    # a state saved before the risk term existed loads with none; a negative one is refused
+    old = {"purchase_calibration": [1.2, -2.5], "bad_model": [-2.0, -0.8]}
+    assert PolicyState.from_dict(old).risk_term == 0.0
+    with pytest.raises(ConfigError):
+        PolicyState.from_dict({**old, "risk_term": -0.1})
+    assert PolicyState.from_dict(corrected.state.to_dict()) == corrected.state
 
 
 def test_bundle_round_trip_keeps_the_fitted_policy(fx: Any, tmp_path: Path) -> None:

@@ -416,8 +416,9 @@ def fit_policy_and_target(
       the cost used and where it came from (``policy.bad_cost_source``).
 
     * ``combine="expected_value"``: :meth:`Policy.fit <trustfeed.ranker.policy.Policy.fit>`
-      learns the purchase calibration ``(a, b)`` from ``purchased`` against the model score
-      and ``log(position)`` over the validation window, and the bad-order model ``(c0, c1)``
+      learns the purchase calibration ``(a, b)`` and its risk term ``d`` from ``purchased``
+      against the model score, ``log(position)`` and the merchant's bad-order probability
+      over the validation window, and the bad-order model ``(c0, c1)``
       from bad outcomes against ``logit(trust)`` over the purchases of the training window
       (trust as of each impression's snapshot; ``c1 <= 0``; purchases from cold-start
       merchants, whose trust is only the prior, are left out). Too few purchases, no trust
@@ -470,7 +471,10 @@ def fit_policy_and_target(
             purchases = impressions.iloc[train_rows[bought]].reset_index(drop=True)
             bad = _bad_purchases(purchases, events, config.dataset.label_horizon_days)
             trust = fit_part.frame[trust_column].to_numpy(dtype=np.float64)[bought]
-            policy.fit(valid_score, purchased, valid_part.positions, trust, bad)
+            # the trust each validation impression was scored with: the calibration learns how
+            # much merchant risk the model's score already priced in (its risk term)
+            valid_trust = valid_part.frame[trust_column].to_numpy(dtype=np.float64)
+            policy.fit(valid_score, purchased, valid_part.positions, trust, bad, impression_trust=valid_trust)
             fitted.update({f"policy.{k}": v for k, v in policy.fit_info_.items()})
     if config.target_gini_ratio is not None:
         trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
