@@ -249,12 +249,54 @@ def test_parity_with_plain_lightgbm_on_upstream_rank_example():
         lambdarank_truncation_level=30,  # LightGBM's default, which train.conf leaves unset
         max_label=int(max(y.max(), yv.max())),
         position_bias=False,
+        skip_requests_without_positives=False,  # LightGBM keeps every query
     )
     model = LambdaMART(config).fit(X, y, group, X_valid=Xv, y_valid=yv, group_valid=gv)
     for k in eval_at:
         assert model.evals_result_["valid"][f"ndcg@{k}"] == plain_evals["valid"][f"ndcg@{k}"]
     np.testing.assert_array_equal(model.predict(Xv), plain.predict(Xv))
     assert plain_evals["valid"][f"ndcg@{eval_at[-1]}"][-1] > 0.6  # it is a real model, not a constant
+
+
+def test_requests_without_positives_change_nothing_but_the_cost(rng):
+    """Unlabelled requests add no LambdaRank gradient: the model and its validation curve are
+    those of the informative requests alone, and the curve skips unlabelled lists (the
+    project's NDCG) instead of scoring them 1 as LightGBM does."""
+    X, y, group = synthetic_queries(rng, n_queries=40, size=10)
+    Xv, yv, gv = synthetic_queries(rng, n_queries=20, size=10)
+    position = np.tile(np.arange(1, 11), 40)
+
+    def with_unlabelled(X, y, group, n, extra=None):
+        # interleave n all-zero requests of random features between the labelled ones
+        blocks, labels, sizes, extras = [], [], [], []
+        for q, start in enumerate(np.r_[0, np.cumsum(group)[:-1]]):
+            blocks.append(X[start:start + group[q]]); labels.append(y[start:start + group[q]]); sizes.append(group[q])
+            extras.append(extra[start:start + group[q]] if extra is not None else None)
+            if q < n:
+                blocks.append(rng.normal(size=(7, X.shape[1]))); labels.append(np.zeros(7, dtype=int)); sizes.append(7)
+                extras.append(np.arange(1, 8))
+        return (np.vstack(blocks), np.concatenate(labels), np.array(sizes),
+                np.concatenate(extras) if extra is not None else None)
+
+    assert (np.maximum.reduceat(y, np.r_[0, np.cumsum(group)[:-1]]) > 0).all()
+    config = small_config(num_rounds=15, position_bias=True, min_data_in_leaf=20)
+    clean = LambdaMART(config).fit(X, y, group, position=position, X_valid=Xv, y_valid=yv, group_valid=gv)
+    Xn, yn, gn, pn = with_unlabelled(X, y, group, 25, position)
+    Xvn, yvn, gvn, _ = with_unlabelled(Xv, yv, gv, 10)
+    noisy = LambdaMART(config).fit(Xn, yn, gn, position=pn, X_valid=Xvn, y_valid=yvn, group_valid=gvn)
+    np.testing.assert_array_equal(noisy.predict(Xn), clean.predict(Xn))
+    assert noisy.validation_ndcg == clean.validation_ndcg
+    # kept, the unlabelled rows count towards min_data_in_leaf and LightGBM scores their lists 1
+    kept = LambdaMART(small_config(num_rounds=15, position_bias=True, min_data_in_leaf=20,
+                                   skip_requests_without_positives=False)).fit(
+        Xn, yn, gn, position=pn, X_valid=Xvn, y_valid=yvn, group_valid=gvn)
+    assert kept.validation_ndcg != clean.validation_ndcg
+
+
+def test_all_unlabelled_training_data_keeps_every_request(rng):
+    X, _, group = synthetic_queries(rng, n_queries=10, size=10)
+    model = LambdaMART(small_config(num_rounds=3)).fit(X, np.zeros(len(X), dtype=int), group)
+    assert model.predict(X[:10]).shape == (10,)
 
 
 def test_nan_features_score_without_error(rng):

@@ -35,7 +35,7 @@ import pandas as pd
 from ..features.errors import ClusterError, SchemaError
 from ..features.events import EventLog
 from ..features.progress import NullProgress, Progress
-from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
+from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig, requests_with_positives
 from ..features.context import build_context_tables
 from .dataset import (
     DatasetConfig,
@@ -162,6 +162,13 @@ def _group_sizes(part: pd.DataFrame) -> pd.Series:
         return pd.Series(np.zeros(0, dtype=np.int64))
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     return pd.Series(np.diff(np.r_[starts, len(ids)]).astype(np.int64))
+
+
+def _requests_with_positives(part: pd.DataFrame) -> pd.DataFrame:
+    """The requests of a partition with a positive label (the rest add no gradient: see
+    ``LambdaMARTConfig.skip_requests_without_positives``)."""
+    rows, _ = requests_with_positives(part["label"].to_numpy(), _group_sizes(part).to_numpy())
+    return part if rows.all() else part.loc[rows].reset_index(drop=True)
 
 
 def _non_empty(frame: Any) -> tuple[Any, int]:
@@ -345,8 +352,14 @@ def _fit_with_client(
     fit = frame.map_partitions(_request_split, valid_from, False, meta=meta)
     valid = frame.map_partitions(_request_split, valid_from, True, meta=meta)
     fit, valid = client.persist([fit, valid])
-    fit, fit_partitions = _non_empty(fit)
-    valid, valid_partitions = _non_empty(valid)
+    # what LightGBM sees: with the trust-aware model's setting, for both models
+    fit_lgb, valid_lgb = fit, valid
+    if model_config.skip_requests_without_positives:
+        fit_lgb = fit.map_partitions(_requests_with_positives, meta=meta)
+        valid_lgb = valid.map_partitions(_requests_with_positives, meta=meta)
+        fit_lgb, valid_lgb = client.persist([fit_lgb, valid_lgb])
+    fit_lgb, fit_partitions = _non_empty(fit_lgb)
+    valid_lgb, valid_partitions = _non_empty(valid_lgb)
     if fit_partitions == 0 or valid_partitions == 0:
         raise SchemaError("impressions", "ts", "complete requests in both the training and validation windows",
                           f"{fit_partitions} training and {valid_partitions} validation partitions with rows")
@@ -355,13 +368,14 @@ def _fit_with_client(
     progress(f"Dask: training LambdaMART on {train_requests:,} requests ({train_rows:,} impressions, "
              f"{fit_partitions} partitions)")
     names = list(schema["feature_names"])
-    model = _fit_ranker(client, model_config, fit, valid, names, schema, monotone, "training LambdaMART")
+    model = _fit_ranker(client, model_config, fit_lgb, valid_lgb, names, schema, monotone, "training LambdaMART")
     plain_model = None
     if plain_config is not None:
         progress("Dask: training the plain LambdaMART without trust features")
         plain_schema = plain_schema_of(schema)
-        plain_model = _fit_ranker(client, plain_config, fit, valid, list(plain_schema["feature_names"]), plain_schema,
-                                  tuple(int(d) for d in plain_schema["monotone"]), "training the plain LambdaMART")
+        plain_model = _fit_ranker(client, plain_config, fit_lgb, valid_lgb, list(plain_schema["feature_names"]),
+                                  plain_schema, tuple(int(d) for d in plain_schema["monotone"]),
+                                  "training the plain LambdaMART")
     progress("Dask: gathering the validation requests and the purchased training rows")
     valid_part = _gather(valid, schema)
     purchases = _gather(fit.map_partitions(lambda p: p.loc[p["purchased"].to_numpy(dtype=bool)], meta=meta), schema)

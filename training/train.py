@@ -90,7 +90,10 @@ IN_JOB_EVAL_REQUESTS = 3000
 
 
 def _default_evaluation() -> EvalConfig:
-    return EvalConfig(max_requests=IN_JOB_EVAL_REQUESTS)
+    # the quality/fairness sweeps (balancer strengths, FairCo, P-MMF) re-rank every request
+    # once per strength and feed only the report's frontier, not the metrics promotion reads:
+    # the in-job default keeps the unbalanced point; `trustfeed evaluate` draws the frontier
+    return EvalConfig(max_requests=IN_JOB_EVAL_REQUESTS, sweep_strengths=(0.0,), fairco_strengths=(), pmmf_strengths=())
 
 
 def _default_dataset() -> DatasetConfig:
@@ -364,12 +367,24 @@ def _row_keys(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _impression_rows(part: Any, impressions: pd.DataFrame) -> np.ndarray:
-    """Row of ``impressions`` behind each row of a training frame part (-1 if none)."""
-    table = _row_keys(impressions).assign(_row=np.arange(len(impressions)))
+def _purchase_rows(part: Any, impressions: pd.DataFrame, purchased: np.ndarray) -> np.ndarray:
+    """Row of ``impressions`` behind each purchased row of a training frame part (-1 for the rest).
+
+    Only the requests with a purchase are matched (a few percent of the rows), on
+    ``(request_id, stream_id, position)``; a duplicated key resolves to its first logged row.
+    """
+    out = np.full(len(part), -1, dtype=np.int64)
+    if not purchased.any() or len(part) == 0:
+        return out
+    buying = pd.unique(impressions["request_id"].loc[purchased])
+    in_log = np.flatnonzero(impressions["request_id"].isin(buying).to_numpy(dtype=bool, na_value=False))
+    in_part = np.flatnonzero(part.frame["request_id"].isin(buying).to_numpy(dtype=bool, na_value=False))
+    table = _row_keys(impressions.iloc[in_log]).assign(_row=in_log)
     table = table.drop_duplicates(["request_id", "stream_id", "position"], keep="first")
-    joined = _row_keys(part.frame).merge(table, on=["request_id", "stream_id", "position"], how="left")
-    return joined["_row"].fillna(-1).to_numpy(dtype=np.int64)
+    table = table.loc[purchased[table["_row"].to_numpy()]]
+    joined = _row_keys(part.frame.iloc[in_part]).merge(table, on=["request_id", "stream_id", "position"], how="left")
+    out[in_part] = joined["_row"].fillna(-1).to_numpy(dtype=np.int64)
+    return out
 
 
 def _bad_purchases(impressions: pd.DataFrame, events: Any, horizon_days: float) -> np.ndarray:
@@ -454,10 +469,9 @@ def fit_policy_and_target(
     if policy.config.combine == "expected_value":
         progress("fitting the expected-value policy: purchase calibration and bad-order model")
         flags = _purchased(impressions)
-        rows = _impression_rows(valid_part, impressions)
-        purchased = np.where(rows >= 0, flags[np.maximum(rows, 0)], False)
-        train_rows = _impression_rows(fit_part, impressions)
-        bought = np.where(train_rows >= 0, flags[np.maximum(train_rows, 0)], False)
+        purchased = _purchase_rows(valid_part, impressions, flags) >= 0
+        train_rows = _purchase_rows(fit_part, impressions, flags)
+        bought = train_rows >= 0
         if "merchant_cold_start" in fit_part.frame.columns:
             # a cold-start merchant's trust is the prior, not evidence (the whole first
             # snapshot of the log is cold): it says nothing about how trust predicts bad orders
