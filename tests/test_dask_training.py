@@ -36,6 +36,9 @@ NDCG_TOLERANCE = 0.06
 # the kill lands while LightGBM's workers boost: enough rounds that training outlasts the delay
 KILL_AFTER_SECONDS = 2.0
 KILLED_RUN_ROUNDS = 3000
+# snapshot cadence of the frame: two snapshot times in the 14-day training window, so each
+# partition still joins rows of more than one snapshot (the driver builds each of them)
+SNAPSHOT_EVERY_DAYS = 7
 MODEL = {"num_rounds": 20, "early_stopping_rounds": 0, "min_rounds": 1, "min_data_in_leaf": 20, "num_leaves": 15,
          "position_bias": False}
 
@@ -115,14 +118,15 @@ def _windows(events: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
     return ts.min().floor("D") + pd.Timedelta(days=11), ts.min().floor("D") + pd.Timedelta(days=14), end
 
 
-def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int = MODEL["num_rounds"]) -> Any:
+def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int = MODEL["num_rounds"],
+                 snapshot_every_days: int = SNAPSHOT_EVERY_DAYS) -> Any:
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
     from trustfeed.training._dask_training import fit_on_dask
     from trustfeed.training.dataset import DatasetConfig
     from trustfeed.training.train import plain_feature_schema
 
     valid_from, holdout, _ = _windows(events)
-    return fit_on_dask(events, end=holdout, valid_from=valid_from, config=DatasetConfig(snapshot_every_days=3),
+    return fit_on_dask(events, end=holdout, valid_from=valid_from, config=DatasetConfig(snapshot_every_days=snapshot_every_days),
                        model_config=LambdaMARTConfig(**{**MODEL, "num_rounds": rounds}), plain_config=None, plain_schema_of=plain_feature_schema,
                        scheduler=scheduler, partitions=3, progress=progress)
 
@@ -142,7 +146,7 @@ def test_dask_frame_and_model_match_in_process(events: Any, cluster: LocalDaskCl
 
     on_dask = _fit_on_dask(events, cluster.address)
     valid_from, holdout, end = _windows(events)
-    frame = build_training_frame(events, end=holdout, config=DatasetConfig(snapshot_every_days=3))
+    frame = build_training_frame(events, end=holdout, config=DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS))
     fit_part, valid_part = time_split(frame, valid_from=valid_from)
 
     # the frame built per partition on the workers is the in-process frame, row for row
@@ -156,7 +160,7 @@ def test_dask_frame_and_model_match_in_process(events: Any, cluster: LocalDaskCl
         y_valid=valid_part.labels, group_valid=valid_part.groups(), feature_names=frame.feature_names,
         categorical=frame.categorical, monotone=frame.monotone, feature_schema=frame.schema,
     )
-    held_out = build_training_frame(events, start=holdout, end=end, config=DatasetConfig(snapshot_every_days=3))
+    held_out = build_training_frame(events, start=holdout, end=end, config=DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS))
     distributed, in_process = _held_out_ndcg(on_dask.model, held_out), _held_out_ndcg(local, held_out)
     assert abs(distributed - in_process) <= NDCG_TOLERANCE, (distributed, in_process)
     # and both learned something: better than a random order of the same lists
@@ -176,7 +180,8 @@ def test_a_worker_killed_during_training_stops_the_job_with_one_line(events: Any
 
     started = time.monotonic()
     with pytest.raises(ClusterError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ left while training LambdaMART") as caught:
-        _fit_on_dask(events, cluster.address, progress, rounds=KILLED_RUN_ROUNDS)
+        # one snapshot: this test is about training, not the frame
+        _fit_on_dask(events, cluster.address, progress, rounds=KILLED_RUN_ROUNDS, snapshot_every_days=30)
     assert cluster.processes[1].poll() is not None  # the worker really is gone
     assert "\n" not in str(caught.value)
     # well before LightGBM's own network timeout: the driver noticed the worker leave
