@@ -188,9 +188,13 @@ def beta_posterior_quantile(
     b = np.broadcast_to(np.maximum(np.asarray(trials, dtype="float64") - successes, 0.0) + beta, np.shape(successes))
     # The inverse incomplete beta is costly; evidence-free rows share (a, b) per prior group,
     # so evaluate each distinct pair once.
-    pairs, inverse = np.unique(np.column_stack([a, b]), axis=0, return_inverse=True)
-    values = np.asarray(special.betaincinv(pairs[:, 0], pairs[:, 1], q), dtype="float64")
-    return values[inverse.reshape(-1)]
+    # One hash pass over (a, b) packed as a complex number (np.unique(axis=0) sorted rows of
+    # a structured view, several times slower).
+    packed = np.empty(np.shape(a), dtype="complex128")
+    packed.real, packed.imag = a, b  # not a + 1j * b: 1j * inf would make the real part NaN
+    inverse, pairs = pd.factorize(packed.reshape(-1), use_na_sentinel=False)
+    values = np.asarray(special.betaincinv(pairs.real, pairs.imag, q), dtype="float64")
+    return values[inverse]
 
 
 def fit_gamma_prior(

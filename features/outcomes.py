@@ -78,17 +78,22 @@ def _first(rows: np.ndarray, times: np.ndarray, n: int, values: pd.Series | None
     first = np.full(n, _NONE, dtype=np.int64)
     keep = (rows >= 0) & (times != _NONE)
     rows, times = rows[keep], times[keep]
-    order = np.lexsort((times, rows))  # by row, then time: the first of each row leads
-    rows, times = rows[order], times[order]
-    lead = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.zeros(0, dtype=bool)
-    first[rows[lead]] = times[lead]
+    # Unbuffered minima in one pass: a (row, time) lexsort cost three times as much and grew
+    # faster than linearly at millions of cases.
+    np.minimum.at(first, rows, times)
     if values is None:
         return first, None
+    # The value of each row's earliest event; among events at the same earliest time, the
+    # first in input order (what a stable sort by row, then time, would put first).
+    earliest = np.flatnonzero(times == first[rows])
+    pick = np.full(n, len(rows), dtype=np.int64)
+    np.minimum.at(pick, rows[earliest], earliest)
+    found = pick < len(rows)
     # a categorical column of n rows: one small code per order, not one string
     categorical = values.astype("category") if not isinstance(values.dtype, pd.CategoricalDtype) else values
     dtype = cast(pd.CategoricalDtype, categorical.dtype)
     codes = np.full(n, -1, dtype=np.int64)
-    codes[rows[lead]] = categorical.cat.codes.to_numpy(dtype=np.int64)[keep][order][lead]
+    codes[found] = categorical.cat.codes.to_numpy(dtype=np.int64)[keep][pick[found]]
     return first, pd.Series(pd.Categorical.from_codes(codes, dtype=dtype))
 
 

@@ -165,7 +165,7 @@ def _entity_rollup(counts: pd.DataFrame, meta: pd.DataFrame, n_entities: int) ->
     """
     entity = meta["entity"].to_numpy()
     key = np.where(entity >= 0, entity, n_entities + np.arange(len(entity)))
-    _, key = np.unique(key, return_inverse=True)
+    key = pd.factorize(key, sort=True)[0]
     out = counts.copy()
     for column in ("violation_severity", "n_bans", "n_violations"):
         own = counts[column].to_numpy()

@@ -128,3 +128,25 @@ def test_arrow_backed_ids_in_several_chunks_give_the_same_table() -> None:
 
     assert pa.array(chunked["orders"]["order_id"].array).num_chunks == 2
     pd.testing.assert_frame_equal(order_outcomes(validate_events(chunked)), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.integers(-1, 5), st.integers(0, 4), st.sampled_from(["quality", "logistics", "counterfeit"])), max_size=40)
+)
+def test_first_event_per_order_takes_the_earliest_and_the_first_listed_on_ties(events: list[tuple[int, int, str]]) -> None:
+    # few distinct times, so ties are common; row -1 = a case of no known order
+    from trustfeed.features.outcomes import _NONE, _first
+
+    rows = np.array([e[0] for e in events], dtype=np.int64)
+    times = np.array([e[1] for e in events], dtype=np.int64)
+    values = pd.Series([e[2] for e in events], dtype="category")
+    first, reason = _first(rows, times, 6, values)
+    for row in range(6):
+        mine = [i for i, e in enumerate(events) if e[0] == row]
+        if not mine:
+            assert first[row] == _NONE and pd.isna(reason.iloc[row])
+            continue
+        earliest = min(times[i] for i in mine)
+        chosen = next(i for i in mine if times[i] == earliest)
+        assert first[row] == earliest and reason.iloc[row] == events[chosen][2]
