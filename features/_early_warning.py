@@ -94,7 +94,9 @@ def early_warning_counts(
         "ew_recent_presale": recent & presale,
         "ew_base_presale": base & presale,
     }
-    counts = agg.sum(merchant, n_merchants, {k: v.astype("float64") for k, v in columns.items()})
+    # Boolean columns as they are: the aggregator turns each into float64 only while summing
+    # it (eight float copies at once were the build's peak memory at ten million orders).
+    counts = agg.sum(merchant, n_merchants, columns)
     # The baseline is as long as the shop's order history allows (a young shop has a short one).
     started = np.full(n_merchants, np.inf)
     ok = (merchant >= 0) & paid
