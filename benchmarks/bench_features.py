@@ -223,11 +223,27 @@ def _run_one(data_dir: Path, backend: str) -> dict[str, float]:
     events = EventLog(tables)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    snapshot = build_snapshot(events, START + pd.Timedelta(days=DAYS), backend=backend)
+    cpu_start = time.process_time()
+    marks: list[tuple[str, float, float, float]] = []
+
+    def progress(message: str) -> None:
+        marks.append((message, time.perf_counter() - start, time.process_time() - cpu_start, _current_rss_mb()))
+
+    snapshot = build_snapshot(events, START + pd.Timedelta(days=DAYS), backend=backend, progress=progress)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds as well as wall time: on a shared machine the wall clock includes waiting.
     cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+    # Each stage runs from its progress message to the next: wall and CPU seconds, and the
+    # resident memory when it ended.
+    stages = {
+        name.removeprefix("trust: ").split(" ")[0]: {
+            "seconds": round(end_wall - wall, 2),
+            "cpu_seconds": round(end_cpu - cpu_used, 2),
+            "rss_mb_at_end": round(rss_end, 1),
+        }
+        for (name, wall, cpu_used, _), (_, end_wall, end_cpu, rss_end) in zip(marks, marks[1:])
+    }
     return {
         "orders": len(tables["orders"]),
         "merchants": len(snapshot.merchants),
@@ -236,7 +252,17 @@ def _run_one(data_dir: Path, backend: str) -> dict[str, float]:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "input_rss_mb": round(rss_loaded, 1),
         "index_model": snapshot.manifest["index_model"]["source"],
+        "stages": stages,
     }
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (Linux ``/proc``; the peak alone hides which stage holds it)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:  # not Linux
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
