@@ -7,8 +7,9 @@ reads (reviews 25%, after-sales cases 10%, reports 2%, NPS 4%, one impression pe
 default), with one merchant per 200 orders, one user per 10 orders and one stream per 20.
 
 Each size is generated once into ``--data-dir`` as Parquet, then built in a fresh
-subprocess whose peak RSS (``ru_maxrss``, which includes the input tables held in memory)
-and wall time are reported.
+subprocess whose peak RSS (``ru_maxrss``, which includes the input tables held in memory),
+wall and CPU time are reported, and per stage of the build (``stages``: encoding, evidence,
+fitting, scoring) its wall and CPU seconds and the resident memory at its end.
 
 Usage::
 

@@ -1,0 +1,99 @@
+"""Trust index accuracy across seeds, with and without attacks (exit scams, report bombing).
+
+For each seed of the independent generator (``tests/_independent_sim.py``, 400 merchants,
+90 days) and, with ``--simulator``, of the project simulator (300 merchants, 60 days, 5 %
+exit scams and 5 % bombed shops), one snapshot at the end of the window and:
+
+- ``spearman``: Spearman(trust_index, true trust) over merchants with >= 20 orders that did not
+  switch to an exit scam (after its switch a shop's "true trust" no longer describes it);
+- ``spearman_all``: the same including the switched shops;
+- ``brushers``, ``reregistered``: mean trust percentile among all merchants;
+- ``brushers_by_truth`` (independent generator): the same for a ranking by true trust, the
+  floor an index that only predicts bad orders can reach.
+
+``--config '{"rank_by_bound": false}'`` overrides TrustConfig fields. One JSON line per run.
+
+Usage::
+
+    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+_GENERATOR = Path(__file__).resolve().parents[1] / "tests" / "_independent_sim.py"
+
+
+def _independent() -> Any:
+    spec = importlib.util.spec_from_file_location("trustfeed_bench_independent_sim", _GENERATOR)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {_GENERATOR}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scores(merchants: pd.DataFrame, truth_column: str, switched: pd.Series) -> dict[str, float]:
+    merchants = merchants.assign(percentile=merchants["trust_index"].rank(pct=True))
+    busy = merchants[merchants["n_orders_raw"] >= 20]
+    honest = busy[~switched.reindex(busy["merchant_id"]).fillna(False).to_numpy(dtype=bool)]
+    return {
+        "spearman": round(float(stats.spearmanr(honest["trust_index"], honest[truth_column])[0]), 4),
+        "spearman_all": round(float(stats.spearmanr(busy["trust_index"], busy[truth_column])[0]), 4),
+        "brushers": round(float(merchants.loc[merchants["is_brusher"], "percentile"].mean()), 4),
+        "reregistered": round(float(merchants.loc[merchants["is_reregistered"], "percentile"].mean()), 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trustfeed.features.events import validate_events
+    from trustfeed.features.trust import TrustConfig, build_snapshot
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--simulator", type=int, nargs="*", default=[])
+    parser.add_argument("--config", default="{}", help="TrustConfig fields as JSON")
+    args = parser.parse_args(argv)
+    config = TrustConfig(**json.loads(args.config))
+
+    generator = _independent() if args.seeds else None
+    for seed in args.seeds:
+        world = generator.generate(seed)
+        truth = world.truth.drop(columns="category")
+        by_truth = truth.assign(percentile=truth["true_trust"].rank(pct=True))
+        floor = round(float(by_truth.loc[by_truth["is_brusher"], "percentile"].mean()), 4)
+        for attacked in (False, True):
+            run = generator.with_attacks(world, seed) if attacked else world
+            switched = run.attacks.set_index("merchant_id")["exit_scam_at"].notna() if attacked else pd.Series(dtype=bool)
+            snapshot = build_snapshot(validate_events(run.tables), run.as_of, config)
+            merchants = snapshot.merchants.merge(truth, on="merchant_id", how="inner")
+            row = {"world": "independent", "seed": seed, "attacks": attacked}
+            print(json.dumps({**row, **_scores(merchants, "true_trust", switched), "brushers_by_truth": floor}), flush=True)
+
+    if args.simulator:
+        from trustfeed.training.simulate import SimConfig, simulate
+
+    for seed in args.simulator:
+        platform = simulate(SimConfig(seed=seed, merchants=300, days=60, exit_scam_rate=0.05, report_bombing_rate=0.05))
+        events = validate_events(platform.tables)
+        end = events.span()[1].normalize() + pd.Timedelta(days=1)
+        truth = platform.truth["merchants"]
+        switched = truth.set_index("merchant_id")["exit_scam_at"].notna()
+        merchants = build_snapshot(events, end, config).merchants.merge(truth, on="merchant_id", how="inner")
+        row = {"world": "simulator", "seed": seed, "attacks": True}
+        print(json.dumps({**row, **_scores(merchants, "latent_trust", switched)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
