@@ -22,9 +22,10 @@ weight. ``c1 <= 0`` and ``a > 0`` make the score non-decreasing in trust and in 
 sees trust features and was trained on labels that grade a bad purchase low has already
 lowered the score of risky merchants; calibrating that score to purchases alone would then
 read "risky" as "unlikely to be bought" and the value factor would charge the same risk a
-second time. With ``p_bad`` as a covariate of the calibration, ``d`` measures how much more
-a risky merchant's candidate is bought than its score says (the part of the risk the score
-already priced in). ``d`` is kept in ``[0, 1 + bad_cost]``: on that interval the score stays
+second time. The same happens when risky merchants convert better (impulse buying) and the
+score, monotone in the trust features, cannot rise as trust falls. With ``p_bad`` as a
+covariate of the calibration, ``d`` measures how much more a risky merchant's candidate is
+bought than its score says. ``d`` is kept in ``[0, 1 + bad_cost]``: on that interval the score stays
 non-decreasing in trust (the derivative of ``log score`` in ``p_bad`` is
 ``d (1 - P) - (1 + bad_cost) / (1 - (1 + bad_cost) p_bad) <= d - (1 + bad_cost)`` while
 the value is positive, and a negative value only falls further as ``p_bad`` grows), so the
