@@ -45,7 +45,7 @@ import pandas as pd
 from ._schema import TABLE_SPECS
 from ._trust_config import TrustConfig
 from .errors import ConfigError, SchemaError
-from .events import EventLog, load_events, table_dtypes, to_utc
+from .events import EventLog, TimeLike, load_events, table_dtypes, to_utc
 from .io import check_output_dir
 from .progress import NullProgress, Progress
 from .trust import _UNUSED_COLUMNS, FORMAT_VERSION, TrustSnapshot, build_snapshot
@@ -185,7 +185,7 @@ def state_of(events: EventLog, snapshot: TrustSnapshot) -> TrustState:
     return TrustState(snapshot.as_of, config, index, _keep(events.before(snapshot.as_of)))
 
 
-def changes_since(events: EventLog, since: Any) -> EventLog:
+def changes_since(events: EventLog, since: TimeLike) -> EventLog:
     """The rows of a full log that an update from a state as of ``since`` needs.
 
     Rows whose event time is at or after ``since``, and earlier rows with a column revealed
@@ -271,7 +271,7 @@ def merge_events(state: TrustState, new: EventLog) -> EventLog:
 def update_snapshot(
     state: TrustState,
     new_events: EventLog,
-    as_of: Any,
+    as_of: TimeLike,
     *,
     config: TrustConfig | None = None,
     backend: str = "pandas",
@@ -334,7 +334,7 @@ def update_snapshot(
 
 def write_snapshot(
     events: EventLog,
-    as_of: Any,
+    as_of: TimeLike,
     out: str | os.PathLike[str],
     *,
     backend: str = "pandas",
@@ -351,7 +351,7 @@ def write_snapshot(
 def write_incremental(
     source: str | os.PathLike[str],
     new_events: str | os.PathLike[str],
-    as_of: Any,
+    as_of: TimeLike,
     out: str | os.PathLike[str],
     *,
     backend: str = "pandas",

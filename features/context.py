@@ -22,7 +22,7 @@ from here too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -56,12 +56,24 @@ __all__ = [
     "ContextTables",
     "FeatureAssembler",
     "MerchantStatus",
+    "SnapshotFrames",
     "build_context_tables",
     "BAD_AFTER_SALES_REASONS",
     "CONTEXT_FORMAT_VERSION",
 ]
 
 SCHEMA_FORMAT_VERSION = 1
+
+
+class SnapshotFrames(Protocol):
+    """What the assembler reads of a trust snapshot: a :class:`~trustfeed.features.trust.TrustSnapshot`,
+    or any object with ``merchants`` and ``creators`` frames keyed by ``merchant_id`` / ``creator_id``."""
+
+    @property
+    def merchants(self) -> pd.DataFrame: ...
+
+    @property
+    def creators(self) -> pd.DataFrame: ...
 
 
 _NS_PER_HOUR = 3_600 * 1_000_000_000
@@ -328,7 +340,7 @@ class FeatureAssembler:
 
     def __init__(
         self,
-        snapshot: Any,
+        snapshot: SnapshotFrames,
         context: ContextTables | None = None,
         schema: Mapping[str, Any] | None = None,
         live_fields: tuple[str, ...] = (),

@@ -26,7 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from datetime import date
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -109,6 +110,10 @@ def _spec(name: str) -> TableSpec:
         return TABLES[name]
     except KeyError:
         raise SchemaError(name, None, "one of the tables " + ", ".join(TABLES), "an unknown table name") from None
+
+
+TimeLike: TypeAlias = "str | date | np.datetime64"
+"""What trustfeed reads as a point in time (a ``pd.Timestamp`` is a ``date`` too); see :func:`to_utc`."""
 
 
 def to_utc(t: Any) -> pd.Timestamp:
@@ -213,7 +218,7 @@ class EventLog:
         _spec(name)
         return name not in self.missing
 
-    def before(self, t: Any) -> EventLog:
+    def before(self, t: TimeLike) -> EventLog:
         """The dataset as it was known just before time ``t`` (the point-in-time cut).
 
         Keeps the rows whose event time (``created_at``, ``opened_at``, ``enrolled_at``, ...)

@@ -22,7 +22,7 @@ import pandas as pd
 from ._columns import _bool, _column, _ids, _isin, _object_values, _positions
 from .config import Config, Constraints, Integer, Real
 from .errors import ModelIntegrityError
-from .events import EventLog, to_utc
+from .events import EventLog, TimeLike, to_utc
 from .io import atomic_dir
 from .outcomes import order_outcomes, went_bad
 
@@ -170,7 +170,7 @@ class ContextTables:
         )
 
 
-def build_context_tables(events: EventLog, as_of: Any, config: ContextConfig | None = None) -> ContextTables:
+def build_context_tables(events: EventLog, as_of: TimeLike, config: ContextConfig | None = None) -> ContextTables:
     """User and engagement history known strictly before ``as_of``.
 
     Parameters

@@ -28,7 +28,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from .events import EventLog, to_utc
+from .events import EventLog, TimeLike, to_utc
 
 __all__ = ["BAD_AFTER_SALES_REASONS", "LOW_RATING_MAX", "OUTCOME_COLUMNS", "net_value", "order_outcomes", "went_bad"]
 
@@ -155,7 +155,7 @@ def _order_rows(orders: pd.Series, *referencing: pd.Series) -> tuple[list[np.nda
     return rows, orphans
 
 
-def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = None, since: Any = None) -> pd.DataFrame:
+def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLike | None = None, since: TimeLike | None = None) -> pd.DataFrame:
     """One row per order: how it turned out, as known before ``as_of``.
 
     Parameters
@@ -271,7 +271,7 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: Any = N
     return table
 
 
-def went_bad(outcomes: pd.DataFrame, before: Any = None, *, low_rating: bool = True) -> np.ndarray:
+def went_bad(outcomes: pd.DataFrame, before: TimeLike | pd.Series | None = None, *, low_rating: bool = True) -> np.ndarray:
     """Which orders are bad, counting only outcomes known before ``before``.
 
     Parameters

@@ -33,7 +33,7 @@ from .io import atomic_dir
 from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .events import EventLog
+    from .events import EventLog, TimeLike
 
 __all__ = ["DIMENSIONS", "FORMAT_VERSION", "TrustConfig", "TrustSnapshot", "build_snapshot"]
 
@@ -305,7 +305,7 @@ def _later_bad_rate(
 
 def build_snapshot(
     events: EventLog,
-    as_of: Any,
+    as_of: TimeLike,
     config: TrustConfig | None = None,
     backend: str = "pandas",
     progress: Progress | None = None,

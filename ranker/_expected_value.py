@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..features.errors import ConfigError, SchemaError
 
@@ -76,7 +77,7 @@ def _logit(p: np.ndarray, eps: float) -> np.ndarray:
 
 
 def logistic_regression(
-    X: Any, y: Any, *, ridge: float = 1e-6, max_iter: int = 100, tol: float = 1e-10, offset: Any = None
+    X: ArrayLike, y: ArrayLike, *, ridge: float = 1e-6, max_iter: int = 100, tol: float = 1e-10, offset: ArrayLike | None = None
 ) -> np.ndarray:
     """Maximum-likelihood logistic regression ``P(y=1) = sigmoid(X @ beta + offset)`` by Newton/IRLS.
 
@@ -136,7 +137,7 @@ def logistic_regression(
     return beta
 
 
-def fit_purchase_calibration(score: Any, purchased: Any, position: Any) -> tuple[float, float, float]:
+def fit_purchase_calibration(score: ArrayLike, purchased: ArrayLike, position: ArrayLike) -> tuple[float, float, float]:
     """``P(purchase) = sigmoid(a * score + b + g * log(position))``: returns ``(a, b, g)``.
 
     The position term soaks up position bias in the logged data (a purchase at position 8 is
@@ -169,7 +170,7 @@ def max_risk_term(bad_cost: float) -> float:
 
 
 def fit_risk_calibration(
-    score: Any, purchased: Any, position: Any, p_bad: Any, bad_cost: float
+    score: ArrayLike, purchased: ArrayLike, position: ArrayLike, p_bad: ArrayLike, bad_cost: float
 ) -> tuple[float, float, float, float]:
     """``P(purchase) = sigmoid(a * score + b + g * log(position) + d * p_bad)``: ``(a, b, g, d)``.
 
@@ -212,7 +213,7 @@ def fit_risk_calibration(
     return float(a), float(b), float(g), float(d)
 
 
-def fit_bad_model(trust: Any, bad: Any, eps: float = 1e-3) -> tuple[float, float]:
+def fit_bad_model(trust: ArrayLike, bad: ArrayLike, eps: float = 1e-3) -> tuple[float, float]:
     """``p_bad = sigmoid(c0 + c1 * logit(trust))`` over purchases, constrained ``c1 <= 0``.
 
     The likelihood is concave, so when the unconstrained optimum has ``c1 > 0`` (trust that
@@ -239,7 +240,7 @@ def fit_bad_model(trust: Any, bad: Any, eps: float = 1e-3) -> tuple[float, float
     return float(c0), float(c1)
 
 
-def purchase_probability(score: Any, calibration: Sequence[float], p_bad: Any = None, risk_term: float = 0.0) -> np.ndarray:
+def purchase_probability(score: ArrayLike, calibration: Sequence[float], p_bad: ArrayLike | None = None, risk_term: float = 0.0) -> np.ndarray:
     """``sigmoid(a * score + b + risk_term * p_bad)`` (NaN score stays NaN; ``p_bad=None``: no risk term)."""
     a, b = float(calibration[0]), float(calibration[1])
     logit = a * np.asarray(score, dtype=np.float64) + b
@@ -248,7 +249,7 @@ def purchase_probability(score: Any, calibration: Sequence[float], p_bad: Any = 
     return _sigmoid(logit)
 
 
-def bad_probability(trust: Any, model: Sequence[float], eps: float = 1e-3) -> np.ndarray:
+def bad_probability(trust: ArrayLike, model: Sequence[float], eps: float = 1e-3) -> np.ndarray:
     """``sigmoid(c0 + c1 * logit(trust))``; NaN trust is 0.5 (no evidence either way)."""
     t = np.asarray(trust, dtype=np.float64)
     c0, c1 = float(model[0]), float(model[1])

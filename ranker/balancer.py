@@ -29,6 +29,7 @@ from operator import itemgetter
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 
 from ..features.config import Choice, Config, Constraints, Flag, Integer, Real
@@ -340,8 +341,8 @@ class ExposureBalancer:
         self,
         creator_ids: Sequence[str],
         merchant_ids: Sequence[str],
-        relevance: Any,
-        trust: Any,
+        relevance: ArrayLike,
+        trust: ArrayLike,
         *,
         now: float | None = None,
         record: bool | None = None,
@@ -464,7 +465,7 @@ class ExposureBalancer:
         self,
         creator_ids: Sequence[str],
         merchant_ids: Sequence[str],
-        positions: Any,
+        positions: ArrayLike,
         *,
         now: float | None = None,
     ) -> None:

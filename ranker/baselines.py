@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 from scipy import stats
 
@@ -45,14 +46,14 @@ __all__ = [
 ]
 
 
-def _relevance(relevance: Any) -> np.ndarray:
+def _relevance(relevance: ArrayLike) -> np.ndarray:
     rel = np.asarray(relevance, dtype=np.float64)
     if rel.ndim != 1:
         raise SchemaError("baseline input", "relevance", "a 1-D array", f"shape {rel.shape}")
     return rel
 
 
-def relevance_only(relevance: Any) -> np.ndarray:
+def relevance_only(relevance: ArrayLike) -> np.ndarray:
     """Indices by decreasing relevance; ties keep input order, NaN last.
 
     Examples
@@ -63,7 +64,7 @@ def relevance_only(relevance: Any) -> np.ndarray:
     return np.argsort(-_relevance(relevance), kind="stable")
 
 
-def creator_cap(relevance: Any, creator_ids: Any, cap: int = 1, k: int = 10) -> np.ndarray:
+def creator_cap(relevance: ArrayLike, creator_ids: ArrayLike, cap: int = 1, k: int = 10) -> np.ndarray:
     """Relevance order with at most ``cap`` items per creator in the first ``k`` positions.
 
     Items over their creator's cap move behind the first ``k`` (keeping relevance order), and
@@ -97,7 +98,7 @@ def creator_cap(relevance: Any, creator_ids: Any, cap: int = 1, k: int = 10) -> 
     return order[np.argsort(~in_head, kind="stable")]
 
 
-def long_tail_mask(creator_ids: Any, followers: pd.Series, head_fraction: float = 0.2) -> np.ndarray:
+def long_tail_mask(creator_ids: ArrayLike, followers: pd.Series, head_fraction: float = 0.2) -> np.ndarray:
     """True for candidates whose creator is outside the top ``head_fraction`` by followers.
 
     ``followers`` is indexed by creator id over the whole population (the head is a property
@@ -107,7 +108,7 @@ def long_tail_mask(creator_ids: Any, followers: pd.Series, head_fraction: float 
         raise ConfigError(f"head_fraction: expected a value in (0, 1), got {head_fraction!r}")
     counts = pd.to_numeric(followers, errors="coerce").fillna(0.0)
     if counts.empty:
-        return np.ones(len(creator_ids), dtype=bool)
+        return np.ones(np.asarray(creator_ids).shape[0], dtype=bool)
     n_head = int(np.ceil(head_fraction * counts.size))
     # ties in follower count are broken by id so the head does not depend on input order
     ranked = counts.sort_index(kind="mergesort").sort_values(ascending=False, kind="mergesort")
@@ -136,13 +137,13 @@ def fair_mtable(k: int, p: float, alpha: float) -> np.ndarray:
 
 
 def fair_quota(
-    relevance: Any,
-    protected: Any,
+    relevance: ArrayLike,
+    protected: ArrayLike,
     k: int = 10,
     p: float = 0.5,
     alpha: float = 0.1,
     *,
-    mtable: Any = None,
+    mtable: ArrayLike | None = None,
 ) -> np.ndarray:
     """FA*IR re-ranking: a protected quota in every prefix of the first ``k``.
 
@@ -221,11 +222,11 @@ class Reranker(Protocol):
     """What a :class:`~trustfeed.ranker.pipeline.RankingPipeline` needs in its re-ranking slot."""
 
     def rerank(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: ArrayLike, trust: ArrayLike, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray: ...
 
-    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None) -> None: ...
+    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: ArrayLike, *, now: float | None = None) -> None: ...
 
 
 class _StatelessReranker:
@@ -234,7 +235,7 @@ class _StatelessReranker:
     # the pipeline reads ``config.record_k``; a baseline has no config
     config: Any = None
 
-    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None) -> None:
+    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: ArrayLike, *, now: float | None = None) -> None:
         """Nothing to record: the baseline keeps no exposure ledger."""
 
     def record_impressions(self, impressions: pd.DataFrame) -> None:
@@ -255,7 +256,7 @@ class CreatorCapReranker(_StatelessReranker):
         self.cap, self.k = cap, k
 
     def rerank(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: ArrayLike, trust: ArrayLike, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first."""
@@ -288,7 +289,7 @@ class FairQuotaReranker(_StatelessReranker):
         self.k = k
 
     def rerank(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: ArrayLike, trust: ArrayLike, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first."""
@@ -322,7 +323,7 @@ class PopularityReranker(_StatelessReranker):
         self._rng = np.random.default_rng(seed)
 
     def rerank(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: ArrayLike, trust: ArrayLike, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first."""
@@ -365,7 +366,7 @@ class _AmortisedReranker:
             self._secondary = np.concatenate([self._secondary, np.zeros(self._exposure.stored.size - self._secondary.size)])
         return slots
 
-    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None) -> None:
+    def record(self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: ArrayLike, *, now: float | None = None) -> None:
         """Add the exposure ``1 / log2(position + 1)`` of a served list to the creators' totals."""
         slots = self._slots(creator_ids)
         exposure = 1.0 / np.log2(np.asarray(positions, dtype=np.float64) + 1.0)
@@ -416,7 +417,7 @@ class FairCoReranker(_AmortisedReranker):
         self._seen = np.zeros(1024)  # requests each creator was a candidate in
 
     def rerank(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: ArrayLike, trust: ArrayLike, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first (the merit of this request is accumulated)."""
@@ -472,7 +473,7 @@ class PMMFReranker(_AmortisedReranker):
         return np.asarray(weights[slots] * seen / weights.sum())
 
     def rerank(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: Any, trust: Any, *,
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], relevance: ArrayLike, trust: ArrayLike, *,
         now: float | None = None, record: bool | None = None,
     ) -> np.ndarray:
         """Candidate indices best first (remembers the candidates for the price update)."""

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 
 __all__ = ["FeatureSource", "Reranker", "Scorer"]
@@ -64,8 +65,8 @@ class Reranker(Protocol):
         self,
         creator_ids: Sequence[str],
         merchant_ids: Sequence[str],
-        relevance: Any,
-        trust: Any,
+        relevance: ArrayLike,
+        trust: ArrayLike,
         *,
         now: float | None = None,
         record: bool | None = None,
@@ -74,7 +75,7 @@ class Reranker(Protocol):
         ...
 
     def record(
-        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: Any, *, now: float | None = None
+        self, creator_ids: Sequence[str], merchant_ids: Sequence[str], positions: ArrayLike, *, now: float | None = None
     ) -> None:
         """Record the shown items (1-based positions) in its exposure ledger."""
         ...

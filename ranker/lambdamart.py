@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 
 from ..features.config import Choice, Config, Constraints, Flag, Integer, Items, JSONMapping, Real
@@ -249,7 +250,7 @@ def requests_with_positives(labels: np.ndarray, sizes: np.ndarray) -> tuple[np.n
     return np.repeat(positive, sizes), positive
 
 
-def _group_sizes(group: Any, n_rows: int, what: str) -> np.ndarray:
+def _group_sizes(group: ArrayLike, n_rows: int, what: str) -> np.ndarray:
     sizes = np.asarray(group, dtype=np.int64)
     if sizes.ndim != 1 or (sizes <= 0).any() or int(sizes.sum()) != n_rows:
         raise SchemaError(
@@ -304,11 +305,11 @@ class LambdaMART:
     def fit(
         self,
         X: np.ndarray,
-        y: Any,
+        y: ArrayLike,
         group: Sequence[int] | np.ndarray,
-        position: Any = None,
+        position: ArrayLike | None = None,
         X_valid: np.ndarray | None = None,
-        y_valid: Any = None,
+        y_valid: ArrayLike | None = None,
         group_valid: Sequence[int] | np.ndarray | None = None,
         feature_names: Sequence[str] | None = None,
         categorical: Sequence[str] = (),
@@ -618,7 +619,7 @@ class _WarmEarlyStopping:
             raise lgb.callback.EarlyStopException(self.best_round - 1, self.best_results)
 
 
-def _as_matrix(X: Any, what: str) -> np.ndarray:
+def _as_matrix(X: ArrayLike, what: str) -> np.ndarray:
     matrix = np.asarray(X.to_numpy(dtype=np.float64, na_value=np.nan) if isinstance(X, pd.DataFrame) else X, dtype=np.float64)
     if matrix.ndim != 2:
         raise SchemaError(what, None, "a 2-D matrix (rows x features)", f"{matrix.ndim}-D input")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 
 from ..features.errors import ConfigError, SchemaError
@@ -61,7 +62,7 @@ def _check_exposure_kind(kind: str, patience: float) -> None:
         raise ConfigError(f"exposure patience: expected a value in (0, 1), got {patience!r}")
 
 
-def position_exposure(positions: Any, kind: str = "log2", patience: float = 0.8) -> np.ndarray:
+def position_exposure(positions: ArrayLike, kind: str = "log2", patience: float = 0.8) -> np.ndarray:
     """Exposure of 1-based positions.
 
     Parameters
@@ -164,7 +165,7 @@ def exposure_by(
     return totals.astype(np.float64).rename("exposure")
 
 
-def gini(x: Any) -> float:
+def gini(x: ArrayLike) -> float:
     """Gini coefficient of non-negative values, zeros included (docs/contract.md section 4).
 
     ``G = sum_i (2i - N - 1) x_i / (N * sum x)`` with ``x`` sorted ascending and ``i`` 1-based.
@@ -306,7 +307,7 @@ def bad_order_exposure(ranked: pd.DataFrame, bad_col: str = "p_bad", **kwargs: A
 # --------------------------------------------------------------------------- NDCG
 
 
-def ndcg_at_k(labels_in_rank_order: Any, k: int) -> float:
+def ndcg_at_k(labels_in_rank_order: ArrayLike, k: int) -> float:
     """NDCG@k of one list; NaN when the list has no positive label (the contract skips it).
 
     Gain ``2**label - 1``, discount ``log2(p + 1)``; the ideal ordering is taken over every
@@ -420,7 +421,7 @@ def mean_ndcg(
 # --------------------------------------------------------------------------- Kendall tau
 
 
-def kendall_tau(order: Any, base_order: Any) -> float:
+def kendall_tau(order: ArrayLike, base_order: ArrayLike) -> float:
     """Kendall tau-b between two rankings of the same items.
 
     ``order[i]`` and ``base_order[i]`` are item i's rank (or score: only the order matters)

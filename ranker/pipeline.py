@@ -65,7 +65,7 @@ from .policy import REASONS, Policy, PolicyConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..features.context import ContextConfig, ContextTables
-    from ..features.events import EventLog
+    from ..features.events import EventLog, TimeLike
     from ..features.trust import TrustConfig, TrustSnapshot
 
 __all__ = ["RankingPipeline", "REASON_DUPLICATE"]
@@ -190,7 +190,7 @@ class RankingPipeline:
     def as_of(
         cls,
         events: EventLog,
-        t: Any,
+        t: TimeLike,
         model: Scorer,
         policy: Policy | PolicyConfig | None = None,
         balancer: Reranker | None = None,
@@ -223,7 +223,7 @@ class RankingPipeline:
         tables = build_context_tables(events, cut, context)
         return cls.from_tables(snapshot, tables, model, policy, balancer, schema=schema, model_id=model_id)
 
-    def rebuilt_as_of(self, events: EventLog, t: Any, *, balancer: Reranker | None = None) -> RankingPipeline:
+    def rebuilt_as_of(self, events: EventLog, t: TimeLike, *, balancer: Reranker | None = None) -> RankingPipeline:
         """This pipeline's model, policy and feature layout with trust and history as of ``t``.
 
         The trust and history settings are the ones this pipeline's tables were built with;

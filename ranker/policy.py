@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..features.config import Choice, Config, Constraints, Flag, Real
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
@@ -274,12 +275,12 @@ class Policy:
 
     def fit(
         self,
-        relevance: Any,
-        purchased: Any,
-        position: Any,
-        trust: Any,
-        bad: Any,
-        impression_trust: Any = None,
+        relevance: ArrayLike,
+        purchased: ArrayLike,
+        position: ArrayLike,
+        trust: ArrayLike,
+        bad: ArrayLike,
+        impression_trust: ArrayLike | None = None,
     ) -> Policy:
         """Learn the purchase calibration and the bad-order model; returns ``self``.
 
@@ -324,7 +325,7 @@ class Policy:
 
     # ------------------------------------------------------------------ the decision
 
-    def rule_codes(self, banned_merchant: Any, banned_entity: Any, trust: Any) -> np.ndarray:
+    def rule_codes(self, banned_merchant: ArrayLike, banned_entity: ArrayLike, trust: ArrayLike) -> np.ndarray:
         """Hard rules as small integers: 0 stays, else the index of the reason in ``REASONS``.
 
         A banned merchant reports ``banned_merchant`` even if its entity is banned too; NaN
@@ -343,11 +344,11 @@ class Policy:
             codes[merchant] = 3
         return codes
 
-    def reasons(self, banned_merchant: Any, banned_entity: Any, trust: Any) -> np.ndarray:
+    def reasons(self, banned_merchant: ArrayLike, banned_entity: ArrayLike, trust: ArrayLike) -> np.ndarray:
         """:meth:`rule_codes` as reason strings, ``""`` when the candidate stays (object array)."""
         return _REASONS.take(self.rule_codes(banned_merchant, banned_entity, trust))
 
-    def score(self, relevance: Any, trust: Any, group: Any = None, guarantees: Any = None) -> np.ndarray:
+    def score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None = None, guarantees: ArrayLike | None = None) -> np.ndarray:
         """The combined score of every candidate (vectorised; hard rules not applied).
 
         Parameters
@@ -377,7 +378,7 @@ class Policy:
         return (config.combine == "expected_value" and self.state is not None and config.trust_weight != 0
                 and config.bad_cost != 0)
 
-    def _base_score(self, relevance: Any, trust: Any, group: Any) -> np.ndarray:
+    def _base_score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None) -> np.ndarray:
         config = self.config
         rel = np.asarray(relevance, dtype=np.float64)
         n = rel.shape[0]
@@ -398,8 +399,8 @@ class Policy:
             return z + config.trust_weight * (np.log(clipped) - np.log1p(-clipped))
         return (1.0 / (1.0 + np.exp(-z))) * clipped**config.trust_weight
 
-    def rank(self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any,
-             guarantees: Any = None) -> PolicyResult:
+    def rank(self, relevance: ArrayLike, trust: ArrayLike, banned_merchant: ArrayLike, banned_entity: ArrayLike,
+             guarantees: ArrayLike | None = None) -> PolicyResult:
         """Hard rules, then the final order, for one request.
 
         Ties keep the input order (a stable sort), so equal scores never shuffle.
@@ -415,7 +416,7 @@ class Policy:
         return PolicyResult(order=order, score=score, filtered=filtered, reasons=reasons[filtered])
 
     def rank_many(
-        self, relevance: Any, trust: Any, banned_merchant: Any, banned_entity: Any, group: Any, guarantees: Any = None
+        self, relevance: ArrayLike, trust: ArrayLike, banned_merchant: ArrayLike, banned_entity: ArrayLike, group: ArrayLike, guarantees: ArrayLike | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The vectorised form of :meth:`rank` over many requests laid end to end.
 
@@ -477,7 +478,7 @@ def _vector(values: Any, n: int, name: str, dtype: Any) -> np.ndarray:
     return array
 
 
-def _group_sizes(group: Any, n: int) -> np.ndarray:
+def _group_sizes(group: ArrayLike, n: int) -> np.ndarray:
     sizes = np.asarray(group, dtype=np.int64)
     if sizes.ndim != 1 or (sizes < 0).any() or int(sizes.sum()) != n:
         raise SchemaError("policy input", "group", f"sizes summing to {n}", f"{sizes.tolist()[:5]}...")

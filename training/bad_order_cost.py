@@ -62,7 +62,7 @@ import pandas as pd
 
 from ..features.config import Config, Constraints, Integer, Items, Real
 from ..features.errors import SchemaError
-from ..features.events import to_utc
+from ..features.events import TimeLike, to_utc
 
 __all__ = ["BadOrderCostConfig", "BadOrderCost", "estimate_from_orders", "estimate_bad_order_cost"]
 
@@ -161,8 +161,8 @@ def estimate_from_orders(
     created_at: Any,
     bad: Any,
     *,
-    start: Any,
-    end: Any,
+    start: TimeLike,
+    end: TimeLike,
     config: BadOrderCostConfig | None = None,
 ) -> BadOrderCost:
     """The cost of a bad order from paid orders and their outcomes (the core of :func:`estimate_bad_order_cost`).
@@ -276,7 +276,7 @@ def _segment_labels(edges: tuple[int, ...]) -> list[str]:
     return labels
 
 
-def estimate_bad_order_cost(events: Any, config: BadOrderCostConfig | None = None, *, end: Any = None) -> BadOrderCost:
+def estimate_bad_order_cost(events: Any, config: BadOrderCostConfig | None = None, *, end: TimeLike | None = None) -> BadOrderCost:
     """The cost of a bad order measured from a validated event log (see the module docstring).
 
     Paid orders (cancelled ones left out) and their outcomes as the log knows them. The log

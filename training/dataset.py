@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ..features.context import ContextConfig, FeatureAssembler, build_context_tables
+from ..features.context import ContextConfig, ContextTables, FeatureAssembler, SnapshotFrames, build_context_tables
 from ..features.config import Config, Constraints, Flag, Integer, Nested, Real
 from ..features.errors import ConfigError, SchemaError
-from ..features.events import EventLog, to_utc
+from ..features.events import EventLog, TimeLike, to_utc
 from ..features.trust import TrustConfig
 from ..features.outcomes import order_outcomes, went_bad
 from ..features.progress import NullProgress, Progress
@@ -268,8 +268,8 @@ def _snapshot_times(ts: pd.Series, anchor: pd.Timestamp, every: int) -> pd.Serie
 
 def build_training_frame(
     events: EventLog,
-    start: Any = None,
-    end: Any = None,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
     config: DatasetConfig | None = None,
     progress: Progress | None = None,
     snapshot_builder: Callable[[EventLog, pd.Timestamp], Any] | None = None,
@@ -378,7 +378,7 @@ def default_snapshot_builder(config: DatasetConfig) -> Callable[[EventLog, pd.Ti
     return snapshot_builder
 
 
-def plan_training_frame(events: EventLog, start: Any, end: Any, config: DatasetConfig) -> FramePlan:
+def plan_training_frame(events: EventLog, start: TimeLike | None, end: TimeLike | None, config: DatasetConfig) -> FramePlan:
     """The window's impressions and the as-of time of the snapshot each one reads."""
     impressions = events["impressions"]
     keep = np.ones(len(impressions), dtype=bool)
@@ -396,7 +396,7 @@ def plan_training_frame(events: EventLog, start: Any, end: Any, config: DatasetC
     return FramePlan(window.assign(snapshot_at=snapshot_at.array), times, _category_order(events, max(times)))
 
 
-def feature_schema(snapshot: Any, context: Any, categories: list[str]) -> dict[str, Any]:
+def feature_schema(snapshot: SnapshotFrames, context: ContextTables | None, categories: list[str]) -> dict[str, Any]:
     """The assembler schema of the frame, with merchant category codes fixed for all snapshots."""
     schema = FeatureAssembler(snapshot, context).schema()
     schema["categories"] = {"merchant_category": categories}
@@ -442,7 +442,7 @@ def _category_order(events: EventLog, until: pd.Timestamp) -> list[str]:
 
 
 def time_split(
-    data: TrainingFrame, valid_fraction: float = 0.2, valid_from: Any = None
+    data: TrainingFrame, valid_fraction: float = 0.2, valid_from: TimeLike | None = None
 ) -> tuple[TrainingFrame, TrainingFrame]:
     """Split by request time: the latest requests validate, whole requests on one side.
 

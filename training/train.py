@@ -42,13 +42,14 @@ import pandas as pd
 
 from ..features.config import Choice, Config, Constraints, FilePath, Flag, Integer, Nested, Real, Text, Time
 from ..features.errors import ConfigError, SchemaError
+from ..features.events import EventLog, TimeLike
 from ..features.io import atomic_file
 from ..features.progress import NullProgress, Progress
 from ..ranker.balancer import BalancerConfig
-from ..ranker.lambdamart import LambdaMARTConfig
+from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
 from ..ranker.policy import Policy, PolicyConfig
 from .bad_order_cost import BadOrderCostConfig
-from .dataset import DatasetConfig
+from .dataset import DatasetConfig, TrainingFrame
 from .evaluation import (
     EVALUATION_DIR,
     PLAIN_MODEL_DIR,
@@ -291,7 +292,7 @@ class _Windows:
     end: pd.Timestamp
 
 
-def _windows(events: Any, until: pd.Timestamp | None, valid_fraction: float, holdout_fraction: float) -> _Windows:
+def _windows(events: EventLog, until: pd.Timestamp | None, valid_fraction: float, holdout_fraction: float) -> _Windows:
     ts = events["impressions"]["ts"]
     if ts.empty:
         raise SchemaError("impressions", "ts", "logged impressions to learn from", "an empty table"
@@ -367,7 +368,7 @@ def _row_keys(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _purchase_rows(part: Any, impressions: pd.DataFrame, purchased: np.ndarray) -> np.ndarray:
+def _purchase_rows(part: TrainingFrame, impressions: pd.DataFrame, purchased: np.ndarray) -> np.ndarray:
     """Row of ``impressions`` behind each purchased row of a training frame part (-1 for the rest).
 
     Only the requests with a purchase are matched (a few percent of the rows), on
@@ -387,7 +388,7 @@ def _purchase_rows(part: Any, impressions: pd.DataFrame, purchased: np.ndarray) 
     return out
 
 
-def _bad_purchases(impressions: pd.DataFrame, events: Any, horizon_days: float) -> np.ndarray:
+def _bad_purchases(impressions: pd.DataFrame, events: EventLog, horizon_days: float) -> np.ndarray:
     """Bad outcome of purchased impressions, as the bad-order rate counts it.
 
     A bad order (an after-sales case for quality / not_as_described / counterfeit, or a 1-2
@@ -403,7 +404,7 @@ def _bad_purchases(impressions: pd.DataFrame, events: Any, horizon_days: float) 
     return purchased & bad
 
 
-def _creator_gini(part: Any, score: np.ndarray) -> float:
+def _creator_gini(part: TrainingFrame, score: np.ndarray) -> float:
     """Creator-exposure Gini (docs/contract.md section 4) of ranking each request of ``part`` by ``score``."""
     from ..ranker.metrics import exposure_by, gini
 
@@ -419,8 +420,8 @@ def _creator_gini(part: Any, score: np.ndarray) -> float:
 
 
 def fit_policy_and_target(
-    config: TrainJobConfig, model: Any, fit_part: Any, valid_part: Any, events: Any, progress: Progress | None = None,
-    *, data_end: Any = None,
+    config: TrainJobConfig, model: LambdaMART, fit_part: TrainingFrame, valid_part: TrainingFrame, events: EventLog, progress: Progress | None = None,
+    *, data_end: TimeLike | None = None,
 ) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
     """The policy and balancer to serve, with what was fitted from the data.
 
@@ -675,7 +676,7 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
             raise
 
 
-def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
+def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
     import lightgbm as lgb
 
     from ..ranker.balancer import ExposureBalancer
@@ -794,7 +795,9 @@ def _train_in_run(config: TrainJobConfig, events: Any, windows: _Windows, run: _
     return TrainResult(run.run_id, model_uri, bundle_dir, metrics, version, report_path)
 
 
-def _fit_models(config: TrainJobConfig, frame: Any, fit_part: Any, valid_part: Any, progress: Progress) -> tuple[Any, Any]:
+def _fit_models(
+    config: TrainJobConfig, frame: TrainingFrame, fit_part: TrainingFrame, valid_part: TrainingFrame, progress: Progress
+) -> tuple[LambdaMART, LambdaMART | None]:
     """The trust-aware LambdaMART and (with ``train_plain``) the plain one, fitted side by side.
 
     Each fit runs LightGBM with its own ``num_threads`` and LightGBM releases the GIL while it
@@ -802,8 +805,6 @@ def _fit_models(config: TrainJobConfig, frame: Any, fit_part: Any, valid_part: A
     first one; each model is the same as when trained alone (LightGBM is deterministic per fit).
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from ..ranker.lambdamart import LambdaMART
 
     X_fit, X_valid = fit_part.features(), valid_part.features()
     fit_groups, valid_groups = fit_part.groups(), valid_part.groups()
@@ -841,7 +842,7 @@ def _local_run_dir(config: TrainJobConfig, run_id: str) -> Path:
     return path
 
 
-def _importance_table(model: Any) -> pd.DataFrame:
+def _importance_table(model: LambdaMART) -> pd.DataFrame:
     gain = model.feature_importance("gain")
     split = model.feature_importance("split")
     table = pd.DataFrame({"feature": gain.index.astype(str), "gain": gain.to_numpy(dtype=float)})
@@ -885,7 +886,7 @@ def _git_commit() -> str | None:
     return commit if done.returncode == 0 and len(commit) == 40 else None
 
 
-def eval_requests_example(events: Any, windows: _Windows, n_candidates: int = 3) -> dict[str, Any]:
+def eval_requests_example(events: EventLog, windows: _Windows, n_candidates: int = 3) -> dict[str, Any]:
     """One held-out request (a few candidates) as the model's input example."""
     impressions = events["impressions"]
     later = impressions.loc[(impressions["ts"] >= windows.holdout_start).to_numpy(dtype=bool, na_value=False)]
@@ -943,7 +944,7 @@ def _pip_requirements() -> list[str]:
 
 
 def _log_models(
-    run: _Run, model: Any, bundle_dir: Path, plain_dir: Path | None, example: dict[str, Any], live_fields: tuple[str, ...]
+    run: _Run, model: LambdaMART, bundle_dir: Path, plain_dir: Path | None, example: dict[str, Any], live_fields: tuple[str, ...]
 ) -> str:
     import mlflow
     import mlflow.lightgbm

@@ -7,9 +7,14 @@ trained) and anything else that ranks with a trained bundle and its plain Lambda
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ...features.events import EventLog
+    from ...ranker.lambdamart import LambdaMART
+    from ...ranker.pipeline import RankingPipeline
 
 __all__ = ["EVALUATION_DIR", "PLAIN_MODEL_DIR", "load_models_for_evaluation", "pipelines_as_of"]
 
@@ -21,7 +26,7 @@ EVALUATION_DIR = "evaluation"
 
 def load_models_for_evaluation(
     model_uri: str, tracking_uri: str | None = None, *, verify_key: str | os.PathLike[str] | None = None
-) -> tuple[Any, Any]:
+) -> tuple[RankingPipeline, LambdaMART | None]:
     """The served pipeline of ``model_uri`` and its plain LambdaMART (``None`` if absent).
 
     The plain model sits beside the bundle: ``plain_model/`` next to ``bundle/`` in a
@@ -43,7 +48,9 @@ def load_models_for_evaluation(
     return pipeline, plain
 
 
-def pipelines_as_of(served: Any, plain: Any, events: Any, as_of: pd.Timestamp) -> tuple[Any, Any]:
+def pipelines_as_of(
+    served: RankingPipeline, plain: LambdaMART | None, events: EventLog, as_of: pd.Timestamp
+) -> tuple[RankingPipeline, RankingPipeline | None]:
     """Evaluation pipelines with trust and context rebuilt as of ``as_of`` from ``events``.
 
     The bundle's own snapshot is as of the end of its training data, which for a held-out

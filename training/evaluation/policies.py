@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,11 @@ from ...serving import FeedRanker
 from ..world import World
 from .static import EvalConfig
 
+if TYPE_CHECKING:
+    from ...features.history import ContextTables
+    from ...features.trust import TrustSnapshot
+    from ...ranker.lambdamart import LambdaMART
+
 __all__ = ["FeedPolicy", "OracleRanker", "POLICIES", "PolicyContext", "PolicySpec", "resolve_policies"]
 
 
@@ -43,7 +48,7 @@ class FeedPolicy(Protocol):
 
     def record_impressions(self, impressions: pd.DataFrame) -> None: ...
 
-    def reload_snapshot(self, snapshot: Any, context: Any = None) -> Any: ...
+    def reload_snapshot(self, snapshot: TrustSnapshot, context: ContextTables | None = None) -> object: ...
 
 
 @dataclass
@@ -64,7 +69,7 @@ class PolicyContext:
     """
 
     served: RankingPipeline
-    plain_model: Any
+    plain_model: LambdaMART | None
     world: World
     bad_cost: float
 
@@ -149,7 +154,7 @@ class OracleRanker:
     def record_impressions(self, impressions: pd.DataFrame) -> None:
         """Nothing to record: the oracle keeps no ledger."""
 
-    def reload_snapshot(self, snapshot: Any, context: Any = None) -> None:
+    def reload_snapshot(self, snapshot: TrustSnapshot, context: ContextTables | None = None) -> None:
         """Nothing to reload: the oracle reads the world's truth."""
 
 
@@ -168,6 +173,8 @@ def _with_policy(pipeline: RankingPipeline, **levers: Any) -> RankingPipeline:
 
 def _with_reranker(served: RankingPipeline, reranker: Any) -> RankingPipeline:
     """The served features, model and policy score, re-ranked by ``reranker`` instead of the balancer."""
+    # Any: the baseline re-rankers keep no savable state (no state_dict), so they are not
+    # full ranker.interfaces.Reranker objects; they only serve inside the rollout
     pipeline = served_pipeline(served, balancer=False)
     pipeline.balancer = reranker
     return pipeline

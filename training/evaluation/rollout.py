@@ -42,10 +42,10 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,12 @@ from ...features.progress import NullProgress, Progress
 from ...ranker import metrics as m
 from ..world import DayOutcome, DynamicsConfig, World, WorldBase
 from .policies import POLICIES, PolicyContext, resolve_policies
+
+if TYPE_CHECKING:
+    from ...features.events import EventLog
+    from ...features.history import ContextTables
+    from ...features.trust import TrustSnapshot
+    from ...ranker.pipeline import RankingPipeline
 
 __all__ = ["METRICS", "RolloutResult", "run_rollout"]
 
@@ -171,11 +177,15 @@ def _load_model(model_uri: str, tracking_uri: str | None) -> tuple[Any, Any]:
         raise ModelIntegrityError(model_uri, f"does not resolve to a model ({error.strerror or error})") from None
 
 
-def _snapshot_builder(served: Any) -> Any:
+def _snapshot_builder(
+    served: RankingPipeline,
+) -> Callable[[EventLog, pd.Timestamp], tuple[TrustSnapshot, ContextTables | None]]:
     """``build(events, as_of) -> (snapshot, context)`` with the served model's trust settings."""
 
-    def build(events: Any, as_of: pd.Timestamp) -> tuple[Any, Any]:
+    def build(events: EventLog, as_of: pd.Timestamp) -> tuple[TrustSnapshot, ContextTables | None]:
         rebuilt = served.rebuilt_as_of(events, as_of)
+        if rebuilt.snapshot is None:  # rebuilt_as_of always builds one
+            raise ConfigError(f"rollout: no trust snapshot could be built as of {as_of.isoformat()}")
         return rebuilt.snapshot, rebuilt.context
 
     return build

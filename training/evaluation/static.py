@@ -19,18 +19,26 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 
 from ...features.config import Config, Constraints, Integer, Items, Real
 from ...features.errors import ConfigError, SchemaError
+from ...features.events import TimeLike
 from ...features.io import atomic_file
 from ...features.outcomes import net_value
 from ...features.progress import NullProgress, Progress
 from ._models import load_models_for_evaluation, pipelines_as_of
 from .report import ReportContent, render_report
+
+if TYPE_CHECKING:
+    from ...features.events import EventLog
+    from ...features.trust import TrustSnapshot
+    from ...ranker.interfaces import Reranker
+    from ...ranker.lambdamart import LambdaMART
+    from ...ranker.pipeline import RankingPipeline
 
 __all__ = [
     "EvalConfig",
@@ -208,7 +216,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- held-out data
 
 
-def held_out_window(events: Any, start: Any = None, end: Any = None, holdout_fraction: float = 0.2) -> tuple[pd.Timestamp, pd.Timestamp]:
+def held_out_window(events: EventLog, start: TimeLike | None = None, end: TimeLike | None = None, holdout_fraction: float = 0.2) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The evaluation window ``[start, end)`` over the impressions.
 
     Missing bounds default to the latest ``holdout_fraction`` of the impressions' time span
@@ -231,7 +239,7 @@ def held_out_window(events: Any, start: Any = None, end: Any = None, holdout_fra
     return begin, stop
 
 
-def _logged_slates(events: Any, window: tuple[pd.Timestamp, pd.Timestamp], max_requests: int | None) -> pd.DataFrame:
+def _logged_slates(events: EventLog, window: tuple[pd.Timestamp, pd.Timestamp], max_requests: int | None) -> pd.DataFrame:
     """Impressions of the requests that started inside ``window``, with graded labels."""
     from ..dataset import graded_labels
 
@@ -348,12 +356,12 @@ def _per_request_order(base: pd.DataFrame, rerank: Any) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- pipelines
 
 
-def _pipeline_parts(pipeline: Any) -> tuple[Any, Any, Any]:
-    """(snapshot, model, balancer) of a ranking pipeline."""
-    return pipeline.snapshot, pipeline.model, pipeline.balancer
+def _pipeline_parts(pipeline: RankingPipeline) -> tuple[TrustSnapshot | None, LambdaMART, Reranker | None]:
+    """(snapshot, model, balancer) of a ranking pipeline (the evaluation reports the model's importances)."""
+    return pipeline.snapshot, cast("LambdaMART", pipeline.model), pipeline.balancer
 
 
-def _without_balancer(pipeline: Any) -> Any:
+def _without_balancer(pipeline: RankingPipeline) -> RankingPipeline:
     """The same assembler, model and policy, ranking by the policy score alone."""
     from ...ranker.pipeline import RankingPipeline
 
@@ -361,7 +369,7 @@ def _without_balancer(pipeline: Any) -> Any:
                            snapshot=pipeline.snapshot, context=pipeline.context, model_id=pipeline.model_id)
 
 
-def _rank_all(pipeline: Any, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _rank_all(pipeline: RankingPipeline, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # record=True: the balancer's ledger follows the held-out traffic as it would in serving
     return list(pipeline.rank_many(requests, record=True))
 
@@ -453,11 +461,11 @@ def _segments(
 
 
 def evaluate_pipeline(
-    pipeline: Any,
-    events: Any,
+    pipeline: RankingPipeline,
+    events: EventLog,
     window: tuple[pd.Timestamp, pd.Timestamp],
     *,
-    plain_pipeline: Any = None,
+    plain_pipeline: RankingPipeline | None = None,
     truth: Mapping[str, pd.DataFrame] | None = None,
     truth_meta: Mapping[str, Any] | None = None,
     config: EvalConfig | None = None,
@@ -497,6 +505,8 @@ def evaluate_pipeline(
     progress(f"evaluate: ranking {len(requests)} held-out requests")
 
     snapshot, model, balancer = _pipeline_parts(pipeline)
+    if snapshot is None:  # pipelines built as of a time always carry theirs
+        raise ConfigError("evaluate: the pipeline has no trust snapshot to evaluate against")
     followers = _followers(snapshot)
     truth_impressions = None if truth is None else truth.get("impressions")
     item_bad = _item_bad_probability(logged, truth_impressions, snapshot)
@@ -698,7 +708,7 @@ def _creator_exposure(ranked: pd.DataFrame, population: pd.Index) -> np.ndarray:
     return exposure_by(ranked, "creator_id", population=population).to_numpy()
 
 
-def _followers(snapshot: Any) -> pd.Series | None:
+def _followers(snapshot: TrustSnapshot) -> pd.Series | None:
     creators = snapshot.creators
     if "followers" not in creators.columns:
         return None
@@ -706,7 +716,7 @@ def _followers(snapshot: Any) -> pd.Series | None:
     return pd.Series(values.to_numpy(dtype=float), index=creators["creator_id"].astype(str).to_numpy())
 
 
-def _item_bad_probability(logged: pd.DataFrame, truth_impressions: pd.DataFrame | None, snapshot: Any) -> np.ndarray:
+def _item_bad_probability(logged: pd.DataFrame, truth_impressions: pd.DataFrame | None, snapshot: TrustSnapshot) -> np.ndarray:
     """The simulator's true bad-order probability per item, else the merchant's estimated rate."""
     if truth_impressions is not None:
         probs = truth_impressions[["request_id", "stream_id", "p_bad"]].astype({"request_id": str, "stream_id": str})
@@ -722,7 +732,7 @@ def _item_bad_probability(logged: pd.DataFrame, truth_impressions: pd.DataFrame 
 
 
 def _segment_membership(
-    logged: pd.DataFrame, events: Any, window: tuple[pd.Timestamp, pd.Timestamp],
+    logged: pd.DataFrame, events: EventLog, window: tuple[pd.Timestamp, pd.Timestamp],
     followers: pd.Series | None, trust_aware: pd.DataFrame, config: EvalConfig,
 ) -> pd.DataFrame:
     from ...ranker.baselines import long_tail_mask
@@ -769,8 +779,8 @@ def evaluate(
     events: str | os.PathLike[str],
     model_uri: str,
     out_dir: str | os.PathLike[str],
-    start: Any = None,
-    end: Any = None,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
     progress: Progress | None = None,
     tracking_uri: str | None = None,
     config: EvalConfig | None = None,
