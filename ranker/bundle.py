@@ -35,9 +35,9 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..features.errors import ConfigError, ModelIntegrityError, TrustfeedError
 from ..features.io import OUTPUT_MARKER, atomic_dir, sha256_file
@@ -543,7 +543,10 @@ def _read_json(root: Path, rel: str) -> Any:
     return _bounded_json(text, rel)
 
 
-def _parse(rel: str, build: Any) -> Any:
+_Loaded = TypeVar("_Loaded")
+
+
+def _parse(rel: str, build: Callable[[], _Loaded]) -> _Loaded:
     """Run ``build``; a parse failure of a verified file is reported against that file."""
     try:
         return build()

@@ -30,11 +30,15 @@ import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..features.errors import ConfigError, SchemaError
+
+if TYPE_CHECKING:
+    from ..ranker.interfaces import Scorer
+    from ..ranker.lambdamart import LambdaMART
 
 __all__ = ["CompiledModel", "PREDICTORS", "compiled_available", "compile_model"]
 
@@ -68,7 +72,7 @@ class CompiledModel:
         in memory.
     """
 
-    def __init__(self, model: Any, cache_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, model: LambdaMART, cache_dir: str | os.PathLike[str] | None = None) -> None:
         import lleaves
 
         self.source = model
@@ -115,7 +119,7 @@ class CompiledModel:
         return out
 
 
-def compile_model(model: Any, predictor: str, cache_dir: str | os.PathLike[str] | None = None) -> Any:
+def compile_model(model: Scorer, predictor: str, cache_dir: str | os.PathLike[str] | None = None) -> Scorer:
     """The model serving should call: ``model`` itself or its compiled form.
 
     ``predictor="compiled"`` compiles when lleaves is installed and otherwise warns and keeps
@@ -134,7 +138,7 @@ def compile_model(model: Any, predictor: str, cache_dir: str | os.PathLike[str] 
         return model
     if not hasattr(model, "booster_"):
         return model  # not a LightGBM model (e.g. a test double): nothing to compile
-    return CompiledModel(model, cache_dir)
+    return CompiledModel(cast("LambdaMART", model), cache_dir)
 
 
 class _Cache:
