@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ._columns import _as_float, _bool, _ids, _object_values, _positions
+from ._id_index import HashedIds
 from .errors import ConfigError, SchemaError
 from .events import to_utc
 from .history import CONTEXT_FORMAT_VERSION, ContextConfig, ContextTables, build_context_tables
@@ -185,10 +186,12 @@ def _index(values: Any) -> pd.Index:
     return pd.Index(np.asarray(_object_values(pd.Series(values, dtype="string"))), dtype=object)
 
 
-def _lookup_ids(index: pd.Index, values: Any) -> np.ndarray:
+def _lookup_ids(index: pd.Index | HashedIds, values: Any) -> np.ndarray:
     """Position of each id in ``index`` (``-1`` when unknown)."""
     if isinstance(values, pd.Series):
         values = _object_values(values)
+    if isinstance(index, HashedIds):  # memory-mapped tables (serving): no Python objects per id
+        return index.lookup(values)
     array = np.asarray(values, dtype=object)
     engine = getattr(index, "_engine", None)
     if engine is not None and index.dtype == object and array.ndim == 1:
@@ -202,6 +205,9 @@ def _lookup_ids(index: pd.Index, values: Any) -> np.ndarray:
     # An explicit object Index as the target skips pandas' dtype inference.
     target = pd.Index(array, dtype=object, copy=False)
     return np.asarray(index.get_indexer(target), dtype=np.int64)
+
+
+_PAIR_TABLES = ("follows", "user_merchant", "user_category")
 
 
 class _PairTable:
@@ -221,6 +227,14 @@ class _PairTable:
         present = values[valid][order]
         self.values = np.concatenate([present, np.full((1, *present.shape[1:]), default, dtype=present.dtype)])
         self.width = np.int64(max(width, 1))
+
+    @classmethod
+    def from_arrays(cls, keys: np.ndarray, values: np.ndarray, width: int) -> _PairTable:
+        """A table from its stored :attr:`keys` (sentinel included) and :attr:`values` (default row included)."""
+        table = cls.__new__(cls)
+        table.size = int(keys.size) - 1
+        table.keys, table.values, table.width = keys, values, np.int64(max(width, 1))
+        return table
 
     def find(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Row of each pair in ``values``, ``-1`` when absent."""
@@ -371,7 +385,7 @@ class FeatureAssembler:
         extra_merchants: list[Any] = []
         if context is not None:
             extra_merchants = [context.user_merchant["merchant_id"], context.merchant_category["merchant_id"]]
-        self._merchant_index = _vocabulary(merchant_ids, extra_merchants)
+        self._merchant_index: pd.Index | HashedIds = _vocabulary(merchant_ids, extra_merchants)
         n_m = len(self._merchant_index)
         merchant_rows = _snapshot_rows(self._merchant_index, merchant_ids)
         merchant_cols = [source.column for _, source, _ in plan if isinstance(source, MerchantColumn)]
@@ -404,7 +418,7 @@ class FeatureAssembler:
         extra_creators: list[Any] = []
         if context is not None:
             extra_creators = [context.follows["creator_id"], context.creator_engagement["creator_id"]]
-        self._creator_index = _vocabulary(creator_ids, extra_creators)
+        self._creator_index: pd.Index | HashedIds = _vocabulary(creator_ids, extra_creators)
         n_c = len(self._creator_index)
         creator_rows = _snapshot_rows(self._creator_index, creator_ids)
         creator_cols = [source.column for _, source, _ in plan if isinstance(source, CreatorColumn)]
@@ -440,7 +454,7 @@ class FeatureAssembler:
                 context.user_category["user_id"],
                 context.user_activity["user_id"],
             ]
-        self._user_index = _vocabulary(pd.Series([], dtype="string"), user_sources)
+        self._user_index: pd.Index | HashedIds = _vocabulary(pd.Series([], dtype="string"), user_sources)
         n_u = len(self._user_index)
         self._user_activity = np.zeros((n_u + 1, 2))
         empty = np.zeros(0, dtype=np.int64)
@@ -507,6 +521,10 @@ class FeatureAssembler:
         n_m, n_c = len(self._merchant_index) + 1, len(self._creator_index) + 1
         self._merchant_table = np.ascontiguousarray(np.column_stack(merchant_parts)) if merchant_parts else np.zeros((n_m, 0))
         self._creator_table = np.ascontiguousarray(np.column_stack(creator_parts)) if creator_parts else np.zeros((n_c, 0))
+        self._set_layout(merchant_pos, creator_pos, special)
+
+    def _set_layout(self, merchant_pos: list[int], creator_pos: list[int], special: list[tuple[int, Source]]) -> None:
+        """Where the merchant table, the creator table and the per-request features go in the output."""
         self._merchant_pos = np.asarray(merchant_pos, dtype=np.int64)
         self._creator_pos = np.asarray(creator_pos, dtype=np.int64)
         # contiguous runs of output columns are filled by slice assignment (no scatter)
@@ -518,7 +536,87 @@ class FeatureAssembler:
         self._special_slice = _as_slice(special_pos)
         self._special_pos = special_pos
 
+    # ------------------------------------------------------------------ served arrays
+
+    def served_arrays(self) -> dict[str, np.ndarray]:
+        """Every array a request reads, by name: what a memory-mapped copy must hold.
+
+        With :meth:`schema` and the three id vocabularies (:meth:`id_vocabularies`) this is
+        the whole state :meth:`transform_with_status` uses; :meth:`from_served_arrays` puts
+        it back together.
+        """
+        return {
+            "merchant_table": self._merchant_table,
+            "creator_table": self._creator_table,
+            **{f"status_{name}": values for name, values in self._status._asdict().items()},
+            "category_code": self._category_code,
+            "user_activity": self._user_activity,
+            **{f"{name}_{part}": getattr(getattr(self, f"_{name}"), part)
+               for name in _PAIR_TABLES for part in ("keys", "values")},
+        }
+
+    def id_vocabularies(self) -> dict[str, list[str]]:
+        """The merchant, creator and user ids in row order (row ``i`` of every served array)."""
+        def ids(index: pd.Index | HashedIds) -> list[str]:
+            if isinstance(index, HashedIds):
+                return [v.decode("utf-8", "surrogatepass") for v in index.ids.tolist()]
+            return [str(v) for v in index.tolist()]
+
+        return {"merchant": ids(self._merchant_index), "creator": ids(self._creator_index), "user": ids(self._user_index)}
+
+    @classmethod
+    def from_served_arrays(
+        cls, schema: Mapping[str, Any], arrays: Mapping[str, np.ndarray], indexes: Mapping[str, HashedIds]
+    ) -> FeatureAssembler:
+        """An assembler over arrays from :meth:`served_arrays` (e.g. memory-mapped, read-only).
+
+        ``indexes`` maps ``"merchant"``, ``"creator"`` and ``"user"`` to a
+        :class:`~trustfeed.features._id_index.HashedIds` over the ids of each array's rows.
+        Nothing is copied: the arrays are used as given.
+        """
+        plan, categories = _plan_from_schema(schema)
+        self = cls.__new__(cls)
+        self._context = None
+        self._plan = plan
+        self._categories = tuple(categories)
+        self.feature_names = tuple(name for name, _, _ in plan)
+        self.monotone = tuple(direction for _, _, direction in plan)
+        self.categorical = tuple(name for name, source, _ in plan if isinstance(source, MerchantCategory))
+        self._position = {name: i for i, name in enumerate(self.feature_names)}
+        self._merchant_index, self._creator_index, self._user_index = (
+            indexes["merchant"], indexes["creator"], indexes["user"])
+        n_m, n_c, n_u = (len(indexes[k]) + 1 for k in ("merchant", "creator", "user"))
+        status_names = [f"status_{name}" for name in MerchantStatus._fields]
+        rows_of = {"merchant_table": n_m, "creator_table": n_c, "category_code": n_m, "user_activity": n_u,
+                   **dict.fromkeys(status_names, n_m)}
+        for name, rows in rows_of.items():
+            if arrays[name].shape[0] != rows:
+                raise SchemaError("served arrays", name, f"{rows} rows (ids + 1)", f"{arrays[name].shape[0]} rows")
+        self._merchant_table, self._creator_table = arrays["merchant_table"], arrays["creator_table"]
+        self._category_code, self._user_activity = arrays["category_code"], arrays["user_activity"]
+        self._status = MerchantStatus(*(arrays[name] for name in status_names))
+        widths = {"follows": n_c - 1, "user_merchant": n_m - 1, "user_category": len(categories)}
+        for name in _PAIR_TABLES:
+            setattr(self, f"_{name}", _PairTable.from_arrays(arrays[f"{name}_keys"], arrays[f"{name}_values"], widths[name]))
+        merchant_pos: list[int] = []
+        creator_pos: list[int] = []
+        special: list[tuple[int, Source]] = []
+        for j, (_, source, _) in enumerate(plan):
+            if source.entity == "merchant":
+                merchant_pos.append(j)
+            elif source.entity == "creator":
+                creator_pos.append(j)
+            else:
+                special.append((j, source))
+        if arrays["merchant_table"].shape[1:] != (len(merchant_pos),) or arrays["creator_table"].shape[1:] != (len(creator_pos),):
+            raise SchemaError("served arrays", "merchant_table/creator_table", "one column per table feature of the schema",
+                              f"shapes {arrays['merchant_table'].shape}, {arrays['creator_table'].shape}")
+        self._set_layout(merchant_pos, creator_pos, special)
+        return self
+
     def _user_row(self, user_id: Any) -> int:
+        if isinstance(self._user_index, HashedIds):
+            return self._user_index.lookup_one(user_id) if isinstance(user_id, str) else -1
         if isinstance(user_id, str):
             return int(_lookup_ids(self._user_index, [user_id])[0])
         try:

@@ -9,6 +9,17 @@ JSON-lines file. See ``docs/serving.md``.
 from ..features.errors import ModelIntegrityError, RequestError
 from ._batch import rank_file
 from ._feed_ranker import FeedRanker
+from ._mapped_tables import MappedTables, open_mapped_tables, write_mapped_tables
 from ._shared_ledger import RedisLedger, SharedLedgerConfig
 
-__all__ = ["FeedRanker", "ModelIntegrityError", "RedisLedger", "RequestError", "SharedLedgerConfig", "rank_file"]
+__all__ = [
+    "FeedRanker",
+    "MappedTables",
+    "ModelIntegrityError",
+    "RedisLedger",
+    "RequestError",
+    "SharedLedgerConfig",
+    "open_mapped_tables",
+    "rank_file",
+    "write_mapped_tables",
+]

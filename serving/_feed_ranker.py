@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -9,11 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from ..features.errors import SchemaError
+from ..features.errors import ConfigError, ModelIntegrityError, SchemaError
 from ..ranker.bundle import load_bundle
 from ..ranker.signing import load_verify_key
 from ..ranker.pipeline import RankingPipeline
 from ._compiled import CompiledModel, compile_model
+from ._mapped_tables import open_mapped_tables
 from ._resolve import local_model_dir
 from ._shared_ledger import RedisLedger
 
@@ -92,7 +94,9 @@ class FeedRanker:
         compile_cache: str | os.PathLike[str] | None = None,
         shared_ledger: RedisLedger | None = None,
         verify_key: str | os.PathLike[str] | None = None,
+        tables: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._tables = tables
         pipeline.model = compile_model(pipeline.model, predictor, compile_cache)
         self.shared_ledger = shared_ledger
         if shared_ledger is not None:
@@ -118,6 +122,7 @@ class FeedRanker:
         compile_cache: str | os.PathLike[str] | None = None,
         shared_ledger: RedisLedger | None = None,
         verify_key: str | os.PathLike[str] | None = None,
+        tables: str | os.PathLike[str] | None = None,
     ) -> FeedRanker:
         """Load and verify a model bundle.
 
@@ -139,6 +144,12 @@ class FeedRanker:
             must be signed by its private key and unchanged since. It is kept, and every
             :meth:`reload` checks against it too. Without it, the bundle is only checked
             against its own manifest, which anyone able to write the directory can rewrite.
+        tables
+            A directory of memory-mapped serving tables (:func:`~trustfeed.serving.write_mapped_tables`)
+            to read features from instead of the bundle's snapshot and history: every worker
+            process on a host then shares one copy of them. Their feature layout must be the
+            model's. Kept for :meth:`reload`. The response's ``model`` gets a
+            ``+tables-<digest>`` suffix.
 
         Raises
         ------
@@ -152,13 +163,14 @@ class FeedRanker:
             A local path that does not exist.
         """
         return cls(
-            _load_pipeline(model_uri, snapshot, tracking_uri, verify_key),
+            _load_pipeline(model_uri, snapshot, tracking_uri, verify_key, tables),
             record_served=record_served,
             source=os.fspath(model_uri),
             predictor=predictor,
             compile_cache=compile_cache,
             shared_ledger=shared_ledger,
             verify_key=verify_key,
+            tables=tables,
         )
 
     # ------------------------------------------------------------------ ranking
@@ -274,7 +286,8 @@ class FeedRanker:
             The id of the model now serving.
         """
         with self._reload_lock:
-            fresh = _load_pipeline(model_uri, snapshot, tracking_uri, self._verify_key)
+            fresh = _load_pipeline(model_uri, snapshot, tracking_uri, self._verify_key,
+                                   self._tables if snapshot is None else None)
             fresh.model = compile_model(fresh.model, self._predictor, self._compile_cache)
             current = self._pipeline
             if keep_ledger and fresh.balancer is not None and current.balancer is not None:
@@ -337,11 +350,29 @@ def _load_pipeline(
     snapshot: str | os.PathLike[str] | None,
     tracking_uri: str | None,
     verify_key: str | os.PathLike[str] | None = None,
+    tables: str | os.PathLike[str] | None = None,
 ) -> RankingPipeline:
+    if snapshot is not None and tables is not None:
+        raise ConfigError("give a snapshot directory or memory-mapped tables, not both")
     # a bad key file fails before anything is downloaded
     public_key = load_verify_key(verify_key) if verify_key is not None else None
     with local_model_dir(model_uri, tracking_uri=tracking_uri) as bundle_dir:
-        return load_bundle(bundle_dir, snapshot=snapshot, verify_key=public_key)
+        pipeline = load_bundle(bundle_dir, snapshot=snapshot, verify_key=public_key)
+    return pipeline if tables is None else _on_mapped_tables(pipeline, tables)
+
+
+def _on_mapped_tables(pipeline: RankingPipeline, tables: str | os.PathLike[str]) -> RankingPipeline:
+    """The pipeline's model, policy and balancer over memory-mapped serving tables."""
+    mapped = open_mapped_tables(tables)
+    expected = json.loads(json.dumps(pipeline.assembler.schema()))
+    if mapped.manifest["schema"] != expected:
+        raise ModelIntegrityError(
+            os.fspath(tables), "the tables' feature layout is not the model's (build them with the model's schema)"
+        )
+    return RankingPipeline(
+        mapped.assembler, pipeline.model, pipeline.policy, pipeline.balancer,
+        model_id=f"{pipeline.model_id}+tables-{mapped.digest[:8]}",
+    )
 
 
 def _column_with_surrogate(rows: Sequence[Mapping[str, Any]]) -> str | None:
