@@ -136,7 +136,8 @@ def _memory(pid: int) -> dict[str, float]:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value = line.split(":", 1)
         fields[name] = float(value.split()[0]) / 1024
-    return {"rss": fields["Rss"], "pss": fields["Pss"], "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "uss": fields["Private_Clean"] + fields["Private_Dirty"],
+            "anon": fields["Anonymous"]}
 
 
 def worker(path: str | None, verify: bool, requests: int, seed: int) -> None:
@@ -226,6 +227,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep", action="store_true", help="keep the written tables")
+    parser.add_argument("--reuse", action="store_true", help="time the tables already in --out (written with --keep)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -234,13 +236,16 @@ def main() -> None:
         return
 
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    print(f"writing {args.merchants:,} merchants, {args.creators:,} creators, {args.buyers:,} buyers to {out}")
-    written = write_tables(out, args.merchants, args.creators, args.buyers, args.seed)
-    gc.collect()
-    print(f"  id indexes built in {written['index_seconds']:.1f} s, written in {written['write_seconds']:.1f} s, "
-          f"{written['gigabytes']:.2f} GB")
+    if args.reuse and (out / "MANIFEST.json").is_file():
+        print(f"reusing the tables in {out}")
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        print(f"writing {args.merchants:,} merchants, {args.creators:,} creators, {args.buyers:,} buyers to {out}")
+        written = write_tables(out, args.merchants, args.creators, args.buyers, args.seed)
+        gc.collect()
+        print(f"  id indexes built in {written['index_seconds']:.1f} s, written in {written['write_seconds']:.1f} s, "
+              f"{written['gigabytes']:.2f} GB")
     try:
         base, base_report = _start(None, True, 0, args.seed)
         first, first_report = _start(out, True, args.requests, args.seed)
@@ -258,13 +263,15 @@ def main() -> None:
             m = memory[name]
             added = "" if name == "baseline" else (
                 f"   added: RSS {m['rss'] - memory['baseline']['rss']:.0f}, PSS {m['pss'] - memory['baseline']['pss']:.0f}, "
-                f"USS {m['uss'] - memory['baseline']['uss']:.0f}")
-            print(f"  {name:<9} RSS {m['rss']:7.0f}  PSS {m['pss']:7.0f}  USS {m['uss']:7.0f}{added}")
+                f"USS {m['uss'] - memory['baseline']['uss']:.0f}, anonymous {m['anon'] - memory['baseline']['anon']:.0f}")
+            print(f"  {name:<9} RSS {m['rss']:7.0f}  PSS {m['pss']:7.0f}  USS {m['uss']:7.0f}  anonymous {m['anon']:6.0f}{added}")
+        print("  (file pages of the tables are page cache, one copy per host; USS counts a mapped page as private\n"
+              "   while only one process maps it; 'anonymous' is the worker's own heap)")
         for name, report in (("worker 1", first_report), ("worker 2", second_report)):
             print(f"  {name}: features of a 500-candidate request p50 {report['features_ms_p50']:.3f} ms, "
                   f"p99 {report['features_ms_p99']:.3f} ms")
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(out, ignore_errors=True)
     cost = lookup_cost(args.merchants, 2000, args.seed)
     print(f"500-id lookup over {args.merchants:,} merchant ids, p50: mapped hash index {cost['mapped_us_p50']:.1f} us, "

@@ -7,6 +7,9 @@ Configuration (environment, read by every worker at start):
   keeps its own ledger);
 - ``TRUSTFEED_PREDICTOR``: ``lightgbm`` (default) or ``compiled``;
 - ``TRUSTFEED_COMPILE_CACHE``: directory where workers share compiled models;
+- ``TRUSTFEED_TABLES``: a directory of memory-mapped serving tables
+  (``trustfeed.serving.write_mapped_tables``): every worker reads features from the same
+  mapped files instead of building its own copy of the snapshot and history;
 - ``TRUSTFEED_TARGET_GINI``: override the bundle balancer's target Gini (to see the
   controller work on a platform whose exposure is already more equal than the bundle's
   target; a reload goes back to the bundle's config).
@@ -55,6 +58,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         predictor=os.environ.get("TRUSTFEED_PREDICTOR", "lightgbm"),
         compile_cache=os.environ.get("TRUSTFEED_COMPILE_CACHE") or None,
         shared_ledger=ledger,
+        tables=os.environ.get("TRUSTFEED_TABLES") or None,
     )
     target = os.environ.get("TRUSTFEED_TARGET_GINI")
     balancer = STATE["ranker"].pipeline.balancer
