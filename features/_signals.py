@@ -109,7 +109,7 @@ class SignalCounts:
 
     merchants: pd.DataFrame  # index: merchant code
     creators: pd.DataFrame  # index: creator code
-    orders: pd.DataFrame  # per order: merchant, created_at, order_weight, bad_case, bad_review, bad (labels)
+    orders: pd.DataFrame  # per order: merchant, created_at, order_weight, bad (the fit's labels)
     users: pd.DataFrame  # index: user code; per-user history
     notes: list[str] = field(default_factory=list)
 
@@ -417,6 +417,9 @@ def build_counts(
             },
         )
     )
+    # Per-order columns of these sums are dropped as soon as they are summed: at ten million
+    # orders each is 80 MB, and the build's peak comes later (creator and report sums).
+    del tw, evidence_paid, evidence_all, due, late, on_time, presale, follower
     counts.update(_repurchase(order_frame, as_of, config, agg, enc))
 
     # Dense per-order lookups, indexed by order code.
@@ -443,9 +446,12 @@ def build_counts(
     outcomes = order_outcomes(tables).iloc[: len(orders)]
     counts.update(_after_sales(tables["after_sales"], outcomes, lookups, as_of, config, agg, n_merchants))
     counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc))
-    bad_case = outcomes["bad_case_at"].notna().to_numpy(dtype="float64")
-    bad_review = outcomes["low_rating_at"].notna().to_numpy(dtype="float64")
+    del lookups, merchant_of, weight_of, buyer_of, delivered_of
     counts.update(_early_warning(order_frame, orders, outcomes, as_of, config, agg, enc))
+    bad = went_bad(outcomes)
+    # The outcomes table (a dozen columns per order) is not needed past this point: freed
+    # before the creator and report sums, where the build peaked at ten million orders.
+    del outcomes
 
     # --- reports, violations, guarantees, nps, streams ------------------------------------
     streams = tables["livestreams"]
@@ -471,9 +477,7 @@ def build_counts(
             "merchant": merchant,
             "created_at": order_frame["created_at"],
             "order_weight": weight,
-            "bad_case": bad_case,
-            "bad_review": bad_review,
-            "bad": went_bad(outcomes).astype("float64"),
+            "bad": bad,
         }
     )
     return SignalCounts(
