@@ -15,8 +15,8 @@ exponent ``b`` of each stage is the least-squares slope of ``log(seconds)`` on
 
 Run::
 
-    python benchmarks/bench_training.py --merchants 75 750            # ~0.1M and ~1M impressions
-    python benchmarks/bench_training.py --merchants 75 750 7500       # adds ~10M (about 20 GB)
+    python benchmarks/bench_training.py --merchants 70 680            # ~0.1M and ~1M impressions
+    python benchmarks/bench_training.py --merchants 70 680 6800       # adds ~10M (well over 8 GB)
 
 Times on a shared machine are noisy: the script prints the load average next to each size.
 """
@@ -114,7 +114,7 @@ def _exponent(sizes: list[float], seconds: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--merchants", type=int, nargs="+", default=[75, 750], help="one size per merchant count")
+    parser.add_argument("--merchants", type=int, nargs="+", default=[70, 680], help="one size per merchant count")
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages-of", metavar="DIR", help=argparse.SUPPRESS)  # the child process

@@ -279,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--signing-key", metavar="PATH", default=os.environ.get(SIGNING_KEY_ENV),
                        help=f"sign the bundle with this Ed25519 private key (default: ${SIGNING_KEY_ENV})")
     train.add_argument("--evaluation", choices=("quick", "full", "off"), default="quick",
-                       help="in-job held-out evaluation: quick = the latest few thousand held-out requests (default), "
-                            "full = all of them, off = none (no held-out metrics on the run)")
+                       help="in-job held-out evaluation: quick = the latest few thousand held-out requests, no "
+                            "quality/fairness frontier sweeps (default), full = all of them with the sweeps, "
+                            "off = none (no held-out metrics on the run)")
     train.add_argument("--backend", choices=("pandas", "dask"), default="pandas",
                        help="build the training frame and train in this process (pandas) or on a Dask cluster")
     train.add_argument("--scheduler", metavar="ADDRESS",
