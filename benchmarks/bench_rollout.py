@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--rebuild-every", type=int, nargs="+", default=[1], help="snapshot schedules to time")
+    parser.add_argument("--refit-index-every", type=int, default=None,
+                        help="carry the trust index weights between refits this many days apart (default: refit at every rebuild)")
     parser.add_argument("--merchants", type=int, default=100)
     parser.add_argument("--requests-per-day", type=int, default=300)
     args = parser.parse_args()
@@ -66,10 +68,11 @@ def main() -> None:
         for every in args.rebuild_every:
             wall, cpu = time.perf_counter(), _cpu()
             result = run_rollout(model, events, days=args.days, seeds=args.seeds, policies=list(POLICIES),
-                                 rebuild_every_days=every)
+                                 rebuild_every_days=every, refit_index_every_days=args.refit_index_every)
             wall, cpu = time.perf_counter() - wall, _cpu() - cpu
             requests = result.daily.groupby("policy")["requests"].mean()
-            print(f"\nrollout: {args.days} days x {args.seeds} seed(s), snapshot every {every} day(s), "
+            refit = "every rebuild" if args.refit_index_every is None else f"every {args.refit_index_every} day(s)"
+            print(f"\nrollout: {args.days} days x {args.seeds} seed(s), snapshot every {every} day(s), index refit {refit}, "
                   f"{len(result.policies)} policies: {wall:.1f} s wall, {cpu:.1f} s CPU (includes loading)")
             print(f"{'policy':24s} {'req/day':>8s} {'ranking':>8s} {'outcomes':>9s} {'snapshot':>9s} {'total':>8s}")
             for name in result.policies:

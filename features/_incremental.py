@@ -185,19 +185,28 @@ def state_of(events: EventLog, snapshot: TrustSnapshot) -> TrustState:
     return TrustState(snapshot.as_of, config, index, _keep(events.before(snapshot.as_of)))
 
 
-def changes_since(events: EventLog, since: TimeLike) -> EventLog:
+def changes_since(events: EventLog, since: TimeLike, until: TimeLike | None = None) -> EventLog:
     """The rows of a full log that an update from a state as of ``since`` needs.
 
     Rows whose event time is at or after ``since``, and earlier rows with a column revealed
-    at or after it (``shipped_at``, ``resolved_at``, ...), in full.
+    at or after it (``shipped_at``, ``resolved_at``, ...), in full; with ``until``, only what
+    happened before it (rows are still sent in full: the update cuts at its own time).
     """
     t0 = to_utc(since)
+    t1 = to_utc(until) if until is not None else None
+
+    def between(times: pd.Series) -> Any:
+        inside = times >= t0
+        if t1 is not None:
+            inside &= times < t1
+        return inside.to_numpy(dtype=bool, na_value=False)
+
     tables = {}
     for name, spec in TABLE_SPECS.items():
         frame = events[name]
-        recent = (frame[spec.event_time] >= t0).to_numpy(dtype=bool, na_value=False)
+        recent = between(frame[spec.event_time])
         for _, revealed_by in spec.resolution:
-            recent = recent | (frame[revealed_by] >= t0).to_numpy(dtype=bool, na_value=False)
+            recent = recent | between(frame[revealed_by])
         tables[name] = frame.loc[recent].reset_index(drop=True)
     return EventLog(tables, events.missing, (), events.missing_columns)
 

@@ -199,6 +199,7 @@ class RankingPipeline:
         trust: TrustConfig | None = None,
         context: ContextConfig | None = None,
         model_id: str | None = None,
+        index: Mapping[str, Any] | None = None,
     ) -> RankingPipeline:
         """The pipeline as of time ``t``: trust snapshot and history built from events before ``t``.
 
@@ -213,22 +214,28 @@ class RankingPipeline:
         trust, context
             :class:`~trustfeed.features.trust.TrustConfig` and
             :class:`~trustfeed.features.context.ContextConfig` (``None``: defaults).
+        index
+            Trust index weights to carry instead of fitting them (an earlier snapshot's
+            ``manifest["index_model"]``; see ``build_snapshot``).
         """
         from ..features.context import build_context_tables
         from ..features.events import to_utc
         from ..features.trust import build_snapshot
 
         cut = to_utc(t)
-        snapshot = build_snapshot(events, cut, config=trust)
+        snapshot = build_snapshot(events, cut, config=trust, index=index)
         tables = build_context_tables(events, cut, context)
         return cls.from_tables(snapshot, tables, model, policy, balancer, schema=schema, model_id=model_id)
 
-    def rebuilt_as_of(self, events: EventLog, t: TimeLike, *, balancer: Reranker | None = None) -> RankingPipeline:
+    def rebuilt_as_of(
+        self, events: EventLog, t: TimeLike, *, balancer: Reranker | None = None, index: Mapping[str, Any] | None = None
+    ) -> RankingPipeline:
         """This pipeline's model, policy and feature layout with trust and history as of ``t``.
 
         The trust and history settings are the ones this pipeline's tables were built with;
         ``balancer`` (``None``: none) is the new pipeline's own, so nothing ranked with the
-        new pipeline touches this one's exposure ledger.
+        new pipeline touches this one's exposure ledger. ``index``: trust index weights to
+        carry instead of refitting them (see :meth:`as_of`).
         """
         from ..features.trust import TrustConfig as _TrustConfig
 
@@ -243,6 +250,7 @@ class RankingPipeline:
             trust=_TrustConfig.from_dict(settings) if settings else None,
             context=self.context.config if self.context is not None else None,
             model_id=self.model_id,
+            index=index,
         )
 
     # ------------------------------------------------------------------ public API

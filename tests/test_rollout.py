@@ -91,6 +91,33 @@ def test_rollout_result_schema_and_errors(bundle: Path, trained: Any, tmp_path: 
         run_rollout(str(bundle), tmp_path / "events", days=1)
 
 
+def test_rollout_can_carry_the_trust_index_weights_between_refits(
+    bundle: Path, trained: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustfeed.training.evaluation import rollout
+
+    calls: list[Any] = []
+    real = rollout._snapshot_builder
+
+    def recording(served: Any) -> Any:
+        build = real(served)
+
+        def wrapped(events: Any, as_of: pd.Timestamp, index: Any = None) -> Any:
+            snapshot, context = build(events, as_of, index)
+            calls.append((index, snapshot.manifest["index_model"]))
+            return snapshot, context
+
+        return wrapped
+
+    monkeypatch.setattr(rollout, "_snapshot_builder", recording)
+    rollout.run_rollout(str(bundle), trained.events_dir, days=3, seeds=1, policies=["trust_aware"], refit_index_every_days=2)
+    start, day1, day2 = calls  # the rollout start (fitted), day 1 (carried), day 2 (refitted)
+    assert start[0] is None and day1[0] is start[1] and day2[0] is None
+    assert day1[1]["models"] == start[1]["models"]
+    with pytest.raises(ConfigError, match="refit_index_every_days"):
+        rollout.run_rollout(str(bundle), trained.events_dir, days=1, refit_index_every_days=0)
+
+
 def _order_by_trust(world: Any, day: Any, worst_first: bool) -> list[dict[str, Any]]:
     """Responses that put the least (or most) trustworthy merchant's streams first."""
     trust = world.latent_trust()

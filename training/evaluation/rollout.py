@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,11 +179,17 @@ def _load_model(model_uri: str, tracking_uri: str | None) -> tuple[Any, Any]:
 
 def _snapshot_builder(
     served: RankingPipeline,
-) -> Callable[[EventLog, pd.Timestamp], tuple[TrustSnapshot, ContextTables | None]]:
-    """``build(events, as_of) -> (snapshot, context)`` with the served model's trust settings."""
+) -> Callable[[EventLog, pd.Timestamp, Mapping[str, Any] | None], tuple[TrustSnapshot, ContextTables | None]]:
+    """``build(events, as_of, index) -> (snapshot, context)`` with the served model's trust settings.
 
-    def build(events: EventLog, as_of: pd.Timestamp) -> tuple[TrustSnapshot, ContextTables | None]:
-        rebuilt = served.rebuilt_as_of(events, as_of)
+    ``index``: trust index weights to carry (an earlier snapshot's ``index_model``) instead
+    of refitting them, as the incremental trust update does (``None``: refit).
+    """
+
+    def build(
+        events: EventLog, as_of: pd.Timestamp, index: Mapping[str, Any] | None = None
+    ) -> tuple[TrustSnapshot, ContextTables | None]:
+        rebuilt = served.rebuilt_as_of(events, as_of, index=index)
         if rebuilt.snapshot is None:  # rebuilt_as_of always builds one
             raise ConfigError(f"rollout: no trust snapshot could be built as of {as_of.isoformat()}")
         return rebuilt.snapshot, rebuilt.context
@@ -287,6 +293,7 @@ def run_rollout(
     dynamics: DynamicsConfig | None = None,
     tracking_uri: str | None = None,
     rebuild_every_days: int = 1,
+    refit_index_every_days: int | None = None,
     progress: Progress | None = None,
 ) -> RolloutResult:
     """Serve the simulated platform behind ``events_dir`` for ``days`` days with each policy.
@@ -311,6 +318,12 @@ def run_rollout(
         MLflow tracking URI for ``runs:/`` and ``models:/`` URIs.
     rebuild_every_days
         Rebuild the trust snapshot and context tables every this many days.
+    refit_index_every_days
+        ``None``: every rebuild refits the trust index weights (a full rebuild). A number:
+        rebuilds carry the weights of the trajectory's last refit (the rollout-start
+        snapshot's at first) and refit only every this many days, as a service that updates
+        trust incrementally and rebuilds in full on a slower schedule does (faster: the fit
+        costs two extra evidence passes over the log).
     progress
         Receives a call per policy, seed and day.
 
@@ -333,6 +346,9 @@ def run_rollout(
     from ..simulate import load_truth_meta
 
     _check_arguments(days, seeds, rebuild_every_days, bad_cost)
+    every = refit_index_every_days
+    if every is not None and (not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1):
+        raise ConfigError(f"rollout: refit_index_every_days must be None or an integer >= 1, got {every!r}")
     names = resolve_policies(policies)
     report = progress if progress is not None else NullProgress()
     if load_truth_meta(events_dir) is None:
@@ -364,11 +380,16 @@ def run_rollout(
             clock = timing[name]
             if spec.uses_snapshot:
                 ranker.reload_snapshot(*first_snapshot)
+            weights = first_snapshot[0].manifest.get("index_model")
             recorder = _Recorder(world)
             for day in range(days):
                 if spec.uses_snapshot and day > 0 and day % rebuild_every_days == 0:
                     t = time.perf_counter()
-                    ranker.reload_snapshot(*build(world.events(), world.now))
+                    refit = refit_index_every_days is None or day % refit_index_every_days == 0
+                    snapshot, context = build(world.events(), world.now, None if refit else weights)
+                    if refit:
+                        weights = snapshot.manifest.get("index_model")
+                    ranker.reload_snapshot(snapshot, context)
                     clock["snapshot"] += time.perf_counter() - t
                 t = time.perf_counter()
                 requests = world.next_requests()

@@ -1,0 +1,165 @@
+"""Cost of the incremental trust update against a full rebuild, at growing history sizes.
+
+For each size the data of ``bench_features.py`` (its generator and its Parquet cache) is used.
+One subprocess builds the snapshot as of one hour before the end in full (timed: the
+baseline), writes it with its state, and writes the last hour's changes
+(:func:`~trustfeed.features.changes_since`) as a dataset directory. A second, fresh
+subprocess then runs what ``trustfeed features --incremental`` runs (timed, with the time of
+each step and the peak RSS). The incremental update skips the index fit but recomputes every
+evidence count over the history, so its cost grows with the history (see ``docs/trust.md``).
+
+Usage::
+
+    python benchmarks/bench_incremental.py --orders 1000000 3000000 [--hours 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _bench_features() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_features", Path(__file__).with_name("bench_features.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError("benchmarks/bench_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Steps:
+    """Progress that remembers when each step started."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.marks: list[tuple[float, str]] = []
+
+    def __call__(self, step: str, done: int | None = None, total: int | None = None) -> None:
+        self.marks.append((time.perf_counter() - self.start, step))
+
+    def durations(self, end: float) -> dict[str, float]:
+        times = [t for t, _ in self.marks] + [end]
+        return {step.split(" ")[1] if step.startswith("trust:") else step: round(times[i + 1] - t, 2)
+                for i, (t, step) in enumerate(self.marks)}
+
+
+def _usage() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def _prepare(data_dir: Path, work: Path, hours: float) -> dict[str, Any]:
+    from trustfeed.features import changes_since, update_snapshot
+    from trustfeed.features._incremental import state_of
+    from trustfeed.features.events import TABLES, EventLog, write_events
+    from trustfeed.features.trust import build_snapshot
+
+    bench = _bench_features()
+    end = bench.START + pd.Timedelta(days=bench.DAYS)
+    t0 = end - pd.Timedelta(hours=hours)
+    events = EventLog({name: pd.read_parquet(data_dir / f"{name}.parquet") for name in TABLES})
+    cpu0, _ = _usage()
+    started = time.perf_counter()
+    snapshot = build_snapshot(events, t0)
+    full_seconds = time.perf_counter() - started
+    cpu1, rss = _usage()
+    started = time.perf_counter()
+    snapshot.save(work / "state", force=True, also=state_of(events, snapshot).save)
+    save_seconds = time.perf_counter() - started
+    new = changes_since(events, t0, end)
+    write_events(new, work / "new")
+    # The same update in memory, in this process (no state files): the ratio to the full
+    # rebuild above is the least noisy number on a shared machine.
+    state = state_of(events, snapshot)
+    del snapshot
+    cpu2, _ = _usage()
+    started = time.perf_counter()
+    update_snapshot(state, new, end)
+    memory_seconds = time.perf_counter() - started
+    cpu3, _ = _usage()
+    return {
+        "orders": len(events["orders"]),
+        "full_rebuild_s": round(full_seconds, 2),
+        "full_rebuild_cpu_s": round(cpu1 - cpu0, 2),
+        "full_peak_rss_mb": round(rss, 1),
+        "write_state_s": round(save_seconds, 2),
+        "in_memory_update_s": round(memory_seconds, 2),
+        "in_memory_update_cpu_s": round(cpu3 - cpu2, 2),
+        "new_rows": sum(len(new[name]) for name in TABLES),
+        "new_orders": len(new["orders"]),
+    }
+
+
+def _incremental(work: Path, hours: float) -> dict[str, Any]:
+    from trustfeed.features._incremental import write_incremental
+
+    bench = _bench_features()
+    end = bench.START + pd.Timedelta(days=bench.DAYS)
+    steps = _Steps()
+    cpu0, _ = _usage()
+    steps("load state")
+    write_incremental(work / "state", work / "new", end, work / "out", force=True, progress=steps)
+    steps("write output")  # the last step reported before the save is "trust: done"
+    seconds = time.perf_counter() - steps.start
+    cpu1, rss = _usage()
+    return {
+        "incremental_s": round(seconds, 2),
+        "incremental_cpu_s": round(cpu1 - cpu0, 2),
+        "incremental_peak_rss_mb": round(rss, 1),
+        "steps_s": steps.durations(seconds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, nargs="+", default=[1_000_000, 3_000_000])
+    parser.add_argument("--hours", type=float, default=1.0, help="new events: the last HOURS of the log")
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/trustfeed-bench"))
+    parser.add_argument("--_child", nargs=2, metavar=("STEP", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--_work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._child is not None:
+        step, data = args._child
+        result = _prepare(Path(data), args._work, args.hours) if step == "prepare" else _incremental(args._work, args.hours)
+        print(json.dumps(result))
+        return 0
+    bench = _bench_features()
+    for n in args.orders:
+        target = args.data_dir / f"orders_{n}_imp1"
+        if not (target / "orders.parquet").is_file():
+            tables = bench.generate(n)
+            target.mkdir(parents=True, exist_ok=True)
+            for name, frame in tables.items():
+                frame.to_parquet(target / f"{name}.parquet", index=False)
+            del tables
+        work = args.data_dir / f"incremental_{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        result: dict[str, Any] = {}
+        for step in ("prepare", "incremental"):
+            child = subprocess.run(
+                [sys.executable, __file__, "--hours", str(args.hours), "--_work", str(work), "--_child", step, str(target)],
+                capture_output=True, text=True, check=False,
+            )
+            if child.returncode != 0:
+                print(child.stderr, file=sys.stderr)
+                return child.returncode
+            result.update(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(result))
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
