@@ -62,7 +62,7 @@ def assert_close_numbers(a: Any, b: Any, path: str = "") -> None:
         assert a == b, path
 
 
-@settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+@settings(max_examples=4, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     first=st.floats(min_value=6.0, max_value=18.0),
