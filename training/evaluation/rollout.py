@@ -363,7 +363,7 @@ def run_rollout(
     base = WorldBase.from_events(events_dir)
     build = _snapshot_builder(served)
     report(f"rollout: trust snapshot as of {base.start.isoformat()}")
-    first_snapshot = build(base.events, base.start)
+    first_snapshot = build(base.events, base.start, None)
 
     daily: list[dict[str, Any]] = []
     cumulative: list[dict[str, Any]] = []
