@@ -25,6 +25,11 @@ buyer or creator reacts within the day, so this isolates ranking quality from th
 Usage::
 
     python benchmarks/bench_policy_decomposition.py [--events DIR --model URI] [--days 3] [--seeds 2]
+        [--sim-seed 1] [--bad-purchase-grade 4]
+
+``--bad-purchase-grade`` trains the simulated platform's model with that label for a purchase
+that ended badly (1 is the training default; 4 keeps the purchase grade). ``orders`` and
+``net_value`` are absolute expected counts, so runs whose ``plain`` arms differ can be compared.
 
 Without ``--events``/``--model`` a platform of 150 merchants x 45 days is simulated and a
 model trained on it first (about a minute). Measured figures are in docs/rollout.md.
@@ -41,14 +46,19 @@ import numpy as np
 import pandas as pd
 
 
-def _prepare(root: Path, merchants: int, days: int, seed: int) -> tuple[Path, str]:
+def _prepare(root: Path, merchants: int, days: int, seed: int, bad_purchase_grade: int | None = None) -> tuple[Path, str]:
+    from dataclasses import replace
+
     from trustfeed.training.simulate import SimConfig, simulate, write_dataset
     from trustfeed.training.train import TrainJobConfig, train
 
     events = root / "events"
     write_dataset(simulate(SimConfig(seed=seed, merchants=merchants, days=days)), events)
-    result = train(TrainJobConfig(events=events, tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-                                  output_dir=root / "models", evaluate=False))
+    job = TrainJobConfig(events=events, tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                         output_dir=root / "models", evaluate=False)
+    if bad_purchase_grade is not None:
+        job = replace(job, dataset=replace(job.dataset, bad_purchase_grade=bad_purchase_grade))
+    result = train(job)
     return events, str(result.bundle_dir)
 
 
@@ -141,6 +151,8 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
                                for name, parts in exposure.items()})
     reference = table.loc["plain"]
     out = pd.DataFrame({
+        "orders": table["orders"],
+        "net_value": table["net_value"],
         "orders_x": table["orders"] / reference["orders"],
         "bad_rate_x": table["bad_order_rate"] / reference["bad_order_rate"],
         "net_x": table["net_value"] / reference["net_value"],
@@ -160,11 +172,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--merchants", type=int, default=150)
     parser.add_argument("--sim-seed", type=int, default=1)
+    parser.add_argument("--bad-purchase-grade", type=int, default=None,
+                        help="training label of a purchase that ended badly (default: the training default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.events is None or args.model is None:
             print(f"preparing: simulate {args.merchants} merchants x 45 days (seed {args.sim_seed}), train")
-            events, model = _prepare(Path(tmp), args.merchants, 45, args.sim_seed)
+            events, model = _prepare(Path(tmp), args.merchants, 45, args.sim_seed, args.bad_purchase_grade)
         else:
             events, model = args.events, args.model
         table = decompose(model, events, args.days, args.seeds)

@@ -150,6 +150,26 @@ def test_low_rating_option_and_config_validation():
         DatasetConfig.from_dict({"every": 2})
 
 
+@pytest.mark.parametrize("grade", [0, 1, 2, 3, 4])
+def test_bad_purchase_grade_relabels_only_bad_purchases(grade):
+    events, names = labelled_events()
+    default = dict(zip(names, graded_labels(events["impressions"], events).tolist(), strict=True))
+    chosen = dict(zip(names, graded_labels(events["impressions"], events, DatasetConfig(bad_purchase_grade=grade)).tolist(),
+                      strict=True))
+    bad = {"quality_return", "counterfeit_open", "reported"}
+    assert {name: chosen[name] for name in names if name not in bad} == {name: default[name] for name in names if name not in bad}
+    # refunded in the buyer's favour (not kept): never above the not-kept purchase grade 3
+    assert chosen["quality_return"] == min(grade, 3)
+    assert (chosen["counterfeit_open"], chosen["reported"]) == (grade, grade)
+    assert DatasetConfig(bad_purchase_grade=grade).to_dict()["bad_purchase_grade"] == grade
+
+
+@pytest.mark.parametrize("grade", [-1, 5, 1.5, True])
+def test_bad_purchase_grade_outside_the_label_scale_is_refused(grade):
+    with pytest.raises(ConfigError, match="bad_purchase_grade"):
+        DatasetConfig(bad_purchase_grade=grade)
+
+
 @pytest.fixture(scope="module")
 def tiny_events():
     return validate_events(simulate(SimConfig(seed=3, merchants=40, days=12)).tables)

@@ -62,6 +62,11 @@ class DatasetConfig(Config):
         Also score a purchase with a 1-2 star review as 1 (docs/contract.md section 4 counts only
         bad after-sales cases and verified reports; the bad-order *rate* also counts low
         ratings).
+    bad_purchase_grade
+        Label of a purchase that ended badly (1: scored like a click, the default: a purchase
+        that ended badly is not a success; 4: it keeps its purchase grade, so the relevance
+        model predicts purchase and only the serving policy's bad-order model prices the
+        risk). A bad purchase whose order was also not kept gets ``min(3, grade)``.
     context
         :class:`~trustfeed.features.context.ContextConfig` for the user history tables.
     trust
@@ -72,6 +77,7 @@ class DatasetConfig(Config):
     watch_seconds: float = 30.0
     label_horizon_days: float = 30.0
     low_rating_is_bad: bool = False
+    bad_purchase_grade: int = 1
     context: ContextConfig = ContextConfig()
     trust: TrustConfig | None = None
 
@@ -80,6 +86,7 @@ class DatasetConfig(Config):
         "watch_seconds": Real(0),
         "label_horizon_days": Real(0, strict_low=True),
         "low_rating_is_bad": Flag(),
+        "bad_purchase_grade": Integer(low=0, high=4),
         "context": Nested(ContextConfig),
         "trust": Nested(TrustConfig, optional=True),
     }
@@ -231,7 +238,8 @@ def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetCo
     0 shown, 1 clicked, 2 watched >= ``watch_seconds``, 3 purchased but not kept (an
     after-sales case decided in the buyer's favour), 4 purchased and kept. A purchase that
     ended badly (:func:`purchase_outcomes`: a bad after-sales case or a verified report
-    within ``label_horizon_days``) scores 1: a purchase that ended badly is not a success.
+    within ``label_horizon_days``) scores ``bad_purchase_grade`` (default 1: a purchase that
+    ended badly is not a success; capped at 3 when the order was also not kept).
     A purchase whose order was cancelled counts as not purchased.
 
     Parameters
@@ -255,7 +263,8 @@ def graded_labels(impressions: pd.DataFrame, events: EventLog, config: DatasetCo
     label[watched] = LABEL_WATCHED
     label[purchased] = LABEL_KEPT
     label[purchased & not_kept] = LABEL_PURCHASED
-    label[purchased & bad] = LABEL_CLICKED
+    label[purchased & bad] = config.bad_purchase_grade
+    label[purchased & bad & not_kept] = min(config.bad_purchase_grade, LABEL_PURCHASED)
     return label
 
 
