@@ -588,7 +588,7 @@ def _after_sales(
     agg: Aggregator,
     n_merchants: int,
 ) -> dict[str, np.ndarray]:
-    """Case counts per merchant; bad orders (from the order ``outcomes``) weighted as of their first bad case.
+    """Case counts per merchant; bad orders (from the order ``outcomes``) weighted as of their latest bad case.
 
     Only quality / not_as_described / counterfeit cases are quality evidence; no-reason and
     logistics returns are counted separately and never enter the quality rates.
@@ -609,11 +609,12 @@ def _after_sales(
     fast = refund & (days <= config.fast_refund_days)
     slow = resolved & (days > config.slow_resolution_days)
 
-    # One order with two quality cases is still one bad order: count orders, not cases.
-    first_bad = outcomes["bad_case_at"]
-    is_bad = first_bad.notna().to_numpy(dtype=bool)
+    # One order with two quality cases is still one bad order: count orders, not cases. Its
+    # evidence is as recent as its latest bad case: weighting it by the first one made a
+    # second, earlier complaint about an already bad order age the evidence and raise trust.
+    is_bad = outcomes["bad_case_at"].notna().to_numpy(dtype=bool)
     flagged = _codes(outcomes["order_id"])[is_bad]
-    tw_orders = _time_weights(first_bad[is_bad].reset_index(drop=True), as_of, config)
+    tw_orders = _time_weights(outcomes["last_bad_case_at"][is_bad].reset_index(drop=True), as_of, config)
     flagged_counts = agg.sum(
         merchant_of[flagged],
         n_merchants,

@@ -49,6 +49,7 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
     "case_reason",
     "bad_case_at",
     "bad_case_reason",
+    "last_bad_case_at",
     "counterfeit_case_at",
     "buyer_favor_at",
     "review_at",
@@ -56,7 +57,8 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
     "low_rating_at",
     "bad_at",
 )
-"""Columns of :func:`order_outcomes`; every ``*_at`` is the *first* such event (NaT: none)."""
+"""Columns of :func:`order_outcomes`; every ``*_at`` is the *first* such event (NaT: none),
+except ``last_bad_case_at``, the latest after-sales case for a bad reason."""
 
 _NONE = np.iinfo(np.int64).max  # "no such event" while taking minima over int64 nanoseconds
 
@@ -95,6 +97,14 @@ def _first(rows: np.ndarray, times: np.ndarray, n: int, values: pd.Series | None
     codes = np.full(n, -1, dtype=np.int64)
     codes[found] = categorical.cat.codes.to_numpy(dtype=np.int64)[keep][pick[found]]
     return first, pd.Series(pd.Categorical.from_codes(codes, dtype=dtype))
+
+
+def _last(rows: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
+    """Per row in ``0..n-1``, the latest time (``_NONE``: no event)."""
+    last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    keep = (rows >= 0) & (times != _NONE)
+    np.maximum.at(last, rows[keep], times[keep])
+    return np.where(last == np.iinfo(np.int64).min, _NONE, last)
 
 
 def _is_in(series: pd.Series, values: tuple[str, ...]) -> np.ndarray:
@@ -236,6 +246,7 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
     bad_reason = _is_in(reason, BAD_AFTER_SALES_REASONS)
     case_at, case_reason = _first(case_rows, opened, n, reason)
     bad_case_at, bad_case_reason = _first(np.where(bad_reason, case_rows, -1), opened, n, reason)
+    last_bad_case_at = _last(np.where(bad_reason, case_rows, -1), opened, n)
     counterfeit_at, _ = _first(np.where(_is_in(reason, ("counterfeit",)), case_rows, -1), opened, n)
     favor_at, _ = _first(np.where(_is_in(outcome, ("buyer_favor",)), case_rows, -1), opened, n)
 
@@ -260,6 +271,7 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
             "case_reason": case_reason,
             "bad_case_at": _as_time(bad_case_at),
             "bad_case_reason": bad_case_reason,
+            "last_bad_case_at": _as_time(last_bad_case_at),
             "counterfeit_case_at": _as_time(counterfeit_at),
             "buyer_favor_at": _as_time(favor_at),
             "review_at": _as_time(review_at),

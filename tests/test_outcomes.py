@@ -49,6 +49,22 @@ def _day(text: str) -> pd.Timestamp:
     return pd.Timestamp(text, tz="UTC")
 
 
+def test_last_bad_case_is_the_latest_case_for_a_bad_reason() -> None:
+    cases = pd.DataFrame({
+        "case_id": ["k1", "k2", "k3", "k4"], "order_id": ["o1", "o1", "o1", "o2"],
+        "opened_at": ["2026-01-08", "2026-01-04", "2026-01-09", "2026-01-07"],
+        "type": ["return"] * 4, "reason": ["quality", "not_as_described", "logistics", "no_reason"],
+    })
+    orders = pd.DataFrame({"order_id": ["o1", "o2"], "user_id": ["u1", "u2"], "merchant_id": ["m1", "m1"],
+                           "amount": [1.0, 1.0], "created_at": ["2026-01-02", "2026-01-03"]})
+    merchants = pd.DataFrame({"merchant_id": ["m1"], "registered_at": ["2026-01-01"]})
+    table = order_outcomes(validate_events({"merchants": merchants, "orders": orders, "after_sales": cases}))
+    # first and latest bad-reason case; the later logistics case is not bad evidence
+    assert table["bad_case_at"].tolist()[0] == _day("2026-01-04")
+    assert table["last_bad_case_at"].tolist()[0] == _day("2026-01-08")
+    assert table["last_bad_case_at"].isna().tolist()[1]  # only a no-reason return
+
+
 def test_one_row_per_order_with_first_events_hand_computed() -> None:
     table = order_outcomes(_events())
     assert tuple(table.columns) == OUTCOME_COLUMNS
