@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..features.config import Choice, Config, Constraints, Flag, Real
+from ..features.config import Choice, Config, Constraints, Flag, Integer, Real
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ._expected_value import (
     bad_probability,
@@ -65,6 +65,7 @@ from ._expected_value import (
     fit_purchase_calibration,
     fit_risk_calibration,
 )
+from ._levers import tilt_to_trust_target
 
 __all__ = [
     "Policy",
@@ -121,12 +122,20 @@ class PolicyConfig(Config):
         gains ``guarantee_boost`` (standard deviations of relevance). Either way the score of
         a guaranteed candidate only rises, and the order among guaranteed (or among
         non-guaranteed) candidates is unchanged.
+    trust_exposure_target
+        Exposure-weighted mean merchant trust wanted in the first ``trust_exposure_depth``
+        positions of every list, in ``(0, 1)`` (``None``: no target). Each request's scores
+        are tilted towards trust by the smallest step that meets it (the largest step when
+        the candidates cannot); see :mod:`trustfeed.ranker._levers`. A higher target never
+        lowers a list's exposure-weighted trust.
+    trust_exposure_depth
+        Positions the trust-exposure target is measured over (an integer ``>= 1``).
 
     Examples
     --------
     >>> PolicyConfig.from_dict(PolicyConfig(trust_weight=0.5, combine="logit").to_dict())  # doctest: +NORMALIZE_WHITESPACE
     PolicyConfig(trust_weight=0.5, combine='logit', trust_floor=None, filter_banned=True, eps=0.001, bad_cost=2.0,
-                 guarantee_boost=0.0)
+                 guarantee_boost=0.0, trust_exposure_target=None, trust_exposure_depth=10)
     """
 
     trust_weight: float = 1.0
@@ -136,6 +145,8 @@ class PolicyConfig(Config):
     eps: float = 1e-3
     bad_cost: float = 2.0
     guarantee_boost: float = 0.0
+    trust_exposure_target: float | None = None
+    trust_exposure_depth: int = 10
 
     constraints: ClassVar[Constraints] = {
         "trust_weight": Real(0),
@@ -145,6 +156,8 @@ class PolicyConfig(Config):
         "eps": Real(0, 0.5, strict_low=True, strict_high=True),
         "bad_cost": Real(0),
         "guarantee_boost": Real(0, 10),
+        "trust_exposure_target": Real(0, 1, strict_low=True, strict_high=True, optional=True),
+        "trust_exposure_depth": Integer(1, 1_000_000),
     }
 
 
@@ -348,7 +361,8 @@ class Policy:
         """:meth:`rule_codes` as reason strings, ``""`` when the candidate stays (object array)."""
         return _REASONS.take(self.rule_codes(banned_merchant, banned_entity, trust))
 
-    def score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None = None, guarantees: ArrayLike | None = None) -> np.ndarray:
+    def score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None = None,
+              guarantees: ArrayLike | None = None, kept: ArrayLike | None = None) -> np.ndarray:
         """The combined score of every candidate (vectorised; hard rules not applied).
 
         Parameters
@@ -362,15 +376,30 @@ class Policy:
         guarantees
             Buyer-protection benefits of each candidate's merchant (``> 0``: guaranteed), for
             ``guarantee_boost``; ``None``: none known.
+        kept
+            Candidates that passed the hard rules (``None``: all), for
+            ``trust_exposure_target``: only they are shown, so only they count towards it.
         """
         score = self._base_score(relevance, trust, group)
-        if self.config.guarantee_boost == 0 or guarantees is None:
+        config = self.config
+        additive = config.combine == "logit" or (config.combine == "expected_value" and not self._uses_expected_value)
+        if config.guarantee_boost != 0 and guarantees is not None:
+            guaranteed = _vector(guarantees, score.shape[0], "guarantees", np.float64) > 0
+            boost = config.guarantee_boost
+            if additive:
+                score = np.where(guaranteed, score + boost, score)
+            else:
+                score = np.where(guaranteed, score * np.exp(boost * np.sign(score)), score)
+        if config.trust_exposure_target is None:
             return score
-        guaranteed = _vector(guarantees, score.shape[0], "guarantees", np.float64) > 0
-        boost = self.config.guarantee_boost
-        if self.config.combine == "logit" or (self.config.combine == "expected_value" and not self._uses_expected_value):
-            return np.where(guaranteed, score + boost, score)
-        return np.where(guaranteed, score * np.exp(boost * np.sign(score)), score)
+        n = score.shape[0]
+        sizes = np.array([n]) if group is None else _group_sizes(group, n)
+        passed = np.ones(n, dtype=bool) if kept is None else _vector(kept, n, "kept", bool)
+        score, _ = tilt_to_trust_target(
+            score, _vector(trust, n, "trust", np.float64), sizes, passed, target=config.trust_exposure_target,
+            depth=config.trust_exposure_depth, additive=additive, eps=config.eps,
+        )
+        return score
 
     @property
     def _uses_expected_value(self) -> bool:
@@ -409,7 +438,7 @@ class Policy:
         trust_values = _vector(trust, rel.shape[0], "trust", np.float64)
         reasons = self.reasons(banned_merchant, banned_entity, trust_values)
         kept = reasons == ""
-        score = np.where(kept, self.score(rel, trust_values, guarantees=guarantees), -np.inf)
+        score = np.where(kept, self.score(rel, trust_values, guarantees=guarantees, kept=kept), -np.inf)
         kept_idx = np.flatnonzero(kept)
         order = kept_idx[np.argsort(-score[kept_idx], kind="stable")]
         filtered = np.flatnonzero(~kept)
@@ -437,7 +466,7 @@ class Policy:
         ids = np.repeat(np.arange(sizes.size), sizes)
         reasons = self.reasons(banned_merchant, banned_entity, trust_values)
         kept = reasons == ""
-        score = np.where(kept, self.score(rel, trust_values, group=sizes, guarantees=guarantees), -np.inf)
+        score = np.where(kept, self.score(rel, trust_values, group=sizes, guarantees=guarantees, kept=kept), -np.inf)
         # within each request: kept rows by descending score, ties in input order
         order = np.lexsort((np.arange(n), -score, ~kept, ids))
         rank = np.zeros(n, dtype=np.int64)
