@@ -141,15 +141,16 @@ def _followers(parts: Any) -> pd.Series:
     return pd.Series(creators["followers"].to_numpy(dtype=float), index=creators["creator_id"].astype(str).to_numpy())
 
 
-@pytest.mark.parametrize("kind", ["creator_cap", "fair_quota"])
+@pytest.mark.parametrize("kind", ["creator_cap", "fair_quota", "det_const_sort"])
 def test_reranker_in_the_pipeline_is_the_baseline_on_the_policy_score(fx: Any, kind: str) -> None:
     """The pipeline's re-ranking slot gives the baseline function's order of the policy scores."""
     parts = fx.trained_parts()
     requests = parts.requests[:40]
     plain_order = fx.make_pipeline(parts, balancer=False).rank_many(requests)
     followers = _followers(parts)
-    reranker = (b.CreatorCapReranker(cap=1, k=5) if kind == "creator_cap"
-                else b.FairQuotaReranker(followers, k=8, p=0.6, alpha=0.1))
+    reranker = {"creator_cap": lambda: b.CreatorCapReranker(cap=1, k=5),
+                "fair_quota": lambda: b.FairQuotaReranker(followers, k=8, p=0.6, alpha=0.1),
+                "det_const_sort": lambda: b.DetConstSortReranker(followers, k=8, p=0.6)}[kind]()
     responses = _pipeline_with(fx, parts, reranker).rank_many(requests)
     moved = 0
     for reference, response in zip(plain_order, responses, strict=True):
@@ -158,6 +159,9 @@ def test_reranker_in_the_pipeline_is_the_baseline_on_the_policy_score(fx: Any, k
         creators = np.array([item["creator_id"] for item in items], dtype=object)
         if kind == "creator_cap":
             expected = b.creator_cap(score, creators, cap=1, k=5)
+        elif kind == "det_const_sort":
+            tail = b.long_tail_mask(creators, followers).astype(np.int64)
+            expected = b.det_const_sort(score, tail, [0.4, 0.6], k=8)
         else:
             expected = b.fair_quota(score, b.long_tail_mask(creators, followers), k=8, p=0.6, alpha=0.1)
         assert [item["stream_id"] for item in response["items"]] == [items[i]["stream_id"] for i in expected]
@@ -191,6 +195,40 @@ def test_rerankers_reject_bad_settings() -> None:
         b.FairQuotaReranker(followers, head_fraction=0.0)
     with pytest.raises(ConfigError):
         b.PopularityReranker(followers, noise=-1.0)
+    with pytest.raises(ConfigError):
+        b.DetConstSortReranker(followers, p=1.2)
+    with pytest.raises(ConfigError):
+        b.det_const_sort([1.0, 2.0], [0, 1], [0.7, 0.7])
+    with pytest.raises(SchemaError):
+        b.det_const_sort([1.0, 2.0], [0, 2], [0.5, 0.5])
+
+
+def test_det_const_sort_hand_example_from_the_paper_rules() -> None:
+    # groups 0 (scores 5, 4, 3) and 1 (2, 1): half each; at i = 2 both minima rise, the best
+    # of each is placed; at i = 4 the next of each; the rest follows in score order
+    assert b.det_const_sort([5, 4, 3, 2, 1], [0, 0, 0, 1, 1], [0.5, 0.5], k=4).tolist() == [0, 3, 1, 4, 2]
+    # a group share of 0 and 1: exactly the score order of the one group first
+    assert b.det_const_sort([1, 3, 2], [0, 1, 0], [1.0, 0.0], k=3).tolist() == [2, 0, 1]
+    assert b.det_const_sort([], [], [0.5, 0.5]).tolist() == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.floats(-5, 5)), min_size=1, max_size=30),
+       st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), st.integers(1, 12))
+def test_det_const_sort_meets_every_prefix_minimum(items: list[tuple[int, float]], raw: list[float], k: int) -> None:
+    groups = np.array([g for g, _ in items], dtype=np.int64)
+    score = np.array([s for _, s in items])
+    share = np.array(raw) / max(sum(raw), 1e-9) if sum(raw) > 0 else np.array([1.0, 0.0, 0.0])
+    order = b.det_const_sort(score, groups, share, k=k)
+    assert sorted(order.tolist()) == list(range(len(items)))
+    available = np.bincount(groups, minlength=3)
+    for i in range(1, min(k, len(items)) + 1):
+        counts = np.bincount(groups[order[:i]], minlength=3)
+        # the paper's guarantee: floor(i * p_a) of each group in every prefix (as far as the group has items)
+        assert (counts >= np.minimum(np.floor(i * share + 1e-9), available)).all()
+    # beyond the prefix the rest follows in score order
+    tail = score[order[min(k, len(items)):]]
+    assert (np.diff(tail) <= 0).all()
 
 
 @settings(max_examples=100, deadline=None)
@@ -200,6 +238,7 @@ def test_rerankers_return_a_permutation(candidates: list[tuple[str, float]], see
     score = [s for _, s in candidates]
     followers = pd.Series([100.0, 50.0, 10.0, 5.0, 1.0], index=list("abcde"))
     for reranker in (b.CreatorCapReranker(cap=1, k=4), b.FairQuotaReranker(followers, k=5),
+                     b.DetConstSortReranker(followers, k=5, p=0.7),
                      b.PopularityReranker(followers, seed=seed), b.FairCoReranker(0.1), b.PMMFReranker(0.5, 0.5)):
         for _ in range(2):  # the amortised ones change with what was recorded
             order = reranker.rerank(creators, ["m"] * len(creators), score, [0.5] * len(creators))

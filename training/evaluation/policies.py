@@ -26,7 +26,14 @@ import pandas as pd
 
 from ...features.errors import ConfigError
 from ...ranker.balancer import ExposureBalancer
-from ...ranker.baselines import CreatorCapReranker, FairCoReranker, FairQuotaReranker, PMMFReranker, PopularityReranker
+from ...ranker.baselines import (
+    CreatorCapReranker,
+    DetConstSortReranker,
+    FairCoReranker,
+    FairQuotaReranker,
+    PMMFReranker,
+    PopularityReranker,
+)
 from ...ranker.pipeline import RankingPipeline
 from ...ranker.policy import Policy, PolicyConfig
 from ...serving import FeedRanker
@@ -214,6 +221,10 @@ POLICIES: dict[str, PolicySpec] = {
         "FA*IR long-tail quota", lambda context: _ranker(_with_reranker(context.served, FairQuotaReranker(
             _followers(context), head_fraction=_BASELINES.head_fraction, k=_BASELINES.fair_k,
             p=_BASELINES.fair_p, alpha=_BASELINES.fair_alpha)))
+    ),
+    "det_const_sort": PolicySpec(
+        "DetConstSort long-tail share", lambda context: _ranker(_with_reranker(context.served, DetConstSortReranker(
+            _followers(context), head_fraction=_BASELINES.head_fraction, k=_BASELINES.fair_k, p=_BASELINES.fair_p)))
     ),
     "popularity": PolicySpec(
         "popularity (followers + noise)", lambda context: _ranker(_with_reranker(context.served, PopularityReranker(
