@@ -616,9 +616,11 @@ class ExposureBalancer:
                 integral = min(max(integral, cfg.strength_min / cfg.ki), cfg.strength_max / cfg.ki)
             raw = cfg.kp * error + cfg.ki * integral
             strength = min(max(raw, cfg.strength_min), cfg.strength_max)
-            # conditional integration: a saturated controller does not wind up further
-            if raw == strength or (raw > strength) != (error > 0.0):
-                self._integral = integral
+            # Anti-windup is the clamp of the integral above. No conditional integration on
+            # top of it: skipping updates while saturated made the state path-dependent, so a
+            # higher Gini target could end with more strength than a lower one (the clamp alone
+            # keeps the controller monotone in the target, tests/test_levers.py).
+            self._integral = integral
             self._strength = strength
 
     # ------------------------------------------------------------------ persistence

@@ -157,8 +157,9 @@ def test_evaluate_writes_report_and_metrics(evaluated: Any) -> None:
     assert assert_self_contained(document) == 6
     metrics = json.loads(evaluated.metrics_path.read_text())
     assert set(metrics["policies"]) >= {"logging", "plain", "relevance_only", "trust_aware", "served",
-                                         "creator_cap", "fair_quota"}
-    assert set(metrics["counterfactual"]) == {"logging", "plain", "relevance_only", "trust_aware", "served"}
+                                         "creator_cap", "fair_quota", "det_const_sort"}
+    assert set(metrics["counterfactual"]) == {"logging", "plain", "relevance_only", "trust_aware", "served",
+                                              "creator_cap", "fair_quota", "det_const_sort"}
     for values in metrics["policies"].values():
         assert 0.0 <= values["gini"] < 1.0
         assert 0.0 <= values["ndcg_at_10"] <= 1.0
@@ -167,9 +168,31 @@ def test_evaluate_writes_report_and_metrics(evaluated: Any) -> None:
     # the static frontier: the balancer's sweep and the amortised fairness baselines' sweeps
     tradeoff = pd.DataFrame(metrics["tradeoff"])
     sweeps = tradeoff[tradeoff["kind"] == "sweep"].groupby("policy")["strength"].apply(list).to_dict()
-    assert sweeps == {"balancer sweep": [0.0, 4.0], "FairCo sweep": [0.01, 0.1, 1.0], "P-MMF sweep": [0.1, 0.5, 2.0]}
+    assert sweeps == {"balancer sweep": [0.0, 4.0], "FairCo sweep": [0.01, 0.1, 1.0], "P-MMF sweep": [0.1, 0.5, 2.0],
+                      "FA*IR sweep": [0.3, 0.5, 0.7, 0.9], "DetConstSort sweep": [0.3, 0.5, 0.7, 0.9]}
     fairco = tradeoff[tradeoff["policy"] == "FairCo sweep"].sort_values("strength")
     assert fairco["gini"].iloc[-1] < fairco["gini"].iloc[0]  # a stronger controller spreads exposure
+    assert tradeoff.loc[tradeoff["kind"] == "sweep", "expected_orders"].notna().all()  # truth is there
+    # the balancer at strength 0 is its base order, one slot per creator in the first 10: the per-creator cap
+    zero = tradeoff[(tradeoff["policy"] == "balancer sweep") & (tradeoff["strength"] == 0.0)].iloc[0]
+    cap = tradeoff[tradeoff["policy"] == "per-creator cap"].iloc[0]
+    assert zero["gini"] == pytest.approx(cap["gini"]) and zero["ndcg_at_10"] == pytest.approx(cap["ndcg_at_10"])
+    # every other sweep point has a verdict against the balancer's sweep
+    frontier = pd.DataFrame(metrics["frontier"])
+    assert len(frontier) == int((tradeoff["kind"] == "sweep").sum()) - 2
+    assert frontier.loc[frontier["dominated"], "dominated_by"].notna().all()
+    assert (frontier.loc[~frontier["dominated"], "short_on"] != "").all()  # the axis the balancer loses on
+    assert any(note.startswith("DetConstSort sweep: the balancer dominates") for note in metrics["notes"])
+    # the levers: a stronger guarantee priority never lowers the guaranteed merchants' exposure share
+    levers = pd.DataFrame(metrics["levers"])
+    assert {"none (served policy)", "guarantee_boost", "trust_floor", "trust_exposure_target", "target_gini"} <= set(levers["lever"])
+    boost = levers[levers["lever"].isin(["none (served policy)", "guarantee_boost"])]["guaranteed_exposure_share"].to_numpy()
+    assert (np.diff(boost) >= -1e-12).all() and boost[-1] > boost[0]
+    floors = levers[levers["lever"] == "trust_floor"]["shown_share"].to_numpy()
+    assert (np.diff(floors) <= 1e-12).all() and floors[-1] < 1.0
+    targets = levers[levers["lever"].isin(["none (served policy)", "trust_exposure_target"])]
+    # (over the whole list, unknown trust left out, so only the ends are compared)
+    assert targets["trust_weighted_exposure"].iloc[-1] >= targets["trust_weighted_exposure"].iloc[0] - 1e-9
     against = metrics["against_plain"]
     assert set(against) == {"net value", "bad-order rate", "Gini of creator exposure", "expected orders"}
     served, plain = metrics["counterfactual"]["served"], metrics["counterfactual"]["plain"]

@@ -94,7 +94,8 @@ def _default_evaluation() -> EvalConfig:
     # the quality/fairness sweeps (balancer strengths, FairCo, P-MMF) re-rank every request
     # once per strength and feed only the report's frontier, not the metrics promotion reads:
     # the in-job default keeps the unbalanced point; `trustfeed evaluate` draws the frontier
-    return EvalConfig(max_requests=IN_JOB_EVAL_REQUESTS, sweep_strengths=(0.0,), fairco_strengths=(), pmmf_strengths=())
+    return EvalConfig(max_requests=IN_JOB_EVAL_REQUESTS, sweep_strengths=(0.0,), fairco_strengths=(), pmmf_strengths=(),
+                      quota_sweep_ps=(), levers=False)
 
 
 def _default_dataset() -> DatasetConfig:

@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from ...features.trust import TrustSnapshot
     from ...ranker.lambdamart import LambdaMART
 
-__all__ = ["FeedPolicy", "OracleRanker", "POLICIES", "PolicyContext", "PolicySpec", "resolve_policies"]
+__all__ = ["FeedPolicy", "OracleRanker", "POLICIES", "PolicyContext", "PolicySpec", "followers_of", "lever_policy",
+           "reranker_policy", "resolve_policies", "served_pipeline"]
 
 
 class FeedPolicy(Protocol):
@@ -201,6 +202,37 @@ def _ranker(pipeline: RankingPipeline) -> FeedRanker:
     return FeedRanker(pipeline, record_served=False)
 
 
+def lever_policy(label: str, *, balancer: Mapping[str, Any] | None = None, **policy_changes: Any) -> PolicySpec:
+    """The served pipeline with some policy levers (``PolicyConfig`` fields) and balancer settings changed.
+
+    ``balancer``: ``BalancerConfig`` fields to change (e.g. ``target_gini``); the ledger starts
+    from the bundle's, as in ``trust_aware_balanced``.
+
+    Examples
+    --------
+    >>> lever_policy("boost 1", guarantee_boost=1.0).label
+    'boost 1'
+    """
+    def build(context: PolicyContext) -> FeedPolicy:
+        pipeline = served_pipeline(context.served, balancer=True)
+        if balancer and pipeline.balancer is not None:
+            current = pipeline.balancer
+            pipeline.balancer = ExposureBalancer.from_state(replace(current.config, **balancer), current.state_dict())
+        return _ranker(_with_policy(pipeline, **policy_changes) if policy_changes else pipeline)
+
+    return PolicySpec(label, build)
+
+
+def reranker_policy(label: str, make: Callable[[PolicyContext], Any]) -> PolicySpec:
+    """The served features, model and policy score re-ranked by ``make(context)`` instead of the balancer."""
+    return PolicySpec(label, lambda context: _ranker(_with_reranker(context.served, make(context))))
+
+
+def followers_of(context: PolicyContext) -> pd.Series:
+    """The platform's follower counts per creator (the head / long-tail split of the baselines)."""
+    return _followers(context)
+
+
 POLICIES: dict[str, PolicySpec] = {
     "trust_aware_balanced": PolicySpec(
         "trust-aware + balancer", lambda context: _ranker(served_pipeline(context.served, balancer=True))
@@ -245,18 +277,19 @@ POLICIES: dict[str, PolicySpec] = {
 """Every policy an evaluation can run, by name."""
 
 
-def resolve_policies(names: Sequence[str] | None) -> list[str]:
-    """The policy names to run (``None``: all), checked against :data:`POLICIES`."""
+def resolve_policies(names: Sequence[str] | None, registry: Mapping[str, PolicySpec] | None = None) -> list[str]:
+    """The policy names to run (``None``: all), checked against ``registry`` (default :data:`POLICIES`)."""
+    known = POLICIES if registry is None else registry
     if names is None:
-        return list(POLICIES)
+        return list(known)
     if isinstance(names, str):
         names = [names]
     chosen = []
     for name in names:
-        if name not in POLICIES:
-            raise ConfigError(f"unknown policy {name!r}; known policies: {', '.join(POLICIES)}")
+        if name not in known:
+            raise ConfigError(f"unknown policy {name!r}; known policies: {', '.join(known)}")
         if name not in chosen:
             chosen.append(name)
     if not chosen:
-        raise ConfigError(f"no policy chosen; known policies: {', '.join(POLICIES)}")
+        raise ConfigError(f"no policy chosen; known policies: {', '.join(known)}")
     return chosen

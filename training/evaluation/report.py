@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -85,6 +85,12 @@ class ReportContent:
     comparison
         Served policy against the plain model: one row per criterion with ``ratio``,
         ``target`` and ``met`` (shown under the counterfactual figure).
+    frontier
+        Pareto verdicts of the other methods' sweep points against the balancer's sweep
+        (:func:`~trustfeed.training.evaluation.frontier.pareto_verdicts`).
+    levers
+        The operator levers at a few values each with what they cost and buy
+        (:mod:`~trustfeed.training.evaluation.levers`).
     notes
         Free-text caveats listed at the end (e.g. lists skipped for having no positive label).
     links
@@ -102,6 +108,8 @@ class ReportContent:
     segments: pd.DataFrame | None = None
     counterfactual: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None
+    frontier: pd.DataFrame | None = None
+    levers: pd.DataFrame | None = None
     notes: Sequence[str] = ()
     links: Mapping[str, str] = field(default_factory=dict)
 
@@ -171,11 +179,29 @@ def render_html(content: ReportContent) -> str:
             "<h2>Quality against fairness</h2>",
             _figure(
                 _tradeoff_png(content.tradeoff, policies),
-                "NDCG@10 against the Gini of creator exposure for sweeps of the balancer's strength and of "
-                "the FairCo-style and P-MMF-style baselines' strengths, with the other baselines on the same "
-                "axes. Up and to the left is better.",
+                "NDCG@10 (and, with the simulator's truth, expected orders) against the Gini of creator "
+                "exposure for sweeps of the balancer's strength, of FA*IR's and DetConstSort's target long-tail "
+                "share p and of the FairCo-style and P-MMF-style strengths, with the other baselines on the same "
+                "axes. Up and to the left is better. Balancer strength 0 is its base order (one slot per creator "
+                "in the first 10), the same lists as the per-creator cap.",
             ),
             _table(content.tradeoff, index=False),
+        ]
+    if content.frontier is not None and not content.frontier.empty:
+        sections += [
+            "<h3>Where the balancer Pareto-dominates</h3>",
+            "<p>A point of another method is dominated when a point of the balancer's sweep has a Gini no higher "
+            "and every quality axis no lower (one strictly better). For the others, <em>short_on</em> names the "
+            "axes on which the balancer point nearest in Gini is worse.</p>",
+            _table(content.frontier, index=False),
+        ]
+    if content.levers is not None and not content.levers.empty:
+        sections += [
+            "<h2>Operator levers: what each costs and buys</h2>",
+            "<p>The held-out requests re-ranked with one lever changed from the served policy (the Gini target "
+            "with the balancer's controller on). guaranteed_lift = the guaranteed merchants' share of exposure "
+            "over their share of the shown candidates; shown_share = candidates left after the hard rules.</p>",
+            _table(content.levers, index=False),
         ]
     if content.merchants is not None and not content.merchants.empty:
         sections += [
@@ -312,27 +338,34 @@ def _lorenz_png(exposures: Mapping[str, np.ndarray], policies: Sequence[str]) ->
 
 
 def _tradeoff_png(points: pd.DataFrame, policies: Sequence[str]) -> bytes:
-    figure = _new_figure(7.0, 5.0)
-    axes = figure.add_subplot()
-    sweeps = points[points["kind"] == "sweep"]
-    greys = ("#444444", "#8c6d31", "#637939", "#7b4173")
-    for i, (label, sweep) in enumerate(sweeps.groupby("policy", sort=False)):
-        sweep = sweep.sort_values("strength")
-        axes.plot(sweep["gini"], sweep["ndcg_at_10"], marker="o", color=greys[i % len(greys)], label=f"{label} (strength)")
-        for row in sweep.itertuples(index=False):
-            axes.annotate(f"{row.strength:g}", (row.gini, row.ndcg_at_10), textcoords="offset points",
-                          xytext=(4, 4), fontsize=8, color="#555")
-    baselines = points[points["kind"] != "sweep"]
-    markers = ("s", "D", "^", "v", "P", "X")
-    for i, row in enumerate(baselines.itertuples(index=False)):
-        # both columns are float64; pandas-stubs type namedtuple fields as any scalar
-        axes.scatter([cast(float, row.gini)], [cast(float, row.ndcg_at_10)], marker=markers[i % len(markers)], s=70,
-                     color=_colour(policies, str(row.policy)), label=str(row.policy), zorder=3)
-    axes.set_xlabel("Gini of creator exposure (lower = fairer)")
-    axes.set_ylabel("NDCG@10 (higher = better)")
-    axes.legend(fontsize=9)
-    axes.grid(alpha=0.3)
+    orders = "expected_orders" in points.columns and bool(points["expected_orders"].notna().any())
+    figure = _new_figure(13.0 if orders else 7.0, 5.0)
+    panels = figure.subplots(1, 2) if orders else [figure.add_subplot()]
+    for panel, metric, label in zip(panels, ("ndcg_at_10", "expected_orders"),
+                                    ("NDCG@10 (higher = better)", "expected orders (higher = better)")):
+        _tradeoff_panel(panel, points, policies, metric, label)
     return _png(figure)
+
+
+def _tradeoff_panel(axes: Any, points: pd.DataFrame, policies: Sequence[str], metric: str, label: str) -> None:
+    sweeps = points[points["kind"] == "sweep"]
+    greys = ("#444444", "#8c6d31", "#637939", "#7b4173", "#e7969c", "#3182bd")
+    for i, (name, sweep) in enumerate(sweeps.groupby("policy", sort=False)):
+        sweep = sweep.sort_values("strength")
+        axes.plot(sweep["gini"], sweep[metric], marker="o", color=greys[i % len(greys)], label=f"{name} (strength)")
+        for gini_value, value, strength in zip(sweep["gini"], sweep[metric], sweep["strength"], strict=True):
+            axes.annotate(f"{strength:g}", (gini_value, value), textcoords="offset points", xytext=(4, 4),
+                          fontsize=8, color="#555")
+    baselines = points[points["kind"] != "sweep"]
+    markers = ("s", "D", "^", "v", "P", "X", "*")
+    for i, (name, gini_value, value) in enumerate(zip(baselines["policy"], baselines["gini"], baselines[metric],
+                                                      strict=True)):
+        axes.scatter([float(gini_value)], [float(value)], marker=markers[i % len(markers)], s=70,
+                     color=_colour(policies, str(name)), label=str(name), zorder=3)
+    axes.set_xlabel("Gini of creator exposure (lower = fairer)")
+    axes.set_ylabel(label)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
 
 
 def _trust_columns(merchants: pd.DataFrame) -> list[str]:

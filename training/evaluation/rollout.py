@@ -54,7 +54,7 @@ from ...features.errors import ConfigError, SchemaError
 from ...features.progress import NullProgress, Progress
 from ...ranker import metrics as m
 from ..world import DayOutcome, DynamicsConfig, World, WorldBase
-from .policies import POLICIES, PolicyContext, resolve_policies
+from .policies import POLICIES, PolicyContext, PolicySpec, resolve_policies
 
 if TYPE_CHECKING:
     from ...features.events import EventLog
@@ -295,6 +295,7 @@ def run_rollout(
     rebuild_every_days: int = 1,
     refit_index_every_days: int | None = None,
     progress: Progress | None = None,
+    registry: Mapping[str, PolicySpec] | None = None,
 ) -> RolloutResult:
     """Serve the simulated platform behind ``events_dir`` for ``days`` days with each policy.
 
@@ -326,6 +327,10 @@ def run_rollout(
         costs two extra evidence passes over the log).
     progress
         Receives a call per policy, seed and day.
+    registry
+        Where ``policies`` are looked up (default:
+        :data:`~trustfeed.training.evaluation.policies.POLICIES`); a sweep passes its own
+        entries, e.g. one per lever value.
 
     Raises
     ------
@@ -349,7 +354,8 @@ def run_rollout(
     every = refit_index_every_days
     if every is not None and (not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1):
         raise ConfigError(f"rollout: refit_index_every_days must be None or an integer >= 1, got {every!r}")
-    names = resolve_policies(policies)
+    specs = POLICIES if registry is None else registry
+    names = resolve_policies(policies, specs)
     report = progress if progress is not None else NullProgress()
     if load_truth_meta(events_dir) is None:
         raise SchemaError("truth", None, "a dataset written by `trustfeed simulate` (truth/meta.json)", f"no truth/ in {events_dir}")
@@ -372,7 +378,7 @@ def run_rollout(
     done = 0
     for seed in range(seeds):
         for name in names:
-            spec = POLICIES[name]
+            spec = specs[name]
             report(f"rollout: {name}, seed {seed}", done, total)
             started = time.perf_counter()
             world = World(base, seed=seed, dynamics=dynamics, bad_cost=cost)
@@ -427,5 +433,5 @@ def run_rollout(
         seeds=list(range(seeds)), bad_cost=cost, dynamics=dynamics, policies=names,
         daily=daily_frame, cumulative=cumulative_frame,
         timing={name: {stage: round(value, 4) for stage, value in clocks.items()} for name, clocks in timing.items()},
-        rebuild_every_days=rebuild_every_days, labels={name: POLICIES[name].label for name in names},
+        rebuild_every_days=rebuild_every_days, labels={name: specs[name].label for name in names},
     )

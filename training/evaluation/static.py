@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import numpy as np
 import pandas as pd
 
-from ...features.config import Config, Constraints, Integer, Items, Real
+from ...features.config import Config, Constraints, Flag, Integer, Items, Real
 from ...features.errors import ConfigError, SchemaError
 from ...features.events import TimeLike
 from ...features.io import atomic_file
 from ...features.outcomes import net_value
 from ...features.progress import NullProgress, Progress
 from ._models import load_models_for_evaluation, pipelines_as_of
+from .frontier import BALANCER_SWEEP, frontier_summary, pareto_verdicts
 from .report import ReportContent, render_report
 
 if TYPE_CHECKING:
@@ -64,7 +65,10 @@ POLICY_LABELS: dict[str, str] = {
     "served": "trust-aware + balancer",
     "creator_cap": "per-creator cap",
     "fair_quota": "FA*IR long-tail quota",
+    "det_const_sort": "DetConstSort long-tail share",
 }
+
+TRADEOFF_COLUMNS = ["policy", "kind", "strength", "ndcg_at_10", "gini", "expected_orders", "net_value", "bad_order_rate"]
 
 # the served configuration's metrics are logged without a prefix (promotion compares them)
 SERVED = "served"
@@ -82,6 +86,12 @@ class EvalConfig(Config):
         nor the training run give the window.
     sweep_strengths
         Fixed balancer strengths of the quality/fairness sweep (the controller is off).
+    quota_sweep_ps
+        Target long-tail shares ``p`` of the FA*IR and DetConstSort sweeps (each in (0, 1);
+        empty: not run).
+    levers
+        Measure the operator levers' table (each lever at a few values; see
+        :mod:`~trustfeed.training.evaluation.levers`).
     fairco_strengths, pmmf_strengths
         Strengths of the FairCo-style and P-MMF-style baselines swept on the same axes
         (:class:`~trustfeed.ranker.baselines.FairCoReranker`,
@@ -112,6 +122,8 @@ class EvalConfig(Config):
     holdout_fraction: float = 0.2
     sweep_strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
     fairco_strengths: tuple[float, ...] = (0.01, 0.1, 1.0)
+    quota_sweep_ps: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+    levers: bool = True
     pmmf_strengths: tuple[float, ...] = (0.1, 0.5, 2.0)
     cap_per_creator: int = 1
     cap_k: int = 10
@@ -128,6 +140,8 @@ class EvalConfig(Config):
         "sweep_strengths": Items(Real(0), min_len=1),
         "fairco_strengths": Items(Real(0)),
         "pmmf_strengths": Items(Real(0)),
+        "quota_sweep_ps": Items(Real(0, 1, strict_low=True, strict_high=True)),
+        "levers": Flag(),
         **dict.fromkeys(("cap_per_creator", "cap_k", "fair_k"), Integer(low=1)),
         **dict.fromkeys(("fair_p", "fair_alpha", "head_fraction", "low_trust_quantile"), Real(0, 1, strict_low=True, strict_high=True)),
         "new_merchant_days": Real(0, strict_low=True),
@@ -158,6 +172,8 @@ class Evaluation:
     content: ReportContent
     notes: list[str] = field(default_factory=list)
     comparison: pd.DataFrame | None = None
+    frontier: pd.DataFrame | None = None
+    levers: pd.DataFrame | None = None
 
     def flat_metrics(self) -> dict[str, float]:
         """Metrics as MLflow keys: the served policy's unprefixed, the others ``<policy>.<metric>``."""
@@ -199,6 +215,8 @@ class Evaluation:
                 str(k): {c: (_json_float(v) if isinstance(v, float) else v) for c, v in row.items()}
                 for k, row in self.comparison.iterrows()
             },
+            "frontier": None if self.frontier is None else _records(self.frontier),
+            "levers": None if self.levers is None else _records(self.levers),
             "notes": list(self.notes),
         }
 
@@ -495,7 +513,7 @@ def evaluate_pipeline(
         Receives one call per step.
     """
     from ...ranker.balancer import ExposureBalancer
-    from ...ranker.baselines import FairCoReranker, PMMFReranker, creator_cap, fair_quota, long_tail_mask
+    from ...ranker.baselines import FairCoReranker, PMMFReranker, creator_cap, det_const_sort, fair_quota, long_tail_mask
 
     config = config or EvalConfig()
     progress = progress or NullProgress()
@@ -556,6 +574,11 @@ def evaluate_pipeline(
         trust_aware,
         lambda a, b: fair_quota(score[a:b], tail[a:b], k=config.fair_k, p=config.fair_p, alpha=config.fair_alpha),
     ))
+    tail_codes = tail.astype(np.int64)
+    ranked["det_const_sort"] = with_facts(_per_request_order(
+        trust_aware,
+        lambda a, b: det_const_sort(score[a:b], tail_codes[a:b], [1.0 - config.fair_p, config.fair_p], k=config.fair_k),
+    ))
     for frame in ranked.values():
         if "relevance_position" not in frame.columns:
             frame["relevance_position"] = frame.merge(
@@ -567,12 +590,29 @@ def evaluate_pipeline(
         policy: _measure(frame, population, followers, config.head_fraction) for policy, frame in ranked.items()
     }
 
-    # quality/fairness sweep: the served balancer's settings at fixed strengths
+    # the static frontier: each method's strength swept on the same requests and axes (NDCG@10
+    # and Gini, plus expected orders and net value when the simulator's truth is there)
+    bad_cost = pipeline.policy.config.bad_cost
+
+    def outcomes(frame: pd.DataFrame) -> dict[str, float]:
+        if truth_impressions is None or truth_meta is None:
+            return {}
+        row = _counterfactual({"point": frame}, truth_impressions, truth_meta, bad_cost).iloc[0]
+        return {"expected_orders": float(row["expected_orders"]), "net_value": float(row["net_value"]),
+                "bad_order_rate": float(row["bad_order_rate"])}
+
+    def point(label: str, strength: float, frame: pd.DataFrame, kind: str = "sweep") -> dict[str, Any]:
+        measured = _measure(frame, population, followers, config.head_fraction)
+        return {"policy": label, "kind": kind, "strength": strength, "ndcg_at_10": measured["ndcg_at_10"],
+                "gini": measured["gini"], **outcomes(frame)}
+
     base_config = balancer.config if balancer is not None else None
     sweep_rows: list[dict[str, Any]] = []
     for strength in config.sweep_strengths:
         if base_config is None:
             break
+        # strength 0 is the balancer's base order: one slot per creator in the first diversity_k,
+        # the same lists as the per-creator cap when cap_k = diversity_k (not a bug)
         fixed = replace(base_config, kp=0.0, ki=0.0, strength_min=0.0, strength_max=max(strength, base_config.strength_min, 0.0),
                         initial_strength=strength, auto_record=True)
         sweep_balancer = ExposureBalancer(fixed)
@@ -582,9 +622,17 @@ def evaluate_pipeline(
                 creators[a:b].tolist(), merchants[a:b].tolist(), relevance=score[a:b], trust=trust[a:b], now=now[a], record=True,
             ),
         ))
-        measured = _measure(swept, population, followers, config.head_fraction)
-        sweep_rows.append({"policy": "balancer sweep", "kind": "sweep", "strength": strength,
-                           "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"]})
+        sweep_rows.append(point(BALANCER_SWEEP, strength, swept))
+    # the quota baselines at several target long-tail shares p
+    for p in config.quota_sweep_ps:
+        sweep_rows.append(point("FA*IR sweep", p, with_facts(_per_request_order(
+            trust_aware, lambda a, b, p=p: fair_quota(score[a:b], tail[a:b], k=config.fair_k, p=p, alpha=config.fair_alpha),
+        ))))
+        proportions = np.array([1.0 - p, p])
+        sweep_rows.append(point("DetConstSort sweep", p, with_facts(_per_request_order(
+            trust_aware, lambda a, b, proportions=proportions: det_const_sort(
+                score[a:b], tail_codes[a:b], proportions, k=config.fair_k),
+        ))))
     # the amortised fairness baselines (FairCo, P-MMF) on the policy score, swept on the same axes
     amortised: list[tuple[str, Any, float]] = [("FairCo sweep", FairCoReranker, s) for s in config.fairco_strengths]
     amortised += [("P-MMF sweep", PMMFReranker, s) for s in config.pmmf_strengths]
@@ -597,16 +645,20 @@ def evaluate_pipeline(
             reranker.record(creators[a:b][shown].tolist(), merchants[a:b][shown].tolist(), np.arange(1, shown.size + 1))
             return order
 
-        measured = _measure(with_facts(_per_request_order(trust_aware, served_by)), population, followers,
-                            config.head_fraction)
-        sweep_rows.append({"policy": label, "kind": "sweep", "strength": strength,
-                           "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"]})
+        sweep_rows.append(point(label, strength, with_facts(_per_request_order(trust_aware, served_by))))
     baseline_rows = [
-        {"policy": POLICY_LABELS[p], "kind": "baseline" if p != SERVED else "served", "strength": float("nan"),
-         "ndcg_at_10": policies[p]["ndcg_at_10"], "gini": policies[p]["gini"]}
-        for p in ("plain", "relevance_only", "creator_cap", "fair_quota", SERVED) if p in policies
+        point(POLICY_LABELS[p], float("nan"), ranked[p], kind="baseline" if p != SERVED else "served")
+        for p in ("plain", "relevance_only", "creator_cap", "fair_quota", "det_const_sort", SERVED) if p in ranked
     ]
-    tradeoff = pd.DataFrame(sweep_rows + baseline_rows, columns=["policy", "kind", "strength", "ndcg_at_10", "gini"])
+    tradeoff = pd.DataFrame(sweep_rows + baseline_rows)
+    tradeoff = tradeoff[[c for c in TRADEOFF_COLUMNS if c in tradeoff.columns]]
+    verdicts = pareto_verdicts(tradeoff)
+    notes.extend(frontier_summary(verdicts))
+
+    levers = None
+    if config.levers:
+        progress("evaluate: operator levers")
+        levers = _lever_effects(pipeline, trust_aware, with_facts, outcomes, population, followers, config, now)
 
     membership = _segment_membership(logged, events, window, followers, trust_aware, config)
     segment_policies = {p: ranked[p] for p in ("plain", "relevance_only", "trust_aware", SERVED) if p in ranked}
@@ -616,7 +668,8 @@ def evaluate_pipeline(
     if truth_impressions is not None and truth_meta is not None:
         progress("evaluate: counterfactual outcomes from the simulator's truth")
         counterfactual = _counterfactual(
-            {p: ranked[p] for p in ("logging", "plain", "relevance_only", "trust_aware", SERVED) if p in ranked},
+            {p: ranked[p] for p in ("logging", "plain", "relevance_only", "trust_aware", "creator_cap", "fair_quota",
+                                    "det_const_sort", SERVED) if p in ranked},
             truth_impressions, truth_meta, pipeline.policy.config.bad_cost,
         )
     else:
@@ -668,9 +721,56 @@ def evaluate_pipeline(
         segments=segments,
         counterfactual=cf_table,
         comparison=comparison,
+        frontier=verdicts,
+        levers=levers,
         notes=tuple(notes),
     )
-    return Evaluation(window, len(requests), policies, tradeoff, segments, counterfactual, content, notes, comparison)
+    return Evaluation(window, len(requests), policies, tradeoff, segments, counterfactual, content, notes, comparison,
+                      frontier=verdicts, levers=levers)
+
+
+def _lever_effects(
+    pipeline: Any, trust_aware: pd.DataFrame, with_facts: Any, outcomes: Any, population: pd.Index,
+    followers: pd.Series | None, config: EvalConfig, now: np.ndarray,
+) -> pd.DataFrame:
+    """The lever table (see :mod:`.levers`): each lever at a few values against the served policy."""
+    from ...ranker.balancer import ExposureBalancer
+    from .levers import LEVER_COLUMNS, lever_row, lever_settings, policy_lever_ranking
+
+    merchant_ids = trust_aware["merchant_id"].to_numpy(dtype=object)
+    creators = trust_aware["creator_id"].to_numpy(dtype=object)
+    guarantees = np.asarray(pipeline.assembler.merchant_status(merchant_ids).guarantees, dtype=np.float64)
+    guaranteed = pd.Series(guarantees > 0, index=merchant_ids)
+    guaranteed = guaranteed[~guaranteed.index.duplicated()]
+
+    def measure(frame: pd.DataFrame) -> dict[str, float]:
+        return _measure(frame, population, followers, config.head_fraction)
+
+    # what the served policy already shows in the positions the trust-exposure target counts
+    depth = pipeline.policy.config.trust_exposure_depth
+    position = trust_aware["position"].to_numpy(float)
+    exposure = np.where(position <= depth, 1.0 / np.log2(position + 1.0), 0.0)
+    trust = trust_aware["trust"].to_numpy(float)
+    clean = np.where(np.isnan(trust), 0.5, trust)
+    per_request = (pd.Series(exposure * clean).groupby(trust_aware["request_id"].to_numpy()).sum()
+                   / pd.Series(exposure).groupby(trust_aware["request_id"].to_numpy()).sum())
+    rows = []
+    for lever, value, changes in lever_settings(trust, float(per_request.mean())):
+        ranked = with_facts(policy_lever_ranking(pipeline.policy, trust_aware, guarantees, changes))
+        rows.append(lever_row(lever, value, ranked, guaranteed, len(trust_aware), measure, outcomes))
+    balancer = pipeline.balancer
+    if balancer is not None and hasattr(balancer, "config") and hasattr(balancer.config, "target_gini"):
+        unbalanced = measure(with_facts(trust_aware))["gini"]
+        score = trust_aware["score"].to_numpy(float)
+        for ratio in (0.7, 0.8, 0.9, 1.0):
+            target = float(np.clip(ratio * unbalanced, 0.01, 0.99))
+            controlled = ExposureBalancer(replace(balancer.config, target_gini=target, auto_record=True))
+            swept = with_facts(_per_request_order(trust_aware, lambda a, b, c=controlled: c.rerank(
+                creators[a:b].tolist(), merchant_ids[a:b].tolist(), relevance=score[a:b], trust=trust[a:b],
+                now=now[a], record=True)))
+            rows.append(lever_row("target_gini", f"{target:.3f} ({ratio:g} x unbalanced)", swept, guaranteed,
+                                  len(trust_aware), measure, outcomes))
+    return pd.DataFrame(rows, columns=LEVER_COLUMNS)
 
 
 # the ranker issue's acceptance criteria: served policy against the plain model
