@@ -141,3 +141,20 @@ def test_a_higher_gini_target_never_asks_for_more_balancing(targets, exposures, 
             balancer.record([f"c{i}"], ["m"], [1.0 + value])
         strengths.append(balancer.strength)
     assert strengths[1] <= strengths[0] + 1e-9
+
+
+def test_lever_policies_change_only_what_they_name(fx):
+    from trustfeed.training.evaluation.policies import PolicyContext, lever_policy
+
+    parts = fx.trained_parts()
+    served = fx.make_pipeline(parts, balancer=True)
+    served.rank_many(parts.requests[:30], record=True)  # a ledger and a controller state to carry over
+    context = PolicyContext(served=served, plain_model=None, world=None, bad_cost=2.0)
+    fixed = lever_policy("fixed 6", balancer={"kp": 0.0, "ki": 0.0, "strength_max": 8.0, "initial_strength": 6.0})
+    pipeline = fixed.build(context).pipeline
+    # the saved state's strength does not override the strength the sweep point asks for
+    assert pipeline.balancer.strength == 6.0
+    assert pipeline.balancer.state_dict()["creators"] == served.balancer.state_dict()["creators"]
+    boosted = lever_policy("boost", guarantee_boost=1.5).build(context).pipeline
+    assert boosted.policy.config.guarantee_boost == 1.5 and boosted.policy.state == served.policy.state
+    assert served.policy.config.guarantee_boost == 0.0  # the served pipeline is left as it was

@@ -217,7 +217,13 @@ def lever_policy(label: str, *, balancer: Mapping[str, Any] | None = None, **pol
         pipeline = served_pipeline(context.served, balancer=True)
         if balancer and pipeline.balancer is not None:
             current = pipeline.balancer
-            pipeline.balancer = ExposureBalancer.from_state(replace(current.config, **balancer), current.state_dict())
+            config = replace(current.config, **balancer)
+            state = current.state_dict()
+            if "initial_strength" in balancer:
+                # the saved controller state carries its own strength: start from the one asked for
+                state["strength"] = config.initial_strength
+                state["integral"] = config.initial_strength / config.ki if config.ki > 0 else 0.0
+            pipeline.balancer = ExposureBalancer.from_state(config, state)
         return _ranker(_with_policy(pipeline, **policy_changes) if policy_changes else pipeline)
 
     return PolicySpec(label, build)
