@@ -288,7 +288,7 @@ def det_const_sort(relevance: Any, groups: Any, proportions: Any, k: int = 10) -
         open_groups = (taken < sizes) & (share > 0)
         if not open_groups.any():
             break
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):
             due = np.where(open_groups, np.ceil((minimum + 1 - 1e-9) / share), np.inf)
         if due.min() > 1e15:
             break  # only vanishing shares are left: the rest follows in score order
