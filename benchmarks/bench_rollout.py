@@ -43,6 +43,14 @@ def _prepare(root: Path, merchants: int, days: int, requests_per_day: int) -> tu
     return events, str(result.bundle_dir)
 
 
+def events_and_model(args: argparse.Namespace, tmp: str) -> tuple[Path | str, Path | str]:
+    """``--events``/``--model`` when both are given, else a simulated platform trained in ``tmp``."""
+    if args.events is not None and args.model is not None:
+        return args.events, args.model
+    print(f"preparing: simulate {args.merchants} merchants x 30 days x {args.requests_per_day} requests/day, train")
+    return _prepare(Path(tmp), args.merchants, 30, args.requests_per_day)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=Path, help="a simulated dataset (default: simulate one)")
@@ -60,11 +68,7 @@ def main() -> None:
     from trustfeed.training.evaluation.rollout import run_rollout
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.events is None or args.model is None:
-            print(f"preparing: simulate {args.merchants} merchants x 30 days x {args.requests_per_day} requests/day, train")
-            events, model = _prepare(Path(tmp), args.merchants, 30, args.requests_per_day)
-        else:
-            events, model = args.events, args.model
+        events, model = events_and_model(args, tmp)
         for every in args.rebuild_every:
             wall, cpu = time.perf_counter(), _cpu()
             result = run_rollout(model, events, days=args.days, seeds=args.seeds, policies=list(POLICIES),

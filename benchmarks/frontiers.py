@@ -82,7 +82,7 @@ def main() -> None:
     from trustfeed.training.evaluation.rollout import run_rollout
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_rollout import _prepare
+    from bench_rollout import events_and_model
 
     strengths = {"balancer": (0.0, 1.0, 2.0, 4.0, 8.0), "fair_quota": (0.5, 0.7, 0.9),
                  "det_const_sort": (0.5, 0.7, 0.9), "fairco": (0.01, 0.1, 1.0), "pmmf": (0.1, 0.5, 2.0)}
@@ -91,14 +91,9 @@ def main() -> None:
                          "fairco": (0.1, 1.0), "pmmf": (0.5, 2.0)}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if args.events is None or args.model is None:
-            print(f"preparing: simulate {args.merchants} merchants x 30 days x {args.requests_per_day} requests/day, train")
-            events, model = _prepare(Path(tmp), args.merchants, 30, args.requests_per_day)
-        else:
-            events, model = args.events, args.model
-        parser_skip = args.skip_static
+        events, model = events_and_model(args, tmp)
         started = time.perf_counter()
-        result = None if parser_skip else evaluate(events, model, args.out / "static", config=EvalConfig(
+        result = None if args.skip_static else evaluate(events, model, args.out / "static", config=EvalConfig(
             sweep_strengths=strengths["balancer"], quota_sweep_ps=(0.3, 0.5, 0.7, 0.9),
             fairco_strengths=strengths["fairco"], pmmf_strengths=strengths["pmmf"]))
         pd.set_option("display.width", 200)

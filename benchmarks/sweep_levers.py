@@ -69,16 +69,12 @@ def main() -> None:
     from trustfeed.training.registry import quiet_mlflow
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_rollout import _prepare
+    from bench_rollout import events_and_model
 
     args.out.mkdir(parents=True, exist_ok=True)
     tracking = args.tracking_uri or f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
     with tempfile.TemporaryDirectory() as tmp:
-        if args.events is None or args.model is None:
-            print(f"preparing: simulate {args.merchants} merchants x 30 days x {args.requests_per_day} requests/day, train")
-            events, model = _prepare(Path(tmp), args.merchants, 30, args.requests_per_day)
-        else:
-            events, model = args.events, args.model
+        events, model = events_and_model(args, tmp)
         served = FeedRanker.load(str(model)).pipeline
         trust = pd.to_numeric(served.snapshot.merchants["trust_index"], errors="coerce").to_numpy(float)
         target_gini = served.balancer.config.target_gini if served.balancer is not None else 0.5
