@@ -221,11 +221,41 @@ def _parse_ts(value: Any) -> pd.Timestamp:
             raise RequestError("ts", f"expected an ISO 8601 time, got {_clip(value)!r}")
     elif not isinstance(value, _dt.datetime):
         raise RequestError("ts", f"expected an ISO 8601 time, got {_kind(value)}")
+    if isinstance(value, str) and (fast := _iso_utc(value)) is not None:
+        return fast
     # Times are UTC: a time without an offset is read as UTC (the one parser, to_utc).
     try:
         return to_utc(value)
     except ConfigError as error:
         raise RequestError("ts", str(error)) from None
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_NS_RANGE = (pd.Timestamp.min.value, pd.Timestamp.max.value)
+_LONG_FRACTION = re.compile(r"[.,]\d{7}")
+
+
+def _iso_utc(value: str) -> pd.Timestamp | None:
+    """The request time read by the standard library's ISO 8601 parser (a C call), or ``None``.
+
+    Gives exactly :func:`~trustfeed.features.events.to_utc`'s answer, a few times faster; ``None``
+    for whatever it might read differently (fractions finer than microseconds, which it would
+    truncate), cannot read, or that lies outside the representable range, so that ``to_utc``
+    decides (and names the problem).
+    """
+    if _LONG_FRACTION.search(value):
+        return None
+    try:
+        moment = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    delta = moment - _EPOCH
+    ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    if not _NS_RANGE[0] <= ns <= _NS_RANGE[1]:
+        return None
+    return pd.Timestamp(ns, tz="UTC")
 
 
 _MAX_K = 2**31 - 1

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from operator import itemgetter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -327,19 +328,19 @@ class RankingPipeline:
         size_list = [r.n_candidates for r in requests]
         total = sum(size_list)
         sizes = np.asarray(size_list, dtype=np.int64)
-        stream_list = _chain([r.stream_id for r in requests])
-        stream_ids = _object_array(stream_list, total)
+        # stream ids are only ever picked from (no lookups): a Python list is enough
+        stream_ids = _chain([r.stream_id for r in requests])
         creator_ids = _object_array(_chain([r.creator_id for r in requests]), total)
         merchant_ids = _object_array(_chain([r.merchant_id for r in requests]), total)
 
-        duplicate = _duplicated_within(sizes, stream_list)
+        duplicate = _duplicated_within(sizes, stream_ids)
         if duplicate is None:  # the common case: every candidate is ranked, no index copies
             unique = np.arange(total)
             unique_sizes = sizes
         else:
             unique = np.flatnonzero(~duplicate)
             unique_sizes = np.bincount(np.repeat(np.arange(len(requests)), sizes)[unique], minlength=len(requests))
-        candidates = self._candidate_columns(requests, sizes, unique, stream_ids, creator_ids, merchant_ids)
+        candidates = self._candidate_columns(requests, sizes, unique, creator_ids, merchant_ids)
         # one id lookup serves both the features and the policy's merchant status
         features, status = self.assembler.transform_with_status(candidates)
         relevance = np.asarray(self.model.predict(features), dtype=np.float64)
@@ -387,13 +388,11 @@ class RankingPipeline:
         requests: Sequence[ParsedRequest],
         sizes: np.ndarray,
         unique: np.ndarray,
-        stream_ids: np.ndarray,
         creator_ids: np.ndarray,
         merchant_ids: np.ndarray,
     ) -> dict[str, Any]:
-        everything = unique.size == stream_ids.size  # no duplicates: no copies
+        everything = unique.size == creator_ids.size  # no duplicates: no copies
         columns: dict[str, Any] = {
-            "stream_id": stream_ids if everything else stream_ids[unique],
             "creator_id": creator_ids if everything else creator_ids[unique],
             "merchant_id": merchant_ids if everything else merchant_ids[unique],
         }
@@ -406,7 +405,7 @@ class RankingPipeline:
             ts_ns = np.array([r.ts.value for r in requests], dtype=np.int64)
             columns["user_id"] = np.repeat(user_ids, sizes)[unique]
             columns["ts"] = _utc_series(np.repeat(ts_ns, sizes)[unique])
-        total = len(stream_ids)
+        total = len(creator_ids)
         for name in self.live_fields:
             values = np.fromiter(
                 itertools.chain.from_iterable(coerce_live_numeric(r, name) for r in requests),
@@ -422,7 +421,7 @@ class RankingPipeline:
         *,
         candidate_rows: np.ndarray,
         duplicate_rows: np.ndarray,
-        stream_ids: np.ndarray,
+        stream_ids: list[str],
         creator_ids: np.ndarray,
         merchant_ids: np.ndarray,
         relevance: np.ndarray,
@@ -466,7 +465,7 @@ class RankingPipeline:
         items: Any
         if columns:
             items = {
-                "stream_id": stream_ids[rows].tolist(),
+                "stream_id": _pick(stream_ids, rows),
                 "creator_id": creator_ids[rows].tolist(),
                 "merchant_id": merchant_ids[rows].tolist(),
                 "score": score[order],
@@ -476,9 +475,17 @@ class RankingPipeline:
             if features is not None:
                 items["features"] = features[order]
         else:
-            # JSON-shaped Python objects: one dict per item is the contract's output format
+            # JSON-shaped Python objects: one dict per item is the contract's output format.
+            # The ids are picked from Python lists by one C call each (no object-array gather).
+            id_lists: tuple[Sequence[str] | np.ndarray, ...]
+            if kept is None:
+                id_lists = (request.stream_id, request.creator_id, request.merchant_id)
+                picked = order
+            else:
+                id_lists = (stream_ids, creator_ids, merchant_ids)
+                picked = rows
             items = self._item_dicts(
-                stream_ids[rows], creator_ids[rows], merchant_ids[rows], score[order], relevance[order], trust[order],
+                id_lists, picked, score[order], relevance[order], trust[order],
                 None if features is None else features[order],
             )
 
@@ -493,31 +500,28 @@ class RankingPipeline:
         filtered = [
             {"stream_id": s, "reason": r}
             for s, r in zip(
-                stream_ids[filtered_rows[by_input]].tolist(), filtered_reasons[by_input].tolist(), strict=True
+                _pick(stream_ids, filtered_rows[by_input]), filtered_reasons[by_input].tolist(), strict=True
             )
         ]
         return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": filtered}
 
     def _item_dicts(
         self,
-        stream_ids: np.ndarray,
-        creator_ids: np.ndarray,
-        merchant_ids: np.ndarray,
+        id_lists: tuple[Sequence[str] | np.ndarray, ...],
+        picked: np.ndarray,
         score: np.ndarray,
         relevance: np.ndarray,
         trust: np.ndarray,
         features: np.ndarray | None,
     ) -> list[dict[str, Any]]:
+        """One dict per item, best first: ``picked`` indexes the three id sequences."""
+        stream_ids, creator_ids, merchant_ids = (_pick(ids, picked) for ids in id_lists)
+        # the per-item work is one dict display: the zip yields ready values (C-level
+        # tolist and picks), and the lists are equally long by construction
         items = [
             {"stream_id": s, "creator_id": c, "merchant_id": m, "score": sc, "relevance": rl, "trust": tr}
             for s, c, m, sc, rl, tr in zip(
-                stream_ids.tolist(),
-                creator_ids.tolist(),
-                merchant_ids.tolist(),
-                score.tolist(),
-                relevance.tolist(),
-                _json_floats(trust),
-                strict=True,
+                stream_ids, creator_ids, merchant_ids, score.tolist(), relevance.tolist(), _json_floats(trust)
             )
         ]
         if features is not None:
@@ -525,6 +529,15 @@ class RankingPipeline:
             for item, vector in zip(items, features.tolist(), strict=True):
                 item["features"] = {n: (None if math.isnan(v) else v) for n, v in zip(names, vector, strict=True)}
         return items
+
+
+def _pick(values: Sequence[str] | np.ndarray, positions: np.ndarray) -> list[str]:
+    """``values`` at ``positions``, in that order, as a list (one C call for a Python list)."""
+    if isinstance(values, np.ndarray):
+        return values[positions].tolist()  # type: ignore[no-any-return]
+    if positions.size > 1:
+        return list(itemgetter(*positions.tolist())(values))
+    return [values[i] for i in positions.tolist()]
 
 
 def _chain(columns: list[list[str]]) -> list[str]:

@@ -160,3 +160,43 @@ def test_every_valid_request_parses_into_aligned_columns(request: dict[str, Any]
     assert str(parsed.ts.tz) == "UTC"
     assert parsed.ts == pd.Timestamp(request["ts"]).tz_localize("UTC") if pd.Timestamp(request["ts"]).tzinfo is None \
         else parsed.ts == pd.Timestamp(request["ts"])
+
+
+@st.composite
+def _iso_times(draw: st.DrawFn) -> str:
+    """ISO 8601 times in every form a request may use, including the edges of the range."""
+    moment = draw(st.datetimes(min_value=pd.Timestamp.min.ceil("us").to_pydatetime().replace(tzinfo=None),
+                               max_value=pd.Timestamp.max.floor("us").to_pydatetime().replace(tzinfo=None)))
+    basic = draw(st.booleans())
+    date = moment.strftime("%Y%m%d" if basic else "%Y-%m-%d")
+    form = draw(st.sampled_from(["date", "minutes", "seconds", "fraction"]))
+    if form == "date":
+        return date
+    clock = moment.strftime("%H%M" if basic else "%H:%M")
+    if form != "minutes":
+        clock += moment.strftime("%S" if basic else ":%S")
+    if form == "fraction":
+        digits = draw(st.integers(1, 9))
+        clock += draw(st.sampled_from(".,")) + str(draw(st.integers(0, 10**digits - 1))).zfill(digits)
+    offset = draw(st.sampled_from(["", "Z", "z", "+{h}", "-{h}", "+{h}{m}", "-{h}:{m}", "+{h}:{m}"]))
+    offset = offset.format(h=f"{draw(st.integers(0, 23)):02d}", m=f"{draw(st.integers(0, 59)):02d}")
+    separator = "T" if basic else draw(st.sampled_from("T "))
+    return f"{date}{separator}{clock}{offset}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_iso_times())
+def test_request_time_fast_path_reads_exactly_what_to_utc_reads(text: str) -> None:
+    # the standard library parses the common forms; to_utc (pandas) stays the definition
+    from trustfeed.features.errors import ConfigError
+    from trustfeed.features.events import to_utc
+
+    try:
+        expected = to_utc(text)
+    except ConfigError:
+        with pytest.raises(RequestError, match="ts"):
+            parse_request(_valid(ts=text))
+        return
+    got = parse_request(_valid(ts=text)).ts
+    assert got == expected and got.value == expected.value
+    assert got.unit == expected.unit == "ns" and got.tz == expected.tz
