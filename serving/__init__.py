@@ -10,6 +10,7 @@ from ..features.errors import ModelIntegrityError, RequestError
 from ._batch import rank_file
 from ._feed_ranker import FeedRanker
 from ._mapped_tables import MappedTables, open_mapped_tables, write_mapped_tables
+from ._serving_tables import build_serving_tables
 from ._shared_ledger import RedisLedger, SharedLedgerConfig
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "RedisLedger",
     "RequestError",
     "SharedLedgerConfig",
+    "build_serving_tables",
     "open_mapped_tables",
     "rank_file",
     "write_mapped_tables",

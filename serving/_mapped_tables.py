@@ -40,6 +40,7 @@ from ..features.io import atomic_dir
 __all__ = ["MappedTables", "open_mapped_tables", "write_mapped_tables", "write_served_arrays"]
 
 KIND = "trustfeed.mapped_tables"
+KIND_MARKER = "mapped-tables"  # the kind of output the directory's trustfeed marker names
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
 _VOCABULARIES = ("merchant", "creator", "user")
@@ -68,8 +69,11 @@ class MappedTables:
     nbytes: int
 
 
-def write_mapped_tables(assembler: FeatureAssembler, path: str | os.PathLike[str]) -> str:
+def write_mapped_tables(assembler: FeatureAssembler, path: str | os.PathLike[str], *, force: bool = False) -> str:
     """Write an assembler's serving state as memory-mappable files; returns the manifest digest.
+
+    ``path`` is replaced atomically when it holds earlier tables (with ``force``: any
+    trustfeed output); a directory trustfeed did not write is never replaced.
 
     Examples
     --------
@@ -89,7 +93,7 @@ def write_mapped_tables(assembler: FeatureAssembler, path: str | os.PathLike[str
     True
     """
     indexes = {name: HashedIds.build(ids) for name, ids in assembler.id_vocabularies().items()}
-    return write_served_arrays(path, assembler.schema(), assembler.served_arrays(), indexes)
+    return write_served_arrays(path, assembler.schema(), assembler.served_arrays(), indexes, force=force)
 
 
 def write_served_arrays(
@@ -97,6 +101,8 @@ def write_served_arrays(
     schema: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray],
     indexes: Mapping[str, HashedIds],
+    *,
+    force: bool = False,
 ) -> str:
     """The low-level writer: served arrays and id indexes as given (e.g. built column-wise).
 
@@ -114,7 +120,7 @@ def write_served_arrays(
             return getattr(indexes[vocabulary], part)  # type: ignore[no-any-return]
         return np.ascontiguousarray(arrays[name])
 
-    with atomic_dir(path, "mapped-tables") as tmp:
+    with atomic_dir(path, KIND_MARKER, force=force) as tmp:
         for name in names:
             array = array_of(name)
             flat = array.reshape(-1)

@@ -109,3 +109,48 @@ def test_tampered_missing_or_foreign_tables_are_refused(fx: Any, parts: Any, map
     save_bundle(fx.make_pipeline(parts), bundle)
     with pytest.raises(ModelIntegrityError, match="feature layout"):
         FeedRanker.load(bundle, tables=tmp_path / "other")
+
+
+def test_trustfeed_features_writes_the_serving_tables(fx: Any, parts: Any, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # the CLI path: the same simulated platform on disk, its snapshot and the model's tables
+    from trustfeed.training.cli import main
+    from trustfeed.training.simulate import SimConfig, simulate, write_dataset
+
+    events = tmp_path / "events"
+    write_dataset(simulate(SimConfig(seed=5, merchants=40, days=16)), events)
+    bundle = tmp_path / "bundle"
+    save_bundle(fx.make_pipeline(parts), bundle)
+    as_of = parts.snapshot.as_of.isoformat()
+    base = ["features", "--events", str(events), "--as-of", as_of, "--out", str(tmp_path / "snapshot")]
+
+    # a model that does not verify fails before the snapshot is built (nothing written)
+    import shutil
+
+    shutil.copytree(bundle, tmp_path / "tampered")
+    (tmp_path / "tampered" / "policy.json").write_text((bundle / "policy.json").read_text() + " ")
+    assert main([*base, "--serving-tables", str(tmp_path / "tables"), "--model", str(tmp_path / "tampered")]) == 2
+    assert "policy.json" in capsys.readouterr().err
+    assert not (tmp_path / "snapshot").exists() and not (tmp_path / "tables").exists()
+
+    assert main([*base, "--serving-tables", str(tmp_path / "tables"), "--model", str(bundle)]) == 0
+    plain, mapped = FeedRanker.load(bundle), FeedRanker.load(bundle, tables=tmp_path / "tables")
+    assert mapped.model_id.startswith(f"{plain.model_id}+tables-")
+    for request in parts.requests[:10]:
+        a, b = plain.rank(request), mapped.rank(request)
+        assert a["items"] == b["items"] and a["filtered"] == b["filtered"]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--serving-tables", "t"], "go together"),
+    (["--model", "m"], "go together"),
+    (["--serving-tables", "t", "--model", "m", "--incremental", "--from", "s"], "not with --incremental"),
+])
+def test_serving_tables_options_are_checked_first(extra: list[str], problem: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from trustfeed.training.cli import main
+
+    argv = ["features", "--events", str(tmp_path / "missing"), "--as-of", "2026-01-05", "--out", str(tmp_path / "s")]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and len(err.splitlines()) == 1

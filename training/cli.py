@@ -78,19 +78,38 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
     if args.incremental != (args.source is not None):
         raise ConfigError("--incremental and --from SNAPSHOT_DIR go together")
+    if (args.serving_tables is None) != (args.model is None):
+        raise ConfigError("--serving-tables DIR and --model URI go together")
+    if args.serving_tables is not None and args.incremental:
+        raise ConfigError("--serving-tables needs the whole event log (the users' history): not with --incremental")
     check_output_dir(args.out, "trust-snapshot", force=args.force)  # before the work
     to_utc(args.as_of)  # a bad date fails before the events are read
+    pipeline = None
+    if args.serving_tables is not None:
+        from ..serving import FeedRanker
+        from ..serving._mapped_tables import KIND_MARKER
+
+        check_output_dir(args.serving_tables, KIND_MARKER, force=args.force)
+        # a model that does not load or verify fails now, not after the snapshot is built
+        pipeline = FeedRanker.load(args.model, tracking_uri=args.tracking_uri, verify_key=_verify_key(args)).pipeline
     progress = StderrProgress()
     if args.incremental:
         write_incremental(args.source, Path(args.events), args.as_of, Path(args.out),
                           backend=args.backend, force=args.force, progress=progress)
-    elif args.keep_state:
-        events = load_events(Path(args.events))
-        write_snapshot(events, args.as_of, Path(args.out), backend=args.backend, force=args.force, progress=progress)
     else:
         events = load_events(Path(args.events))
-        snapshot = build_snapshot(events, as_of=args.as_of, backend=args.backend, progress=progress)
-        snapshot.save(Path(args.out), force=args.force)
+        if args.keep_state:
+            snapshot = write_snapshot(events, args.as_of, Path(args.out), backend=args.backend, force=args.force,
+                                      progress=progress)
+        else:
+            snapshot = build_snapshot(events, as_of=args.as_of, backend=args.backend, progress=progress)
+            snapshot.save(Path(args.out), force=args.force)
+        if pipeline is not None:
+            from ..serving import build_serving_tables
+
+            digest = build_serving_tables(pipeline, snapshot, events, Path(args.serving_tables), force=args.force,
+                                          progress=progress)
+            print(f"wrote {args.serving_tables} (serving tables {digest[:8]})")
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -268,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="apply --events to the state of the snapshot --from instead of a full rebuild")
     features.add_argument("--from", dest="source", metavar="SNAPSHOT_DIR",
                           help="with --incremental: a snapshot written with its state")
+    features.add_argument("--serving-tables", metavar="DIR",
+                          help="also write the memory-mapped serving tables of --model for this snapshot "
+                               "(FeedRanker.load(model, tables=DIR); the whole event log, not with --incremental)")
+    features.add_argument("--model", metavar="URI", help="with --serving-tables: the model the tables are for")
+    features.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI for a runs:/ or models:/ --model")
+    features.add_argument("--verify-key", metavar="PATH", help=_VERIFY_HELP)
     features.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     train = add("train", _cmd_train, "train the ranker and log the run to MLflow")
