@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("events", type=Path)
     parser.add_argument("--evaluation", choices=("quick", "full", "off"), default="quick")
+    parser.add_argument("--lines", action="store_true", help="also print every progress line with its wall/CPU clock")
     args = parser.parse_args(argv)
 
     from dataclasses import replace
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         train(config, progress=progress)
     wall_end, cpu_end = time.perf_counter() - wall0, time.process_time() - cpu0
 
+    if args.lines:
+        for wall, cpu, load, step in marks:
+            print(f"{wall:7.1f} {cpu:7.1f}  {step}")
     totals: dict[str, list[float]] = {}
     for i, (wall, cpu, load, step) in enumerate(marks):
         stage = next((name for prefix, name in STAGES if step.startswith(prefix)), "other")

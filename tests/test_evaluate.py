@@ -177,6 +177,11 @@ def test_evaluate_writes_report_and_metrics(evaluated: Any) -> None:
     zero = tradeoff[(tradeoff["policy"] == "balancer sweep") & (tradeoff["strength"] == 0.0)].iloc[0]
     cap = tradeoff[tradeoff["policy"] == "per-creator cap"].iloc[0]
     assert zero["gini"] == pytest.approx(cap["gini"]) and zero["ndcg_at_10"] == pytest.approx(cap["ndcg_at_10"])
+    # (the sweep point's outcomes are computed from its lists, the cap's taken from the counterfactual table)
+    assert zero["expected_orders"] == pytest.approx(cap["expected_orders"]) and zero["net_value"] == pytest.approx(cap["net_value"])
+    for label, policy in (("per-creator cap", "creator_cap"), ("trust-aware + balancer", "served")):
+        row = tradeoff[tradeoff["policy"] == label].iloc[0]
+        assert row["expected_orders"] == pytest.approx(metrics["counterfactual"][policy]["expected_orders"])
     # every other sweep point has a verdict against the balancer's sweep
     frontier = pd.DataFrame(metrics["frontier"])
     assert len(frontier) == int((tradeoff["kind"] == "sweep").sum()) - 2

@@ -527,6 +527,9 @@ def evaluate_pipeline(
         raise ConfigError("evaluate: the pipeline has no trust snapshot to evaluate against")
     followers = _followers(snapshot)
     truth_impressions = None if truth is None else truth.get("impressions")
+    if truth_impressions is not None:
+        # every outcome below reads only the evaluated requests' rows of the truth table
+        truth_impressions = _truth_of_requests(truth_impressions, logged)
     item_bad = _item_bad_probability(logged, truth_impressions, snapshot)
     facts_table = logged.assign(p_bad=item_bad)
 
@@ -594,17 +597,35 @@ def evaluate_pipeline(
     # and Gini, plus expected orders and net value when the simulator's truth is there)
     bad_cost = pipeline.policy.config.bad_cost
 
+    counterfactual = None
+    if truth_impressions is not None and truth_meta is not None:
+        progress("evaluate: counterfactual outcomes from the simulator's truth")
+        counterfactual = _counterfactual(
+            {p: ranked[p] for p in ("logging", "plain", "relevance_only", "trust_aware", "creator_cap", "fair_quota",
+                                    "det_const_sort", SERVED) if p in ranked},
+            truth_impressions, truth_meta, bad_cost,
+        )
+
+    def outcome_columns(row: pd.Series) -> dict[str, float]:
+        return {"expected_orders": float(row["expected_orders"]), "net_value": float(row["net_value"]),
+                "bad_order_rate": float(row["bad_order_rate"])}
+
     def outcomes(frame: pd.DataFrame) -> dict[str, float]:
         if truth_impressions is None or truth_meta is None:
             return {}
-        row = _counterfactual({"point": frame}, truth_impressions, truth_meta, bad_cost).iloc[0]
-        return {"expected_orders": float(row["expected_orders"]), "net_value": float(row["net_value"]),
-                "bad_order_rate": float(row["bad_order_rate"])}
+        return outcome_columns(_counterfactual({"point": frame}, truth_impressions, truth_meta, bad_cost).iloc[0])
 
     def point(label: str, strength: float, frame: pd.DataFrame, kind: str = "sweep") -> dict[str, Any]:
         measured = _measure(frame, population, followers, config.head_fraction)
         return {"policy": label, "kind": kind, "strength": strength, "ndcg_at_10": measured["ndcg_at_10"],
                 "gini": measured["gini"], **outcomes(frame)}
+
+    def policy_point(policy: str) -> dict[str, Any]:
+        # a policy measured above: its row of the counterfactual table, not a second pass over the truth
+        measured = policies[policy]
+        known = {} if counterfactual is None else outcome_columns(counterfactual.loc[policy])
+        return {"policy": POLICY_LABELS[policy], "kind": "served" if policy == SERVED else "baseline",
+                "strength": float("nan"), "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"], **known}
 
     base_config = balancer.config if balancer is not None else None
     sweep_rows: list[dict[str, Any]] = []
@@ -647,8 +668,7 @@ def evaluate_pipeline(
 
         sweep_rows.append(point(label, strength, with_facts(_per_request_order(trust_aware, served_by))))
     baseline_rows = [
-        point(POLICY_LABELS[p], float("nan"), ranked[p], kind="baseline" if p != SERVED else "served")
-        for p in ("plain", "relevance_only", "creator_cap", "fair_quota", "det_const_sort", SERVED) if p in ranked
+        policy_point(p) for p in ("plain", "relevance_only", "creator_cap", "fair_quota", "det_const_sort", SERVED) if p in ranked
     ]
     tradeoff = pd.DataFrame(sweep_rows + baseline_rows)
     tradeoff = tradeoff[[c for c in TRADEOFF_COLUMNS if c in tradeoff.columns]]
@@ -664,15 +684,7 @@ def evaluate_pipeline(
     segment_policies = {p: ranked[p] for p in ("plain", "relevance_only", "trust_aware", SERVED) if p in ranked}
     segments = _segments(segment_policies, membership)
 
-    counterfactual = None
-    if truth_impressions is not None and truth_meta is not None:
-        progress("evaluate: counterfactual outcomes from the simulator's truth")
-        counterfactual = _counterfactual(
-            {p: ranked[p] for p in ("logging", "plain", "relevance_only", "trust_aware", "creator_cap", "fair_quota",
-                                    "det_const_sort", SERVED) if p in ranked},
-            truth_impressions, truth_meta, pipeline.policy.config.bad_cost,
-        )
-    else:
+    if counterfactual is None:
         notes.append("No simulator truth (truth/) beside the events: counterfactual outcomes are not shown, "
                      "and bad-order exposure uses each merchant's estimated bad-order rate.")
     comparison = _against_plain(policies, counterfactual)
@@ -814,6 +826,14 @@ def _followers(snapshot: TrustSnapshot) -> pd.Series | None:
         return None
     values = pd.to_numeric(creators["followers"], errors="coerce")
     return pd.Series(values.to_numpy(dtype=float), index=creators["creator_id"].astype(str).to_numpy())
+
+
+def _truth_of_requests(truth_impressions: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
+    """The simulator's truth rows of the evaluated requests, ids as strings (like ``logged``'s)."""
+    ids = truth_impressions["request_id"].astype(str)
+    keep = ids.isin(pd.unique(logged["request_id"])).to_numpy(dtype=bool)
+    rows = truth_impressions.loc[keep].reset_index(drop=True)
+    return rows.assign(request_id=ids.loc[keep].to_numpy(dtype=object), stream_id=rows["stream_id"].astype(str).to_numpy(dtype=object))
 
 
 def _item_bad_probability(logged: pd.DataFrame, truth_impressions: pd.DataFrame | None, snapshot: TrustSnapshot) -> np.ndarray:
