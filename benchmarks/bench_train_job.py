@@ -35,6 +35,7 @@ STAGES = (
     ("fitting the expected", "bad-order cost, policy fit, balancer target"),
     ("balancer target", "serving snapshot and bundle"),
     ("building the serving", "serving snapshot and bundle"),
+    ("waiting for the serving", "serving snapshot and bundle"),
     ("saving the model", "serving snapshot and bundle"),
     ("evaluating", "in-job evaluation"),
     ("evaluate:", "in-job evaluation"),

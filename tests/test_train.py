@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from trustfeed.features.errors import ConfigError
@@ -275,3 +276,23 @@ def test_too_short_a_log_is_a_clear_error(tmp_path: Path) -> None:
     write_dataset(simulate(SimConfig(seed=1, merchants=10, days=2)), tmp_path / "events")
     with pytest.raises(SchemaError, match="impressions"):
         train(TrainJobConfig(events=tmp_path / "events", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+
+
+def test_bundle_serves_trust_and_history_as_of_the_end_of_the_data(trained: Any) -> None:
+    # the job builds these tables in a background thread while it trains; they must be the ones
+    # RankingPipeline.as_of builds from the same events and settings
+    from trustfeed.features.events import load_events
+    from trustfeed.ranker.bundle import load_bundle
+    from trustfeed.ranker.pipeline import RankingPipeline
+
+    served = load_bundle(trained.result.bundle_dir)
+    assert served.snapshot is not None and served.context is not None
+    end = served.snapshot.as_of
+    events = load_events(trained.events_dir)
+    assert end == events["impressions"]["ts"].max().floor("D") + pd.Timedelta(days=1)
+    rebuilt = served.rebuilt_as_of(events, end, balancer=served.balancer)
+    assert isinstance(rebuilt, RankingPipeline) and rebuilt.snapshot is not None
+    pd.testing.assert_frame_equal(served.snapshot.merchants, rebuilt.snapshot.merchants)
+    pd.testing.assert_frame_equal(served.snapshot.creators, rebuilt.snapshot.creators)
+    request = _request(trained)
+    assert served.rank(request, record=False) == rebuilt.rank(request, record=False)

@@ -32,10 +32,11 @@ import math
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,10 @@ from .registry import (
     resolve_tracking_uri,
     tracking_uri_set_to,
 )
+
+if TYPE_CHECKING:
+    from ..features.history import ContextTables
+    from ..features.trust import TrustSnapshot
 
 __all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_feature_schema", "fit_policy_and_target",
            "MODEL_ARTIFACT"]
@@ -678,52 +683,88 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
 
 
 def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
-    import lightgbm as lgb
-
-    from ..ranker.balancer import ExposureBalancer
-    from ..ranker.bundle import save_bundle
-    from ..ranker.pipeline import RankingPipeline
     from .dataset import build_training_frame, time_split
-    from .simulate import load_truth, load_truth_meta
 
     run.log_params(flatten_params(config.to_dict()))
     run.set_tags(_data_tags(config, windows))
 
     dataset_config = config.dataset
-    progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
-    if config.backend == "dask":
-        from ._dask_training import fit_on_dask
+    # the trust snapshots and context tables of the serving bundle (as of the end of the data)
+    # and of the evaluation (as of the held-out start) need only the events: they are built
+    # in a background thread while LightGBM trains (it boosts without holding the GIL), not
+    # one after the other once it is done
+    later_times = [windows.end] + ([windows.holdout_start] if config.evaluate else [])
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshots")
+    try:
+        progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
+        if config.backend == "dask":
+            from ._dask_training import fit_on_dask
 
-        if config.model.position_bias:
-            progress("Dask: LightGBM's distributed ranker learns no position bias; training without it")
-        on_dask = fit_on_dask(
-            events, end=windows.holdout_start, valid_from=windows.valid_start, config=dataset_config,
-            model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
-            plain_schema_of=plain_feature_schema, scheduler=config.scheduler, progress=progress,
-        )
-        model, plain_model = on_dask.model, on_dask.plain_model
-        # the policy fit reads only the purchased rows of the training part
-        fit_part, valid_part, train_requests = on_dask.fit_purchases, on_dask.valid_part, on_dask.train_requests
-    else:
-        frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress)
-        fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
-        if len(fit_part) == 0 or len(valid_part) == 0:
-            raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
-                              f"{len(fit_part)} training and {len(valid_part)} validation rows")
-        model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress)
-        train_requests = int(fit_part.groups().size)
+            if config.model.position_bias:
+                progress("Dask: LightGBM's distributed ranker learns no position bias; training without it")
+            # the driver mostly waits for the cluster
+            later = background.submit(_tables_as_of, events, later_times, dataset_config)
+            on_dask = fit_on_dask(
+                events, end=windows.holdout_start, valid_from=windows.valid_start, config=dataset_config,
+                model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
+                plain_schema_of=plain_feature_schema, scheduler=config.scheduler, progress=progress,
+            )
+            model, plain_model = on_dask.model, on_dask.plain_model
+            # the policy fit reads only the purchased rows of the training part
+            fit_part, valid_part, train_requests = on_dask.fit_purchases, on_dask.valid_part, on_dask.train_requests
+        else:
+            frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress)
+            fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
+            if len(fit_part) == 0 or len(valid_part) == 0:
+                raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
+                                  f"{len(fit_part)} training and {len(valid_part)} validation rows")
+            progress(f"building the serving{' and evaluation' if config.evaluate else ''} snapshots alongside the fits")
+            later = background.submit(_tables_as_of, events, later_times, dataset_config)
+            model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress)
+            train_requests = int(fit_part.groups().size)
+        schema = model.feature_schema_
+
+        policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
+                                                                data_end=windows.holdout_start)
+        if not later.done():
+            progress("waiting for the serving snapshot")
+        tables_later = later.result()
+    finally:
+        background.shutdown(wait=True, cancel_futures=True)
+    return _bundle_evaluate_log(config, events, windows, run, progress, model, plain_model, policy, balancer_config,
+                                fitted, valid_part, train_requests, tables_later)
+
+
+def _tables_as_of(
+    events: EventLog, times: list[pd.Timestamp], config: DatasetConfig
+) -> list[tuple[TrustSnapshot, ContextTables]]:
+    """The trust snapshot and context tables as of each time (what ``RankingPipeline.as_of`` builds)."""
+    from ..features.history import build_context_tables
+    from ..features.trust import build_snapshot
+
+    return [(build_snapshot(events, t, config=config.trust), build_context_tables(events, t, config.context)) for t in times]
+
+
+def _bundle_evaluate_log(
+    config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress, model: LambdaMART,
+    plain_model: LambdaMART | None, policy: Policy, balancer_config: BalancerConfig, fitted: dict[str, Any],
+    valid_part: TrainingFrame, train_requests: int, tables_later: list[tuple[TrustSnapshot, ContextTables]],
+) -> TrainResult:
+    import lightgbm as lgb
+
+    from ..ranker.balancer import ExposureBalancer
+    from ..ranker.bundle import save_bundle
+    from ..ranker.pipeline import RankingPipeline
+    from .simulate import load_truth, load_truth_meta
+
     schema = model.feature_schema_
-
-    policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
-                                                            data_end=windows.holdout_start)
 
     # --- the bundle, saved locally before anything else goes to the tracking store
     local = _local_run_dir(config, run.run_id)
-    progress(f"building the serving snapshot as of {windows.end.isoformat()}")
-    pipeline = RankingPipeline.as_of(
-        events, windows.end, model, policy, ExposureBalancer(balancer_config),
-        schema=schema, trust=dataset_config.trust, context=dataset_config.context,
-    )
+    progress(f"building the serving pipeline as of {windows.end.isoformat()}")
+    serving_tables = tables_later[0]
+    pipeline = RankingPipeline.from_tables(serving_tables[0], serving_tables[1], model, policy,
+                                           ExposureBalancer(balancer_config), schema=schema)
     serving_snapshot = pipeline.snapshot
     bundle_dir = local / BUNDLE_DIR
     progress(f"saving the model bundle to {bundle_dir}")
@@ -740,7 +781,8 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     if config.evaluate:
         scope = "all" if config.evaluation.max_requests is None else f"the latest {config.evaluation.max_requests:,}"
         progress(f"evaluating on {scope} held-out requests from {windows.holdout_start.date()}")
-        eval_pipeline, plain_pipeline = pipelines_as_of(pipeline, plain_model, events, windows.holdout_start)
+        eval_pipeline, plain_pipeline = pipelines_as_of(pipeline, plain_model, events, windows.holdout_start,
+                                                        tables=tables_later[1])
         evaluation = evaluate_pipeline(
             eval_pipeline, events, (windows.holdout_start, windows.end), plain_pipeline=plain_pipeline,
             truth=load_truth(config.events), truth_meta=load_truth_meta(config.events), config=config.evaluation,

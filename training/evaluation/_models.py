@@ -13,6 +13,8 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from ...features.events import EventLog
+    from ...features.history import ContextTables
+    from ...features.trust import TrustSnapshot
     from ...ranker.lambdamart import LambdaMART
     from ...ranker.pipeline import RankingPipeline
 
@@ -49,20 +51,27 @@ def load_models_for_evaluation(
 
 
 def pipelines_as_of(
-    served: RankingPipeline, plain: LambdaMART | None, events: EventLog, as_of: pd.Timestamp
+    served: RankingPipeline, plain: LambdaMART | None, events: EventLog, as_of: pd.Timestamp,
+    *, tables: tuple[TrustSnapshot, ContextTables] | None = None,
 ) -> tuple[RankingPipeline, RankingPipeline | None]:
     """Evaluation pipelines with trust and context rebuilt as of ``as_of`` from ``events``.
 
     The bundle's own snapshot is as of the end of its training data, which for a held-out
     window inside that data would leak the outcomes being predicted; the model, feature
-    layout, policy and balancer settings are the bundle's.
+    layout, policy and balancer settings are the bundle's. ``tables``: the trust snapshot
+    and context tables as of ``as_of``, already built with the bundle's trust and history
+    settings (the training job builds them while its models train); ``None``: built here.
     """
     from ...ranker.balancer import ExposureBalancer
     from ...ranker.pipeline import RankingPipeline
     from ...ranker.policy import PolicyConfig
 
     balancer = ExposureBalancer(served.balancer.config) if served.balancer is not None else None
-    pipeline = served.rebuilt_as_of(events, as_of, balancer=balancer)
+    if tables is None:
+        pipeline = served.rebuilt_as_of(events, as_of, balancer=balancer)
+    else:
+        pipeline = RankingPipeline.from_tables(tables[0], tables[1], served.model, served.policy, balancer,
+                                               schema=served.assembler.schema(), model_id=served.model_id)
     plain_pipeline = None
     if plain is not None:
         plain_pipeline = RankingPipeline.from_tables(

@@ -623,7 +623,7 @@ def evaluate_pipeline(
     def policy_point(policy: str) -> dict[str, Any]:
         # a policy measured above: its row of the counterfactual table, not a second pass over the truth
         measured = policies[policy]
-        known = {} if counterfactual is None else outcome_columns(counterfactual.loc[policy])
+        known = {} if counterfactual is None else outcome_columns(cast("pd.Series", counterfactual.loc[policy]))
         return {"policy": POLICY_LABELS[policy], "kind": "served" if policy == SERVED else "baseline",
                 "strength": float("nan"), "ndcg_at_10": measured["ndcg_at_10"], "gini": measured["gini"], **known}
 
