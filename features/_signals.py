@@ -17,6 +17,7 @@ Nothing here shrinks or combines: that is :mod:`._trust_index`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ __all__ = ["SignalCounts", "Encoding", "encode_ids", "build_counts", "BAD_CASE_R
 BAD_CASE_REASONS = BAD_AFTER_SALES_REASONS  # the one definition lives in .outcomes
 HOST_REPORT_CATEGORIES = ("false_advertising", "inducement", "vulgar")
 _DAY = 86_400.0
+# The order-outcome columns the evidence reads (see build_counts).
+_OUTCOMES_READ = ("order_id", "bad_case_at", "last_bad_case_at", "counterfeit_case_at", "bad_at")
 
 # Which columns hold which kind of id (only the columns the builders read: factorising
 # strings is the costliest step at scale). The first table of each kind fixes codes 0..n-1
@@ -86,19 +89,29 @@ def encode_ids(events: EventLog) -> tuple[EventLog, Encoding]:
     tables["merchants"] = tables["merchants"].sort_values("merchant_id", kind="stable").reset_index(drop=True)
     tables["creators"] = tables["creators"].sort_values("creator_id", kind="stable").reset_index(drop=True)
     encoded = {name: frame.copy(deep=False) for name, frame in tables.items()}
-    vocab: dict[str, pd.api.extensions.ExtensionArray] = {}
-    for kind, columns in _ID_KINDS.items():
-        parts = [tables[t][c].astype("string") for t, c in columns]
-        lengths = [len(p) for p in parts]
+
+    def factorize(kind: str) -> tuple[np.ndarray, pd.api.extensions.ExtensionArray]:
+        parts = [tables[t][c].astype("string") for t, c in _ID_KINDS[kind]]
         joined = pd.concat(parts, ignore_index=True) if parts else pd.Series([], dtype="string")
         codes, uniques = pd.factorize(joined, use_na_sentinel=True)
         # Kept as the (Arrow-backed) string array: millions of order ids as Python objects
         # would cost hundreds of MB for ids that are only ever counted.
         # pd.array takes an Index at runtime; pandas-stubs allow it only for a few dtypes
-        vocab[kind] = pd.array(uniques, dtype="string")  # type: ignore[call-overload]
-        offsets = np.cumsum([0, *lengths])
+        return codes, pd.array(uniques, dtype="string")  # type: ignore[call-overload]
+
+    # Hashing the id strings is most of the encoding's time, and Arrow does it without holding
+    # the interpreter lock: two threads encode two kinds at once, the largest kinds first.
+    size = {kind: sum(len(tables[t]) for t, _ in columns) for kind, columns in _ID_KINDS.items()}
+    largest_first = sorted(size, key=size.__getitem__, reverse=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(largest_first, pool.map(factorize, largest_first)))
+    vocab: dict[str, pd.api.extensions.ExtensionArray] = {}
+    for kind, columns in _ID_KINDS.items():
+        codes, vocab[kind] = done.pop(kind)
+        offsets = np.cumsum([0, *(len(tables[t]) for t, _ in columns)])
         for (table, column), start, stop in zip(columns, offsets[:-1], offsets[1:]):
             encoded[table][column] = codes[start:stop].astype("int64")
+        del codes
     log = EventLog(encoded, events.missing, events.warnings, events.missing_columns)
     return log, Encoding(vocab)
 
@@ -443,7 +456,8 @@ def build_counts(
 
     # --- after-sales, reviews -------------------------------------------------------------
     # What became of each order, in the orders table's row order (as order_frame)
-    outcomes = order_outcomes(tables).iloc[: len(orders)]
+    # (only the columns read below: the others are freed at once)
+    outcomes = order_outcomes(tables)[list(_OUTCOMES_READ)].iloc[: len(orders)]
     counts.update(_after_sales(tables["after_sales"], outcomes, lookups, as_of, config, agg, n_merchants))
     counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc))
     del lookups, merchant_of, weight_of, buyer_of, delivered_of

@@ -255,7 +255,13 @@ class EventLog:
         for name, spec in TABLES.items():
             frame = self.tables[name]
             known = (frame[spec.event_time] < cut_time).to_numpy(dtype=bool, na_value=False)
-            part = frame.loc[known].reset_index(drop=True)
+            if known.all() and frame.index.equals(pd.RangeIndex(len(frame))):
+                # Nothing to drop (a cut at the end of the log): a shallow copy, not a copy of
+                # every column (gigabytes of id strings at ten million orders). Copy-on-write
+                # keeps the caller's frame unchanged when a column is masked below.
+                part = frame.copy(deep=False)
+            else:
+                part = frame.loc[known].reset_index(drop=True)
             for column, revealed_by in spec.resolution:
                 revealed = (part[revealed_by] < cut_time).to_numpy(dtype=bool, na_value=False)
                 if not revealed.all():

@@ -278,7 +278,10 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
             "worst_rating": worst_rating,
             "low_rating_at": _as_time(low_at),
             "bad_at": _as_time(np.minimum(bad_case_at, low_at)),
-        }
+        },
+        # Columns as they are: consolidating the nine time columns into one 2-D block copied
+        # them all (0.8 GB at ten million orders, the trust build's peak).
+        copy=False,
     )
     return table
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from ._dask_backend import make_aggregator
 from ._early_warning import early_warning_scores
-from ._schema import BENEFITS, TABLE_SPECS
+from ._schema import BENEFITS
 from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
 from ._signals import Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_config import TrustConfig
@@ -224,28 +224,6 @@ def _named_priors(priors: dict[str, Any], enc: Encoding) -> dict[str, Any]:
     return priors
 
 
-def _point_in_time(events: EventLog, cut: pd.Timestamp) -> EventLog:
-    """``events.before(cut)``, without its full copy when nothing would be cut or masked.
-
-    Snapshots as of the end of a log (the common batch case) would otherwise hold two copies
-    of every table; the check is a few column scans.
-    """
-    for name, spec in TABLE_SPECS.items():
-        frame = events[name]
-        if not len(frame):
-            continue
-        times = frame[spec.event_time]
-        if times.isna().any() or not times.max() < cut:
-            return events.before(cut)
-        for column, revealed_by in spec.resolution:
-            revealed = frame[revealed_by]
-            if revealed.notna().any() and not revealed.max() < cut:
-                return events.before(cut)
-            if column != revealed_by and (frame[column].notna() & revealed.isna()).any():
-                return events.before(cut)
-    return events
-
-
 def _absent(events: EventLog) -> tuple[str, ...]:
     """Missing optional tables and ``table.column`` names of missing optional columns."""
     columns = getattr(events, "missing_columns", {}) or {}
@@ -361,7 +339,7 @@ def build_snapshot(
 
     cut = to_utc(as_of)
     progress(f"trust: encoding events before {cut.isoformat()}")
-    known, enc = encode_ids(_point_in_time(_project(events), cut))
+    known, enc = encode_ids(_project(events).before(cut))
     host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
     progress("trust: evidence")
     counts, meta = _evidence(known, cut, config, backend, enc)
@@ -369,7 +347,8 @@ def build_snapshot(
 
     if index is None:
         progress("trust: fitting the index on an earlier cut")
-        model, fit_info = _fit_index(known, counts, cut, config, backend, host_exposure, list(risk.columns), enc)
+        earlier = _earlier_risks(known, cut, config, backend, host_exposure, enc) if config.fit_index else []
+        model, fit_info = _fit_index(known, counts, cut, config, earlier, list(risk.columns))
     else:
         progress("trust: index weights carried from an earlier snapshot")
         model = IndexModel.from_dict(index, list(risk.columns))
@@ -413,16 +392,32 @@ def build_snapshot(
     return TrustSnapshot(cut, _restore(merchants), _restore(creators), {"users": _restore(users)}, manifest)
 
 
+def _earlier_risks(
+    known: EventLog, cut: pd.Timestamp, config: TrustConfig, backend: str, host_exposure: str, enc: Encoding
+) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
+    """The risk matrix at each earlier cut ``T - k * horizon`` (k = 1..fit_cuts) with orders before it."""
+    risks: list[tuple[pd.Timestamp, pd.DataFrame]] = []
+    for k in range(1, config.fit_cuts + 1):
+        start = cut - pd.Timedelta(days=k * config.horizon_days)
+        earlier = known.before(start)
+        if len(earlier["orders"]) == 0:
+            break
+        then, meta_then = _evidence(earlier, start, config, backend, enc)
+        del earlier
+        _, risk_then, _ = _signals(then, meta_then, config, host_exposure, _absent(known))
+        risks.append((start, risk_then))
+    return risks
+
+
 def _fit_index(
     known: EventLog,
     counts: SignalCounts,
     cut: pd.Timestamp,
     config: TrustConfig,
-    backend: str,
-    host_exposure: str,
+    earlier_risks: list[tuple[pd.Timestamp, pd.DataFrame]],
     signals: list[str],
-    enc: Encoding,
 ) -> tuple[IndexModel, dict[str, Any]]:
+    """Fit the index weights on the earlier cuts' risks (:func:`_earlier_risks`) and later outcomes."""
     model = IndexModel()
     fit_cut = cut - pd.Timedelta(days=config.horizon_days)
     info: dict[str, Any] = {"fit_as_of": fit_cut.isoformat(), "horizon_days": config.horizon_days}
@@ -437,13 +432,7 @@ def _fit_index(
     risks: list[pd.DataFrame] = []
     targets: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    for k in range(1, config.fit_cuts + 1):
-        start = cut - pd.Timedelta(days=k * config.horizon_days)
-        earlier = known.before(start)
-        if len(earlier["orders"]) == 0:
-            break
-        then, meta_then = _evidence(earlier, start, config, backend, enc)
-        _, risk_then, _ = _signals(then, meta_then, config, host_exposure, _absent(known))
+    for k, (start, risk_then) in enumerate(earlier_risks, start=1):
         end = None if k == 1 else start + pd.Timedelta(days=config.horizon_days)
         block = _later_bad_rate(counts.orders, start, known["reports"], end)
         block = block.reindex(risk_then.index).fillna(0.0)
