@@ -214,12 +214,44 @@ def _weighted(
     return _Weighted(evidence, time_weights, credibility, windowed)
 
 
+def _factorize_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pd.factorize`` of int64 keys (codes in order of first appearance), by one sort.
+
+    The row number is packed into the low bits of each key, so a single (SIMD) sort of int64
+    values groups equal keys with their rows ascending: each group's first row gives its code.
+    Twice as fast as the hash at ten million keys; keys whose range leaves no room for the row
+    bits fall back to the hash.
+    """
+    n = len(key)
+    low = int(key.min()) if n else 0
+    bits = max(1, (n - 1).bit_length())
+    if not n or int(key.max()) - low >= 1 << (62 - bits):
+        codes, uniques = pd.factorize(key)
+        return codes.astype("int64", copy=False), np.asarray(uniques, dtype="int64")
+    packed = ((key - low) << bits) | np.arange(n, dtype="int64")
+    packed.sort()
+    rows = packed & ((1 << bits) - 1)
+    packed >>= bits  # the keys, sorted
+    starts = np.flatnonzero(np.concatenate([[True], packed[1:] != packed[:-1]]))
+    first_row = rows[starts]
+    # Rank each group by its first row without another sort: mark the first rows, count.
+    is_first = np.zeros(n, dtype=bool)
+    is_first[first_row] = True
+    group_code = (np.cumsum(is_first) - 1)[first_row]
+    del is_first
+    codes = np.empty(n, dtype="int64")
+    codes[rows] = np.repeat(group_code, np.diff(np.append(starts, n)))
+    uniques = np.empty(len(starts), dtype="int64")
+    uniques[group_code] = packed[starts] + low
+    return codes, uniques
+
+
 def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows per (a, b) pair: returns (pair code per row, rows per pair, a of each pair)."""
     key = a.astype("int64") * max(b_size, 1) + b
-    codes, uniques = pd.factorize(key)
+    codes, uniques = _factorize_keys(key)
     per_pair = np.bincount(codes, minlength=len(uniques)).astype("float64")
-    return codes, per_pair, (np.asarray(uniques) // max(b_size, 1)).astype("int64")
+    return codes, per_pair, (uniques // max(b_size, 1)).astype("int64")
 
 
 def _order_credibility(

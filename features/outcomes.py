@@ -254,10 +254,11 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
     rating = pd.to_numeric(reviews["rating"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     review_at, _ = _first(review_rows, written, n)
     low_at, _ = _first(np.where(rating <= LOW_RATING_MAX, review_rows, -1), written, n)
-    worst = pd.Series(rating).groupby(review_rows).min() if len(reviews) else pd.Series(dtype="float64")
-    worst_rating = np.full(n, np.nan)
-    present = worst.index.to_numpy() >= 0
-    worst_rating[worst.index.to_numpy()[present]] = worst.to_numpy()[present]
+    # Per order, the lowest rating (NaN: none); unbuffered minima, not a groupby's sort.
+    worst_rating = np.full(n, np.inf)
+    rated = (review_rows >= 0) & ~np.isnan(rating)
+    np.minimum.at(worst_rating, review_rows[rated], rating[rated])
+    worst_rating[worst_rating == np.inf] = np.nan
 
     table = pd.DataFrame(
         {

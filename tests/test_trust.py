@@ -651,3 +651,20 @@ def test_too_little_history_uses_documented_defaults(crafted):
     assert model["source"] == "default"
     assert any("default weights" in w for w in snapshot.manifest["warnings"])
     assert snapshot.merchants["trust_index"].between(0, 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(-(2**62), 2**62 - 1), max_size=40),
+    st.lists(st.integers(-3, 3), max_size=200),
+)
+def test_sort_factorize_matches_the_hash(wide: list[int], narrow: list[int]) -> None:
+    """The sort-based factorisation of the trust build gives pandas' codes and uniques exactly
+    (first-appearance order), for keys with many repeats and for keys too wide to pack."""
+    from trustfeed.features._signals import _factorize_keys
+
+    for keys in (np.array(narrow, dtype="int64"), np.array(wide, dtype="int64"), np.array(narrow + wide, dtype="int64")):
+        codes, uniques = _factorize_keys(keys)
+        want_codes, want_uniques = pd.factorize(keys)
+        assert codes.tolist() == want_codes.tolist()
+        assert uniques.tolist() == np.asarray(want_uniques).tolist()
