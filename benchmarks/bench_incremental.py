@@ -8,9 +8,16 @@ subprocess then runs what ``trustfeed features --incremental`` runs (timed, with
 each step and the peak RSS). The incremental update skips the index fit but recomputes every
 evidence count over the history, so its cost grows with the history (see ``docs/trust.md``).
 
+A third subprocess times :class:`~trustfeed.features.LiveTrust`: a full build kept in memory
+(``start``, timed), then the last hour applied to it (``update``, timed, with the time of each
+step, the buyers recomputed and their rows): the update whose cost follows the new events.
+``--check`` also builds the full snapshot with the live state's weights and references and
+reports the largest relative difference of any float column (one more full build).
+
 Usage::
 
-    python benchmarks/bench_incremental.py --orders 1000000 3000000 [--hours 1]
+    python benchmarks/bench_incremental.py --orders 1000000 3000000 [--hours 1] [--check]
+    python benchmarks/bench_incremental.py --orders 10000000 --only live   # the live update alone
 """
 
 from __future__ import annotations
@@ -121,17 +128,84 @@ def _incremental(work: Path, hours: float) -> dict[str, Any]:
     }
 
 
+def _max_difference(a: Any, b: Any) -> float:
+    """Largest relative difference over the float columns of two snapshots (inf: shapes differ)."""
+    import numpy as np
+
+    worst = 0.0
+    for x, y in ((a.merchants, b.merchants), (a.creators, b.creators), (a.extras["users"], b.extras["users"])):
+        if list(x.columns) != list(y.columns) or len(x) != len(y):
+            return float("inf")
+        for column in x.columns:
+            if pd.api.types.is_float_dtype(x[column]):
+                u, v = x[column].to_numpy(float), y[column].to_numpy(float)
+                if not np.array_equal(np.isnan(u), np.isnan(v)):
+                    return float("inf")
+                ok = ~np.isnan(u)
+                scale = np.maximum(np.abs(u[ok]), np.abs(v[ok]))
+                diff = np.abs(u[ok] - v[ok]) / np.where(scale > 1e-12, scale, 1.0)
+                worst = max(worst, float(diff.max(initial=0.0)))
+            elif not x[column].equals(y[column]):
+                return float("inf")
+    return worst
+
+
+def _live(data_dir: Path, hours: float, check: bool) -> dict[str, Any]:
+    from trustfeed.features import LiveTrust, changes_since
+    from trustfeed.features.events import TABLES, EventLog
+    from trustfeed.features.trust import build_snapshot
+
+    bench = _bench_features()
+    end = bench.START + pd.Timedelta(days=bench.DAYS)
+    t0 = end - pd.Timedelta(hours=hours)
+    events = EventLog({name: pd.read_parquet(data_dir / f"{name}.parquet") for name in TABLES})
+    cpu0, _ = _usage()
+    started = time.perf_counter()
+    live = LiveTrust.start(events, t0)
+    start_seconds = time.perf_counter() - started
+    cpu1, _ = _usage()
+    new = changes_since(events, t0, end)
+    steps = _Steps()
+    cpu2, _ = _usage()
+    snapshot = live.update(new, end, progress=steps)
+    seconds = time.perf_counter() - steps.start
+    cpu3, rss = _usage()
+    result = {
+        "orders": len(events["orders"]),
+        "new_orders": len(new["orders"]),
+        "live_start_s": round(start_seconds, 2),
+        "live_start_cpu_s": round(cpu1 - cpu0, 2),
+        "live_update_s": round(seconds, 2),
+        "live_update_cpu_s": round(cpu3 - cpu2, 2),
+        "live_steps_s": steps.durations(seconds),
+        "buyers_recomputed": snapshot.manifest["incremental"]["buyers_recomputed"],
+        "buyers": len(snapshot.extras["users"]),
+        "live_peak_rss_mb": round(rss, 1),
+    }
+    if check:
+        full = build_snapshot(events, end, live.config, index=live.index, references=live.references)
+        result["max_relative_difference"] = _max_difference(snapshot, full)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, nargs="+", default=[1_000_000, 3_000_000])
     parser.add_argument("--hours", type=float, default=1.0, help="new events: the last HOURS of the log")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/trustfeed-bench"))
+    parser.add_argument("--check", action="store_true", help="compare the live update with a full build (one more build)")
+    parser.add_argument("--only", choices=["all", "live"], default="all", help="live: only the LiveTrust measurement")
     parser.add_argument("--_child", nargs=2, metavar=("STEP", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--_work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child is not None:
         step, data = args._child
-        result = _prepare(Path(data), args._work, args.hours) if step == "prepare" else _incremental(args._work, args.hours)
+        if step == "prepare":
+            result = _prepare(Path(data), args._work, args.hours)
+        elif step == "live":
+            result = _live(Path(data), args.hours, args.check)
+        else:
+            result = _incremental(args._work, args.hours)
         print(json.dumps(result))
         return 0
     bench = _bench_features()
@@ -147,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         result: dict[str, Any] = {}
-        for step in ("prepare", "incremental"):
+        for step in ("live",) if args.only == "live" else ("prepare", "incremental", "live"):
+            extra = ["--check"] if args.check else []
             child = subprocess.run(
-                [sys.executable, __file__, "--hours", str(args.hours), "--_work", str(work), "--_child", step, str(target)],
+                [sys.executable, __file__, "--hours", str(args.hours), *extra, "--_work", str(work), "--_child", step, str(target)],
                 capture_output=True, text=True, check=False,
             )
             if child.returncode != 0:

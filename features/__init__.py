@@ -2,11 +2,12 @@
 
 Loading and validating event logs (:func:`load_events`), point-in-time trust snapshots per
 merchant and creator (:func:`build_snapshot`, updated from a stored state by
-:func:`update_snapshot`), and the per-request feature assembly that
-training and serving share (:class:`FeatureAssembler`).
+:func:`update_snapshot`, or kept live in memory by :class:`LiveTrust`), and the per-request
+feature assembly that training and serving share (:class:`FeatureAssembler`).
 """
 
 from ._incremental import TrustState, changes_since, update_snapshot
+from ._live import LiveTrust
 from .context import ContextConfig, ContextTables, FeatureAssembler, build_context_tables
 from .errors import (
     ConfigError,
@@ -27,6 +28,7 @@ __all__ = [
     "ContextTables",
     "EventLog",
     "FeatureAssembler",
+    "LiveTrust",
     "ModelIntegrityError",
     "NotFittedError",
     "RequestError",

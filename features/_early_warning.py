@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._dask_backend import Aggregator
     from ._trust_config import TrustConfig
 
-__all__ = ["EARLY_WARNING_COUNTS", "early_warning_counts", "early_warning_scores"]
+__all__ = ["EARLY_WARNING_COUNTS", "baseline_days", "early_warning_counts", "early_warning_scores"]
 
 _DAY = 86_400.0
 _COMPOSITION = ("new_buyer", "presale", "complaint")
@@ -97,11 +97,7 @@ def early_warning_counts(
     # Boolean columns as they are: the aggregator turns each into float64 only while summing
     # it (eight float copies at once were the build's peak memory at ten million orders).
     counts = agg.sum(merchant, n_merchants, columns)
-    # The baseline is as long as the shop's order history allows (a young shop has a short one).
-    started = np.full(n_merchants, np.inf)
-    ok = (merchant >= 0) & paid
-    np.minimum.at(started, merchant[ok], created_s[ok])
-    counts["ew_base_days"] = np.clip((recent_start - started) / _DAY, 0.0, config.alarm_baseline_days)
+    counts["ew_base_days"] = baseline_days(merchant, paid, created_s, as_of, config, n_merchants)
     in_recent = complaint_s >= recent_start
     in_base = (complaint_s < recent_start) & (complaint_s >= base_start)
     counts.update(
@@ -112,6 +108,17 @@ def early_warning_counts(
         )
     )
     return counts
+
+
+def baseline_days(
+    merchant: np.ndarray, paid: np.ndarray, created_s: np.ndarray, as_of: pd.Timestamp, config: TrustConfig, n_merchants: int
+) -> np.ndarray:
+    """Days of baseline per merchant: as long as its paid-order history allows, at most ``alarm_baseline_days``."""
+    recent_start = as_of.timestamp() - config.alarm_recent_days * _DAY
+    started = np.full(n_merchants, np.inf)
+    ok = (merchant >= 0) & paid
+    np.minimum.at(started, merchant[ok], created_s[ok])
+    return np.clip((recent_start - started) / _DAY, 0.0, config.alarm_baseline_days)
 
 
 def _score(surprise: np.ndarray, level: float) -> np.ndarray:

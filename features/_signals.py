@@ -33,7 +33,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .events import EventLog
     from ._trust_config import TrustConfig
 
-__all__ = ["SignalCounts", "Encoding", "encode_ids", "build_counts", "BAD_CASE_REASONS", "HOST_REPORT_CATEGORIES"]
+__all__ = [
+    "SignalCounts", "Encoding", "CredibilityReferences", "encode_ids", "build_counts", "BAD_CASE_REASONS",
+    "HOST_REPORT_CATEGORIES",
+]  # fmt: skip
 
 BAD_CASE_REASONS = BAD_AFTER_SALES_REASONS  # the one definition lives in .outcomes
 HOST_REPORT_CATEGORIES = ("false_advertising", "inducement", "vulgar")
@@ -117,6 +120,26 @@ def encode_ids(events: EventLog) -> tuple[EventLog, Encoding]:
 
 
 @dataclass
+class CredibilityReferences:
+    """The platform- and shop-level references behind the orders' credibility weights.
+
+    A build computes them from its own orders; passed to :func:`build_counts`, they are used
+    instead (the live update carries them, so that one buyer's new orders change only that
+    buyer's weights). Arrays are indexed by merchant code; codes past their end, and
+    categories absent from ``category_median``, have no reference (no orders / the overall
+    median).
+    """
+
+    category_median: pd.Series  # median paid amount per category code (-1: no category)
+    overall_median: float  # median paid amount of all orders
+    logs_activity: bool  # the platform logs impressions or follows at all
+    records_deliveries: bool  # the log records deliveries at all (else praise before delivery cannot be told)
+    ring_norm: float  # platform share of first-pass suspicion among paid orders
+    shop_suspicion: np.ndarray  # per merchant code: first-pass suspicion summed over paid orders
+    shop_orders: np.ndarray  # per merchant code: paid orders
+
+
+@dataclass
 class SignalCounts:
     """Evidence counts as of one time, before shrinkage (rows are dense codes)."""
 
@@ -125,6 +148,7 @@ class SignalCounts:
     orders: pd.DataFrame  # per order: merchant, created_at, order_weight, bad (the fit's labels)
     users: pd.DataFrame  # index: user code; per-user history
     notes: list[str] = field(default_factory=list)
+    references: CredibilityReferences | None = None  # what the credibility weights used
 
 
 def _age_days(times: pd.Series, as_of: pd.Timestamp) -> np.ndarray:
@@ -255,8 +279,13 @@ def _pair_counts(a: np.ndarray, b: np.ndarray, b_size: int) -> tuple[np.ndarray,
 
 
 def _order_credibility(
-    tables: Mapping[str, pd.DataFrame], category: np.ndarray, enc: Encoding, config: TrustConfig, agg: Aggregator
-) -> tuple[dict[str, Any], pd.DataFrame]:
+    tables: Mapping[str, pd.DataFrame],
+    category: np.ndarray,
+    enc: Encoding,
+    config: TrustConfig,
+    agg: Aggregator,
+    references: CredibilityReferences | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame, CredibilityReferences]:
     """Per-order suspicion of brushing and the credibility weight derived from it.
 
     A buyer's credibility comes from its history across the platform: an account whose only
@@ -279,7 +308,7 @@ def _order_credibility(
     user_merchants = history["user_merchants"][user]
     # "No other history" is only evidence when the platform logs browsing or follows at all;
     # without such logs (a plain order export) every one-off buyer would look isolated.
-    logs_activity = any(len(tables[t]) for t in ("impressions", "follows"))
+    logs_activity = any(len(tables[t]) for t in ("impressions", "follows")) if references is None else references.logs_activity
     inactive = (activity[user] <= 0) & logs_activity
     isolated = (user_merchants <= 1) & inactive
     per_pair = pair_orders[pair_code]
@@ -293,16 +322,32 @@ def _order_credibility(
 
     amount = orders["amount"].to_numpy(dtype="float64")
     order_category = _lookup(category, merchant, -1)
-    typical = pd.Series(amount[paid]).groupby(order_category[paid]).median()
-    overall = float(np.median(amount[paid])) if paid.any() else 0.0
+    if references is None:
+        typical = pd.Series(amount[paid]).groupby(order_category[paid]).median()
+        overall = float(np.median(amount[paid])) if paid.any() else 0.0
+    else:
+        typical, overall = references.category_median, references.overall_median
     reference = pd.Series(order_category).map(typical).fillna(overall).to_numpy(dtype="float64")
     s_tiny = (amount < config.tiny_amount_fraction * reference) * config.tiny_amount_suspicion
 
-    s_praise = _premature_praise(tables, enc) * (1.0 - config.premature_praise_weight)
+    records_deliveries = bool(tables["orders"]["delivered_at"].notna().any()) if references is None else references.records_deliveries
+    s_praise = _premature_praise(tables, enc, records_deliveries) * (1.0 - config.premature_praise_weight)
 
     first = 1.0 - (1.0 - s_isolated) * (1.0 - s_inactive) * (1.0 - s_repeat) * (1.0 - s_tiny) * (1.0 - s_praise)
+    p = paid.astype("float64")
+    if references is None:
+        norm = float(np.dot(first, p)) / float(p.sum()) if p.sum() > 0 else 0.0
+        references = CredibilityReferences(
+            category_median=typical,
+            overall_median=overall,
+            logs_activity=logs_activity,
+            records_deliveries=records_deliveries,
+            ring_norm=norm,
+            shop_suspicion=np.bincount(merchant, weights=first * p, minlength=n_merchants),
+            shop_orders=np.bincount(merchant, weights=p, minlength=n_merchants),
+        )
     s_ring = config.ring_buyer_suspicion * _ring_association(
-        first, user, merchant, paid, pair_code, pair_user, n_users, n_merchants, config.ring_prior_orders
+        first, user, merchant, paid, pair_code, pair_user, n_users, n_merchants, config.ring_prior_orders, references
     )
     suspicion = 1.0 - (1.0 - first) * (1.0 - s_ring)
     # A plain dict of columns: a DataFrame would consolidate (copy) them into 2-D blocks,
@@ -325,7 +370,15 @@ def _order_credibility(
             "user_activity": activity,
         }
     )
-    return evidence, users
+    return evidence, users, references
+
+
+def _padded(values: np.ndarray, size: int) -> np.ndarray:
+    """``values`` cut or zero-padded to ``size`` entries."""
+    out = np.zeros(size)
+    n = min(size, len(values))
+    out[:n] = values[:n]
+    return out
 
 
 def _ring_association(
@@ -338,6 +391,7 @@ def _ring_association(
     n_users: int,
     n_merchants: int,
     prior_orders: float,
+    references: CredibilityReferences,
 ) -> np.ndarray:
     """Per order: how strongly the buyer's shops are ones where *other* buyers look fake.
 
@@ -350,20 +404,25 @@ def _ring_association(
     (robust to a minority of decoys, and to a real buyer who once bought at a brushing shop),
     mapped to ``1 - 1 / ratio``: the share of the shops' suspicion that is excess over the
     norm. Buyers of a single shop get 0 here: the isolation cues already judge them.
+
+    The norm and the shops' totals come from ``references`` (this build's own, unless an
+    update carries them); the buyer's own share is taken out of the shop's total, never below
+    nothing.
     """
     p = paid.astype("float64")
-    norm_den = float(p.sum())
-    norm = float(np.dot(first, p)) / norm_den if norm_den > 0 else 0.0
+    norm = references.ring_norm
     if norm <= 0.0 or not len(pair_user):
         return np.zeros(len(user))
     n_pairs = len(pair_user)
     pair_merchant = np.zeros(n_pairs, dtype="int64")
     pair_merchant[pair_code] = merchant
-    shop_s = np.bincount(merchant, weights=first * p, minlength=n_merchants)
-    shop_n = np.bincount(merchant, weights=p, minlength=n_merchants)
+    shop_s = _padded(references.shop_suspicion, n_merchants)
+    shop_n = _padded(references.shop_orders, n_merchants)
     own_s = np.bincount(pair_code, weights=first * p, minlength=n_pairs)
     own_n = np.bincount(pair_code, weights=p, minlength=n_pairs)
-    others = (shop_s[pair_merchant] - own_s + prior_orders * norm) / (shop_n[pair_merchant] - own_n + prior_orders)
+    rest_s = np.maximum(shop_s[pair_merchant] - own_s, 0.0)
+    rest_n = np.maximum(shop_n[pair_merchant] - own_n, 0.0)
+    others = (rest_s + prior_orders * norm) / (rest_n + prior_orders)
     ratio = np.maximum(others, 0.0) / norm + 0.0  # + 0.0 turns -0.0 into 0.0 for the bit trick below
     # Ratios sorted within each buyer, by one sort of a packed int64 key: the buyer code in the
     # high half, the ratio's float32 bits in the low half (for non-negative floats the bit
@@ -383,7 +442,7 @@ def _ring_association(
     return association[user]
 
 
-def _premature_praise(tables: Mapping[str, pd.DataFrame], enc: Encoding) -> np.ndarray:
+def _premature_praise(tables: Mapping[str, pd.DataFrame], enc: Encoding, records_deliveries: bool) -> np.ndarray:
     """Per order row: a 4-5 star review was written before the order was delivered.
 
     Praise for goods not yet received is a brushing tell: the order is suspect, not just the
@@ -391,7 +450,7 @@ def _premature_praise(tables: Mapping[str, pd.DataFrame], enc: Encoding) -> np.n
     """
     orders, reviews = tables["orders"], tables["reviews"]
     delivered = pd.to_datetime(orders["delivered_at"], utc=True)
-    if not len(reviews) or not delivered.notna().any():
+    if not len(reviews) or not records_deliveries:
         return np.zeros(len(orders))
     order_code = _codes(orders["order_id"])
     arrived = np.full(enc.size("order"), -1, dtype="int64")
@@ -416,14 +475,17 @@ def build_counts(
     agg: Aggregator,
     enc: Encoding,
     category: np.ndarray,
+    references: CredibilityReferences | None = None,
 ) -> SignalCounts:
     """All evidence counts as of ``as_of`` from encoded point-in-time tables.
 
-    ``category`` is the category code of every merchant code (-1: unknown).
+    ``category`` is the category code of every merchant code (-1: unknown). ``references``:
+    the credibility references to use (default: computed from these tables; returned in the
+    result either way).
     """
     n_merchants, n_orders_vocab = enc.size("merchant"), enc.size("order")
     orders = tables["orders"]
-    order_frame, users = _order_credibility(tables, category, enc, config, agg)
+    order_frame, users, references = _order_credibility(tables, category, enc, config, agg, references)
     tw = _time_weights(orders["created_at"], as_of, config)
     merchant = order_frame["merchant"]
     paid = order_frame["paid"]
@@ -479,7 +541,7 @@ def build_counts(
     # the log records no deliveries at all: then "reviewed before delivery" cannot be told.
     delivered = pd.to_datetime(orders["delivered_at"], utc=True)
     delivered_of: np.ndarray | None = None
-    if delivered.notna().any():
+    if references.records_deliveries:
         delivered_of = np.full(n_orders_vocab, -1, dtype="int64")
         delivered_of[order_code] = np.where(
             delivered.notna().to_numpy(), delivered.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).view("int64"), -1
@@ -531,6 +593,7 @@ def build_counts(
         creators=creators,
         orders=labels,
         users=users,
+        references=references,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from ._dask_backend import make_aggregator
 from ._early_warning import early_warning_scores
 from ._schema import BENEFITS
 from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
-from ._signals import Encoding, SignalCounts, build_counts, encode_ids
+from ._signals import CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_config import TrustConfig
 from ._trust_index import IndexModel, derive_signals, top_reasons
 from .errors import ConfigError, SchemaError
@@ -35,7 +35,7 @@ from .progress import NullProgress, Progress
 if TYPE_CHECKING:  # pragma: no cover
     from .events import EventLog, TimeLike
 
-__all__ = ["DIMENSIONS", "FORMAT_VERSION", "TrustConfig", "TrustSnapshot", "build_snapshot"]
+__all__ = ["DIMENSIONS", "FORMAT_VERSION", "TrustConfig", "TrustReferences", "TrustSnapshot", "build_snapshot"]
 
 DIMENSIONS: tuple[str, ...] = (
     "commodity_quality",
@@ -120,6 +120,66 @@ class TrustSnapshot:
         return cls(pd.Timestamp(manifest["as_of"]), merchants, creators, extras, manifest)
 
 
+@dataclass(frozen=True)
+class TrustReferences:
+    """Credibility references by id, as a build computed them (see ``docs/trust.md``).
+
+    What an order's credibility weight compares it with beyond its own buyer: the median paid
+    amount of its category (the tiny-order cue) and, for the ring association, the platform's
+    first-pass suspicious share and each shop's first-pass totals. A full build computes them
+    from its own orders; :class:`~trustfeed.features.LiveTrust` carries them between full
+    builds, and ``build_snapshot(..., references=...)`` uses given ones.
+    """
+
+    category_median: dict[str | None, float]  # category name (None: no category) -> median paid amount
+    overall_median: float
+    logs_activity: bool
+    records_deliveries: bool
+    ring_norm: float
+    shops: pd.DataFrame  # merchant_id, suspicion, orders (merchants with paid orders)
+
+    @classmethod
+    def of(cls, refs: CredibilityReferences, enc: Encoding) -> TrustReferences:
+        """The id-keyed form of a build's code-indexed references."""
+        names = enc.vocab["category"]
+        codes = refs.category_median.index.to_numpy(dtype="int64")
+        values = refs.category_median.to_numpy(dtype="float64")
+        medians = {(None if code < 0 else str(names[code])): float(v) for code, v in zip(codes.tolist(), values.tolist())}
+        orders = np.asarray(refs.shop_orders)
+        held = np.flatnonzero(orders > 0)
+        shops = pd.DataFrame(
+            {
+                "merchant_id": _vocab_strings(enc, "merchant", held).to_numpy(),
+                "suspicion": np.asarray(refs.shop_suspicion)[held],
+                "orders": orders[held],
+            }
+        )
+        return cls(
+            medians, float(refs.overall_median), bool(refs.logs_activity), bool(refs.records_deliveries),
+            float(refs.ring_norm), shops,
+        )  # fmt: skip
+
+    def codes(self, enc: Encoding) -> CredibilityReferences:
+        """The references indexed by this encoding's codes (ids it does not know are dropped)."""
+        categories = pd.Index(enc.vocab["category"])
+        medians: dict[int, float] = {}
+        for name, value in self.category_median.items():
+            slot = -1 if name is None else int(categories.get_indexer(pd.Index([name]))[0])
+            if name is None or slot >= 0:
+                medians[slot] = value
+        merchants = pd.Index(enc.vocab["merchant"])
+        code = merchants.get_indexer(pd.Index(self.shops["merchant_id"].astype("string")))
+        found = code >= 0
+        suspicion = np.zeros(enc.size("merchant"))
+        orders = np.zeros(enc.size("merchant"))
+        suspicion[code[found]] = self.shops["suspicion"].to_numpy(dtype="float64")[found]
+        orders[code[found]] = self.shops["orders"].to_numpy(dtype="float64")[found]
+        median = pd.Series(medians, dtype="float64")
+        return CredibilityReferences(
+            median, self.overall_median, self.logs_activity, self.records_deliveries, self.ring_norm, suspicion, orders
+        )
+
+
 def _restore(frame: pd.DataFrame) -> pd.DataFrame:
     """Give text columns the snapshot's one string dtype (``string``, null = ``pd.NA``).
 
@@ -175,18 +235,40 @@ def _entity_rollup(counts: pd.DataFrame, meta: pd.DataFrame, n_entities: int) ->
     return out
 
 
+def _raw_evidence(
+    events: EventLog,
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    backend: str,
+    enc: Encoding,
+    references: CredibilityReferences | None = None,
+) -> tuple[SignalCounts, pd.DataFrame]:
+    """Evidence counts of every merchant code (before the registry selection), and the meta."""
+    tables = {name: events[name] for name in events.tables}
+    meta = _merchant_meta(tables["merchants"], as_of, enc)
+    counts = build_counts(tables, as_of, config, make_aggregator(backend), enc, _category_codes(meta, enc), references)
+    return counts, meta
+
+
+def _category_codes(meta: pd.DataFrame, enc: Encoding) -> np.ndarray:
+    """Category code of every merchant code (-1: unknown or not registered)."""
+    category = np.full(enc.size("merchant"), -1, dtype="int64")
+    category[meta.index.to_numpy()] = np.nan_to_num(meta["category"].to_numpy(), nan=-1).astype("int64")
+    return category
+
+
+def _registered(counts: SignalCounts, meta: pd.DataFrame, enc: Encoding) -> SignalCounts:
+    """The counts of the registered merchants, with what their legal entity did."""
+    merchants = counts.merchants.iloc[meta.index.to_numpy()]
+    merchants.index = meta.index
+    return replace(counts, merchants=_entity_rollup(merchants, meta, enc.size("entity")))
+
+
 def _evidence(
     events: EventLog, as_of: pd.Timestamp, config: TrustConfig, backend: str, enc: Encoding
 ) -> tuple[SignalCounts, pd.DataFrame]:
-    tables = {name: events[name] for name in events.tables}
-    meta = _merchant_meta(tables["merchants"], as_of, enc)
-    category = np.full(enc.size("merchant"), -1, dtype="int64")
-    category[meta.index.to_numpy()] = np.nan_to_num(meta["category"].to_numpy(), nan=-1).astype("int64")
-    counts = build_counts(tables, as_of, config, make_aggregator(backend), enc, category)
-    merchants = counts.merchants.iloc[meta.index.to_numpy()]
-    merchants.index = meta.index
-    counts.merchants = _entity_rollup(merchants, meta, enc.size("entity"))
-    return counts, meta
+    counts, meta = _raw_evidence(events, as_of, config, backend, enc)
+    return _registered(counts, meta, enc), meta
 
 
 # Columns the builders never read; dropping them up front keeps every later copy (the
@@ -289,6 +371,7 @@ def build_snapshot(
     progress: Progress | None = None,
     *,
     index: Mapping[str, Any] | None = None,
+    references: TrustReferences | None = None,
 ) -> TrustSnapshot:
     """Build the trust snapshot as of ``as_of`` from events strictly before it.
 
@@ -309,6 +392,10 @@ def build_snapshot(
         Index weights to use instead of fitting them (the ``index_model`` of an earlier
         snapshot's manifest, as the incremental update carries them); the priors and the
         standing reference are still computed from this build's own evidence.
+    references
+        Credibility references to use instead of this build's own (category median amounts,
+        the ring association's norm and shop totals: what :class:`~trustfeed.features.LiveTrust`
+        carries between its full builds).
 
     Returns
     -------
@@ -340,9 +427,26 @@ def build_snapshot(
     cut = to_utc(as_of)
     progress(f"trust: encoding events before {cut.isoformat()}")
     known, enc = encode_ids(_project(events).before(cut))
-    host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
     progress("trust: evidence")
-    counts, meta = _evidence(known, cut, config, backend, enc)
+    refs = None if references is None else references.codes(enc)
+    raw, meta = _raw_evidence(known, cut, config, backend, enc, refs)
+    return _finish(known, enc, _registered(raw, meta, enc), meta, cut, config, backend, progress, index, events.warnings)
+
+
+def _finish(
+    known: EventLog,
+    enc: Encoding,
+    counts: SignalCounts,
+    meta: pd.DataFrame,
+    cut: pd.Timestamp,
+    config: TrustConfig,
+    backend: str,
+    progress: Progress,
+    index: Mapping[str, Any] | None,
+    input_warnings: tuple[str, ...] | list[str],
+) -> TrustSnapshot:
+    """Shrink, fit (or carry) the index and score: the snapshot from the registered merchants' counts."""
+    host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
     rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
 
     if index is None:
@@ -362,11 +466,13 @@ def build_snapshot(
 
     progress("trust: scoring merchants")
     merchants = _merchant_table(counts, meta, rates, risk, priors, model, config, host_exposure, enc, _absent(known))
+    # Code order is id order after a fresh encoding; codes appended by a live update are not.
+    merchants = merchants.sort_values("merchant_id", kind="stable").reset_index(drop=True)
     creators = _creator_table(counts, known, merchants, model, config, enc)
     users = counts.users.copy()
     users.insert(0, "user_id", _vocab_strings(enc, "user", np.arange(len(users))).to_numpy())
     users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
-    warnings = list(events.warnings)
+    warnings = list(input_warnings)
     for table in known.missing:
         warnings.append(f"{table}: table missing, its signals sit at their priors")
     if model.source != "fitted":

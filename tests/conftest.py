@@ -76,6 +76,12 @@ def fx() -> Any:
 
 
 @pytest.fixture(scope="session")
+def same_snapshot() -> Any:
+    """``tests/_snapshot_compare.py``'s ``assert_same_snapshot``: two trust snapshots agree."""
+    return load_test_helper("_snapshot_compare.py").assert_same_snapshot
+
+
+@pytest.fixture(scope="session")
 def independent_sim() -> Any:
     """``tests/_independent_sim.py``: the trust generator written apart from the project's simulator."""
     return load_test_helper("_independent_sim.py")

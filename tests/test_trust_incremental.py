@@ -35,20 +35,6 @@ def _start(world: EventLog) -> pd.Timestamp:
     return world.span()[0].floor("D")
 
 
-def assert_same_snapshot(a: TrustSnapshot, b: TrustSnapshot) -> None:
-    """Same rows, columns and values (floats to summation order, everything else exactly)."""
-    for name, x, y in (("merchants", a.merchants, b.merchants), ("creators", a.creators, b.creators),
-                       ("users", a.extras["users"], b.extras["users"])):
-        assert list(x.columns) == list(y.columns), name
-        assert len(x) == len(y), name
-        for column in x.columns:
-            if pd.api.types.is_float_dtype(x[column]):
-                ok = np.allclose(x[column].to_numpy(float), y[column].to_numpy(float), rtol=1e-9, atol=1e-12, equal_nan=True)
-                assert ok, f"{name}.{column}"
-            else:
-                assert x[column].equals(y[column]), f"{name}.{column}"
-
-
 # No shrinking: every example builds three snapshots, and the split is printed anyway.
 def assert_close_numbers(a: Any, b: Any, path: str = "") -> None:
     """Nested dicts with the same keys and numbers equal to summation order."""
@@ -68,7 +54,7 @@ def assert_close_numbers(a: Any, b: Any, path: str = "") -> None:
     first=st.floats(min_value=6.0, max_value=18.0),
     steps=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=1, max_size=2),
 )
-def test_incremental_equals_full_rebuild_with_the_carried_weights(world: EventLog, first: float, steps: list[float]) -> None:
+def test_incremental_equals_full_rebuild_with_the_carried_weights(same_snapshot: Any, world: EventLog, first: float, steps: list[float]) -> None:
     start = _start(world)
     t0 = start + pd.Timedelta(days=first)
     state = state_of(world, build_snapshot(world, t0, CONFIG))
@@ -78,13 +64,13 @@ def test_incremental_equals_full_rebuild_with_the_carried_weights(world: EventLo
         cut = cut + pd.Timedelta(days=days)
         snapshot, state = update_snapshot(state, changes_since(world, state.as_of), cut)
         full = build_snapshot(world, cut, CONFIG, index=state.index)
-        assert_same_snapshot(snapshot, full)
+        same_snapshot(snapshot, full)
         # priors and the standing reference are recomputed at the new time, in both paths
         assert_close_numbers(snapshot.manifest["priors"], full.manifest["priors"])
         assert snapshot.manifest["index_model"]["weights_from"] == t0.isoformat()
 
 
-def test_events_after_the_cut_change_nothing(world: EventLog) -> None:
+def test_events_after_the_cut_change_nothing(same_snapshot: Any, world: EventLog) -> None:
     start = _start(world)
     t0, cut = start + pd.Timedelta(days=10), start + pd.Timedelta(days=14)
     state = state_of(world, build_snapshot(world, t0, CONFIG))
@@ -106,8 +92,8 @@ def test_events_after_the_cut_change_nothing(world: EventLog) -> None:
     assert (noisy["orders"]["created_at"] >= cut).any()
     with_later, _ = update_snapshot(state, noisy, cut)
     only_before, _ = update_snapshot(state, changes_since(world, t0).before(cut), cut)
-    assert_same_snapshot(with_later, only_before)
-    assert_same_snapshot(with_later, build_snapshot(world, cut, CONFIG, index=state.index))
+    same_snapshot(with_later, only_before)
+    same_snapshot(with_later, build_snapshot(world, cut, CONFIG, index=state.index))
 
 
 def test_input_checks(world: EventLog) -> None:
@@ -141,7 +127,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list
     return status, [line for line in capsys.readouterr().err.splitlines() if "error" in line]
 
 
-def test_cli_incremental_round_trip_and_bad_input(world: EventLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_incremental_round_trip_and_bad_input(same_snapshot: Any, world: EventLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     start = _start(world)
     t0, cut = start + pd.Timedelta(days=12), start + pd.Timedelta(days=13, hours=6)
     write_events(world, tmp_path / "log")
@@ -151,7 +137,7 @@ def test_cli_incremental_round_trip_and_bad_input(world: EventLog, tmp_path: Pat
     assert main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / "new"),
                  "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")]) == 0
     state = TrustState.load(tmp_path / "s0")
-    assert_same_snapshot(TrustSnapshot.load(tmp_path / "s1"), build_snapshot(world, cut, index=state.index))
+    same_snapshot(TrustSnapshot.load(tmp_path / "s1"), build_snapshot(world, cut, index=state.index))
     assert TrustState.load(tmp_path / "s1").as_of == cut  # the output can be updated again
     capsys.readouterr()
 

@@ -1,0 +1,493 @@
+"""Live trust: a snapshot kept in memory and updated with new events at a cost that grows with them.
+
+:class:`LiveTrust` holds what a full build computed (the event history with ids encoded once,
+every evidence counter per merchant, creator and buyer, the credibility references and the
+index weights) and applies new events to it. An update does not recompute the history: it
+finds the buyers whose evidence can have changed since the last time, takes their old
+contribution out of the counters, ages the rest and adds their new contribution back.
+
+Why buyers. Every evidence count is a sum over rows (orders, cases, reviews, reports, survey
+answers, follows, impressions) of a value times a time weight times the credibility of the
+order behind it. A row's credibility depends on its *buyer's* history (orders at other shops,
+repeat orders, feed activity, a review before delivery) and on platform- and shop-level
+references: the category's median amount, the ring association's norm and each shop's
+first-pass suspicious share. With the references held fixed (carried like the index weights
+and refreshed by each full build), every row depends on its buyer's rows only, so the counters
+are sums of independent per-buyer contributions. A buyer's contribution changes between two
+times only if one of its rows is new or changed, or a row crosses a time edge (a rolling window
+of 7/30/90 days, a promised ship time passing, the early-warning windows); otherwise every
+decayed counter is multiplied by ``0.5 ** (elapsed / half_life)`` and every other counter
+stays. So an update costs the rows of those buyers (two evidence passes over them: as of
+the state's time and as of the new time), not the history. The small registries (merchants,
+creators, livestreams, violations, guarantees) are recomputed in full at both times; their
+counters cancel exactly.
+
+The rule this gives: ``LiveTrust.update`` as of T equals ``build_snapshot(full_log, T,
+index=live.index, references=live.references)`` (tested with hypothesis over random event
+splits). With fresh references that is exactly a full rebuild; the references it carries are
+those of the last full build (:meth:`LiveTrust.start`), as the index weights are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._dask_backend import make_aggregator
+from ._early_warning import baseline_days
+from ._incremental import TrustState, _keep, merge_events
+from ._schema import TABLE_SPECS
+from ._signals import _ID_KINDS, CredibilityReferences, Encoding, SignalCounts, _is, _seconds, build_counts, encode_ids
+from ._trust_config import TrustConfig
+from .errors import ConfigError
+from .events import EventLog, TimeLike, to_utc
+from .progress import NullProgress, Progress
+from .trust import (
+    TrustReferences,
+    TrustSnapshot,
+    _category_codes,
+    _finish,
+    _merchant_meta,
+    _raw_evidence,
+    _registered,
+)
+
+__all__ = ["LiveTrust", "undecayed_counts"]
+
+# Tables whose rows belong to a buyer (after-sales cases: the buyer of the order), and the
+# column naming it. Every other table is a small registry, recomputed in full.
+_USER_TABLES: dict[str, str | None] = {
+    "orders": "user_id",
+    "after_sales": None,
+    "reviews": "user_id",
+    "reports": "reporter_id",
+    "nps": "user_id",
+    "follows": "user_id",
+    "impressions": "user_id",
+}
+# Kinds of id the snapshot tables name (the others only need their number).
+_NAMED_KINDS = ("merchant", "entity", "category", "creator", "user")
+_NS_PER_DAY = 86_400 * 10**9
+_MARGIN_NS = 10**9  # time edges are found with a one-second margin (a superset is still exact)
+
+
+def undecayed_counts(config: TrustConfig) -> frozenset[str]:
+    """Counter columns that do not age by the half-life (raw counts, windows, flags).
+
+    Every other counter of :func:`~trustfeed.features._signals.build_counts` is a sum of
+    ``value * 0.5 ** (age / half_life)`` and is multiplied by the decay of the elapsed time.
+    """
+    windowed = ("n_orders", "n_due", "n_late", "n_orders_all", "n_cancelled", "n_bad_cases", "n_reviews", "n_low_ratings")
+    names = {f"{name}_{days}d" for name in windowed for days in config.windows}
+    names |= {
+        "n_orders_raw", "n_no_reason_cases", "n_reviews_raw", "rating_sum_raw", "n_reports_raw",
+        "n_rejected_reports_raw", "n_violations", "n_bans", "n_suspensions", "n_benefits",
+        "n_streams_raw", "n_impressions_raw", "user_orders", "user_merchants", "user_activity",
+    }  # fmt: skip
+    names |= set(_EARLY_WARNING_COUNTS)
+    return frozenset(names)
+
+
+_EARLY_WARNING_COUNTS = (
+    "ew_due", "ew_overdue", "ew_recent_orders", "ew_base_orders", "ew_base_days", "ew_recent_new_buyer",
+    "ew_base_new_buyer", "ew_recent_presale", "ew_base_presale", "ew_recent_complaint", "ew_base_complaint",
+)  # fmt: skip
+
+
+def _decayed_counts(config: TrustConfig) -> frozenset[str]:
+    """Counter columns that age by the half-life (see :func:`undecayed_counts`)."""
+    names = {
+        "n_orders", "n_due", "n_late", "n_presale", "n_follower_orders", "gmv", "n_orders_all", "n_cancelled",
+        "suspicion", "n_suspicion", "n_buyers", "n_bad_cases", "n_counterfeit_cases", "n_cases", "n_resolved",
+        "n_buyer_favor", "n_intervened", "n_refund_cases", "n_fast_refunds", "n_slow_resolutions",
+        "resolution_days_sum", "n_reviews", "n_low_ratings", "rating_shortfall", "n_quality_ratings",
+        "quality_shortfall", "n_service_ratings", "service_shortfall", "n_logistics_ratings",
+        "logistics_shortfall", "n_counterfeit_reports", "n_host_reports", "n_reports_weighted",
+        "violation_severity", "host_violation_severity", "n_nps", "n_promoters", "n_detractors", "n_streams",
+        "n_impressions", "n_clicks", "n_purchases",
+    }  # fmt: skip
+    names |= {f"n_repurchasers_{days}d" for days in config.repurchase_days}
+    return frozenset(names)
+
+
+# Benefit flags are registry counters (guarantees) that never decay.
+def _is_undecayed(column: str, config: TrustConfig) -> bool:
+    if column in undecayed_counts(config) or column.startswith("benefit_"):
+        return True
+    if column in _decayed_counts(config):
+        return False
+    raise ConfigError(
+        f"live trust: counter {column!r} is not classified as decayed or not (features/_live.py): a new"
+        " evidence column must be added to undecayed_counts or _decayed_counts"
+    )
+
+
+@dataclass
+class _LiveEncoding(Encoding):
+    """An encoding whose order and stream ids are only counted (the snapshot never names them)."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def size(self, kind: str) -> int:
+        return self.sizes[kind]
+
+
+class _Vocabulary:
+    """Ids of one kind by code: the ids of the first build (hashed once) plus those added since."""
+
+    def __init__(self, ids: Any) -> None:
+        self.base: pd.Index = pd.Index(pd.array(ids, dtype="string"))
+        self.added: pd.Index = pd.Index(pd.array([], dtype="string"))
+        # Hash the ids now (pandas builds an index's hash table on first use): once per full
+        # build, not inside the first update.
+        self.base.get_indexer(self.base[:1])
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.added)
+
+    def codes(self, values: pd.Series, added: pd.Index) -> tuple[np.ndarray, pd.Index]:
+        """Codes of ``values`` (-1: null); ids met for the first time extend ``added``."""
+        strings = pd.Index(values.astype("string"))
+        null = np.asarray(strings.isna())
+        code = self.base.get_indexer(strings).astype("int64")
+        unknown = (code < 0) & ~null
+        if unknown.any():
+            rest = strings[unknown]
+            fresh = pd.Index(rest.unique()).difference(added, sort=False)
+            added = added.append(fresh) if len(fresh) else added
+            code[unknown] = len(self.base) + added.get_indexer(rest)
+        return np.where(null, -1, code), added
+
+    def strings(self) -> Any:
+        return pd.array(np.concatenate([self.base.to_numpy(dtype=object), self.added.to_numpy(dtype=object)]), dtype="string") if len(self.added) else self.base.array
+
+
+def _user_slot(users: np.ndarray, n_users: int) -> np.ndarray:
+    """Index of each user code in a flag array with one extra slot for a null user."""
+    return np.where(users >= 0, users, n_users)
+
+
+def _buyers(orders: pd.DataFrame, n_orders: int) -> np.ndarray:
+    """Buyer code of every order code (-1: unknown order)."""
+    buyer = np.full(n_orders, -1, dtype="int64")
+    buyer[orders["order_id"].to_numpy(dtype="int64")] = orders["user_id"].to_numpy(dtype="int64")
+    return buyer
+
+
+def _buyer_of_order(frame: pd.DataFrame, buyer_of: np.ndarray) -> np.ndarray:
+    """The buyer of the order each row names (-1: an order the log does not hold)."""
+    order = frame["order_id"].to_numpy(dtype="int64")
+    if not len(buyer_of):
+        return np.full(len(order), -1, dtype="int64")
+    return np.where((order >= 0) & (order < len(buyer_of)), buyer_of[np.clip(order, 0, len(buyer_of) - 1)], -1)
+
+
+def _owner(name: str, frame: pd.DataFrame, buyer_of: np.ndarray) -> np.ndarray:
+    """The user code each row of a buyer table belongs to (a case: the order's buyer)."""
+    column = _USER_TABLES[name]
+    return _buyer_of_order(frame, buyer_of) if column is None else frame[column].to_numpy(dtype="int64")
+
+
+def _owners(log: EventLog, buyer_of: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: _owner(name, log[name], buyer_of) for name in _USER_TABLES}
+
+
+def _ns(times: pd.Series) -> np.ndarray:
+    """UTC nanoseconds (int64; the smallest int64 for null, which no time edge selects)."""
+    return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).as_unit("ns").asi8
+
+
+def _combine(total: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, factor: float, config: TrustConfig) -> pd.DataFrame:
+    """``age(total - old) + new``: the counters with the changed buyers' contributions replaced.
+
+    A difference within rounding of its terms (all of a merchant's rows were replaced) is
+    exactly zero, so that "no evidence" stays no evidence.
+    """
+    if set(total.columns) != set(new.columns):
+        raise ConfigError(f"live trust: counters changed ({sorted(set(total.columns) ^ set(new.columns))})")
+    size = len(new)
+    out: dict[str, np.ndarray] = {}
+    for column in new.columns:
+        before = np.zeros(size)
+        kept = total[column].to_numpy(dtype="float64")
+        before[: len(kept)] = kept
+        gone = old[column].to_numpy(dtype="float64")
+        rest = before - gone
+        rest[np.abs(rest) <= 1e-12 * (np.abs(before) + np.abs(gone))] = 0.0
+        if not _is_undecayed(column, config):
+            rest *= factor
+        out[column] = rest + new[column].to_numpy(dtype="float64")
+    return pd.DataFrame(out, index=new.index)[list(new.columns)]
+
+
+class LiveTrust:
+    """A trust snapshot kept up to date in memory (see the module docstring).
+
+    Build one with :meth:`start` (a full build), then call :meth:`update` with the events
+    since the last time (the rows :func:`~trustfeed.features.changes_since` cuts out of a full
+    log). The snapshot after each update is :attr:`snapshot`.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from trustfeed.features import changes_since, validate_events
+    >>> log = validate_events({
+    ...     "merchants": pd.DataFrame({"merchant_id": ["m1", "m2"], "registered_at": ["2026-01-01"] * 2}),
+    ...     "orders": pd.DataFrame({"order_id": ["o1", "o2", "o3"], "user_id": ["u1", "u2", "u1"],
+    ...                             "merchant_id": ["m1", "m1", "m2"], "amount": [10.0, 12.0, 9.0],
+    ...                             "created_at": ["2026-01-02", "2026-01-03", "2026-01-09"]}),
+    ... })
+    >>> live = LiveTrust.start(log, "2026-01-05")
+    >>> live.update(changes_since(log, "2026-01-05"), "2026-01-10").merchants["n_orders_raw"].tolist()
+    [2.0, 1.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        history: EventLog,
+        vocabularies: dict[str, _Vocabulary],
+        counts: SignalCounts,
+        references: CredibilityReferences,
+        index: Mapping[str, Any],
+        config: TrustConfig,
+        backend: str,
+        snapshot: TrustSnapshot,
+    ) -> None:
+        self._history = history
+        self._vocabularies = vocabularies
+        self._counts = counts
+        self._references = references
+        self.index = dict(index)
+        self.config = config
+        self.backend = backend
+        self.snapshot = snapshot
+
+    @property
+    def as_of(self) -> pd.Timestamp:
+        """The time of the current snapshot."""
+        return self.snapshot.as_of
+
+    @property
+    def references(self) -> TrustReferences:
+        """The carried credibility references, by id (for ``build_snapshot(..., references=)``)."""
+        return TrustReferences.of(self._references, self._encoding())
+
+    @classmethod
+    def start(
+        cls,
+        events: EventLog,
+        as_of: TimeLike,
+        config: TrustConfig | None = None,
+        *,
+        index: Mapping[str, Any] | None = None,
+        backend: str = "pandas",
+        progress: Progress | None = None,
+    ) -> LiveTrust:
+        """A full build as of ``as_of`` (as :func:`~trustfeed.features.build_snapshot`), kept live.
+
+        ``index``: index weights to carry instead of fitting them.
+        """
+        config = config if config is not None else TrustConfig()
+        if not isinstance(config, TrustConfig):
+            raise ConfigError(f"config: expected a TrustConfig, got {type(config).__name__}")
+        make_aggregator(backend)
+        progress = progress if progress is not None else NullProgress()
+        cut = to_utc(as_of)
+        progress(f"trust: encoding events before {cut.isoformat()}")
+        known, enc = encode_ids(_keep(events).before(cut))
+        progress("trust: evidence")
+        raw, meta = _raw_evidence(known, cut, config, backend, enc)
+        snapshot = _finish(known, enc, _registered(raw, meta, enc), meta, cut, config, backend, progress, index, events.warnings)
+        carried = dict(snapshot.manifest["index_model"])
+        carried.setdefault("weights_from", cut.isoformat())
+        if raw.references is None:  # pragma: no cover - build_counts always returns them
+            raise ConfigError("live trust: the full build returned no credibility references")
+        vocabularies = {kind: _Vocabulary(enc.vocab[kind]) for kind in _ID_KINDS}
+        return cls(
+            history=known, vocabularies=vocabularies, counts=raw, references=raw.references, index=carried,
+            config=config, backend=backend, snapshot=snapshot,
+        )  # fmt: skip
+
+    def _encoding(self, added: Mapping[str, pd.Index] | None = None) -> _LiveEncoding:
+        vocab = {}
+        sizes = {}
+        for kind, words in self._vocabularies.items():
+            extra = added[kind] if added is not None else None
+            sizes[kind] = len(words) + (len(extra) if extra is not None else 0)
+            if kind in _NAMED_KINDS:
+                if extra is not None and len(extra):
+                    probe = _Vocabulary(words.base)
+                    probe.added = words.added.append(extra)
+                    vocab[kind] = probe.strings()
+                else:
+                    vocab[kind] = words.strings()
+        return _LiveEncoding(vocab, sizes)
+
+    def _encode(self, events: EventLog) -> tuple[EventLog, dict[str, pd.Index]]:
+        """``events`` with ids replaced by this state's codes; ids met for the first time get new codes."""
+        tables = {name: events[name].copy(deep=False) for name in events.tables}
+        added: dict[str, pd.Index] = {kind: self._vocabularies[kind].added for kind in _ID_KINDS}
+        for kind, columns in _ID_KINDS.items():
+            for table, column in columns:
+                if column not in tables[table].columns:
+                    continue
+                if len(tables[table]):
+                    codes, added[kind] = self._vocabularies[kind].codes(tables[table][column], added[kind])
+                    tables[table][column] = codes
+                else:
+                    tables[table][column] = np.zeros(0, dtype="int64")
+        fresh = {kind: added[kind][len(self._vocabularies[kind].added):] for kind in _ID_KINDS}
+        return EventLog(tables, events.missing, events.warnings, events.missing_columns), fresh
+
+    def update(self, new_events: EventLog, as_of: TimeLike, progress: Progress | None = None) -> TrustSnapshot:
+        """Apply the events since :attr:`as_of` and return the snapshot as of ``as_of``.
+
+        ``new_events``: rows whose event time is at or after the current time, and earlier
+        rows of the re-sendable tables sent again in full because a later column became known
+        (see :func:`~trustfeed.features.merge_events`). Rows at or after ``as_of`` change
+        nothing (they are cut away). Nothing is changed when an error is raised.
+
+        Raises
+        ------
+        ConfigError
+            ``as_of`` before the current time.
+        SchemaError
+            New rows that are not new (see :func:`~trustfeed.features.merge_events`).
+        """
+        progress = progress if progress is not None else NullProgress()
+        cut = to_utc(as_of)
+        t0 = self.as_of
+        if cut < t0:
+            raise ConfigError(f"as_of {cut.isoformat()}: before the live snapshot's as-of {t0.isoformat()}")
+        config = self.config
+        progress("trust: encoding the new events")
+        fresh, added = self._encode(_keep(new_events).before(cut))
+        enc = self._encoding(added)
+        old = self._history
+        merged = merge_events(TrustState(t0, config, self.index, old), fresh)
+        progress("trust: finding the buyers whose evidence changed")
+        dirty = self._dirty(old, merged, fresh, enc, t0, cut)
+        agg = make_aggregator(self.backend)
+        progress("trust: evidence of those buyers, before and after")
+        old_meta = _merchant_meta(old["merchants"], t0, enc)
+        new_meta = _merchant_meta(merged["merchants"], cut, enc)
+        before = build_counts(_rows(old, dirty, enc), t0, config, agg, enc, _category_codes(old_meta, enc), self._references)
+        after = build_counts(_rows(merged, dirty, enc), cut, config, agg, enc, _category_codes(new_meta, enc), self._references)
+        factor = float(np.exp2(-((cut - t0).total_seconds() / 86_400.0) / config.half_life_days))
+        merchants = _combine(self._counts.merchants, before.merchants, after.merchants, factor, config)
+        orders = merged["orders"]
+        merchants["ew_base_days"] = baseline_days(
+            orders["merchant_id"].to_numpy(dtype="int64"), ~_is(orders["status"], "cancelled"),
+            _seconds(orders["created_at"]), cut, config, enc.size("merchant"),
+        )  # fmt: skip
+        counts = SignalCounts(
+            merchants=merchants,
+            creators=_combine(self._counts.creators, before.creators, after.creators, factor, config),
+            orders=after.orders.iloc[:0],
+            users=_combine(self._counts.users, before.users, after.users, factor, config),
+            references=self._references,
+        )
+        progress("trust: scoring merchants")
+        warnings = merged.warnings
+        snapshot = _finish(merged, enc, _registered(counts, new_meta, enc), new_meta, cut, config, self.backend, progress, self.index, warnings)
+        snapshot.manifest["incremental"] = {
+            "state_as_of": t0.isoformat(),
+            "new_rows": {name: len(fresh[name]) for name in TABLE_SPECS if len(fresh[name])},
+            "buyers_recomputed": int(dirty.sum()),
+        }
+        # Commit only now: an error above leaves the live state as it was.
+        for kind, ids in added.items():
+            if len(ids):
+                self._vocabularies[kind].added = self._vocabularies[kind].added.append(ids)
+        self._history = merged
+        self._counts = counts
+        self.snapshot = snapshot
+        return snapshot
+
+    def _dirty(
+        self, old: EventLog, merged: EventLog, fresh: EventLog, enc: Encoding, t0: pd.Timestamp, cut: pd.Timestamp
+    ) -> np.ndarray:
+        """Flags per user code (+ one slot for a null user): buyers whose contribution can have changed."""
+        config = self.config
+        n_users = enc.size("user")
+        dirty = np.zeros(n_users + 1, dtype=bool)
+        buyer_new = _buyers(merged["orders"], enc.size("order"))
+        buyer_old = _buyers(old["orders"], enc.size("order"))
+
+        def mark(users: np.ndarray) -> None:
+            dirty[_user_slot(users, n_users)] = True
+
+        # New and changed rows, and the stored rows they replace (their buyer may differ).
+        for owners in (_owners(fresh, buyer_new), _owners(fresh, buyer_old)):
+            for users in owners.values():
+                mark(users)
+        mark(_buyer_of_order(fresh["reviews"], buyer_new))
+        for name in ("orders", "after_sales"):
+            key = TABLE_SPECS[name].key[0]
+            replaced = old[name][key].isin(fresh[name][key]).to_numpy(dtype=bool) if len(fresh[name]) else None
+            if replaced is not None and replaced.any():
+                mark(_owner(name, old[name].loc[replaced], buyer_old))
+        # Registry rows sent again: a merchant's category is a reference of its orders; a
+        # stream names the shop and host its reports are about.
+        if len(fresh["merchants"]):
+            changed = fresh["merchants"]["merchant_id"].to_numpy(dtype="int64")
+            orders = merged["orders"]
+            mark(orders["user_id"].to_numpy(dtype="int64")[np.isin(orders["merchant_id"].to_numpy(dtype="int64"), changed)])
+        if len(fresh["livestreams"]):
+            reports = merged["reports"]
+            streams = fresh["livestreams"]["stream_id"].to_numpy(dtype="int64")
+            mark(reports["reporter_id"].to_numpy(dtype="int64")[np.isin(reports["stream_id"].to_numpy(dtype="int64"), streams)])
+        # Rows that cross a time edge between the two cuts.
+        start, end = t0.value, cut.value
+        edges = sorted({*config.windows, config.alarm_recent_days, config.alarm_recent_days + config.alarm_baseline_days})
+        owners = _owners(merged, buyer_new)
+
+        def crossing(times: np.ndarray, days: list[float]) -> np.ndarray:
+            hit = np.zeros(len(times), dtype=bool)
+            for d in days:
+                offset = int(round(d * _NS_PER_DAY))
+                hit |= (times >= start - offset - _MARGIN_NS) & (times <= end - offset + _MARGIN_NS)
+            return hit
+
+        orders = merged["orders"]
+        hit = crossing(_ns(orders["created_at"]), edges) | crossing(_ns(orders["promised_ship_by"]), [0.0, config.overdue_days])
+        mark(owners["orders"][hit])
+        reviews_hit = crossing(_ns(merged["reviews"]["created_at"]), edges)
+        mark(owners["reviews"][reviews_hit])
+        mark(_buyer_of_order(merged["reviews"], buyer_new)[reviews_hit])
+        mark(owners["after_sales"][crossing(_ns(merged["after_sales"]["opened_at"]), edges)])
+        # Reviews tie their author to the order's buyer (praise before delivery, one bad
+        # order): both sides are recomputed together.
+        slots = []
+        for log, buyers in ((merged, buyer_new), (old, buyer_old)):
+            reviews = log["reviews"]
+            slots.append((_user_slot(reviews["user_id"].to_numpy(dtype="int64"), n_users), _user_slot(_buyer_of_order(reviews, buyers), n_users)))
+        while True:
+            grew = False
+            for author, buyer in slots:
+                either = dirty[author] | dirty[buyer]
+                if (either & ~(dirty[author] & dirty[buyer])).any():
+                    dirty[author[either]] = True
+                    dirty[buyer[either]] = True
+                    grew = True
+            if not grew:
+                return dirty
+
+
+def _rows(log: EventLog, dirty: np.ndarray, enc: Encoding) -> dict[str, pd.DataFrame]:
+    """The tables of ``log`` restricted to the rows of flagged buyers (registries in full)."""
+    n_users = len(dirty) - 1
+    buyer_of = _buyers(log["orders"], enc.size("order"))
+    owners = _owners(log, buyer_of)
+    tables = {name: log[name] for name in log.tables}
+    for name in _USER_TABLES:
+        keep = dirty[_user_slot(owners[name], n_users)]
+        if name == "reviews":
+            keep = keep | dirty[_user_slot(_buyer_of_order(log["reviews"], buyer_of), n_users)]
+        tables[name] = log[name].loc[keep].reset_index(drop=True)
+    return tables

@@ -1,0 +1,133 @@
+"""Live trust updates: equal to a full build with the carried weights and references, at the cost of the changed buyers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from trustfeed.features import LiveTrust
+from trustfeed.features._dask_backend import make_aggregator
+from trustfeed.features._incremental import changes_since
+from trustfeed.features._live import _decayed_counts, undecayed_counts
+from trustfeed.features._signals import build_counts, encode_ids
+from trustfeed.features.errors import ConfigError, SchemaError
+from trustfeed.features.events import EventLog, validate_events
+from trustfeed.features.trust import TrustConfig, _category_codes, _merchant_meta, build_snapshot
+
+CONFIG = TrustConfig(min_fit_merchants=20, horizon_days=5)
+
+
+@pytest.fixture(scope="module")
+def world() -> EventLog:
+    from trustfeed.training.simulate import SimConfig, simulate
+
+    return validate_events(simulate(SimConfig(seed=5, merchants=30, days=16)).tables)
+
+
+@pytest.fixture(scope="module")
+def weights(world: EventLog) -> dict[str, Any]:
+    """Index weights fitted once (carried by every live state below, as a full build would fit them)."""
+    cut = world.span()[0].floor("D") + pd.Timedelta(days=12)
+    return dict(build_snapshot(world, cut, CONFIG).manifest["index_model"])
+
+
+def _at(world: EventLog, days: float) -> pd.Timestamp:
+    return world.span()[0].floor("D") + pd.Timedelta(days=days)
+
+
+# No shrinking: each example builds a snapshot per step twice, and the steps are printed anyway.
+@settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate),
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    first=st.floats(min_value=5.0, max_value=13.0),
+    steps=st.lists(st.floats(min_value=0.0, max_value=2.5), min_size=1, max_size=2),
+)
+def test_update_equals_a_full_build_with_the_carried_weights_and_references(
+    same_snapshot: Any, world: EventLog, weights: dict[str, Any], first: float, steps: list[float]
+) -> None:
+    live = LiveTrust.start(world, _at(world, first), CONFIG, index=weights)
+    cut = live.as_of
+    for days in steps:
+        cut = cut + pd.Timedelta(days=days)
+        snapshot = live.update(changes_since(world, live.as_of), cut)
+        assert snapshot.as_of == cut == live.as_of
+        same_snapshot(snapshot, build_snapshot(world, cut, CONFIG, index=live.index, references=live.references))
+
+
+def test_start_is_a_full_build_and_own_references_change_nothing(same_snapshot: Any, world: EventLog, weights: dict[str, Any]) -> None:
+    cut = _at(world, 9.5)
+    live = LiveTrust.start(world, cut, CONFIG, index=weights)
+    plain = build_snapshot(world, cut, CONFIG, index=weights)
+    same_snapshot(live.snapshot, plain)
+    # references equal to the build's own: exactly the full build
+    same_snapshot(build_snapshot(world, cut, CONFIG, index=weights, references=live.references), plain)
+    # nothing new and no time passed: no buyer is recomputed
+    later = live.update(changes_since(world, cut, until=cut), cut)
+    assert later.manifest["incremental"]["buyers_recomputed"] == 0
+    same_snapshot(later, plain)
+
+
+def test_carried_references_are_what_differs_from_a_fresh_build(world: EventLog, weights: dict[str, Any]) -> None:
+    live = LiveTrust.start(world, _at(world, 6.0), CONFIG, index=weights)
+    cut = _at(world, 12.0)
+    snapshot = live.update(changes_since(world, live.as_of), cut)
+    fresh = build_snapshot(world, cut, CONFIG, index=weights)
+    assert live.references.ring_norm != LiveTrust.start(world, cut, CONFIG, index=weights).references.ring_norm
+    # same merchants and evidence counts that do not depend on credibility; the index moves little
+    assert snapshot.merchants["merchant_id"].equals(fresh.merchants["merchant_id"])
+    assert np.array_equal(snapshot.merchants["n_orders_raw"], fresh.merchants["n_orders_raw"])
+    assert np.abs(snapshot.merchants["trust_index"] - fresh.merchants["trust_index"]).max() < 0.05
+
+
+def test_only_changed_buyers_are_recomputed(world: EventLog, weights: dict[str, Any]) -> None:
+    live = LiveTrust.start(world, _at(world, 12.0), CONFIG, index=weights)
+    cut = live.as_of + pd.Timedelta(hours=1)
+    new = changes_since(world, live.as_of, cut)
+    snapshot = live.update(new, cut)
+    recomputed = snapshot.manifest["incremental"]["buyers_recomputed"]
+    assert 0 < recomputed < len(snapshot.extras["users"]) / 2
+    assert recomputed >= new["orders"]["user_id"].nunique()
+
+
+def test_events_after_the_cut_change_nothing_and_errors_change_nothing(same_snapshot: Any, world: EventLog, weights: dict[str, Any]) -> None:
+    t0, cut = _at(world, 8.0), _at(world, 10.0)
+    new = changes_since(world, t0)
+    orders = world["orders"]
+    late = orders[orders["created_at"] < cut].tail(20)
+    after = cut + pd.Timedelta(minutes=1)
+    reviews = pd.DataFrame({"review_id": [f"late-{i}" for i in range(len(late))], "order_id": late["order_id"].to_numpy(),
+                            "user_id": late["user_id"].to_numpy(), "created_at": after, "rating": 1})
+    tables = {name: new[name] for name in new.tables if name not in new.missing}
+    tables["reviews"] = pd.concat([tables["reviews"], reviews.astype({"rating": "int64"})], ignore_index=True)
+    noisy = validate_events(tables)
+    live = LiveTrust.start(world, t0, CONFIG, index=weights)
+    # bad input first: one line, and the live state is as it was
+    stray = world.before(t0)["orders"].tail(1).assign(order_id="never-seen")
+    with pytest.raises(SchemaError, match="does not hold"):
+        live.update(validate_events({"merchants": world["merchants"].iloc[:0], "orders": stray}), cut)
+    with pytest.raises(ConfigError, match="before the live snapshot"):
+        live.update(new, t0 - pd.Timedelta(hours=1))
+    assert live.as_of == t0
+    with_later = live.update(noisy, cut)
+    clean = LiveTrust.start(world, t0, CONFIG, index=weights)
+    same_snapshot(with_later, clean.update(new.before(cut), cut))
+    same_snapshot(with_later, build_snapshot(world, cut, CONFIG, index=weights, references=clean.references))
+
+
+def test_every_counter_is_classified(world: EventLog) -> None:
+    """A new evidence column must say whether it ages by the half-life (the update relies on it)."""
+    from trustfeed.features.trust import _point_in_time, _project
+    cut = _at(world, 10.0)
+    known, enc = encode_ids(_point_in_time(_project(world), cut))
+    counts = build_counts({n: known[n] for n in known.tables}, cut, CONFIG, make_aggregator("pandas"), enc,
+                          _category_codes(_merchant_meta(known["merchants"], cut, enc), enc))
+    columns = set(counts.merchants.columns) | set(counts.creators.columns) | set(counts.users.columns)
+    classified = undecayed_counts(CONFIG) | _decayed_counts(CONFIG)
+    unclassified = {c for c in columns - classified if not c.startswith("benefit_")}
+    assert not unclassified
+    assert not (undecayed_counts(CONFIG) & _decayed_counts(CONFIG))
