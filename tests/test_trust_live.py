@@ -121,9 +121,10 @@ def test_events_after_the_cut_change_nothing_and_errors_change_nothing(same_snap
 
 def test_every_counter_is_classified(world: EventLog) -> None:
     """A new evidence column must say whether it ages by the half-life (the update relies on it)."""
-    from trustfeed.features.trust import _point_in_time, _project
+    from trustfeed.features.trust import _project
+
     cut = _at(world, 10.0)
-    known, enc = encode_ids(_point_in_time(_project(world), cut))
+    known, enc = encode_ids(_project(world).before(cut))
     counts = build_counts({n: known[n] for n in known.tables}, cut, CONFIG, make_aggregator("pandas"), enc,
                           _category_codes(_merchant_meta(known["merchants"], cut, enc), enc))
     columns = set(counts.merchants.columns) | set(counts.creators.columns) | set(counts.users.columns)
