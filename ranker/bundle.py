@@ -12,6 +12,8 @@ Layout (every file listed with its sha256 in ``MANIFEST.json``; nothing is pickl
     policy_state.json      PolicyState (what the policy learned; when it is fitted)
     balancer.json          BalancerConfig              (when the pipeline has a balancer)
     balancer_state.json    the balancer's exposure ledger and controller state
+    purchase_model/        click_model.txt, purchase_model.txt, purchase_model.json
+                           (when the pipeline has a purchase model, :mod:`trustfeed.ranker.purchase`)
     snapshot/              the trust snapshot: merchants.parquet, creators.parquet, extras, manifest.json
     context/               user and engagement history tables (Parquet) + manifest.json
     <extra files>          anything the training job adds (``extra_files``)
@@ -81,6 +83,7 @@ BALANCER_FILE = "balancer.json"
 BALANCER_STATE_FILE = "balancer_state.json"
 SNAPSHOT_DIR = "snapshot"
 CONTEXT_DIR = "context"
+PURCHASE_DIR = "purchase_model"
 _REQUIRED = (
     MODEL_FILE,
     MODEL_SCHEMA_FILE,
@@ -130,7 +133,7 @@ def save_bundle(
     extra = dict(extra_files or {})
     for rel in extra:
         _check_relative(rel)
-        if rel == MANIFEST_NAME or rel in _own_files() or rel.split("/")[0] in (SNAPSHOT_DIR, CONTEXT_DIR):
+        if rel == MANIFEST_NAME or rel in _own_files() or rel.split("/")[0] in (SNAPSHOT_DIR, CONTEXT_DIR, PURCHASE_DIR):
             raise ConfigError(f"save_bundle: extra file {rel!r} would overwrite a part of the bundle")
     with atomic_dir(path, "model-bundle") as tmp:
         # LambdaMART.save writes its directory atomically (it replaces it): it goes first
@@ -143,8 +146,11 @@ def save_bundle(
                 "balancer": pipeline.balancer is not None,
                 "context": pipeline.context is not None,
                 "policy_state": pipeline.policy.state is not None,
+                "purchase_model": pipeline.purchase_model is not None,
             },
         )
+        if pipeline.purchase_model is not None:
+            pipeline.purchase_model.save(tmp / PURCHASE_DIR)
         _write_json(tmp / POLICY_FILE, pipeline.policy.config.to_dict())
         if pipeline.policy.state is not None:
             _write_json(tmp / POLICY_STATE_FILE, pipeline.policy.state.to_dict())
@@ -460,6 +466,7 @@ def load_bundle(
     from .balancer import BalancerConfig, ExposureBalancer
     from .lambdamart import LambdaMART
     from .policy import Policy
+    from .purchase import PURCHASE_SCHEMA_FILE, PurchaseModel
 
     root = Path(path)
     manifest = verify_bundle(root, verify_key=verify_key)
@@ -469,13 +476,17 @@ def load_bundle(
     has_context = bool(layout.get("context"))
     # bundles written before the policy's fitted state had its own file keep it in policy.json
     has_policy_state = bool(layout.get("policy_state"))
+    # bundles written before the purchase model existed have none
+    has_purchase_model = bool(layout.get("purchase_model"))
+    purchase_schema = f"{PURCHASE_DIR}/{PURCHASE_SCHEMA_FILE}"
     for rel in ((BALANCER_FILE, BALANCER_STATE_FILE) if has_balancer else ()) + (
         (f"{CONTEXT_DIR}/manifest.json",) if has_context else ()
-    ) + ((POLICY_STATE_FILE,) if has_policy_state else ()):
+    ) + ((POLICY_STATE_FILE,) if has_policy_state else ()) + ((purchase_schema,) if has_purchase_model else ()):
         if rel not in files:
             raise ModelIntegrityError(rel, f"required by {PIPELINE_FILE} but not listed in MANIFEST.json")
 
     model = _parse(MODEL_FILE, lambda: LambdaMART.load(root))
+    purchase_model = _parse(purchase_schema, lambda: PurchaseModel.load(root / PURCHASE_DIR)) if has_purchase_model else None
     feature_schema = _read_json(root, FEATURES_FILE)
     policy_state = _read_json(root, POLICY_STATE_FILE) if has_policy_state else None
     policy = _parse(POLICY_STATE_FILE if has_policy_state else POLICY_FILE,
@@ -497,7 +508,8 @@ def load_bundle(
     return _parse(
         FEATURES_FILE,
         lambda: RankingPipeline.from_tables(
-            trust_snapshot, context, model, policy, balancer, schema=feature_schema, model_id=model_id
+            trust_snapshot, context, model, policy, balancer, schema=feature_schema, model_id=model_id,
+            purchase_model=purchase_model,
         ),
     )
 

@@ -29,11 +29,21 @@ back exactly once:
   ``items[:k]``. Without ``k`` every item counts as shown, unless the balancer config sets
   ``record_k``.
 
+Relevance
+---------
+The policy ranks on one relevance score per candidate: the LambdaMART score, or, when the
+pipeline has a purchase model (:mod:`trustfeed.ranker.purchase`, what ``trustfeed train``
+fits by default), the purchase model's log probability that the candidate is bought when
+looked at. With a purchase model LambdaMART is not evaluated when ranking: it stays the
+NDCG-trained ranker the report measures, and the fallback when no purchase model is fitted.
+
+Items
+-----
 Each item carries ``stream_id``, ``creator_id``, ``merchant_id``, ``score`` (the policy's
 score: with the default ``combine="expected_value"`` the expected net value of showing the
 item, P(purchase | examined) x (1 - (1 + bad_cost) x p_bad), in ``[-bad_cost, 1]``; taken
 before the balancer's re-ranking, so the order of ``items`` is
-authoritative, not the order of ``score``), ``relevance`` (the model's raw score) and
+authoritative, not the order of ``score``), ``relevance`` (the relevance score above) and
 ``trust`` (the merchant's ``trust_index``, the snapshot median for an unknown merchant), and
 with ``log_features=True`` also ``features``: ``{feature name: value}`` (``None`` for a
 missing value) exactly as the model saw them, for logging the next training set. ``model``
@@ -101,6 +111,12 @@ class RankingPipeline:
     model_id
         Identifier reported in every response's ``model`` field (the bundle id when loaded
         from a bundle).
+    purchase_model
+        A fitted :class:`~trustfeed.ranker.purchase.PurchaseModel` (``None``: none). When
+        given, its log purchase probability is what the policy ranks on and what responses
+        report as ``relevance``, instead of the LambdaMART score (see "Relevance" in the
+        module docstring). A fitted policy must have been calibrated on the score the
+        pipeline computes (:attr:`~trustfeed.ranker.policy.PolicyState.relevance_source`).
 
     Examples
     --------
@@ -138,6 +154,7 @@ class RankingPipeline:
         snapshot: TrustSnapshot | None = None,
         context: ContextTables | None = None,
         model_id: str | None = None,
+        purchase_model: Scorer | None = None,
     ) -> None:
         self.assembler = assembler
         self.model = model
@@ -146,12 +163,21 @@ class RankingPipeline:
         self.snapshot = snapshot
         self.context = context
         self.model_id = model_id
+        self.purchase_model = purchase_model
         self.feature_names: tuple[str, ...] = tuple(assembler.feature_names)
-        model_features = tuple(getattr(model, "feature_names_", self.feature_names))
-        if model_features != self.feature_names:
+        for name, scorer in (("model", model), ("purchase model", purchase_model)):
+            features = tuple(getattr(scorer, "feature_names_", self.feature_names)) if scorer is not None else self.feature_names
+            if features != self.feature_names:
+                raise ConfigError(
+                    f"the {name}'s features differ from the assembler's: "
+                    f"{name} {list(features)}, assembler {list(self.feature_names)}"
+                )
+        state = self.policy.state
+        computed = "purchase_model" if purchase_model is not None else "ranker"
+        if state is not None and state.relevance_source != computed:
             raise ConfigError(
-                "the model's features differ from the assembler's: "
-                f"model {list(model_features)}, assembler {list(self.feature_names)}"
+                f"the policy was calibrated on the {state.relevance_source.replace('_', ' ')} score, but this pipeline "
+                + ("has a purchase model" if purchase_model is not None else "has no purchase model")
             )
         schema = assembler.schema() if hasattr(assembler, "schema") else {}
         # live-context fields the model uses: checked to be numeric before ranking
@@ -172,6 +198,7 @@ class RankingPipeline:
         *,
         schema: Mapping[str, Any] | None = None,
         model_id: str | None = None,
+        purchase_model: Scorer | None = None,
     ) -> RankingPipeline:
         """The pipeline over a trust snapshot and context tables: the one way to build one.
 
@@ -185,7 +212,8 @@ class RankingPipeline:
         if snapshot is None:
             raise ConfigError("a ranking pipeline needs a trust snapshot (got None)")
         assembler = FeatureAssembler(snapshot, context, schema=schema)
-        return cls(assembler, model, policy, balancer, snapshot=snapshot, context=context, model_id=model_id)
+        return cls(assembler, model, policy, balancer, snapshot=snapshot, context=context, model_id=model_id,
+                   purchase_model=purchase_model)
 
     @classmethod
     def as_of(
@@ -201,6 +229,7 @@ class RankingPipeline:
         context: ContextConfig | None = None,
         model_id: str | None = None,
         index: Mapping[str, Any] | None = None,
+        purchase_model: Scorer | None = None,
     ) -> RankingPipeline:
         """The pipeline as of time ``t``: trust snapshot and history built from events before ``t``.
 
@@ -210,7 +239,7 @@ class RankingPipeline:
             A validated :class:`~trustfeed.features.events.EventLog` (later events are cut).
         t
             The cut (any time :func:`~trustfeed.features.events.to_utc` reads).
-        model, policy, balancer, schema, model_id
+        model, policy, balancer, schema, model_id, purchase_model
             As for :meth:`from_tables`.
         trust, context
             :class:`~trustfeed.features.trust.TrustConfig` and
@@ -226,12 +255,13 @@ class RankingPipeline:
         cut = to_utc(t)
         snapshot = build_snapshot(events, cut, config=trust, index=index)
         tables = build_context_tables(events, cut, context)
-        return cls.from_tables(snapshot, tables, model, policy, balancer, schema=schema, model_id=model_id)
+        return cls.from_tables(snapshot, tables, model, policy, balancer, schema=schema, model_id=model_id,
+                               purchase_model=purchase_model)
 
     def rebuilt_as_of(
         self, events: EventLog, t: TimeLike, *, balancer: Reranker | None = None, index: Mapping[str, Any] | None = None
     ) -> RankingPipeline:
-        """This pipeline's model, policy and feature layout with trust and history as of ``t``.
+        """This pipeline's models, policy and feature layout with trust and history as of ``t``.
 
         The trust and history settings are the ones this pipeline's tables were built with;
         ``balancer`` (``None``: none) is the new pipeline's own, so nothing ranked with the
@@ -252,6 +282,7 @@ class RankingPipeline:
             context=self.context.config if self.context is not None else None,
             model_id=self.model_id,
             index=index,
+            purchase_model=self.purchase_model,
         )
 
     # ------------------------------------------------------------------ public API
@@ -343,7 +374,7 @@ class RankingPipeline:
         candidates = self._candidate_columns(requests, sizes, unique, creator_ids, merchant_ids)
         # one id lookup serves both the features and the policy's merchant status
         features, status = self.assembler.transform_with_status(candidates)
-        relevance = np.asarray(self.model.predict(features), dtype=np.float64)
+        relevance = np.asarray((self.purchase_model or self.model).predict(features), dtype=np.float64)
         trust = np.asarray(status.trust, dtype=np.float64)
         # the policy's vectorised parts (what Policy.rank_many runs, without its per-request
         # sort: the balancer orders each request itself)

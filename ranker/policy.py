@@ -76,6 +76,7 @@ __all__ = [
     "REASON_BANNED_ENTITY",
     "REASON_TRUST_FLOOR",
     "REASONS",
+    "RELEVANCE_SOURCES",
     "LEGACY_STATE_KEYS",
 ]
 
@@ -86,6 +87,9 @@ _COMBINES = ("expected_value", "logit", "multiplicative")
 _REASONS = np.array(["", REASON_TRUST_FLOOR, REASON_BANNED_ENTITY, REASON_BANNED_MERCHANT], dtype=object)
 REASONS: tuple[str, ...] = tuple(_REASONS.tolist())
 """Filter reasons by :meth:`Policy.rule_codes` code (``""``: the candidate stays)."""
+
+RELEVANCE_SOURCES = ("ranker", "purchase_model")
+"""What a fitted purchase calibration can be fitted on (:attr:`PolicyState.relevance_source`)."""
 
 LEGACY_STATE_KEYS = ("purchase_calibration", "bad_model")
 """Fitted fields older bundles kept inside the policy config (see :meth:`Policy.from_dict`)."""
@@ -175,16 +179,24 @@ class PolicyState:
         ``d >= 0``: the calibration's weight on ``p_bad`` (the risk the model's score already
         priced in; scoring caps it at ``1 + bad_cost``). ``0`` (the default, and what states
         saved before it existed load as): none.
+    relevance_source
+        Which score the calibration was fitted on: ``"ranker"`` (the LambdaMART score; the
+        default, and what states saved before the field existed load as) or
+        ``"purchase_model"`` (the log purchase probability of
+        :class:`~trustfeed.ranker.purchase.PurchaseModel`). A pipeline refuses a state fitted
+        on a score it does not compute.
 
     Examples
     --------
-    >>> PolicyState.from_dict(PolicyState((1.3, -2.5), (-2.0, -0.8), 1.5).to_dict())
-    PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8), risk_term=1.5)
+    >>> PolicyState.from_dict(PolicyState((1.3, -2.5), (-2.0, -0.8), 1.5).to_dict())  # doctest: +NORMALIZE_WHITESPACE
+    PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8), risk_term=1.5,
+                relevance_source='ranker')
     """
 
     purchase_calibration: tuple[float, float]
     bad_model: tuple[float, float]
     risk_term: float = 0.0
+    relevance_source: str = "ranker"
 
     def __post_init__(self) -> None:
         calibration, bad = check_parameters(self.purchase_calibration, self.bad_model, 0.0)
@@ -193,6 +205,9 @@ class PolicyState:
         if not (isinstance(self.risk_term, (int, float)) and not isinstance(self.risk_term, bool)
                 and math.isfinite(self.risk_term) and self.risk_term >= 0):
             raise ConfigError(f"PolicyState.risk_term must be a finite number >= 0, got {self.risk_term!r}")
+        if self.relevance_source not in RELEVANCE_SOURCES:
+            raise ConfigError(f"PolicyState.relevance_source must be one of {list(RELEVANCE_SOURCES)}, "
+                              f"got {self.relevance_source!r}")
         # JSON gives lists back: tuples keep from_dict(to_dict()) == state
         object.__setattr__(self, "purchase_calibration", calibration)
         object.__setattr__(self, "bad_model", bad)
@@ -201,19 +216,21 @@ class PolicyState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fitted values."""
         return {"purchase_calibration": list(self.purchase_calibration), "bad_model": list(self.bad_model),
-                "risk_term": self.risk_term}
+                "risk_term": self.risk_term, "relevance_source": self.relevance_source}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PolicyState:
         """Inverse of :meth:`to_dict`; unknown or missing keys are a :class:`ConfigError`.
 
-        ``risk_term`` may be absent (states saved before it existed): it is then 0.
+        ``risk_term`` and ``relevance_source`` may be absent (states saved before they
+        existed): they are then 0 and ``"ranker"``.
         """
-        reject_unknown_keys("PolicyState", values, {*LEGACY_STATE_KEYS, "risk_term"})
+        reject_unknown_keys("PolicyState", values, {*LEGACY_STATE_KEYS, "risk_term", "relevance_source"})
         missing = [k for k in LEGACY_STATE_KEYS if k not in values]
         if missing:
             raise ConfigError(f"PolicyState: missing {missing}")
-        return cls(values["purchase_calibration"], values["bad_model"], values.get("risk_term", 0.0))
+        return cls(values["purchase_calibration"], values["bad_model"], values.get("risk_term", 0.0),
+                   values.get("relevance_source", "ranker"))
 
 
 @dataclass(frozen=True)
@@ -294,6 +311,7 @@ class Policy:
         trust: ArrayLike,
         bad: ArrayLike,
         impression_trust: ArrayLike | None = None,
+        relevance_source: str = "ranker",
     ) -> Policy:
         """Learn the purchase calibration and the bad-order model; returns ``self``.
 
@@ -310,6 +328,9 @@ class Policy:
             Given, the calibration also learns its risk term ``d`` (the merchant risk the
             model's score already priced in, see :mod:`trustfeed.ranker._expected_value`);
             ``None``: ``d = 0``.
+        relevance_source
+            What ``relevance`` is (see :attr:`PolicyState.relevance_source`): the score the
+            fitted policy must be given when it ranks.
 
         A calibration whose relevance slope is not positive (a model whose score does not
         predict purchases) leaves the policy unfitted, so it keeps the ``"logit"`` fallback;
@@ -333,7 +354,7 @@ class Policy:
         bad_values = np.asarray(bad, dtype=np.float64)
         info.update({"bad_c0": c0, "bad_c1": c1, "train_purchases": int(bad_values.size),
                      "train_bad_rate": float(bad_values.mean()) if bad_values.size else float("nan")})
-        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1), d), info
+        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1), d, relevance_source), info
         return self
 
     # ------------------------------------------------------------------ the decision

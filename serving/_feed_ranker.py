@@ -339,7 +339,7 @@ class FeedRanker:
             tables = context if context is not None else current.context
             fresh = RankingPipeline.from_tables(
                 snapshot, tables, current.model, current.policy, current.balancer,
-                schema=current.assembler.schema(), model_id=current.model_id,
+                schema=current.assembler.schema(), model_id=current.model_id, purchase_model=current.purchase_model,
             )
             self._pipeline = fresh
             return fresh.model_id
@@ -371,7 +371,7 @@ def _on_mapped_tables(pipeline: RankingPipeline, tables: str | os.PathLike[str])
         )
     return RankingPipeline(
         mapped.assembler, pipeline.model, pipeline.policy, pipeline.balancer,
-        model_id=f"{pipeline.model_id}+tables-{mapped.digest[:8]}",
+        model_id=f"{pipeline.model_id}+tables-{mapped.digest[:8]}", purchase_model=pipeline.purchase_model,
     )
 
 

@@ -61,7 +61,7 @@ def test_every_component_config_derives_from_the_base() -> None:
     names = {kind.__name__ for kind in CONFIGS}
     expected = {"TrustConfig", "ContextConfig", "PolicyConfig", "BalancerConfig", "LambdaMARTConfig", "DatasetConfig",
                 "EvalConfig", "DynamicsConfig", "SimConfig", "DemoConfig", "BadOrderCostConfig", "TrainJobConfig",
-                "SharedLedgerConfig"}
+                "SharedLedgerConfig", "PurchaseModelConfig"}
     assert expected <= names
     for kind in CONFIGS:
         assert dataclasses.is_dataclass(kind) and kind.__dataclass_params__.frozen, kind  # type: ignore[attr-defined]

@@ -194,6 +194,7 @@ def test_rollout_ranks_through_the_feed_ranker(base: Any, bundle: Path) -> None:
     reference = RankingPipeline(
         FeatureAssembler(snapshot, context, schema=served.assembler.schema()), served.model, served.policy,
         ExposureBalancer.from_state(served.balancer.config, served.balancer.state_dict()), model_id=served.model_id,
+        purchase_model=served.purchase_model,
     )
     assert ranker.rank_many(day.requests) == reference.rank_many(day.requests, record=False)
 

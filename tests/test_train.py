@@ -296,3 +296,15 @@ def test_bundle_serves_trust_and_history_as_of_the_end_of_the_data(trained: Any)
     pd.testing.assert_frame_equal(served.snapshot.creators, rebuilt.snapshot.creators)
     request = _request(trained)
     assert served.rank(request, record=False) == rebuilt.rank(request, record=False)
+
+
+def test_the_bundle_serves_the_purchase_model_its_policy_was_calibrated_on(trained: Any, client: Any) -> None:
+    from trustfeed.ranker.bundle import load_bundle
+
+    pipeline = load_bundle(trained.result.bundle_dir)
+    params = client.get_run(trained.result.run_id).data.params
+    assert pipeline.purchase_model is not None, params.get("fitted.purchase_model.skipped")
+    assert pipeline.policy.state is not None and pipeline.policy.state.relevance_source == "purchase_model"
+    assert params["fitted.policy.relevance_source"] == "purchase_model"
+    assert int(params["fitted.purchase_model.click_trees"]) >= 1
+    assert float(params["fitted.purchase_model.position_coef"]) < 0  # the log's position bias

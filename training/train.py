@@ -8,8 +8,9 @@ One call of :func:`train` does, in order:
    and log every config, flattened, as params;
 3. build the training frame (point-in-time features, graded labels), fit LambdaMART with early
    stopping on validation NDCG@10, and the plain LambdaMART without trust features that the
-   evaluation compares against; fit the expected-value policy (purchase calibration on the
-   validation window, bad-order model on the training window's purchases) and set the
+   evaluation compares against; fit the purchase model (:func:`fit_purchase_model`) and the
+   expected-value policy (purchase calibration on the validation window, bad-order model on
+   the training window's purchases) and set the
    balancer's target Gini relative to the validation window (:func:`fit_policy_and_target`);
 4. save the model bundle **locally first** (trust snapshot and context as of the end of the
    data, so it is ready to serve), so a tracking failure later loses nothing;
@@ -49,6 +50,7 @@ from ..features.progress import NullProgress, Progress
 from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
 from ..ranker.policy import Policy, PolicyConfig
+from ..ranker.purchase import PurchaseModel, PurchaseModelConfig
 from .bad_order_cost import BadOrderCostConfig
 from .dataset import DatasetConfig, TrainingFrame
 from .evaluation import (
@@ -77,7 +79,7 @@ if TYPE_CHECKING:
     from ..features.trust import TrustSnapshot
 
 __all__ = ["TrainJobConfig", "TrainResult", "train", "flatten_params", "plain_feature_schema", "fit_policy_and_target",
-           "MODEL_ARTIFACT"]
+           "fit_purchase_model", "MODEL_ARTIFACT"]
 
 BACKENDS = ("pandas", "dask")
 MODEL_ARTIFACT = "model"
@@ -167,6 +169,12 @@ class TrainJobConfig(Config):
         An Ed25519 private key file (``trustfeed keygen``): the bundle's manifest is signed
         before the bundle is published or logged, so a serving host with the matching
         ``verify.key`` can refuse anything else. Checked when the config is made.
+    purchase_model
+        The purchase model (:mod:`trustfeed.ranker.purchase`) fitted beside LambdaMART on the
+        same training and validation days when the policy is ``"expected_value"``: the
+        policy then calibrates and ranks on its purchase probability instead of the
+        LambdaMART score, and the bundle serves it. ``None``: the LambdaMART score, as
+        before. The Dask backend does not fit it (its policy rows are the purchases only).
     """
 
     events: Path
@@ -191,6 +199,7 @@ class TrainJobConfig(Config):
     target_gini_ratio: float | None = 0.8
     bad_cost_estimate: BadOrderCostConfig | None = field(default_factory=BadOrderCostConfig)
     signing_key: Path | None = None
+    purchase_model: PurchaseModelConfig | None = field(default_factory=PurchaseModelConfig)
 
     constraints: ClassVar[Constraints] = {
         "events": FilePath(),
@@ -215,6 +224,7 @@ class TrainJobConfig(Config):
         "target_gini_ratio": Real(0, 1, strict_low=True, optional=True),
         "bad_cost_estimate": Nested(BadOrderCostConfig, optional=True),
         "signing_key": FilePath(optional=True),
+        "purchase_model": Nested(PurchaseModelConfig, optional=True),
     }
 
     def check(self) -> None:
@@ -425,9 +435,43 @@ def _creator_gini(part: TrainingFrame, score: np.ndarray) -> float:
     return float(gini(exposure.to_numpy()))
 
 
+def fit_purchase_model(
+    config: PurchaseModelConfig, fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame,
+    progress: Progress | None = None,
+) -> tuple[PurchaseModel | None, dict[str, Any]]:
+    """The purchase model on the training rows, stopped early on the validation rows.
+
+    A click is a row labelled 1 or more, a purchase a logged purchase that was not cancelled
+    (the rows the policy's calibration counts). Fewer than ``_MIN_PURCHASES`` purchases in
+    either window, or a window without both outcomes, leave no purchase model (``None``) and
+    the returned dict says why; otherwise it holds the fit's figures (logged as MLflow params
+    ``fitted.purchase_model.*``).
+    """
+    progress = progress or NullProgress()
+    flags = _purchased(impressions)
+    bought = _purchase_rows(fit_part, impressions, flags) >= 0
+    bought_valid = _purchase_rows(valid_part, impressions, flags) >= 0
+    if bought.sum() < _MIN_PURCHASES or bought_valid.sum() < _MIN_PURCHASES:
+        return None, {"purchase_model.skipped": f"too few purchases ({int(bought.sum())} training, "
+                                                 f"{int(bought_valid.sum())} validation)"}
+    progress(f"training the purchase model (click x purchase given click) on {len(fit_part):,} impressions")
+    try:
+        model = PurchaseModel(config).fit(
+            fit_part.features(), fit_part.labels >= 1, bought, fit_part.positions,
+            valid_part.features(), valid_part.labels >= 1, bought_valid, valid_part.positions,
+            feature_names=fit_part.feature_names, categorical=fit_part.categorical, monotone=fit_part.monotone,
+        )
+    except SchemaError as error:  # a window with one outcome only: nothing to learn the split from
+        return None, {"purchase_model.skipped": str(error)}
+    info = model.fit_info_
+    progress(f"purchase model: {info['click_trees']} click and {info['purchase_trees']} purchase trees, "
+             f"position coefficient {info['position_coef']:.3f}")
+    return model, {f"purchase_model.{k}": v for k, v in info.items()}
+
+
 def fit_policy_and_target(
     config: TrainJobConfig, model: LambdaMART, fit_part: TrainingFrame, valid_part: TrainingFrame, events: EventLog, progress: Progress | None = None,
-    *, data_end: TimeLike | None = None,
+    *, data_end: TimeLike | None = None, purchase_model: PurchaseModel | None = None,
 ) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
     """The policy and balancer to serve, with what was fitted from the data.
 
@@ -446,6 +490,8 @@ def fit_policy_and_target(
       merchants, whose trust is only the prior, are left out). Too few purchases, no trust
       feature, or a slope ``a <= 0`` (a model whose score does not predict purchases) leave
       the policy unfitted, which falls back to the ``"logit"`` formula, and ``fitted`` says so.
+      With ``purchase_model`` the calibration is fitted on its log purchase probability instead
+      of the model score (the state's ``relevance_source`` says which).
     * ``target_gini_ratio`` set: ``balancer.target_gini = ratio x`` the creator-exposure
       Gini of the unbalanced policy ranking of the validation requests (hard rules are not
       applied there: the frame keeps no ban flags, and bans remove few candidates).
@@ -460,7 +506,8 @@ def fit_policy_and_target(
     fitted: dict[str, Any] = {}
     trust_column = "merchant_trust_index"
     impressions = events["impressions"]
-    valid_score = np.asarray(model.predict(valid_part.features()), dtype=np.float64)
+    valid_score = np.asarray((purchase_model or model).predict(valid_part.features()), dtype=np.float64)
+    source = "purchase_model" if purchase_model is not None else "ranker"
     if config.bad_cost_estimate is not None and policy.config.combine == "expected_value":
         from .bad_order_cost import estimate_bad_order_cost
 
@@ -468,10 +515,10 @@ def fit_policy_and_target(
         cost = estimate_bad_order_cost(events if data_end is None else events.before(data_end), config.bad_cost_estimate,
                                        end=data_end)
         bad_cost = cost.cost_or(policy.config.bad_cost)
-        source = "measured" if cost.usable else f"configured: {cost.reason}"
+        cost_source = "measured" if cost.usable else f"configured: {cost.reason}"
         fitted.update({**{f"policy.{k}": v for k, v in cost.to_metrics().items()},
-                       "policy.bad_cost": bad_cost, "policy.bad_cost_source": source})
-        progress(f"bad-order cost {bad_cost:.3g} good orders ({source})")
+                       "policy.bad_cost": bad_cost, "policy.bad_cost_source": cost_source})
+        progress(f"bad-order cost {bad_cost:.3g} good orders ({cost_source})")
         policy = Policy(replace(policy.config, bad_cost=bad_cost))
     if policy.config.combine == "expected_value":
         progress("fitting the expected-value policy: purchase calibration and bad-order model")
@@ -495,8 +542,10 @@ def fit_policy_and_target(
             # the trust each validation impression was scored with: the calibration learns how
             # much merchant risk the model's score already priced in (its risk term)
             valid_trust = valid_part.frame[trust_column].to_numpy(dtype=np.float64)
-            policy.fit(valid_score, purchased, valid_part.positions, trust, bad, impression_trust=valid_trust)
+            policy.fit(valid_score, purchased, valid_part.positions, trust, bad, impression_trust=valid_trust,
+                       relevance_source=source)
             fitted.update({f"policy.{k}": v for k, v in policy.fit_info_.items()})
+            fitted["policy.relevance_source"] = source
     if config.target_gini_ratio is not None:
         trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
                  else np.full(len(valid_part), np.nan))
@@ -724,15 +773,29 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
             train_requests = int(fit_part.groups().size)
         schema = model.feature_schema_
 
+        purchase_model, purchase_fitted = None, {}
+        if config.purchase_model is not None and config.policy.combine == "expected_value":
+            if config.backend == "dask":
+                purchase_fitted["purchase_model.skipped"] = "the Dask backend keeps only the purchased training rows"
+                progress("Dask: no purchase model (the policy calibrates the LambdaMART score)")
+            else:
+                purchase_model, purchase_fitted = fit_purchase_model(config.purchase_model, fit_part, valid_part,
+                                                                     events["impressions"], progress)
         policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
-                                                                data_end=windows.holdout_start)
+                                                                data_end=windows.holdout_start,
+                                                                purchase_model=purchase_model)
+        if purchase_model is not None and not policy.is_fitted:
+            # an unfitted policy ranks on the LambdaMART score (its logit fallback)
+            purchase_model = None
+            purchase_fitted["purchase_model.skipped"] = "the policy was left unfitted"
+        fitted.update(purchase_fitted)
         if not later.done():
             progress("waiting for the serving snapshot")
         tables_later = later.result()
     finally:
         background.shutdown(wait=True, cancel_futures=True)
     return _bundle_evaluate_log(config, events, windows, run, progress, model, plain_model, policy, balancer_config,
-                                fitted, valid_part, train_requests, tables_later)
+                                fitted, valid_part, train_requests, tables_later, purchase_model)
 
 
 def _tables_as_of(
@@ -749,6 +812,7 @@ def _bundle_evaluate_log(
     config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress, model: LambdaMART,
     plain_model: LambdaMART | None, policy: Policy, balancer_config: BalancerConfig, fitted: dict[str, Any],
     valid_part: TrainingFrame, train_requests: int, tables_later: list[tuple[TrustSnapshot, ContextTables]],
+    purchase_model: PurchaseModel | None = None,
 ) -> TrainResult:
     import lightgbm as lgb
 
@@ -764,7 +828,7 @@ def _bundle_evaluate_log(
     progress(f"building the serving pipeline as of {windows.end.isoformat()}")
     serving_tables = tables_later[0]
     pipeline = RankingPipeline.from_tables(serving_tables[0], serving_tables[1], model, policy,
-                                           ExposureBalancer(balancer_config), schema=schema)
+                                           ExposureBalancer(balancer_config), schema=schema, purchase_model=purchase_model)
     serving_snapshot = pipeline.snapshot
     bundle_dir = local / BUNDLE_DIR
     progress(f"saving the model bundle to {bundle_dir}")

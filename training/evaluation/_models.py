@@ -71,7 +71,8 @@ def pipelines_as_of(
         pipeline = served.rebuilt_as_of(events, as_of, balancer=balancer)
     else:
         pipeline = RankingPipeline.from_tables(tables[0], tables[1], served.model, served.policy, balancer,
-                                               schema=served.assembler.schema(), model_id=served.model_id)
+                                               schema=served.assembler.schema(), model_id=served.model_id,
+                                               purchase_model=served.purchase_model)
     plain_pipeline = None
     if plain is not None:
         plain_pipeline = RankingPipeline.from_tables(

@@ -109,7 +109,7 @@ def served_pipeline(served: RankingPipeline, *, balancer: bool = True) -> Rankin
         fresh_balancer = ExposureBalancer.from_state(served.balancer.config, served.balancer.state_dict())
     return RankingPipeline(
         served.assembler, served.model, served.policy, fresh_balancer,
-        snapshot=served.snapshot, context=served.context, model_id=served.model_id,
+        snapshot=served.snapshot, context=served.context, model_id=served.model_id, purchase_model=served.purchase_model,
     )
 
 

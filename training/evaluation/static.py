@@ -384,7 +384,8 @@ def _without_balancer(pipeline: RankingPipeline) -> RankingPipeline:
     from ...ranker.pipeline import RankingPipeline
 
     return RankingPipeline(pipeline.assembler, pipeline.model, pipeline.policy, None,
-                           snapshot=pipeline.snapshot, context=pipeline.context, model_id=pipeline.model_id)
+                           snapshot=pipeline.snapshot, context=pipeline.context, model_id=pipeline.model_id,
+                           purchase_model=pipeline.purchase_model)
 
 
 def _rank_all(pipeline: RankingPipeline, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:

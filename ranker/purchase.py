@@ -1,0 +1,381 @@
+"""The purchase model: how likely a candidate is to be bought if the viewer looks at it.
+
+The expected-value policy (:mod:`trustfeed.ranker.policy`) ranks by
+``P(purchase | examined) x (1 - (1 + bad_cost) p_bad)``. Its first factor used to be a
+calibration of the LambdaMART score, but that score is a ranking score trained on graded labels
+(a click counts, a bad purchase counts like a click), not a purchase probability. The purchase
+model estimates the probability directly, in two stages that follow how a purchase happens::
+
+    P(purchase | examined) = P(click | examined) x P(purchase | click)
+
+* the click stage is a binary LightGBM model over every logged impression (a click is any label
+  >= 1), with the logged position as a fixed offset ``g x log(position)`` in its log-odds: the
+  position bias of the log is taken out, and the model describes a candidate at the top of the
+  list. ``g`` and the trees are fitted in turn (``position_passes`` times): ``g`` by logistic
+  regression with the trees as an offset, the trees with ``g`` as an offset;
+* the purchase stage is a binary LightGBM model over the clicked impressions only.
+
+Clicks are some ten times more frequent than purchases, so splitting the probability lets most
+of it be learned from the larger sample. :meth:`PurchaseModel.predict` returns
+``log P(click | examined at position 1) + log P(purchase | click)``, the log of the purchase
+probability; the policy's calibration then maps it to a probability on the validation days
+(its slope and intercept absorb what the two stages get wrong on average).
+
+With ``monotone=True`` both stages keep the monotone directions of the feature schema (the
+merchant trust signals), so a candidate's estimated purchase probability never falls when one of
+its merchant's trust signals rises; with the policy's value factor the served score stays
+monotone in trust.
+
+Both stages are LightGBM text models saved beside a JSON schema (nothing is pickled)::
+
+    click_model.txt        the click stage
+    purchase_model.txt     the purchase-given-click stage
+    purchase_model.json    kind, format version, features, categorical, monotone, g, config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..features.config import Config, Constraints, Flag, Integer, Real
+from ..features.errors import ModelIntegrityError, NotFittedError, SchemaError
+from ..features.io import atomic_dir
+from ._expected_value import logistic_regression
+
+__all__ = ["PurchaseModelConfig", "PurchaseModel", "CLICK_FILE", "PURCHASE_FILE", "PURCHASE_SCHEMA_FILE"]
+
+CLICK_FILE = "click_model.txt"
+PURCHASE_FILE = "purchase_model.txt"
+PURCHASE_SCHEMA_FILE = "purchase_model.json"
+_KIND = "trustfeed.purchase_model"
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PurchaseModelConfig(Config):
+    """Settings of the two LightGBM stages (frozen, validated, JSON round-trip).
+
+    Parameters
+    ----------
+    learning_rate, num_leaves, lambda_l2
+        Tree-growing parameters of both stages, as in LightGBM.
+    min_data_in_leaf
+        Smallest leaf of the click stage (every impression).
+    min_data_in_leaf_purchase
+        Smallest leaf of the purchase stage (clicked impressions only, a smaller sample).
+    num_rounds
+        Most trees per stage.
+    early_stopping_rounds
+        Each stage stops when its validation log-loss has not improved for this many trees
+        (``0``: never; then ``num_rounds`` trees).
+    position_passes
+        Alternations of the click stage's position coefficient and trees (``>= 1``).
+    monotone
+        Keep the feature schema's monotone directions (the trust signals) in both stages.
+    num_threads, seed
+        LightGBM threads (``0``: all cores) and seed; fits are deterministic.
+
+    Examples
+    --------
+    >>> PurchaseModelConfig.from_dict(PurchaseModelConfig(num_leaves=7).to_dict()).num_leaves
+    7
+    """
+
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_data_in_leaf: int = 100
+    min_data_in_leaf_purchase: int = 50
+    lambda_l2: float = 1.0
+    num_rounds: int = 1000
+    early_stopping_rounds: int = 30
+    position_passes: int = 2
+    monotone: bool = True
+    num_threads: int = 1
+    seed: int = 0
+
+    constraints: ClassVar[Constraints] = {
+        "learning_rate": Real(0, strict_low=True),
+        "num_leaves": Integer(low=2),
+        "min_data_in_leaf": Integer(low=1),
+        "min_data_in_leaf_purchase": Integer(low=1),
+        "lambda_l2": Real(0),
+        "num_rounds": Integer(low=1),
+        "early_stopping_rounds": Integer(low=0),
+        "position_passes": Integer(1, 10),
+        "monotone": Flag(),
+        "num_threads": Integer(low=0),
+        "seed": Integer(),
+    }
+
+    def lgb_params(self, min_data_in_leaf: int) -> dict[str, Any]:
+        """LightGBM parameters of one stage."""
+        return {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": min_data_in_leaf,
+            "lambda_l2": self.lambda_l2,
+            "num_threads": self.num_threads,
+            "deterministic": True,
+            "seed": self.seed,
+            "verbosity": -1,
+        }
+
+
+class PurchaseModel:
+    """``log P(purchase | examined)`` of a candidate: a click stage times a purchase stage.
+
+    Parameters
+    ----------
+    config
+        :class:`PurchaseModelConfig` (defaults when ``None``).
+
+    Attributes
+    ----------
+    feature_names_, categorical_, monotone_
+        The feature layout (the ranker's: the same assembler feeds both).
+    position_coef_
+        ``g``: the click stage's log-odds per unit of ``log(position)`` in the log (negative).
+    click_booster_, purchase_booster_
+        The fitted LightGBM boosters (truncated at their best iteration when loaded).
+    fit_info_
+        Trees per stage, rows and validation log-loss of the last :meth:`fit`, for logging.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> n = 6000
+    >>> X = rng.normal(size=(n, 2)); position = rng.integers(1, 11, n)
+    >>> clicked = rng.random(n) < 1 / (1 + np.exp(-(-1.0 + X[:, 0] - 0.7 * np.log(position))))
+    >>> bought = clicked & (rng.random(n) < 1 / (1 + np.exp(-(-1.5 + X[:, 1]))))
+    >>> half = n // 2
+    >>> model = PurchaseModel(PurchaseModelConfig(min_data_in_leaf=50, min_data_in_leaf_purchase=20)).fit(
+    ...     X[:half], clicked[:half], bought[:half], position[:half], X[half:], clicked[half:], bought[half:],
+    ...     position[half:], feature_names=["a", "b"])
+    >>> abs(model.position_coef_ - (-0.7)) < 0.2  # the log's position bias, taken out
+    True
+    >>> score = model.predict(X[half:])
+    >>> bool(np.corrcoef(score, X[half:, 0] + X[half:, 1])[0, 1] > 0.8)
+    True
+    """
+
+    def __init__(self, config: PurchaseModelConfig | None = None) -> None:
+        self.config = config or PurchaseModelConfig()
+        self.click_booster_: Any = None
+        self.purchase_booster_: Any = None
+        self.feature_names_: tuple[str, ...] = ()
+        self.categorical_: tuple[str, ...] = ()
+        self.monotone_: tuple[int, ...] = ()
+        self.position_coef_: float = 0.0
+        self.fit_info_: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        trees = (self._trees(self.click_booster_), self._trees(self.purchase_booster_))
+        return f"PurchaseModel({len(self.feature_names_)} features, trees {trees}, g={self.position_coef_:.3f})"
+
+    # ------------------------------------------------------------------ training
+
+    def fit(
+        self,
+        X: np.ndarray,
+        clicked: ArrayLike,
+        purchased: ArrayLike,
+        position: ArrayLike,
+        X_valid: np.ndarray,
+        clicked_valid: ArrayLike,
+        purchased_valid: ArrayLike,
+        position_valid: ArrayLike,
+        *,
+        feature_names: Sequence[str],
+        categorical: Sequence[str] = (),
+        monotone: Sequence[int] | None = None,
+    ) -> PurchaseModel:
+        """Fit both stages on logged impressions; the validation rows stop each stage early.
+
+        ``clicked``/``purchased`` are per impression (a purchase is also a click: a purchased
+        row that is not flagged clicked counts as clicked); ``position`` is the logged 1-based
+        position. Returns ``self``.
+
+        Raises
+        ------
+        SchemaError
+            Shapes disagree, a position is below 1, or a stage has only one outcome (no click,
+            no purchase, or nothing else) in its training or validation rows.
+        """
+        import lightgbm as lgb
+
+        names = tuple(str(n) for n in feature_names)
+        X, buy, click, log_position = _stage_inputs(X, purchased, clicked, position, names, "training data")
+        Xv, buy_v, click_v, log_position_v = _stage_inputs(X_valid, purchased_valid, clicked_valid, position_valid,
+                                                            names, "validation data")
+        directions = tuple(int(d) for d in monotone) if monotone is not None else (0,) * len(names)
+        if len(directions) != len(names) or any(d not in (-1, 0, 1) for d in directions):
+            raise SchemaError("training data", "monotone", f"{len(names)} directions in {{-1, 0, 1}}", repr(directions))
+        categorical = tuple(str(c) for c in categorical)
+        unknown = [c for c in categorical if c not in names]
+        if unknown:
+            raise SchemaError("training data", "categorical", "names of features", repr(unknown))
+        config = self.config
+        use_monotone = config.monotone and any(directions)
+
+        def stage(rows_x: np.ndarray, y: np.ndarray, valid_x: np.ndarray, valid_y: np.ndarray, min_leaf: int,
+                  offset: np.ndarray | None, valid_offset: np.ndarray | None) -> Any:
+            params = config.lgb_params(min_leaf)
+            if use_monotone:
+                params.update(monotone_constraints=list(directions), monotone_constraints_method="intermediate")
+            train_set = lgb.Dataset(rows_x, label=y, init_score=offset, feature_name=list(names),
+                                    categorical_feature=list(categorical) if categorical else "auto")
+            valid_set = lgb.Dataset(valid_x, label=valid_y, init_score=valid_offset, reference=train_set)
+            callbacks: list[Any] = ([lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False)]
+                                    if config.early_stopping_rounds > 0 else [])
+            return lgb.train(params, train_set, num_boost_round=config.num_rounds, valid_sets=[valid_set],
+                             valid_names=["valid"], callbacks=callbacks)
+
+        ones = np.ones_like(log_position)
+        g = float(logistic_regression(np.column_stack([ones, log_position]), click)[1])
+        click_booster = None
+        for _ in range(config.position_passes):
+            click_booster = stage(X, click, Xv, click_v, config.min_data_in_leaf, g * log_position, g * log_position_v)
+            trees = click_booster.predict(X, raw_score=True, num_iteration=_best(click_booster))
+            g = float(logistic_regression(np.column_stack([ones, log_position]), click, offset=trees)[1])
+        seen, seen_v = click > 0, click_v > 0
+        purchase_booster = stage(X[seen], buy[seen], Xv[seen_v], buy_v[seen_v], config.min_data_in_leaf_purchase,
+                                 None, None)
+
+        self.click_booster_, self.purchase_booster_ = click_booster, purchase_booster
+        self.feature_names_, self.categorical_, self.monotone_ = names, categorical, directions if use_monotone else (0,) * len(names)
+        self.position_coef_ = g
+        score_v = self.predict(Xv) + g * log_position_v
+        probability = np.clip(np.exp(score_v), 1e-12, 1 - 1e-12)
+        self.fit_info_ = {
+            "click_trees": _best(click_booster), "purchase_trees": _best(purchase_booster), "position_coef": g,
+            "train_rows": int(X.shape[0]), "train_clicks": int(seen.sum()), "train_purchases": int(buy.sum()),
+            "valid_purchase_logloss": float(-np.mean(buy_v * np.log(probability) + (1 - buy_v) * np.log1p(-probability))),
+        }
+        return self
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``log P(click | examined at the top) + log P(purchase | click)`` per row (higher = likelier bought).
+
+        ``X`` is a matrix in :attr:`feature_names_` order.
+        """
+        if self.click_booster_ is None or self.purchase_booster_ is None:
+            raise NotFittedError("PurchaseModel is not fitted: call fit() or PurchaseModel.load() first")
+        matrix = np.asarray(X, dtype=np.float64)
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.feature_names_):
+            raise SchemaError("features", None, f"{len(self.feature_names_)} columns", f"shape {matrix.shape}")
+        if matrix.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        threads = self.config.num_threads
+        click = self.click_booster_.predict(matrix, raw_score=True, num_iteration=_best(self.click_booster_),
+                                            num_threads=threads)
+        buy = self.purchase_booster_.predict(matrix, raw_score=True, num_iteration=_best(self.purchase_booster_),
+                                             num_threads=threads)
+        # log sigmoid, computed without overflow
+        return np.asarray(-np.logaddexp(0.0, -click) - np.logaddexp(0.0, -buy), dtype=np.float64)
+
+    # ------------------------------------------------------------------ persistence
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON written to ``purchase_model.json``."""
+        return {
+            "kind": _KIND,
+            "format_version": _FORMAT_VERSION,
+            "feature_names": list(self.feature_names_),
+            "categorical": list(self.categorical_),
+            "monotone": list(self.monotone_),
+            "position_coef": self.position_coef_,
+            "config": self.config.to_dict(),
+            "fit_info": self.fit_info_,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write both stages and the schema atomically into the directory ``path``."""
+        if self.click_booster_ is None or self.purchase_booster_ is None:
+            raise NotFittedError("PurchaseModel is not fitted: nothing to save")
+        with atomic_dir(path, "purchase-model") as tmp:
+            (tmp / CLICK_FILE).write_text(self.click_booster_.model_to_string(num_iteration=_best(self.click_booster_)))
+            (tmp / PURCHASE_FILE).write_text(
+                self.purchase_booster_.model_to_string(num_iteration=_best(self.purchase_booster_)))
+            (tmp / PURCHASE_SCHEMA_FILE).write_text(json.dumps(self.schema(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PurchaseModel:
+        """Read a directory written by :meth:`save`.
+
+        Raises :class:`ModelIntegrityError` naming the file when one is missing, of another
+        format, or a stage's features differ from the schema's.
+        """
+        import lightgbm as lgb
+
+        root = Path(path)
+        for name in (CLICK_FILE, PURCHASE_FILE, PURCHASE_SCHEMA_FILE):
+            if not (root / name).is_file():
+                raise ModelIntegrityError(str(root / name), "missing")
+        try:
+            schema = json.loads((root / PURCHASE_SCHEMA_FILE).read_text())
+        except json.JSONDecodeError as error:
+            raise ModelIntegrityError(str(root / PURCHASE_SCHEMA_FILE), f"not JSON: {error}") from None
+        if not isinstance(schema, Mapping) or schema.get("kind") != _KIND or schema.get("format_version") != _FORMAT_VERSION:
+            found = (schema.get("kind"), schema.get("format_version")) if isinstance(schema, Mapping) else type(schema).__name__
+            raise ModelIntegrityError(str(root / PURCHASE_SCHEMA_FILE), f"expected {_KIND} format {_FORMAT_VERSION}, got {found!r}")
+        names = tuple(str(n) for n in schema["feature_names"])
+        boosters = []
+        for name in (CLICK_FILE, PURCHASE_FILE):
+            try:
+                booster = lgb.Booster(model_str=(root / name).read_text())
+            except lgb.basic.LightGBMError as error:
+                raise ModelIntegrityError(str(root / name), f"not a LightGBM model: {error}") from None
+            if tuple(booster.feature_name()) != names:
+                raise ModelIntegrityError(str(root / name), f"model features {booster.feature_name()} differ from "
+                                                            f"{PURCHASE_SCHEMA_FILE} {list(names)}")
+            boosters.append(booster)
+        model = cls(PurchaseModelConfig.from_dict(schema["config"]))
+        model.click_booster_, model.purchase_booster_ = boosters
+        model.feature_names_ = names
+        model.categorical_ = tuple(str(c) for c in schema.get("categorical", ()))
+        model.monotone_ = tuple(int(d) for d in schema.get("monotone", (0,) * len(names)))
+        model.position_coef_ = float(schema["position_coef"])
+        model.fit_info_ = dict(schema.get("fit_info", {}))
+        return model
+
+    @staticmethod
+    def _trees(booster: Any) -> int:
+        return 0 if booster is None else _best(booster)
+
+
+def _best(booster: Any) -> int:
+    """Trees used: the early-stopping best iteration, else all."""
+    best = int(getattr(booster, "best_iteration", 0) or 0)
+    return best if best > 0 else int(booster.current_iteration())
+
+
+def _stage_inputs(
+    X: np.ndarray, purchased: ArrayLike, clicked: ArrayLike, position: ArrayLike, names: tuple[str, ...], what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    matrix = np.asarray(X, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[1] != len(names):
+        raise SchemaError(what, None, f"a matrix of {len(names)} feature columns", f"shape {matrix.shape}")
+    n = matrix.shape[0]
+    buy = np.asarray(purchased, dtype=bool)
+    click = np.asarray(clicked, dtype=bool) | buy
+    pos = np.asarray(position, dtype=np.float64)
+    for name, values in (("purchased", buy), ("clicked", click), ("position", pos)):
+        if values.shape != (n,):
+            raise SchemaError(what, name, f"{n} values", f"shape {values.shape}")
+    if not (np.isfinite(pos).all() and (pos >= 1).all()):
+        raise SchemaError(what, "position", "1-based positions", "a value below 1 or not finite")
+    for name, values in (("clicked", click), ("purchased among the clicked rows", buy[click])):
+        if values.size == 0 or values.all() or not values.any():
+            raise SchemaError(what, name, "both outcomes", f"{int(values.sum())} of {values.size}")
+    return matrix, buy.astype(np.float64), click.astype(np.float64), np.log(pos)

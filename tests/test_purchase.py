@@ -1,0 +1,166 @@
+"""The purchase model: fit, monotone in trust, saved and verified in the bundle, served by the policy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trustfeed.features.errors import ConfigError, ModelIntegrityError, SchemaError
+from trustfeed.ranker.policy import Policy, PolicyConfig, PolicyState
+from trustfeed.ranker.purchase import CLICK_FILE, PURCHASE_SCHEMA_FILE, PurchaseModel, PurchaseModelConfig
+
+_SMALL = PurchaseModelConfig(min_data_in_leaf=40, min_data_in_leaf_purchase=20, num_rounds=60, early_stopping_rounds=10)
+
+
+def _logged(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Impressions whose click rate rises with feature 0 and falls with the position, and whose
+    purchase-given-click rate rises with feature 1 (``k`` features)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, k))
+    position = rng.integers(1, 11, n)
+    clicked = rng.random(n) < 1 / (1 + np.exp(-(-1.0 + X[:, 0] - 0.8 * np.log(position))))
+    bought = clicked & (rng.random(n) < 1 / (1 + np.exp(-(-1.0 + 1.5 * X[:, 1]))))
+    return X, clicked, bought, position
+
+
+def _fit(names: list[str], monotone: list[int] | None = None, seed: int = 0, n: int = 4000) -> PurchaseModel:
+    X, clicked, bought, position = _logged(n, len(names), seed)
+    half = n // 2
+    return PurchaseModel(_SMALL).fit(X[:half], clicked[:half], bought[:half], position[:half], X[half:], clicked[half:],
+                                     bought[half:], position[half:], feature_names=names, monotone=monotone)
+
+
+@pytest.fixture(scope="module")
+def model() -> PurchaseModel:
+    return _fit(["a", "b", "c"], monotone=[0, 1, 0])
+
+
+def test_the_score_orders_candidates_by_their_true_purchase_probability(model: PurchaseModel) -> None:
+    X, _, _, _ = _logged(3000, 3, seed=9)
+    truth = np.log(1 / (1 + np.exp(-(-1.0 + X[:, 0])))) + np.log(1 / (1 + np.exp(-(-1.0 + 1.5 * X[:, 1]))))
+    fit = np.corrcoef(model.predict(X), truth)[0, 1]
+    # both stages count: the score follows the truth better than either stage's feature alone
+    assert fit > 0.8
+    assert fit > max(np.corrcoef(X[:, j], truth)[0, 1] for j in (0, 1)) + 0.05
+    # the log's position bias is taken out, not learned as a property of the candidates
+    assert -1.1 < model.position_coef_ < -0.5
+    assert model.fit_info_["click_trees"] >= 1 and model.fit_info_["purchase_trees"] >= 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(row=st.lists(st.floats(-3, 3), min_size=3, max_size=3), steps=st.lists(st.floats(0, 2), min_size=1, max_size=4))
+def test_a_monotone_feature_never_lowers_the_purchase_score_as_it_rises(model: PurchaseModel, row: list[float],
+                                                                       steps: list[float]) -> None:
+    rows = np.tile(np.asarray(row), (len(steps) + 1, 1))
+    rows[1:, 1] += np.cumsum(steps)
+    score = model.predict(rows)
+    assert (np.diff(score) >= -1e-12).all()
+
+
+def test_save_and_load_give_the_same_scores_and_a_changed_file_is_refused(model: PurchaseModel, tmp_path: Path) -> None:
+    model.save(tmp_path / "pm")
+    loaded = PurchaseModel.load(tmp_path / "pm")
+    X, _, _, _ = _logged(200, 3, seed=3)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert loaded.position_coef_ == model.position_coef_ and loaded.monotone_ == (0, 1, 0)
+    schema = json.loads((tmp_path / "pm" / PURCHASE_SCHEMA_FILE).read_text())
+    (tmp_path / "pm" / PURCHASE_SCHEMA_FILE).write_text(json.dumps({**schema, "feature_names": ["a", "b", "x"]}))
+    with pytest.raises(ModelIntegrityError, match=CLICK_FILE):
+        PurchaseModel.load(tmp_path / "pm")
+    (tmp_path / "pm" / CLICK_FILE).unlink()
+    with pytest.raises(ModelIntegrityError, match="missing"):
+        PurchaseModel.load(tmp_path / "pm")
+
+
+def test_bad_training_data_is_a_one_line_error() -> None:
+    X, clicked, bought, position = _logged(400, 2, seed=1)
+    with pytest.raises(SchemaError, match="purchased among the clicked rows"):
+        PurchaseModel(_SMALL).fit(X, clicked, np.zeros(400, bool), position, X, clicked, bought, position,
+                                  feature_names=["a", "b"])
+    with pytest.raises(SchemaError, match="position"):
+        PurchaseModel(_SMALL).fit(X, clicked, bought, position - 1, X, clicked, bought, position, feature_names=["a", "b"])
+    with pytest.raises(SchemaError, match="2 feature columns"):
+        PurchaseModel(_SMALL).fit(X, clicked, bought, position, X[:, :1], clicked, bought, position, feature_names=["a", "b"])
+
+
+# ----------------------------------------------------------------------------- in the pipeline and the bundle
+
+
+@pytest.fixture(scope="module")
+def served(fx: Any) -> tuple[Any, Any]:
+    """A pipeline whose policy ranks on a purchase model over the fixture's features."""
+    from trustfeed.features.context import FeatureAssembler
+    from trustfeed.ranker.pipeline import RankingPipeline
+
+    parts = fx.trained_parts()
+    assembler = FeatureAssembler(parts.snapshot, parts.context, schema=parts.feature_schema)
+    names = list(assembler.feature_names)
+    purchase = _fit(names, monotone=list(assembler.monotone), n=3000)
+    state = PolicyState((1.0, 0.5), (-1.0, -1.0), 0.5, relevance_source="purchase_model")
+    pipeline = RankingPipeline(assembler, parts.model, Policy(PolicyConfig(), state), None, snapshot=parts.snapshot,
+                               context=parts.context, purchase_model=purchase)
+    return parts, pipeline
+
+
+def test_the_policy_ranks_on_the_purchase_model_and_the_bundle_keeps_it(served: tuple[Any, Any], tmp_path: Path) -> None:
+    from trustfeed.ranker.bundle import load_bundle, save_bundle, verify_bundle
+
+    parts, pipeline = served
+    requests = parts.requests[:20]
+    responses = pipeline.rank_many(requests, record=False, log_features=True)
+    item = responses[0]["items"][0]
+    X = np.array([[np.nan if v is None else v for v in item["features"].values()]])
+    assert item["relevance"] == pytest.approx(float(pipeline.purchase_model.predict(X)[0]))
+    save_bundle(pipeline, tmp_path / "bundle")
+    assert {f"purchase_model/{name}" for name in (CLICK_FILE, PURCHASE_SCHEMA_FILE)} <= set(
+        verify_bundle(tmp_path / "bundle")["files"])
+    loaded = load_bundle(tmp_path / "bundle")
+    assert loaded.policy == pipeline.policy and loaded.purchase_model is not None
+    assert [{**r, "model": None} for r in loaded.rank_many(requests, record=False, log_features=True)] == responses
+    # a reloaded snapshot keeps the purchase model (the closed loop and serving swap snapshots)
+    fresh = type(loaded).from_tables(loaded.snapshot, loaded.context, loaded.model, loaded.policy, None,
+                                     schema=loaded.assembler.schema(), purchase_model=loaded.purchase_model)
+    assert [{**r, "model": None} for r in fresh.rank_many(requests, record=False, log_features=True)] == responses
+    # the purchase model's files are checksummed like every other part of the bundle
+    copy = tmp_path / "tampered"
+    shutil.copytree(tmp_path / "bundle", copy)
+    path = copy / "purchase_model" / CLICK_FILE
+    path.write_text(path.read_text().replace("tree_sizes", "tree_sizes ", 1))
+    with pytest.raises(ModelIntegrityError, match="purchase_model"):
+        load_bundle(copy)
+
+
+def test_a_policy_calibrated_on_another_score_is_refused(served: tuple[Any, Any]) -> None:
+    from trustfeed.ranker.pipeline import RankingPipeline
+
+    parts, pipeline = served
+    with pytest.raises(ConfigError, match="purchase model score, but this pipeline has no purchase model"):
+        RankingPipeline(pipeline.assembler, parts.model, pipeline.policy, None)
+    ranker_state = PolicyState((1.0, 0.5), (-1.0, -1.0))
+    with pytest.raises(ConfigError, match="ranker score, but this pipeline has a purchase model"):
+        RankingPipeline(pipeline.assembler, parts.model, Policy(PolicyConfig(), ranker_state), None,
+                        purchase_model=pipeline.purchase_model)
+
+
+@settings(max_examples=20, deadline=None)
+@given(steps=st.lists(st.floats(0.0, 0.3), min_size=1, max_size=4), start=st.floats(0.01, 0.5))
+def test_the_served_score_never_falls_as_a_merchant_trust_signal_rises(served: tuple[Any, Any], steps: list[float],
+                                                                       start: float) -> None:
+    """End to end: purchase model (monotone in the trust signals) x the policy's value factor."""
+    _, pipeline = served
+    names = list(pipeline.feature_names)
+    trust_columns = [i for i, d in enumerate(pipeline.purchase_model.monotone_) if d == 1]
+    assert "merchant_trust_index" in [names[i] for i in trust_columns]
+    levels = np.minimum(start + np.r_[0.0, np.cumsum(steps)], 0.999)
+    rows = np.zeros((levels.size, len(names)))
+    rows[:, trust_columns] = levels[:, None]
+    relevance = pipeline.purchase_model.predict(rows)
+    score = pipeline.policy.score(relevance, levels)
+    assert (np.diff(score) >= -1e-12).all()
