@@ -816,18 +816,30 @@ def _report_weight(
     (sorted ``user * target_size + target`` keys of paid orders): an unreviewed report from
     an account that never bought from the target weighs ``non_buyer_report_weight`` times
     less, so a campaign of fresh accounts cannot sink a shop before the platform reviews it.
+    Such reports are also not independent pieces of evidence when they come together: the
+    unreviewed non-buyer reports against one target within one ``report_burst_hours`` bucket
+    are one campaign, true or false together, and share a single report's weight (0: off).
     """
     verified = reports["verified"].astype("boolean")
     unreviewed = verified.isna().to_numpy()
     base = np.where(unreviewed, config.unverified_report_weight, verified.fillna(False).to_numpy(dtype=bool).astype("float64"))
     reporter = _codes(reports["reporter_id"])
+    pair_code, per_pair, _ = _pair_counts(reporter, np.maximum(target, 0), target_size)
+    shared = per_pair[pair_code]
     if buyers is not None and len(reports):
         key = reporter * max(target_size, 1) + np.maximum(target, 0)
         hit = np.searchsorted(buyers, key)
         bought = (hit < len(buyers)) & (buyers[np.minimum(hit, max(len(buyers) - 1, 0))] == key) if len(buyers) else np.zeros(len(key), dtype=bool)
-        base = np.where(unreviewed & ~bought, base * config.non_buyer_report_weight, base)
-    pair_code, per_pair, _ = _pair_counts(reporter, np.maximum(target, 0), target_size)
-    return base / per_pair[pair_code]
+        stranger = unreviewed & ~bought
+        base = np.where(stranger, base * config.non_buyer_report_weight, base)
+        if config.report_burst_hours > 0 and stranger.any():
+            hours = _seconds(reports["created_at"]) / 3600.0
+            bucket = np.floor(np.nan_to_num(hours, nan=0.0) / config.report_burst_hours).astype("int64")
+            bucket = np.where(stranger, bucket - bucket[stranger].min(), -1)
+            burst_code, per_burst, _ = _pair_counts(np.maximum(target, 0), np.maximum(bucket, 0), int(bucket.max()) + 1)
+            in_burst = np.bincount(burst_code, weights=stranger.astype("float64"), minlength=len(per_burst))[burst_code]
+            shared = np.where(stranger, np.maximum(shared, in_burst), shared)
+    return base / shared
 
 
 def _merchant_reports(

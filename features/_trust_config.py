@@ -67,6 +67,10 @@ class TrustConfig(Config):
     non_buyer_report_weight
         Further factor on an unreviewed report whose author never bought from the merchant
         (report bombing comes from fresh accounts).
+    report_burst_hours
+        Unreviewed reports against one merchant from accounts that never bought from it, filed
+        within the same bucket of this many hours, are one campaign and share a single report's
+        weight (0: every such report counts on its own).
     premature_praise_weight
         Credibility of an order that got a 4-5 star review before it was delivered, and of
         that review (when the log records deliveries): praise for goods not yet received says
@@ -130,6 +134,7 @@ class TrustConfig(Config):
     tiny_amount_suspicion: float = 0.7
     unverified_report_weight: float = 0.1
     non_buyer_report_weight: float = 0.3
+    report_burst_hours: float = 24.0
     premature_praise_weight: float = 0.0
     fast_refund_days: float = 1.0
     slow_resolution_days: float = 3.0
@@ -165,4 +170,5 @@ class TrustConfig(Config):
             _UNIT,
         ),
         **dict.fromkeys(("rank_by_bound", "fit_index"), Flag()),
+        "report_burst_hours": Real(0),
     }

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_INDEX_WEIGHTS",
     "derive_signals",
     "IndexModel",
+    "RiskRows",
     "top_reasons",
 ]
 
@@ -254,6 +255,105 @@ def derive_signals(
 class _Linear:
     intercept: float
     weights: dict[str, float]
+    # None: the signals enter as they are. A dict (category name -> intercept, possibly empty):
+    # the model reads each signal's excess over the no-evidence baseline of the merchant's
+    # category, and the intercept is the category's (``intercept`` for unknown categories).
+    by_category: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class RiskRows:
+    """Risk rows and what a category-aware index needs besides them.
+
+    ``baseline``: the risk of a merchant of the same category with no evidence at all (same
+    columns as ``risk``); ``category``: each row's category name (null: unknown). Both are
+    needed only by a model fitted with categories (the trust index of a full build).
+    """
+
+    risk: pd.DataFrame
+    baseline: pd.DataFrame | None = None
+    category: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, rows: RiskRows | pd.DataFrame) -> RiskRows:
+        """``rows`` as :class:`RiskRows` (a bare risk matrix has no baseline or category)."""
+        return rows if isinstance(rows, RiskRows) else cls(rows)
+
+    def select(self, mask: np.ndarray) -> RiskRows:
+        """The rows where ``mask`` is true."""
+        return RiskRows(
+            self.risk[mask],
+            None if self.baseline is None else self.baseline[mask],
+            None if self.category is None else np.asarray(self.category, dtype=object)[mask],
+        )
+
+    @property
+    def centred(self) -> bool:
+        return self.baseline is not None and self.category is not None
+
+    def excess(self, names: list[str]) -> np.ndarray:
+        """``risk - baseline`` of the ``names`` columns (a baseline column absent counts 0)."""
+        x = self.risk[names].to_numpy(dtype="float64")
+        if self.baseline is None:
+            raise NotFittedError("the trust index reads risk in excess of the category baseline: no baseline given")
+        base = self.baseline.reindex(columns=names, fill_value=0.0).to_numpy(dtype="float64")
+        return x - base
+
+    def category_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Dense codes per row (-1: unknown category) and the category names."""
+        if self.category is None:
+            return np.full(len(self.risk), -1, dtype="int64"), np.array([], dtype=object)
+        labels = pd.Series(np.asarray(self.category, dtype=object)).astype("string")
+        codes, names = pd.factorize(labels, use_na_sentinel=True)
+        return codes.astype("int64"), np.asarray(names, dtype=object)
+
+
+def _weighted_sd(x: np.ndarray, w: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Weighted sd of each column (within groups when ``groups`` is given)."""
+    if not len(x) or w.sum() <= 0:
+        return np.zeros(x.shape[1])
+    return np.sqrt(np.average(_demean(x, w, groups) ** 2, axis=0, weights=w))
+
+
+def _demean(x: np.ndarray, w: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """``x`` minus its weighted mean, per group when ``groups`` (dense codes, -1 one more group)."""
+    if groups is None:
+        return x - np.average(x, axis=0, weights=w)
+    key = groups - groups.min() if len(groups) else groups
+    size = int(key.max()) + 1 if len(key) else 0
+    total = np.bincount(key, weights=w, minlength=size)
+    out = np.empty_like(x)
+    for j in range(x.shape[1]):
+        sums = np.bincount(key, weights=w * x[:, j], minlength=size)
+        out[:, j] = x[:, j] - (sums / np.where(total > 0, total, 1.0))[key]
+    return out
+
+
+def _category_intercepts(residual: np.ndarray, w: np.ndarray, rows: RiskRows, pooled: float) -> dict[str, float]:
+    """Each category's intercept: its weighted mean residual, shrunk towards ``pooled``.
+
+    A normal random effect: the category means spread around the pooled one by ``tau_c2``
+    (method of moments over the categories: their observed spread minus the sampling variance
+    ``1 / sum(w)`` of each mean, with ``w`` inverse variances), so a category with few rows
+    stays near the pooled intercept and one that does not spread beyond noise is pooled.
+    """
+    codes, names = rows.category_codes()
+    if not len(names):
+        return {}
+    known = codes >= 0
+    total = np.bincount(codes[known], weights=w[known], minlength=len(names))
+    sums = np.bincount(codes[known], weights=(w * residual)[known], minlength=len(names))
+    seen = total > 0
+    if not seen.any():
+        return {}
+    mean = sums[seen] / total[seen]
+    tau_c2 = float(np.mean((mean - pooled) ** 2) - np.mean(1.0 / total[seen]))
+    if tau_c2 <= 0:
+        shrunk = np.full(len(mean), pooled)
+    else:
+        prior = 1.0 / tau_c2
+        shrunk = (sums[seen] + prior * pooled) / (total[seen] + prior)
+    return {str(name): float(value) for name, value in zip(names[seen], shrunk)}
 
 
 class IndexModel:
@@ -290,46 +390,99 @@ class IndexModel:
                 groups.setdefault(dimension, []).append(name)
         return groups
 
-    def fit(self, risk: pd.DataFrame, target: np.ndarray, weight: np.ndarray, ridge: float = 0.05) -> IndexModel:
-        """Weighted, ridge-penalised NNLS of the later bad-order rate on the risk signals.
+    def fit(
+        self,
+        rows: RiskRows | pd.DataFrame,
+        target: np.ndarray,
+        weight: np.ndarray,
+        ridge: float = 0.05,
+        *,
+        scored: RiskRows | pd.DataFrame | None = None,
+    ) -> IndexModel:
+        """Ridge-penalised NNLS of the later bad-order rate on the risk signals.
 
-        Each signal is standardised on the fit rows (weighted mean and sd) so that one ridge
-        penalty ``ridge * sum(weight)`` fits all; without it, a nearly constant signal (one that
-        differs only by category prior, say) can get an absurd weight that cancels against the
-        intercept. Rows are weighted by ``weight`` (the merchant's number of later orders).
-        Standardising by a positive scale keeps every weight's sign, so weights stay >= 0 in
-        the signals' own units.
+        - **Row weights.** ``weight`` is each row's number of later orders. A merchant's later
+          rate deviates from any model by its own unexplained share ``tau2`` plus binomial
+          noise ``p (1 - p) / n``, so after a first fit with ``weight`` the rows are refitted
+          with the inverse of that variance (random-effects weights): a busy merchant, or one
+          whose orders surge, counts as one well-measured merchant, not as thousands of rows.
+        - **Categories** (``rows`` with a baseline and categories; the trust index only). The
+          index reads each signal in excess of the merchant's category baseline (its value for
+          the same category with no evidence), and each category gets its own intercept: the
+          category's later bad-order rate beyond what its merchants' excess signals explain,
+          shrunk towards the pooled intercept by the between-category variance. So a category's
+          base rate comes from outcomes, and noise in the per-category priors (refitted at each
+          cut) cannot move a whole category between the fit and the snapshot. Fitted as fixed
+          effects: the slopes on the signals demeaned within category, then the intercepts.
+        - **Penalty scale.** Each signal is standardised before the ridge penalty
+          (``ridge * sum(weights)``) by the larger of its sd over the fit rows and over the
+          ``scored`` population (the merchants the weights will score): a signal nearly
+          constant at the earlier cuts cannot take a weight that would swing the scored
+          merchants. Standardising by a positive scale keeps every weight's sign, so weights
+          stay >= 0 in the signals' own units.
         """
-        w = np.maximum(np.asarray(weight, dtype="float64"), 0.0)
-        total = float(w.sum())
+        rows = RiskRows.of(rows)
+        scored_rows = RiskRows.of(scored) if scored is not None else None
         y = np.asarray(target, dtype="float64")
-        y_mean = float(np.average(y, weights=w)) if total > 0 else 0.0
-        models: dict[str, _Linear] = {}
-        for group, names in self._groups(list(risk.columns)).items():
-            x = risk[names].to_numpy(dtype="float64")
-            mean = np.average(x, axis=0, weights=w) if total > 0 else np.zeros(len(names))
-            sd = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=w)) if total > 0 else np.zeros(len(names))
-            varying = sd > 1e-9
-            z = (x[:, varying] - mean[varying]) / sd[varying]
-            scale = np.sqrt(w)
-            design = np.vstack([z * scale[:, None], np.sqrt(ridge * total) * np.eye(int(varying.sum()))])
-            response = np.concatenate([(y - y_mean) * scale, np.zeros(int(varying.sum()))])
-            coef = np.zeros(len(names))
-            if varying.any():
-                fitted, _ = optimize.nnls(design, response, maxiter=50 * design.shape[1])
-                coef[varying] = fitted / sd[varying]
-            intercept = y_mean - float(np.dot(coef, mean))
-            models[group] = _Linear(intercept, dict(zip(names, map(float, coef))))
+        n = np.maximum(np.asarray(weight, dtype="float64"), 0.0)
+        models = self._fit_groups(rows, y, n, ridge, scored_rows)
+        w = n
+        tau2 = float("nan")
+        if len(y) and n.sum() > 0:
+            self._models = models
+            first = self.predict(rows, "trust_index")
+            y_mean = float(np.average(y, weights=n))
+            noise = y_mean * (1.0 - y_mean) / np.maximum(n, 1e-12)
+            tau2 = max(float(np.average((y - first) ** 2, weights=n) - np.average(noise, weights=n)), 1e-6)
+            w = np.where(n > 0, 1.0 / (tau2 + noise), 0.0)
+            models = self._fit_groups(rows, y, w, ridge, scored_rows)
         self._models = models
         self.fitted_on = len(y)
         self.source = "fitted"
-        pred = self.predict(risk, "trust_index")
+        pred = self.predict(rows, "trust_index")
+        y_mean = float(np.average(y, weights=w)) if w.sum() > 0 else 0.0
         spread = np.sum(w * (y - y_mean) ** 2)
         self.fit_quality = {
             "weighted_r2": float(1.0 - np.sum(w * (y - pred) ** 2) / spread) if spread > 0 else 0.0,
             "ridge": ridge,
+            "merchant_variance": tau2,
         }
         return self
+
+    def _fit_groups(
+        self, rows: RiskRows, y: np.ndarray, w: np.ndarray, ridge: float, scored: RiskRows | None
+    ) -> dict[str, _Linear]:
+        total = float(w.sum())
+        models: dict[str, _Linear] = {}
+        for group, names in self._groups(list(rows.risk.columns)).items():
+            by_category = group == "trust_index" and rows.centred
+            codes = rows.category_codes()[0] if by_category else None
+            x = rows.excess(names) if by_category else rows.risk[names].to_numpy(dtype="float64")
+            if total > 0:
+                xc = _demean(x, w, codes)
+                yc = _demean(y[:, None], w, codes)[:, 0]
+                sd = np.sqrt(np.average(xc**2, axis=0, weights=w))
+            else:
+                xc, yc, sd = x * 0.0, y * 0.0, np.zeros(len(names))
+            if scored is not None and len(scored.risk):
+                use = scored if not by_category or scored.centred else None
+                if use is not None:
+                    xs = use.excess(names) if by_category else use.risk[names].to_numpy(dtype="float64")
+                    sd = np.maximum(sd, _weighted_sd(xs, np.ones(len(xs)), use.category_codes()[0] if by_category else None))
+            varying = sd > 1e-9
+            z = xc[:, varying] / sd[varying]
+            scale = np.sqrt(w)
+            design = np.vstack([z * scale[:, None], np.sqrt(ridge * total) * np.eye(int(varying.sum()))])
+            response = np.concatenate([yc * scale, np.zeros(int(varying.sum()))])
+            coef = np.zeros(len(names))
+            if varying.any() and total > 0:
+                fitted, _ = optimize.nnls(design, response, maxiter=50 * design.shape[1])
+                coef[varying] = fitted / sd[varying]
+            residual = y - x @ coef
+            intercept = float(np.average(residual, weights=w)) if total > 0 else 0.0
+            effects = _category_intercepts(residual, w, rows, intercept) if by_category else None
+            models[group] = _Linear(intercept, dict(zip(names, map(float, coef))), effects)
+        return models
 
     def use_defaults(self, signals: list[str], base_rate: float) -> IndexModel:
         """Documented default weights (too little history to fit); see ``docs/trust.md``."""
@@ -356,7 +509,12 @@ class IndexModel:
         """
         try:
             models = {
-                group: _Linear(float(m["intercept"]), {str(k): float(v) for k, v in m["weights"].items()})
+                group: _Linear(
+                    float(m["intercept"]),
+                    {str(k): float(v) for k, v in m["weights"].items()},
+                    None if m.get("category_intercepts") is None
+                    else {str(k): float(v) for k, v in m["category_intercepts"].items()},
+                )
                 for group, m in data["models"].items()
             }
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -370,7 +528,10 @@ class IndexModel:
                 f" {sorted(have - set(signals))}, only here: {sorted(set(signals) - have)}): rebuild in full"
             )
         # In the signals' own order, as a fit gives them (the order of the sums in predict).
-        models = {g: _Linear(models[g].intercept, {n: models[g].weights[n] for n in names}) for g, names in expected.items()}
+        models = {
+            g: _Linear(models[g].intercept, {n: models[g].weights[n] for n in names}, models[g].by_category)
+            for g, names in expected.items()
+        }
         model = cls()
         model._models = models
         model.source = str(data.get("source", "fitted"))
@@ -378,21 +539,30 @@ class IndexModel:
         model.fit_quality = {str(k): float(v) for k, v in dict(data.get("fit_quality", {})).items()}
         return model
 
-    def predict(self, risk: pd.DataFrame, group: str) -> np.ndarray:
+    def predict(self, rows: RiskRows | pd.DataFrame, group: str) -> np.ndarray:
         """Expected bad-order rate of each merchant under the model of ``group``."""
+        rows = RiskRows.of(rows)
         model = self.models[group]
-        value = np.full(len(risk), model.intercept)
-        for name, weight in model.weights.items():
-            if weight:
-                column = risk[name].to_numpy(dtype="float64") if name in risk.columns else 0.0
-                value = value + weight * column
+        risk = rows.risk
+        if model.by_category is None:
+            value = np.full(len(risk), model.intercept)
+            for name, weight in model.weights.items():
+                if weight:
+                    column = risk[name].to_numpy(dtype="float64") if name in risk.columns else 0.0
+                    value = value + weight * column
+        else:
+            names = [name for name, weight in model.weights.items() if weight and name in risk.columns]
+            coef = np.array([model.weights[name] for name in names])
+            codes, categories = rows.category_codes()
+            known = np.array([model.by_category.get(str(c), model.intercept) for c in categories] + [model.intercept])
+            value = known[np.where(codes >= 0, codes, len(categories))] + rows.excess(names) @ coef
         # A linear fit can extrapolate below 0 for the best merchants; a hard clip would tie
         # them all at trust 1. A softplus floor (scale _FLOOR_SCALE) keeps the map strictly
         # increasing, so order and monotonicity survive, and changes nothing above ~3 scales.
         floored = _FLOOR_SCALE * np.logaddexp(0.0, value / _FLOOR_SCALE)
         return np.clip(floored, 0.0, 1.0)
 
-    def calibrate(self, population: pd.DataFrame) -> IndexModel:
+    def calibrate(self, population: RiskRows | pd.DataFrame) -> IndexModel:
         """Remember each group's distribution of predicted good-order rates over ``population``.
 
         ``population`` is the risk matrix of the merchants the standing is measured against
@@ -413,10 +583,10 @@ class IndexModel:
             ys = np.concatenate([[0.0], mid, [1.0]])
             keep = np.concatenate([[True], np.diff(xs) > 0])
             self._reference[group] = (xs[keep], np.maximum.accumulate(ys[keep]))
-        self.reference_size = len(population)
+        self.reference_size = len(RiskRows.of(population).risk)
         return self
 
-    def standing(self, risk: pd.DataFrame, group: str) -> np.ndarray:
+    def standing(self, risk: RiskRows | pd.DataFrame, group: str) -> np.ndarray:
         """The group's score as a standing in [0, 1]: the reference population's mid-ECDF.
 
         ``standing = F(1 - predict(risk, group))`` with ``F`` the (interpolated) share of the
@@ -453,10 +623,15 @@ class IndexModel:
             "fitted_on_merchants": self.fitted_on,
             "standing_reference": {"rows": self.reference_size, "expected_bad_rate_deciles": self.reference_quantiles()},
             "fit_quality": self.fit_quality,
-            "models": {
-                group: {"intercept": m.intercept, "weights": m.weights} for group, m in self.models.items()
-            },
+            "models": {group: _linear_dict(m) for group, m in self.models.items()},
         }
+
+
+def _linear_dict(model: _Linear) -> dict[str, Any]:
+    out: dict[str, Any] = {"intercept": model.intercept, "weights": model.weights}
+    if model.by_category is not None:
+        out["category_intercepts"] = model.by_category
+    return out
 
 
 def top_reasons(contributions: pd.DataFrame, k: int, extra: Mapping[str, np.ndarray] | None = None) -> pd.Series:

@@ -27,7 +27,7 @@ from ._schema import BENEFITS
 from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
 from ._signals import CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_config import TrustConfig
-from ._trust_index import IndexModel, derive_signals, top_reasons
+from ._trust_index import IndexModel, RiskRows, derive_signals, top_reasons
 from .errors import ConfigError, SchemaError
 from .io import atomic_dir
 from .progress import NullProgress, Progress
@@ -325,6 +325,26 @@ def _signals(
     )
 
 
+def _index_rows(
+    risk: pd.DataFrame, meta: pd.DataFrame, priors: Any, config: TrustConfig, host_exposure: str,
+    missing: tuple[str, ...], enc: Encoding,
+) -> tuple[RiskRows, pd.DataFrame]:
+    """What the trust index reads, and the no-evidence reference of ``top_reasons``.
+
+    The reference is the risk of a merchant of the same category and age with no evidence at
+    all (the priors of this cut). The index reads each signal in excess of it, except the
+    account's age (``newness``), which is a fact about the account, not evidence.
+    """
+    empty = pd.DataFrame(0.0, index=risk.index, columns=["n_orders"])
+    _, reference, _ = derive_signals(
+        empty, meta["category"], meta["account_age_days"].to_numpy(), config,
+        host_exposure=host_exposure, missing=missing, priors=priors,
+    )  # fmt: skip
+    codes = np.nan_to_num(meta["category"].to_numpy(), nan=-1).astype("int64")
+    names = _vocab_strings(enc, "category", codes).astype(object).where(codes >= 0, None).to_numpy()
+    return RiskRows(risk, reference.assign(newness=0.0), names), reference
+
+
 def _later_bad_rate(
     orders: pd.DataFrame, start: pd.Timestamp, reports: pd.DataFrame, end: pd.Timestamp | None = None
 ) -> pd.DataFrame:
@@ -448,11 +468,14 @@ def _finish(
     """Shrink, fit (or carry) the index and score: the snapshot from the registered merchants' counts."""
     host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
     rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
+    rows, reference = _index_rows(risk, meta, priors, config, host_exposure, _absent(known), enc)
+    with_orders = (counts.merchants["n_orders_raw"] > 0).to_numpy()
+    population = rows.select(with_orders) if with_orders.any() else rows
 
     if index is None:
         progress("trust: fitting the index on an earlier cut")
         earlier = _earlier_risks(known, cut, config, backend, host_exposure, enc) if config.fit_index else []
-        model, fit_info = _fit_index(known, counts, cut, config, earlier, list(risk.columns))
+        model, fit_info = _fit_index(known, counts, cut, config, earlier, population)
     else:
         progress("trust: index weights carried from an earlier snapshot")
         model = IndexModel.from_dict(index, list(risk.columns))
@@ -461,11 +484,10 @@ def _finish(
     # before the cut only). Not the fit rows of the earlier cuts: signals drift as a log
     # grows (benefits enrolled, cases resolved), and a standing against a past population
     # would pile today's merchants up at one end.
-    with_orders = (counts.merchants["n_orders_raw"] > 0).to_numpy()
-    model.calibrate(risk[with_orders] if with_orders.any() else risk)
+    model.calibrate(population)
 
     progress("trust: scoring merchants")
-    merchants = _merchant_table(counts, meta, rates, risk, priors, model, config, host_exposure, enc, _absent(known))
+    merchants = _merchant_table(counts, meta, rates, rows, reference, priors, model, config, enc)
     # Code order is id order after a fresh encoding; codes appended by a live update are not.
     merchants = merchants.sort_values("merchant_id", kind="stable").reset_index(drop=True)
     creators = _creator_table(counts, known, merchants, model, config, enc)
@@ -500,9 +522,9 @@ def _finish(
 
 def _earlier_risks(
     known: EventLog, cut: pd.Timestamp, config: TrustConfig, backend: str, host_exposure: str, enc: Encoding
-) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
-    """The risk matrix at each earlier cut ``T - k * horizon`` (k = 1..fit_cuts) with orders before it."""
-    risks: list[tuple[pd.Timestamp, pd.DataFrame]] = []
+) -> list[tuple[pd.Timestamp, RiskRows]]:
+    """What the index reads at each earlier cut ``T - k * horizon`` (k = 1..fit_cuts) with orders before it."""
+    risks: list[tuple[pd.Timestamp, RiskRows]] = []
     for k in range(1, config.fit_cuts + 1):
         start = cut - pd.Timedelta(days=k * config.horizon_days)
         earlier = known.before(start)
@@ -510,8 +532,8 @@ def _earlier_risks(
             break
         then, meta_then = _evidence(earlier, start, config, backend, enc)
         del earlier
-        _, risk_then, _ = _signals(then, meta_then, config, host_exposure, _absent(known))
-        risks.append((start, risk_then))
+        _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, _absent(known))
+        risks.append((start, _index_rows(risk_then, meta_then, priors_then, config, host_exposure, _absent(known), enc)[0]))
     return risks
 
 
@@ -520,10 +542,14 @@ def _fit_index(
     counts: SignalCounts,
     cut: pd.Timestamp,
     config: TrustConfig,
-    earlier_risks: list[tuple[pd.Timestamp, pd.DataFrame]],
-    signals: list[str],
+    earlier_risks: list[tuple[pd.Timestamp, RiskRows]],
+    scored: RiskRows,
 ) -> tuple[IndexModel, dict[str, Any]]:
-    """Fit the index weights on the earlier cuts' risks (:func:`_earlier_risks`) and later outcomes."""
+    """Fit the index weights on the earlier cuts' risks (:func:`_earlier_risks`) and later outcomes.
+
+    ``scored``: what the index reads for the snapshot's merchants with orders (sets the
+    penalty scale of the fit, :meth:`IndexModel.fit`).
+    """
     model = IndexModel()
     fit_cut = cut - pd.Timedelta(days=config.horizon_days)
     info: dict[str, Any] = {"fit_as_of": fit_cut.isoformat(), "horizon_days": config.horizon_days}
@@ -532,19 +558,19 @@ def _fit_index(
     info["later_bad_rate"] = base_rate
     if not config.fit_index:
         info["reason"] = "fit_index is off"
-        return model.use_defaults(signals, base_rate), info
+        return model.use_defaults(list(scored.risk.columns), base_rate), info
     # Stack one block of rows per earlier cut (T - H, T - 2H, ...): more merchants-periods
     # to fit the weights on, each with features strictly before its own label window.
-    risks: list[pd.DataFrame] = []
+    risks: list[RiskRows] = []
     targets: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    for k, (start, risk_then) in enumerate(earlier_risks, start=1):
+    for k, (start, rows_then) in enumerate(earlier_risks, start=1):
         end = None if k == 1 else start + pd.Timedelta(days=config.horizon_days)
         block = _later_bad_rate(counts.orders, start, known["reports"], end)
-        block = block.reindex(risk_then.index).fillna(0.0)
+        block = block.reindex(rows_then.risk.index).fillna(0.0)
         eligible = (block["w"] >= config.min_label_orders).to_numpy()
         if eligible.any():
-            risks.append(risk_then[eligible])
+            risks.append(rows_then.select(eligible))
             weights.append(block["w"].to_numpy()[eligible])
             targets.append(np.minimum(block["bad"].to_numpy()[eligible] / weights[-1], 1.0))
     n_rows = int(sum(len(w) for w in weights))
@@ -552,14 +578,19 @@ def _fit_index(
     info["fit_cuts_used"] = len(risks)
     if n_rows == 0:
         info["reason"] = "no orders before the fit cut"
-        return model.use_defaults(signals, base_rate), info
+        return model.use_defaults(list(scored.risk.columns), base_rate), info
     if n_rows < config.min_fit_merchants:
         info["reason"] = (
             f"{n_rows} merchants with >= {config.min_label_orders:g} orders in the horizon,"
             f" fewer than min_fit_merchants={config.min_fit_merchants}"
         )
-        return model.use_defaults(signals, base_rate), info
-    model.fit(pd.concat(risks, ignore_index=True), np.concatenate(targets), np.concatenate(weights), ridge=config.ridge)
+        return model.use_defaults(list(scored.risk.columns), base_rate), info
+    stacked = RiskRows(
+        pd.concat([r.risk for r in risks], ignore_index=True),
+        pd.concat([r.baseline for r in risks if r.baseline is not None], ignore_index=True),
+        np.concatenate([np.asarray(r.category, dtype=object) for r in risks]),
+    )
+    model.fit(stacked, np.concatenate(targets), np.concatenate(weights), ridge=config.ridge, scored=scored)
     info["reason"] = "fitted"
     return model, info
 
@@ -568,16 +599,16 @@ def _merchant_table(
     counts: SignalCounts,
     meta: pd.DataFrame,
     rates: pd.DataFrame,
-    risk: pd.DataFrame,
+    rows: RiskRows,
+    reference: pd.DataFrame,
     priors: Any,
     model: IndexModel,
     config: TrustConfig,
-    host_exposure: str,
     enc: Encoding,
-    missing: tuple[str, ...],
 ) -> pd.DataFrame:
     c = counts.merchants
-    expected_bad = model.predict(risk, "trust_index")
+    risk = rows.risk
+    expected_bad = model.predict(rows, "trust_index")
     banned = ((c["n_bans"] > 0) | (c["entity_n_bans"] > 0)).to_numpy()
     # Only brushing beyond the platform's norm is penalised: every platform has one-off
     # buyers with no other history, and they are not evidence against any one merchant.
@@ -590,16 +621,6 @@ def _merchant_table(
     trust_index = np.clip((1.0 - expected_bad) * multiplier * (1.0 - config.alarm_penalty * alarm), 0.0, 1.0)
 
     # Reference: a merchant of the same category and age with no evidence at all.
-    empty = pd.DataFrame(0.0, index=c.index, columns=c.columns)
-    _, reference, _ = derive_signals(
-        empty,
-        meta["category"],
-        meta["account_age_days"].to_numpy(),
-        config,
-        host_exposure=host_exposure,
-        missing=missing,
-        priors=priors,
-    )
     contributions = model.contributions(risk, reference)
     rule_moves = {
         "banned": np.where(banned, (1.0 - expected_bad) * (1.0 - config.brushing_penalty * brushing) * (config.ban_multiplier - 1.0), 0.0),

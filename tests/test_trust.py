@@ -559,6 +559,84 @@ def test_fitted_index_model_is_monotone(seed, column, delta):
             assert np.ptp(before) > 0.5
 
 
+def _category_rows(rng, n=240):
+    from trustfeed.features._trust_index import RiskRows
+
+    names = ["bad_case_rate", "late_shipment_rate", "benefit_gap"]
+    category = rng.choice(np.array(["books", "food", "toys"], dtype=object), n)
+    base = pd.Series(category).map({"books": 0.02, "food": 0.15, "toys": 0.06}).to_numpy()
+    baseline = pd.DataFrame({name: base * (1 + k) for k, name in enumerate(names)})
+    excess = pd.DataFrame(rng.normal(0, 0.03, (n, len(names))), columns=names)
+    target = np.clip(base + 0.8 * excess["bad_case_rate"] + 0.3 * excess["late_shipment_rate"] + rng.normal(0, 0.01, n), 0, 1)
+    return RiskRows(baseline + excess, baseline, category), target
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), column=st.integers(0, 2), delta=st.floats(min_value=1e-4, max_value=0.5))
+def test_index_with_categories_is_monotone_and_round_trips(seed, column, delta):
+    from trustfeed.features._trust_index import IndexModel, RiskRows
+
+    rng = np.random.default_rng(seed)
+    rows, target = _category_rows(rng)
+    model = IndexModel().fit(rows, target, rng.uniform(5, 200, len(target)), scored=rows)
+    fitted = model.models["trust_index"]
+    assert set(fitted.by_category) == {"books", "food", "toys"} and all(w >= 0 for w in fitted.weights.values())
+    # category intercepts follow the categories' base rates (they come from outcomes)
+    assert fitted.by_category["books"] < fitted.by_category["toys"] < fitted.by_category["food"]
+    worse = rows.risk.copy()
+    worse.iloc[:, column] += delta
+    assert (model.predict(RiskRows(worse, rows.baseline, rows.category), "trust_index") >= model.predict(rows, "trust_index") - 1e-12).all()
+    # a category unknown to the fit gets the pooled intercept; the weights survive a round trip
+    unknown = RiskRows(rows.risk, rows.baseline, np.array([None] * len(target), dtype=object))
+    assert np.isfinite(model.predict(unknown, "trust_index")).all()
+    again = IndexModel.from_dict(model.to_dict(), list(rows.risk.columns))
+    assert np.array_equal(again.predict(rows, "trust_index"), model.predict(rows, "trust_index"))
+
+
+def test_a_shift_of_a_category_prior_moves_no_merchant():
+    """The index reads signals in excess of the category baseline: a prior refitted higher for
+    a whole category (same evidence) leaves its merchants where they were."""
+    from trustfeed.features._trust_index import IndexModel, RiskRows
+
+    rng = np.random.default_rng(11)
+    rows, target = _category_rows(rng)
+    model = IndexModel().fit(rows, target, np.full(len(target), 50.0))
+    food = (rows.category == "food")[:, None]
+    shifted = RiskRows(rows.risk + 0.05 * food, rows.baseline + 0.05 * food, rows.category)
+    assert np.allclose(model.predict(shifted, "trust_index"), model.predict(rows, "trust_index"), atol=1e-12)
+    # an uncentred fit of the same rows does move them (the old behaviour)
+    plain = IndexModel().fit(rows.risk, target, np.full(len(target), 50.0))
+    assert not np.allclose(plain.predict(shifted.risk, "trust_index"), plain.predict(rows.risk, "trust_index"), atol=1e-4)
+
+
+def test_fit_weights_rows_by_their_variance_not_their_volume():
+    """One merchant with a huge surge of orders and a freak later rate cannot set the weights."""
+    from trustfeed.features._trust_index import IndexModel
+
+    rng = np.random.default_rng(4)
+    risk = pd.DataFrame({"bad_case_rate": rng.uniform(0.0, 0.2, 300)})
+    orders = rng.uniform(20, 100, 300)
+    target = np.clip(0.8 * risk["bad_case_rate"].to_numpy() + rng.normal(0, 0.02, 300), 0, 1)
+    risk.loc[0, "bad_case_rate"], target[0], orders[0] = 0.2, 0.0, 1e6  # a busy shop, no later complaint
+    model = IndexModel().fit(risk, target, orders, ridge=1e-6)
+    assert model.models["trust_index"].weights["bad_case_rate"] == pytest.approx(0.8, abs=0.1)
+    assert model.fit_quality["merchant_variance"] > 0
+
+
+def test_a_signal_constant_on_the_fit_rows_cannot_swing_the_scored_merchants():
+    from trustfeed.features._trust_index import IndexModel
+
+    rng = np.random.default_rng(8)
+    fit_rows = pd.DataFrame({"bad_case_rate": rng.uniform(0, 0.2, 200), "fast_refund_share": 0.5 + rng.normal(0, 1e-4, 200)})
+    target = np.clip(0.8 * fit_rows["bad_case_rate"].to_numpy() + 200 * (fit_rows["fast_refund_share"].to_numpy() - 0.5)
+                     + rng.normal(0, 0.02, 200), 0, 1)  # fmt: skip
+    scored = fit_rows.assign(fast_refund_share=rng.uniform(0.2, 0.8, 200))
+    loose = IndexModel().fit(fit_rows, target, np.full(200, 50.0))
+    model = IndexModel().fit(fit_rows, target, np.full(200, 50.0), scored=scored)
+    swing = lambda m: np.ptp(m.models["trust_index"].weights["fast_refund_share"] * scored["fast_refund_share"])  # noqa: E731
+    assert swing(model) < 0.05 < swing(loose)
+
+
 def test_standing_is_the_population_mid_ecdf():
     from trustfeed.features._trust_index import IndexModel
 

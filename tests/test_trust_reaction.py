@@ -66,7 +66,7 @@ def test_bombed_merchants_drop_at_most_a_tenth(attacked, events):
     assert len(drops) == 4 and drops["drop_vs_unbombed"].notna().all()
     assert drops["drop_vs_unbombed"].max() <= 0.1, drops
     # the defence is what holds them: weighing every report alike, the same campaigns bite
-    naive = TrustConfig(non_buyer_report_weight=1.0, unverified_report_weight=1.0)
+    naive = TrustConfig(non_buyer_report_weight=1.0, unverified_report_weight=1.0, report_burst_hours=0.0)
     hit = {t: build_snapshot(events, t, naive).merchants for t in times[:2]}
     unhit = {t: build_snapshot(clean, t, naive).merchants for t in times[:2]}
     assert reaction.bombing_drops(hit, attacked.attacks, unbombed=unhit)["drop_vs_unbombed"].max() > 0.1
@@ -105,11 +105,51 @@ def test_unreviewed_reports_from_non_buyers_weigh_less():
         ),
     }
     merchants = build_snapshot(validate_events(events), "2026-01-25").merchants.set_index("merchant_id")
-    same = build_snapshot(validate_events(events), "2026-01-25", TrustConfig(non_buyer_report_weight=1.0)).merchants
+    alike = TrustConfig(non_buyer_report_weight=1.0, report_burst_hours=0.0)
+    same = build_snapshot(validate_events(events), "2026-01-25", alike).merchants
     same = same.set_index("merchant_id")["counterfeit_report_rate"]
     gap = merchants.at["m1", "counterfeit_report_rate"] - merchants.at["m2", "counterfeit_report_rate"]
     # alike when every report weighs the same (the shops differ only by order times)
     assert gap > 10 * abs(same["m1"] - same["m2"]) and gap > 0
+
+
+@settings(max_examples=4, deadline=None)
+@given(n_reports=st.integers(2, 12), spacing_days=st.integers(2, 5))
+def test_a_burst_of_stranger_reports_weighs_as_one_campaign(n_reports, spacing_days):
+    """Unreviewed stranger reports filed together share one report's weight; spread out, each counts."""
+    shops = ["burst", "spread", "single"]
+    orders = pd.DataFrame(
+        {
+            "order_id": [f"o{i}" for i in range(60)],
+            "user_id": [f"u{i}" for i in range(60)],
+            "merchant_id": shops * 20,
+            "created_at": pd.Timestamp("2026-01-01 00:30") + pd.to_timedelta(np.arange(60) // 3, unit="D"),
+            "amount": 10.0,
+        }
+    )
+    first = pd.Timestamp("2026-01-02 01:00")
+    burst = [first + pd.Timedelta(minutes=7 * i) for i in range(n_reports)]
+    spread = [first + pd.Timedelta(days=spacing_days * i) for i in range(n_reports)]
+    reports = pd.DataFrame(
+        {
+            "report_id": [f"r{i}" for i in range(2 * n_reports + 1)],
+            "reporter_id": [f"sock{i}" for i in range(2 * n_reports + 1)],
+            "created_at": burst + spread + [first],
+            "category": "counterfeit",
+            "merchant_id": ["burst"] * n_reports + ["spread"] * n_reports + ["single"],
+        }
+    )
+    events = validate_events({"merchants": pd.DataFrame({"merchant_id": shops, "registered_at": ["2025-12-01"] * 3}),
+                              "orders": orders, "reports": reports})  # fmt: skip
+    as_of = spread[-1] + pd.Timedelta(hours=1)
+    merchants = build_snapshot(events, as_of, TrustConfig(fit_index=False, half_life_days=1e6)).merchants.set_index("merchant_id")
+    # the same exposure for all three shops: a burst of n counts as one report, n spread reports as n
+    assert merchants["counterfeit_report_rate_n"].nunique() == 1
+    assert merchants.at["burst", "counterfeit_report_rate"] == pytest.approx(merchants.at["single", "counterfeit_report_rate"], rel=1e-4)
+    assert merchants.at["spread", "counterfeit_report_rate"] > merchants.at["burst", "counterfeit_report_rate"]
+    off = TrustConfig(fit_index=False, half_life_days=1e6, report_burst_hours=0.0)
+    plain = build_snapshot(events, as_of, off).merchants.set_index("merchant_id")["counterfeit_report_rate"]
+    assert plain["burst"] == pytest.approx(plain["spread"], rel=1e-4) and plain["burst"] > plain["single"]
 
 
 def _counts(**columns: float) -> pd.DataFrame:
