@@ -7,6 +7,10 @@ exit scams and 5 % bombed shops), one snapshot at the end of the window and:
 - ``spearman``: Spearman(trust_index, true trust) over merchants with >= 20 orders that did not
   switch to an exit scam (after its switch a shop's "true trust" no longer describes it);
 - ``spearman_all``: the same including the switched shops;
+- ``spearman_unbanned``: ``spearman`` without the banned merchants (re-registered entities sit at
+  the bottom by policy whatever their bad-order rate);
+- ``spearman_p_bad`` (project simulator): ``spearman`` against ``1 - p_bad``, the simulator's
+  true good-order rate (what the index predicts; ``latent_trust`` differs from it by category);
 - ``brushers``, ``reregistered``: mean trust percentile among all merchants;
 - ``brushers_by_truth`` (independent generator): the same for a ranking by true trust, the
   floor an index that only predicts bad orders can reach.
@@ -47,9 +51,15 @@ def _scores(merchants: pd.DataFrame, truth_column: str, switched: pd.Series) -> 
     merchants = merchants.assign(percentile=merchants["trust_index"].rank(pct=True))
     busy = merchants[merchants["n_orders_raw"] >= 20]
     honest = busy[~switched.reindex(busy["merchant_id"]).fillna(False).to_numpy(dtype=bool)]
+    unbanned = honest[~honest["banned"]]
+    extra = {}
+    if "p_bad" in honest.columns and truth_column != "true_trust":
+        extra["spearman_p_bad"] = round(float(stats.spearmanr(honest["trust_index"], -honest["p_bad"])[0]), 4)
     return {
         "spearman": round(float(stats.spearmanr(honest["trust_index"], honest[truth_column])[0]), 4),
         "spearman_all": round(float(stats.spearmanr(busy["trust_index"], busy[truth_column])[0]), 4),
+        "spearman_unbanned": round(float(stats.spearmanr(unbanned["trust_index"], unbanned[truth_column])[0]), 4),
+        **extra,
         "brushers": round(float(merchants.loc[merchants["is_brusher"], "percentile"].mean()), 4),
         "reregistered": round(float(merchants.loc[merchants["is_reregistered"], "percentile"].mean()), 4),
     }
