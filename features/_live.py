@@ -467,6 +467,9 @@ class LiveTrust:
         for log, buyers in ((merged, buyer_new), (old, buyer_old)):
             reviews = log["reviews"]
             slots.append((_user_slot(reviews["user_id"].to_numpy(dtype="int64"), n_users), _user_slot(_buyer_of_order(reviews, buyers), n_users)))
+        # Reports against one merchant in one burst bucket share a weight (report_burst_hours):
+        # their reporters are recomputed together (all reports of the bucket, a superset).
+        bursts = [_report_bursts(log, n_users, config) for log in (merged, old)] if config.report_burst_hours > 0 else []
         while True:
             grew = False
             for author, buyer in slots:
@@ -475,8 +478,33 @@ class LiveTrust:
                     dirty[author[either]] = True
                     dirty[buyer[either]] = True
                     grew = True
+            for group, reporter in bursts:
+                touched = np.bincount(group, weights=dirty[reporter], minlength=int(group.max()) + 1 if len(group) else 0) > 0
+                pulled = touched[group] & ~dirty[reporter]
+                if pulled.any():
+                    dirty[reporter[pulled]] = True
+                    grew = True
             if not grew:
                 return dirty
+
+
+def _report_bursts(log: EventLog, n_users: int, config: TrustConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per report: a code of its (merchant, ``report_burst_hours`` bucket), and its reporter's slot.
+
+    The merchant is the report's own or its stream's; reports about neither are left out.
+    """
+    reports, streams = log["reports"], log["livestreams"]
+    merchant = reports["merchant_id"].to_numpy(dtype="int64")
+    if len(streams) and len(reports):
+        size = int(max(streams["stream_id"].max(), reports["stream_id"].max())) + 1
+        of_stream = np.full(size + 1, -1, dtype="int64")
+        of_stream[streams["stream_id"].to_numpy(dtype="int64")] = streams["merchant_id"].to_numpy(dtype="int64")
+        merchant = np.where(merchant >= 0, merchant, of_stream[reports["stream_id"].to_numpy(dtype="int64")])
+    about = merchant >= 0
+    bucket = np.floor(_seconds(reports["created_at"]) / 3600.0 / config.report_burst_hours)
+    bucket = np.nan_to_num(bucket, nan=-1.0).astype("int64")
+    group = pd.factorize(pd.MultiIndex.from_arrays([merchant[about], bucket[about]]))[0].astype("int64")
+    return group, _user_slot(reports["reporter_id"].to_numpy(dtype="int64")[about], n_users)
 
 
 def _rows(log: EventLog, dirty: np.ndarray, enc: Encoding) -> dict[str, pd.DataFrame]:

@@ -59,6 +59,29 @@ def test_update_equals_a_full_build_with_the_carried_weights_and_references(
         same_snapshot(snapshot, build_snapshot(world, cut, CONFIG, index=live.index, references=live.references))
 
 
+def test_an_update_inside_a_burst_of_stranger_reports_equals_a_full_build(same_snapshot: Any, weights: dict[str, Any]) -> None:
+    """Stranger reports of one bucket share a weight: reports on both sides of the state's time
+    change each other's weight, so their reporters are recomputed together."""
+    from trustfeed.training.simulate import SimConfig, simulate
+
+    tables = simulate(SimConfig(seed=5, merchants=30, days=16)).tables
+    start = pd.to_datetime(tables["orders"]["created_at"], utc=True).min().floor("D") + pd.Timedelta(days=9, hours=1)
+    target = tables["orders"]["merchant_id"].astype(str).value_counts().index[0]
+    bomb = pd.DataFrame(
+        {
+            "report_id": [f"bomb{i}" for i in range(12)],
+            "reporter_id": [f"sock{i}" for i in range(12)],
+            "created_at": [start + pd.Timedelta(minutes=20 * i) for i in range(12)],
+            "category": "counterfeit",
+            "merchant_id": target,
+        }
+    )
+    world = validate_events({**tables, "reports": pd.concat([tables["reports"], bomb], ignore_index=True)})
+    live = LiveTrust.start(world, start + pd.Timedelta(hours=2), CONFIG, index=weights)
+    snapshot = live.update(changes_since(world, live.as_of), start + pd.Timedelta(days=1))
+    same_snapshot(snapshot, build_snapshot(world, live.as_of, CONFIG, index=live.index, references=live.references))
+
+
 def test_start_is_a_full_build_and_own_references_change_nothing(same_snapshot: Any, world: EventLog, weights: dict[str, Any]) -> None:
     cut = _at(world, 9.5)
     live = LiveTrust.start(world, cut, CONFIG, index=weights)
