@@ -3,7 +3,9 @@
 Each method's strength is swept on the same requests (static) and the same simulated platform
 with the same random numbers (rollout):
 
-- trustfeed's exposure balancer: fixed re-ranking strength (controller off);
+- trustfeed's exposure balancer: fixed re-ranking strength (controller off), with the bundle's
+  lift rule and with the other one (``value``: on the score's scale, ``position``: the earlier
+  rule that moves items by positions);
 - FA*IR (``fair_quota``) and DetConstSort: target long-tail share ``p``;
 - FairCo-style P-controller and P-MMF-style dual prices: their strength.
 
@@ -38,9 +40,10 @@ def rollout_frontier_specs(strengths: dict[str, tuple[float, ...]]) -> dict[str,
     from trustfeed.training.evaluation.policies import followers_of, lever_policy, reranker_policy
 
     specs: dict[str, Any] = {}
-    for s in strengths["balancer"]:
-        specs[f"balancer@{s:g}"] = lever_policy(f"balancer strength {s:g}", balancer={
-            "kp": 0.0, "ki": 0.0, "strength_min": 0.0, "strength_max": max(s, 0.0), "initial_strength": s})
+    for method, lift in (("balancer", "value"), ("balancer_position", "position")):
+        for s in strengths.get(method, ()):
+            specs[f"{method}@{s:g}"] = lever_policy(f"{method} strength {s:g}", balancer={
+                "kp": 0.0, "ki": 0.0, "strength_min": 0.0, "strength_max": max(s, 0.0), "initial_strength": s, "lift": lift})
     for p in strengths["fair_quota"]:
         specs[f"fair_quota@{p:g}"] = reranker_policy(
             f"FA*IR p {p:g}", lambda c, p=p: FairQuotaReranker(followers_of(c), k=10, p=p, alpha=0.1))
@@ -59,7 +62,7 @@ def _half_width(interval: dict[str, Any]) -> float:
     return float("nan") if low is None or high is None else (high - low) / 2.0
 
 
-SWEEP_LABELS = {"balancer": "balancer sweep", "fair_quota": "FA*IR sweep", "det_const_sort": "DetConstSort sweep",
+SWEEP_LABELS = {"balancer": "balancer sweep", "balancer_position": "balancer sweep (position lift)", "fair_quota": "FA*IR sweep", "det_const_sort": "DetConstSort sweep",
                 "fairco": "FairCo sweep", "pmmf": "P-MMF sweep"}
 
 
@@ -84,17 +87,17 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_rollout import events_and_model
 
-    strengths = {"balancer": (0.0, 1.0, 2.0, 4.0, 8.0), "fair_quota": (0.5, 0.7, 0.9),
+    strengths = {"balancer": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0), "fair_quota": (0.5, 0.7, 0.9),
                  "det_const_sort": (0.5, 0.7, 0.9), "fairco": (0.01, 0.1, 1.0), "pmmf": (0.1, 0.5, 2.0)}
     # the closed loop costs ~10 s of CPU per policy, seed and 10 days: fewer points there
-    rollout_strengths = {"balancer": (0.0, 2.0, 8.0), "fair_quota": (0.5, 0.9), "det_const_sort": (0.5, 0.9),
-                         "fairco": (0.1, 1.0), "pmmf": (0.5, 2.0)}
+    rollout_strengths = {"balancer": (0.0, 1.0, 2.0, 4.0, 8.0), "balancer_position": (2.0, 8.0), "fair_quota": (0.5, 0.9), "det_const_sort": (0.5, 0.9),
+                         "fairco": (0.01, 0.1, 1.0), "pmmf": (0.5, 2.0)}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         events, model = events_and_model(args, tmp)
         started = time.perf_counter()
         result = None if args.skip_static else evaluate(events, model, args.out / "static", config=EvalConfig(
-            sweep_strengths=strengths["balancer"], quota_sweep_ps=(0.3, 0.5, 0.7, 0.9),
+            sweep_strengths=strengths["balancer"], other_lift_sweep=True, quota_sweep_ps=(0.3, 0.5, 0.7, 0.9),
             fairco_strengths=strengths["fairco"], pmmf_strengths=strengths["pmmf"]))
         pd.set_option("display.width", 200)
         if result is not None:
@@ -102,7 +105,7 @@ def main() -> None:
             tradeoff = pd.DataFrame(document["tradeoff"])
             print(f"\nstatic frontier ({time.perf_counter() - started:.0f} s), {result.report_path}")
             print(tradeoff.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            print("\n".join(document["notes"][: len(SWEEP_LABELS) - 1]))
+            print("\n".join(document["notes"][: len(SWEEP_LABELS)]))
             print("\noperator levers (static)")
             print(pd.DataFrame(document["levers"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.days < 1:

@@ -32,8 +32,13 @@ METRICS = ("net_value", "orders", "good_orders", "bad_orders", "bad_order_rate",
            "buyer_retention", "long_tail_share")
 
 
-def lever_grid(trust: np.ndarray, target_gini: float, trained_ratio: float) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(lever, value, lever_policy keyword arguments)`` for every point of the sweep."""
+LEVERS = ("guarantee_boost", "trust_floor", "trust_exposure_target", "target_gini_ratio")
+GINI_RATIOS = (0.6, 0.7, 0.9, 1.0)
+
+
+def lever_grid(trust: np.ndarray, target_gini: float, trained_ratio: float,
+               levers: tuple[str, ...] = LEVERS) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(lever, value, lever_policy keyword arguments)`` for every point of the sweep (``served`` first)."""
     known = trust[np.isfinite(trust)]
     unbalanced = target_gini / trained_ratio
     grid: list[tuple[str, str, dict[str, Any]]] = [("served", "", {})]
@@ -43,8 +48,27 @@ def lever_grid(trust: np.ndarray, target_gini: float, trained_ratio: float) -> l
     grid += [("trust_exposure_target", f"{np.quantile(known, q):.3f}",
               {"trust_exposure_target": float(np.round(np.quantile(known, q), 3))}) for q in (0.5, 0.8)]
     grid += [("target_gini_ratio", f"{r:g}", {"balancer": {"target_gini": float(np.clip(r * unbalanced, 0.01, 0.99))}})
-             for r in (0.6, 1.0)]
-    return grid
+             for r in GINI_RATIOS if abs(r - trained_ratio) > 1e-9]
+    return [point for point in grid if point[0] == "served" or point[0] in levers]
+
+
+def paired_difference(cumulative: Any, name: str, reference: str, metric: str = "net_value") -> dict[str, float | None]:
+    """Mean over seeds of ``name``'s metric minus ``reference``'s on the same seed, with its 95% t-interval.
+
+    Every policy of a rollout runs on the same random numbers per seed, so the per-seed
+    difference removes the platform's own noise (what two unpaired intervals would keep).
+    """
+    from scipy import stats
+
+    by_seed = cumulative.pivot_table(index="seed", columns="policy", values=metric)
+    diff = (by_seed[name] - by_seed[reference]).dropna().to_numpy(float)
+    if diff.size == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None}
+    mean = float(diff.mean())
+    if diff.size < 2:
+        return {"mean": mean, "ci_low": None, "ci_high": None}
+    half = float(stats.t.ppf(0.975, diff.size - 1) * diff.std(ddof=1) / np.sqrt(diff.size))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half}
 
 
 def main() -> None:
@@ -58,6 +82,7 @@ def main() -> None:
     parser.add_argument("--requests-per-day", type=int, default=300)
     parser.add_argument("--trained-ratio", type=float, default=0.8, help="target_gini_ratio the model was trained with")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --out)")
+    parser.add_argument("--levers", nargs="+", choices=LEVERS, default=list(LEVERS), help="levers to sweep (default: all)")
     args = parser.parse_args()
 
     import mlflow
@@ -78,7 +103,7 @@ def main() -> None:
         served = FeedRanker.load(str(model)).pipeline
         trust = pd.to_numeric(served.snapshot.merchants["trust_index"], errors="coerce").to_numpy(float)
         target_gini = served.balancer.config.target_gini if served.balancer is not None else 0.5
-        grid = lever_grid(trust, target_gini, args.trained_ratio)
+        grid = lever_grid(trust, target_gini, args.trained_ratio, tuple(args.levers))
         specs = {f"{lever}={value}" if value else lever: lever_policy(f"{lever} {value}", **changes)
                  for lever, value, changes in grid}
         started = time.perf_counter()
@@ -92,13 +117,16 @@ def main() -> None:
             mlflow.set_experiment("trustfeed-lever-sweep")
             for (lever, value, changes), name in zip(grid, specs, strict=True):
                 values = {m: summary[name][m]["mean"] for m in METRICS}
+                paired = paired_difference(result.cumulative, name, "served")
+                values["net_value_vs_served"] = paired["mean"]
                 low, high = summary[name]["net_value"]["ci_low"], summary[name]["net_value"]["ci_high"]
                 with mlflow.start_run(run_name=name):
                     mlflow.log_params({"lever": lever, "value": value or "served", "days": args.days, "seeds": args.seeds,
                                        "rebuild_every_days": 7, "model": str(model), "changes": repr(changes)})
                     mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})
                 rows.append({"lever": lever, "value": value or "-", **values,
-                             "net_ci": "" if low is None else f"[{low:.1f}, {high:.1f}]"})
+                             "net_ci": "" if low is None else f"[{low:.1f}, {high:.1f}]",
+                             "paired_ci": "" if paired["ci_low"] is None else f"[{paired['ci_low']:.1f}, {paired['ci_high']:.1f}]"})
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 220)
     print(f"\nlever sweep: {len(grid)} points x {args.seeds} seeds x {args.days} days in {elapsed:.0f} s; "
@@ -109,7 +137,8 @@ def main() -> None:
     for lever, rows_of in table[table["lever"] != "served"].groupby("lever", sort=False):
         best = rows_of.loc[rows_of["net_value"].idxmax()]
         choice = best["value"] if best["net_value"] > served_net else "keep the served value"
-        print(f"  {lever}: {choice} (net {best['net_value']:.1f} {best['net_ci']} vs served {served_net:.1f})")
+        print(f"  {lever}: {choice} (net {best['net_value']:.1f} {best['net_ci']} vs served {served_net:.1f}; "
+              f"paired difference {best['net_value_vs_served']:+.1f} {best['paired_ci']})")
 
 
 if __name__ == "__main__":

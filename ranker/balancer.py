@@ -2,9 +2,13 @@
 
 The balancer keeps a ledger of the exposure every creator (and merchant) has received,
 decayed exponentially, across *all* requests; a proportional-integral controller compares the
-ledger's Gini with a target and sets how strongly the next requests are re-ranked; each request
-lifts under-exposed, relevant and trustworthy creators by a bounded number of positions.
-docs/balancer.md explains the formula, the controller and the guards.
+ledger's Gini with a target and sets how strongly the next requests are re-ranked. Each request
+then lifts under-exposed creators: by default (``lift="value"``) on the policy score's own
+scale, by the strength times the Gini's marginal reduction per unit of exposure given to the
+creator, so a creator rises past items whose score is close to its own (a cheap swap) and not
+past items far above it; ``lift="position"`` is the earlier rule (a number of positions set by
+the exposure deficit and trust, whatever score gap it crosses). docs/balancer.md explains the
+formulas, the controller and the guards.
 
 Guards (each is a hard property, tested):
 
@@ -42,6 +46,12 @@ _STATE_FORMAT = "trustfeed.balancer/1"
 # Stored ledger values grow as 2 ** (elapsed / half_life); fold the scale back in well before
 # float64 overflows (2 ** 1023).
 _RENORMALISE_AFTER_HALF_LIVES = 400.0
+# lift="value": the population's exposure distribution is kept as this many quantile steps
+# (the knots are saved with the state; a creator's quantile is read to within 1 / 100)
+_QUANTILE_STEPS = 100
+# lift="value": the score scale is a running mean of the head's score spread over about this
+# many requests
+_SCALE_MEMORY = 1000.0
 
 
 @dataclass(frozen=True)
@@ -69,9 +79,18 @@ class BalancerConfig(Config):
     population_window
         Creators not seen as a candidate for this long (same unit) leave the population the
         Gini is measured over; ``None``: four half-lives (everything when there is no decay).
+    lift
+        ``"value"`` (default): each request sorts its promotable head by
+        ``score + strength * scale * g_c``, ``g_c = max(0, G + 1 - 2 F_c)`` the ledger Gini's
+        marginal reduction per unit of exposure to creator ``c`` (``F_c`` its exposure quantile in
+        the population, ``G`` the ledger Gini) and ``scale`` a running mean of the spread of the
+        head's scores; the swap that costs the least score per unit of Gini comes first.
+        ``"position"``: shift items up by ``max_move * min(1, strength * merit * deficit)``
+        positions (the earlier rule).
     merit_exponent
-        ``gamma`` in ``merit = (relevance_quantile * trust) ** gamma``: 0 makes every creator's
-        fair share equal; larger values reserve the lift for relevant, trusted creators.
+        ``gamma`` in ``merit = (relevance_quantile * trust) ** gamma`` (``lift="position"`` only):
+        0 makes every creator's fair share equal; larger values reserve the lift for relevant,
+        trusted creators.
     trust_threshold
         Items with trust below it are never lifted.
     relevance_floor
@@ -108,11 +127,12 @@ class BalancerConfig(Config):
     half_life: float = 2000.0
     half_life_unit: str = "requests"
     population_window: float | None = None
+    lift: str = "value"
     merit_exponent: float = 1.0
     trust_threshold: float = 0.3
     relevance_floor: int = 50
-    max_move: int = 10
-    diversity_k: int = 10
+    max_move: int = 30
+    diversity_k: int = 0
     exposure_kind: str = "log2"
     exposure_patience: float = 0.8
     auto_record: bool = False
@@ -125,6 +145,7 @@ class BalancerConfig(Config):
         "control_interval": Integer(low=1),
         "half_life": Real(0, strict_low=True, allow_inf=True),
         "half_life_unit": Choice("requests", "seconds"),
+        "lift": Choice("value", "position"),
         "population_window": Real(0, strict_low=True, allow_inf=True, optional=True),
         "trust_threshold": Real(0, 1),
         **dict.fromkeys(("relevance_floor", "max_move", "diversity_k"), Integer(0, 1_000_000)),
@@ -297,6 +318,11 @@ class ExposureBalancer:
         self._mean_exposure = 0.0  # stored units, over the population; refreshed by the controller
         self._measured_gini = float("nan")
         self._requests = 0
+        # lift="value": quantile knots of the population's stored exposure at the last
+        # controller update (None: not measured yet) and the running score scale
+        self._knots: np.ndarray | None = None
+        self._score_scale = 0.0
+        self._scale_count = 0
         self._position = np.arange(self.config.relevance_floor, dtype=np.float64)
         # relevance quantile within the promotable head: 1 at the top, 1/R at position R
         self._quantile = 1.0 - self._position / max(self.config.relevance_floor, 1)
@@ -381,6 +407,8 @@ class ExposureBalancer:
         if n == 0:
             return np.zeros(0, dtype=np.intp)
         base = np.argsort(-rel, kind="stable")
+        value_lift = cfg.lift == "value"
+        spread = _spread(rel[base[: cfg.relevance_floor]]) if value_lift else float("nan")
 
         with self._lock:
             slots = self._creators.slots(creators)
@@ -390,8 +418,18 @@ class ExposureBalancer:
                 self._creators.total / self._creators.size
             )
             strength = self._strength
+            if not math.isnan(spread):
+                self._scale_count += 1
+                self._score_scale += (spread - self._score_scale) / min(float(self._scale_count), _SCALE_MEMORY)
+            scale = self._score_scale
+            knots, measured = self._knots, self._measured_gini
 
-        order = self._order(base, slots, stored, mean, tru, rel, strength)
+        if value_lift and strength > 0.0 and mean > 0.0 and knots is None:
+            # before the first controller update: measure the population now (not kept)
+            values = self._population()
+            knots, measured = _quantile_knots(values), gini(values)
+        lift = (strength * scale, knots, measured) if value_lift else None
+        order = self._order(base, slots, stored, mean, tru, rel, strength, lift)
         if cfg.auto_record if record is None else record:
             served = order if cfg.record_k is None else order[: cfg.record_k]
             merchants = _as_id_list(merchant_ids, "merchant_ids")
@@ -412,6 +450,7 @@ class ExposureBalancer:
         trust: np.ndarray,
         relevance: np.ndarray,
         strength: float,
+        lift: tuple[float, np.ndarray | None, float] | None = None,
     ) -> np.ndarray:
         cfg = self.config
         n = base.size
@@ -443,6 +482,8 @@ class ExposureBalancer:
         if is_first is not None:
             # a duplicate rising could take a second slot for its creator in the first k
             eligible &= is_first[:window]
+        if lift is not None:
+            return np.concatenate([_value_lift(head, eligible, stored, relevance, *lift, cfg.max_move), base[window:]])
         merit = self._quantile[:window] * np.minimum(head_trust, 1.0)
         if cfg.merit_exponent != 1.0:
             merit = np.power(np.maximum(merit, 0.0), cfg.merit_exponent)
@@ -591,23 +632,32 @@ class ExposureBalancer:
         self._creators.rescale(factor)
         self._merchants.rescale(factor)
         self._mean_exposure *= factor
+        if self._knots is not None:
+            self._knots = self._knots * factor
         self._origin = self._clock
 
     # ------------------------------------------------------------------ control
 
+    def _population(self) -> np.ndarray:
+        """Stored exposure of the creators in the measured population (a copy)."""
+        with self._lock:
+            n = self._creators.size
+            active = self._clock - self._creators.last_seen[:n] <= self.config.window
+            return self._creators.stored[:n][active]
+
     def _control(self) -> None:
         """Measure the ledger's Gini and update the strength (PI with anti-windup)."""
         cfg = self.config
-        with self._lock:
-            n = self._creators.size
-            active = self._clock - self._creators.last_seen[:n] <= cfg.window
-            values = self._creators.stored[:n][active]
+        values = self._population()
         # the sort runs outside the lock: other threads keep ranking meanwhile
+        values = np.sort(values)
         measured = gini(values)
         mean = float(values.mean()) if values.size else 0.0
+        knots = _quantile_knots(values, presorted=True)
         with self._lock:
             self._mean_exposure = mean
             self._measured_gini = measured
+            self._knots = knots
             if cfg.kp == 0.0 and cfg.ki == 0.0:
                 return  # controller off: the strength stays where it was set
             error = measured - cfg.target_gini
@@ -638,6 +688,9 @@ class ExposureBalancer:
                 "mean_exposure": self._mean_exposure,
                 "measured_gini": None if math.isnan(self._measured_gini) else self._measured_gini,
                 "requests": self._requests,
+                "knots": None if self._knots is None else self._knots.tolist(),
+                "score_scale": self._score_scale,
+                "scale_count": self._scale_count,
                 "creators": self._creators.state(),
                 "merchants": self._merchants.state(),
             }
@@ -659,11 +712,71 @@ class ExposureBalancer:
             gini_value = state["measured_gini"]
             balancer._measured_gini = float("nan") if gini_value is None else float(gini_value)
             balancer._requests = int(state["requests"])
+            # states saved before lift="value" have none of these: measured again, scale anew
+            knots = state.get("knots")
+            balancer._knots = None if knots is None else np.asarray(knots, dtype=np.float64)
+            balancer._score_scale = float(state.get("score_scale", 0.0))
+            balancer._scale_count = int(state.get("scale_count", 0))
             balancer._creators = _Ledger.from_state(state["creators"])
             balancer._merchants = _Ledger.from_state(state["merchants"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"balancer state: missing or malformed field ({exc})") from exc
         return balancer
+
+
+def _spread(scores: np.ndarray) -> float:
+    """Standard deviation of the finite scores (NaN when fewer than two)."""
+    finite = scores[np.isfinite(scores)]
+    return float(finite.std()) if finite.size > 1 else float("nan")
+
+
+def _quantile_knots(values: np.ndarray, presorted: bool = False) -> np.ndarray:
+    """``_QUANTILE_STEPS + 1`` order statistics of ``values`` at equally spaced quantiles."""
+    ordered = values if presorted else np.sort(values)
+    if ordered.size == 0:
+        return np.zeros(_QUANTILE_STEPS + 1)
+    at = np.round(np.linspace(0.0, ordered.size - 1, _QUANTILE_STEPS + 1)).astype(np.intp)
+    return np.asarray(ordered[at], dtype=np.float64)
+
+
+def _quantile(knots: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mid-rank quantile of each value among the knots, in [0, 1] (ties share their middle)."""
+    steps = knots.size - 1
+    below = np.searchsorted(knots, values, side="left")
+    upto = np.searchsorted(knots, values, side="right")
+    return np.clip((below + upto - 1.0) / (2.0 * steps), 0.0, 1.0)
+
+
+def _value_lift(head: np.ndarray, eligible: np.ndarray, stored: np.ndarray, relevance: np.ndarray,
+                step: float, knots: np.ndarray | None, measured: float, max_move: int) -> np.ndarray:
+    """The promotable head re-sorted by score plus the priced Gini gradient (``lift="value"``).
+
+    ``step`` is ``strength * scale``: what one unit of the Gini gradient is worth on the
+    score's scale. Scores along the base order are first made non-increasing (a running
+    minimum: a duplicate the diversity rule moved down keeps its place). Each key is then
+    capped by the smallest key more than ``max_move`` places ahead (0 places for an item that
+    may not rise); ties go to the item allowed the higher position, so every item that must
+    stay ahead of another does and none ends more than its allowed move higher.
+    """
+    if knots is None or step <= 0.0:
+        return head
+    score = relevance[head]
+    score = np.minimum.accumulate(np.where(np.isnan(score), -np.inf, score))
+    g = measured if np.isfinite(measured) else 0.0
+    # -dG/dx_c is proportional to G + 1 - 2 F_c (F_c: c's exposure quantile): positive for the
+    # under-exposed, negative for the over-exposed; an item that may not rise keeps only the
+    # negative part (it may be passed, never lifted)
+    gain = g + 1.0 - 2.0 * _quantile(knots, stored[head])
+    key = score + step * np.where(eligible, gain, np.minimum(gain, 0.0))
+    # cap each key by the running minimum of the keys more than its allowed move ahead
+    # (max_move for an item that may rise, 0 for one that may not); the running minimum of
+    # the capped keys equals that of the uncapped ones, so one pass suffices
+    earliest = np.arange(key.size) - np.where(eligible, max_move, 0)
+    running = np.minimum.accumulate(key)
+    capped = np.minimum(key, np.where(earliest >= 1, running[np.maximum(earliest - 1, 0)], np.inf))
+    # ties (keys capped to the same value): the earliest allowed position first, which keeps
+    # every item that must stay ahead ahead; then the higher uncapped key
+    return head[np.lexsort((-key, earliest, -capped))]
 
 
 def _check_impressions(impressions: pd.DataFrame) -> None:

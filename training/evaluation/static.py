@@ -86,6 +86,10 @@ class EvalConfig(Config):
         nor the training run give the window.
     sweep_strengths
         Fixed balancer strengths of the quality/fairness sweep (the controller is off).
+    other_lift_sweep
+        Also sweep the balancer with its other lift rule (``"position"`` when the served one
+        lifts on the score, and the reverse), labelled ``balancer sweep (<rule> lift)``: the
+        two rules on the same requests.
     quota_sweep_ps
         Target long-tail shares ``p`` of the FA*IR and DetConstSort sweeps (each in (0, 1);
         empty: not run).
@@ -121,6 +125,7 @@ class EvalConfig(Config):
 
     holdout_fraction: float = 0.2
     sweep_strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    other_lift_sweep: bool = False
     fairco_strengths: tuple[float, ...] = (0.01, 0.1, 1.0)
     quota_sweep_ps: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
     levers: bool = True
@@ -142,6 +147,7 @@ class EvalConfig(Config):
         "pmmf_strengths": Items(Real(0)),
         "quota_sweep_ps": Items(Real(0, 1, strict_low=True, strict_high=True)),
         "levers": Flag(),
+        "other_lift_sweep": Flag(),
         **dict.fromkeys(("cap_per_creator", "cap_k", "fair_k"), Integer(low=1)),
         **dict.fromkeys(("fair_p", "fair_alpha", "head_fraction", "low_trust_quantile"), Real(0, 1, strict_low=True, strict_high=True)),
         "new_merchant_days": Real(0, strict_low=True),
@@ -630,13 +636,17 @@ def evaluate_pipeline(
 
     base_config = balancer.config if balancer is not None else None
     sweep_rows: list[dict[str, Any]] = []
-    for strength in config.sweep_strengths:
-        if base_config is None:
-            break
+    swept_configs = []
+    if base_config is not None:
+        swept_configs.append((BALANCER_SWEEP, base_config))
+        if config.other_lift_sweep:
+            other = "position" if base_config.lift == "value" else "value"
+            swept_configs.append((f"{BALANCER_SWEEP} ({other} lift)", replace(base_config, lift=other)))
+    for (label, swept_config), strength in ((c, s) for c in swept_configs for s in config.sweep_strengths):
         # strength 0 is the balancer's base order: one slot per creator in the first diversity_k,
         # the same lists as the per-creator cap when cap_k = diversity_k (not a bug)
-        fixed = replace(base_config, kp=0.0, ki=0.0, strength_min=0.0, strength_max=max(strength, base_config.strength_min, 0.0),
-                        initial_strength=strength, auto_record=True)
+        fixed = replace(swept_config, kp=0.0, ki=0.0, strength_min=0.0,
+                        strength_max=max(strength, swept_config.strength_min, 0.0), initial_strength=strength, auto_record=True)
         sweep_balancer = ExposureBalancer(fixed)
         swept = with_facts(_per_request_order(
             trust_aware,
@@ -644,7 +654,7 @@ def evaluate_pipeline(
                 creators[a:b].tolist(), merchants[a:b].tolist(), relevance=score[a:b], trust=trust[a:b], now=now[a], record=True,
             ),
         ))
-        sweep_rows.append(point(BALANCER_SWEEP, strength, swept))
+        sweep_rows.append(point(label, strength, swept))
     # the quota baselines at several target long-tail shares p
     for p in config.quota_sweep_ps:
         sweep_rows.append(point("FA*IR sweep", p, with_facts(_per_request_order(
