@@ -40,3 +40,16 @@ def test_bad_option_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
         main(["simulate", "--out", "x", "--merchants", "-3"])
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_simulate_population_and_traffic_options(tmp_path) -> None:
+    # the options a platform-scale world needs reach the simulator's config
+    import json
+
+    out = tmp_path / "world"
+    assert main(["simulate", "--out", str(out), "--merchants", "5", "--days", "2", "--users", "30", "--creators", "7",
+                 "--requests-per-day", "3", "--orders-per-merchant-day", "0.25"]) == 0
+    config = json.loads((out / "truth" / "meta.json").read_text())["config"]
+    assert (config["users"], config["creators"], config["requests_per_day"], config["orders_per_merchant_day"]) == (
+        30, 7, 3, 0.25)
+    assert (config["merchants"], config["days"]) == (5, 2)

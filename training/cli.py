@@ -59,7 +59,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from ..features.progress import StderrProgress
     from .simulate import SimConfig, simulate, write_dataset
 
-    config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days)
+    # the population and traffic options left out derive from --merchants (SimConfig)
+    sizes = {name: getattr(args, name) for name in ("users", "creators", "requests_per_day", "orders_per_merchant_day")}
+    config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days,
+                       **{name: value for name, value in sizes.items() if value is not None})
     check_output_dir(args.out, "simulated-dataset", force=args.force)  # before minutes of work
     progress = StderrProgress()
     platform = simulate(config, progress=progress)
@@ -273,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--merchants", type=_positive_int, default=500)
     simulate.add_argument("--days", type=_positive_int, default=60)
+    # a platform-scale world (a million merchants) is cheap to simulate over a day or two with
+    # lighter traffic; these default to what --merchants implies
+    simulate.add_argument("--users", type=_positive_int, help="buyers (default: 20 per merchant)")
+    simulate.add_argument("--creators", type=_positive_int, help="creators (default: 2 per merchant)")
+    simulate.add_argument("--requests-per-day", type=_positive_int,
+                          help="feed requests a day (default: 1 per merchant)")
+    simulate.add_argument("--orders-per-merchant-day", type=float, metavar="RATE",
+                          help="mean organic orders per active merchant and day (default: 5)")
     simulate.add_argument("--force", action="store_true", help=_FORCE_HELP)
 
     features = add("features", _cmd_features, "write the trust snapshot as of a date")
