@@ -140,14 +140,33 @@ def _memory(pid: int) -> dict[str, float]:
             "anon": fields["Anonymous"]}
 
 
-def worker(path: str | None, verify: bool, requests: int, seed: int) -> None:
-    """One worker: open the tables, rank-like feature lookups, report, then wait for stdin."""
+def worker(path: str | None, verify: bool, requests: int, seed: int, model: str | None = None) -> None:
+    """One worker: open the tables, rank-like feature lookups, report, then wait for stdin.
+
+    With ``model``: ``FeedRanker.load(model, tables=path)`` (without ``path``: the model on its
+    own bundle tables, the baseline) and whole 500-candidate requests over ids of the tables.
+    """
     import pyarrow  # noqa: F401  (the same libraries in the baseline worker)
 
-    from trustfeed.serving import open_mapped_tables
+    from trustfeed.serving import FeedRanker, open_mapped_tables
 
     report: dict[str, Any] = {"pid": os.getpid()}
-    if path is not None:
+    if model is not None:
+        # what loading imports lazily is process start-up, not loading: imported first
+        import lightgbm  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+
+        import trustfeed.ranker.bundle  # noqa: F401
+
+        started = time.perf_counter()
+        ranker = FeedRanker.load(model, tables=path) if path is not None else FeedRanker.load(model)
+        report["open_seconds"] = time.perf_counter() - started
+        if path is not None and requests:
+            gc.freeze()
+            times = [_timed_rank(ranker, request) for request in _requests_over(Path(path), requests, seed)]
+            report["rank_ms_p50"] = float(np.median(times) * 1e3)
+            report["rank_ms_p99"] = float(np.percentile(times, 99) * 1e3)
+    elif path is not None:
         started = time.perf_counter()
         mapped = open_mapped_tables(path, verify=verify)
         report["open_seconds"] = time.perf_counter() - started
@@ -174,9 +193,38 @@ def worker(path: str | None, verify: bool, requests: int, seed: int) -> None:
     sys.stdin.readline()  # hold the mapping until the parent has measured
 
 
-def _start(path: Path | None, verify: bool, requests: int, seed: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _timed_rank(ranker: Any, request: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    ranker.rank(request)
+    return time.perf_counter() - started
+
+
+def _requests_over(path: Path, count: int, seed: int) -> list[dict[str, Any]]:
+    """500-candidate requests over ids the tables hold (a few unknown ones, as in a live feed)."""
+    import pyarrow as pa
+
+    def some(vocabulary: str, n: int) -> list[str]:
+        with pa.memory_map(str(path / f"{vocabulary}_ids.arrow"), "r") as source:
+            ids = pa.ipc.open_file(source).get_batch(0).column(0)
+            picked = ids.take(pa.array(rng.integers(0, len(ids), n)))
+            return [value.rstrip(b"\0").decode() for value in picked.to_pylist()]
+
+    rng = np.random.default_rng(seed)
+    as_of = "2026-01-03T12:00:00+00:00"  # any time: the lookups do not depend on it
+    out = []
+    for r in range(count):
+        merchants = some("merchant", 500)
+        merchants[::20] = [f"m-new-{r}-{i}" for i in range(25)]
+        out.append({"request_id": f"bench-{r}", "user_id": some("user", 1)[0], "ts": as_of, "k": 20,
+                    "candidates": [{"stream_id": f"s{r}-{i}", "creator_id": c, "merchant_id": m}
+                                   for i, (c, m) in enumerate(zip(some("creator", 500), merchants, strict=True))]})
+    return out
+
+
+def _start(path: Path | None, verify: bool, requests: int, seed: int,
+           model: str | None = None) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     command = [sys.executable, __file__, "--worker", str(path) if path else "-", "--requests", str(requests),
-               "--seed", str(seed)] + ([] if verify else ["--no-verify"])
+               "--seed", str(seed)] + ([] if verify else ["--no-verify"]) + (["--model", model] if model else [])
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -228,11 +276,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep", action="store_true", help="keep the written tables")
     parser.add_argument("--reuse", action="store_true", help="time the tables already in --out (written with --keep)")
+    parser.add_argument("--model", help="with --reuse: time FeedRanker.load(MODEL, tables=OUT) and whole requests "
+                                        "(tables written by trustfeed features --serving-tables)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--no-verify", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(None if args.worker == "-" else args.worker, not args.no_verify, args.requests, args.seed)
+        worker(None if args.worker == "-" else args.worker, not args.no_verify, args.requests, args.seed, args.model)
         return
 
     out = Path(args.out)
@@ -247,17 +297,21 @@ def main() -> None:
         print(f"  id indexes built in {written['index_seconds']:.1f} s, written in {written['write_seconds']:.1f} s, "
               f"{written['gigabytes']:.2f} GB")
     try:
-        base, base_report = _start(None, True, 0, args.seed)
-        first, first_report = _start(out, True, args.requests, args.seed)
-        second, second_report = _start(out, True, args.requests, args.seed + 1)
+        base, base_report = _start(None, True, 0, args.seed, args.model)
+        first, first_report = _start(out, True, args.requests, args.seed, args.model)
+        second, second_report = _start(out, True, args.requests, args.seed + 1, args.model)
         memory = {"baseline": _memory(base_report["pid"]), "worker 1": _memory(first_report["pid"]),
                   "worker 2": _memory(second_report["pid"])}
         for process in (base, first, second):
             _stop(process)
         unverified, unverified_report = _start(out, False, 0, args.seed)
         _stop(unverified)
-        print(f"open with checksums verified: worker 1 {first_report['open_seconds']:.2f} s, "
-              f"worker 2 {second_report['open_seconds']:.2f} s; without: {unverified_report['open_seconds']:.2f} s")
+        what = f"FeedRanker.load({args.model}, tables=...)" if args.model else "open"
+        print(f"{what} with checksums verified: worker 1 {first_report['open_seconds']:.2f} s, "
+              f"worker 2 {second_report['open_seconds']:.2f} s; open without: {unverified_report['open_seconds']:.2f} s")
+        if args.model:
+            print(f"  (baseline worker: FeedRanker.load({args.model}) on its bundle's own tables, "
+                  f"{base_report['open_seconds']:.2f} s)")
         print("memory while two workers hold the tables (MB; 'added' = minus a worker with no tables):")
         for name in ("baseline", "worker 1", "worker 2"):
             m = memory[name]
@@ -268,8 +322,12 @@ def main() -> None:
         print("  (file pages of the tables are page cache, one copy per host; USS counts a mapped page as private\n"
               "   while only one process maps it; 'anonymous' is the worker's own heap)")
         for name, report in (("worker 1", first_report), ("worker 2", second_report)):
-            print(f"  {name}: features of a 500-candidate request p50 {report['features_ms_p50']:.3f} ms, "
-                  f"p99 {report['features_ms_p99']:.3f} ms")
+            if "rank_ms_p50" in report:
+                print(f"  {name}: FeedRanker.rank of a 500-candidate request p50 {report['rank_ms_p50']:.3f} ms, "
+                      f"p99 {report['rank_ms_p99']:.3f} ms")
+            elif "features_ms_p50" in report:
+                print(f"  {name}: features of a 500-candidate request p50 {report['features_ms_p50']:.3f} ms, "
+                      f"p99 {report['features_ms_p99']:.3f} ms")
     finally:
         if not (args.keep or args.reuse):
             shutil.rmtree(out, ignore_errors=True)

@@ -5,7 +5,8 @@ Configuration (environment, read by every worker at start):
 - ``TRUSTFEED_MODEL``: the model URI (bundle directory, ``runs:/...``, ``models:/name@alias``);
 - ``TRUSTFEED_REDIS``: a Redis URL for the platform-wide exposure ledger (unset: each worker
   keeps its own ledger);
-- ``TRUSTFEED_PREDICTOR``: ``lightgbm`` (default) or ``compiled``;
+- ``TRUSTFEED_PREDICTOR``: ``compiled`` (default: the trees as native code, LightGBM when
+  lleaves is not installed) or ``lightgbm``;
 - ``TRUSTFEED_COMPILE_CACHE``: directory where workers share compiled models;
 - ``TRUSTFEED_TABLES``: a directory of memory-mapped serving tables
   (``trustfeed.serving.write_mapped_tables``): every worker reads features from the same
@@ -55,7 +56,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     ledger = RedisLedger(url=redis_url, sync_interval=1.0) if redis_url else None
     STATE["ranker"] = FeedRanker.load(
         model,
-        predictor=os.environ.get("TRUSTFEED_PREDICTOR", "lightgbm"),
+        predictor=os.environ.get("TRUSTFEED_PREDICTOR", "compiled"),
         compile_cache=os.environ.get("TRUSTFEED_COMPILE_CACHE") or None,
         shared_ledger=ledger,
         tables=os.environ.get("TRUSTFEED_TABLES") or None,

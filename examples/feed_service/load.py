@@ -2,13 +2,13 @@
 
 For each worker count it starts ``uvicorn app:app --workers N`` on 127.0.0.1, sends requests
 of ``--candidates`` candidates from ``--clients`` client threads for ``--seconds`` seconds, and
-reports throughput, p50 and p99 latency and failed requests. Then, with ``--ledgers``, it
-serves the same traffic twice more, with per-worker ledgers and with the shared Redis ledger
-(a ``redis-server`` it starts itself), and reports the platform Gini of creator exposure
-over the responses it received, computed from the responses as the metric defines it: the top
-``k`` of each response, exposure ``1 / log2(position + 1)``, over every creator sent as a
-candidate. ``--kill-redis`` kills the redis-server halfway through the shared run: the
-service must go on with no failed request.
+reports throughput, p50 and p99 latency and failed requests. Each worker keeps its own
+exposure ledger; with ``--ledgers`` every worker count serves the same traffic once more with
+the shared Redis ledger (a ``redis-server`` it starts itself). Every run reports the platform
+Gini of creator exposure over the responses it received, computed as the metric defines it:
+the top ``k`` of each response, exposure ``1 / log2(position + 1)``, over every creator sent
+as a candidate. ``--kill-redis`` adds a shared run with the most workers that kills the
+redis-server halfway through: the service must go on with no failed request.
 
 Run from the repository root::
 
@@ -212,10 +212,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent client connections")
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--k", type=int, default=20, help="slots shown per response")
-    parser.add_argument("--predictor", default="lightgbm", choices=["lightgbm", "compiled"])
+    parser.add_argument("--predictor", default="compiled", choices=["lightgbm", "compiled"],
+                        help="compiled (default; LightGBM when lleaves is missing) or lightgbm")
     parser.add_argument("--ledgers", action="store_true",
-                        help="also compare the platform Gini with per-worker and shared ledgers")
-    parser.add_argument("--kill-redis", action="store_true", help="kill redis-server halfway through the shared run")
+                        help="run every worker count with the shared Redis ledger too (platform Gini: shared "
+                             "against per-worker ledgers)")
+    parser.add_argument("--kill-redis", action="store_true",
+                        help="one more shared run with the most workers, killing redis-server halfway through")
     parser.add_argument("--target-gini", type=float, help="override the balancer's target Gini in every worker")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -225,10 +228,11 @@ def main() -> None:
     print(f"{args.candidates} candidates per request, {args.clients} client connections, {args.seconds:g} s per run, "
           f"{os.cpu_count()} CPUs; ms are client-side latencies")
     print(f"{'workers':>7} {'ledger':>24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} {'platform Gini':>13}")
-    runs: list[tuple[int, str | None, bool]] = [(w, None, False) for w in args.workers]
-    if args.ledgers:
-        w = max(args.workers)
-        runs += [(w, "redis", False)] + ([(w, "redis", True)] if args.kill_redis else [])
+    runs: list[tuple[int, str | None, bool]] = []
+    for w in args.workers:
+        runs += [(w, None, False)] + ([(w, "redis", False)] if args.ledgers else [])
+    if args.kill_redis:
+        runs.append((max(args.workers), "redis", True))
     for workers, ledger, kill in runs:
         with redis_server() if ledger else _nothing() as redis:
             url, process = redis if redis else (None, None)
