@@ -5,6 +5,8 @@ Configuration (environment, read by every worker at start):
 - ``TRUSTFEED_MODEL``: the model URI (bundle directory, ``runs:/...``, ``models:/name@alias``);
 - ``TRUSTFEED_REDIS``: a Redis URL for the platform-wide exposure ledger (unset: each worker
   keeps its own ledger);
+- ``TRUSTFEED_SYNC_INTERVAL``: seconds between two syncs of a worker's ledger with Redis
+  (default 1);
 - ``TRUSTFEED_PREDICTOR``: ``compiled`` (default: the trees as native code, LightGBM when
   lleaves is not installed) or ``lightgbm``;
 - ``TRUSTFEED_COMPILE_CACHE``: directory where workers share compiled models;
@@ -53,7 +55,8 @@ def _json(payload: Any, status: int = 200) -> Response:
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     model = os.environ["TRUSTFEED_MODEL"]
     redis_url = os.environ.get("TRUSTFEED_REDIS")
-    ledger = RedisLedger(url=redis_url, sync_interval=1.0) if redis_url else None
+    sync_interval = float(os.environ.get("TRUSTFEED_SYNC_INTERVAL") or 1.0)
+    ledger = RedisLedger(url=redis_url, sync_interval=sync_interval) if redis_url else None
     STATE["ranker"] = FeedRanker.load(
         model,
         predictor=os.environ.get("TRUSTFEED_PREDICTOR", "compiled"),

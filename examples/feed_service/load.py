@@ -95,7 +95,8 @@ def _wait_for(probe: Any, what: str, seconds: float = 120.0) -> None:
 
 @contextmanager
 def feed_service(model: str, workers: int, redis_url: str | None = None, predictor: str = "lightgbm",
-                 compile_cache: str | None = None, target_gini: float | None = None) -> Iterator[int]:
+                 compile_cache: str | None = None, target_gini: float | None = None,
+                 sync_interval: float | None = None) -> Iterator[int]:
     """``uvicorn app:app --workers N`` on a free loopback port, as README.md starts it; yields the port."""
     port = free_port()
     env = dict(os.environ, TRUSTFEED_MODEL=model, TRUSTFEED_PREDICTOR=predictor)
@@ -106,6 +107,8 @@ def feed_service(model: str, workers: int, redis_url: str | None = None, predict
         env["TRUSTFEED_COMPILE_CACHE"] = compile_cache
     if target_gini is not None:
         env["TRUSTFEED_TARGET_GINI"] = str(target_gini)
+    if sync_interval is not None:
+        env["TRUSTFEED_SYNC_INTERVAL"] = str(sync_interval)
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(HERE), "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
@@ -220,6 +223,7 @@ def main() -> None:
     parser.add_argument("--kill-redis", action="store_true",
                         help="one more shared run with the most workers, killing redis-server halfway through")
     parser.add_argument("--target-gini", type=float, help="override the balancer's target Gini in every worker")
+    parser.add_argument("--sync-interval", type=float, help="seconds between two Redis syncs of a worker (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -236,7 +240,8 @@ def main() -> None:
     for workers, ledger, kill in runs:
         with redis_server() if ledger else _nothing() as redis:
             url, process = redis if redis else (None, None)
-            with feed_service(args.model, workers, url, args.predictor, cache, args.target_gini) as port:
+            with feed_service(args.model, workers, url, args.predictor, cache, args.target_gini,
+                              args.sync_interval) as port:
                 drive(port, requests[:8], 2.0, args.clients)  # warm-up: every worker has served
                 midway = process.kill if kill and process is not None else None
                 result = drive(port, requests, args.seconds, args.clients, midway)
