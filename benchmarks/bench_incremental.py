@@ -17,7 +17,7 @@ reports the largest relative difference of any float column (one more full build
 Usage::
 
     python benchmarks/bench_incremental.py --orders 1000000 3000000 [--hours 1] [--check]
-    python benchmarks/bench_incremental.py --orders 10000000 --only live   # the live update alone
+    python benchmarks/bench_incremental.py --orders 10000000 --only live --steps 0.3 1   # live updates alone, chained
 """
 
 from __future__ import annotations
@@ -151,17 +151,19 @@ def _max_difference(a: Any, b: Any) -> float:
     return worst
 
 
-def _live(data_dir: Path, hours: float, check: bool) -> dict[str, Any]:
+def _live(data_dir: Path, hours: float, check: bool, steps_h: list[float] | None = None) -> dict[str, Any]:
     from trustfeed.features import LiveTrust, changes_since
     from trustfeed.features.events import TABLES, EventLog
     from trustfeed.features.trust import build_snapshot
 
     bench = _bench_features()
     end = bench.START + pd.Timedelta(days=bench.DAYS)
-    t0 = end - pd.Timedelta(hours=hours)
+    spans = steps_h or [hours]
+    t0 = end - pd.Timedelta(hours=sum(spans))
     events = EventLog({name: pd.read_parquet(data_dir / f"{name}.parquet") for name in TABLES})
     n_orders = len(events["orders"])
-    new = changes_since(events, t0, end)
+    cuts = [t0 + pd.Timedelta(hours=sum(spans[: i + 1])) for i in range(len(spans))]
+    news = [changes_since(events, a, b) for a, b in zip([t0, *cuts[:-1]], cuts)]
     cpu0, _ = _usage()
     started = time.perf_counter()
     live = LiveTrust.start(events, t0)
@@ -170,25 +172,31 @@ def _live(data_dir: Path, hours: float, check: bool) -> dict[str, Any]:
     if not check:
         del events  # the live state holds its own (encoded) copy of the history
         gc.collect()
-    steps = _Steps()
-    cpu2, _ = _usage()
-    snapshot = live.update(new, end, progress=steps)
-    seconds = time.perf_counter() - steps.start
-    cpu3, rss = _usage()
-    result = {
+    result: dict[str, Any] = {
         "orders": n_orders,
-        "new_orders": len(new["orders"]),
         "live_start_s": round(start_seconds, 2),
         "live_start_cpu_s": round(cpu1 - cpu0, 2),
-        "live_update_s": round(seconds, 2),
-        "live_update_cpu_s": round(cpu3 - cpu2, 2),
-        "live_steps_s": steps.durations(seconds),
-        "buyers_recomputed": snapshot.manifest["incremental"]["buyers_recomputed"],
-        "buyers": len(snapshot.extras["users"]),
-        "live_peak_rss_mb": round(rss, 1),
+        "updates": [],
     }
+    for span, new, cut in zip(spans, news, cuts):
+        steps = _Steps()
+        cpu2, _ = _usage()
+        snapshot = live.update(new, cut, progress=steps)
+        seconds = time.perf_counter() - steps.start
+        cpu3, rss = _usage()
+        result["updates"].append({
+            "hours": span,
+            "new_orders": len(new["orders"]),
+            "new_rows": sum(len(new[name]) for name in TABLES),
+            "live_update_s": round(seconds, 2),
+            "live_update_cpu_s": round(cpu3 - cpu2, 2),
+            "live_steps_s": steps.durations(seconds),
+            "buyers_recomputed": snapshot.manifest["incremental"]["buyers_recomputed"],
+            "buyers": len(snapshot.extras["users"]),
+        })  # fmt: skip
+    result["live_peak_rss_mb"] = round(rss, 1)
     if check:
-        full = build_snapshot(events, end, live.config, index=live.index, references=live.references)
+        full = build_snapshot(events, cuts[-1], live.config, index=live.index, references=live.references)
         result["max_relative_difference"] = _max_difference(snapshot, full)
     return result
 
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=1.0, help="new events: the last HOURS of the log")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/trustfeed-bench"))
     parser.add_argument("--check", action="store_true", help="compare the live update with a full build (one more build)")
+    parser.add_argument("--steps", type=float, nargs="+", help="live: chained updates of these many hours each (default: --hours)")
     parser.add_argument("--only", choices=["all", "live"], default="all", help="live: only the LiveTrust measurement")
     parser.add_argument("--_child", nargs=2, metavar=("STEP", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--_work", type=Path, help=argparse.SUPPRESS)
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         if step == "prepare":
             result = _prepare(Path(data), args._work, args.hours)
         elif step == "live":
-            result = _live(Path(data), args.hours, args.check)
+            result = _live(Path(data), args.hours, args.check, args.steps)
         else:
             result = _incremental(args._work, args.hours)
         print(json.dumps(result))
@@ -225,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         work = args.data_dir / f"incremental_{n}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        result: dict[str, Any] = {}
+        result = {}
         for step in ("live",) if args.only == "live" else ("prepare", "incremental", "live"):
-            extra = ["--check"] if args.check else []
+            extra = (["--check"] if args.check else []) + (["--steps", *map(str, args.steps)] if args.steps else [])
             child = subprocess.run(
                 [sys.executable, __file__, "--hours", str(args.hours), *extra, "--_work", str(work), "--_child", step, str(target)],
                 capture_output=True, text=True, check=False,

@@ -262,7 +262,8 @@ def merge_events(state: TrustState, new: EventLog) -> EventLog:
                     f"{int((~early & known).sum())} rows with a stored key and another"
                     f" {spec.event_time} (e.g. {_example(fresh, spec.key, ~early & known)})",
                 )
-            old = old.loc[~held]
+            if held.any():
+                old = old.loc[~held]
         dtypes = {c: old[c].dtype for c in fresh.columns if c in old.columns}
         tables[name] = pd.concat([old, fresh.astype(dtypes)], ignore_index=True)
     missing = tuple(n for n in TABLE_SPECS if n in state.history.missing and n in new.missing)

@@ -392,7 +392,7 @@ class LiveTrust:
             users=_combine(self._counts.users, before.users, after.users, factor, config),
             references=self._references,
         )
-        progress("trust: scoring merchants")
+        progress("trust: signals, priors and scores of the merchants")
         warnings = merged.warnings
         snapshot = _finish(merged, enc, _registered(counts, new_meta, enc), new_meta, cut, config, self.backend, progress, self.index, warnings)
         snapshot.manifest["incremental"] = {
