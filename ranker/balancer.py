@@ -422,13 +422,14 @@ class ExposureBalancer:
                 self._scale_count += 1
                 self._score_scale += (spread - self._score_scale) / min(float(self._scale_count), _SCALE_MEMORY)
             scale = self._score_scale
-            knots, measured = self._knots, self._measured_gini
+            knots = self._knots
 
         if value_lift and strength > 0.0 and mean > 0.0 and knots is None:
-            # before the first controller update: measure the population now (not kept)
-            values = self._population()
-            knots, measured = _quantile_knots(values), gini(values)
-        lift = (strength * scale, knots, measured) if value_lift else None
+            # before the first controller update: measure the population now and keep it until then
+            knots = _quantile_knots(np.sort(self._population()), presorted=True)
+            with self._lock:
+                self._knots = knots if self._knots is None else self._knots
+        lift = (strength * scale, knots) if value_lift else None
         order = self._order(base, slots, stored, mean, tru, rel, strength, lift)
         if cfg.auto_record if record is None else record:
             served = order if cfg.record_k is None else order[: cfg.record_k]
@@ -450,7 +451,7 @@ class ExposureBalancer:
         trust: np.ndarray,
         relevance: np.ndarray,
         strength: float,
-        lift: tuple[float, np.ndarray | None, float] | None = None,
+        lift: tuple[float, np.ndarray | None] | None = None,
     ) -> np.ndarray:
         cfg = self.config
         n = base.size
@@ -748,7 +749,7 @@ def _quantile(knots: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _value_lift(head: np.ndarray, eligible: np.ndarray, stored: np.ndarray, relevance: np.ndarray,
-                step: float, knots: np.ndarray | None, measured: float, max_move: int) -> np.ndarray:
+                step: float, knots: np.ndarray | None, max_move: int) -> np.ndarray:
     """The promotable head re-sorted by score plus the priced Gini gradient (``lift="value"``).
 
     ``step`` is ``strength * scale``: what one unit of the Gini gradient is worth on the
@@ -762,7 +763,10 @@ def _value_lift(head: np.ndarray, eligible: np.ndarray, stored: np.ndarray, rele
         return head
     score = relevance[head]
     score = np.minimum.accumulate(np.where(np.isnan(score), -np.inf, score))
-    g = measured if np.isfinite(measured) else 0.0
+    # the population's Gini, read from its quantile knots (sorted): within about 1 / 100 of the
+    # ledger's, and the same after a state round trip
+    total = float(knots.sum())
+    g = float((2.0 * np.arange(1, knots.size + 1) - knots.size - 1.0) @ knots / (knots.size * total)) if total > 0 else 0.0
     # -dG/dx_c is proportional to G + 1 - 2 F_c (F_c: c's exposure quantile): positive for the
     # under-exposed, negative for the over-exposed; an item that may not rise keeps only the
     # negative part (it may be passed, never lifted)

@@ -330,3 +330,17 @@ def test_counterfactual_net_value_follows_the_policy_bad_cost(bad_cost: float) -
     assert row["good_orders"] > 0 and row["bad_orders"] > 0
     assert row["net_value"] == pytest.approx(row["good_orders"] - bad_cost * row["bad_orders"])
     assert table.attrs["bad_cost"] == bad_cost
+
+
+def test_frontier_margin_is_the_balancer_line_at_the_points_gini():
+    from trustfeed.training.evaluation.frontier import frontier_summary, pareto_verdicts
+
+    points = pd.DataFrame({"policy": ["balancer sweep"] * 3 + ["FA*IR sweep"] * 3, "kind": "sweep",
+                           "strength": [0.0, 1.0, 2.0, 0.5, 0.7, 0.9], "gini": [0.40, 0.30, 0.20, 0.35, 0.25, 0.10],
+                           "net_value": [100.0, 90.0, 60.0, 96.0, 70.0, 10.0]})
+    verdicts = pareto_verdicts(points, quality=("net_value",)).set_index("strength")
+    # between two balancer points: neither dominates, the line (95 at 0.35, 75 at 0.25) says how far apart
+    assert not verdicts.loc[0.5, "dominated"] and verdicts.loc[0.5, "margin_net_value"] == pytest.approx(-1.0)
+    assert not verdicts.loc[0.7, "dominated"] and verdicts.loc[0.7, "margin_net_value"] == pytest.approx(5.0)
+    assert np.isnan(verdicts.loc[0.9, "margin_net_value"])  # below the balancer's lowest Gini
+    assert "its line at that Gini: net_value -1" in frontier_summary(verdicts.reset_index())[0]

@@ -5,7 +5,10 @@ A point of another method's sweep (FA*IR, DetConstSort, FairCo, P-MMF at one str
 good on every axis (lower or equal Gini of creator exposure, higher or equal quality: NDCG@10,
 expected orders, net value, whichever are measured) and strictly better on one. A point no
 balancer point dominates is reported with the axis on which the balancer falls short, so the
-frontier's verdict is a table a reader can check, not an adjective.
+frontier's verdict is a table a reader can check, not an adjective. Because a sweep has only
+a few strengths, every point also gets the *margin* of the balancer's line at its Gini: the
+balancer's quality interpolated linearly between its two sweep points around that Gini, minus
+the point's (positive: the balancer's line passes above it; NaN outside the balancer's range).
 
 Examples
 --------
@@ -19,7 +22,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,14 +55,17 @@ def pareto_verdicts(points: pd.DataFrame, ours: str = BALANCER_SWEEP, fairness: 
     -------
     pandas.DataFrame
         ``policy``, ``strength``, the axes, ``dominated`` (bool), ``dominated_by`` (the
-        strength of the first balancer point that dominates, NaN if none) and ``short_on``
+        strength of the first balancer point that dominates, NaN if none), ``short_on``
         (for an undominated point: the axes on which even the balancer point closest in Gini
-        is worse).
+        is worse) and ``margin_<axis>`` per quality axis (the balancer's line at the point's
+        Gini minus the point).
     """
     sweeps = points[points["kind"] == "sweep"]
     mine = sweeps[sweeps["policy"] == ours].sort_values("strength")
     theirs = sweeps[sweeps["policy"] != ours]
     axes = _axes(sweeps, quality)
+    line = mine.sort_values(fairness, kind="mergesort")
+    line_gini = line[fairness].to_numpy(float)
     rows = []
     for values in theirs.to_dict("records"):
         fair_ok = mine[fairness].to_numpy(float) <= float(values[fairness]) + 1e-12
@@ -80,9 +87,18 @@ def pareto_verdicts(points: pd.DataFrame, ours: str = BALANCER_SWEEP, fairness: 
             "dominated": bool(dominating.any()),
             "dominated_by": float(mine["strength"].to_numpy(float)[dominating][0]) if dominating.any() else float("nan"),
             "short_on": short_on,
+            **{f"margin_{a}": _margin(line_gini, line[a].to_numpy(float), float(values[fairness]), float(values[a]))
+               for a in axes},
         })
-    columns = ["policy", "strength", fairness, *axes, "dominated", "dominated_by", "short_on"]
+    columns = ["policy", "strength", fairness, *axes, "dominated", "dominated_by", "short_on", *(f"margin_{a}" for a in axes)]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _margin(line_gini: np.ndarray, line_value: np.ndarray, gini: float, value: float) -> float:
+    """The balancer's line at ``gini`` (linear between sweep points) minus ``value``; NaN outside it."""
+    if line_gini.size == 0 or not line_gini[0] - 1e-12 <= gini <= line_gini[-1] + 1e-12:
+        return float("nan")
+    return float(np.interp(gini, line_gini, line_value) - value)
 
 
 def frontier_summary(verdicts: pd.DataFrame) -> list[str]:
@@ -93,8 +109,14 @@ def frontier_summary(verdicts: pd.DataFrame) -> list[str]:
         line = f"{policy}: the balancer dominates {beaten} of {len(rows)} points"
         missed = rows.loc[~rows["dominated"]]
         if len(missed):
-            detail = "; ".join(f"strength {r['strength']:g} (Gini {r['gini']:.3f}: balancer short on {r['short_on']})"
-                               for r in missed.to_dict("records"))
+            detail = "; ".join(f"strength {r['strength']:g} (Gini {r['gini']:.3f}: balancer short on {r['short_on']}"
+                               f"{_margin_text(r)})" for r in missed.to_dict("records"))
             line += f"; not: {detail}"
         lines.append(line + ".")
     return lines
+
+
+def _margin_text(row: Mapping[Hashable, Any]) -> str:
+    margins = [(str(k).removeprefix("margin_"), v) for k, v in row.items() if str(k).startswith("margin_")]
+    shown = [f"{axis} {float(v):+.3g}" for axis, v in margins if isinstance(v, float) and np.isfinite(v)]
+    return f"; its line at that Gini: {', '.join(shown)}" if shown else ""
