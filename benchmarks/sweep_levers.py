@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--merchants", type=int, default=100)
     parser.add_argument("--requests-per-day", type=int, default=300)
-    parser.add_argument("--trained-ratio", type=float, default=0.8, help="target_gini_ratio the model was trained with")
+    parser.add_argument("--trained-ratio", type=float, default=0.9, help="target_gini_ratio the model was trained with")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --out)")
     parser.add_argument("--levers", nargs="+", choices=LEVERS, default=list(LEVERS), help="levers to sweep (default: all)")
     args = parser.parse_args()

@@ -159,7 +159,9 @@ class TrainJobConfig(Config):
     target_gini_ratio
         The balancer's target Gini relative to the data: ``target_gini_ratio`` x the
         creator-exposure Gini of the unbalanced trust-aware ranking of the validation window.
-        ``None``: ``balancer.target_gini`` is taken as an absolute target.
+        ``None``: ``balancer.target_gini`` is taken as an absolute target. The default 0.9 was
+        chosen by the closed-loop net value after the data's end on two simulated platforms
+        (``benchmarks/sweep_levers.py``, docs/balancer.md section 8).
     bad_cost_estimate
         How the cost of a bad order is measured from the training data's orders
         (:mod:`trustfeed.training.bad_order_cost`); a usable estimate replaces
@@ -196,7 +198,7 @@ class TrainJobConfig(Config):
     train_plain: bool = True
     tracking_retries: int = 2
     run_name: str | None = None
-    target_gini_ratio: float | None = 0.8
+    target_gini_ratio: float | None = 0.9
     bad_cost_estimate: BadOrderCostConfig | None = field(default_factory=BadOrderCostConfig)
     signing_key: Path | None = None
     purchase_model: PurchaseModelConfig | None = field(default_factory=PurchaseModelConfig)
