@@ -16,7 +16,10 @@ window, with ``log(position)`` as a nuisance covariate for position bias that ra
 :func:`fit_bad_model` on purchases of the training window), so the trade-off between converting
 and trustworthy merchants is the one the data and the cost of a bad order imply, not a chosen
 weight. ``c1 <= 0`` and ``a > 0`` make the score non-decreasing in trust and in relevance;
-``bad_cost = 0`` ranks by ``P(purchase | examined)``, i.e. by relevance alone.
+``bad_cost = 0`` ranks by ``P(purchase | examined)``, i.e. by relevance alone. A candidate whose
+value factor is negative (each sale a net loss) scores the factor alone: it ranks below every
+candidate worth showing, least harmful first, and a trust rise that lifts its purchase estimate
+cannot lower its score.
 
 ``d`` (the *risk term*, :func:`fit_risk_calibration`) corrects a double count. A model that
 sees trust features and was trained on labels that grade a bad purchase low has already
@@ -267,6 +270,10 @@ def expected_value_score(
 ) -> np.ndarray:
     """``P(purchase | examined) * (1 - (1 + bad_cost) * p_bad)``; a NaN relevance is ``-inf``.
 
+    A candidate with a negative value factor (``p_bad > 1 / (1 + bad_cost)``: each sale is a
+    net loss) scores its value factor alone, so the score never falls as trust rises, whether
+    trust enters through ``p_bad`` or through trust features in the relevance model.
+
     ``risk_term`` is ``d`` of the calibration, clipped to ``[0, 1 + bad_cost]`` so the score
     never falls as trust rises (``bad_cost = 0`` charges no risk and ranks by relevance alone,
     without it).
@@ -291,8 +298,14 @@ def expected_value_score(
     else:
         p_bad = bad_probability(trust, bad_model, eps)
         d = min(max(float(risk_term), 0.0), max_risk_term(bad_cost))
-        value = purchase_probability(np.where(finite, rel, 0.0), calibration, p_bad, d)
-        value = value * (1.0 - (1.0 + bad_cost) * p_bad)
+        factor = 1.0 - (1.0 + bad_cost) * p_bad
+        purchase = purchase_probability(np.where(finite, rel, 0.0), calibration, p_bad, d)
+        # a candidate whose every sale is a net loss (factor < 0) is ordered by its value factor
+        # alone: times the purchase estimate it would fall as that estimate rises, and the
+        # estimate itself rises with the merchant's trust signals (the model is monotone in
+        # them), so the served score would fall as trust rises. Such candidates still rank
+        # below every candidate with a non-negative value, and the score is continuous at 0.
+        value = np.where(factor >= 0.0, purchase * factor, factor)
     return value if finite.all() else np.where(finite, value, -np.inf)
 
 

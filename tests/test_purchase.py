@@ -150,15 +150,14 @@ def test_a_policy_calibrated_on_another_score_is_refused(served: tuple[Any, Any]
 
 
 @settings(max_examples=20, deadline=None)
-@given(steps=st.lists(st.floats(0.0, 0.3), min_size=1, max_size=4), start=st.floats(0.45, 0.95))
+@given(steps=st.lists(st.floats(0.0, 0.3), min_size=1, max_size=4), start=st.floats(0.01, 0.95))
 def test_the_served_score_never_falls_as_a_merchant_trust_signal_rises(served: tuple[Any, Any], steps: list[float],
                                                                        start: float) -> None:
     """End to end: purchase model (monotone in the trust signals) x the policy's value factor.
 
-    For candidates worth showing (a positive expected value: here trust above 0.42, where the
-    fixture's bad-order model gives p_bad < 1/3). Below it the value factor is negative and a
-    higher purchase estimate lowers the score (more sales of a net loss): docs/ranker.md,
-    "The purchase model", says so.
+    Over the whole trust range, including merchants whose sales are a net loss (value factor
+    below 0, scored by the factor alone: times the purchase estimate, a trust rise that lifts
+    the estimate would lower the score).
     """
     _, pipeline = served
     names = list(pipeline.feature_names)
@@ -169,5 +168,4 @@ def test_the_served_score_never_falls_as_a_merchant_trust_signal_rises(served: t
     rows[:, trust_columns] = levels[:, None]
     relevance = pipeline.purchase_model.predict(rows)
     score = pipeline.policy.score(relevance, levels)
-    assert (score > 0).all()
     assert (np.diff(score) >= -1e-12).all()
