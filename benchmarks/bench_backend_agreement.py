@@ -8,9 +8,15 @@ held-out requests; the script prints the served policy's held-out NDCG@10 and it
 counterfactual expected orders and net value on the simulator's truth, and the relative
 difference Dask vs pandas.
 
+``--worlds`` picks the platforms: ``base`` is the simulator's default platform, ``shifted``
+a differently generated one (exit scams and report bombing on, twice the brushers, steeper
+position bias, no impulse buying, shorter slates), so the agreement is not a property of
+one data-generating setting.
+
 Run::
 
     python benchmarks/bench_backend_agreement.py --seeds 11 12 --merchants 150 --days 30
+    python benchmarks/bench_backend_agreement.py --seeds 21 22 23 24 --worlds base shifted
 """
 
 from __future__ import annotations
@@ -21,8 +27,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 METRICS = ("ndcg_at_10", "counterfactual.served.expected_orders", "counterfactual.served.net_value")
+# simulator settings of each platform (on top of seed, merchants, days)
+WORLDS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "shifted": {"exit_scam_rate": 0.05, "report_bombing_rate": 0.05, "brusher_rate": 0.12, "position_bias_eta": 1.0,
+                "impulse_strength": 0.0, "slate_min": 12, "slate_max": 20},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merchants", type=int, default=150)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--requests", type=int, default=3000, help="held-out requests ranked (the latest ones)")
+    parser.add_argument("--worlds", nargs="+", choices=sorted(WORLDS), default=["base"])
     args = parser.parse_args(argv)
 
     from dataclasses import replace
@@ -41,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     from trustfeed.training.train import TrainJobConfig, train
 
     worst = 0.0
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench-agreement-") as root:
-        for seed in args.seeds:
-            events = Path(root) / f"s{seed}"
-            write_dataset(simulate(SimConfig(seed=seed, merchants=args.merchants, days=args.days)), events)
+        for world, seed in [(w, s) for w in args.worlds for s in args.seeds]:
+            events = Path(root) / f"{world}{seed}"
+            write_dataset(simulate(SimConfig(seed=seed, merchants=args.merchants, days=args.days, **WORLDS[world])), events)
             base = TrainJobConfig(
                 events=events, tracking_uri=f"sqlite:///{root}/mlflow.db", output_dir=Path(root) / "models",
                 model=LambdaMARTConfig(position_bias=False), train_plain=False,
@@ -55,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             for backend in ("pandas", "dask"):
                 start = time.perf_counter()
                 results[backend] = train(replace(base, backend=backend)).metrics
-                print(f"seed {seed} {backend:6s} {time.perf_counter() - start:6.1f} s (load {os.getloadavg()[0]:.1f})  "
+                print(f"{world} seed {seed} {backend:6s} {time.perf_counter() - start:6.1f} s (load {os.getloadavg()[0]:.1f})  "
                       + "  ".join(f"{m} {results[backend][m]:.4f}" for m in METRICS), flush=True)
             diffs = {m: results["dask"][m] / results["pandas"][m] - 1.0 for m in METRICS}
             worst = max(worst, *(abs(d) for d in diffs.values()))
-            print(f"seed {seed} dask vs pandas: " + "  ".join(f"{m} {d:+.2%}" for m, d in diffs.items()), flush=True)
+            rows.append((world, seed, diffs))
+            print(f"{world} seed {seed} dask vs pandas: " + "  ".join(f"{m} {d:+.2%}" for m, d in diffs.items()), flush=True)
     print(f"largest relative difference: {worst:.2%}")
+    for metric in METRICS:
+        values = [d[metric] for _, _, d in rows]
+        print(f"{metric}: mean {sum(values) / len(values):+.2%}, largest |difference| {max(abs(v) for v in values):.2%}")
     return 0
 
 
