@@ -33,7 +33,7 @@ import math
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -745,7 +745,9 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     # in a background thread while LightGBM trains (it boosts without holding the GIL), not
     # one after the other once it is done
     later_times = [windows.end] + ([windows.holdout_start] if config.evaluate else [])
-    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshots")
+    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alongside")
+    wants_purchase_model = config.purchase_model is not None and config.policy.combine == "expected_value"
+    purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any]]] | None = None
     try:
         progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
         if config.backend == "dask":
@@ -771,18 +773,21 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                                   f"{len(fit_part)} training and {len(valid_part)} validation rows")
             progress(f"building the serving{' and evaluation' if config.evaluate else ''} snapshots alongside the fits")
             later = background.submit(_tables_as_of, events, later_times, dataset_config)
+            if wants_purchase_model and config.purchase_model is not None:
+                # the purchase model needs only the frame: it trains alongside the two LambdaMARTs
+                purchase_later = background.submit(fit_purchase_model, config.purchase_model, fit_part, valid_part,
+                                                   events["impressions"], progress)
             model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress)
             train_requests = int(fit_part.groups().size)
         schema = model.feature_schema_
 
         purchase_model, purchase_fitted = None, {}
-        if config.purchase_model is not None and config.policy.combine == "expected_value":
-            if config.backend == "dask":
+        if wants_purchase_model:
+            if purchase_later is None:
                 purchase_fitted["purchase_model.skipped"] = "the Dask backend keeps only the purchased training rows"
                 progress("Dask: no purchase model (the policy calibrates the LambdaMART score)")
             else:
-                purchase_model, purchase_fitted = fit_purchase_model(config.purchase_model, fit_part, valid_part,
-                                                                     events["impressions"], progress)
+                purchase_model, purchase_fitted = purchase_later.result()
         policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
                                                                 data_end=windows.holdout_start,
                                                                 purchase_model=purchase_model)
@@ -913,7 +918,7 @@ def _fit_models(
     boosts, so the plain model trains in a second thread at the same time instead of after the
     first one; each model is the same as when trained alone (LightGBM is deterministic per fit).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     X_fit, X_valid = fit_part.features(), valid_part.features()
     fit_groups, valid_groups = fit_part.groups(), valid_part.groups()
