@@ -39,8 +39,9 @@ from ..features.errors import ConfigError, SchemaError
 if TYPE_CHECKING:
     from ..ranker.interfaces import Scorer
     from ..ranker.lambdamart import LambdaMART
+    from ..ranker.purchase import PurchaseModel
 
-__all__ = ["CompiledModel", "PREDICTORS", "compiled_available", "compile_model"]
+__all__ = ["CompiledModel", "CompiledPurchaseModel", "PREDICTORS", "compiled_available", "compile_model"]
 
 PREDICTORS = ("lightgbm", "compiled")
 _CACHE_FORMAT = 1
@@ -73,33 +74,13 @@ class CompiledModel:
     """
 
     def __init__(self, model: LambdaMART, cache_dir: str | os.PathLike[str] | None = None) -> None:
-        import lleaves
-
         self.source = model
         self.feature_names_: tuple[str, ...] = tuple(model.feature_names_)
-        text = model.booster_.model_to_string(num_iteration=model.best_iteration_)
-        self.model_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        self.cached = False
-        with tempfile.TemporaryDirectory(prefix="trustfeed-compile-") as work:
-            model_file = Path(work) / "model.txt"
-            model_file.write_text(text, encoding="utf-8")
-            compiled = lleaves.Model(model_file=str(model_file))
-            if compiled.num_feature() != len(self.feature_names_):
-                raise ConfigError(
-                    f"the compiled model reads {compiled.num_feature()} features, the model has "
-                    f"{len(self.feature_names_)}"
-                )
-            cache = _Cache(cache_dir, self.model_sha256) if cache_dir is not None else None
-            object_file = Path(work) / "model.o"
-            if cache is not None and cache.restore(object_file):
-                self.cached = True
-            # lleaves loads object_file when it exists and writes it after compiling otherwise
-            compiled.compile(cache=str(object_file), raw_score=True)
-            if cache is not None and not self.cached:
-                cache.store(object_file)
-        self._compiled = compiled
-        self._predict = compiled._c_entry_func
-        self._n_features = len(self.feature_names_)
+        self._trees = _CompiledTrees(
+            model.booster_.model_to_string(num_iteration=model.best_iteration_), len(self.feature_names_), cache_dir
+        )
+        self.model_sha256 = self._trees.sha256
+        self.cached = self._trees.cached
 
     def __getattr__(self, name: str) -> Any:
         # everything but prediction (booster_, best_iteration_, save, ...) is the source model's
@@ -109,6 +90,77 @@ class CompiledModel:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Raw scores of the rows of ``X`` (features in :attr:`feature_names_` order)."""
+        return self._trees.predict(X)
+
+
+class CompiledPurchaseModel:
+    """A fitted purchase model whose two stages run lleaves-compiled trees.
+
+    Same ``predict`` as :meth:`~trustfeed.ranker.purchase.PurchaseModel.predict`: the log
+    sigmoid of the click stage's raw score plus the log sigmoid of the purchase stage's,
+    both computed here from compiled trees. Each stage is compiled from its own model text
+    (truncated at its best iteration, as the LightGBM path predicts) and cached under that
+    text's sha256. The LightGBM model stays reachable as :attr:`source`.
+    """
+
+    def __init__(self, model: PurchaseModel, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        from ..ranker.purchase import _best
+
+        self.source = model
+        self.feature_names_: tuple[str, ...] = tuple(model.feature_names_)
+        n = len(self.feature_names_)
+        self._click, self._buy = (
+            _CompiledTrees(booster.model_to_string(num_iteration=_best(booster)), n, cache_dir)
+            for booster in (model.click_booster_, model.purchase_booster_)
+        )
+        self.model_sha256 = (self._click.sha256, self._buy.sha256)
+        self.cached = self._click.cached and self._buy.cached
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def stage_scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The click and purchase stages' raw scores of the rows of ``X``."""
+        return self._click.predict(X), self._buy.predict(X)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``log P(click | examined at the top) + log P(purchase | click)`` per row."""
+        click, buy = self.stage_scores(X)
+        # the same expression as PurchaseModel.predict (log sigmoid without overflow)
+        return np.asarray(-np.logaddexp(0.0, -click) - np.logaddexp(0.0, -buy), dtype=np.float64)
+
+
+class _CompiledTrees:
+    """One LightGBM model text compiled by lleaves (raw scores), optionally through the cache."""
+
+    def __init__(self, text: str, n_features: int, cache_dir: str | os.PathLike[str] | None) -> None:
+        import lleaves
+
+        self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        self.cached = False
+        self._n_features = n_features
+        with tempfile.TemporaryDirectory(prefix="trustfeed-compile-") as work:
+            model_file = Path(work) / "model.txt"
+            model_file.write_text(text, encoding="utf-8")
+            compiled = lleaves.Model(model_file=str(model_file))
+            if compiled.num_feature() != n_features:
+                raise ConfigError(
+                    f"the compiled model reads {compiled.num_feature()} features, the model has {n_features}"
+                )
+            cache = _Cache(cache_dir, self.sha256) if cache_dir is not None else None
+            object_file = Path(work) / "model.o"
+            if cache is not None and cache.restore(object_file):
+                self.cached = True
+            # lleaves loads object_file when it exists and writes it after compiling otherwise
+            compiled.compile(cache=str(object_file), raw_score=True)
+            if cache is not None and not self.cached:
+                cache.store(object_file)
+        self._compiled = compiled
+        self._predict = compiled._c_entry_func
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
         matrix = np.ascontiguousarray(X, dtype=np.float64)
         if matrix.ndim != 2 or matrix.shape[1] != self._n_features:
             raise SchemaError("features", None, f"a matrix of {self._n_features} columns", f"shape {matrix.shape}")
@@ -127,7 +179,7 @@ def compile_model(model: Scorer, predictor: str, cache_dir: str | os.PathLike[st
     """
     if predictor not in PREDICTORS:
         raise ConfigError(f"predictor must be one of {list(PREDICTORS)}, got {predictor!r}")
-    if predictor == "lightgbm" or isinstance(model, CompiledModel):
+    if predictor == "lightgbm" or isinstance(model, (CompiledModel, CompiledPurchaseModel)):
         return model
     if not compiled_available():
         warnings.warn(
@@ -136,6 +188,8 @@ def compile_model(model: Scorer, predictor: str, cache_dir: str | os.PathLike[st
             stacklevel=3,
         )
         return model
+    if hasattr(model, "click_booster_") and hasattr(model, "purchase_booster_"):
+        return CompiledPurchaseModel(cast("PurchaseModel", model), cache_dir)
     if not hasattr(model, "booster_"):
         return model  # not a LightGBM model (e.g. a test double): nothing to compile
     return CompiledModel(cast("LambdaMART", model), cache_dir)

@@ -14,7 +14,7 @@ from ..features.errors import ConfigError, ModelIntegrityError, SchemaError
 from ..ranker.bundle import load_bundle
 from ..ranker.signing import load_verify_key
 from ..ranker.pipeline import RankingPipeline
-from ._compiled import CompiledModel, compile_model
+from ._compiled import CompiledModel, CompiledPurchaseModel, compile_model
 from ._mapped_tables import open_mapped_tables
 from ._resolve import local_model_dir
 from ._shared_ledger import RedisLedger
@@ -97,7 +97,7 @@ class FeedRanker:
         tables: str | os.PathLike[str] | None = None,
     ) -> None:
         self._tables = tables
-        pipeline.model = compile_model(pipeline.model, predictor, compile_cache)
+        _compile_scorers(pipeline, predictor, compile_cache)
         self.shared_ledger = shared_ledger
         if shared_ledger is not None:
             pipeline.balancer = shared_ledger.attach(pipeline.balancer)
@@ -187,8 +187,11 @@ class FeedRanker:
 
     @property
     def predictor(self) -> str:
-        """``"compiled"`` when the current model scores with compiled trees, else ``"lightgbm"``."""
-        return "compiled" if isinstance(self._pipeline.model, CompiledModel) else "lightgbm"
+        """``"compiled"`` when the scorer ranking runs (the purchase model when the bundle has one,
+        else the LambdaMART model) uses compiled trees, else ``"lightgbm"``."""
+        pipeline = self._pipeline
+        scorer = pipeline.purchase_model if pipeline.purchase_model is not None else pipeline.model
+        return "compiled" if isinstance(scorer, (CompiledModel, CompiledPurchaseModel)) else "lightgbm"
 
     @property
     def model_uri(self) -> str | None:
@@ -288,7 +291,7 @@ class FeedRanker:
         with self._reload_lock:
             fresh = _load_pipeline(model_uri, snapshot, tracking_uri, self._verify_key,
                                    self._tables if snapshot is None else None)
-            fresh.model = compile_model(fresh.model, self._predictor, self._compile_cache)
+            _compile_scorers(fresh, self._predictor, self._compile_cache)
             current = self._pipeline
             if keep_ledger and fresh.balancer is not None and current.balancer is not None:
                 if fresh.balancer.config == current.balancer.config:
@@ -343,6 +346,13 @@ class FeedRanker:
             )
             self._pipeline = fresh
             return fresh.model_id
+
+
+def _compile_scorers(pipeline: RankingPipeline, predictor: str, cache: str | os.PathLike[str] | None) -> None:
+    """Put the compiled form of the pipeline's model and purchase model (if any) in their place."""
+    pipeline.model = compile_model(pipeline.model, predictor, cache)
+    if pipeline.purchase_model is not None:
+        pipeline.purchase_model = compile_model(pipeline.purchase_model, predictor, cache)
 
 
 def _load_pipeline(

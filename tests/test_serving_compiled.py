@@ -145,3 +145,68 @@ def test_unknown_predictor_is_a_config_error(parts: Any) -> None:
 
     with pytest.raises(ConfigError, match="predictor"):
         compile_model(parts.model, "treelite")
+
+
+@pytest.fixture(scope="module")
+def purchase_bundle(fx: Any, parts: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A bundle whose policy ranks on a small purchase model fitted on the served feature rows."""
+    from trustfeed.ranker.policy import Policy, PolicyConfig, PolicyState
+    from trustfeed.ranker.purchase import PurchaseModel, PurchaseModelConfig
+
+    pipeline = fx.make_pipeline(parts)
+    X = _feature_rows(parts, fx)
+    rng = np.random.default_rng(5)
+    X = X[rng.integers(0, X.shape[0], 3000)]
+    signal = np.nan_to_num((X - np.nanmean(X, axis=0)) / (np.nanstd(X, axis=0) + 1e-9))
+    position = rng.integers(1, 11, X.shape[0])
+    clicked = rng.random(X.shape[0]) < 1 / (1 + np.exp(-(-1.0 + signal[:, 0] - 0.8 * np.log(position))))
+    bought = clicked & (rng.random(X.shape[0]) < 1 / (1 + np.exp(-(-1.0 + signal[:, 1]))))
+    half = X.shape[0] // 2
+    config = PurchaseModelConfig(min_data_in_leaf=40, min_data_in_leaf_purchase=20, num_rounds=40,
+                                 early_stopping_rounds=10)
+    purchase = PurchaseModel(config).fit(
+        X[:half], clicked[:half], bought[:half], position[:half], X[half:], clicked[half:], bought[half:],
+        position[half:], feature_names=list(pipeline.feature_names))
+    state = PolicyState((1.0, 0.5), (-1.0, -1.0), 0.5, relevance_source="purchase_model")
+    pipeline = type(pipeline)(pipeline.assembler, pipeline.model, Policy(PolicyConfig(), state), None,
+                              snapshot=pipeline.snapshot, context=pipeline.context, purchase_model=purchase)
+    path = tmp_path_factory.mktemp("compiled-purchase") / "bundle"
+    save_bundle(pipeline, path)
+    return path, purchase
+
+
+@lleaves_only
+def test_compiled_purchase_model_scores_equal_lightgbm_and_reload_keeps_it(
+    purchase_bundle: tuple[Path, Any], parts: Any, fx: Any, tmp_path: Path
+) -> None:
+    from trustfeed.serving._compiled import CompiledPurchaseModel
+
+    path, purchase = purchase_bundle
+    cache = tmp_path / "cache"
+    compiled = compile_model(purchase, "compiled", cache)
+    assert isinstance(compiled, CompiledPurchaseModel) and not compiled.cached
+    assert len(list(cache.glob("*.o"))) == 2  # one entry per stage, each keyed by its own model text
+    served = _feature_rows(parts, fx)
+    missing = served.copy()
+    missing[np.random.default_rng(3).random(missing.shape) < 0.2] = np.nan
+    X = np.vstack([served, missing])
+    np.testing.assert_allclose(compiled.predict(X), purchase.predict(X), rtol=0, atol=1e-9)
+    click, buy = compiled.stage_scores(X)
+    np.testing.assert_allclose(click, purchase.click_booster_.predict(X, raw_score=True), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(buy, purchase.purchase_booster_.predict(X, raw_score=True), rtol=0, atol=1e-9)
+    assert compile_model(purchase, "compiled", cache).cached
+
+    plain = FeedRanker.load(path, record_served=False)
+    fast = FeedRanker.load(path, record_served=False, predictor="compiled", compile_cache=cache)
+    assert (plain.predictor, fast.predictor) == ("lightgbm", "compiled")
+    assert isinstance(fast._pipeline.purchase_model, CompiledPurchaseModel)
+    for request in parts.requests[:10]:
+        expected, got = plain.rank(request), fast.rank(request)
+        assert [i["stream_id"] for i in got["items"]] == [i["stream_id"] for i in expected["items"]]
+        np.testing.assert_allclose(
+            [i["relevance"] for i in got["items"]], [i["relevance"] for i in expected["items"]], rtol=0, atol=1e-9
+        )
+    fast.reload(path)
+    assert isinstance(fast._pipeline.purchase_model, CompiledPurchaseModel) and fast.predictor == "compiled"
+    fast.reload_snapshot(fast._pipeline.snapshot)
+    assert isinstance(fast._pipeline.purchase_model, CompiledPurchaseModel)
