@@ -78,6 +78,11 @@ class PurchaseModelConfig(Config):
         (``0``: never; then ``num_rounds`` trees).
     position_passes
         Alternations of the click stage's position coefficient and trees (``>= 1``).
+    max_click_rows
+        Most training rows of the click stage (``0``: all): beyond it a uniform random sample
+        of whole requests (``groups`` given to :meth:`fit`, else of rows), drawn with ``seed``.
+        A uniform sample leaves the logistic click model unbiased; the purchase stage still
+        sees every clicked row, and validation rows are never sampled.
     monotone
         Keep the feature schema's monotone directions (the trust signals) in both stages.
     num_threads, seed
@@ -89,7 +94,7 @@ class PurchaseModelConfig(Config):
     7
     """
 
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     num_leaves: int = 15
     min_data_in_leaf: int = 100
     min_data_in_leaf_purchase: int = 50
@@ -97,6 +102,7 @@ class PurchaseModelConfig(Config):
     num_rounds: int = 1000
     early_stopping_rounds: int = 30
     position_passes: int = 2
+    max_click_rows: int = 300_000
     monotone: bool = True
     num_threads: int = 1
     seed: int = 0
@@ -110,6 +116,7 @@ class PurchaseModelConfig(Config):
         "num_rounds": Integer(low=1),
         "early_stopping_rounds": Integer(low=0),
         "position_passes": Integer(1, 10),
+        "max_click_rows": Integer(low=0),
         "monotone": Flag(),
         "num_threads": Integer(low=0),
         "seed": Integer(),
@@ -197,12 +204,14 @@ class PurchaseModel:
         feature_names: Sequence[str],
         categorical: Sequence[str] = (),
         monotone: Sequence[int] | None = None,
+        groups: ArrayLike | None = None,
     ) -> PurchaseModel:
         """Fit both stages on logged impressions; the validation rows stop each stage early.
 
         ``clicked``/``purchased`` are per impression (a purchase is also a click: a purchased
         row that is not flagged clicked counts as clicked); ``position`` is the logged 1-based
-        position. Returns ``self``.
+        position. ``groups`` (request sizes, rows of a request together, as LambdaMART takes
+        them) makes the ``max_click_rows`` sample one of whole requests. Returns ``self``.
 
         Raises
         ------
@@ -239,13 +248,17 @@ class PurchaseModel:
             return lgb.train(params, train_set, num_boost_round=config.num_rounds, valid_sets=[valid_set],
                              valid_names=["valid"], callbacks=callbacks)
 
-        ones = np.ones_like(log_position)
-        g = float(logistic_regression(np.column_stack([ones, log_position]), click)[1])
+        sample = _click_sample(X.shape[0], config.max_click_rows, groups, config.seed)
+        Xc, click_c, log_position_c = (X, click, log_position) if sample is None else (
+            X[sample], click[sample], log_position[sample])
+        ones = np.ones_like(log_position_c)
+        g = float(logistic_regression(np.column_stack([ones, log_position_c]), click_c)[1])
         click_booster = None
         for _ in range(config.position_passes):
-            click_booster = stage(X, click, Xv, click_v, config.min_data_in_leaf, g * log_position, g * log_position_v)
-            trees = click_booster.predict(X, raw_score=True, num_iteration=_best(click_booster))
-            g = float(logistic_regression(np.column_stack([ones, log_position]), click, offset=trees)[1])
+            click_booster = stage(Xc, click_c, Xv, click_v, config.min_data_in_leaf, g * log_position_c,
+                                  g * log_position_v)
+            trees = click_booster.predict(Xc, raw_score=True, num_iteration=_best(click_booster))
+            g = float(logistic_regression(np.column_stack([ones, log_position_c]), click_c, offset=trees)[1])
         seen, seen_v = click > 0, click_v > 0
         purchase_booster = stage(X[seen], buy[seen], Xv[seen_v], buy_v[seen_v], config.min_data_in_leaf_purchase,
                                  None, None)
@@ -257,7 +270,7 @@ class PurchaseModel:
         probability = np.clip(np.exp(score_v), 1e-12, 1 - 1e-12)
         self.fit_info_ = {
             "click_trees": _best(click_booster), "purchase_trees": _best(purchase_booster), "position_coef": g,
-            "train_rows": int(X.shape[0]), "train_clicks": int(seen.sum()), "train_purchases": int(buy.sum()),
+            "train_rows": int(X.shape[0]), "click_rows": int(Xc.shape[0]), "train_clicks": int(seen.sum()), "train_purchases": int(buy.sum()),
             "valid_purchase_logloss": float(-np.mean(buy_v * np.log(probability) + (1 - buy_v) * np.log1p(-probability))),
         }
         return self
@@ -358,6 +371,21 @@ def _best(booster: Any) -> int:
     """Trees used: the early-stopping best iteration, else all."""
     best = int(getattr(booster, "best_iteration", 0) or 0)
     return best if best > 0 else int(booster.current_iteration())
+
+
+def _click_sample(n: int, cap: int, groups: ArrayLike | None, seed: int) -> np.ndarray | None:
+    """Sorted row indices of a uniform sample of at most about ``cap`` rows (whole requests when
+    ``groups`` is given), or ``None`` when every row is kept."""
+    if cap <= 0 or n <= cap:
+        return None
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return np.sort(rng.choice(n, size=cap, replace=False))
+    sizes = np.asarray(groups, dtype=np.int64)
+    if sizes.ndim != 1 or (sizes < 0).any() or int(sizes.sum()) != n:
+        raise SchemaError("training data", "groups", f"request sizes summing to {n}", f"{int(sizes.sum())} rows")
+    keep = rng.random(sizes.size) < cap / n  # each request with the same chance: about cap rows
+    return np.flatnonzero(np.repeat(keep, sizes))
 
 
 def _stage_inputs(

@@ -90,6 +90,40 @@ def test_bad_training_data_is_a_one_line_error() -> None:
         PurchaseModel(_SMALL).fit(X, clicked, bought, position, X[:, :1], clicked, bought, position, feature_names=["a", "b"])
 
 
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(1, 8), min_size=1, max_size=60), cap=st.integers(1, 200), seed=st.integers(0, 5))
+def test_the_click_sample_keeps_whole_requests(sizes: list[int], cap: int, seed: int) -> None:
+    from trustfeed.ranker.purchase import _click_sample
+
+    n = sum(sizes)
+    rows = _click_sample(n, cap, sizes, seed)
+    if n <= cap:
+        assert rows is None
+        return
+    assert rows is not None
+    request = np.repeat(np.arange(len(sizes)), sizes)
+    kept = np.zeros(len(sizes), bool)
+    kept[request[rows]] = True
+    assert np.array_equal(rows, np.flatnonzero(kept[request]))  # every row of a sampled request, in order
+    assert np.array_equal(rows, _click_sample(n, cap, sizes, seed))  # the same seed, the same sample
+
+
+def test_a_capped_click_stage_fits_on_a_request_sample_and_keeps_the_position_bias() -> None:
+    n = 8000
+    X, clicked, bought, position = _logged(n, 2, seed=3)
+    half = n // 2
+    sizes = np.full(half // 8, 8)
+    config = PurchaseModelConfig.from_dict({**_SMALL.to_dict(), "max_click_rows": 2000})
+    model = PurchaseModel(config).fit(X[:half], clicked[:half], bought[:half], position[:half], X[half:], clicked[half:],
+                                      bought[half:], position[half:], feature_names=["a", "b"], groups=sizes)
+    assert model.fit_info_["train_rows"] == half
+    assert 1500 < model.fit_info_["click_rows"] < 2500 and model.fit_info_["click_rows"] % 8 == 0
+    assert abs(model.position_coef_ - (-0.8)) < 0.25
+    with pytest.raises(SchemaError, match="groups"):
+        PurchaseModel(config).fit(X[:half], clicked[:half], bought[:half], position[:half], X[half:], clicked[half:],
+                                  bought[half:], position[half:], feature_names=["a", "b"], groups=sizes[1:])
+
+
 # ----------------------------------------------------------------------------- in the pipeline and the bundle
 
 

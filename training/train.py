@@ -462,6 +462,7 @@ def fit_purchase_model(
             fit_part.features(), fit_part.labels >= 1, bought, fit_part.positions,
             valid_part.features(), valid_part.labels >= 1, bought_valid, valid_part.positions,
             feature_names=fit_part.feature_names, categorical=fit_part.categorical, monotone=fit_part.monotone,
+            groups=fit_part.groups(),
         )
     except SchemaError as error:  # a window with one outcome only: nothing to learn the split from
         return None, {"purchase_model.skipped": str(error)}
