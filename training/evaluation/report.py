@@ -182,8 +182,8 @@ def render_html(content: ReportContent) -> str:
                 "NDCG@10 (and, with the simulator's truth, expected orders) against the Gini of creator "
                 "exposure for sweeps of the balancer's strength, of FA*IR's and DetConstSort's target long-tail "
                 "share p and of the FairCo-style and P-MMF-style strengths, with the other baselines on the same "
-                "axes. Up and to the left is better. Balancer strength 0 is its base order (one slot per creator "
-                "in the first 10), the same lists as the per-creator cap.",
+                "axes. Up and to the left is better. Balancer strength 0 is its base order: the trust-aware "
+                "ranking without the balancer (with the default diversity_k 0, no one-slot-per-creator rule).",
             ),
             _table(content.tradeoff, index=False),
         ]
@@ -192,7 +192,9 @@ def render_html(content: ReportContent) -> str:
             "<h3>Where the balancer Pareto-dominates</h3>",
             "<p>A point of another method is dominated when a point of the balancer's sweep has a Gini no higher "
             "and every quality axis no lower (one strictly better). For the others, <em>short_on</em> names the "
-            "axes on which the balancer point nearest in Gini is worse.</p>",
+            "axes on which the balancer point nearest in Gini is worse, and <em>margin_&lt;axis&gt;</em> is the "
+            "balancer's line (linear between its two sweep points around the point's Gini) minus the point: "
+            "0 or more means the balancer does at least as well there.</p>",
             _table(content.frontier, index=False),
         ]
     if content.levers is not None and not content.levers.empty:
