@@ -13,7 +13,10 @@ exit scams and 5 % bombed shops), one snapshot at the end of the window and:
   true good-order rate (what the index predicts; ``latent_trust`` differs from it by category);
 - ``brushers``, ``reregistered``: mean trust percentile among all merchants;
 - ``brushers_by_truth`` (independent generator): the same for a ranking by true trust, the
-  floor an index that only predicts bad orders can reach.
+  floor an index that only predicts bad orders can reach;
+- ``brushers_floor`` (independent generator): the same floor in the world as measured, a ranking
+  by true trust that also puts the switched shops (attacks) and the banned shops (the ban rule)
+  at the bottom, as the index does: what predicting every bad order right would give.
 
 ``--config '{"rank_by_bound": false}'`` overrides TrustConfig fields. One JSON line per run.
 
@@ -65,6 +68,13 @@ def _scores(merchants: pd.DataFrame, truth_column: str, switched: pd.Series) -> 
     }
 
 
+def _floor(merchants: pd.DataFrame, switched: pd.Series) -> float:
+    """Brushers' mean percentile when ranked by true trust, switched and banned shops last."""
+    gone = switched.reindex(merchants["merchant_id"]).fillna(False).to_numpy(dtype=bool)
+    key = merchants["true_trust"].where(~gone, -1.0).where(~merchants["banned"].to_numpy(dtype=bool), -2.0)
+    return round(float(key.rank(pct=True)[merchants["is_brusher"].to_numpy(dtype=bool)].mean()), 4)
+
+
 def main(argv: list[str] | None = None) -> int:
     from trustfeed.features.events import validate_events
     from trustfeed.features.trust import TrustConfig, build_snapshot
@@ -88,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             snapshot = build_snapshot(validate_events(run.tables), run.as_of, config)
             merchants = snapshot.merchants.merge(truth, on="merchant_id", how="inner")
             row = {"world": "independent", "seed": seed, "attacks": attacked}
-            print(json.dumps({**row, **_scores(merchants, "true_trust", switched), "brushers_by_truth": floor}), flush=True)
+            print(json.dumps({**row, **_scores(merchants, "true_trust", switched), "brushers_by_truth": floor,
+                              "brushers_floor": _floor(merchants, switched)}), flush=True)
 
     if args.simulator:
         from trustfeed.training.simulate import SimConfig, simulate
