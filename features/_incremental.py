@@ -222,6 +222,40 @@ def _example(frame: pd.DataFrame, key: tuple[str, ...], mask: Any) -> str:
     return ", ".join(f"{column}={row[column]}" for column in key)
 
 
+def merge_table(name: str, old: pd.DataFrame, fresh: pd.DataFrame, t0: pd.Timestamp) -> pd.DataFrame:
+    """One table of :func:`merge_events`: ``old`` (the state's rows) with ``fresh`` applied."""
+    spec = TABLE_SPECS[name]
+    fresh = fresh[[c for c in _kept_columns(name) if c in fresh.columns]]
+    if not len(fresh):
+        return old
+    early: np.ndarray = (fresh[spec.event_time] < t0).to_numpy(dtype=bool, na_value=False)
+    if early.any() and name not in _RESENDABLE:
+        raise SchemaError(
+            name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
+            f"{int(early.sum())} earlier rows (state rows of this table cannot be sent again)",
+        )
+    if name in _RESENDABLE:
+        old_key, new_key = _key(old, spec.key), _key(fresh, spec.key)
+        held: np.ndarray = np.asarray(old_key.isin(new_key), dtype=bool)
+        known: np.ndarray = np.asarray(new_key.isin(old_key[held]), dtype=bool)
+        if (early & ~known).any():
+            raise SchemaError(
+                name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
+                f"{int((early & ~known).sum())} earlier rows the state does not hold (e.g."
+                f" {_example(fresh, spec.key, early & ~known)})",
+            )
+        if (~early & known).any():
+            raise SchemaError(
+                name, ", ".join(spec.key), "keys the state does not hold yet (or a re-sent row with its original time)",
+                f"{int((~early & known).sum())} rows with a stored key and another"
+                f" {spec.event_time} (e.g. {_example(fresh, spec.key, ~early & known)})",
+            )
+        if held.any():
+            old = old.loc[~held]
+    dtypes = {c: old[c].dtype for c in fresh.columns if c in old.columns}
+    return pd.concat([old, fresh.astype(dtypes)], ignore_index=True)
+
+
 def merge_events(state: TrustState, new: EventLog) -> EventLog:
     """The state's history with the new events applied (re-sent rows replace stored ones).
 
@@ -231,51 +265,27 @@ def merge_events(state: TrustState, new: EventLog) -> EventLog:
         A new row older than the state (not a re-sent row of a table whose rows may be sent
         again, or one the state does not hold), or a new row whose key the state already holds.
     """
-    t0 = state.as_of
-    tables: dict[str, pd.DataFrame] = {}
-    for name, spec in TABLE_SPECS.items():
-        old = state.history[name]
-        fresh = new[name]
-        fresh = fresh[[c for c in _kept_columns(name) if c in fresh.columns]]
-        if not len(fresh):
-            tables[name] = old
-            continue
-        early: np.ndarray = (fresh[spec.event_time] < t0).to_numpy(dtype=bool, na_value=False)
-        if early.any() and name not in _RESENDABLE:
-            raise SchemaError(
-                name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
-                f"{int(early.sum())} earlier rows (state rows of this table cannot be sent again)",
-            )
-        if name in _RESENDABLE:
-            old_key, new_key = _key(old, spec.key), _key(fresh, spec.key)
-            held: np.ndarray = np.asarray(old_key.isin(new_key), dtype=bool)
-            known: np.ndarray = np.asarray(new_key.isin(old_key[held]), dtype=bool)
-            if (early & ~known).any():
-                raise SchemaError(
-                    name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
-                    f"{int((early & ~known).sum())} earlier rows the state does not hold (e.g."
-                    f" {_example(fresh, spec.key, early & ~known)})",
-                )
-            if (~early & known).any():
-                raise SchemaError(
-                    name, ", ".join(spec.key), "keys the state does not hold yet (or a re-sent row with its original time)",
-                    f"{int((~early & known).sum())} rows with a stored key and another"
-                    f" {spec.event_time} (e.g. {_example(fresh, spec.key, ~early & known)})",
-                )
-            if held.any():
-                old = old.loc[~held]
-        dtypes = {c: old[c].dtype for c in fresh.columns if c in old.columns}
-        tables[name] = pd.concat([old, fresh.astype(dtypes)], ignore_index=True)
-    missing = tuple(n for n in TABLE_SPECS if n in state.history.missing and n in new.missing)
+    tables = {name: merge_table(name, state.history[name], new[name], state.as_of) for name in TABLE_SPECS}
+    missing, warnings, missing_columns = merge_meta(state.history, new)
+    return EventLog(tables, missing, warnings, missing_columns)
+
+
+def merge_meta(history: EventLog, new: EventLog) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """Missing tables, warnings and missing columns of ``history`` with ``new`` applied.
+
+    A table (a column) is missing only when neither side has it; only the tables' flags of
+    ``history`` are read, not their rows.
+    """
+    missing = tuple(n for n in TABLE_SPECS if n in history.missing and n in new.missing)
     missing_columns: dict[str, tuple[str, ...]] = {}
     for name in TABLE_SPECS:
-        sources = [log for log in (state.history, new) if name not in log.missing]
+        sources = [log for log in (history, new) if name not in log.missing]
         if sources:
             absent = set.intersection(*(set(log.missing_columns.get(name, ())) for log in sources))
             if absent:
                 missing_columns[name] = tuple(c for c in table_dtypes(name) if c in absent)
-    warnings = tuple(dict.fromkeys([*state.history.warnings, *(f"new events: {w}" for w in new.warnings)]))
-    return EventLog(tables, missing, warnings, missing_columns)
+    warnings = tuple(dict.fromkeys([*history.warnings, *(f"new events: {w}" for w in new.warnings)]))
+    return missing, warnings, missing_columns
 
 
 def update_snapshot(

@@ -36,12 +36,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ._dask_backend import make_aggregator
 from ._early_warning import baseline_days
-from ._incremental import TrustState, _keep, merge_events
+from ._incremental import _keep, merge_meta
+from ._live_history import History, _unique
 from ._schema import TABLE_SPECS
-from ._signals import _ID_KINDS, CredibilityReferences, Encoding, SignalCounts, _is, _seconds, build_counts, encode_ids
+from ._signals import _ID_KINDS, CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_config import TrustConfig
 from .errors import ConfigError
 from .events import EventLog, TimeLike, to_utc
@@ -58,21 +60,8 @@ from .trust import (
 
 __all__ = ["LiveTrust", "undecayed_counts"]
 
-# Tables whose rows belong to a buyer (after-sales cases: the buyer of the order), and the
-# column naming it. Every other table is a small registry, recomputed in full.
-_USER_TABLES: dict[str, str | None] = {
-    "orders": "user_id",
-    "after_sales": None,
-    "reviews": "user_id",
-    "reports": "reporter_id",
-    "nps": "user_id",
-    "follows": "user_id",
-    "impressions": "user_id",
-}
 # Kinds of id the snapshot tables name (the others only need their number).
 _NAMED_KINDS = ("merchant", "entity", "category", "creator", "user")
-_NS_PER_DAY = 86_400 * 10**9
-_MARGIN_NS = 10**9  # time edges are found with a one-second margin (a superset is still exact)
 
 
 def undecayed_counts(config: TrustConfig) -> frozenset[str]:
@@ -162,43 +151,12 @@ class _Vocabulary:
             code[unknown] = len(self.base) + added.get_indexer(rest)
         return np.where(null, -1, code), added
 
-    def strings(self) -> Any:
-        return pd.array(np.concatenate([self.base.to_numpy(dtype=object), self.added.to_numpy(dtype=object)]), dtype="string") if len(self.added) else self.base.array
-
-
-def _user_slot(users: np.ndarray, n_users: int) -> np.ndarray:
-    """Index of each user code in a flag array with one extra slot for a null user."""
-    return np.where(users >= 0, users, n_users)
-
-
-def _buyers(orders: pd.DataFrame, n_orders: int) -> np.ndarray:
-    """Buyer code of every order code (-1: unknown order)."""
-    buyer = np.full(n_orders, -1, dtype="int64")
-    buyer[orders["order_id"].to_numpy(dtype="int64")] = orders["user_id"].to_numpy(dtype="int64")
-    return buyer
-
-
-def _buyer_of_order(frame: pd.DataFrame, buyer_of: np.ndarray) -> np.ndarray:
-    """The buyer of the order each row names (-1: an order the log does not hold)."""
-    order = frame["order_id"].to_numpy(dtype="int64")
-    if not len(buyer_of):
-        return np.full(len(order), -1, dtype="int64")
-    return np.where((order >= 0) & (order < len(buyer_of)), buyer_of[np.clip(order, 0, len(buyer_of) - 1)], -1)
-
-
-def _owner(name: str, frame: pd.DataFrame, buyer_of: np.ndarray) -> np.ndarray:
-    """The user code each row of a buyer table belongs to (a case: the order's buyer)."""
-    column = _USER_TABLES[name]
-    return _buyer_of_order(frame, buyer_of) if column is None else frame[column].to_numpy(dtype="int64")
-
-
-def _owners(log: EventLog, buyer_of: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: _owner(name, log[name], buyer_of) for name in _USER_TABLES}
-
-
-def _ns(times: pd.Series) -> np.ndarray:
-    """UTC nanoseconds (int64; the smallest int64 for null, which no time edge selects)."""
-    return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).as_unit("ns").asi8
+    def strings(self, extra: pd.Index | None = None) -> Any:
+        """Every id by code (``extra``: ids added by an update in progress, after those added before)."""
+        added = self.added if extra is None or not len(extra) else self.added.append(extra)
+        if not len(added):
+            return self.base.array
+        return pd.array(pa.chunked_array([pa.array(self.base.array), pa.array(added.array)]).combine_chunks(), dtype="string")
 
 
 def _combine(total: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, factor: float, config: TrustConfig) -> pd.DataFrame:
@@ -249,7 +207,7 @@ class LiveTrust:
     def __init__(
         self,
         *,
-        history: EventLog,
+        history: History,
         vocabularies: dict[str, _Vocabulary],
         counts: SignalCounts,
         references: CredibilityReferences,
@@ -307,9 +265,11 @@ class LiveTrust:
         carried.setdefault("weights_from", cut.isoformat())
         if raw.references is None:  # pragma: no cover - build_counts always returns them
             raise ConfigError("live trust: the full build returned no credibility references")
+        progress("trust: indexing the history for updates")
         vocabularies = {kind: _Vocabulary(enc.vocab[kind]) for kind in _ID_KINDS}
+        history = History.build(known, enc.size("order"), enc.size("stream"), config)
         return cls(
-            history=known, vocabularies=vocabularies, counts=raw, references=raw.references, index=carried,
+            history=history, vocabularies=vocabularies, counts=raw, references=raw.references, index=carried,
             config=config, backend=backend, snapshot=snapshot,
         )  # fmt: skip
 
@@ -320,12 +280,7 @@ class LiveTrust:
             extra = added[kind] if added is not None else None
             sizes[kind] = len(words) + (len(extra) if extra is not None else 0)
             if kind in _NAMED_KINDS:
-                if extra is not None and len(extra):
-                    probe = _Vocabulary(words.base)
-                    probe.added = words.added.append(extra)
-                    vocab[kind] = probe.strings()
-                else:
-                    vocab[kind] = words.strings()
+                vocab[kind] = words.strings(extra)
         return _LiveEncoding(vocab, sizes)
 
     def _encode(self, events: EventLog) -> tuple[EventLog, dict[str, pd.Index]]:
@@ -368,33 +323,36 @@ class LiveTrust:
         progress("trust: encoding the new events")
         fresh, added = self._encode(_keep(new_events).before(cut))
         enc = self._encoding(added)
-        old = self._history
-        merged = merge_events(TrustState(t0, config, self.index, old), fresh)
+        history = self._history
+        old = history.current
+        merged, replaced = history.merge(fresh, t0, enc.size("order"), enc.size("stream"))
         progress("trust: finding the buyers whose evidence changed")
-        dirty = self._dirty(old, merged, fresh, enc, t0, cut)
+        dirty = history.dirty(old, merged, fresh, replaced, t0, cut, enc.size("user"))
         agg = make_aggregator(self.backend)
         progress("trust: evidence of those buyers, before and after")
-        old_meta = _merchant_meta(old["merchants"], t0, enc)
-        new_meta = _merchant_meta(merged["merchants"], cut, enc)
-        before = build_counts(_rows(old, dirty, enc), t0, config, agg, enc, _category_codes(old_meta, enc), self._references)
-        after = build_counts(_rows(merged, dirty, enc), cut, config, agg, enc, _category_codes(new_meta, enc), self._references)
+        old_meta = _merchant_meta(old.registries["merchants"], t0, enc)
+        new_meta = _merchant_meta(merged.registries["merchants"], cut, enc)
+        users, (before_tables, after_tables), local = _localize((history.gather(old, dirty), history.gather(merged, dirty)), enc)
+        before = build_counts(before_tables, t0, config, agg, local, _category_codes(old_meta, enc), self._references)
+        after = build_counts(after_tables, cut, config, agg, local, _category_codes(new_meta, enc), self._references)
         factor = float(np.exp2(-((cut - t0).total_seconds() / 86_400.0) / config.half_life_days))
         merchants = _combine(self._counts.merchants, before.merchants, after.merchants, factor, config)
-        orders = merged["orders"]
+        first_paid = history.first_paid_after(merged, fresh, replaced, enc.size("merchant"))
         merchants["ew_base_days"] = baseline_days(
-            orders["merchant_id"].to_numpy(dtype="int64"), ~_is(orders["status"], "cancelled"),
-            _seconds(orders["created_at"]), cut, config, enc.size("merchant"),
+            np.arange(len(first_paid)), np.isfinite(first_paid), first_paid, cut, config, enc.size("merchant"),
         )  # fmt: skip
         counts = SignalCounts(
             merchants=merchants,
             creators=_combine(self._counts.creators, before.creators, after.creators, factor, config),
             orders=after.orders.iloc[:0],
-            users=_combine(self._counts.users, before.users, after.users, factor, config),
+            users=_combine_rows(self._counts.users, users, before.users, after.users, enc.size("user"), factor, config),
             references=self._references,
         )
         progress("trust: signals, priors and scores of the merchants")
-        warnings = merged.warnings
-        snapshot = _finish(merged, enc, _registered(counts, new_meta, enc), new_meta, cut, config, self.backend, progress, self.index, warnings)
+        missing, warnings, missing_columns = merge_meta(history.log(old), fresh)
+        log = history.log(merged)
+        log = EventLog(dict(log.tables), missing, warnings, missing_columns)
+        snapshot = _finish(log, enc, _registered(counts, new_meta, enc), new_meta, cut, config, self.backend, progress, self.index, warnings)
         snapshot.manifest["incremental"] = {
             "state_as_of": t0.isoformat(),
             "new_rows": {name: len(fresh[name]) for name in TABLE_SPECS if len(fresh[name])},
@@ -404,118 +362,71 @@ class LiveTrust:
         for kind, ids in added.items():
             if len(ids):
                 self._vocabularies[kind].added = self._vocabularies[kind].added.append(ids)
-        self._history = merged
+        history.commit(merged, first_paid)
+        self._history = history.with_meta(warnings, missing, missing_columns)
+        if self._history.tail_rows() > COMPACT_SHARE * max(self._history.base_rows(), 1):
+            progress("trust: merging the new rows into the indexed history")
+            self._history = self._history.compacted(enc.size("order"), enc.size("stream"))
         self._counts = counts
         self.snapshot = snapshot
         return snapshot
 
-    def _dirty(
-        self, old: EventLog, merged: EventLog, fresh: EventLog, enc: Encoding, t0: pd.Timestamp, cut: pd.Timestamp
-    ) -> np.ndarray:
-        """Flags per user code (+ one slot for a null user): buyers whose contribution can have changed."""
-        config = self.config
-        n_users = enc.size("user")
-        dirty = np.zeros(n_users + 1, dtype=bool)
-        buyer_new = _buyers(merged["orders"], enc.size("order"))
-        buyer_old = _buyers(old["orders"], enc.size("order"))
 
-        def mark(users: np.ndarray) -> None:
-            dirty[_user_slot(users, n_users)] = True
-
-        # New and changed rows, and the stored rows they replace (their buyer may differ).
-        for owners in (_owners(fresh, buyer_new), _owners(fresh, buyer_old)):
-            for users in owners.values():
-                mark(users)
-        mark(_buyer_of_order(fresh["reviews"], buyer_new))
-        for name in ("orders", "after_sales"):
-            key = TABLE_SPECS[name].key[0]
-            replaced = old[name][key].isin(fresh[name][key]).to_numpy(dtype=bool) if len(fresh[name]) else None
-            if replaced is not None and replaced.any():
-                mark(_owner(name, old[name].loc[replaced], buyer_old))
-        # Registry rows sent again: a merchant's category is a reference of its orders; a
-        # stream names the shop and host its reports are about.
-        if len(fresh["merchants"]):
-            changed = fresh["merchants"]["merchant_id"].to_numpy(dtype="int64")
-            orders = merged["orders"]
-            mark(orders["user_id"].to_numpy(dtype="int64")[np.isin(orders["merchant_id"].to_numpy(dtype="int64"), changed)])
-        if len(fresh["livestreams"]):
-            reports = merged["reports"]
-            streams = fresh["livestreams"]["stream_id"].to_numpy(dtype="int64")
-            mark(reports["reporter_id"].to_numpy(dtype="int64")[np.isin(reports["stream_id"].to_numpy(dtype="int64"), streams)])
-        # Rows that cross a time edge between the two cuts.
-        start, end = t0.value, cut.value
-        edges = sorted({*config.windows, config.alarm_recent_days, config.alarm_recent_days + config.alarm_baseline_days})
-        owners = _owners(merged, buyer_new)
-
-        def crossing(times: np.ndarray, days: list[float]) -> np.ndarray:
-            hit = np.zeros(len(times), dtype=bool)
-            for d in days:
-                offset = int(round(d * _NS_PER_DAY))
-                hit |= (times >= start - offset - _MARGIN_NS) & (times <= end - offset + _MARGIN_NS)
-            return hit
-
-        orders = merged["orders"]
-        hit = crossing(_ns(orders["created_at"]), edges) | crossing(_ns(orders["promised_ship_by"]), [0.0, config.overdue_days])
-        mark(owners["orders"][hit])
-        reviews_hit = crossing(_ns(merged["reviews"]["created_at"]), edges)
-        mark(owners["reviews"][reviews_hit])
-        mark(_buyer_of_order(merged["reviews"], buyer_new)[reviews_hit])
-        mark(owners["after_sales"][crossing(_ns(merged["after_sales"]["opened_at"]), edges)])
-        # Reviews tie their author to the order's buyer (praise before delivery, one bad
-        # order): both sides are recomputed together.
-        slots = []
-        for log, buyers in ((merged, buyer_new), (old, buyer_old)):
-            reviews = log["reviews"]
-            slots.append((_user_slot(reviews["user_id"].to_numpy(dtype="int64"), n_users), _user_slot(_buyer_of_order(reviews, buyers), n_users)))
-        # Reports against one merchant in one burst bucket share a weight (report_burst_hours):
-        # their reporters are recomputed together (all reports of the bucket, a superset).
-        bursts = [_report_bursts(log, n_users, config) for log in (merged, old)] if config.report_burst_hours > 0 else []
-        while True:
-            grew = False
-            for author, buyer in slots:
-                either = dirty[author] | dirty[buyer]
-                if (either & ~(dirty[author] & dirty[buyer])).any():
-                    dirty[author[either]] = True
-                    dirty[buyer[either]] = True
-                    grew = True
-            for group, reporter in bursts:
-                touched = np.bincount(group, weights=dirty[reporter], minlength=int(group.max()) + 1 if len(group) else 0) > 0
-                pulled = touched[group] & ~dirty[reporter]
-                if pulled.any():
-                    dirty[reporter[pulled]] = True
-                    grew = True
-            if not grew:
-                return dirty
+# The tail of new rows is merged into the indexed base when it outgrows this share of it.
+COMPACT_SHARE = 0.25
+_USER_COLUMNS = (("orders", "user_id"), ("reviews", "user_id"), ("reports", "reporter_id"), ("nps", "user_id"),
+                 ("follows", "user_id"), ("impressions", "user_id"))  # fmt: skip
+_ORDER_COLUMNS = (("orders", "order_id"), ("after_sales", "order_id"), ("reviews", "order_id"))
 
 
-def _report_bursts(log: EventLog, n_users: int, config: TrustConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per report: a code of its (merchant, ``report_burst_hours`` bucket), and its reporter's slot.
+def _localize(
+    sides: tuple[dict[str, pd.DataFrame], ...], enc: _LiveEncoding
+) -> tuple[np.ndarray, tuple[dict[str, pd.DataFrame], ...], _LiveEncoding]:
+    """The gathered tables with user and order codes renumbered densely (order kept).
 
-    The merchant is the report's own or its stream's; reports about neither are left out.
+    The evidence passes then size their per-user and per-order arrays by the rows they read,
+    not by every id of the history. Returns the global code of each local user, the tables,
+    and an encoding with the local sizes.
     """
-    reports, streams = log["reports"], log["livestreams"]
-    merchant = reports["merchant_id"].to_numpy(dtype="int64")
-    if len(streams) and len(reports):
-        size = int(max(streams["stream_id"].max(), reports["stream_id"].max())) + 1
-        of_stream = np.full(size + 1, -1, dtype="int64")
-        of_stream[streams["stream_id"].to_numpy(dtype="int64")] = streams["merchant_id"].to_numpy(dtype="int64")
-        merchant = np.where(merchant >= 0, merchant, of_stream[reports["stream_id"].to_numpy(dtype="int64")])
-    about = merchant >= 0
-    bucket = np.floor(_seconds(reports["created_at"]) / 3600.0 / config.report_burst_hours)
-    bucket = np.nan_to_num(bucket, nan=-1.0).astype("int64")
-    group = pd.factorize(pd.MultiIndex.from_arrays([merchant[about], bucket[about]]))[0].astype("int64")
-    return group, _user_slot(reports["reporter_id"].to_numpy(dtype="int64")[about], n_users)
+
+    def codes(columns: tuple[tuple[str, str], ...]) -> np.ndarray:
+        parts = [side[t][c].to_numpy(dtype="int64") for side in sides for t, c in columns]
+        values = _unique(np.concatenate(parts)) if parts else np.zeros(0, dtype="int64")
+        return values[values >= 0]
+
+    users, orders = codes(_USER_COLUMNS), codes(_ORDER_COLUMNS)
+    out = []
+    for side in sides:
+        tables = dict(side)
+        for kinds, known in ((_USER_COLUMNS, users), (_ORDER_COLUMNS, orders)):
+            for table, column in kinds:
+                frame = tables[table].copy(deep=False)
+                values = frame[column].to_numpy(dtype="int64")
+                frame[column] = np.where(values >= 0, np.searchsorted(known, values), -1)
+                tables[table] = frame
+        out.append(tables)
+    local = _LiveEncoding(enc.vocab, {**enc.sizes, "user": len(users), "order": len(orders)})
+    return users, tuple(out), local
 
 
-def _rows(log: EventLog, dirty: np.ndarray, enc: Encoding) -> dict[str, pd.DataFrame]:
-    """The tables of ``log`` restricted to the rows of flagged buyers (registries in full)."""
-    n_users = len(dirty) - 1
-    buyer_of = _buyers(log["orders"], enc.size("order"))
-    owners = _owners(log, buyer_of)
-    tables = {name: log[name] for name in log.tables}
-    for name in _USER_TABLES:
-        keep = dirty[_user_slot(owners[name], n_users)]
-        if name == "reviews":
-            keep = keep | dirty[_user_slot(_buyer_of_order(log["reviews"], buyer_of), n_users)]
-        tables[name] = log[name].loc[keep].reset_index(drop=True)
-    return tables
+def _combine_rows(
+    total: pd.DataFrame, rows: np.ndarray, old: pd.DataFrame, new: pd.DataFrame, size: int, factor: float, config: TrustConfig
+) -> pd.DataFrame:
+    """:func:`_combine` for counters whose rows (``rows``: the local rows' codes) are a few of many."""
+    if set(total.columns) != set(new.columns):
+        raise ConfigError(f"live trust: counters changed ({sorted(set(total.columns) ^ set(new.columns))})")
+    out: dict[str, np.ndarray] = {}
+    for column in total.columns:
+        values = np.zeros(size)
+        kept = total[column].to_numpy(dtype="float64")
+        values[: len(kept)] = kept
+        before = values[rows]
+        gone = old[column].to_numpy(dtype="float64")
+        rest = before - gone
+        rest[np.abs(rest) <= 1e-12 * (np.abs(before) + np.abs(gone))] = 0.0
+        if not _is_undecayed(column, config):
+            values *= factor
+            rest *= factor
+        values[rows] = rest + new[column].to_numpy(dtype="float64")
+        out[column] = values
+    return pd.DataFrame(out)[list(total.columns)]

@@ -155,3 +155,21 @@ def test_every_counter_is_classified(world: EventLog) -> None:
     unclassified = {c for c in columns - classified if not c.startswith("benefit_")}
     assert not unclassified
     assert not (undecayed_counts(CONFIG) & _decayed_counts(CONFIG))
+
+
+def test_updates_across_a_merge_of_the_new_rows_into_the_indexed_history(
+    same_snapshot: Any, world: EventLog, weights: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New rows live in a tail until it outgrows a share of the indexed base; then the two are
+    merged and re-indexed. Updates on either side of the merge stay exact."""
+    from trustfeed.features import _live
+
+    live = LiveTrust.start(world, _at(world, 10.0), CONFIG, index=weights)
+    first = live.update(changes_since(world, live.as_of), _at(world, 10.5))
+    assert live._history.tail_rows() > 0  # the new rows sit in the tail
+    same_snapshot(first, build_snapshot(world, live.as_of, CONFIG, index=live.index, references=live.references))
+    monkeypatch.setattr(_live, "COMPACT_SHARE", 0.0)
+    live.update(changes_since(world, live.as_of), _at(world, 11.0))
+    assert live._history.tail_rows() == 0  # merged into the base
+    later = live.update(changes_since(world, live.as_of), _at(world, 12.5))
+    same_snapshot(later, build_snapshot(world, live.as_of, CONFIG, index=live.index, references=live.references))

@@ -1,0 +1,647 @@
+"""The encoded event history of a live trust state, indexed so that an update never scans it.
+
+A live update (:mod:`._live`) needs, per update: the stored rows that new rows replace, the
+buyers whose rows cross a time edge, the rows of a set of buyers, the buyers linked to them
+(a review ties its author to the order's buyer; stranger reports of one burst share a weight),
+and the first paid order of each merchant. A scan of the history for each of these is what
+made an update grow with the history. :class:`History` keeps the history in two parts:
+
+- the **base**: the rows of the last full build (or of the last compaction), never changed;
+  per table the rows grouped by buyer (and by order, merchant, stream, burst) and sorted by
+  each time an edge is read on, so each question costs the rows it returns;
+- the **tail**: the rows added since (new rows and re-sent versions of stored ones), scanned
+  in full; base rows replaced by a re-sent row are marked dead.
+
+The small registries (merchants, creators, livestreams, violations, guarantees) are kept whole.
+When the tail outgrows a share of the base, the two are merged into a new base (amortised:
+one re-indexing per that many new rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._schema import TABLE_SPECS
+from ._signals import _seconds
+from ._trust_config import TrustConfig
+from .errors import SchemaError
+from .events import EventLog
+
+__all__ = ["USER_TABLES", "History"]
+
+# Tables whose rows belong to a buyer (after-sales cases: the buyer of the order), and the
+# column naming it. Every other table is a small registry, kept whole.
+USER_TABLES = ("orders", "after_sales", "reviews", "reports", "nps", "follows", "impressions")
+REGISTRIES = ("merchants", "creators", "livestreams", "violations", "guarantees")
+_OWNER: dict[str, str | None] = {
+    "orders": "user_id",
+    "after_sales": None,
+    "reviews": "user_id",
+    "reports": "reporter_id",
+    "nps": "user_id",
+    "follows": "user_id",
+    "impressions": "user_id",
+}
+# Re-sendable tables with many rows: a re-sent row marks the stored one dead.
+_REPLACEABLE = {"orders": "order_id", "after_sales": "case_id"}
+_RESENDABLE_REGISTRIES = ("merchants", "creators", "livestreams", "guarantees")
+NAT = np.iinfo(np.int64).min
+
+
+def ns(times: pd.Series) -> np.ndarray:
+    """UTC nanoseconds (int64; the smallest int64 for null, which no time edge selects)."""
+    return pd.DatetimeIndex(pd.to_datetime(times, utc=True)).as_unit("ns").asi8
+
+
+def _i64(frame: pd.DataFrame, column: str) -> np.ndarray:
+    return frame[column].to_numpy(dtype="int64")
+
+
+class Groups:
+    """Base rows grouped by an int64 code (``-1``: null, a group of its own).
+
+    :meth:`rows` returns the rows of a set of codes in time proportional to them.
+    """
+
+    def __init__(self, order: np.ndarray, starts: np.ndarray) -> None:
+        self.order = order
+        self.starts = starts
+
+    @classmethod
+    def of(cls, codes: np.ndarray) -> Groups:
+        slots = np.asarray(codes, dtype="int64") + 1
+        order = np.argsort(slots, kind="stable")
+        counts = np.bincount(slots, minlength=1) if len(slots) else np.zeros(1, dtype="int64")
+        return cls(order, np.concatenate([[0], np.cumsum(counts)]).astype("int64"))
+
+    def rows(self, codes: np.ndarray) -> np.ndarray:
+        """Base rows (ascending) whose code is one of ``codes`` (``-1``: the null group)."""
+        slots = _unique(np.asarray(codes, dtype="int64") + 1)
+        slots = slots[(slots >= 0) & (slots < len(self.starts) - 1)]
+        lo, hi = self.starts[slots], self.starts[slots + 1]
+        sizes = hi - lo
+        total = int(sizes.sum())
+        if not total:
+            return np.zeros(0, dtype="int64")
+        offsets = np.repeat(lo - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
+        return np.sort(self.order[offsets])
+
+
+class Sorted:
+    """Base rows sorted by an int64 value (a time in ns, a burst key)."""
+
+    def __init__(self, values: np.ndarray, order: np.ndarray) -> None:
+        self.values = values
+        self.order = order
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Sorted:
+        order = np.argsort(values, kind="stable")
+        return cls(np.asarray(values)[order], order)
+
+    def between(self, lo: int, hi: int) -> np.ndarray:
+        """Rows with ``lo <= value <= hi``."""
+        a, b = np.searchsorted(self.values, [lo, hi], side="left")[0], np.searchsorted(self.values, hi, side="right")
+        return self.order[a:b]
+
+    def equal(self, keys: np.ndarray) -> np.ndarray:
+        """Rows whose value is one of ``keys``."""
+        keys = _unique(keys)
+        lo = np.searchsorted(self.values, keys, side="left")
+        hi = np.searchsorted(self.values, keys, side="right")
+        sizes = hi - lo
+        total = int(sizes.sum())
+        if not total:
+            return np.zeros(0, dtype="int64")
+        return self.order[np.repeat(lo - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)]
+
+
+class Growable:
+    """An int64 array indexed by code that grows with new codes (capacity doubles)."""
+
+    def __init__(self, values: np.ndarray, fill: int) -> None:
+        self.data = np.asarray(values, dtype="int64").copy()
+        self.size = len(values)
+        self.fill = fill
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.size]
+
+    def with_values(self, size: int, codes: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """A copy of the first ``size`` entries with ``values`` set at ``codes`` (the state is untouched)."""
+        out = np.full(size, self.fill, dtype="int64")
+        n = min(size, self.size)
+        out[:n] = self.data[:n]
+        out[codes] = values
+        return out
+
+    def assign(self, values: np.ndarray) -> None:
+        """Make ``values`` the current content (after a committed update)."""
+        if len(values) > len(self.data):
+            grown = np.full(max(len(values), 2 * len(self.data)), self.fill, dtype="int64")
+            self.data = grown
+        self.data[: len(values)] = values
+        self.size = len(values)
+
+
+def burst_keys(reports: pd.DataFrame, stream_merchant: np.ndarray, config: TrustConfig) -> np.ndarray:
+    """Per report: a key of its (merchant, ``report_burst_hours`` bucket); -1 for reports about no merchant.
+
+    The merchant is the report's own or its stream's.
+    """
+    merchant = _i64(reports, "merchant_id")
+    stream = _i64(reports, "stream_id")
+    if len(stream_merchant):
+        by_stream = stream_merchant[np.clip(stream, 0, len(stream_merchant) - 1)]
+        merchant = np.where((merchant < 0) & (stream >= 0) & (stream < len(stream_merchant)), by_stream, merchant)
+    hours = _seconds(reports["created_at"]) / 3600.0 / max(config.report_burst_hours, 1e-300)
+    bucket = np.nan_to_num(np.floor(hours), nan=-1.0).astype("int64")
+    return np.where(merchant >= 0, (merchant << 32) | (bucket & 0xFFFFFFFF), -1)
+
+
+def stream_merchants(streams: pd.DataFrame, n_streams: int) -> np.ndarray:
+    out = np.full(n_streams, -1, dtype="int64")
+    out[_i64(streams, "stream_id")] = _i64(streams, "merchant_id")
+    return out
+
+
+@dataclass
+class View:
+    """The history as of one side of an update: which base rows live, the tail, the buyers."""
+
+    alive: dict[str, np.ndarray | None]
+    tail: dict[str, pd.DataFrame]
+    buyer_of: np.ndarray  # buyer code per order code (-1: no order row)
+    registries: dict[str, pd.DataFrame]
+    stream_merchant: np.ndarray
+
+
+@dataclass
+class History:
+    """See the module docstring. Build with :meth:`build`; never changed in place by a failed update."""
+
+    base: dict[str, pd.DataFrame]
+    groups: dict[str, Groups]
+    times: dict[str, Sorted]
+    bursts: Sorted | None
+    order_row: np.ndarray  # base row of each order code known at the base (-1: none)
+    case_row: pd.Index  # case ids of the base's after-sales rows, by row
+    orphans: dict[str, np.ndarray]  # base after-sales / review rows whose order had no buyer at the base
+    base_stream_merchant: np.ndarray
+    current: View
+    buyer_store: Growable
+    first_paid: np.ndarray  # per merchant code: the earliest paid order (epoch s; inf: none)
+    missing: tuple[str, ...]
+    warnings: tuple[str, ...]
+    missing_columns: Mapping[str, tuple[str, ...]]
+    config: TrustConfig
+    dtypes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def build(cls, known: EventLog, n_order_codes: int, n_stream_codes: int, config: TrustConfig) -> History:
+        """Index an encoded point-in-time log (every row is base)."""
+        base = {name: known[name].reset_index(drop=True) for name in USER_TABLES}
+        registries = {name: known[name] for name in REGISTRIES}
+        orders = base["orders"]
+        order_row = np.full(n_order_codes, -1, dtype="int64")
+        order_row[_i64(orders, "order_id")] = np.arange(len(orders))
+        buyer_of = np.full(n_order_codes, -1, dtype="int64")
+        buyer_of[_i64(orders, "order_id")] = _i64(orders, "user_id")
+        stream_merchant = stream_merchants(registries["livestreams"], n_stream_codes)
+        groups = {name: Groups.of(_i64(base[name], column)) for name, column in _OWNER.items() if column is not None}
+        groups["orders_by_merchant"] = Groups.of(_i64(orders, "merchant_id"))
+        groups["after_sales_by_order"] = Groups.of(_i64(base["after_sales"], "order_id"))
+        groups["reviews_by_order"] = Groups.of(_i64(base["reviews"], "order_id"))
+        groups["reports_by_stream"] = Groups.of(_i64(base["reports"], "stream_id"))
+        times = {
+            "orders.created_at": Sorted.of(ns(orders["created_at"])),
+            "orders.promised_ship_by": Sorted.of(ns(orders["promised_ship_by"])),
+            "reviews.created_at": Sorted.of(ns(base["reviews"]["created_at"])),
+            "after_sales.opened_at": Sorted.of(ns(base["after_sales"]["opened_at"])),
+        }
+        bursts = Sorted.of(burst_keys(base["reports"], stream_merchant, config)) if config.report_burst_hours > 0 else None
+        orphans = {
+            name: np.flatnonzero(_lookup(buyer_of, _i64(base[name], "order_id")) < 0) for name in ("after_sales", "reviews")
+        }
+        current = View(
+            alive={name: None for name in USER_TABLES},
+            tail={name: base[name].iloc[:0] for name in USER_TABLES},
+            buyer_of=buyer_of,
+            registries=registries,
+            stream_merchant=stream_merchant,
+        )
+        return cls(
+            base=base, groups=groups, times=times, bursts=bursts, order_row=order_row,
+            case_row=pd.Index(base["after_sales"]["case_id"].astype("string")), orphans=orphans,
+            base_stream_merchant=stream_merchant, current=current, buyer_store=Growable(buyer_of, -1),
+            first_paid=_first_paid(orders, np.inf), missing=known.missing, warnings=known.warnings,
+            missing_columns=dict(known.missing_columns), config=config,
+            dtypes={name: dict(known[name].dtypes) for name in known.tables},
+        )  # fmt: skip
+
+    def rows(self, name: str, view: View | None = None) -> int:
+        view = view if view is not None else self.current
+        alive = view.alive[name]
+        return (len(self.base[name]) if alive is None else int(alive.sum())) + len(view.tail[name])
+
+    def log(self, view: View | None = None) -> EventLog:
+        """An event log for the snapshot's finishing steps: registries whole, buyer tables by size only."""
+        view = view if view is not None else self.current
+        tables = dict(view.registries)
+        for name in USER_TABLES:
+            tables[name] = pd.DataFrame(index=pd.RangeIndex(self.rows(name, view)))
+        return EventLog(tables, self.missing, self.warnings, self.missing_columns)
+
+    def tail_rows(self) -> int:
+        return sum(len(frame) for frame in self.current.tail.values())
+
+    def base_rows(self) -> int:
+        return sum(len(frame) for frame in self.base.values())
+
+    # ------------------------------------------------------------------ merging
+
+    def merge(self, fresh: EventLog, t0: pd.Timestamp, n_order_codes: int, n_stream_codes: int) -> tuple[View, dict[str, np.ndarray]]:
+        """The view after applying ``fresh`` (encoded), and per replaceable table the stored rows replaced.
+
+        Raises :class:`SchemaError` as :func:`~trustfeed.features.merge_events` does. The
+        replaced rows are returned as base rows (``<name>``) and tail rows (``<name>.tail``).
+        """
+        from ._incremental import _RESENDABLE, merge_table
+
+        cur = self.current
+        alive: dict[str, np.ndarray | None] = dict(cur.alive)
+        tail: dict[str, pd.DataFrame] = dict(cur.tail)
+        replaced: dict[str, np.ndarray] = {}
+        for name in USER_TABLES:
+            spec = TABLE_SPECS[name]
+            new = fresh[name]
+            if not len(new):
+                continue
+            early = (new[spec.event_time] < t0).to_numpy(dtype=bool, na_value=False)
+            if early.any() and name not in _RESENDABLE:
+                raise SchemaError(
+                    name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
+                    f"{int(early.sum())} earlier rows (state rows of this table cannot be sent again)",
+                )  # fmt: skip
+            if name in _REPLACEABLE:
+                base_hit, tail_hit, known = self._stored(name, new, cur)
+                if (early & ~known).any():
+                    raise SchemaError(
+                        name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
+                        f"{int((early & ~known).sum())} earlier rows the state does not hold (e.g."
+                        f" {_example(new, spec.key, early & ~known)})",
+                    )  # fmt: skip
+                if (~early & known).any():
+                    raise SchemaError(
+                        name, ", ".join(spec.key), "keys the state does not hold yet (or a re-sent row with its original time)",
+                        f"{int((~early & known).sum())} rows with a stored key and another"
+                        f" {spec.event_time} (e.g. {_example(new, spec.key, ~early & known)})",
+                    )  # fmt: skip
+                replaced[name] = base_hit
+                replaced[f"{name}.tail"] = tail_hit
+                if len(base_hit):
+                    stored = alive[name]
+                    mask = np.ones(len(self.base[name]), dtype=bool) if stored is None else stored.copy()
+                    mask[base_hit] = False
+                    alive[name] = mask
+                kept = tail[name]
+                if len(tail_hit):
+                    keep = np.ones(len(kept), dtype=bool)
+                    keep[tail_hit] = False
+                    kept = kept.loc[keep]
+                tail[name] = _append(kept, new, self.dtypes[name])
+            else:
+                tail[name] = _append(tail[name], new, self.dtypes[name])
+        registries = dict(cur.registries)
+        for name in REGISTRIES:
+            if len(fresh[name]):
+                registries[name] = merge_table(name, registries[name], fresh[name], t0)
+        new_orders = fresh["orders"]
+        buyer_of = self.buyer_store.with_values(n_order_codes, _i64(new_orders, "order_id"), _i64(new_orders, "user_id"))
+        streams = stream_merchants(registries["livestreams"], n_stream_codes) if len(fresh["livestreams"]) else _grown(cur.stream_merchant, n_stream_codes)
+        return View(alive, tail, buyer_of, registries, streams), replaced
+
+    def _stored(self, name: str, new: pd.DataFrame, cur: View) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the new rows of a replaceable table: stored base rows and tail rows with their key, and which new rows have one."""
+        column = _REPLACEABLE[name]
+        tail = cur.tail[name]
+        if name == "orders":
+            code = _i64(new, column)
+            row = _lookup(self.order_row, code)
+            tail_codes = _i64(tail, column)
+            tail_hit = np.flatnonzero(np.isin(tail_codes, code)) if len(tail) else np.zeros(0, dtype="int64")
+            in_tail = np.isin(code, tail_codes) if len(tail) else np.zeros(len(code), dtype=bool)
+        else:
+            keys = pd.Index(new[column].astype("string"))
+            row = self.case_row.get_indexer(keys).astype("int64") if len(self.case_row) else np.full(len(new), -1, dtype="int64")
+            tail_keys = pd.Index(tail[column].astype("string"))
+            tail_hit = np.flatnonzero(tail_keys.isin(keys)) if len(tail) else np.zeros(0, dtype="int64")
+            in_tail = keys.isin(tail_keys) if len(tail) else np.zeros(len(new), dtype=bool)
+        alive = cur.alive[name]
+        in_base = (row >= 0) & (True if alive is None else alive[np.maximum(row, 0)])
+        return row[in_base], tail_hit, np.asarray(in_base | in_tail, dtype=bool)
+
+    def first_paid_after(self, view: View, fresh: EventLog, replaced: Mapping[str, np.ndarray], n_merchants: int) -> np.ndarray:
+        """Each merchant's earliest paid order in ``view`` (epoch s; inf: none), per merchant code.
+
+        New orders can only lower it; merchants of a replaced order row are recomputed from
+        their own orders.
+        """
+        out = np.full(n_merchants, np.inf)
+        out[: len(self.first_paid)] = self.first_paid[:n_merchants]
+        empty = np.zeros(0, dtype="int64")
+        gone = (self.base["orders"].take(replaced.get("orders", empty)), self.current.tail["orders"].iloc[replaced.get("orders.tail", empty)])
+        affected = _unique(np.concatenate([_i64(frame, "merchant_id") for frame in gone]))
+        affected = affected[affected >= 0]
+        if len(affected):
+            rows = self._alive("orders", self.groups["orders_by_merchant"].rows(affected), view)
+            tail = view.tail["orders"]
+            out[affected] = np.inf
+            out = _first_paid(self.base["orders"].take(rows), np.inf, out)
+            out = _first_paid(tail.loc[np.isin(_i64(tail, "merchant_id"), affected)], np.inf, out)
+        return _first_paid(fresh["orders"], np.inf, out)
+
+    def commit(self, view: View, first_paid: np.ndarray) -> None:
+        """Make ``view`` current (the update succeeded)."""
+        self.buyer_store.assign(view.buyer_of)
+        view.buyer_of = self.buyer_store.view()
+        self.current = view
+        self.first_paid = first_paid
+
+    # ------------------------------------------------------------------ reading
+
+    def owners(self, name: str, frame: pd.DataFrame, buyer_of: np.ndarray) -> np.ndarray:
+        """The buyer code each row of a buyer table belongs to (a case: the order's buyer)."""
+        column = _OWNER[name]
+        return _lookup(buyer_of, _i64(frame, "order_id")) if column is None else _i64(frame, column)
+
+    def gather(self, view: View, dirty: np.ndarray) -> dict[str, pd.DataFrame]:
+        """The tables of ``view`` restricted to the rows of flagged buyers (registries whole).
+
+        ``dirty``: flags per buyer slot (``code + 1``; slot 0: no buyer). A review is kept when
+        its author or its order's buyer is flagged, as :func:`_rows` in the update always did.
+        """
+        users = np.flatnonzero(dirty) - 1
+        tables: dict[str, pd.DataFrame] = dict(view.registries)
+        order_rows = self._base_rows("orders", users, view)
+        tail_orders = view.tail["orders"]
+        tail_order_keep = _flag(dirty, _i64(tail_orders, "user_id"))
+        orders = _concat(self.base["orders"].take(order_rows), tail_orders.loc[tail_order_keep], self.dtypes["orders"])
+        tables["orders"] = orders
+        # Orders of flagged buyers in this view, and (with the null slot) those without a buyer.
+        codes = _i64(orders, "order_id")
+        for name in ("after_sales", "reviews"):
+            rows = [self.groups[f"{name}_by_order"].rows(codes)]
+            if dirty[0]:
+                orphan = self.orphans[name]
+                rows.append(orphan[_lookup(view.buyer_of, _i64(self.base[name].iloc[orphan], "order_id")) < 0] if len(orphan) else orphan)
+                nobody = _i64(view.tail["orders"], "order_id")[_i64(view.tail["orders"], "user_id") < 0]
+                rows.append(self.groups[f"{name}_by_order"].rows(nobody))
+            if name == "reviews":
+                rows.append(self.groups["reviews"].rows(users))
+            picked = self._alive(name, _unique(np.concatenate(rows)), view)
+            # the buyer may have changed since the base: keep the rows whose buyer in this view is flagged
+            frame = self.base[name].take(picked)
+            keep = _flag(dirty, _lookup(view.buyer_of, _i64(frame, "order_id")))
+            if name == "reviews":
+                keep |= _flag(dirty, _i64(frame, "user_id"))
+            tail = view.tail[name]
+            tail_keep = _flag(dirty, _lookup(view.buyer_of, _i64(tail, "order_id")))
+            if name == "reviews":
+                tail_keep |= _flag(dirty, _i64(tail, "user_id"))
+            tables[name] = _concat(frame.loc[keep], tail.loc[tail_keep], self.dtypes[name])
+        for name in ("reports", "nps", "follows", "impressions"):
+            owned = self._base_rows(name, users, view)
+            tail = view.tail[name]
+            tables[name] = _concat(self.base[name].take(owned), tail.loc[_flag(dirty, self.owners(name, tail, view.buyer_of))], self.dtypes[name])
+        return tables
+
+    def _base_rows(self, name: str, users: np.ndarray, view: View) -> np.ndarray:
+        return self._alive(name, self.groups[name].rows(users), view)
+
+    def _alive(self, name: str, rows: np.ndarray, view: View) -> np.ndarray:
+        alive = view.alive.get(name)
+        return rows if alive is None else rows[alive[rows]]
+
+    # ------------------------------------------------------------------ finding the buyers
+
+    def dirty(
+        self, old: View, new: View, fresh: EventLog, replaced: dict[str, np.ndarray], t0: pd.Timestamp, cut: pd.Timestamp,
+        n_users: int,
+    ) -> np.ndarray:
+        """Flags per buyer slot: buyers whose contribution can have changed between ``t0`` and ``cut``."""
+        config = self.config
+        dirty = np.zeros(n_users + 1, dtype=bool)
+
+        def mark(users: np.ndarray) -> None:
+            dirty[np.asarray(users, dtype="int64") + 1] = True
+
+        # New and changed rows, and the stored rows they replace (their buyer may differ).
+        for buyer_of in (new.buyer_of, old.buyer_of):
+            for name in USER_TABLES:
+                mark(self.owners(name, fresh[name], buyer_of))
+        mark(_lookup(new.buyer_of, _i64(fresh["reviews"], "order_id")))
+        for name in _REPLACEABLE:
+            rows = replaced.get(name, np.zeros(0, dtype="int64"))
+            mark(self.owners(name, self.base[name].take(rows), old.buyer_of))
+            tail_rows = replaced.get(f"{name}.tail", np.zeros(0, dtype="int64"))
+            mark(self.owners(name, old.tail[name].iloc[tail_rows], old.buyer_of))
+        # Registry rows sent again: a merchant's category is a reference of its orders; a
+        # stream names the shop and host its reports are about.
+        if len(fresh["merchants"]):
+            changed = _i64(fresh["merchants"], "merchant_id")
+            rows = self._alive("orders", self.groups["orders_by_merchant"].rows(changed), new)
+            mark(_i64(self.base["orders"].take(rows), "user_id"))
+            tail = new.tail["orders"]
+            mark(_i64(tail, "user_id")[np.isin(_i64(tail, "merchant_id"), changed)])
+        if len(fresh["livestreams"]):
+            streams = _i64(fresh["livestreams"], "stream_id")
+            mark(_i64(self.base["reports"].take(self.groups["reports_by_stream"].rows(streams)), "reporter_id"))
+            tail = new.tail["reports"]
+            mark(_i64(tail, "reporter_id")[np.isin(_i64(tail, "stream_id"), streams)])
+        # Rows that cross a time edge between the two cuts (found with a one-second margin:
+        # a superset is still exact).
+        start, end = t0.value, cut.value
+        edges = sorted({*config.windows, config.alarm_recent_days, config.alarm_recent_days + config.alarm_baseline_days})
+
+        def crossing(key: str, days: Iterable[float], tail_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            rows, hit = [], np.zeros(len(tail_times), dtype=bool)
+            for d in days:
+                offset = int(round(d * _NS_PER_DAY))
+                lo, hi = start - offset - _MARGIN_NS, end - offset + _MARGIN_NS
+                rows.append(self.times[key].between(lo, hi))
+                hit |= (tail_times >= lo) & (tail_times <= hi)
+            return _unique(np.concatenate(rows)) if rows else np.zeros(0, dtype="int64"), hit
+
+        orders_tail = new.tail["orders"]
+        for key, column, days in (
+            ("orders.created_at", "created_at", edges),
+            ("orders.promised_ship_by", "promised_ship_by", [0.0, config.overdue_days]),
+        ):
+            rows, hit = crossing(key, days, ns(orders_tail[column]))
+            mark(_i64(self.base["orders"].take(rows), "user_id"))
+            mark(_i64(orders_tail, "user_id")[hit])
+        reviews_tail = new.tail["reviews"]
+        rows, hit = crossing("reviews.created_at", edges, ns(reviews_tail["created_at"]))
+        crossed = pd.concat([self.base["reviews"].take(rows), reviews_tail.loc[hit]])
+        mark(_i64(crossed, "user_id"))
+        mark(_lookup(new.buyer_of, _i64(crossed, "order_id")))
+        cases_tail = new.tail["after_sales"]
+        rows, hit = crossing("after_sales.opened_at", edges, ns(cases_tail["opened_at"]))
+        mark(_lookup(new.buyer_of, _i64(self.base["after_sales"].take(rows), "order_id")))
+        mark(_lookup(new.buyer_of, _i64(cases_tail.loc[hit], "order_id")))
+        self._close(dirty, (old, new))
+        return dirty
+
+    def _close(self, dirty: np.ndarray, views: tuple[View, ...]) -> None:
+        """Flag the buyers linked to flagged ones until nothing changes.
+
+        Reviews tie their author to the order's buyer (praise before delivery, one bad order):
+        both sides are recomputed together. Stranger reports against one merchant in one burst
+        bucket share a weight (``report_burst_hours``): their reporters are recomputed together.
+        """
+        frontier = np.flatnonzero(dirty) - 1
+        bursts = self.config.report_burst_hours > 0
+        while len(frontier):
+            found: list[np.ndarray] = []
+            for view in views:
+                one = np.zeros(len(dirty), dtype=bool)
+                one[frontier + 1] = True
+                reviews = self.gather_reviews(view, one, frontier)
+                found.append(_i64(reviews, "user_id"))
+                found.append(_lookup(view.buyer_of, _i64(reviews, "order_id")))
+                if bursts:
+                    found.append(self._burst_reporters(view, frontier))
+            linked = _unique(np.concatenate(found)) if found else np.zeros(0, dtype="int64")
+            fresh = linked[~dirty[linked + 1]]
+            dirty[fresh + 1] = True
+            frontier = fresh
+
+    def gather_reviews(self, view: View, flags: np.ndarray, users: np.ndarray) -> pd.DataFrame:
+        """Reviews of ``view`` written by flagged users or about their orders."""
+        orders = self._alive("orders", self.groups["orders"].rows(users), view)
+        codes = np.concatenate([_i64(self.base["orders"].take(orders), "order_id"),
+                                _i64(view.tail["orders"], "order_id")[_flag(flags, _i64(view.tail["orders"], "user_id"))]])
+        rows = [self.groups["reviews"].rows(users), self.groups["reviews_by_order"].rows(codes)]
+        if flags[0]:
+            orphan = self.orphans["reviews"]
+            rows.append(orphan)
+            rows.append(self.groups["reviews_by_order"].rows(_i64(view.tail["orders"], "order_id")[_i64(view.tail["orders"], "user_id") < 0]))
+        frame = self.base["reviews"].take(_unique(np.concatenate(rows)))
+        tail = view.tail["reviews"]
+        frame = pd.concat([frame, tail])
+        keep = _flag(flags, _i64(frame, "user_id")) | _flag(flags, _lookup(view.buyer_of, _i64(frame, "order_id")))
+        return frame.loc[keep]
+
+    def _burst_reporters(self, view: View, users: np.ndarray) -> np.ndarray:
+        """Reporters of every report in a burst bucket that a report of ``users`` is in."""
+        assert self.bursts is not None
+        base = self.base["reports"]
+        tail = view.tail["reports"]
+        mine = base.take(self.groups["reports"].rows(users))
+        tail_keys = burst_keys(tail, view.stream_merchant, self.config)
+        own_keys = np.concatenate([burst_keys(mine, view.stream_merchant, self.config),
+                                   tail_keys[np.isin(_i64(tail, "reporter_id"), users)]])
+        own_keys = own_keys[own_keys >= 0]
+        if not len(own_keys):
+            return np.zeros(0, dtype="int64")
+        streams = view.stream_merchant[: len(self.base_stream_merchant)]
+        if np.array_equal(streams, self.base_stream_merchant):
+            in_base = self.bursts.equal(own_keys)
+        else:  # a stream moved to another shop since the base (rare): the base's keys are stale
+            in_base = np.flatnonzero(np.isin(burst_keys(base, view.stream_merchant, self.config), own_keys))
+        return np.concatenate([_i64(base.take(in_base), "reporter_id"), _i64(tail, "reporter_id")[np.isin(tail_keys, own_keys)]])
+
+    # ------------------------------------------------------------------ compaction
+
+    def compacted(self, n_order_codes: int, n_stream_codes: int) -> History:
+        """The same history with the tail merged into a new, re-indexed base."""
+        tables: dict[str, pd.DataFrame] = dict(self.current.registries)
+        for name in USER_TABLES:
+            alive = self.current.alive[name]
+            base = self.base[name] if alive is None else self.base[name].loc[alive]
+            tables[name] = _concat(base, self.current.tail[name], self.dtypes[name])
+        log = EventLog(tables, self.missing, self.warnings, self.missing_columns)
+        out = History.build(log, n_order_codes, n_stream_codes, self.config)
+        out.first_paid = self.first_paid
+        return out
+
+    def with_meta(self, warnings: tuple[str, ...], missing: tuple[str, ...], missing_columns: Mapping[str, tuple[str, ...]]) -> History:
+        return replace(self, warnings=warnings, missing=missing, missing_columns=missing_columns)
+
+
+_NS_PER_DAY = 86_400 * 10**9
+_MARGIN_NS = 10**9
+
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values, by a sort (numpy's hash-based ``np.unique`` is many times slower on int64 codes)."""
+    values = np.sort(np.asarray(values, dtype="int64"))
+    if not len(values):
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``table[codes]`` with -1 for codes outside it (or negative)."""
+    codes = np.asarray(codes, dtype="int64")
+    if not len(table):
+        return np.full(len(codes), -1, dtype="int64")
+    ok = (codes >= 0) & (codes < len(table))
+    return np.where(ok, table[np.clip(codes, 0, len(table) - 1)], -1)
+
+
+def _flag(flags: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Whether each user code (-1: none, slot 0) is flagged; codes past the flags are not."""
+    slots = np.asarray(users, dtype="int64") + 1
+    ok = slots < len(flags)
+    return ok & flags[np.where(ok, slots, 0)]
+
+
+def _grown(values: np.ndarray, size: int) -> np.ndarray:
+    if len(values) >= size:
+        return values
+    return np.concatenate([values, np.full(size - len(values), -1, dtype="int64")])
+
+
+def _first_paid(orders: pd.DataFrame, fill: float, start: np.ndarray | None = None) -> np.ndarray:
+    """Earliest paid order time per merchant code (epoch s), from ``start`` lowered by ``orders``."""
+    from ._signals import _is
+
+    merchant = _i64(orders, "merchant_id")
+    size = max(int(merchant.max()) + 1 if len(merchant) else 0, len(start) if start is not None else 0)
+    out = np.full(size, fill)
+    if start is not None:
+        out[: len(start)] = start
+    ok = (merchant >= 0) & ~_is(orders["status"], "cancelled")
+    np.minimum.at(out, merchant[ok], _seconds(orders["created_at"])[ok])
+    return out
+
+
+def _append(stored: pd.DataFrame, new: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.DataFrame:
+    new = new[[c for c in stored.columns if c in new.columns]]
+    return _concat(stored, new, dtypes)
+
+
+def _concat(a: pd.DataFrame, b: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.DataFrame:
+    if not len(b):
+        return a.reset_index(drop=True)
+    if not len(a):
+        return b.astype({c: dtypes[c] for c in b.columns if c in dtypes}).reset_index(drop=True)
+    return pd.concat([a, b.astype({c: a[c].dtype for c in b.columns if c in a.columns})], ignore_index=True)
+
+
+def _example(frame: pd.DataFrame, key: tuple[str, ...], mask: Any) -> str:
+    row = frame.loc[mask].iloc[0]
+    return ", ".join(f"{column}={row[column]}" for column in key)
+
