@@ -9,7 +9,8 @@ default), with one merchant per 200 orders, one user per 10 orders and one strea
 Each size is generated once into ``--data-dir`` as Parquet, then built in a fresh
 subprocess whose peak RSS (``ru_maxrss``, which includes the input tables held in memory),
 wall and CPU time are reported, and per stage of the build (``stages``: encoding, evidence,
-fitting, scoring) its wall and CPU seconds and the resident memory at its end.
+fitting, scoring) its wall and CPU seconds, the resident memory at its end and the highest
+resident memory sampled during it (every 20 ms).
 
 Usage::
 
@@ -23,6 +24,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -226,11 +228,28 @@ def _run_one(data_dir: Path, backend: str) -> dict[str, float]:
     start = time.perf_counter()
     cpu_start = time.process_time()
     marks: list[tuple[str, float, float, float]] = []
+    # Highest resident memory seen during each stage (sampled every 20 ms by a thread): the
+    # memory at a stage's end hides which stage holds the build's peak.
+    stage_peak: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            if stage_peak:
+                stage_peak[-1] = max(stage_peak[-1], _current_rss_mb())
 
     def progress(message: str) -> None:
-        marks.append((message, time.perf_counter() - start, time.process_time() - cpu_start, _current_rss_mb()))
+        rss = _current_rss_mb()
+        if stage_peak:
+            stage_peak[-1] = max(stage_peak[-1], rss)
+        marks.append((message, time.perf_counter() - start, time.process_time() - cpu_start, rss))
+        stage_peak.append(rss)
 
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     snapshot = build_snapshot(events, START + pd.Timedelta(days=DAYS), backend=backend, progress=progress)
+    done.set()
+    sampler.join()
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds as well as wall time: on a shared machine the wall clock includes waiting.
@@ -242,8 +261,9 @@ def _run_one(data_dir: Path, backend: str) -> dict[str, float]:
             "seconds": round(end_wall - wall, 2),
             "cpu_seconds": round(end_cpu - cpu_used, 2),
             "rss_mb_at_end": round(rss_end, 1),
+            "peak_rss_mb": round(peak, 1),
         }
-        for (name, wall, cpu_used, _), (_, end_wall, end_cpu, rss_end) in zip(marks, marks[1:])
+        for (name, wall, cpu_used, _), (_, end_wall, end_cpu, rss_end), peak in zip(marks, marks[1:], stage_peak)
     }
     return {
         "orders": len(tables["orders"]),

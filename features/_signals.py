@@ -164,11 +164,14 @@ def _age_days(times: pd.Series, as_of: pd.Timestamp) -> np.ndarray:
     return np.maximum(delta / _DAY, 0.0)
 
 
-def _time_weights(times: pd.Series, as_of: pd.Timestamp, config: TrustConfig) -> dict[str, np.ndarray]:
-    """``{"": decay, "_7d": window, ...}``: the weightings every evidence column gets."""
+def _time_weights(times: pd.Series, as_of: pd.Timestamp, config: TrustConfig, *, windowed: bool = True) -> dict[str, np.ndarray]:
+    """``{"": decay, "_7d": window, ...}``: the weightings every evidence column gets.
+
+    ``windowed=False``: the decay alone (callers that read no window column).
+    """
     age = _age_days(times, as_of)
     weights = {"": np.exp2(-age / config.half_life_days)}
-    for days in config.windows:
+    for days in config.windows if windowed else ():
         weights[f"_{days}d"] = (age < days).astype("float64")
     return weights
 
@@ -482,17 +485,22 @@ def build_counts(
     enc: Encoding,
     category: np.ndarray,
     references: CredibilityReferences | None = None,
+    *,
+    risk_only: bool = False,
 ) -> SignalCounts:
     """All evidence counts as of ``as_of`` from encoded point-in-time tables.
 
     ``category`` is the category code of every merchant code (-1: unknown). ``references``:
     the credibility references to use (default: computed from these tables; returned in the
-    result either way).
+    result either way). ``risk_only``: only the merchant columns the risk signals read
+    (:func:`._trust_index.derive_signals` and the entity roll-up), as the index fit's earlier
+    cuts need them: no window, early-warning or raw columns, no creators, users or per-order
+    labels (empty frames); the columns it does compute are the same as a full build's.
     """
     n_merchants, n_orders_vocab = enc.size("merchant"), enc.size("order")
     orders = tables["orders"]
     order_frame, users, references = _order_credibility(tables, category, enc, config, agg, references)
-    tw = _time_weights(orders["created_at"], as_of, config)
+    tw = _time_weights(orders["created_at"], as_of, config, windowed=not risk_only)
     merchant = order_frame["merchant"]
     paid = order_frame["paid"]
     weight = order_frame["order_weight"]
@@ -513,26 +521,20 @@ def build_counts(
         "n_late": late.astype("float64"),
         "n_presale": presale.astype("float64"),
         "n_follower_orders": follower.astype("float64"),
-        "gmv": order_frame["amount"] * paid,
     }
+    if not risk_only:
+        evidence_paid["gmv"] = order_frame["amount"] * paid
     counts.update(agg.sum(merchant, n_merchants, _weighted(evidence_paid, tw, weight, ("n_orders", "n_due", "n_late"))))
     evidence_all = {"n_orders_all": np.ones(len(orders)), "n_cancelled": (~paid).astype("float64")}
     counts.update(agg.sum(merchant, n_merchants, _weighted(evidence_all, tw, 1.0 - suspicion, ("n_orders_all", "n_cancelled"))))
     # Brushing evidence is not credibility-weighted: it is what the weight is made of.
-    counts.update(
-        agg.sum(
-            merchant,
-            n_merchants,
-            {
-                "suspicion": suspicion * paid * tw[""],
-                "n_suspicion": paid * tw[""],
-                "n_orders_raw": paid.astype("float64"),
-            },
-        )
-    )
+    brushing = {"suspicion": suspicion * paid * tw[""], "n_suspicion": paid * tw[""]}
+    if not risk_only:
+        brushing["n_orders_raw"] = paid.astype("float64")
+    counts.update(agg.sum(merchant, n_merchants, brushing))
     # Per-order columns of these sums are dropped as soon as they are summed: at ten million
     # orders each is 80 MB, and the build's peak comes later (creator and report sums).
-    del tw, evidence_paid, evidence_all, due, late, on_time, presale, follower
+    del tw, evidence_paid, evidence_all, brushing, due, late, on_time, presale, follower
     counts.update(_repurchase(order_frame, as_of, config, agg, enc))
 
     # Dense per-order lookups, indexed by order code.
@@ -558,11 +560,12 @@ def build_counts(
     # What became of each order, in the orders table's row order (as order_frame)
     # (only the columns read below: the others are freed at once)
     outcomes = order_outcomes(tables)[list(_OUTCOMES_READ)].iloc[: len(orders)]
-    counts.update(_after_sales(tables["after_sales"], outcomes, lookups, as_of, config, agg, n_merchants))
-    counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc))
+    counts.update(_after_sales(tables["after_sales"], outcomes, lookups, as_of, config, agg, n_merchants, windowed=not risk_only))
+    counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc, windowed=not risk_only))
     del lookups, merchant_of, weight_of, buyer_of, delivered_of
-    counts.update(_early_warning(order_frame, orders, outcomes, as_of, config, agg, enc))
-    bad = went_bad(outcomes)
+    if not risk_only:
+        counts.update(_early_warning(order_frame, orders, outcomes, as_of, config, agg, enc))
+        bad = went_bad(outcomes)
     # The outcomes table (a dozen columns per order) is not needed past this point: freed
     # before the creator and report sums, where the build peaked at ten million orders.
     del outcomes
@@ -581,8 +584,11 @@ def build_counts(
     counts.update(_violations(tables["violations"], as_of, config, agg, n_merchants))
     counts.update(_guarantees(tables["guarantees"], agg, n_merchants))
     counts.update(_nps(tables["nps"], as_of, config, agg, enc))
-    stream_tw = _time_weights(streams["started_at"], as_of, config)
+    stream_tw = _time_weights(streams["started_at"], as_of, config, windowed=False)
     counts.update(agg.sum(_codes(streams["merchant_id"]), n_merchants, {"n_streams": stream_tw[""]}))
+    if risk_only:
+        empty = pd.DataFrame()
+        return SignalCounts(merchants=pd.DataFrame(counts), creators=empty, orders=empty, users=empty, references=references)
 
     creators = _creators(tables, stream_creator, as_of, config, agg, enc)
     # Only what the index fit's labels need is kept per order (memory at 10M orders).
@@ -702,6 +708,8 @@ def _after_sales(
     config: TrustConfig,
     agg: Aggregator,
     n_merchants: int,
+    *,
+    windowed: bool = True,
 ) -> dict[str, np.ndarray]:
     """Case counts per merchant; bad orders (from the order ``outcomes``) weighted as of their latest bad case.
 
@@ -729,7 +737,7 @@ def _after_sales(
     # second, earlier complaint about an already bad order age the evidence and raise trust.
     is_bad = outcomes["bad_case_at"].notna().to_numpy(dtype=bool)
     flagged = _codes(outcomes["order_id"])[is_bad]
-    tw_orders = _time_weights(outcomes["last_bad_case_at"][is_bad].reset_index(drop=True), as_of, config)
+    tw_orders = _time_weights(outcomes["last_bad_case_at"][is_bad].reset_index(drop=True), as_of, config, windowed=windowed)
     flagged_counts = agg.sum(
         merchant_of[flagged],
         n_merchants,
@@ -743,7 +751,7 @@ def _after_sales(
             ("n_bad_cases",),
         ),
     )
-    tw = _time_weights(cases["opened_at"], as_of, config)
+    tw = _time_weights(cases["opened_at"], as_of, config, windowed=False)
     no_reason = _is(cases["reason"], "no_reason")
     # A no-reason return is the buyer's statutory right, granted automatically: it says
     # nothing about the goods or the service, so it is kept out of every service metric.
@@ -770,6 +778,8 @@ def _reviews(
     config: TrustConfig,
     agg: Aggregator,
     enc: Encoding,
+    *,
+    windowed: bool = True,
 ) -> dict[str, np.ndarray]:
     """Credibility-weighted review evidence (the per-order 1-2 star flag is in the order outcomes).
 
@@ -806,7 +816,7 @@ def _reviews(
         present = ~np.isnan(values)
         evidence[f"n_{detail}_ratings"] = present.astype("float64")
         evidence[f"{detail}_shortfall"] = np.where(present, (5.0 - np.nan_to_num(values, nan=5.0)) / 4.0, 0.0)
-    tw = _time_weights(reviews["created_at"], as_of, config)
+    tw = _time_weights(reviews["created_at"], as_of, config, windowed=windowed)
     counts = agg.sum(merchant, n_merchants, _weighted(evidence, tw, credibility, ("n_reviews", "n_low_ratings")))
     counts.update(agg.sum(merchant, n_merchants, {"n_reviews_raw": np.ones(len(reviews)), "rating_sum_raw": rating}))
     return counts
@@ -863,7 +873,7 @@ def _merchant_reports(
     via_stream = _lookup(stream_merchant, stream, -1)
     merchant = np.where(merchant >= 0, merchant, via_stream)
     weight = _report_weight(reports, merchant, n_merchants, config, buyers)
-    tw = _time_weights(reports["created_at"], as_of, config)
+    tw = _time_weights(reports["created_at"], as_of, config, windowed=False)
     evidence = {
         "n_counterfeit_reports": _is(reports["category"], "counterfeit").astype("float64"),
         "n_host_reports": _is(reports["category"], HOST_REPORT_CATEGORIES).astype("float64"),
@@ -881,7 +891,7 @@ def _merchant_reports(
 def _violations(
     violations: pd.DataFrame, as_of: pd.Timestamp, config: TrustConfig, agg: Aggregator, n_merchants: int
 ) -> dict[str, np.ndarray]:
-    tw = _time_weights(violations["created_at"], as_of, config)
+    tw = _time_weights(violations["created_at"], as_of, config, windowed=False)
     severity = violations["severity"].to_numpy(dtype="float64", na_value=1.0)
     host = _codes(violations["creator_id"]) >= 0
     evidence = {
@@ -909,7 +919,7 @@ def _nps(nps: pd.DataFrame, as_of: pd.Timestamp, config: TrustConfig, agg: Aggre
     merchant = _codes(nps["merchant_id"])
     score = nps["score"].to_numpy(dtype="float64", na_value=np.nan)
     pair_code, per_pair, _ = _pair_counts(_codes(nps["user_id"]), np.maximum(merchant, 0), n_merchants)
-    tw = _time_weights(nps["created_at"], as_of, config)
+    tw = _time_weights(nps["created_at"], as_of, config, windowed=False)
     evidence = {
         "n_nps": np.ones(len(nps)),
         "n_promoters": (score >= 9).astype("float64"),
@@ -930,12 +940,12 @@ def _creators(
     n_creators = enc.size("creator")
     counts: dict[str, np.ndarray] = {}
     streams = tables["livestreams"]
-    tw = _time_weights(streams["started_at"], as_of, config)
+    tw = _time_weights(streams["started_at"], as_of, config, windowed=False)
     counts.update(
         agg.sum(_codes(streams["creator_id"]), n_creators, {"n_streams": tw[""], "n_streams_raw": np.ones(len(streams))})
     )
     impressions = tables["impressions"]
-    tw = _time_weights(impressions["ts"], as_of, config)
+    tw = _time_weights(impressions["ts"], as_of, config, windowed=False)
     counts.update(
         agg.sum(
             _codes(impressions["creator_id"]),
@@ -954,10 +964,10 @@ def _creators(
     creator = np.where(creator >= 0, creator, _lookup(stream_creator, stream, -1))
     weight = _report_weight(reports, creator, n_creators, config)
     host = _is(reports["category"], HOST_REPORT_CATEGORIES)
-    tw = _time_weights(reports["created_at"], as_of, config)
+    tw = _time_weights(reports["created_at"], as_of, config, windowed=False)
     counts.update(agg.sum(creator, n_creators, {"n_host_reports": weight * host * tw[""]}))
     violations = tables["violations"]
-    tw = _time_weights(violations["created_at"], as_of, config)
+    tw = _time_weights(violations["created_at"], as_of, config, windowed=False)
     counts.update(
         agg.sum(
             _codes(violations["creator_id"]),

@@ -242,11 +242,17 @@ def _raw_evidence(
     backend: str,
     enc: Encoding,
     references: CredibilityReferences | None = None,
+    *,
+    risk_only: bool = False,
 ) -> tuple[SignalCounts, pd.DataFrame]:
-    """Evidence counts of every merchant code (before the registry selection), and the meta."""
+    """Evidence counts of every merchant code (before the registry selection), and the meta.
+
+    ``risk_only``: only what the risk signals read (see :func:`._signals.build_counts`).
+    """
     tables = {name: events[name] for name in events.tables}
     meta = _merchant_meta(tables["merchants"], as_of, enc)
-    counts = build_counts(tables, as_of, config, make_aggregator(backend), enc, _category_codes(meta, enc), references)
+    agg = make_aggregator(backend)
+    counts = build_counts(tables, as_of, config, agg, enc, _category_codes(meta, enc), references, risk_only=risk_only)
     return counts, meta
 
 
@@ -264,10 +270,11 @@ def _registered(counts: SignalCounts, meta: pd.DataFrame, enc: Encoding) -> Sign
     return replace(counts, merchants=_entity_rollup(merchants, meta, enc.size("entity")))
 
 
-def _evidence(
+def _risk_evidence(
     events: EventLog, as_of: pd.Timestamp, config: TrustConfig, backend: str, enc: Encoding
 ) -> tuple[SignalCounts, pd.DataFrame]:
-    counts, meta = _raw_evidence(events, as_of, config, backend, enc)
+    """The registered merchants' counts that the risk signals read (an earlier fit cut's)."""
+    counts, meta = _raw_evidence(events, as_of, config, backend, enc, risk_only=True)
     return _registered(counts, meta, enc), meta
 
 
@@ -524,17 +531,20 @@ def _earlier_risks(
     known: EventLog, cut: pd.Timestamp, config: TrustConfig, backend: str, host_exposure: str, enc: Encoding
 ) -> list[tuple[pd.Timestamp, RiskRows]]:
     """What the index reads at each earlier cut ``T - k * horizon`` (k = 1..fit_cuts) with orders before it."""
-    risks: list[tuple[pd.Timestamp, RiskRows]] = []
-    for k in range(1, config.fit_cuts + 1):
-        start = cut - pd.Timedelta(days=k * config.horizon_days)
-        earlier = known.before(start)
-        if len(earlier["orders"]) == 0:
-            break
-        then, meta_then = _evidence(earlier, start, config, backend, enc)
-        del earlier
-        _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, _absent(known))
-        risks.append((start, _index_rows(risk_then, meta_then, priors_then, config, host_exposure, _absent(known), enc)[0]))
-    return risks
+    created = known["orders"]["created_at"]
+    starts = [cut - pd.Timedelta(days=k * config.horizon_days) for k in range(1, config.fit_cuts + 1)]
+    # A cut with no orders before it ends the list (every earlier cut has none either).
+    starts = [s for s in starts if (created < s).to_numpy(dtype=bool, na_value=False).any()]
+    return [(s, _risk_rows_at(known, s, config, backend, host_exposure, enc)) for s in starts]
+
+
+def _risk_rows_at(
+    known: EventLog, start: pd.Timestamp, config: TrustConfig, backend: str, host_exposure: str, enc: Encoding
+) -> RiskRows:
+    """What the index reads as of the earlier cut ``start`` (from the events before it)."""
+    then, meta_then = _risk_evidence(known.before(start), start, config, backend, enc)
+    _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, _absent(known))
+    return _index_rows(risk_then, meta_then, priors_then, config, host_exposure, _absent(known), enc)[0]
 
 
 def _fit_index(

@@ -746,3 +746,53 @@ def test_sort_factorize_matches_the_hash(wide: list[int], narrow: list[int]) -> 
         want_codes, want_uniques = pd.factorize(keys)
         assert codes.tolist() == want_codes.tolist()
         assert uniques.tolist() == np.asarray(want_uniques).tolist()
+
+
+@pytest.mark.parametrize("days_before_end", [0, 35])
+def test_risk_only_evidence_is_the_full_builds_risk_columns(crafted, days_before_end):
+    """The index fit's earlier cuts build only what the risk signals read: each column they do
+    build is the full build's exactly, and the risk matrix derived from them is the same."""
+    from trustfeed.features._dask_backend import make_aggregator
+    from trustfeed.features._signals import build_counts, encode_ids
+    from trustfeed.features.trust import _category_codes, _merchant_meta, _signals
+
+    tables, _ = crafted
+    cut = AS_OF - pd.Timedelta(days=days_before_end)
+    known, enc = encode_ids(validate_events(tables).before(cut))
+    frames = {name: known[name] for name in known.tables}
+    meta = _merchant_meta(frames["merchants"], cut, enc)
+    args = (frames, cut, FIT, make_aggregator("pandas"), enc, _category_codes(meta, enc))
+    full, lean = build_counts(*args), build_counts(*args, risk_only=True)
+    assert set(lean.merchants.columns) < set(full.merchants.columns)
+    windowed = {f"{name}_{days}d" for name in ("n_orders", "n_late", "n_bad_cases", "n_reviews") for days in FIT.windows}
+    assert windowed <= set(full.merchants.columns) and not windowed & set(lean.merchants.columns)
+    assert not any(c.startswith("ew_") for c in lean.merchants.columns)
+    assert lean.creators.empty and lean.orders.empty
+    pd.testing.assert_frame_equal(lean.merchants, full.merchants[lean.merchants.columns], check_exact=True)
+    full_rollup = full.merchants.iloc[meta.index.to_numpy()].set_axis(meta.index)
+    lean_rollup = lean.merchants.iloc[meta.index.to_numpy()].set_axis(meta.index)
+    from trustfeed.features.trust import SignalCounts, _entity_rollup
+
+    risks = [
+        _signals(SignalCounts(_entity_rollup(m, meta, enc.size("entity")), *(pd.DataFrame(),) * 3), meta, FIT, "n_streams", ())[1]
+        for m in (full_rollup, lean_rollup)
+    ]
+    pd.testing.assert_frame_equal(risks[0], risks[1], check_exact=True)
+
+
+def test_earlier_cuts_in_threads_equal_one_at_a_time(crafted):
+    """The earlier fit cuts run two at a time: same cuts, same order, same rows as one by one."""
+    from trustfeed.features._signals import encode_ids
+    from trustfeed.features.trust import _earlier_risks, _risk_rows_at
+
+    tables, _ = crafted
+    config = TrustConfig(min_fit_merchants=30, fit_cuts=3, horizon_days=20)
+    known, enc = encode_ids(validate_events(tables).before(AS_OF))
+    threaded = _earlier_risks(known, AS_OF, config, "pandas", "n_streams", enc)
+    starts = [AS_OF - pd.Timedelta(days=20 * k) for k in (1, 2, 3)]
+    assert [start for start, _ in threaded] == starts[: len(threaded)] and len(threaded) >= 2
+    for (_, rows), start in zip(threaded, starts):
+        alone = _risk_rows_at(known, start, config, "pandas", "n_streams", enc)
+        pd.testing.assert_frame_equal(rows.risk, alone.risk, check_exact=True)
+        pd.testing.assert_frame_equal(rows.baseline, alone.baseline, check_exact=True)
+        assert rows.category.tolist() == alone.category.tolist()
