@@ -301,7 +301,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         demo_uri, reference_uri = _bundles(args.seed, Path(tmp), args.bundle)
         gc.collect()  # the training data is gone: the process holds what a service would
-        rankers = {"demo": FeedRanker.load(demo_uri), "reference (200 x 63)": FeedRanker.load(reference_uri)}
+        rankers = {"demo": FeedRanker.load(demo_uri, predictor="lightgbm"),
+                   "reference (200 x 63)": FeedRanker.load(reference_uri, predictor="lightgbm")}
         if not args.no_gc_freeze:
             gc.freeze()
         results = {name: bench_model(name, r, args.iterations, args.warmup, args.seed, Path(tmp) / "compiled")

@@ -100,7 +100,7 @@ def main() -> None:
     tracking = args.tracking_uri or f"sqlite:///{(args.out / 'mlflow.db').resolve()}"
     with tempfile.TemporaryDirectory() as tmp:
         events, model = events_and_model(args, tmp)
-        served = FeedRanker.load(str(model)).pipeline
+        served = FeedRanker.load(str(model), predictor="lightgbm").pipeline
         trust = pd.to_numeric(served.snapshot.merchants["trust_index"], errors="coerce").to_numpy(float)
         target_gini = served.balancer.config.target_gini if served.balancer is not None else 0.5
         grid = lever_grid(trust, target_gini, args.trained_ratio, tuple(args.levers))

@@ -8,6 +8,7 @@ JSON-lines file. See ``docs/serving.md``.
 
 from ..features.errors import ModelIntegrityError, RequestError
 from ._batch import rank_file
+from ._compiled import default_compile_cache
 from ._feed_ranker import FeedRanker
 from ._mapped_tables import MappedTables, open_mapped_tables, write_mapped_tables
 from ._serving_tables import build_serving_tables
@@ -21,6 +22,7 @@ __all__ = [
     "RequestError",
     "SharedLedgerConfig",
     "build_serving_tables",
+    "default_compile_cache",
     "open_mapped_tables",
     "rank_file",
     "write_mapped_tables",

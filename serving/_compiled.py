@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import stat
@@ -41,10 +42,33 @@ if TYPE_CHECKING:
     from ..ranker.lambdamart import LambdaMART
     from ..ranker.purchase import PurchaseModel
 
-__all__ = ["CompiledModel", "CompiledPurchaseModel", "PREDICTORS", "compiled_available", "compile_model"]
+__all__ = [
+    "CompiledModel",
+    "CompiledPurchaseModel",
+    "PREDICTORS",
+    "compiled_available",
+    "compile_model",
+    "default_compile_cache",
+]
 
-PREDICTORS = ("lightgbm", "compiled")
+PREDICTORS = ("auto", "lightgbm", "compiled")
 _CACHE_FORMAT = 1
+_log = logging.getLogger("trustfeed.serving")
+_fallback_logged = False
+
+
+def default_compile_cache() -> Path:
+    """Where compiled models are kept unless the caller says otherwise.
+
+    ``$TRUSTFEED_COMPILE_CACHE`` when set, else ``trustfeed/compiled`` under the user's cache
+    directory (``$XDG_CACHE_HOME``, by default ``~/.cache``). It is created private to the
+    user (mode 0700) on first use; a directory that other users can write to is never used.
+    """
+    explicit = os.environ.get("TRUSTFEED_COMPILE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "trustfeed" / "compiled"
 
 
 def compiled_available() -> bool:
@@ -174,25 +198,47 @@ class _CompiledTrees:
 def compile_model(model: Scorer, predictor: str, cache_dir: str | os.PathLike[str] | None = None) -> Scorer:
     """The model serving should call: ``model`` itself or its compiled form.
 
-    ``predictor="compiled"`` compiles when lleaves is installed and otherwise warns and keeps
-    LightGBM; ``"lightgbm"`` returns ``model`` unchanged.
+    ``predictor="auto"`` compiles when lleaves is installed and can compile the model, and
+    otherwise keeps LightGBM and logs one line (once per process) saying why;
+    ``"compiled"`` compiles when lleaves is installed and otherwise warns and keeps LightGBM
+    (a model lleaves cannot compile raises); ``"lightgbm"`` returns ``model`` unchanged.
     """
     if predictor not in PREDICTORS:
         raise ConfigError(f"predictor must be one of {list(PREDICTORS)}, got {predictor!r}")
     if predictor == "lightgbm" or isinstance(model, (CompiledModel, CompiledPurchaseModel)):
         return model
     if not compiled_available():
+        if predictor == "auto":
+            _log_fallback("lleaves is not installed (pip install 'trustfeed[compiled]')")
+            return model
         warnings.warn(
             "predictor='compiled' needs lleaves (pip install 'trustfeed[compiled]'); serving with LightGBM",
             RuntimeWarning,
             stacklevel=3,
         )
         return model
+    if predictor == "compiled":
+        return _compiled_form(model, cache_dir)
+    try:
+        return _compiled_form(model, cache_dir)
+    except Exception as error:  # noqa: BLE001 - auto serves with LightGBM whatever the compiler's failure
+        _log_fallback(f"the model did not compile ({type(error).__name__}: {error})")
+        return model
+
+
+def _compiled_form(model: Scorer, cache_dir: str | os.PathLike[str] | None) -> Scorer:
     if hasattr(model, "click_booster_") and hasattr(model, "purchase_booster_"):
         return CompiledPurchaseModel(cast("PurchaseModel", model), cache_dir)
     if not hasattr(model, "booster_"):
         return model  # not a LightGBM model (e.g. a test double): nothing to compile
     return CompiledModel(cast("LambdaMART", model), cache_dir)
+
+
+def _log_fallback(reason: str) -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        _log.warning("trustfeed serving: predictor 'auto' ranks with LightGBM: %s", reason)
 
 
 class _Cache:

@@ -14,7 +14,7 @@ from ..features.errors import ConfigError, ModelIntegrityError, SchemaError
 from ..ranker.bundle import load_bundle
 from ..ranker.signing import load_verify_key
 from ..ranker.pipeline import RankingPipeline
-from ._compiled import CompiledModel, CompiledPurchaseModel, compile_model
+from ._compiled import CompiledModel, CompiledPurchaseModel, compile_model, default_compile_cache
 from ._mapped_tables import open_mapped_tables
 from ._resolve import local_model_dir
 from ._shared_ledger import RedisLedger
@@ -41,14 +41,21 @@ class FeedRanker:
     source
         Where the pipeline came from (the model URI), for :attr:`model_uri`.
     predictor
-        ``"lightgbm"`` (default) scores with LightGBM's ``Booster.predict``; ``"compiled"``
-        compiles the model's trees to native code with lleaves (the optional ``compiled``
-        extra) when the pipeline is set up and on every reload: the same scores (to 1e-9),
-        several times faster. Without lleaves it warns and keeps LightGBM.
+        ``"compiled"`` compiles the model's trees to native code with lleaves (the optional
+        ``compiled`` extra) when the pipeline is set up and on every reload, before the new
+        model is swapped in: the same scores (to 1e-9), about twice as fast a request. Without
+        lleaves it warns and keeps LightGBM. ``"lightgbm"`` scores with LightGBM's
+        ``Booster.predict``. ``"auto"`` compiles when lleaves is installed and compiles the
+        model, and otherwise ranks with LightGBM after one logged line. :attr:`predictor`
+        says which one ranks. The constructor defaults to ``"lightgbm"`` (a pipeline built
+        in memory, e.g. by an offline evaluation, is rarely served long enough to pay back a
+        compilation); :meth:`load` defaults to ``"auto"``.
     compile_cache
         Directory of compiled models, so that workers and restarts serving the same model
         compile it once. Entries are keyed by the checksum of the verified model text and
-        checked before use; see ``docs/serving.md``.
+        checked before use; see ``docs/serving.md``. ``True`` (the default) is
+        :func:`~trustfeed.serving.default_compile_cache` (``$TRUSTFEED_COMPILE_CACHE`` or
+        ``~/.cache/trustfeed/compiled``); ``None`` compiles in memory every time.
     shared_ledger
         A :class:`~trustfeed.serving.RedisLedger`: the balancer's exposure ledger is then the
         platform's, shared by every worker through Redis (synced in the background; ranking
@@ -91,12 +98,13 @@ class FeedRanker:
         record_served: bool = True,
         source: str | None = None,
         predictor: str = "lightgbm",
-        compile_cache: str | os.PathLike[str] | None = None,
+        compile_cache: str | os.PathLike[str] | bool | None = True,
         shared_ledger: RedisLedger | None = None,
         verify_key: str | os.PathLike[str] | None = None,
         tables: str | os.PathLike[str] | None = None,
     ) -> None:
         self._tables = tables
+        compile_cache = _cache_dir(compile_cache)
         _compile_scorers(pipeline, predictor, compile_cache)
         self.shared_ledger = shared_ledger
         if shared_ledger is not None:
@@ -118,8 +126,8 @@ class FeedRanker:
         *,
         record_served: bool = True,
         tracking_uri: str | None = None,
-        predictor: str = "lightgbm",
-        compile_cache: str | os.PathLike[str] | None = None,
+        predictor: str = "auto",
+        compile_cache: str | os.PathLike[str] | bool | None = True,
         shared_ledger: RedisLedger | None = None,
         verify_key: str | os.PathLike[str] | None = None,
         tables: str | os.PathLike[str] | None = None,
@@ -187,8 +195,9 @@ class FeedRanker:
 
     @property
     def predictor(self) -> str:
-        """``"compiled"`` when the scorer ranking runs (the purchase model when the bundle has one,
-        else the LambdaMART model) uses compiled trees, else ``"lightgbm"``."""
+        """Which predictor ranks: ``"compiled"`` when the scorer ranking runs (the purchase model
+        when the bundle has one, else the LambdaMART model) uses compiled trees, else
+        ``"lightgbm"`` (also what ``predictor="auto"`` fell back to)."""
         pipeline = self._pipeline
         scorer = pipeline.purchase_model if pipeline.purchase_model is not None else pipeline.model
         return "compiled" if isinstance(scorer, (CompiledModel, CompiledPurchaseModel)) else "lightgbm"
@@ -346,6 +355,14 @@ class FeedRanker:
             )
             self._pipeline = fresh
             return fresh.model_id
+
+
+def _cache_dir(cache: str | os.PathLike[str] | bool | None) -> str | os.PathLike[str] | None:
+    if cache is True:
+        return default_compile_cache()
+    if cache is False or cache is None:
+        return None
+    return cache
 
 
 def _compile_scorers(pipeline: RankingPipeline, predictor: str, cache: str | os.PathLike[str] | None) -> None:

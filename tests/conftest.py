@@ -21,6 +21,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``FeedRanker.load`` compiles into a cache (``~/.cache`` by default): the tests' own one."""
+    previous = os.environ.get("TRUSTFEED_COMPILE_CACHE")
+    os.environ["TRUSTFEED_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("compile-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TRUSTFEED_COMPILE_CACHE", None)
+    else:
+        os.environ["TRUSTFEED_COMPILE_CACHE"] = previous
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261122)

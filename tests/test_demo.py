@@ -166,7 +166,7 @@ def test_runs_uri_loads_with_an_explicit_sqlite_tracking_uri(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # nothing here: MLflow's default store would be ./mlflow.db
     model_uri = f"runs:/{run.info.run_id}/model"
-    ranker = FeedRanker.load(model_uri, tracking_uri=store)
+    ranker = FeedRanker.load(model_uri, tracking_uri=store, predictor="lightgbm")
     local = load_bundle(next((out / "models").glob("*/bundle")))
     assert ranker.model_id == local.model_id
     (tmp_path / "requests.jsonl").write_text(json.dumps({

@@ -67,7 +67,7 @@ def test_compiled_scores_equal_lightgbm_on_any_values(compiled: CompiledModel, p
 
 @lleaves_only
 def test_feed_ranker_compiled_gives_the_lightgbm_response(bundle: Path, parts: Any) -> None:
-    plain = FeedRanker.load(bundle, record_served=False)
+    plain = FeedRanker.load(bundle, record_served=False, predictor="lightgbm")
     fast = FeedRanker.load(bundle, record_served=False, predictor="compiled")
     assert (plain.predictor, fast.predictor) == ("lightgbm", "compiled")
     for request in parts.requests[:20]:
@@ -140,6 +140,81 @@ def test_without_lleaves_compiled_falls_back_to_lightgbm(parts: Any, monkeypatch
         assert compile_model(parts.model, "lightgbm") is parts.model
 
 
+@lleaves_only
+def test_load_compiles_by_default_into_the_default_cache(bundle: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustfeed.serving import default_compile_cache
+
+    monkeypatch.setenv("TRUSTFEED_COMPILE_CACHE", str(tmp_path / "cache"))
+    assert default_compile_cache() == tmp_path / "cache"
+    first = FeedRanker.load(bundle, record_served=False)
+    assert first.predictor == "compiled" and not first.pipeline.model.cached
+    assert len(list((tmp_path / "cache").glob("*.o"))) == 1
+    second = FeedRanker.load(bundle, record_served=False)  # another worker, or a restart: no compilation
+    assert second.predictor == "compiled" and second.pipeline.model.cached
+    in_memory = FeedRanker.load(bundle, record_served=False, compile_cache=None)
+    assert in_memory.predictor == "compiled" and not in_memory.pipeline.model.cached
+    # the in-memory constructor keeps LightGBM unless asked
+    assert FeedRanker(_plain_pipeline(bundle)).predictor == "lightgbm"
+    monkeypatch.delenv("TRUSTFEED_COMPILE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_compile_cache() == tmp_path / "xdg" / "trustfeed" / "compiled"
+
+
+def _plain_pipeline(bundle: Path) -> Any:
+    from trustfeed.ranker.bundle import load_bundle
+
+    return load_bundle(bundle)
+
+
+def _fallback_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "predictor 'auto' ranks with LightGBM" in r.getMessage()]
+
+
+def test_auto_without_lleaves_ranks_with_lightgbm_after_one_logged_line(
+    bundle: Path, parts: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trustfeed.serving import _compiled
+
+    real_import = builtins.__import__
+
+    def no_lleaves(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "lleaves" or name.startswith("lleaves."):
+            raise ImportError("no lleaves here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lleaves)
+    monkeypatch.setattr(_compiled, "_fallback_logged", False)
+    with warnings.catch_warnings(), caplog.at_level("WARNING", logger="trustfeed.serving"):
+        warnings.simplefilter("error")  # a logged line, not a warning
+        ranker = FeedRanker.load(bundle, record_served=False)
+        ranker.reload(bundle)
+        again = FeedRanker.load(bundle, record_served=False)
+    assert ranker.predictor == again.predictor == "lightgbm"
+    lines = _fallback_lines(caplog)
+    assert len(lines) == 1 and "lleaves is not installed" in lines[0]
+    assert ranker.rank(parts.requests[0])["items"]
+
+
+@lleaves_only
+def test_auto_keeps_lightgbm_when_the_model_does_not_compile(
+    bundle: Path, parts: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trustfeed.serving import _compiled
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("LLVM says no")
+
+    monkeypatch.setattr(_compiled, "_CompiledTrees", broken)
+    monkeypatch.setattr(_compiled, "_fallback_logged", False)
+    with caplog.at_level("WARNING", logger="trustfeed.serving"):
+        ranker = FeedRanker.load(bundle, record_served=False)
+    assert ranker.predictor == "lightgbm"
+    assert [line for line in _fallback_lines(caplog) if "LLVM says no" in line]
+    with pytest.raises(RuntimeError, match="LLVM says no"):  # asked for explicitly, the failure is the caller's
+        FeedRanker.load(bundle, record_served=False, predictor="compiled")
+
+
 def test_unknown_predictor_is_a_config_error(parts: Any) -> None:
     from trustfeed.features.errors import ConfigError
 
@@ -196,7 +271,7 @@ def test_compiled_purchase_model_scores_equal_lightgbm_and_reload_keeps_it(
     np.testing.assert_allclose(buy, purchase.purchase_booster_.predict(X, raw_score=True), rtol=0, atol=1e-9)
     assert compile_model(purchase, "compiled", cache).cached
 
-    plain = FeedRanker.load(path, record_served=False)
+    plain = FeedRanker.load(path, record_served=False, predictor="lightgbm")
     fast = FeedRanker.load(path, record_served=False, predictor="compiled", compile_cache=cache)
     assert (plain.predictor, fast.predictor) == ("lightgbm", "compiled")
     assert isinstance(fast._pipeline.purchase_model, CompiledPurchaseModel)

@@ -53,8 +53,9 @@ def test_feed_ranker_loads_the_alias_from_the_server(trained: Any) -> None:
     from trustfeed.serving import FeedRanker
 
     request = _request(trained.events_dir)
-    by_alias = FeedRanker.load(f"models:/{trained.registered_name}@challenger", tracking_uri=trained.server.uri)
-    local = FeedRanker.load(trained.result.bundle_dir)
+    by_alias = FeedRanker.load(f"models:/{trained.registered_name}@challenger", tracking_uri=trained.server.uri,
+                               predictor="lightgbm")
+    local = FeedRanker.load(trained.result.bundle_dir, predictor="lightgbm")
     assert by_alias.model_id == local.model_id
     assert [i["stream_id"] for i in by_alias.rank(request)["items"]] == [i["stream_id"] for i in local.rank(request)["items"]]
 
@@ -122,9 +123,9 @@ def test_runs_uri_loads_from_the_server_with_an_explicit_tracking_uri(
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    ranker = FeedRanker.load(trained.result.model_uri, tracking_uri=trained.server.uri)
+    ranker = FeedRanker.load(trained.result.model_uri, tracking_uri=trained.server.uri, predictor="lightgbm")
     assert trained.result.model_uri.startswith("runs:/")
-    assert ranker.model_id == FeedRanker.load(trained.result.bundle_dir).model_id
+    assert ranker.model_id == FeedRanker.load(trained.result.bundle_dir, predictor="lightgbm").model_id
     assert not (tmp_path / "mlflow.db").exists()
 
 

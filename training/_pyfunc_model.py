@@ -65,7 +65,9 @@ class TrustfeedPyfuncModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from trustfeed.serving import FeedRanker
 
-        self._ranker = FeedRanker.load(context.artifacts["bundle"])
+        # LightGBM, not the compiled default: MLflow loads this model while logging it (to check
+        # the input example), and a compilation there would lengthen every training job
+        self._ranker = FeedRanker.load(context.artifacts["bundle"], predictor="lightgbm")
 
     # MLflow turns a type hint on ``model_input`` into its own input validation and signature
     # inference (and warns when it is missing or too loose). Requests are validated by

@@ -94,7 +94,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
         check_output_dir(args.serving_tables, KIND_MARKER, force=args.force)
         # a model that does not load or verify fails now, not after the snapshot is built
-        pipeline = FeedRanker.load(args.model, tracking_uri=args.tracking_uri, verify_key=_verify_key(args)).pipeline
+        pipeline = FeedRanker.load(args.model, tracking_uri=args.tracking_uri, verify_key=_verify_key(args),
+                                   predictor="lightgbm").pipeline
     progress = StderrProgress()
     if args.incremental:
         write_incremental(args.source, Path(args.events), args.as_of, Path(args.out),
@@ -195,8 +196,10 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     check_output_file(args.out)
     if Path(args.requests).is_dir():
         raise OutputError(args.requests, "is a directory, expected a JSON-lines file of requests")
+    # a one-shot batch: a compilation (seconds, more for big models) rarely pays back here
     ranker = FeedRanker.load(
-        args.model, snapshot=args.snapshot, tracking_uri=args.tracking_uri, verify_key=_verify_key(args)
+        args.model, snapshot=args.snapshot, tracking_uri=args.tracking_uri, verify_key=_verify_key(args),
+        predictor="lightgbm",
     )
     summary = rank_file(
         model_uri=args.model,

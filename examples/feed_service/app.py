@@ -7,9 +7,11 @@ Configuration (environment, read by every worker at start):
   keeps its own ledger);
 - ``TRUSTFEED_SYNC_INTERVAL``: seconds between two syncs of a worker's ledger with Redis
   (default 1);
-- ``TRUSTFEED_PREDICTOR``: ``compiled`` (default: the trees as native code, LightGBM when
-  lleaves is not installed) or ``lightgbm``;
-- ``TRUSTFEED_COMPILE_CACHE``: directory where workers share compiled models;
+- ``TRUSTFEED_PREDICTOR``: ``auto`` (default: the trees as native code, LightGBM with one
+  logged line when lleaves is not installed or cannot compile the model), ``compiled`` or
+  ``lightgbm``;
+- ``TRUSTFEED_COMPILE_CACHE``: directory where workers share compiled models (default
+  ``~/.cache/trustfeed/compiled``);
 - ``TRUSTFEED_TABLES``: a directory of memory-mapped serving tables
   (``trustfeed.serving.write_mapped_tables``): every worker reads features from the same
   mapped files instead of building its own copy of the snapshot and history;
@@ -59,8 +61,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     ledger = RedisLedger(url=redis_url, sync_interval=sync_interval) if redis_url else None
     STATE["ranker"] = FeedRanker.load(
         model,
-        predictor=os.environ.get("TRUSTFEED_PREDICTOR", "compiled"),
-        compile_cache=os.environ.get("TRUSTFEED_COMPILE_CACHE") or None,
+        predictor=os.environ.get("TRUSTFEED_PREDICTOR") or "auto",
         shared_ledger=ledger,
         tables=os.environ.get("TRUSTFEED_TABLES") or None,
     )

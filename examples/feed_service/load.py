@@ -215,8 +215,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent client connections")
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--k", type=int, default=20, help="slots shown per response")
-    parser.add_argument("--predictor", default="compiled", choices=["lightgbm", "compiled"],
-                        help="compiled (default; LightGBM when lleaves is missing) or lightgbm")
+    parser.add_argument("--predictor", default="auto", choices=["auto", "lightgbm", "compiled"],
+                        help="auto (default: compiled, LightGBM when lleaves is missing), compiled or lightgbm")
     parser.add_argument("--ledgers", action="store_true",
                         help="run every worker count with the shared Redis ledger too (platform Gini: shared "
                              "against per-worker ledgers)")
@@ -228,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
 
     requests = make_requests(args.model, args.candidates, 64, args.seed, args.k)
-    cache = str(Path(args.model).resolve().parent / ".compiled") if args.predictor == "compiled" else None
+    cache = str(Path(args.model).resolve().parent / ".compiled") if args.predictor != "lightgbm" else None
     print(f"{args.candidates} candidates per request, {args.clients} client connections, {args.seconds:g} s per run, "
           f"{os.cpu_count()} CPUs; ms are client-side latencies")
     print(f"{'workers':>7} {'ledger':>24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} {'platform Gini':>13}")
