@@ -8,8 +8,11 @@ the same stream of 500-candidate requests in turn, thousands of them. With the s
 each worker syncs with a real ``redis-server`` (started here on 127.0.0.1) every
 ``--sync-every`` of its own requests, which stands for the sync interval at a given request
 rate. It reports the platform Gini of creator exposure over the served top ``k`` of every
-response (as load.py computes it), over the whole stream and over its second half, and each
-worker's own controller strength at the end.
+response (as load.py computes it), over the whole stream, its first quarter (how fast the
+controllers get there) and its second half, and each worker's own controller strength at the
+end. The shared ledger runs twice: with the platform controller (each worker's integral step
+scaled by the inverse of its share of the platform's exposure, the default) and without it
+(each worker's controller steps on its own requests only).
 
 Run::
 
@@ -41,13 +44,14 @@ def _load_example() -> Any:
 
 
 def _workers(model: str, n: int, target: float | None, predictor: str, cache: str | None,
-             redis_url: str | None, prefix: str) -> tuple[list[Any], list[Any]]:
+             redis_url: str | None, prefix: str, platform_controller: bool = True) -> tuple[list[Any], list[Any]]:
     from trustfeed.ranker.balancer import ExposureBalancer
     from trustfeed.serving import FeedRanker, RedisLedger
 
     rankers, ledgers = [], []
     for _ in range(n):
-        ledger = RedisLedger(url=redis_url, prefix=prefix, start=False) if redis_url else None
+        ledger = (RedisLedger(url=redis_url, prefix=prefix, start=False, platform_controller=platform_controller)
+                  if redis_url else None)
         ranker = FeedRanker.load(model, predictor=predictor, compile_cache=cache, shared_ledger=ledger)
         balancer = ranker.pipeline.balancer
         if target is not None and balancer is not None:  # as the example service retargets
@@ -82,29 +86,32 @@ def main() -> None:
                         help="a shared worker syncs after this many of its own requests (10 = every second at "
                              "10 requests a second per worker)")
     parser.add_argument("--target-gini", type=float)
-    parser.add_argument("--predictor", default="compiled", choices=["lightgbm", "compiled"])
+    parser.add_argument("--predictor", default="auto", choices=["auto", "lightgbm", "compiled"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     load = _load_example()
     requests = load.make_requests(args.model, args.candidates, 256, args.seed, args.k)
-    cache = str(Path(args.model).resolve().parent / ".compiled") if args.predictor == "compiled" else None
-    half = args.requests // 2
+    cache = str(Path(args.model).resolve().parent / ".compiled") if args.predictor != "lightgbm" else None
+    half, quarter = args.requests // 2, args.requests // 4
     print(f"{args.requests} requests of {args.candidates} candidates, top {args.k} served, target Gini "
           f"{args.target_gini}, shared workers sync every {args.sync_every} of their requests")
-    print(f"{'workers':>7} {'ledger':>11} {'Gini all':>9} {'Gini 2nd half':>13} {'strength per worker':>28} {'s':>6}")
+    print(f"{'workers':>7} {'ledger':>22} {'Gini all':>9} {'1st quarter':>11} {'2nd half':>9} "
+          f"{'strength per worker':>28} {'s':>6}")
+    kinds = {"per-worker": (False, False), "shared, own steps": (True, False), "shared, platform": (True, True)}
     with load.redis_server() as (url, _):
         for n in args.workers:
-            for ledger in ("per-worker", "shared"):
-                if n == 1 and ledger == "shared":
+            for ledger, (shared, platform) in kinds.items():
+                if n == 1 and shared:
                     continue  # one worker: its ledger is the platform's
                 started = time.perf_counter()
                 rankers, ledgers = _workers(args.model, n, args.target_gini, args.predictor, cache,
-                                            url if ledger == "shared" else None, f"bench:{n}:{time.time_ns()}")
+                                            url if shared else None, f"bench:{n}:{time.time_ns()}", platform)
                 responses = serve(rankers, ledgers, requests, args.requests, args.sync_every)
                 strengths = " ".join(f"{r.pipeline.balancer.strength:.2f}" for r in rankers)
-                print(f"{n:>7} {ledger:>11} {load.platform_gini(responses, requests, args.k):>9.3f} "
-                      f"{load.platform_gini(responses[half:], requests, args.k):>13.3f} {strengths:>28} "
+                print(f"{n:>7} {ledger:>22} {load.platform_gini(responses, requests, args.k):>9.3f} "
+                      f"{load.platform_gini(responses[:quarter], requests, args.k):>11.3f} "
+                      f"{load.platform_gini(responses[half:], requests, args.k):>9.3f} {strengths:>28} "
                       f"{time.perf_counter() - started:>6.0f}", flush=True)
                 for ledger_ in ledgers:
                     if ledger_ is not None:

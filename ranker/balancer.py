@@ -315,6 +315,12 @@ class ExposureBalancer:
         # bumpless start: the integral term alone reproduces the initial strength
         self._integral = self.config.initial_strength / self.config.ki if self.config.ki > 0.0 else 0.0
         self._since_control = 0
+        # Requests of the whole platform that one of this balancer's own requests stands for
+        # (1: it sees all of them). A worker that shares the platform's ledger with others
+        # serves a fraction of the traffic but measures the platform's Gini; scaling its
+        # integral step by the inverse of that fraction makes N workers' integrals move as one
+        # controller's would (serving's shared ledger sets it; not part of the saved state).
+        self.integral_step = 1.0
         self._mean_exposure = 0.0  # stored units, over the population; refreshed by the controller
         self._measured_gini = float("nan")
         self._requests = 0
@@ -662,7 +668,7 @@ class ExposureBalancer:
             if cfg.kp == 0.0 and cfg.ki == 0.0:
                 return  # controller off: the strength stays where it was set
             error = measured - cfg.target_gini
-            integral = self._integral + error
+            integral = self._integral + self.integral_step * error
             if cfg.ki > 0.0:
                 integral = min(max(integral, cfg.strength_min / cfg.ki), cfg.strength_max / cfg.ki)
             raw = cfg.kp * error + cfg.ki * integral

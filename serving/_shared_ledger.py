@@ -15,13 +15,22 @@ recorded in that bucket. Each hash expires ``window`` seconds after its bucket, 
 never grows past the window and needs no cleaning job. A bucket of age ``a`` counts with
 weight ``2 ** (-a / half_life)``.
 
+One controller for the platform: every worker measures the same platform Gini, but its
+controller updates once per ``control_interval`` of its *own* requests, so with N workers each
+integral would move N times slower than one worker's serving all the traffic. Each sync also
+measures the worker's share of the platform's exposure (its own pushed exposure against the
+whole ledger's, over the same decayed window) and sets its balancer's ``integral_step`` to the
+inverse of that share: N workers' integrals then move together, as one controller's would,
+and their strengths stay equal (``SharedLedgerConfig.platform_controller``).
+
 When Redis is unreachable (down, restarted, network), ranking goes on unchanged: the worker
 keeps recording locally and its pending exposure accumulates (one number per distinct id).
 Its ledger then holds the last platform view it pulled plus its own exposure since, decaying
 as usual, so the controller acts on a partial, ageing view, like a per-worker ledger. At the
 next successful sync the pending exposure is pushed (nothing is lost) and the platform view
 replaces the local one again. Every Redis call has a socket timeout, and only the sync thread
-makes them.
+makes them. While unreachable, the worker's integral step goes back to 1: on its partial view
+it is a per-worker controller until the platform view is back.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 import pandas as pd
 
-from ..features.config import Config, Constraints, Real, Text
+from ..features.config import Config, Constraints, Flag, Real, Text
 from ..features.errors import ConfigError
 from ..ranker.balancer import ExposureBalancer
 from ..ranker.interfaces import Reranker
@@ -70,6 +79,13 @@ class SharedLedgerConfig(Config):
         view of the others).
     timeout
         Socket timeout of every Redis call, in seconds.
+    platform_controller
+        Scale the worker's controller steps by the inverse of its share of the platform's
+        exposure, so N workers control the platform Gini as one (``False``: every worker's
+        controller steps on its own requests only, as with per-worker ledgers).
+    max_step
+        Upper bound of that scale (a worker that just started and pushed little yet must not
+        take one huge step).
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -79,9 +95,13 @@ class SharedLedgerConfig(Config):
     window: float | None = None
     sync_interval: float = 1.0
     timeout: float = 0.25
+    platform_controller: bool = True
+    max_step: float = 64.0
 
     constraints: ClassVar[Constraints] = {
         **dict.fromkeys(("url", "prefix"), Text()),
+        "platform_controller": Flag(),
+        "max_step": Real(1.0),
         **dict.fromkeys(("half_life", "bucket", "sync_interval", "timeout"), Real(0, strict_low=True)),
         "window": Real(0, strict_low=True, optional=True),
     }
@@ -125,9 +145,13 @@ class _SharedBalancer(ExposureBalancer):
         self._shared.add(impressions["creator_id"].astype(str).tolist(),
                          impressions["merchant_id"].astype(str).tolist(), exposure)
 
-    def apply_platform(self, exposure: Mapping[str, pd.Series]) -> None:
-        """Replace the local ledger's values by the platform's (decayed to now, true units)."""
+    def apply_platform(self, exposure: Mapping[str, pd.Series], integral_step: float = 1.0) -> None:
+        """Replace the local ledger's values by the platform's (decayed to now, true units).
+
+        ``integral_step``: the controller's step scale from now on (see the module docstring).
+        """
         with self._lock:
+            self.integral_step = float(integral_step)
             hl = self.config.half_life
             growth = 1.0 if math.isinf(hl) else 2.0 ** ((self._clock - self._origin) / hl)
             for kind, ledger in (("creators", self._creators), ("merchants", self._merchants)):
@@ -174,7 +198,9 @@ class RedisLedger:
         self._lock = threading.Lock()
         self._pending: dict[str, defaultdict[str, float]] = {kind: defaultdict(float) for kind in _KINDS}
         self._pending_bucket: int | None = None
+        self._pushed: dict[int, float] = {}  # this worker's exposure pushed per bucket (its share)
         self._balancer: _SharedBalancer | None = None
+        self.traffic_share: float | None = None
         self.connected = False
         self.last_sync: float | None = None
         self.last_error: str | None = None
@@ -236,22 +262,43 @@ class RedisLedger:
             pending, self._pending = self._pending, {kind: defaultdict(float) for kind in _KINDS}
             bucket, self._pending_bucket = self._pending_bucket, None
             balancer = self._balancer
+        now = time.time()
         try:
             if bucket is not None:
                 self._push(pending, bucket)
-            platform = self.platform_exposure()
+            platform = self.platform_exposure(now)
         except Exception as error:  # noqa: BLE001 - any Redis or socket failure: keep serving locally
             self._requeue(pending, bucket)
             self.connected = False
             self.last_error = f"{type(error).__name__}: {error}"
+            if balancer is not None:
+                balancer.integral_step = 1.0  # a partial, local view: a per-worker controller
             return False
+        if bucket is not None:
+            self._pushed[bucket] = self._pushed.get(bucket, 0.0) + float(sum(pending["creators"].values()))
         self.connected = True
         self.last_error = None
-        self.last_sync = time.time()
+        self.last_sync = now
         self.syncs += 1
+        step = self._integral_step(float(platform["creators"].sum()), now)
         if balancer is not None:
-            balancer.apply_platform(platform)
+            balancer.apply_platform(platform, step)
         return True
+
+    def _integral_step(self, platform_total: float, now: float) -> float:
+        """The inverse of this worker's share of the platform's exposure (1 without a share)."""
+        first = self._bucket(now - self.config.kept)
+        for old in [b for b in self._pushed if b < first]:
+            del self._pushed[old]
+        own = sum(value * self._weight(b, now) for b, value in self._pushed.items())
+        self.traffic_share = own / platform_total if platform_total > 0.0 and own > 0.0 else None
+        if not self.config.platform_controller or self.traffic_share is None:
+            return 1.0
+        return min(max(1.0 / self.traffic_share, 1.0), self.config.max_step)
+
+    def _weight(self, bucket: int, now: float) -> float:
+        """Decay weight of a bucket at ``now`` (as the platform ledger is read)."""
+        return float(2.0 ** (-max(now - (bucket + 0.5) * self.config.bucket, 0.0) / self.config.half_life))
 
     def _push(self, pending: dict[str, defaultdict[str, float]], bucket: int) -> None:
         # exposure pending since an older bucket is filed under the bucket it started in, so a
@@ -297,7 +344,7 @@ class RedisLedger:
             for b, reply in zip(buckets, replies[k * len(buckets) : (k + 1) * len(buckets)], strict=True):
                 if not reply:
                     continue
-                weight = 2.0 ** (-max(now - (b + 0.5) * self.config.bucket, 0.0) / self.config.half_life)
+                weight = self._weight(b, now)
                 get = totals.get
                 for item, value in reply.items():
                     totals[item] = get(item, 0.0) + float(value) * weight

@@ -184,6 +184,40 @@ def test_background_sync_and_close(redis_server: RedisServer, bundle: Path, part
     assert len(ledger.platform_exposure()["creators"]) > 0
 
 
+def test_each_worker_steps_by_the_inverse_of_its_share_of_the_platform(
+    redis_server: RedisServer, bundle: Path, parts: Any
+) -> None:
+    a_ledger, b_ledger = _ledger(redis_server), _ledger(redis_server)
+    local_ledger = _ledger(redis_server, platform_controller=False, prefix="other")
+    a, b, local = (FeedRanker.load(bundle, shared_ledger=ledger, predictor="lightgbm")
+                   for ledger in (a_ledger, b_ledger, local_ledger))
+    requests = [dict(r, k=5) for r in parts.requests[:24]]
+    a_responses = [a.rank(r) for r in requests[:18]]  # a serves three times b's traffic
+    b_responses = [b.rank(r) for r in requests[18:]]
+    [local.rank(r) for r in requests[:6]]
+    assert a_ledger.sync() and b_ledger.sync() and a_ledger.sync() and local_ledger.sync()
+    a_exposure = float(_served_exposure(a_responses, 5).sum())
+    total = a_exposure + float(_served_exposure(b_responses, 5).sum())
+    assert a_ledger.traffic_share == pytest.approx(a_exposure / total)
+    assert a.pipeline.balancer.integral_step == pytest.approx(total / a_exposure)
+    assert b.pipeline.balancer.integral_step == pytest.approx(total / (total - a_exposure))
+    assert b.pipeline.balancer.integral_step > 2.5 > a.pipeline.balancer.integral_step > 1.0
+    assert local.pipeline.balancer.integral_step == 1.0 and local_ledger.traffic_share == pytest.approx(1.0)
+
+    # the controller's integral moves by step x error: b's by its inverse share of the traffic
+    balancer = b.pipeline.balancer
+    before = balancer._integral
+    balancer._control()
+    error = balancer.measured_gini - balancer.config.target_gini
+    low, high = (balancer.config.strength_min / balancer.config.ki, balancer.config.strength_max / balancer.config.ki)
+    expected = min(max(before + balancer.integral_step * error, low), high)
+    assert balancer._integral == pytest.approx(expected)
+
+    redis_server.kill()  # unreachable: a partial, local view steps as a per-worker controller
+    assert not b_ledger.sync() and b.pipeline.balancer.integral_step == 1.0
+    b.rank(requests[0])  # ranking goes on
+
+
 def test_config_bounds() -> None:
     with pytest.raises(ConfigError, match="half_life"):
         SharedLedgerConfig(half_life=0)
@@ -193,3 +227,5 @@ def test_config_bounds() -> None:
         SharedLedgerConfig(half_life=1e12, bucket=60)
     with pytest.raises(ConfigError, match="unknown"):
         SharedLedgerConfig.from_dict({"urll": "x"})
+    with pytest.raises(ConfigError, match="max_step"):
+        SharedLedgerConfig(max_step=0.5)
