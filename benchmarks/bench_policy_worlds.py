@@ -1,0 +1,181 @@
+"""The served policy in the closed loop on two settings of the simulated world.
+
+Our simulator's risky merchants convert better (impulse selling: ``SimConfig.impulse_strength``
+1, the default), so on it even the oracle cuts few bad orders. A platform where risk is not
+tied to conversion (``impulse_strength`` 0) is the other end: there the oracle's bad-order
+rate falls well below plain ranking's, and a policy that prices risk too softly gives that cut
+away. A policy choice is kept only if it holds on both settings.
+
+For each setting and platform seed the script simulates the platform (``--merchants``, 45
+days), trains the default bundle with the real training job, then runs the closed loop
+(:func:`~trustfeed.training.evaluation.rollout.run_rollout`, weekly snapshot rebuild, the same
+random numbers for every policy) with ``plain`` (LambdaMART without trust features),
+``oracle`` (true expected net value), the served policy with and without the balancer, and the
+policy variants named in ``--variants`` (:data:`VARIANTS`: each changes only the policy's
+config or fitted state, so they share the bundle). It prints, per platform and on the mean of
+a setting's platforms, each policy's ratios against plain (net value, orders, bad-order rate,
+feed requests in the last 7 days) and its share of the oracle's net-value gain, next to the issue's bars
+(share >= 0.6, orders >= 0.92x, bad-order rate <= 0.78x, end visit rate >= plain's).
+
+Usage (a shared machine: one thread, nice)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_policy_worlds.py --work DIR
+        [--worlds impulse no_impulse] [--platforms 1 2] [--merchants 150] [--days 21] [--seeds 3]
+        [--variants trust_aware_cost3 ...] [--prepare-only]
+
+``--work`` keeps the datasets and bundles (reused when present) and each rollout's per-seed
+totals (``loop_<setting>_<seed>.csv``). Measured figures are in docs/rollout.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+WORLDS: dict[str, dict[str, Any]] = {
+    "impulse": {},  # the simulator's default: low-trust merchants convert better
+    "no_impulse": {"impulse_strength": 0.0},  # conversion does not depend on the merchant's risk
+}
+BASE_POLICIES = ["plain", "oracle", "trust_aware", "trust_aware_balanced"]
+METRICS = ["net_value", "orders", "bad_orders", "bad_order_rate", "end_visits", "buyer_retention", "gini"]
+
+
+def _policy_variant(label: str, change: Callable[[Any], Any], balancer: bool = False) -> Any:
+    """A rollout entry: the served pipeline (balancer on or off) with ``change(policy) -> policy``."""
+    from trustfeed.training.evaluation.policies import PolicySpec, served_pipeline
+    from trustfeed.serving import FeedRanker
+
+    def build(context: Any) -> Any:
+        pipeline = served_pipeline(context.served, balancer=balancer)
+        pipeline.policy = change(pipeline.policy)
+        return FeedRanker(pipeline, record_served=False)
+
+    return PolicySpec(label, build)
+
+
+def _config(**changes: Any) -> Callable[[Any], Any]:
+    from trustfeed.ranker.policy import Policy
+
+    return lambda policy: Policy(replace(policy.config, **changes), policy.state)
+
+
+def _state(**changes: Any) -> Callable[[Any], Any]:
+    from trustfeed.ranker.policy import Policy
+
+    return lambda policy: Policy(policy.config, None if policy.state is None else replace(policy.state, **changes))
+
+
+def variants() -> dict[str, Any]:
+    """Policy variants by name (each a change of the served policy's config or state)."""
+    return {
+        "trust_aware_cost3": _policy_variant("bad_cost 3 in the ranking", _config(bad_cost=3.0)),
+        "trust_aware_cost5": _policy_variant("bad_cost 5 in the ranking", _config(bad_cost=5.0)),
+        "trust_aware_no_risk_term": _policy_variant("risk term d = 0", _state(risk_term=0.0)),
+    }
+
+
+def _bundle(root: Path, seed: int, merchants: int, world: dict[str, Any]) -> str:
+    from trustfeed.training.simulate import SimConfig, simulate, write_dataset
+    from trustfeed.training.train import TrainJobConfig, train
+
+    events = root / "events"
+    if not events.exists():
+        write_dataset(simulate(SimConfig(seed=seed, merchants=merchants, days=45, **world)), events)
+    marker = root / "bundle.txt"
+    if not marker.is_file():
+        job = TrainJobConfig(events=events, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", output_dir=root / "models",
+                             evaluate=False)
+        marker.write_text(str(train(job).bundle_dir))
+    return marker.read_text().strip()
+
+
+def summarise(cumulative: pd.DataFrame) -> pd.DataFrame:
+    """Per policy: mean totals, ratios against plain and the share of the oracle's net-value gain.
+
+    ``cumulative``: the rollout's per-seed totals, with a ``platform`` column; means are over
+    seeds, then over platforms (each platform weighs the same).
+    """
+    table = cumulative.groupby(["platform", "policy"])[METRICS].mean()
+    rows = []
+    for platform, part in table.groupby(level="platform"):
+        part = part.droplevel("platform")
+        plain, oracle = part.loc["plain"], part.loc["oracle"]
+        for policy, values in part.iterrows():
+            rows.append({
+                "platform": platform, "policy": policy,
+                "net_x": values["net_value"] / plain["net_value"], "orders_x": values["orders"] / plain["orders"],
+                "bad_rate_x": values["bad_order_rate"] / plain["bad_order_rate"],
+                "visits_x": values["end_visits"] / plain["end_visits"],
+                "retention_diff": values["buyer_retention"] - plain["buyer_retention"],
+                "gini": values["gini"],
+                "oracle_share": (values["net_value"] - plain["net_value"]) / (oracle["net_value"] - plain["net_value"]),
+            })
+    out = pd.DataFrame(rows)
+    mean = out.groupby("policy", sort=False).mean(numeric_only=True).reset_index().assign(platform="mean")
+    return pd.concat([out, mean], ignore_index=True)
+
+
+def bars(row: pd.Series) -> str:
+    """Which of the issue's closed-loop bars a summary row meets."""
+    checks = [("share", row["oracle_share"] >= 0.6), ("orders", row["orders_x"] >= 0.92),
+              ("bad", row["bad_rate_x"] <= 0.78), ("visits", row["visits_x"] >= 1.0 - 1e-9)]
+    return " ".join(name if ok else f"-{name}" for name, ok in checks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="datasets, bundles and results (reused)")
+    parser.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
+    parser.add_argument("--platforms", type=int, nargs="+", default=[1, 2], help="simulator seeds")
+    parser.add_argument("--merchants", type=int, default=150)
+    parser.add_argument("--days", type=int, default=21)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--variants", nargs="*", default=[], help=f"policy variants ({', '.join(variants())})")
+    parser.add_argument("--base", nargs="*", default=BASE_POLICIES, help="registered policies to run")
+    parser.add_argument("--prepare-only", action="store_true", help="simulate and train, no rollout")
+    parser.add_argument("--tag", default="", help="suffix of the saved per-seed csv files")
+    args = parser.parse_args()
+
+    from trustfeed.training.evaluation.policies import POLICIES
+    from trustfeed.training.evaluation.rollout import run_rollout
+
+    extra = variants()
+    unknown = [v for v in args.variants if v not in extra]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(extra)}")
+    registry = {**POLICIES, **{name: extra[name] for name in args.variants}}
+    names = [*args.base, *args.variants]
+    for world in args.worlds:
+        parts = []
+        for seed in args.platforms:
+            root = args.work / f"{world}-{seed}-{args.merchants}"
+            root.mkdir(parents=True, exist_ok=True)
+            bundle = _bundle(root, seed, args.merchants, WORLDS[world])
+            if args.prepare_only:
+                print(f"{world} platform {seed}: {bundle}", flush=True)
+                continue
+            result = run_rollout(bundle, root / "events", days=args.days, seeds=args.seeds, policies=names,
+                                 registry=registry, rebuild_every_days=7)
+            daily = result.daily
+            last_week = daily[daily["day"] >= args.days - 7].groupby(["policy", "seed"])["requests"].sum()
+            cumulative = result.cumulative.assign(platform=seed, world=world)
+            cumulative["end_visits"] = [last_week.loc[(p, s)] for p, s in zip(cumulative["policy"], cumulative["seed"])]
+            cumulative.to_csv(root / f"loop_{args.days}d_{args.seeds}s{args.tag}.csv", index=False)
+            parts.append(cumulative)
+        if not parts:
+            continue
+        summary = summarise(pd.concat(parts, ignore_index=True))
+        summary["bars"] = summary.apply(bars, axis=1)
+        with pd.option_context("display.width", 220, "display.max_columns", 20):
+            print(f"\nworld '{world}': {len(args.platforms)} platforms x {args.seeds} seeds x {args.days} days, "
+                  f"ratios against plain LambdaMART")
+            print(summary.round(3).to_string(index=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()
