@@ -14,7 +14,7 @@ exit scams and 5 % bombed shops), one snapshot at the end of the window and:
 - ``brushers``, ``reregistered``: mean trust percentile among all merchants;
 - ``brushers_by_truth`` (independent generator): the same for a ranking by true trust, the
   floor an index that only predicts bad orders can reach;
-- ``brushers_floor`` (independent generator): the same floor in the world as measured, a ranking
+- ``brushers_floor``: the same floor in the world as measured, a ranking
   by true trust that also puts the switched shops (attacks) and the banned shops (the ban rule)
   at the bottom, as the index does: what predicting every bad order right would give.
 
@@ -68,10 +68,10 @@ def _scores(merchants: pd.DataFrame, truth_column: str, switched: pd.Series) -> 
     }
 
 
-def _floor(merchants: pd.DataFrame, switched: pd.Series) -> float:
+def _floor(merchants: pd.DataFrame, switched: pd.Series, truth_column: str = "true_trust") -> float:
     """Brushers' mean percentile when ranked by true trust, switched and banned shops last."""
     gone = switched.reindex(merchants["merchant_id"]).fillna(False).to_numpy(dtype=bool)
-    key = merchants["true_trust"].where(~gone, -1.0).where(~merchants["banned"].to_numpy(dtype=bool), -2.0)
+    key = merchants[truth_column].where(~gone, -1.0).where(~merchants["banned"].to_numpy(dtype=bool), -2.0)
     return round(float(key.rank(pct=True)[merchants["is_brusher"].to_numpy(dtype=bool)].mean()), 4)
 
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         switched = truth.set_index("merchant_id")["exit_scam_at"].notna()
         merchants = build_snapshot(events, end, config).merchants.merge(truth, on="merchant_id", how="inner")
         row = {"world": "simulator", "seed": seed, "attacks": True}
-        print(json.dumps({**row, **_scores(merchants, "latent_trust", switched)}), flush=True)
+        floor = _floor(merchants, switched, "latent_trust")
+        print(json.dumps({**row, **_scores(merchants, "latent_trust", switched), "brushers_floor": floor}), flush=True)
     return 0
 
 
