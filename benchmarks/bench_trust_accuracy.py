@@ -18,11 +18,13 @@ exit scams and 5 % bombed shops), one snapshot at the end of the window and:
   by true trust that also puts the switched shops (attacks) and the banned shops (the ban rule)
   at the bottom, as the index does: what predicting every bad order right would give.
 
-``--config '{"rank_by_bound": false}'`` overrides TrustConfig fields. One JSON line per run.
+``--config '{"rank_by_bound": false}'`` overrides TrustConfig fields. ``--penalties 0.1 0.2``
+adds one line per run and ``brushing_penalty`` value, the rule applied again to the same
+snapshot (exact: the rule only multiplies the index). One JSON line per run.
 
 Usage::
 
-    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON]
+    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON] [--penalties P ...]
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ def _floor(merchants: pd.DataFrame, switched: pd.Series, truth_column: str = "tr
     return round(float(key.rank(pct=True)[merchants["is_brusher"].to_numpy(dtype=bool)].mean()), 4)
 
 
+def _with_penalty(merchants: pd.DataFrame, config: Any, penalty: float) -> pd.DataFrame:
+    """The snapshot's merchants with the brushing rule's penalty set to ``penalty`` instead."""
+    excess = merchants["brushing_excess"].to_numpy(dtype="float64")
+    unpenalised = merchants["trust_index"].to_numpy(dtype="float64") / (1.0 - config.brushing_penalty * excess)
+    return merchants.assign(trust_index=unpenalised * (1.0 - penalty * excess))
+
+
 def main(argv: list[str] | None = None) -> int:
     from trustfeed.features.events import validate_events
     from trustfeed.features.trust import TrustConfig, build_snapshot
@@ -83,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3, 4, 5])
     parser.add_argument("--simulator", type=int, nargs="*", default=[])
     parser.add_argument("--config", default="{}", help="TrustConfig fields as JSON")
+    parser.add_argument("--penalties", type=float, nargs="*", default=[], help="brushing_penalty values to re-apply")
     args = parser.parse_args(argv)
     config = TrustConfig(**json.loads(args.config))
 
@@ -100,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             row = {"world": "independent", "seed": seed, "attacks": attacked}
             print(json.dumps({**row, **_scores(merchants, "true_trust", switched), "brushers_by_truth": floor,
                               "brushers_floor": _floor(merchants, switched)}), flush=True)
+            for penalty in args.penalties:
+                scores = _scores(_with_penalty(merchants, config, penalty), "true_trust", switched)
+                print(json.dumps({**row, "brushing_penalty": penalty, **scores}), flush=True)
 
     if args.simulator:
         from trustfeed.training.simulate import SimConfig, simulate
@@ -114,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {"world": "simulator", "seed": seed, "attacks": True}
         floor = _floor(merchants, switched, "latent_trust")
         print(json.dumps({**row, **_scores(merchants, "latent_trust", switched), "brushers_floor": floor}), flush=True)
+        for penalty in args.penalties:
+            scores = _scores(_with_penalty(merchants, config, penalty), "latent_trust", switched)
+            print(json.dumps({**row, "brushing_penalty": penalty, **scores}), flush=True)
     return 0
 
 
