@@ -1,9 +1,12 @@
 """Incremental trust snapshots: a stored state plus the events since give a later snapshot.
 
-A snapshot written with its *state* (``trustfeed features --keep-state``, or any incremental
-update) carries in ``state/`` what a later update needs: the point-in-time event history the
-snapshot was built from (only the columns the trust builders read, Parquet), the
-configuration, and the index weights. :func:`update_snapshot` merges the new events into
+A :class:`TrustState` (``state_of``, or :meth:`TrustState.save` / :meth:`TrustState.load`
+in its own directory layout, version 1) carries what a later update needs: the
+point-in-time event history the snapshot was built from (only the columns the trust
+builders read, Parquet), the configuration, and the index weights. The command line's
+``--keep-state`` / ``--incremental`` no longer use it: they store a
+:class:`~trustfeed.features.LiveTrust` (``features/_live_state.py``), whose update grows
+with the new events only. :func:`update_snapshot` merges the new events into
 that history and builds the snapshot as of the new time, so the result is the snapshot a full
 rebuild as of that time gives *with the same index weights*.
 
@@ -45,8 +48,7 @@ import pandas as pd
 from ._schema import TABLE_SPECS
 from ._trust_config import TrustConfig
 from .errors import ConfigError, SchemaError
-from .events import EventLog, TimeLike, load_events, table_dtypes, to_utc
-from .io import check_output_dir
+from .events import EventLog, TimeLike, table_dtypes, to_utc
 from .progress import NullProgress, Progress
 from .trust import _UNUSED_COLUMNS, FORMAT_VERSION, TrustSnapshot, build_snapshot
 
@@ -58,8 +60,6 @@ __all__ = [
     "merge_events",
     "state_of",
     "update_snapshot",
-    "write_incremental",
-    "write_snapshot",
 ]
 
 STATE_DIR = "state"
@@ -350,45 +350,3 @@ def update_snapshot(
         "new_rows": {name: len(new_events[name]) for name in TABLE_SPECS if len(new_events[name])},
     }
     return snapshot, TrustState(cut, state.config, state.index, _keep(merged.before(cut)))
-
-
-def write_snapshot(
-    events: EventLog,
-    as_of: TimeLike,
-    out: str | os.PathLike[str],
-    *,
-    backend: str = "pandas",
-    force: bool = False,
-    progress: Progress | None = None,
-) -> TrustSnapshot:
-    """Build the snapshot in full and write it with its state (``trustfeed features --keep-state``)."""
-    snapshot = build_snapshot(events, as_of, backend=backend, progress=progress)
-    state = state_of(events, snapshot)
-    snapshot.save(out, force=force, also=state.save)
-    return snapshot
-
-
-def write_incremental(
-    source: str | os.PathLike[str],
-    new_events: str | os.PathLike[str],
-    as_of: TimeLike,
-    out: str | os.PathLike[str],
-    *,
-    backend: str = "pandas",
-    force: bool = False,
-    progress: Progress | None = None,
-) -> TrustSnapshot:
-    """``trustfeed features --incremental``: read the state, apply the new events, write both.
-
-    Every input is checked before anything is written; the output directory gets the new
-    snapshot and its state together, or nothing.
-    """
-    check_output_dir(out, "trust-snapshot", force=force)
-    cut = to_utc(as_of)
-    state = TrustState.load(source)
-    if cut < state.as_of:
-        raise ConfigError(f"--as-of {cut.isoformat()}: before the state's as-of {state.as_of.isoformat()} in {source}")
-    events = load_events(new_events, partial=True)
-    snapshot, new_state = update_snapshot(state, events, cut, backend=backend, progress=progress)
-    snapshot.save(out, force=force, also=new_state.save)
-    return snapshot

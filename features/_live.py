@@ -30,23 +30,25 @@ those of the last full build (:meth:`LiveTrust.start`), as the index weights are
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from ._dask_backend import make_aggregator
 from ._early_warning import baseline_days
 from ._incremental import _keep, merge_meta
-from ._live_history import History, _unique
+from ._live_history import History, SortedKeys, Vocabulary, _unique
 from ._schema import TABLE_SPECS
 from ._signals import _ID_KINDS, CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_config import TrustConfig
 from .errors import ConfigError
-from .events import EventLog, TimeLike, to_utc
+from .events import EventLog, TimeLike, load_events, to_utc
+from .io import check_output_dir
 from .progress import NullProgress, Progress
 from .trust import (
     TrustReferences,
@@ -58,7 +60,7 @@ from .trust import (
     _registered,
 )
 
-__all__ = ["LiveTrust", "undecayed_counts"]
+__all__ = ["LiveTrust", "undecayed_counts", "write_incremental", "write_snapshot"]
 
 # Kinds of id the snapshot tables name (the others only need their number).
 _NAMED_KINDS = ("merchant", "entity", "category", "creator", "user")
@@ -125,40 +127,6 @@ class _LiveEncoding(Encoding):
         return self.sizes[kind]
 
 
-class _Vocabulary:
-    """Ids of one kind by code: the ids of the first build (hashed once) plus those added since."""
-
-    def __init__(self, ids: Any) -> None:
-        self.base: pd.Index = pd.Index(pd.array(ids, dtype="string"))
-        self.added: pd.Index = pd.Index(pd.array([], dtype="string"))
-        # Hash the ids now (pandas builds an index's hash table on first use): once per full
-        # build, not inside the first update.
-        self.base.get_indexer(self.base[:1])
-
-    def __len__(self) -> int:
-        return len(self.base) + len(self.added)
-
-    def codes(self, values: pd.Series, added: pd.Index) -> tuple[np.ndarray, pd.Index]:
-        """Codes of ``values`` (-1: null); ids met for the first time extend ``added``."""
-        strings = pd.Index(values.astype("string"))
-        null = np.asarray(strings.isna())
-        code = self.base.get_indexer(strings).astype("int64")
-        unknown = (code < 0) & ~null
-        if unknown.any():
-            rest = strings[unknown]
-            fresh = pd.Index(rest.unique()).difference(added, sort=False)
-            added = added.append(fresh) if len(fresh) else added
-            code[unknown] = len(self.base) + added.get_indexer(rest)
-        return np.where(null, -1, code), added
-
-    def strings(self, extra: pd.Index | None = None) -> Any:
-        """Every id by code (``extra``: ids added by an update in progress, after those added before)."""
-        added = self.added if extra is None or not len(extra) else self.added.append(extra)
-        if not len(added):
-            return self.base.array
-        return pd.array(pa.chunked_array([pa.array(self.base.array), pa.array(added.array)]).combine_chunks(), dtype="string")
-
-
 def _combine(total: pd.DataFrame, old: pd.DataFrame, new: pd.DataFrame, factor: float, config: TrustConfig) -> pd.DataFrame:
     """``age(total - old) + new``: the counters with the changed buyers' contributions replaced.
 
@@ -208,7 +176,7 @@ class LiveTrust:
         self,
         *,
         history: History,
-        vocabularies: dict[str, _Vocabulary],
+        vocabularies: dict[str, Vocabulary],
         counts: SignalCounts,
         references: CredibilityReferences,
         index: Mapping[str, Any],
@@ -224,6 +192,8 @@ class LiveTrust:
         self.config = config
         self.backend = backend
         self.snapshot = snapshot
+        # Where a loaded state's unchanging files are (linked into the next saved state).
+        self._stored: dict[str, Any] = {}
 
     @property
     def as_of(self) -> pd.Timestamp:
@@ -234,6 +204,40 @@ class LiveTrust:
     def references(self) -> TrustReferences:
         """The carried credibility references, by id (for ``build_snapshot(..., references=)``)."""
         return TrustReferences.of(self._references, self._encoding())
+
+    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> None:
+        """Write :attr:`snapshot` with this state (``state/``) into ``path``, atomically.
+
+        The state loads with :meth:`load` without reading the history; files that did not
+        change since the state was loaded are linked, not written again (see
+        :mod:`trustfeed.features._live_state`).
+        """
+        from ._live_state import save_live
+
+        def state(tmp: Path) -> None:
+            save_live(
+                tmp / "state", as_of=self.as_of, config=self.config, index=self.index, backend=self.backend,
+                history=self._history, vocabularies=self._vocabularies, counts=self._counts,
+                references=self._references, stored=self._stored,
+            )  # fmt: skip
+
+        self.snapshot.save(path, force=force, also=state)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LiveTrust:
+        """The live state stored with a snapshot by :meth:`save` (memory-mapped, checked).
+
+        Raises
+        ------
+        ConfigError
+            No state, another version or configuration, a damaged state (one line).
+        """
+        from ._live_state import load_live
+
+        parts, stored = load_live(path)
+        live = cls(**parts)
+        live._stored = stored
+        return live
 
     @classmethod
     def start(
@@ -266,7 +270,7 @@ class LiveTrust:
         if raw.references is None:  # pragma: no cover - build_counts always returns them
             raise ConfigError("live trust: the full build returned no credibility references")
         progress("trust: indexing the history for updates")
-        vocabularies = {kind: _Vocabulary(enc.vocab[kind]) for kind in _ID_KINDS}
+        vocabularies = {kind: Vocabulary(enc.vocab[kind]) for kind in _ID_KINDS}
         history = History.build(known, enc.size("order"), enc.size("stream"), config)
         return cls(
             history=history, vocabularies=vocabularies, counts=raw, references=raw.references, index=carried,
@@ -430,3 +434,48 @@ def _combine_rows(
         values[rows] = rest + new[column].to_numpy(dtype="float64")
         out[column] = values
     return pd.DataFrame(out)[list(total.columns)]
+
+
+def write_snapshot(
+    events: EventLog,
+    as_of: TimeLike,
+    out: str | os.PathLike[str],
+    *,
+    backend: str = "pandas",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> TrustSnapshot:
+    """Build the snapshot in full and write it with its live state (``trustfeed features --keep-state``)."""
+    live = LiveTrust.start(events, as_of, backend=backend, progress=progress)
+    live.save(out, force=force)
+    return live.snapshot
+
+
+def write_incremental(
+    source: str | os.PathLike[str],
+    new_events: str | os.PathLike[str],
+    as_of: TimeLike,
+    out: str | os.PathLike[str],
+    *,
+    backend: str = "pandas",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> TrustSnapshot:
+    """``trustfeed features --incremental``: load the stored live state, apply the new events, write both.
+
+    Every input is checked before anything is written; the output directory gets the new
+    snapshot and its state together, or nothing. ``backend`` is unused: a state keeps the
+    backend of its full build.
+    """
+    check_output_dir(out, "trust-snapshot", force=force)
+    cut = to_utc(as_of)
+    progress = progress if progress is not None else NullProgress()
+    progress(f"trust: loading the live state of {source}")
+    live = LiveTrust.load(source)
+    if cut < live.as_of:
+        raise ConfigError(f"--as-of {cut.isoformat()}: before the state's as-of {live.as_of.isoformat()} in {source}")
+    events = load_events(new_events, partial=True)
+    live.update(events, cut, progress=progress)
+    progress("trust: writing the snapshot and its state")
+    live.save(out, force=force)
+    return live.snapshot

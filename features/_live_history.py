@@ -25,14 +25,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from ._columns import _object_values
 from ._schema import TABLE_SPECS
 from ._signals import _seconds
 from ._trust_config import TrustConfig
 from .errors import SchemaError
 from .events import EventLog
 
-__all__ = ["USER_TABLES", "History"]
+__all__ = ["USER_TABLES", "History", "SortedKeys", "Vocabulary"]
 
 # Tables whose rows belong to a buyer (after-sales cases: the buyer of the order), and the
 # column naming it. Every other table is a small registry, kept whole.
@@ -60,6 +63,122 @@ def ns(times: pd.Series) -> np.ndarray:
 
 def _i64(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame[column].to_numpy(dtype="int64")
+
+
+class Rows:
+    """The rows of one base table: a DataFrame in memory, or a memory-mapped Arrow table on disk.
+
+    Either way rows are read by number (:meth:`take`), so a stored history is never read whole
+    by an update.
+    """
+
+    def __init__(self, frame: pd.DataFrame | None = None, table: Any = None, dtypes: Mapping[str, Any] | None = None) -> None:
+        self.frame = frame
+        self.table = table
+        self.dtypes = dict(dtypes or {})
+        self.n = len(frame) if frame is not None else int(table.num_rows)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows ``rows`` (in that order) as a DataFrame with the history's dtypes."""
+        rows = np.asarray(rows, dtype="int64")
+        if self.frame is not None:
+            frame = self.frame if columns is None else self.frame[columns]
+            return frame.take(rows).reset_index(drop=True)
+        table = self.table if columns is None else self.table.select(columns)
+        out = table.take(rows).to_pandas()
+        return out.astype({c: d for c, d in self.dtypes.items() if c in out.columns and out[c].dtype != d})
+
+    def whole(self) -> pd.DataFrame:
+        """Every row (compaction and saving only)."""
+        return self.frame if self.frame is not None else self.take(np.arange(self.n))
+
+
+class Vocabulary:
+    """Ids of one kind by code: the ids of the last full build plus those added since.
+
+    The full build's ids are looked up by a hash table built once (in memory) or by binary
+    search in a sorted copy stored with the state (:class:`SortedKeys`: nothing to hash when a
+    stored state is loaded). ``names``: the full build's ids by code (None for kinds the
+    snapshot never names, which are only counted).
+    """
+
+    def __init__(self, ids: Any = None, *, lookup: Any = None, names: Any = None, size: int | None = None) -> None:
+        if ids is not None:
+            index = pd.Index(pd.array(ids, dtype="string"))
+            # Hash the ids now (pandas builds an index's hash table on first use): once per
+            # full build, not inside the first update.
+            index.get_indexer(index[:1])
+            lookup, names, size = index, index.array, len(index)
+        self.lookup = lookup
+        self.names = names
+        self.n_base = int(size if size is not None else 0)
+        self.added: pd.Index = pd.Index(pd.array([], dtype="string"))
+
+    def __len__(self) -> int:
+        return self.n_base + len(self.added)
+
+    def codes(self, values: pd.Series, added: pd.Index) -> tuple[np.ndarray, pd.Index]:
+        """Codes of ``values`` (-1: null); ids met for the first time extend ``added``."""
+        strings = pd.Index(values.astype("string"))
+        null = np.asarray(strings.isna())
+        code = np.asarray(self.lookup.get_indexer(strings), dtype="int64") if self.n_base else np.full(len(strings), -1, dtype="int64")
+        unknown = (code < 0) & ~null
+        if unknown.any():
+            rest = strings[unknown]
+            fresh = pd.Index(rest.unique()).difference(added, sort=False)
+            added = added.append(fresh) if len(fresh) else added
+            code[unknown] = self.n_base + added.get_indexer(rest)
+        return np.where(null, -1, code), added
+
+    def strings(self, extra: pd.Index | None = None) -> Any:
+        """Every id by code (``extra``: ids added by an update in progress, after those added before)."""
+        added = self.added if extra is None or not len(extra) else self.added.append(extra)
+        if not len(added):
+            return self.names
+        return pd.array(pa.chunked_array([pa.array(self.names), pa.array(added.array)]).combine_chunks(), dtype="string")
+
+
+class SortedKeys:
+    """Ids looked up by binary search in a sorted fixed-width copy (``get_indexer`` as ``pd.Index``'s).
+
+    ``keys``: the UTF-8 ids sorted (``S<width>``); ``codes``: each sorted id's code. Both may
+    be memory-mapped: a lookup reads a few pages per id.
+    """
+
+    def __init__(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        self.keys = keys
+        self.codes = codes
+
+    @classmethod
+    def of(cls, ids: Any) -> SortedKeys:
+        """From ids by code (strings, no nulls)."""
+        array = pa.array(ids, type=pa.large_string()) if not isinstance(ids, pa.Array) else ids
+        order = np.asarray(pc.sort_indices(array).to_numpy(), dtype="int64")
+        data = array.take(pa.array(order)).cast(pa.large_binary()).to_numpy(zero_copy_only=False)
+        keys = np.asarray(data, dtype="S") if len(data) else np.zeros(0, dtype="S1")
+        return cls(keys, order)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def get_indexer(self, values: pd.Index) -> np.ndarray:
+        out = np.full(len(values), -1, dtype="int64")
+        if not len(self.keys) or not len(values):
+            return out
+        width = self.keys.dtype.itemsize
+        raw = [None if v is None else str(v).encode("utf-8") for v in _object_values(pd.Series(values))]
+        fits = np.array([v is not None and len(v) <= width and not v.endswith(b"\0") for v in raw], dtype=bool)
+        if not fits.any():
+            return out
+        query = np.array([v for v, ok in zip(raw, fits) if ok], dtype=self.keys.dtype)
+        at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        hit = self.keys[at] == query
+        found = np.flatnonzero(fits)
+        out[found[hit]] = self.codes[at[hit]]
+        return out
 
 
 class Groups:
@@ -185,12 +304,12 @@ class View:
 class History:
     """See the module docstring. Build with :meth:`build`; never changed in place by a failed update."""
 
-    base: dict[str, pd.DataFrame]
+    base: dict[str, Rows]
     groups: dict[str, Groups]
     times: dict[str, Sorted]
     bursts: Sorted | None
     order_row: np.ndarray  # base row of each order code known at the base (-1: none)
-    case_row: pd.Index  # case ids of the base's after-sales rows, by row
+    case_row: Any  # base row by case id (``get_indexer`` as a ``pd.Index`` of the case ids by row)
     orphans: dict[str, np.ndarray]  # base after-sales / review rows whose order had no buyer at the base
     base_stream_merchant: np.ndarray
     current: View
@@ -201,49 +320,51 @@ class History:
     missing_columns: Mapping[str, tuple[str, ...]]
     config: TrustConfig
     dtypes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base_buyer_of: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="int64"))  # buyer_of at the base
 
     # ------------------------------------------------------------------ building
 
     @classmethod
     def build(cls, known: EventLog, n_order_codes: int, n_stream_codes: int, config: TrustConfig) -> History:
         """Index an encoded point-in-time log (every row is base)."""
-        base = {name: known[name].reset_index(drop=True) for name in USER_TABLES}
+        frames = {name: known[name].reset_index(drop=True) for name in USER_TABLES}
+        base = {name: Rows(frame) for name, frame in frames.items()}
         registries = {name: known[name] for name in REGISTRIES}
-        orders = base["orders"]
+        orders = frames["orders"]
         order_row = np.full(n_order_codes, -1, dtype="int64")
         order_row[_i64(orders, "order_id")] = np.arange(len(orders))
         buyer_of = np.full(n_order_codes, -1, dtype="int64")
         buyer_of[_i64(orders, "order_id")] = _i64(orders, "user_id")
         stream_merchant = stream_merchants(registries["livestreams"], n_stream_codes)
-        groups = {name: Groups.of(_i64(base[name], column)) for name, column in _OWNER.items() if column is not None}
+        groups = {name: Groups.of(_i64(frames[name], column)) for name, column in _OWNER.items() if column is not None}
         groups["orders_by_merchant"] = Groups.of(_i64(orders, "merchant_id"))
-        groups["after_sales_by_order"] = Groups.of(_i64(base["after_sales"], "order_id"))
-        groups["reviews_by_order"] = Groups.of(_i64(base["reviews"], "order_id"))
-        groups["reports_by_stream"] = Groups.of(_i64(base["reports"], "stream_id"))
+        groups["after_sales_by_order"] = Groups.of(_i64(frames["after_sales"], "order_id"))
+        groups["reviews_by_order"] = Groups.of(_i64(frames["reviews"], "order_id"))
+        groups["reports_by_stream"] = Groups.of(_i64(frames["reports"], "stream_id"))
         times = {
             "orders.created_at": Sorted.of(ns(orders["created_at"])),
             "orders.promised_ship_by": Sorted.of(ns(orders["promised_ship_by"])),
-            "reviews.created_at": Sorted.of(ns(base["reviews"]["created_at"])),
-            "after_sales.opened_at": Sorted.of(ns(base["after_sales"]["opened_at"])),
+            "reviews.created_at": Sorted.of(ns(frames["reviews"]["created_at"])),
+            "after_sales.opened_at": Sorted.of(ns(frames["after_sales"]["opened_at"])),
         }
-        bursts = Sorted.of(burst_keys(base["reports"], stream_merchant, config)) if config.report_burst_hours > 0 else None
+        bursts = Sorted.of(burst_keys(frames["reports"], stream_merchant, config)) if config.report_burst_hours > 0 else None
         orphans = {
-            name: np.flatnonzero(_lookup(buyer_of, _i64(base[name], "order_id")) < 0) for name in ("after_sales", "reviews")
+            name: np.flatnonzero(_lookup(buyer_of, _i64(frames[name], "order_id")) < 0) for name in ("after_sales", "reviews")
         }
         current = View(
             alive={name: None for name in USER_TABLES},
-            tail={name: base[name].iloc[:0] for name in USER_TABLES},
+            tail={name: frames[name].iloc[:0] for name in USER_TABLES},
             buyer_of=buyer_of,
             registries=registries,
             stream_merchant=stream_merchant,
         )
         return cls(
             base=base, groups=groups, times=times, bursts=bursts, order_row=order_row,
-            case_row=pd.Index(base["after_sales"]["case_id"].astype("string")), orphans=orphans,
+            case_row=pd.Index(frames["after_sales"]["case_id"].astype("string")), orphans=orphans,
             base_stream_merchant=stream_merchant, current=current, buyer_store=Growable(buyer_of, -1),
             first_paid=_first_paid(orders, np.inf), missing=known.missing, warnings=known.warnings,
             missing_columns=dict(known.missing_columns), config=config,
-            dtypes={name: dict(known[name].dtypes) for name in known.tables},
+            dtypes={name: dict(known[name].dtypes) for name in known.tables}, base_buyer_of=buyer_of.copy(),
         )  # fmt: skip
 
     def rows(self, name: str, view: View | None = None) -> int:
@@ -401,7 +522,7 @@ class History:
             rows = [self.groups[f"{name}_by_order"].rows(codes)]
             if dirty[0]:
                 orphan = self.orphans[name]
-                rows.append(orphan[_lookup(view.buyer_of, _i64(self.base[name].iloc[orphan], "order_id")) < 0] if len(orphan) else orphan)
+                rows.append(orphan[_lookup(view.buyer_of, _i64(self.base[name].take(orphan, ["order_id"]), "order_id")) < 0])
                 nobody = _i64(view.tail["orders"], "order_id")[_i64(view.tail["orders"], "user_id") < 0]
                 rows.append(self.groups[f"{name}_by_order"].rows(nobody))
             if name == "reviews":
@@ -458,12 +579,12 @@ class History:
         if len(fresh["merchants"]):
             changed = _i64(fresh["merchants"], "merchant_id")
             rows = self._alive("orders", self.groups["orders_by_merchant"].rows(changed), new)
-            mark(_i64(self.base["orders"].take(rows), "user_id"))
+            mark(_i64(self.base["orders"].take(rows, ["user_id"]), "user_id"))
             tail = new.tail["orders"]
             mark(_i64(tail, "user_id")[np.isin(_i64(tail, "merchant_id"), changed)])
         if len(fresh["livestreams"]):
             streams = _i64(fresh["livestreams"], "stream_id")
-            mark(_i64(self.base["reports"].take(self.groups["reports_by_stream"].rows(streams)), "reporter_id"))
+            mark(_i64(self.base["reports"].take(self.groups["reports_by_stream"].rows(streams), ["reporter_id"]), "reporter_id"))
             tail = new.tail["reports"]
             mark(_i64(tail, "reporter_id")[np.isin(_i64(tail, "stream_id"), streams)])
         # Rows that cross a time edge between the two cuts (found with a one-second margin:
@@ -486,16 +607,16 @@ class History:
             ("orders.promised_ship_by", "promised_ship_by", [0.0, config.overdue_days]),
         ):
             rows, hit = crossing(key, days, ns(orders_tail[column]))
-            mark(_i64(self.base["orders"].take(rows), "user_id"))
+            mark(_i64(self.base["orders"].take(rows, ["user_id"]), "user_id"))
             mark(_i64(orders_tail, "user_id")[hit])
         reviews_tail = new.tail["reviews"]
         rows, hit = crossing("reviews.created_at", edges, ns(reviews_tail["created_at"]))
-        crossed = pd.concat([self.base["reviews"].take(rows), reviews_tail.loc[hit]])
+        crossed = pd.concat([self.base["reviews"].take(rows, ["user_id", "order_id"]), reviews_tail.loc[hit, ["user_id", "order_id"]]])
         mark(_i64(crossed, "user_id"))
         mark(_lookup(new.buyer_of, _i64(crossed, "order_id")))
         cases_tail = new.tail["after_sales"]
         rows, hit = crossing("after_sales.opened_at", edges, ns(cases_tail["opened_at"]))
-        mark(_lookup(new.buyer_of, _i64(self.base["after_sales"].take(rows), "order_id")))
+        mark(_lookup(new.buyer_of, _i64(self.base["after_sales"].take(rows, ["order_id"]), "order_id")))
         mark(_lookup(new.buyer_of, _i64(cases_tail.loc[hit], "order_id")))
         self._close(dirty, (old, new))
         return dirty
@@ -527,16 +648,16 @@ class History:
     def gather_reviews(self, view: View, flags: np.ndarray, users: np.ndarray) -> pd.DataFrame:
         """Reviews of ``view`` written by flagged users or about their orders."""
         orders = self._alive("orders", self.groups["orders"].rows(users), view)
-        codes = np.concatenate([_i64(self.base["orders"].take(orders), "order_id"),
+        codes = np.concatenate([_i64(self.base["orders"].take(orders, ["order_id"]), "order_id"),
                                 _i64(view.tail["orders"], "order_id")[_flag(flags, _i64(view.tail["orders"], "user_id"))]])
         rows = [self.groups["reviews"].rows(users), self.groups["reviews_by_order"].rows(codes)]
         if flags[0]:
             orphan = self.orphans["reviews"]
             rows.append(orphan)
             rows.append(self.groups["reviews_by_order"].rows(_i64(view.tail["orders"], "order_id")[_i64(view.tail["orders"], "user_id") < 0]))
-        frame = self.base["reviews"].take(_unique(np.concatenate(rows)))
+        frame = self.base["reviews"].take(_unique(np.concatenate(rows)), ["user_id", "order_id"])
         tail = view.tail["reviews"]
-        frame = pd.concat([frame, tail])
+        frame = pd.concat([frame, tail[["user_id", "order_id"]]])
         keep = _flag(flags, _i64(frame, "user_id")) | _flag(flags, _lookup(view.buyer_of, _i64(frame, "order_id")))
         return frame.loc[keep]
 
@@ -545,7 +666,8 @@ class History:
         assert self.bursts is not None
         base = self.base["reports"]
         tail = view.tail["reports"]
-        mine = base.take(self.groups["reports"].rows(users))
+        columns = ["reporter_id", "merchant_id", "stream_id", "created_at"]
+        mine = base.take(self.groups["reports"].rows(users), columns)
         tail_keys = burst_keys(tail, view.stream_merchant, self.config)
         own_keys = np.concatenate([burst_keys(mine, view.stream_merchant, self.config),
                                    tail_keys[np.isin(_i64(tail, "reporter_id"), users)]])
@@ -556,8 +678,8 @@ class History:
         if np.array_equal(streams, self.base_stream_merchant):
             in_base = self.bursts.equal(own_keys)
         else:  # a stream moved to another shop since the base (rare): the base's keys are stale
-            in_base = np.flatnonzero(np.isin(burst_keys(base, view.stream_merchant, self.config), own_keys))
-        return np.concatenate([_i64(base.take(in_base), "reporter_id"), _i64(tail, "reporter_id")[np.isin(tail_keys, own_keys)]])
+            in_base = np.flatnonzero(np.isin(burst_keys(base.take(np.arange(len(base)), columns), view.stream_merchant, self.config), own_keys))
+        return np.concatenate([_i64(base.take(in_base, ["reporter_id"]), "reporter_id"), _i64(tail, "reporter_id")[np.isin(tail_keys, own_keys)]])
 
     # ------------------------------------------------------------------ compaction
 
@@ -566,7 +688,8 @@ class History:
         tables: dict[str, pd.DataFrame] = dict(self.current.registries)
         for name in USER_TABLES:
             alive = self.current.alive[name]
-            base = self.base[name] if alive is None else self.base[name].loc[alive]
+            whole = self.base[name].whole()
+            base = whole if alive is None else whole.loc[alive]
             tables[name] = _concat(base, self.current.tail[name], self.dtypes[name])
         log = EventLog(tables, self.missing, self.warnings, self.missing_columns)
         out = History.build(log, n_order_codes, n_stream_codes, self.config)

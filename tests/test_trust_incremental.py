@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from trustfeed.features._incremental import TrustState, changes_since, state_of, update_snapshot
+from trustfeed.features import LiveTrust
+from trustfeed.features._incremental import changes_since, state_of, update_snapshot
 from trustfeed.features.errors import ConfigError, SchemaError
 from trustfeed.features.events import EventLog, validate_events, write_events
 from trustfeed.features.trust import TrustConfig, TrustSnapshot, build_snapshot
@@ -136,9 +137,10 @@ def test_cli_incremental_round_trip_and_bad_input(same_snapshot: Any, world: Eve
     assert main(["features", "--events", str(tmp_path / "log"), "--as-of", t0.isoformat(), "--out", str(tmp_path / "s0"), "--keep-state"]) == 0
     assert main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / "new"),
                  "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")]) == 0
-    state = TrustState.load(tmp_path / "s0")
-    same_snapshot(TrustSnapshot.load(tmp_path / "s1"), build_snapshot(world, cut, index=state.index))
-    assert TrustState.load(tmp_path / "s1").as_of == cut  # the output can be updated again
+    # the command line keeps a live state: the full build's weights and credibility references are carried
+    state = LiveTrust.load(tmp_path / "s0")
+    same_snapshot(TrustSnapshot.load(tmp_path / "s1"), build_snapshot(world, cut, index=state.index, references=state.references))
+    assert LiveTrust.load(tmp_path / "s1").as_of == cut  # the output can be updated again
     capsys.readouterr()
 
     def refused(argv: list[str], message: str) -> None:

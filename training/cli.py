@@ -72,7 +72,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from ..features._incremental import write_incremental, write_snapshot
+    from ..features._live import write_incremental, write_snapshot
     from ..features.errors import ConfigError
     from ..features.events import load_events, to_utc
     from ..features.io import check_output_dir

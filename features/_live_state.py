@@ -1,0 +1,392 @@
+"""A live trust state on disk: written beside a snapshot, loaded without reading the history.
+
+``trustfeed features --keep-state`` and every ``--incremental`` update write ``state/`` into
+the snapshot directory (see ``docs/trust.md``). It holds what :class:`~trustfeed.features.LiveTrust`
+keeps in memory, as files that are read by memory-mapping, not parsed:
+
+- ``vocab/``: per kind of id, the ids of the last full build sorted (``<kind>.keys.npy``,
+  fixed-width UTF-8) with their codes (``<kind>.codes.npy``), looked up by binary search
+  (:class:`~trustfeed.features._live.SortedKeys`); the ids the snapshot names, by code
+  (``<kind>.names.arrow``);
+- ``history/``: the indexed base of the history (:mod:`._live_history`): one Arrow IPC file
+  per buyer table and one ``.npy`` per index;
+- ``delta/``: what changed since the base: the tail of new rows, the dead base rows, the ids
+  added since the full build, every evidence counter, the credibility references.
+
+``vocab/`` and ``history/`` never change once written: a later update *links* them (hard
+links; copies across file systems) into its own output and writes only ``delta/``, so an
+update writes what grows with the new events and the counters, not the history. When the
+tail outgrows a share of the base the update writes a new ``history/``.
+
+``state.json`` lists every file with its size and SHA-256 (and the SHA-256 of its first and
+last MiB): on load every file's size is checked, files up to 8 MiB are hashed in full and
+larger ones by those two blocks (reading gigabytes to check them would be the history's
+cost again). A state of another version or a damaged one is refused with a one-line
+:class:`~trustfeed.features.errors.ConfigError`; a state written before this format (version
+1: the event history as Parquet) asks for a full rebuild.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ._live_history import REGISTRIES, USER_TABLES, Groups, Growable, History, Rows, Sorted, SortedKeys, View, Vocabulary
+from ._signals import _ID_KINDS, CredibilityReferences, SignalCounts
+from ._trust_config import TrustConfig
+from .errors import ConfigError
+from .events import table_dtypes, to_utc
+from .trust import FORMAT_VERSION, TrustSnapshot
+
+__all__ = ["STATE_VERSION", "load_live", "save_live"]
+
+STATE_VERSION = 2
+_FULL_HASH_BYTES = 8 << 20
+_SAMPLE = 1 << 20
+_NAMED_KINDS = ("merchant", "entity", "category", "creator", "user")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    full = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            full.update(block)
+    return {"size": size, "sha256": full.hexdigest(), "sample": _sample(path, size)}
+
+
+def _sample(path: Path, size: int) -> str:
+    sample = hashlib.sha256()
+    with path.open("rb") as handle:
+        sample.update(handle.read(_SAMPLE))
+        if size > _SAMPLE:
+            handle.seek(max(size - _SAMPLE, _SAMPLE))
+            sample.update(handle.read(_SAMPLE))
+    return sample.hexdigest()
+
+
+def _check(root: Path, files: dict[str, Any]) -> None:
+    for name, expected in files.items():
+        path = root / name
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing from the stored state (damaged: rebuild in full with --keep-state)")
+        size = path.stat().st_size
+        if size != expected["size"]:
+            raise ConfigError(f"{path}: {size} bytes, the state recorded {expected['size']} (damaged: rebuild in full)")
+        if size <= _FULL_HASH_BYTES:
+            ok = _digest(path)["sha256"] == expected["sha256"]
+        else:
+            ok = _sample(path, size) == expected["sample"]
+        if not ok:
+            raise ConfigError(f"{path}: checksum differs from the one recorded (damaged: rebuild in full)")
+
+
+def _write_arrow(path: Path, frame: pd.DataFrame) -> None:
+    with warnings.catch_warnings():
+        # pyarrow reads time columns through Series.values, which pandas 3.1 deprecates for zoned times
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+        table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _read_arrow(path: Path) -> Any:
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
+def _frame(path: Path, dtypes: dict[str, Any]) -> pd.DataFrame:
+    out = _read_arrow(path).to_pandas()
+    return out.astype({c: d for c, d in dtypes.items() if c in out.columns and out[c].dtype != d})
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link ``source``'s files into ``target`` (copies when links are impossible)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+def _dtype(name: str, column: str, text: str) -> Any:
+    if text == "category":
+        return table_dtypes(name)[column]
+    return pd.api.types.pandas_dtype(text)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_live(
+    root: Path,
+    *,
+    as_of: pd.Timestamp,
+    config: TrustConfig,
+    index: Mapping[str, Any],
+    backend: str,
+    history: History,
+    vocabularies: Mapping[str, Vocabulary],
+    counts: SignalCounts,
+    references: CredibilityReferences,
+    stored: Mapping[str, Any],
+) -> None:
+    """Write a live state into ``root`` (``<snapshot staging dir>/state``)."""
+    root.mkdir(parents=True)
+    meta: dict[str, Any] = {
+        "state_version": STATE_VERSION,
+        "format_version": FORMAT_VERSION,
+        "as_of": as_of.isoformat(),
+        "config": config.to_dict(),
+        "index": dict(index),
+        "backend": backend,
+        "missing": list(history.missing),
+        "missing_columns": {k: list(v) for k, v in history.missing_columns.items()},
+        "warnings": list(history.warnings),
+        "dtypes": {name: {c: str(d) for c, d in dtypes.items()} for name, dtypes in history.dtypes.items()},
+    }
+    # vocab/: the full build's ids (linked when the state was loaded and the vocabularies are the stored ones)
+    linked: set[str] = set()
+    vocab = root / "vocab"
+    if stored.get("vocab") is not None:
+        _link(stored["vocab"], vocab)
+        linked.add("vocab")
+    else:
+        vocab.mkdir()
+        for kind, words in vocabularies.items():
+            names = pa.array(words.names, type=pa.large_string()) if words.n_base else pa.array([], type=pa.large_string())
+            keys = _sorted_keys(names)
+            np.save(vocab / f"{kind}.keys.npy", keys.keys)
+            np.save(vocab / f"{kind}.codes.npy", keys.codes)
+            if kind in _NAMED_KINDS:
+                _write_arrow(vocab / f"{kind}.names.arrow", pd.DataFrame({"id": pd.array(names, dtype="string")}))
+    meta["vocab"] = {kind: words.n_base for kind, words in vocabularies.items()}
+    # history/: the indexed base
+    base = root / "history"
+    if stored.get("history") is not None and history.base is stored.get("history_base"):
+        _link(stored["history"], base)
+        linked.add("history")
+    else:
+        base.mkdir()
+        for name in USER_TABLES:
+            _write_arrow(base / f"{name}.arrow", history.base[name].whole())
+        for key, groups in history.groups.items():
+            np.save(base / f"groups.{key}.order.npy", groups.order)
+            np.save(base / f"groups.{key}.starts.npy", groups.starts)
+        for key, times in history.times.items():
+            np.save(base / f"times.{key}.values.npy", times.values)
+            np.save(base / f"times.{key}.order.npy", times.order)
+        if history.bursts is not None:
+            np.save(base / "bursts.values.npy", history.bursts.values)
+            np.save(base / "bursts.order.npy", history.bursts.order)
+        np.save(base / "order_row.npy", history.order_row)
+        np.save(base / "buyer_of.npy", history.base_buyer_of)
+        cases = _sorted_keys(pa.array(history.case_row.array, type=pa.large_string()))
+        np.save(base / "case.keys.npy", cases.keys)
+        np.save(base / "case.rows.npy", cases.codes)
+        for name, rows in history.orphans.items():
+            np.save(base / f"orphans.{name}.npy", rows)
+        np.save(base / "stream_merchant.npy", history.base_stream_merchant)
+    meta["history"] = {
+        "rows": {name: len(history.base[name]) for name in USER_TABLES},
+        "groups": sorted(history.groups),
+        "times": sorted(history.times),
+        "bursts": history.bursts is not None,
+    }
+    # delta/: what changed since
+    delta = root / "delta"
+    delta.mkdir()
+    cur = history.current
+    for kind, words in vocabularies.items():
+        _write_arrow(delta / f"added.{kind}.arrow", pd.DataFrame({"id": pd.array(words.added.array, dtype="string")}))
+    for name in USER_TABLES:
+        _write_arrow(delta / f"tail.{name}.arrow", cur.tail[name])
+        alive = cur.alive[name]
+        np.save(delta / f"dead.{name}.npy", np.zeros(0, dtype="int64") if alive is None else np.flatnonzero(~alive))
+    for name in REGISTRIES:
+        _write_arrow(delta / f"registry.{name}.arrow", cur.registries[name])
+    changed = np.flatnonzero(cur.buyer_of[: len(history.base_buyer_of)] != history.base_buyer_of)
+    np.save(delta / "buyer_of.codes.npy", changed)
+    np.save(delta / "buyer_of.values.npy", cur.buyer_of[changed])
+    np.save(delta / "buyer_of.added.npy", cur.buyer_of[len(history.base_buyer_of):])
+    np.save(delta / "stream_merchant.npy", cur.stream_merchant)
+    np.save(delta / "first_paid.npy", history.first_paid)
+    _write_arrow(delta / "counts.merchants.arrow", counts.merchants.reset_index(names="code"))
+    _write_arrow(delta / "counts.creators.arrow", counts.creators.reset_index(names="code"))
+    _write_arrow(delta / "counts.users.arrow", counts.users.reset_index(drop=True))
+    refs = references
+    np.save(delta / "refs.shop_suspicion.npy", np.asarray(refs.shop_suspicion, dtype="float64"))
+    np.save(delta / "refs.shop_orders.npy", np.asarray(refs.shop_orders, dtype="float64"))
+    meta["references"] = {
+        "category_median": {str(k): float(v) for k, v in zip(refs.category_median.index.to_numpy(dtype="int64").tolist(), refs.category_median.to_numpy(dtype="float64").tolist())},
+        "overall_median": float(refs.overall_median),
+        "logs_activity": bool(refs.logs_activity),
+        "records_deliveries": bool(refs.records_deliveries),
+        "ring_norm": float(refs.ring_norm),
+    }
+    digests = stored.get("digests", {})
+    meta["files"] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            name = str(path.relative_to(root))
+            meta["files"][name] = digests[name] if name.split("/", 1)[0] in linked and name in digests else _digest(path)
+    (root / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+
+
+def _sorted_keys(names: Any) -> SortedKeys:
+    return SortedKeys.of(names)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """``state.json`` of a snapshot directory, checked for its version and snapshot (one-line errors)."""
+    path = directory / "state" / "state.json"
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such snapshot directory")
+    if not path.is_file():
+        raise ConfigError(f"{directory}: no incremental state (state/state.json): write the snapshot with trustfeed features --keep-state")
+    try:
+        meta = json.loads(path.read_text())
+        version = meta.get("state_version")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ConfigError(f"{path}: unreadable state ({type(error).__name__})") from None
+    if version == 1:
+        raise ConfigError(
+            f"{path}: a state written by an earlier trustfeed (version 1, the event history as Parquet):"
+            " rebuild in full with trustfeed features --keep-state"
+        )
+    if version != STATE_VERSION:
+        raise ConfigError(f"{path}: state version {version!r}, this trustfeed reads version {STATE_VERSION}")
+    try:
+        TrustConfig.from_dict(meta["config"])
+        as_of = to_utc(meta["as_of"])
+        dict(meta["index"])
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: a state of another configuration or version ({error})") from None
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{manifest_path}: unreadable snapshot manifest ({type(error).__name__})") from None
+    if manifest.get("config") != meta["config"] or to_utc(manifest.get("as_of")) != as_of:
+        raise ConfigError(f"{path}: the state does not belong to the snapshot in {directory} (config or as-of differ)")
+    return meta
+
+
+def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The parts of the :class:`~trustfeed.features.LiveTrust` stored in a snapshot directory
+    (memory-mapped), and where its unchanging files are.
+
+    Raises
+    ------
+    ConfigError
+        No state, a state of another version or configuration, one that does not belong to
+        the snapshot beside it, or a damaged one (a file missing, of another size or checksum).
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    root = directory / "state"
+    files = dict(meta.get("files", {}))
+    _check(root, files)
+    config = TrustConfig.from_dict(meta["config"])
+    index = dict(meta["index"])
+    try:
+        snapshot = TrustSnapshot.load(directory)
+        vocabularies = {}
+        for kind in _ID_KINDS:
+            n_base = int(meta["vocab"][kind])
+            keys = SortedKeys(_load(root / "vocab" / f"{kind}.keys.npy"), _load(root / "vocab" / f"{kind}.codes.npy"))
+            names = None
+            if kind in _NAMED_KINDS:
+                names = pd.array(_read_arrow(root / "vocab" / f"{kind}.names.arrow").column("id"), dtype="string")
+            words = Vocabulary(lookup=keys, names=names, size=n_base)
+            words.added = pd.Index(_frame(root / "delta" / f"added.{kind}.arrow", {"id": "string"})["id"].astype("string"))
+            vocabularies[kind] = words
+        history = _load_history(root, meta, config)
+        delta = root / "delta"
+        counts = SignalCounts(
+            merchants=_frame(delta / "counts.merchants.arrow", {}).set_index("code").rename_axis(None),
+            creators=_frame(delta / "counts.creators.arrow", {}).set_index("code").rename_axis(None),
+            orders=pd.DataFrame(),
+            users=_frame(delta / "counts.users.arrow", {}),
+        )
+        refs = meta["references"]
+        references = CredibilityReferences(
+            category_median=pd.Series({int(k): float(v) for k, v in refs["category_median"].items()}, dtype="float64"),
+            overall_median=float(refs["overall_median"]),
+            logs_activity=bool(refs["logs_activity"]),
+            records_deliveries=bool(refs["records_deliveries"]),
+            ring_norm=float(refs["ring_norm"]),
+            shop_suspicion=np.asarray(_load(delta / "refs.shop_suspicion.npy")),
+            shop_orders=np.asarray(_load(delta / "refs.shop_orders.npy")),
+        )
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as error:
+        raise ConfigError(f"{root}: unreadable state ({type(error).__name__}: {str(error)[:120]}): rebuild in full") from None
+    counts.references = references
+    parts = {
+        "history": history, "vocabularies": vocabularies, "counts": counts, "references": references, "index": index,
+        "config": config, "backend": str(meta.get("backend", "pandas")), "snapshot": snapshot,
+    }  # fmt: skip
+    return parts, {"vocab": root / "vocab", "history": root / "history", "history_base": history.base, "digests": files}
+
+
+def _load_history(root: Path, meta: dict[str, Any], config: TrustConfig) -> History:
+    base_dir, delta = root / "history", root / "delta"
+    dtypes = {name: {c: _dtype(name, c, d) for c, d in columns.items()} for name, columns in meta["dtypes"].items()}
+    base = {name: Rows(table=_read_arrow(base_dir / f"{name}.arrow"), dtypes=dtypes[name]) for name in USER_TABLES}
+    for name in USER_TABLES:
+        if len(base[name]) != int(meta["history"]["rows"][name]):
+            raise ConfigError(f"{base_dir / name}.arrow: row count differs from the state's (damaged: rebuild in full)")
+    groups = {key: Groups(_load(base_dir / f"groups.{key}.order.npy"), _load(base_dir / f"groups.{key}.starts.npy")) for key in meta["history"]["groups"]}
+    times = {key: Sorted(_load(base_dir / f"times.{key}.values.npy"), _load(base_dir / f"times.{key}.order.npy")) for key in meta["history"]["times"]}
+    bursts = Sorted(_load(base_dir / "bursts.values.npy"), _load(base_dir / "bursts.order.npy")) if meta["history"]["bursts"] else None
+    cases = SortedKeys(_load(base_dir / "case.keys.npy"), _load(base_dir / "case.rows.npy"))
+    base_buyer_of = _load(base_dir / "buyer_of.npy")
+    buyer_of = np.concatenate([np.asarray(base_buyer_of), _load(delta / "buyer_of.added.npy")]).astype("int64")
+    buyer_of[_load(delta / "buyer_of.codes.npy")] = _load(delta / "buyer_of.values.npy")
+    alive: dict[str, np.ndarray | None] = {}
+    for name in USER_TABLES:
+        dead = _load(delta / f"dead.{name}.npy")
+        if len(dead):
+            mask = np.ones(len(base[name]), dtype=bool)
+            mask[dead] = False
+            alive[name] = mask
+        else:
+            alive[name] = None
+    registry_dtypes = {name: dtypes[name] for name in REGISTRIES}
+    current = View(
+        alive=alive,
+        tail={name: _frame(delta / f"tail.{name}.arrow", dtypes[name]) for name in USER_TABLES},
+        buyer_of=buyer_of,
+        registries={name: _frame(delta / f"registry.{name}.arrow", registry_dtypes[name]) for name in REGISTRIES},
+        stream_merchant=np.array(_load(delta / "stream_merchant.npy")),
+    )
+    store = Growable(buyer_of, -1)
+    current.buyer_of = store.view()
+    return History(
+        base=base, groups=groups, times=times, bursts=bursts, order_row=_load(base_dir / "order_row.npy"), case_row=cases,
+        orphans={name: _load(base_dir / f"orphans.{name}.npy") for name in ("after_sales", "reviews")},
+        base_stream_merchant=_load(base_dir / "stream_merchant.npy"), current=current, buyer_store=store,
+        first_paid=np.array(_load(delta / "first_paid.npy")), missing=tuple(meta["missing"]), warnings=tuple(meta["warnings"]),
+        missing_columns={k: tuple(v) for k, v in meta["missing_columns"].items()}, config=config, dtypes=dtypes,
+        base_buyer_of=base_buyer_of,
+    )  # fmt: skip
