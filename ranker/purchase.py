@@ -219,16 +219,81 @@ class PurchaseModel:
             Shapes disagree, a position is below 1, or a stage has only one outcome (no click,
             no purchase, or nothing else) in its training or validation rows.
         """
-        import lightgbm as lgb
-
         names = tuple(str(n) for n in feature_names)
         X, buy, click, log_position = _stage_inputs(X, purchased, clicked, position, names, "training data")
-        Xv, buy_v, click_v, log_position_v = _stage_inputs(X_valid, purchased_valid, clicked_valid, position_valid,
-                                                            names, "validation data")
+        valid = _stage_inputs(X_valid, purchased_valid, clicked_valid, position_valid, names, "validation data")
+        sample = _click_sample(X.shape[0], self.config.max_click_rows, groups, self.config.seed)
+        click_rows = (X, click, log_position) if sample is None else (X[sample], click[sample], log_position[sample])
+        seen = click > 0
+        return self._fit_stages(click_rows, (X[seen], buy[seen]), valid, names, categorical, monotone,
+                                train_rows=int(X.shape[0]), train_purchases=int(buy.sum()))
+
+    def fit_sampled(
+        self,
+        sample: tuple[np.ndarray, ArrayLike, ArrayLike],
+        clicked_rows: tuple[np.ndarray, ArrayLike],
+        valid: tuple[np.ndarray, ArrayLike, ArrayLike, ArrayLike],
+        *,
+        train_rows: int,
+        feature_names: Sequence[str],
+        categorical: Sequence[str] = (),
+        monotone: Sequence[int] | None = None,
+    ) -> PurchaseModel:
+        """Fit both stages from rows drawn by the caller, for training data no process holds whole.
+
+        :meth:`fit` draws the click stage's sample and picks the clicked rows itself; a caller
+        whose rows are spread over machines (the Dask backend) draws them where the rows live
+        and hands in only these: ``sample`` is ``(X, clicked, position)`` of a
+        uniform sample of whole training requests (the click stage's rows, used as given:
+        ``max_click_rows`` is the caller's to apply), ``clicked_rows`` is ``(X, purchased)`` of
+        every clicked training row (the purchase stage's rows), ``valid`` is
+        ``(X, clicked, purchased, position)`` of the validation rows, and ``train_rows`` the
+        number of training rows the sample was drawn from (logged). Given the same rows in the
+        same order, the model equals the one :meth:`fit` learns from them.
+
+        Raises
+        ------
+        SchemaError
+            As :meth:`fit`; also when a clicked row's purchase flags do not fit its matrix.
+        """
+        names = tuple(str(n) for n in feature_names)
+        X_sample, clicked_sample, position_sample = sample
+        X, _, click, log_position = _stage_inputs(X_sample, np.zeros(len(X_sample), dtype=bool), clicked_sample,
+                                                  position_sample, names, "the click sample", purchases=False)
+        X_clicked, buy_clicked = clicked_rows
+        matrix = np.asarray(X_clicked, dtype=np.float64)
+        bought = np.asarray(buy_clicked, dtype=bool)
+        if matrix.ndim != 2 or matrix.shape[1] != len(names) or bought.shape != (matrix.shape[0],):
+            raise SchemaError("the clicked rows", None, f"a matrix of {len(names)} columns and one flag per row",
+                              f"shapes {matrix.shape} and {bought.shape}")
+        if bought.all() or not bought.any():
+            raise SchemaError("the clicked rows", "purchased", "both outcomes", f"{int(bought.sum())} of {bought.size}")
+        X_valid, clicked_valid, purchased_valid, position_valid = valid
+        valid_inputs = _stage_inputs(X_valid, purchased_valid, clicked_valid, position_valid, names, "validation data")
+        return self._fit_stages((X, click, log_position), (matrix, bought.astype(np.float64)), valid_inputs, names,
+                                categorical, monotone, train_rows=int(train_rows), train_purchases=int(bought.sum()))
+
+    def _fit_stages(
+        self,
+        click_rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        purchase_rows: tuple[np.ndarray, np.ndarray],
+        valid: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        names: tuple[str, ...],
+        categorical_names: Sequence[str],
+        monotone: Sequence[int] | None,
+        *,
+        train_rows: int,
+        train_purchases: int,
+    ) -> PurchaseModel:
+        import lightgbm as lgb
+
+        Xc, click_c, log_position_c = click_rows
+        X_bought, buy_bought = purchase_rows
+        Xv, buy_v, click_v, log_position_v = valid
         directions = tuple(int(d) for d in monotone) if monotone is not None else (0,) * len(names)
         if len(directions) != len(names) or any(d not in (-1, 0, 1) for d in directions):
             raise SchemaError("training data", "monotone", f"{len(names)} directions in {{-1, 0, 1}}", repr(directions))
-        categorical = tuple(str(c) for c in categorical)
+        categorical = tuple(str(c) for c in categorical_names)
         unknown = [c for c in categorical if c not in names]
         if unknown:
             raise SchemaError("training data", "categorical", "names of features", repr(unknown))
@@ -248,9 +313,6 @@ class PurchaseModel:
             return lgb.train(params, train_set, num_boost_round=config.num_rounds, valid_sets=[valid_set],
                              valid_names=["valid"], callbacks=callbacks)
 
-        sample = _click_sample(X.shape[0], config.max_click_rows, groups, config.seed)
-        Xc, click_c, log_position_c = (X, click, log_position) if sample is None else (
-            X[sample], click[sample], log_position[sample])
         ones = np.ones_like(log_position_c)
         g = float(logistic_regression(np.column_stack([ones, log_position_c]), click_c)[1])
         click_booster = None
@@ -259,8 +321,8 @@ class PurchaseModel:
                                   g * log_position_v)
             trees = click_booster.predict(Xc, raw_score=True, num_iteration=_best(click_booster))
             g = float(logistic_regression(np.column_stack([ones, log_position_c]), click_c, offset=trees)[1])
-        seen, seen_v = click > 0, click_v > 0
-        purchase_booster = stage(X[seen], buy[seen], Xv[seen_v], buy_v[seen_v], config.min_data_in_leaf_purchase,
+        seen_v = click_v > 0
+        purchase_booster = stage(X_bought, buy_bought, Xv[seen_v], buy_v[seen_v], config.min_data_in_leaf_purchase,
                                  None, None)
 
         self.click_booster_, self.purchase_booster_ = click_booster, purchase_booster
@@ -270,7 +332,8 @@ class PurchaseModel:
         probability = np.clip(np.exp(score_v), 1e-12, 1 - 1e-12)
         self.fit_info_ = {
             "click_trees": _best(click_booster), "purchase_trees": _best(purchase_booster), "position_coef": g,
-            "train_rows": int(X.shape[0]), "click_rows": int(Xc.shape[0]), "train_clicks": int(seen.sum()), "train_purchases": int(buy.sum()),
+            "train_rows": train_rows, "click_rows": int(Xc.shape[0]), "train_clicks": int(X_bought.shape[0]),
+            "train_purchases": train_purchases,
             "valid_purchase_logloss": float(-np.mean(buy_v * np.log(probability) + (1 - buy_v) * np.log1p(-probability))),
         }
         return self
@@ -389,8 +452,10 @@ def _click_sample(n: int, cap: int, groups: ArrayLike | None, seed: int) -> np.n
 
 
 def _stage_inputs(
-    X: np.ndarray, purchased: ArrayLike, clicked: ArrayLike, position: ArrayLike, names: tuple[str, ...], what: str
+    X: np.ndarray, purchased: ArrayLike, clicked: ArrayLike, position: ArrayLike, names: tuple[str, ...], what: str,
+    purchases: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked stage inputs; ``purchases=False``: rows that feed the click stage only."""
     matrix = np.asarray(X, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[1] != len(names):
         raise SchemaError(what, None, f"a matrix of {len(names)} feature columns", f"shape {matrix.shape}")
@@ -403,7 +468,8 @@ def _stage_inputs(
             raise SchemaError(what, name, f"{n} values", f"shape {values.shape}")
     if not (np.isfinite(pos).all() and (pos >= 1).all()):
         raise SchemaError(what, "position", "1-based positions", "a value below 1 or not finite")
-    for name, values in (("clicked", click), ("purchased among the clicked rows", buy[click])):
+    checks = [("clicked", click)] + ([("purchased among the clicked rows", buy[click])] if purchases else [])
+    for name, values in checks:
         if values.size == 0 or values.all() or not values.any():
             raise SchemaError(what, name, "both outcomes", f"{int(values.sum())} of {values.size}")
     return matrix, buy.astype(np.float64), click.astype(np.float64), np.log(pos)

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("distributed", reason="the dask extra (distributed) is part of the test extra")
 
@@ -39,6 +41,18 @@ KILLED_RUN_ROUNDS = 3000
 # snapshot cadence of the frame: two snapshot times in the 14-day training window, so each
 # partition still joins rows of more than one snapshot (the driver builds each of them)
 SNAPSHOT_EVERY_DAYS = 7
+# a cap below the training rows, so the Dask path really samples the click stage's requests
+PURCHASE_ROWS = 3000
+
+
+def _purchase_config() -> Any:
+    from trustfeed.ranker.purchase import PurchaseModelConfig
+
+    return PurchaseModelConfig(max_click_rows=PURCHASE_ROWS, min_data_in_leaf=20, min_data_in_leaf_purchase=10,
+                               num_rounds=40, early_stopping_rounds=10)
+
+
+PURCHASE = _purchase_config()
 MODEL = {"num_rounds": 20, "early_stopping_rounds": 0, "min_rounds": 1, "min_data_in_leaf": 20, "num_leaves": 15,
          "position_bias": False}
 
@@ -119,7 +133,7 @@ def _windows(events: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
 
 
 def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int = MODEL["num_rounds"],
-                 snapshot_every_days: int = SNAPSHOT_EVERY_DAYS) -> Any:
+                 snapshot_every_days: int = SNAPSHOT_EVERY_DAYS, purchase_config: Any = None) -> Any:
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
     from trustfeed.training._dask_training import fit_on_dask
     from trustfeed.training.dataset import DatasetConfig
@@ -128,7 +142,7 @@ def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int 
     valid_from, holdout, _ = _windows(events)
     return fit_on_dask(events, end=holdout, valid_from=valid_from, config=DatasetConfig(snapshot_every_days=snapshot_every_days),
                        model_config=LambdaMARTConfig(**{**MODEL, "num_rounds": rounds}), plain_config=None, plain_schema_of=plain_feature_schema,
-                       scheduler=scheduler, partitions=3, progress=progress)
+                       scheduler=scheduler, partitions=3, progress=progress, purchase_config=purchase_config)
 
 
 def _held_out_ndcg(model: Any, frame: Any) -> float:
@@ -144,7 +158,7 @@ def test_dask_frame_and_model_match_in_process(events: Any, cluster: LocalDaskCl
     from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
     from trustfeed.training.dataset import DatasetConfig, build_training_frame, time_split
 
-    on_dask = _fit_on_dask(events, cluster.address)
+    on_dask = _fit_on_dask(events, cluster.address, purchase_config=PURCHASE)
     valid_from, holdout, end = _windows(events)
     frame = build_training_frame(events, end=holdout, config=DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS))
     fit_part, valid_part = time_split(frame, valid_from=valid_from)
@@ -169,6 +183,47 @@ def test_dask_frame_and_model_match_in_process(events: Any, cluster: LocalDaskCl
     from trustfeed.ranker.metrics import mean_ndcg
 
     assert min(distributed, in_process) > float(mean_ndcg(shuffled, 10).mean) + 0.05
+
+    # the purchase model fitted from rows drawn on the workers is the one the same draw of the
+    # in-process frame gives, exactly (the sample is a hash of request_id, not of the placement)
+    from trustfeed.ranker.purchase import PurchaseModel
+    from trustfeed.training._dask_training import in_request_sample
+    from trustfeed.training.train import _purchase_rows, _purchased
+
+    assert on_dask.purchase_model is not None, on_dask.purchase_fitted
+    flags = _purchased(events["impressions"])
+    bought = _purchase_rows(fit_part, events["impressions"], flags) >= 0
+    bought_valid = _purchase_rows(valid_part, events["impressions"], flags) >= 0
+    clicked = (fit_part.labels >= 1) | bought
+    drawn = in_request_sample(fit_part.frame["request_id"].to_numpy(), PURCHASE.max_click_rows / len(fit_part),
+                              PURCHASE.seed)
+    assert 0 < drawn.sum() < len(fit_part)  # the cap really sampled
+    X = fit_part.features()
+    local_purchase = PurchaseModel(PURCHASE).fit_sampled(
+        (X[drawn], clicked[drawn], fit_part.positions[drawn]), (X[clicked], bought[clicked]),
+        (valid_part.features(), valid_part.labels >= 1, bought_valid, valid_part.positions), train_rows=len(fit_part),
+        feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone)
+    assert np.array_equal(on_dask.purchase_model.predict(held_out.features()), local_purchase.predict(held_out.features()))
+    assert on_dask.purchase_fitted["purchase_model.click_rows"] == int(drawn.sum())
+    assert on_dask.purchase_fitted["purchase_model.train_purchases"] == int(bought.sum()) == len(on_dask.fit_purchases)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 6), min_size=1, max_size=40), cut=st.integers(0, 40),
+       share=st.floats(0.0, 1.0), more=st.floats(0.0, 1.0), seed=st.integers(0, 3))
+def test_the_request_sample_takes_whole_requests_wherever_they_are_partitioned(
+        sizes: list[int], cut: int, share: float, more: float, seed: int) -> None:
+    from trustfeed.training._dask_training import in_request_sample
+
+    ids = np.repeat(np.array([f"r{i}" for i in range(len(sizes))], dtype=object), sizes)
+    drawn = in_request_sample(ids, share, seed)
+    for request in np.unique(ids):  # all rows of a request or none
+        assert len(set(drawn[ids == request])) == 1
+    # two partitions draw what the whole does
+    assert np.array_equal(np.r_[in_request_sample(ids[:cut], share, seed), in_request_sample(ids[cut:], share, seed)],
+                          drawn)
+    # a larger share keeps every request a smaller one drew
+    assert not (drawn & ~in_request_sample(ids, min(1.0, share + more), seed)).any()
 
 
 def test_a_worker_killed_during_training_stops_the_job_with_one_line(events: Any, cluster: LocalDaskCluster) -> None:

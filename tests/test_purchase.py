@@ -124,6 +124,35 @@ def test_a_capped_click_stage_fits_on_a_request_sample_and_keeps_the_position_bi
                                   bought[half:], position[half:], feature_names=["a", "b"], groups=sizes[1:])
 
 
+def test_fitting_on_rows_drawn_elsewhere_gives_the_model_fit_learns_from_them() -> None:
+    # the Dask backend draws the click sample and the clicked rows on its workers: handed the
+    # rows fit() would pick, fit_sampled() learns the same model
+    n = 8000
+    X, clicked, bought, position = _logged(n, 2, seed=4)
+    half = n // 2
+    sizes = np.full(half // 8, 8)
+    config = PurchaseModelConfig.from_dict({**_SMALL.to_dict(), "max_click_rows": 2000})
+    valid = (X[half:], clicked[half:], bought[half:], position[half:])
+    whole = PurchaseModel(config).fit(X[:half], clicked[:half], bought[:half], position[:half], *valid,
+                                      feature_names=["a", "b"], groups=sizes)
+    from trustfeed.ranker.purchase import _click_sample
+
+    rows = _click_sample(half, config.max_click_rows, sizes, config.seed)
+    assert rows is not None
+    seen = np.flatnonzero(clicked[:half] | bought[:half])
+    drawn = PurchaseModel(config).fit_sampled(
+        (X[rows], clicked[rows] | bought[rows], position[rows]), (X[seen], bought[seen]), valid, train_rows=half,
+        feature_names=["a", "b"])
+    assert np.array_equal(drawn.predict(X[half:]), whole.predict(X[half:]))
+    assert drawn.fit_info_ == whole.fit_info_
+    with pytest.raises(SchemaError, match="clicked rows"):
+        PurchaseModel(config).fit_sampled((X[rows], clicked[rows], position[rows]), (X[seen], np.zeros(seen.size, bool)),
+                                          valid, train_rows=half, feature_names=["a", "b"])
+    with pytest.raises(SchemaError, match="clicked rows"):
+        PurchaseModel(config).fit_sampled((X[rows], clicked[rows], position[rows]), (X[seen, :1], bought[seen]),
+                                          valid, train_rows=half, feature_names=["a", "b"])
+
+
 # ----------------------------------------------------------------------------- in the pipeline and the bundle
 
 

@@ -16,8 +16,13 @@ The same steps as the in-process job, spread over workers:
   without it).
 
 Only what the rest of the job needs comes back to the driver: the validation requests (for
-the purchase calibration and the balancer's target Gini) and the purchased training rows
-(for the bad-order model). See ``docs/training.md`` for the limits.
+the purchase calibration and the balancer's target Gini), the purchased training rows (for
+the bad-order model) and, when the job fits the purchase model, the rows its two stages
+learn from: a uniform sample of whole training requests, drawn on the workers by a hash of
+``request_id`` (at most about ``PurchaseModelConfig.max_click_rows`` rows, the same cap the
+in-process fit applies), for the click stage, and the clicked training rows for the purchase
+stage. The purchase model is fitted on the driver while the workers train LambdaMART. See
+``docs/training.md`` for the limits.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import math
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +41,7 @@ from ..features.errors import ClusterError, SchemaError
 from ..features.events import EventLog
 from ..features.progress import NullProgress, Progress
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig, requests_with_positives
+from ..ranker.purchase import PurchaseModel, PurchaseModelConfig
 from ..features.context import build_context_tables
 from .dataset import (
     DatasetConfig,
@@ -47,7 +53,7 @@ from .dataset import (
     plan_training_frame,
 )
 
-__all__ = ["DaskFit", "dask_client", "fit_on_dask"]
+__all__ = ["DaskFit", "dask_client", "fit_on_dask", "in_request_sample"]
 
 # rows per partition the frame aims at: big enough to amortise a task, small enough that
 # a worker holds a few partitions of the ~40 float feature columns at once
@@ -75,6 +81,9 @@ class DaskFit:
         The purchased rows of the training requests, gathered (the bad-order model reads them).
     train_requests, train_rows, partitions
         Size of the training part and the number of partitions it was trained from.
+    purchase_model, purchase_fitted
+        The purchase model (``None`` when not asked for or not fitted) and its figures, or why
+        it was skipped (``purchase_model.*`` keys, logged as the in-process job logs them).
     """
 
     model: LambdaMART
@@ -84,6 +93,8 @@ class DaskFit:
     train_requests: int
     train_rows: int
     partitions: int
+    purchase_model: PurchaseModel | None = None
+    purchase_fitted: Mapping[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -214,8 +225,67 @@ def _fit_ranker(
                                    evals_result=getattr(local, "evals_result_", None))
 
 
-def _gather(frame: Any, plan_schema: Mapping[str, Any]) -> TrainingFrame:
-    table = frame.compute().reset_index(drop=True)
+def in_request_sample(request_ids: Any, share: float, seed: int) -> np.ndarray:
+    """Which rows belong to the sample of whole requests (a flag per row).
+
+    Each request is drawn with chance ``share``, decided by a seeded hash of its
+    ``request_id``, so a request's rows are drawn together and the sample is the same however
+    the rows are partitioned, on any worker and in any run.
+
+    >>> ids = np.array(["a", "a", "b", "c", "c", "c"], dtype=object)
+    >>> flags = in_request_sample(ids, 0.5, seed=3)
+    >>> bool((flags[:2] == flags[0]).all() and (flags[3:] == flags[3]).all())
+    True
+    >>> bool(in_request_sample(ids, 1.0, seed=3).all()), bool(in_request_sample(ids, 0.0, seed=3).any())
+    (True, False)
+    """
+    ids = np.asarray(request_ids, dtype=object).astype(str).astype(object)
+    if share >= 1.0:
+        return np.ones(len(ids), dtype=bool)
+    hashed = pd.util.hash_array(ids, hash_key=f"{seed % 2**64:016x}")
+    return np.asarray((hashed >> np.uint64(11)).astype(np.float64) / 2.0**53 < share, dtype=bool)
+
+
+def _sampled_requests(part: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    return part.loc[in_request_sample(part["request_id"].to_numpy(), share, seed)]
+
+
+def _clicked_rows(part: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a click (a label of 1 or more) or a purchase: the purchase stage's rows."""
+    return part.loc[(part["label"].to_numpy() >= 1) | part["purchased"].to_numpy(dtype=bool)]
+
+
+def _fit_purchase(
+    config: PurchaseModelConfig, sample: TrainingFrame, clicked: TrainingFrame, valid_part: TrainingFrame,
+    train_rows: int, min_purchases: int, progress: Progress,
+) -> tuple[PurchaseModel | None, dict[str, Any]]:
+    """The purchase model from the gathered sample and clicked rows (as ``train.fit_purchase_model``)."""
+    bought = clicked.frame["purchased"].to_numpy(dtype=bool)
+    bought_valid = valid_part.frame["purchased"].to_numpy(dtype=bool)
+    if bought.sum() < min_purchases or bought_valid.sum() < min_purchases:
+        return None, {"purchase_model.skipped": f"too few purchases ({int(bought.sum())} training, "
+                                                 f"{int(bought_valid.sum())} validation)"}
+    progress(f"Dask: training the purchase model on the driver ({len(sample):,} sampled and "
+             f"{len(clicked):,} clicked rows of {train_rows:,})")
+    clicked_sample = (sample.labels >= 1) | sample.frame["purchased"].to_numpy(dtype=bool)
+    try:
+        model = PurchaseModel(config).fit_sampled(
+            (sample.features(), clicked_sample, sample.positions), (clicked.features(), bought),
+            (valid_part.features(), valid_part.labels >= 1, bought_valid, valid_part.positions),
+            train_rows=train_rows, feature_names=valid_part.feature_names, categorical=valid_part.categorical,
+            monotone=valid_part.monotone,
+        )
+    except SchemaError as error:  # a window with one outcome only: nothing to learn the split from
+        return None, {"purchase_model.skipped": str(error)}
+    info = model.fit_info_
+    progress(f"purchase model: {info['click_trees']} click and {info['purchase_trees']} purchase trees, "
+             f"position coefficient {info['position_coef']:.3f}")
+    return model, {f"purchase_model.{k}": v for k, v in info.items()}
+
+
+def _gather(frame: Any, plan_schema: Mapping[str, Any], table: pd.DataFrame | None = None) -> TrainingFrame:
+    """``frame`` collected to the driver in the in-process frame's row order (``table``: already computed)."""
+    table = (frame.compute() if table is None else table).reset_index(drop=True)
     request_time = table.groupby("request_id", sort=False)["ts"].transform("min")
     table = (table.assign(_request_time=request_time)
              .sort_values(["_request_time", "request_id", "position"], kind="stable")
@@ -236,6 +306,8 @@ def fit_on_dask(
     scheduler: str | None = None,
     partitions: int | None = None,
     progress: Progress | None = None,
+    purchase_config: PurchaseModelConfig | None = None,
+    min_purchases: int = 20,
 ) -> DaskFit:
     """Build the training frame on a Dask cluster and train the ranker(s) there.
 
@@ -257,6 +329,10 @@ def fit_on_dask(
         Partitions of the frame (``None``: about ``ROWS_PER_PARTITION`` rows each, at least two).
     progress
         Receives one call per step.
+    purchase_config
+        Fit the purchase model with this config (``None``: no purchase model); it is skipped,
+        with the reason in ``DaskFit.purchase_fitted``, when either window has fewer than
+        ``min_purchases`` purchases or a stage sees one outcome only.
 
     Raises
     ------
@@ -286,7 +362,8 @@ def fit_on_dask(
         progress(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers at {client.scheduler.address}")
         progress(f"Dask: shuffling {len(plan.window):,} impressions into {n_parts} partitions of whole requests")
         return _fit_with_client(client, plan, tables, label_log, schema, monotone, meta, config, valid_from,
-                                model_config, plain_config, plain_schema_of, n_parts, dd, progress)
+                                model_config, plain_config, plain_schema_of, n_parts, dd, progress,
+                                purchase_config, min_purchases)
 
 
 def _workers(client: Any) -> set[str]:
@@ -343,7 +420,11 @@ def _fit_with_client(
     schema: Mapping[str, Any], monotone: tuple[int, ...], meta: pd.DataFrame, config: DatasetConfig,
     valid_from: pd.Timestamp, model_config: LambdaMARTConfig, plain_config: LambdaMARTConfig | None,
     plain_schema_of: Any, n_parts: int, dd: Any, progress: Progress,
+    purchase_config: PurchaseModelConfig | None = None, min_purchases: int = 20,
 ) -> DaskFit:
+    import dask
+    from concurrent.futures import ThreadPoolExecutor
+
     if not client.scheduler_info().get("workers"):
         raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
     [tables_on_workers, labels_on_workers] = client.scatter([dict(tables), label_log], broadcast=True, hash=False)
@@ -365,18 +446,48 @@ def _fit_with_client(
                           f"{fit_partitions} training and {valid_partitions} validation partitions with rows")
     sizes = fit.map_partitions(lambda p: pd.Series([len(p), p["request_id"].nunique()]), meta=(None, "int64")).compute()
     train_rows, train_requests = int(sizes.iloc[0::2].sum()), int(sizes.iloc[1::2].sum())
-    progress(f"Dask: training LambdaMART on {train_requests:,} requests ({train_rows:,} impressions, "
-             f"{fit_partitions} partitions)")
-    names = list(schema["feature_names"])
-    model = _fit_ranker(client, model_config, fit_lgb, valid_lgb, names, schema, monotone, "training LambdaMART")
-    plain_model = None
-    if plain_config is not None:
-        progress("Dask: training the plain LambdaMART without trust features")
-        plain_schema = plain_schema_of(schema)
-        plain_model = _fit_ranker(client, plain_config, fit_lgb, valid_lgb, list(plain_schema["feature_names"]),
-                                  plain_schema, tuple(int(d) for d in plain_schema["monotone"]),
-                                  "training the plain LambdaMART")
-    progress("Dask: gathering the validation requests and the purchased training rows")
-    valid_part = _gather(valid, schema)
-    purchases = _gather(fit.map_partitions(lambda p: p.loc[p["purchased"].to_numpy(dtype=bool)], meta=meta), schema)
-    return DaskFit(model, plain_model, valid_part, purchases, train_requests, train_rows, fit_partitions)
+    # what the driver needs, gathered before the boosting so the purchase model can train on
+    # the driver meanwhile: the validation requests, and the purchased training rows or, for
+    # the purchase model, the click stage's sample of requests and every clicked row (the
+    # purchased rows among them)
+    wanted = [valid]
+    if purchase_config is None:
+        progress("Dask: gathering the validation requests and the purchased training rows")
+        wanted.append(fit.map_partitions(lambda p: p.loc[p["purchased"].to_numpy(dtype=bool)], meta=meta))
+    else:
+        cap = purchase_config.max_click_rows
+        share = 1.0 if cap <= 0 or train_rows <= cap else cap / train_rows
+        progress(f"Dask: gathering the validation requests, the clicked training rows and a {share:.1%} sample "
+                 f"of the training requests for the purchase model")
+        wanted += [fit.map_partitions(_clicked_rows, meta=meta),
+                   fit.map_partitions(_sampled_requests, share, purchase_config.seed, meta=meta)]
+    gathered = [_gather(None, schema, table) for table in dask.compute(*wanted)]
+    valid_part = gathered[0]
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purchase-model")
+    try:
+        purchase_later = None
+        if purchase_config is None:
+            purchases = gathered[1]
+        else:
+            clicked, sample = gathered[1], gathered[2]
+            bought = clicked.frame["purchased"].to_numpy(dtype=bool)
+            purchases = TrainingFrame(clicked.frame.loc[bought].reset_index(drop=True), clicked.feature_names,
+                                      clicked.categorical, clicked.monotone, clicked.schema)
+            purchase_later = background.submit(_fit_purchase, purchase_config, sample, clicked, valid_part, train_rows,
+                                               min_purchases, progress)
+        progress(f"Dask: training LambdaMART on {train_requests:,} requests ({train_rows:,} impressions, "
+                 f"{fit_partitions} partitions)")
+        names = list(schema["feature_names"])
+        model = _fit_ranker(client, model_config, fit_lgb, valid_lgb, names, schema, monotone, "training LambdaMART")
+        plain_model = None
+        if plain_config is not None:
+            progress("Dask: training the plain LambdaMART without trust features")
+            plain_schema = plain_schema_of(schema)
+            plain_model = _fit_ranker(client, plain_config, fit_lgb, valid_lgb, list(plain_schema["feature_names"]),
+                                      plain_schema, tuple(int(d) for d in plain_schema["monotone"]),
+                                      "training the plain LambdaMART")
+        purchase_model, purchase_fitted = purchase_later.result() if purchase_later is not None else (None, {})
+    finally:
+        background.shutdown(wait=False, cancel_futures=True)
+    return DaskFit(model, plain_model, valid_part, purchases, train_requests, train_rows, fit_partitions,
+                   purchase_model, purchase_fitted)

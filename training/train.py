@@ -176,7 +176,7 @@ class TrainJobConfig(Config):
         same training and validation days when the policy is ``"expected_value"``: the
         policy then calibrates and ranks on its purchase probability instead of the
         LambdaMART score, and the bundle serves it. ``None``: the LambdaMART score, as
-        before. The Dask backend does not fit it (its policy rows are the purchases only).
+        before. The Dask backend fits it too, from rows drawn on the workers (docs/training.md).
     """
 
     events: Path
@@ -749,6 +749,7 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alongside")
     wants_purchase_model = config.purchase_model is not None and config.policy.combine == "expected_value"
     purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any]]] | None = None
+    dask_purchase: tuple[PurchaseModel | None, dict[str, Any]] = (None, {})
     try:
         progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
         if config.backend == "dask":
@@ -762,8 +763,10 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                 events, end=windows.holdout_start, valid_from=windows.valid_start, config=dataset_config,
                 model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
                 plain_schema_of=plain_feature_schema, scheduler=config.scheduler, progress=progress,
+                purchase_config=config.purchase_model if wants_purchase_model else None, min_purchases=_MIN_PURCHASES,
             )
             model, plain_model = on_dask.model, on_dask.plain_model
+            dask_purchase = (on_dask.purchase_model, dict(on_dask.purchase_fitted))
             # the policy fit reads only the purchased rows of the training part
             fit_part, valid_part, train_requests = on_dask.fit_purchases, on_dask.valid_part, on_dask.train_requests
         else:
@@ -782,11 +785,11 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
             train_requests = int(fit_part.groups().size)
         schema = model.feature_schema_
 
-        purchase_model, purchase_fitted = None, {}
+        purchase_model: PurchaseModel | None = None
+        purchase_fitted: dict[str, Any] = {}
         if wants_purchase_model:
-            if purchase_later is None:
-                purchase_fitted["purchase_model.skipped"] = "the Dask backend keeps only the purchased training rows"
-                progress("Dask: no purchase model (the policy calibrates the LambdaMART score)")
+            if purchase_later is None:  # the Dask backend fitted it on the driver from gathered rows
+                purchase_model, purchase_fitted = dask_purchase
             else:
                 purchase_model, purchase_fitted = purchase_later.result()
         policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
