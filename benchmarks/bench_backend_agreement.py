@@ -21,6 +21,7 @@ Run::
     python benchmarks/bench_backend_agreement.py --seeds 11 12 --merchants 150 --days 30
     python benchmarks/bench_backend_agreement.py --seeds 21 22 23 24 --worlds base shifted
     python benchmarks/bench_backend_agreement.py --seeds 11 --against no-position-bias
+    python benchmarks/bench_backend_agreement.py --seeds 31 32 --worlds base shifted --max-click-rows 20000
 """
 
 from __future__ import annotations
@@ -51,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worlds", nargs="+", choices=sorted(WORLDS), default=["base"])
     parser.add_argument("--against", choices=("default", "no-position-bias"), default="default",
                         help="the pandas default job, or both backends without position debiasing")
+    parser.add_argument("--max-click-rows", type=int, default=None,
+                        help="the purchase model's click-stage cap (default: its default); below the training rows "
+                             "the backends draw different samples (pandas: a random generator, Dask: a hash)")
     args = parser.parse_args(argv)
 
     from dataclasses import replace
 
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
+    from trustfeed.ranker.purchase import PurchaseModelConfig
     from trustfeed.training.evaluation import EvalConfig
     from trustfeed.training.simulate import SimConfig, simulate, write_dataset
     from trustfeed.training.train import TrainJobConfig, train
@@ -69,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             base = TrainJobConfig(
                 events=events, tracking_uri=f"sqlite:///{root}/mlflow.db", output_dir=Path(root) / "models",
                 model=LambdaMARTConfig(position_bias=args.against == "default"), train_plain=False,
+                purchase_model=(PurchaseModelConfig() if args.max_click_rows is None
+                                else PurchaseModelConfig(max_click_rows=args.max_click_rows)),
                 evaluation=EvalConfig(max_requests=args.requests, sweep_strengths=(0.0,), fairco_strengths=(),
                                       pmmf_strengths=()),
             )

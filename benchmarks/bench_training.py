@@ -1,22 +1,40 @@
-"""Cost curve of the training job's heavy stages over data sizes: wall time and peak memory.
+"""Cost curve of features + training over data sizes: wall time and peak memory per stage.
 
-For each size a platform is simulated (60 days, the merchant count sets the size) and the
-stages run in a fresh process, one after the other:
+For each size a platform is simulated (``--merchants``, 60 days: the merchant count sets the
+size) or read from disk (``--events DIR ...``, e.g. written by ``trustfeed simulate``), and
+the stages run in a fresh process per size and backend, one after the other:
+
+``--backend pandas`` (the in-process job's heavy stages)
 
 * ``load``: read and validate the event log;
 * ``frame``: the point-in-time training frame (trust snapshots, context, features, labels);
 * ``lambdamart``: the trust-aware LambdaMART (early stopping on the validation window);
-* ``plain``: the plain LambdaMART without trust features.
+* ``plain``: the plain LambdaMART without trust features;
+* ``purchase``: the purchase model (its click stage on at most ``max_click_rows`` rows).
 
-Peak memory is the highest resident set size of the process while the stage ran (sampled
-every 20 ms), so it includes what earlier stages left alive, as in the real job. The growth
-exponent ``b`` of each stage is the least-squares slope of ``log(seconds)`` on
-``log(impressions)``: ``b = 1`` is linear.
+``--backend dask`` (``fit_on_dask`` on a local cluster of two one-thread worker processes,
+each limited to ``--worker-memory``)
+
+* ``load``: as above, on the driver;
+* ``snapshots``: the driver builds the trust snapshots and context tables;
+* ``frame``: impressions shuffled into partitions of whole requests, each joined and
+  labelled on a worker, and gathered what the driver needs (validation requests, clicked
+  rows and the click stage's sample);
+* ``lambdamart`` + ``purchase``: LightGBM's distributed ranker on the workers while the
+  driver fits the purchase model (one stage: they overlap);
+* ``plain``: the distributed plain ranker.
+
+Peak memory is the highest resident set size of the benchmark process and all its child
+processes (the Dask workers) while the stage ran, sampled every 50 ms, so it includes what
+earlier stages keep alive, as in the real job. The growth exponent ``b`` of each stage is
+the least-squares slope of ``log(seconds)`` on ``log(impressions)``: ``b = 1`` is linear.
 
 Run::
 
-    python benchmarks/bench_training.py --merchants 70 680            # ~0.1M and ~1M impressions
-    python benchmarks/bench_training.py --merchants 70 680 6800       # adds ~10M (well over 8 GB)
+    python benchmarks/bench_training.py --merchants 70 680                    # ~0.1M and ~1M impressions
+    python benchmarks/bench_training.py --merchants 70 680 --backend pandas dask
+    trustfeed simulate --out /tmp/d10m --merchants 6800 --days 60              # ~10M impressions
+    flock /tmp/trustfeed-bigmem.lock python benchmarks/bench_training.py --events /tmp/d10m --backend dask
 
 Times on a shared machine are noisy: the script prints the load average next to each size.
 """
@@ -26,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,50 +54,85 @@ from pathlib import Path
 from typing import Any
 
 DAYS = 60
-STAGES = ("load", "frame", "lambdamart", "plain")
+STAGES = {
+    "pandas": ("load", "frame", "lambdamart", "plain", "purchase"),
+    "dask": ("load", "snapshots", "frame", "lambdamart+purchase", "plain"),
+}
+# Dask progress message prefix -> the stage it starts
+_DASK_MARKS = (
+    ("building trust snapshot", "snapshots"),
+    ("Dask: shuffling", "frame"),
+    ("Dask: training LambdaMART", "lambdamart+purchase"),
+    ("Dask: training the plain", "plain"),
+)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _tree_rss_bytes(root: int) -> int:
+    """Resident bytes of process ``root`` and all its descendants (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                total += int(statm.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+        todo.extend(children.get(pid, []))
+    return total
 
 
 class _PeakMemory:
-    """The highest RSS seen while the ``with`` block ran."""
+    """The highest RSS of this process tree since the last :meth:`take`."""
 
-    def __enter__(self) -> _PeakMemory:
-        self.peak = _rss_bytes()
+    def __init__(self) -> None:
+        self.peak = _tree_rss_bytes(os.getpid())
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
-        return self
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _rss_bytes())
+        while not self._stop.wait(0.05):
+            now = _tree_rss_bytes(os.getpid())
+            with self._lock:
+                self.peak = max(self.peak, now)
 
-    def __exit__(self, *exc: Any) -> None:
+    def take(self) -> float:
+        """Peak MB since the previous call; the next window starts at the current RSS."""
+        now = _tree_rss_bytes(os.getpid())
+        with self._lock:
+            peak, self.peak = max(self.peak, now), now
+        return peak / 2**20
+
+    def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
 
 
-def run_stages(events_dir: Path) -> dict[str, Any]:
-    """One size, in this process: seconds and peak RSS (MB) of each stage."""
+def _pandas_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory) -> None:
     from trustfeed.features.events import load_events
     from trustfeed.ranker.lambdamart import LambdaMART
-    from trustfeed.training.dataset import time_split
-    from trustfeed.training.train import TrainJobConfig, _windows, plain_feature_schema
-    from trustfeed.training.dataset import build_training_frame
+    from trustfeed.training.dataset import build_training_frame, time_split
+    from trustfeed.training.train import TrainJobConfig, _windows, fit_purchase_model, plain_feature_schema
 
     config = TrainJobConfig(events=events_dir)
-    out: dict[str, Any] = {}
 
     def stage(name: str, action: Any) -> Any:
+        memory.take()
         start = time.perf_counter()
-        with _PeakMemory() as memory:
-            result = action()
-        out[name] = {"seconds": time.perf_counter() - start, "peak_mb": memory.peak / 2**20}
+        result = action()
+        out[name] = {"seconds": time.perf_counter() - start, "peak_mb": memory.take()}
         return result
 
     events = stage("load", lambda: load_events(events_dir))
@@ -99,54 +153,141 @@ def run_stages(events_dir: Path) -> dict[str, Any]:
 
     model = stage("lambdamart", lambda: fit_model(frame.schema))
     stage("plain", lambda: fit_model(plain_feature_schema(frame.schema)))
+    assert config.purchase_model is not None
+    purchase, _ = stage("purchase", lambda: fit_purchase_model(config.purchase_model, fit, valid, events["impressions"]))
     out["best_iteration"] = model.best_iteration_
+    out["purchase_model"] = purchase is not None
+
+
+def _dask_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory, worker_memory: str) -> None:
+    import logging
+
+    from distributed import LocalCluster
+
+    from trustfeed.features.events import load_events
+    from trustfeed.training._dask_training import fit_on_dask
+    from trustfeed.training.train import _MIN_PURCHASES, TrainJobConfig, _windows, plain_feature_schema
+
+    config = TrainJobConfig(events=events_dir, backend="dask")
+    memory.take()
+    start = time.perf_counter()
+    events = load_events(events_dir)
+    out["load"] = {"seconds": time.perf_counter() - start, "peak_mb": memory.take()}
+    out["impressions"] = len(events["impressions"])
+    windows = _windows(events, None, config.validation_fraction, config.evaluation.holdout_fraction)
+    current: list[Any] = [None, 0.0]  # stage, its start
+    lambdamart_start = [0.0]
+
+    def close_stage(now: float) -> None:
+        if current[0] is not None:
+            out[current[0]] = {"seconds": now - current[1], "peak_mb": memory.take()}
+
+    def progress(message: str, *_: Any) -> None:
+        for prefix, name in _DASK_MARKS:
+            if message.startswith(prefix) and current[0] != name:
+                now = time.perf_counter()
+                close_stage(now)
+                current[0], current[1] = name, now
+        if message.startswith("Dask: training LambdaMART"):
+            lambdamart_start[0] = time.perf_counter()
+        if message.startswith("purchase model:"):
+            out["purchase_end"] = time.perf_counter()
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                           memory_limit=worker_memory, silence_logs=logging.ERROR)
+    try:
+        on_dask = fit_on_dask(
+            events, end=windows.holdout_start, valid_from=windows.valid_start, config=config.dataset,
+            model_config=config.model, plain_config=config.plain_model or config.model,
+            plain_schema_of=plain_feature_schema, scheduler=cluster.scheduler_address, progress=progress,
+            purchase_config=config.purchase_model, min_purchases=_MIN_PURCHASES,
+        )
+        close_stage(time.perf_counter())
+    finally:
+        cluster.close()
+    if "purchase_end" in out and "lambdamart+purchase" in out:  # its share of the overlapped stage
+        out["purchase_seconds"] = out.pop("purchase_end") - lambdamart_start[0]
+    out["frame_rows"] = on_dask.train_rows + len(on_dask.valid_part)
+    out["best_iteration"] = on_dask.model.best_iteration_
+    out["purchase_model"] = on_dask.purchase_model is not None
+
+
+def run_stages(events_dir: Path, backend: str, worker_memory: str) -> dict[str, Any]:
+    """One size and backend, in this process: seconds and peak RSS (MB) of each stage."""
+    out: dict[str, Any] = {}
+    memory = _PeakMemory()
+    try:
+        if backend == "dask":
+            _dask_stages(events_dir, out, memory, worker_memory)
+        else:
+            _pandas_stages(events_dir, out, memory)
+    finally:
+        memory.close()
     return out
 
 
-def _exponent(sizes: list[float], seconds: list[float]) -> float:
+def _exponent(sizes: list[float], values: list[float]) -> float:
     import numpy as np
 
-    if len(sizes) < 2:
+    if len(sizes) < 2 or len(set(sizes)) < 2:
         return float("nan")
-    slope, _ = np.polyfit(np.log(sizes), np.log(seconds), 1)
+    slope, _ = np.polyfit(np.log(sizes), np.log(values), 1)
     return float(slope)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--merchants", type=int, nargs="+", default=[70, 680], help="one size per merchant count")
+    parser.add_argument("--merchants", type=int, nargs="*", default=None, help="one simulated size per merchant count")
+    parser.add_argument("--events", type=Path, nargs="*", default=[], help="event logs on disk, one size each")
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", nargs="+", choices=sorted(STAGES), default=["pandas"])
+    parser.add_argument("--worker-memory", default="4GB", help="memory limit of each Dask worker")
     parser.add_argument("--stages-of", metavar="DIR", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--stages-backend", default="pandas", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stages_of:
-        print(json.dumps(run_stages(Path(args.stages_of))))
+        print(json.dumps(run_stages(Path(args.stages_of), args.stages_backend, args.worker_memory)))
         return 0
+    merchants = args.merchants if args.merchants is not None else ([] if args.events else [70, 680])
 
     from trustfeed.training.simulate import SimConfig, simulate, write_dataset
 
-    rows = []
+    rows: dict[str, list[dict[str, Any]]] = {backend: [] for backend in args.backend}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as root:
-        for merchants in args.merchants:
-            events_dir = Path(root) / f"m{merchants}"
-            write_dataset(simulate(SimConfig(seed=args.seed, merchants=merchants, days=args.days)), events_dir)
-            load = os.getloadavg()[0]
-            done = subprocess.run([sys.executable, __file__, "--stages-of", str(events_dir)], capture_output=True,
-                                  text=True, check=True)
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result["merchants"], result["load_average"] = merchants, load
-            rows.append(result)
-            print(f"{merchants:>6} merchants  {result['impressions']:>11,} impressions  load {load:4.1f}  "
-                  + "  ".join(f"{s} {result[s]['seconds']:7.1f} s {result[s]['peak_mb']:6.0f} MB" for s in STAGES),
-                  flush=True)
-            import shutil
-
-            shutil.rmtree(events_dir)
-    sizes = [float(r["impressions"]) for r in rows]
-    print("growth exponent b (seconds ~ impressions^b): "
-          + "  ".join(f"{s} {_exponent(sizes, [r[s]['seconds'] for r in rows]):.2f}" for s in STAGES))
-    print("memory growth exponent: "
-          + "  ".join(f"{s} {_exponent(sizes, [r[s]['peak_mb'] for r in rows]):.2f}" for s in STAGES))
+        sizes: list[tuple[str, Path, bool]] = [(str(d), d, False) for d in args.events]
+        sizes += [(f"{m} merchants", Path(root) / f"m{m}", True) for m in merchants]
+        for label, events_dir, simulated in sizes:
+            if simulated:
+                write_dataset(simulate(SimConfig(seed=args.seed, merchants=int(label.split()[0]), days=args.days)),
+                              events_dir)
+            for backend in args.backend:
+                load = os.getloadavg()[0]
+                done = subprocess.run([sys.executable, __file__, "--stages-of", str(events_dir), "--stages-backend",
+                                       backend, "--worker-memory", args.worker_memory],
+                                      capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"{label} {backend}: failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                    continue
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result["load_average"] = load
+                result["total"] = {"seconds": sum(result[s]["seconds"] for s in STAGES[backend] if s in result),
+                                   "peak_mb": max(result[s]["peak_mb"] for s in STAGES[backend] if s in result)}
+                rows[backend].append(result)
+                print(f"{backend:6s} {label}  {result['impressions']:>11,} impressions  load {load:4.1f}  "
+                      + "  ".join(f"{s} {result[s]['seconds']:7.1f} s {result[s]['peak_mb']:6.0f} MB"
+                                  for s in (*STAGES[backend], "total") if s in result)
+                      + (f"  (purchase model {result['purchase_seconds']:.1f} s of it)" if "purchase_seconds" in result else ""),
+                      flush=True)
+            if simulated:
+                shutil.rmtree(events_dir)
+    for backend, done_rows in rows.items():
+        stages = [s for s in (*STAGES[backend], "total") if all(s in r for r in done_rows)]
+        sizes_n = [float(r["impressions"]) for r in done_rows]
+        print(f"{backend}: growth exponent b (seconds ~ impressions^b): "
+              + "  ".join(f"{s} {_exponent(sizes_n, [r[s]['seconds'] for r in done_rows]):.2f}" for s in stages))
+        print(f"{backend}: memory growth exponent: "
+              + "  ".join(f"{s} {_exponent(sizes_n, [r[s]['peak_mb'] for r in done_rows]):.2f}" for s in stages))
     return 0
 
 
