@@ -346,24 +346,37 @@ def fit_on_dask(
 
     progress = progress or NullProgress()
     plan: FramePlan = plan_training_frame(events, None, end, config)
-    builder = default_snapshot_builder(config)
-    tables: dict[pd.Timestamp, tuple[Any, Any]] = {}
-    for i, as_of in enumerate(plan.times):
-        progress("building trust snapshot and context", i + 1, len(plan.times))
-        tables[pd.Timestamp(as_of)] = (builder(events, as_of), build_context_tables(events, as_of, config.context))
-    first = tables[pd.Timestamp(plan.times[0])]
-    schema = feature_schema(first[0], first[1], plan.categories)
-    monotone = tuple(int(d) for d in schema["monotone"])
-    n_parts = partitions or max(2, math.ceil(len(plan.window) / ROWS_PER_PARTITION))
-    label_log = _label_events(events)
-    meta = _partition_frame(plan.window.iloc[:0], tables, label_log, schema, config)
-
     with dask_client(scheduler) as client, dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        # connected first: a wrong address fails before the snapshots are built, and the
+        # workers import what the frame needs (pandas, LightGBM, the feature code: seconds
+        # each) while the driver builds them
         progress(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers at {client.scheduler.address}")
+        warming = [client.submit(_ready, pure=False, workers=[address], allow_other_workers=False)
+                   for address in client.scheduler_info().get("workers", {})]
+        builder = default_snapshot_builder(config)
+        tables: dict[pd.Timestamp, tuple[Any, Any]] = {}
+        for i, as_of in enumerate(plan.times):
+            progress("building trust snapshot and context", i + 1, len(plan.times))
+            tables[pd.Timestamp(as_of)] = (builder(events, as_of), build_context_tables(events, as_of, config.context))
+        first = tables[pd.Timestamp(plan.times[0])]
+        schema = feature_schema(first[0], first[1], plan.categories)
+        monotone = tuple(int(d) for d in schema["monotone"])
+        n_parts = partitions or max(2, math.ceil(len(plan.window) / ROWS_PER_PARTITION))
+        label_log = _label_events(events)
+        meta = _partition_frame(plan.window.iloc[:0], tables, label_log, schema, config)
         progress(f"Dask: shuffling {len(plan.window):,} impressions into {n_parts} partitions of whole requests")
-        return _fit_with_client(client, plan, tables, label_log, schema, monotone, meta, config, valid_from,
-                                model_config, plain_config, plain_schema_of, n_parts, dd, progress,
-                                purchase_config, min_purchases)
+        fitted = _fit_with_client(client, plan, tables, label_log, schema, monotone, meta, config, valid_from,
+                                  model_config, plain_config, plain_schema_of, n_parts, dd, progress,
+                                  purchase_config, min_purchases)
+        del warming
+        return fitted
+
+
+def _ready() -> bool:
+    """A task that makes a worker import this module and LightGBM (see :func:`fit_on_dask`)."""
+    import lightgbm  # noqa: F401
+
+    return True
 
 
 def _workers(client: Any) -> set[str]:
