@@ -23,6 +23,9 @@ SETTINGS = {
     "lr 0.1, 2 passes, all rows": dict(learning_rate=0.1, position_passes=2, max_click_rows=0),
     "lr 0.1, 1 pass, 300k rows": dict(learning_rate=0.1, position_passes=1, max_click_rows=300_000),
     "default (lr 0.1, 2 passes, 300k rows)": {},
+    "patience 10": dict(early_stopping_rounds=10),
+    "patience 10, 1 pass": dict(early_stopping_rounds=10, position_passes=1),
+    "patience 15": dict(early_stopping_rounds=15),
 }
 
 

@@ -153,6 +153,37 @@ def test_fitting_on_rows_drawn_elsewhere_gives_the_model_fit_learns_from_them() 
                                           valid, train_rows=half, feature_names=["a", "b"])
 
 
+def test_later_position_passes_reuse_the_binned_data_and_fit_what_fresh_data_would() -> None:
+    """The click stage's data are binned once; each pass only changes the position offset. The
+    trees must be those of a stage fitted from scratch with that pass's offset."""
+    import lightgbm as lgb
+
+    from trustfeed.ranker._expected_value import logistic_regression
+
+    n = 4000
+    X, clicked, bought, position = _logged(n, 2, seed=5)
+    half = n // 2
+    config = PurchaseModelConfig.from_dict({**_SMALL.to_dict(), "position_passes": 3})
+    model = PurchaseModel(config).fit(X[:half], clicked[:half], bought[:half], position[:half], X[half:], clicked[half:],
+                                      bought[half:], position[half:], feature_names=["a", "b"])
+    click, click_v = clicked[:half].astype(float), clicked[half:].astype(float)
+    log_position, log_position_v = np.log(position[:half]), np.log(position[half:])
+    design = np.column_stack([np.ones(half), log_position])
+    g = float(logistic_regression(design, click)[1])
+    booster = None
+    for _ in range(config.position_passes):  # every pass from freshly binned data
+        train_set = lgb.Dataset(X[:half], label=click, init_score=g * log_position, feature_name=["a", "b"])
+        valid_set = lgb.Dataset(X[half:], label=click_v, init_score=g * log_position_v, reference=train_set)
+        booster = lgb.train(config.lgb_params(config.min_data_in_leaf), train_set, num_boost_round=config.num_rounds,
+                            valid_sets=[valid_set], callbacks=[lgb.early_stopping(config.early_stopping_rounds,
+                                                                                  first_metric_only=True, verbose=False)])
+        trees = booster.predict(X[:half], raw_score=True, num_iteration=booster.best_iteration)
+        g = float(logistic_regression(design, click, offset=trees)[1])
+    assert booster is not None and model.position_coef_ == g
+    np.testing.assert_array_equal(model.click_booster_.predict(X[half:], raw_score=True),
+                                  booster.predict(X[half:], raw_score=True, num_iteration=booster.best_iteration))
+
+
 # ----------------------------------------------------------------------------- in the pipeline and the bundle
 
 

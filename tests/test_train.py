@@ -308,3 +308,43 @@ def test_the_bundle_serves_the_purchase_model_its_policy_was_calibrated_on(train
     assert params["fitted.policy.relevance_source"] == "purchase_model"
     assert int(params["fitted.purchase_model.click_trees"]) >= 1
     assert float(params["fitted.purchase_model.position_coef"]) < 0  # the log's position bias
+
+
+def test_the_policy_fit_takes_the_scores_and_cost_computed_alongside_the_fits(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job scores the validation rows and measures the bad-order cost while LightGBM trains,
+    and hands both to the policy fit: the policy, the balancer target and every fitted value must
+    be those the policy fit computes itself."""
+    from trustfeed.training import train as job
+
+    monkeypatch.setattr(job, "_MIN_PURCHASES", 3)  # a tiny platform: fit the policy on few purchases
+    from trustfeed.features.events import validate_events
+    from trustfeed.ranker.purchase import PurchaseModelConfig
+    from trustfeed.training.dataset import DatasetConfig, build_training_frame, time_split
+    from trustfeed.training.simulate import SimConfig, simulate
+    from trustfeed.training.train import (_fit_models, _purchase_model_and_scores, fit_policy_and_target,
+                                          measure_bad_order_cost)
+
+    platform = simulate(SimConfig(seed=5, merchants=40, days=16))
+    events = validate_events(platform.tables)
+    end = platform.config.start_time.floor("D") + pd.Timedelta(days=14)
+    frame = build_training_frame(events, end=end, config=DatasetConfig(snapshot_every_days=7))
+    fit_part, valid_part = time_split(frame, valid_from=end - pd.Timedelta(days=4))
+    config = TrainJobConfig.from_dict({"events": str(tmp_path), "train_plain": False, "model": {
+        "num_rounds": 8, "min_rounds": 1, "early_stopping_rounds": 0, "min_data_in_leaf": 10, "num_leaves": 7}})
+    features = (fit_part.features(), valid_part.features())
+    model, _ = _fit_models(config, frame, fit_part, valid_part, lambda *_: None, features)
+    purchase = PurchaseModelConfig(min_data_in_leaf=20, min_data_in_leaf_purchase=10, num_rounds=8)
+    purchase_model, _, valid_score = _purchase_model_and_scores(purchase, fit_part, valid_part, events["impressions"],
+                                                                lambda *_: None, features)
+    assert purchase_model is not None and valid_score is not None
+    cost = measure_bad_order_cost(config, events, end)
+    assert cost is not None
+    inside = fit_policy_and_target(config, model, fit_part, valid_part, events, data_end=end,
+                                   purchase_model=purchase_model)
+    handed = fit_policy_and_target(config, model, fit_part, valid_part, events, data_end=end,
+                                   purchase_model=purchase_model, valid_score=valid_score, bad_order_cost=cost)
+    assert inside[0].is_fitted and inside[2]["policy.relevance_source"] == "purchase_model"
+    assert handed[0].state == inside[0].state
+    assert handed[1] == inside[1]
+    assert json.dumps(handed[2], sort_keys=True, default=str) == json.dumps(inside[2], sort_keys=True, default=str)

@@ -51,7 +51,7 @@ from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
 from ..ranker.policy import Policy, PolicyConfig
 from ..ranker.purchase import PurchaseModel, PurchaseModelConfig
-from .bad_order_cost import BadOrderCostConfig
+from .bad_order_cost import BadOrderCost, BadOrderCostConfig
 from .dataset import DatasetConfig, TrainingFrame
 from .evaluation import (
     EVALUATION_DIR,
@@ -105,6 +105,13 @@ def _default_evaluation() -> EvalConfig:
                       quota_sweep_ps=(), levers=False)
 
 
+def _default_model() -> LambdaMARTConfig:
+    # the logged validation NDCG falls after the first trees (see LambdaMARTConfig.min_rounds),
+    # so the best round is nearly always min_rounds and the patience after it only confirms the
+    # fall: 10 rounds of it instead of 30 keep the same trees there and train a quarter fewer
+    return LambdaMARTConfig(early_stopping_rounds=10)
+
+
 def _default_dataset() -> DatasetConfig:
     # a weekly snapshot keeps training minutes, not hours; features are staler, never leaky
     return DatasetConfig(snapshot_every_days=7)
@@ -137,7 +144,8 @@ class TrainJobConfig(Config):
     dataset, model, plain_model, policy, balancer, evaluation
         Component configs; ``plain_model`` (``None``: same as ``model``) trains the
         comparison LambdaMART without trust features. The dataset's ``context`` and
-        ``trust`` configs also build the served snapshot and history tables.
+        ``trust`` configs also build the served snapshot and history tables. The job's
+        ``model`` default stops 10 rounds after the best (LambdaMARTConfig's own default: 30).
     evaluate
         Evaluate on the held-out window inside the job (report, held-out metrics for
         promotion). ``evaluation.max_requests`` bounds its cost: by default the latest
@@ -187,7 +195,7 @@ class TrainJobConfig(Config):
     output_dir: Path | None = None
     validation_fraction: float = 0.15
     dataset: DatasetConfig = field(default_factory=_default_dataset)
-    model: LambdaMARTConfig = field(default_factory=LambdaMARTConfig)
+    model: LambdaMARTConfig = field(default_factory=_default_model)
     plain_model: LambdaMARTConfig | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
@@ -439,9 +447,12 @@ def _creator_gini(part: TrainingFrame, score: np.ndarray) -> float:
 
 def fit_purchase_model(
     config: PurchaseModelConfig, fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame,
-    progress: Progress | None = None,
+    progress: Progress | None = None, *, features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[PurchaseModel | None, dict[str, Any]]:
     """The purchase model on the training rows, stopped early on the validation rows.
+
+    ``features``: the two parts' feature matrices when the caller already holds them
+    (``None``: built here from the parts).
 
     A click is a row labelled 1 or more, a purchase a logged purchase that was not cancelled
     (the rows the policy's calibration counts). Fewer than ``_MIN_PURCHASES`` purchases in
@@ -457,10 +468,11 @@ def fit_purchase_model(
         return None, {"purchase_model.skipped": f"too few purchases ({int(bought.sum())} training, "
                                                  f"{int(bought_valid.sum())} validation)"}
     progress(f"training the purchase model (click x purchase given click) on {len(fit_part):,} impressions")
+    X_fit, X_valid = features if features is not None else (fit_part.features(), valid_part.features())
     try:
         model = PurchaseModel(config).fit(
-            fit_part.features(), fit_part.labels >= 1, bought, fit_part.positions,
-            valid_part.features(), valid_part.labels >= 1, bought_valid, valid_part.positions,
+            X_fit, fit_part.labels >= 1, bought, fit_part.positions,
+            X_valid, valid_part.labels >= 1, bought_valid, valid_part.positions,
             feature_names=fit_part.feature_names, categorical=fit_part.categorical, monotone=fit_part.monotone,
             groups=fit_part.groups(),
         )
@@ -472,9 +484,25 @@ def fit_purchase_model(
     return model, {f"purchase_model.{k}": v for k, v in info.items()}
 
 
+def measure_bad_order_cost(
+    config: TrainJobConfig, events: EventLog, data_end: TimeLike | None = None, progress: Progress | None = None
+) -> BadOrderCost | None:
+    """The cost of a bad order measured from the orders before ``data_end`` (``None``: all), as
+    :func:`fit_policy_and_target` uses it; ``None`` when the job does not measure it
+    (``bad_cost_estimate`` unset or a policy other than ``"expected_value"``)."""
+    if config.bad_cost_estimate is None or config.policy.combine != "expected_value":
+        return None
+    from .bad_order_cost import estimate_bad_order_cost
+
+    (progress or NullProgress())("measuring the cost of a bad order from the buyers' later orders")
+    return estimate_bad_order_cost(events if data_end is None else events.before(data_end), config.bad_cost_estimate,
+                                   end=data_end)
+
+
 def fit_policy_and_target(
     config: TrainJobConfig, model: LambdaMART, fit_part: TrainingFrame, valid_part: TrainingFrame, events: EventLog, progress: Progress | None = None,
     *, data_end: TimeLike | None = None, purchase_model: PurchaseModel | None = None,
+    valid_score: np.ndarray | None = None, bad_order_cost: BadOrderCost | None = None,
 ) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
     """The policy and balancer to serve, with what was fitted from the data.
 
@@ -495,6 +523,9 @@ def fit_policy_and_target(
       the policy unfitted, which falls back to the ``"logit"`` formula, and ``fitted`` says so.
       With ``purchase_model`` the calibration is fitted on its log purchase probability instead
       of the model score (the state's ``relevance_source`` says which).
+    * ``valid_score`` (the validation rows' scores of ``purchase_model``, else of ``model``) and
+      ``bad_order_cost`` (:func:`measure_bad_order_cost`) are computed here when ``None``; the
+      job computes both while LightGBM trains.
     * ``target_gini_ratio`` set: ``balancer.target_gini = ratio x`` the creator-exposure
       Gini of the unbalanced policy ranking of the validation requests (hard rules are not
       applied there: the frame keeps no ban flags, and bans remove few candidates).
@@ -509,14 +540,12 @@ def fit_policy_and_target(
     fitted: dict[str, Any] = {}
     trust_column = "merchant_trust_index"
     impressions = events["impressions"]
-    valid_score = np.asarray((purchase_model or model).predict(valid_part.features()), dtype=np.float64)
+    if valid_score is None:
+        valid_score = (purchase_model or model).predict(valid_part.features())
+    valid_score = np.asarray(valid_score, dtype=np.float64)
     source = "purchase_model" if purchase_model is not None else "ranker"
-    if config.bad_cost_estimate is not None and policy.config.combine == "expected_value":
-        from .bad_order_cost import estimate_bad_order_cost
-
-        progress("measuring the cost of a bad order from the buyers' later orders")
-        cost = estimate_bad_order_cost(events if data_end is None else events.before(data_end), config.bad_cost_estimate,
-                                       end=data_end)
+    cost = bad_order_cost if bad_order_cost is not None else measure_bad_order_cost(config, events, data_end, progress)
+    if cost is not None:
         bad_cost = cost.cost_or(policy.config.bad_cost)
         cost_source = "measured" if cost.usable else f"configured: {cost.reason}"
         fitted.update({**{f"policy.{k}": v for k, v in cost.to_metrics().items()},
@@ -746,9 +775,11 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     # in a background thread while LightGBM trains (it boosts without holding the GIL), not
     # one after the other once it is done
     later_times = [windows.end] + ([windows.holdout_start] if config.evaluate else [])
-    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alongside")
+    # GIL-bound work that needs only the events (snapshots, the bad-order cost) runs in these
+    # threads while LightGBM boosts in others without holding the GIL; so does the purchase model
+    background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="alongside")
     wants_purchase_model = config.purchase_model is not None and config.policy.combine == "expected_value"
-    purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any]]] | None = None
+    purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]] | None = None
     dask_purchase: tuple[PurchaseModel | None, dict[str, Any]] = (None, {})
     try:
         progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
@@ -759,6 +790,7 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                 progress("Dask: LightGBM's distributed ranker learns no position bias; training without it")
             # the driver mostly waits for the cluster
             later = background.submit(_tables_as_of, events, later_times, dataset_config)
+            cost_later = background.submit(measure_bad_order_cost, config, events, windows.holdout_start, progress)
             on_dask = fit_on_dask(
                 events, end=windows.holdout_start, valid_from=windows.valid_start, config=dataset_config,
                 model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
@@ -777,24 +809,33 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                                   f"{len(fit_part)} training and {len(valid_part)} validation rows")
             progress(f"building the serving{' and evaluation' if config.evaluate else ''} snapshots alongside the fits")
             later = background.submit(_tables_as_of, events, later_times, dataset_config)
+            # one feature matrix per part, shared by every fit (each would otherwise copy its own)
+            features = (fit_part.features(), valid_part.features())
             if wants_purchase_model and config.purchase_model is not None:
-                # the purchase model needs only the frame: it trains alongside the two LambdaMARTs
-                purchase_later = background.submit(fit_purchase_model, config.purchase_model, fit_part, valid_part,
-                                                   events["impressions"], progress)
-            model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress)
+                # the purchase model needs only the frame: it trains alongside the two LambdaMARTs,
+                # and scores the validation rows for the policy's calibration there too
+                purchase_later = background.submit(_purchase_model_and_scores, config.purchase_model, fit_part,
+                                                   valid_part, events["impressions"], progress, features)
+            cost_later = background.submit(measure_bad_order_cost, config, events, windows.holdout_start, progress)
+            model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress, features)
+            del features, frame
             train_requests = int(fit_part.groups().size)
         schema = model.feature_schema_
 
         purchase_model: PurchaseModel | None = None
         purchase_fitted: dict[str, Any] = {}
+        valid_score: np.ndarray | None = None
         if wants_purchase_model:
             if purchase_later is None:  # the Dask backend fitted it on the driver from gathered rows
                 purchase_model, purchase_fitted = dask_purchase
             else:
-                purchase_model, purchase_fitted = purchase_later.result()
+                if not purchase_later.done():
+                    progress("waiting for the purchase model")
+                purchase_model, purchase_fitted, valid_score = purchase_later.result()
         policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
                                                                 data_end=windows.holdout_start,
-                                                                purchase_model=purchase_model)
+                                                                purchase_model=purchase_model, valid_score=valid_score,
+                                                                bad_order_cost=cost_later.result())
         if purchase_model is not None and not policy.is_fitted:
             # an unfitted policy ranks on the LambdaMART score (its logit fallback)
             purchase_model = None
@@ -807,6 +848,15 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
         background.shutdown(wait=True, cancel_futures=True)
     return _bundle_evaluate_log(config, events, windows, run, progress, model, plain_model, policy, balancer_config,
                                 fitted, valid_part, train_requests, tables_later, purchase_model)
+
+
+def _purchase_model_and_scores(
+    config: PurchaseModelConfig, fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame,
+    progress: Progress, features: tuple[np.ndarray, np.ndarray],
+) -> tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]:
+    """:func:`fit_purchase_model`, and the fitted model's scores of the validation rows."""
+    model, fitted = fit_purchase_model(config, fit_part, valid_part, impressions, progress, features=features)
+    return model, fitted, None if model is None else model.predict(features[1])
 
 
 def _tables_as_of(
@@ -914,7 +964,8 @@ def _bundle_evaluate_log(
 
 
 def _fit_models(
-    config: TrainJobConfig, frame: TrainingFrame, fit_part: TrainingFrame, valid_part: TrainingFrame, progress: Progress
+    config: TrainJobConfig, frame: TrainingFrame, fit_part: TrainingFrame, valid_part: TrainingFrame, progress: Progress,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[LambdaMART, LambdaMART | None]:
     """The trust-aware LambdaMART and (with ``train_plain``) the plain one, fitted side by side.
 
@@ -924,7 +975,7 @@ def _fit_models(
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    X_fit, X_valid = fit_part.features(), valid_part.features()
+    X_fit, X_valid = features if features is not None else (fit_part.features(), valid_part.features())
     fit_groups, valid_groups = fit_part.groups(), valid_part.groups()
 
     def fit_plain() -> Any:
