@@ -88,10 +88,12 @@ def test_demo_prints_the_report_and_the_mlflow_ui_command(demo_run: tuple[Path, 
     assert lines[2] == f"mlflow ui: mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db"
     # the headline: the served policy against the plain LambdaMART over the rollout, one line per metric
     assert lines[3].startswith("closed loop over 2 days, trust-aware + balancer against the plain LambdaMART")
-    for line, metric in zip(lines[4:], ("net value", "orders", "bad-order rate", "buyer retention"), strict=True):
+    metrics = ("net value", "expected net value", "orders", "bad-order rate", "buyer retention",
+               "buyers' visits a day at the end")
+    for line, metric in zip(lines[4:], metrics, strict=True):
         assert line.strip().startswith(metric) and "2 seeds" in line
         assert line.rsplit(": ", 1)[1] in ("better", "worse", "no clear difference")
-    assert len(lines) == 8  # nothing else reaches stdout (no MLflow registry or URL chatter)
+    assert len(lines) == 10  # nothing else reaches stdout (no MLflow registry or URL chatter)
 
 
 def test_demo_console_shows_only_progress_lines(demo_run: tuple[Path, Path, str, str]) -> None:
@@ -143,7 +145,8 @@ def test_demo_run_is_in_its_own_store_with_the_evaluation(demo_run: tuple[Path, 
 
 
 @pytest.mark.parametrize("changes", [{"merchants": 0}, {"days": 7}, {"num_rounds": True}, {"target_gini": 1.0},
-                                     {"rollout_days": -1}, {"rollout_seeds": 0}, {"rollout_policies": ()}])
+                                     {"rollout_days": -1}, {"rollout_seeds": 0}, {"rollout_policies": ()},
+                                     {"balancer_max_move": 0}, {"target_gini_ratio": 0.0}])
 def test_demo_config_rejects_bad_sizes(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         DemoConfig(**changes)
@@ -176,3 +179,23 @@ def test_runs_uri_loads_with_an_explicit_sqlite_tracking_uri(
     assert status == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "o.jsonl").read_text())["model"] == local.model_id
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_demo_ships_the_product_defaults(demo_run: tuple[Path, Path, str, str]) -> None:
+    """The demo's report shows what ``trustfeed train`` ships: the balancer's own guards and the job's Gini ratio."""
+    from mlflow import MlflowClient
+
+    from trustfeed.ranker.balancer import BalancerConfig
+    from trustfeed.ranker.bundle import load_bundle
+    from trustfeed.training.train import TrainJobConfig
+
+    _, out, _, _ = demo_run
+    served = load_bundle(next((out / "models").glob("*/bundle")))
+    assert served.balancer is not None
+    assert served.balancer.config.max_move == BalancerConfig().max_move
+    assert served.balancer.config.relevance_floor == BalancerConfig().relevance_floor
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db")
+    params = client.search_runs([client.get_experiment_by_name("trustfeed-demo").experiment_id])[0].data.params
+    target = float(params["fitted.balancer.target_gini"])
+    assert served.balancer.config.target_gini == pytest.approx(target)
+    assert target / float(params["fitted.balancer.unbalanced_valid_gini"]) == pytest.approx(TrainJobConfig().target_gini_ratio)

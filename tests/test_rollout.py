@@ -223,3 +223,42 @@ def test_keyed_uniforms_depend_only_on_their_key(seed: int, stage: int, keys: li
     # each element is the draw of its own key, whatever else is drawn beside it
     assert [float(keyed_uniforms(seed, stage, 5, k)) for k in keys] == u.tolist()
     assert not np.array_equal(keyed_uniforms(seed, stage + 1, 5, np.array(keys)), u)  # stages are independent
+
+
+def test_an_order_placed_under_two_policies_ends_the_same_way(base: Any) -> None:
+    """Cancellation and bad outcome are keyed by the order's buyer and candidate, not by its place
+    among the day's orders: two policies that sell the same candidate get the same outcome
+    (with one generator per day, the outcome depended on which other orders were placed)."""
+    from trustfeed.training.world import World
+
+    worlds = [World(base, seed=5), World(base, seed=5)]
+    both = []
+    for _ in range(3):
+        shown = [w.serve(d, _order_by_trust(w, d, worst_first)).shown
+                 for w, worst_first, d in zip(worlds, (True, False), [w.next_requests() for w in worlds])]
+        sold = [frame.loc[frame["purchased"], ["request_id", "stream_id", "bad"]] for frame in shown]
+        both.append(sold[0].merge(sold[1], on=["request_id", "stream_id"], suffixes=("_a", "_b")))
+        assert len(sold[0]) != len(both[-1]) or len(sold[1]) != len(both[-1])  # the policies sold different sets
+    same = pd.concat(both, ignore_index=True)
+    assert len(same) > 0
+    assert (same["bad_a"] == same["bad_b"]).all()
+
+
+def test_drawn_outcomes_average_to_the_expected_ones(base: Any) -> None:
+    """``expected_*`` of a day are what its drawn orders and bad orders average to over seeds."""
+    from trustfeed.training.world import DynamicsConfig, World
+
+    drawn, expected, drawn_bad, expected_bad = [], [], [], []
+    for seed in range(40):
+        world = World(base, seed=seed, dynamics=DynamicsConfig.off())
+        metrics = _serve_in_order(world, world.next_requests()).metrics
+        drawn.append(metrics["orders"])
+        expected.append(metrics["expected_orders"])
+        drawn_bad.append(metrics["bad_orders"])
+        expected_bad.append(metrics["expected_bad_orders"])
+        assert metrics["expected_net_value"] == pytest.approx(
+            metrics["expected_orders"] - (1.0 + world.bad_cost) * metrics["expected_bad_orders"])
+    # Poisson-binomial sums: their variance is at most their mean; 4 standard deviations
+    for got, want in ((drawn, expected), (drawn_bad, expected_bad)):
+        assert abs(sum(got) - sum(want)) < 4.0 * np.sqrt(sum(want)) + 1.0
+    assert sum(expected) > 20 and sum(expected_bad) > 1  # the check has something to check

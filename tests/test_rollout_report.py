@@ -82,7 +82,7 @@ def test_rollout_prints_paths_and_headline_and_logs_to_the_run(rolled_out: tuple
     lines = stdout.strip().splitlines()
     assert lines[0] == f"rollout: {out / 'rollout.json'}" and lines[1] == f"page: {out / 'rollout.html'}"
     assert lines[2].startswith(f"closed loop over {DAYS} days")
-    assert {line.split()[0] for line in lines[3:]} == {"net", "orders", "bad-order", "buyer"}
+    assert {line.split()[0] for line in lines[3:]} == {"net", "expected", "orders", "bad-order", "buyer", "buyers'"}
     assert "rollout: trust_aware_balanced, seed 1" in stderr  # progress on stderr
     client = MlflowClient(tracking_uri=trained.server.uri)
     logged = {Path(item.path).name for item in client.list_artifacts(trained.result.run_id, "rollout")}

@@ -43,13 +43,15 @@ class DemoConfig(Config):
         job sets it relative to the data (see ``target_gini_ratio``).
     target_gini_ratio
         Target Gini as a share of the creator-exposure Gini of the unbalanced trust-aware
-        ranking on the validation window (0.8: a fifth flatter than the policy alone).
+        ranking on the validation window; ``None`` (default): the training job's own default
+        (``TrainJobConfig.target_gini_ratio``), so the demo shows what ``trustfeed train``
+        ships.
     balancer_max_move, balancer_relevance_floor
         The balancer's guards: how far an item may rise and how deep in the relevance order
-        it may come from. Tighter than the library defaults (10, 50): on the simulator every
-        0.01 of Gini bought by lifting tail creators costs 1.1-1.4% of expected orders, and
-        these guards keep the balanced feed within 5% of the orders of the unbalanced one
-        (the controller then saturates before the 0.8x target; docs/ranker.md has the sweep).
+        it may come from; ``None`` (default): the product's (``BalancerConfig``). Earlier demos
+        forced 3 and 20, which held the old position-based lift within 5% of the unbalanced
+        orders but also capped the cost-aware lift the product now uses (docs/rollout.md has
+        the demo measured both ways).
     sweep_strengths
         Balancer strengths of the report's quality/fairness sweep.
     rollout_days, rollout_seeds, rollout_policies
@@ -65,9 +67,9 @@ class DemoConfig(Config):
     num_rounds: int = 120
     early_stopping_rounds: int = 20
     target_gini: float | None = None
-    target_gini_ratio: float = 0.8
-    balancer_max_move: int = 3
-    balancer_relevance_floor: int = 20
+    target_gini_ratio: float | None = None
+    balancer_max_move: int | None = None
+    balancer_relevance_floor: int | None = None
     sweep_strengths: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
     rollout_days: int = 7
     rollout_seeds: int = 3
@@ -77,13 +79,11 @@ class DemoConfig(Config):
     constraints: ClassVar[Constraints] = {
         # at least two weeks: training, validation and held-out windows of whole days
         "days": Integer(low=14),
-        **dict.fromkeys(
-            ("merchants", "snapshot_every_days", "num_rounds", "balancer_max_move", "balancer_relevance_floor"),
-            Integer(low=1),
-        ),
+        **dict.fromkeys(("merchants", "snapshot_every_days", "num_rounds"), Integer(low=1)),
+        **dict.fromkeys(("balancer_max_move", "balancer_relevance_floor"), Integer(low=1, optional=True)),
         "early_stopping_rounds": Integer(low=0),
         "target_gini": Real(0, 1, strict_low=True, strict_high=True, optional=True),
-        "target_gini_ratio": Real(0, 1, strict_low=True),
+        "target_gini_ratio": Real(0, 1, strict_low=True, optional=True),
         "sweep_strengths": Items(Real(0), min_len=1),
         **dict.fromkeys(("rollout_days", "rollout_seeds"), Integer(low=0)),
         "rollout_policies": Items(Text()),
@@ -158,6 +158,8 @@ def run_demo(
 
     config = config or DemoConfig()
     progress = progress or NullProgress()
+    product = BalancerConfig()
+    gini_ratio = config.target_gini_ratio if config.target_gini_ratio is not None else TrainJobConfig.target_gini_ratio
     started = time.perf_counter()
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -186,10 +188,12 @@ def run_demo(
             model=LambdaMARTConfig(num_rounds=config.num_rounds, early_stopping_rounds=config.early_stopping_rounds),
             # without an absolute target_gini, the training job sets it from the data
             balancer=BalancerConfig(
-                max_move=config.balancer_max_move, relevance_floor=config.balancer_relevance_floor,
-                target_gini=BalancerConfig.target_gini if config.target_gini is None else config.target_gini,
+                max_move=product.max_move if config.balancer_max_move is None else config.balancer_max_move,
+                relevance_floor=(product.relevance_floor if config.balancer_relevance_floor is None
+                                 else config.balancer_relevance_floor),
+                target_gini=product.target_gini if config.target_gini is None else config.target_gini,
             ),
-            target_gini_ratio=config.target_gini_ratio if config.target_gini is None else None,
+            target_gini_ratio=gini_ratio if config.target_gini is None else None,
             evaluation=evaluation,
             run_name="demo",
         ),

@@ -786,18 +786,23 @@ def fulfilment(
     fake: np.ndarray,
     created: np.ndarray,
     end: float,
+    outcome_uniforms: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """What happens to placed orders: cancellation, bad outcome, presale, shipping, delivery.
 
     One row per order (its merchant's latent ``trust``, its ``p_bad`` per placed order, whether
     it is a ``fake`` brushing order, its ``created`` time); times after ``end`` are unknown
-    (``NaN``). The feed log and the closed-loop world share it.
+    (``NaN``). The feed log and the closed-loop world share it. ``outcome_uniforms``: the
+    uniforms of the cancellation and bad-outcome draws, one per order (the closed-loop world
+    keys them by the order's buyer and candidate, so two policies that place the same order
+    get the same outcome); by default they come from ``rng``.
     """
     n = len(created)
     t = trust
     d = 1.0 - t
-    cancelled = ~fake & (rng.random(n) < _p_cancel(t))
-    bad = ~fake & ~cancelled & (rng.random(n) < p_bad)
+    u_cancel, u_bad = (rng.random(n), rng.random(n)) if outcome_uniforms is None else outcome_uniforms
+    cancelled = ~fake & (u_cancel < _p_cancel(t))
+    bad = ~fake & ~cancelled & (u_bad < p_bad)
     presale = ~fake & (rng.random(n) < 0.04)
     promised = created + np.where(presale, rng.uniform(7, 15, n) * DAY, 48 * HOUR)
     late = ~fake & (rng.random(n) < 0.03 + 0.35 * d**2)

@@ -30,9 +30,10 @@ Every draw of the day loop is a keyed uniform (:func:`keyed_uniforms`): a hash o
 rollout seed, the stage, the day and the entities involved (buyer, request number, creator,
 retrieval draw). Two identical policies therefore give identical trajectories, and two
 different policies see the same uniforms for the same (day, buyer, request, candidate): a
-candidate shown by both is clicked under both or under neither at equal examination. Only
-the order lifecycle and its after-sales draws use one seeded generator per day and stage,
-shared as long as the orders are the same.
+candidate shown by both is clicked under both or under neither at equal examination, and an
+order placed under both is cancelled or goes wrong under both or under neither. Only the rest
+of the order lifecycle (shipping and delivery times) and its after-sales draws use one seeded
+generator per day and stage, shared as long as the orders are the same.
 
 Examples
 --------
@@ -92,8 +93,8 @@ __all__ = ["DynamicsConfig", "World", "WorldBase", "DayRequests", "DayOutcome", 
 # stages of the keyed uniforms (any distinct constants)
 _U_STREAMS, _U_STREAM_HOUR, _U_STREAM_MINUTE, _U_STREAM_LENGTH, _U_PARTNER = 1, 2, 3, 4, 5
 _U_REQUESTS, _U_REQUEST_HOUR, _U_REQUEST_MINUTE, _U_SLATE, _U_RETRIEVE = 11, 12, 13, 14, 15
-_U_CLICK, _U_WATCH, _U_PURCHASE, _U_ORDER_DELAY, _U_AMOUNT = 21, 22, 23, 24, 25
-_U_ORGANIC, _U_ORGANIC_TIME, _U_ORGANIC_BUYER, _U_ORGANIC_AMOUNT = 31, 32, 33, 34
+_U_CLICK, _U_WATCH, _U_PURCHASE, _U_ORDER_DELAY, _U_AMOUNT, _U_CANCEL, _U_BAD = 21, 22, 23, 24, 25, 26, 27
+_U_ORGANIC, _U_ORGANIC_TIME, _U_ORGANIC_BUYER, _U_ORGANIC_AMOUNT, _U_ORGANIC_CANCEL, _U_ORGANIC_BAD = 31, 32, 33, 34, 35, 36
 _U_EXIT, _U_REREGISTER, _U_REREGISTER_DELAY, _U_REREGISTER_TRUST = 41, 42, 43, 44
 # seeded generators (per day) of the simulator stages reused as a whole
 _G_FEED_ORDERS, _G_ORGANIC_ORDERS, _G_VIOLATIONS, _G_AFTER_SALES = 51, 52, 53, 54
@@ -393,8 +394,9 @@ class DayOutcome:
 
     ``impressions`` are the rows appended to the ``impressions`` table (what a service would
     report through ``record_impressions``); ``shown`` are the same rows with the latent
-    indices (``user``, ``creator``, ``merchant``, ...) and their ``exposure``; ``metrics`` the
-    day's outcome counts.
+    indices (``user``, ``creator``, ``merchant``, ...), their ``exposure``, whether they were
+    ``clicked`` and ``purchased``, and whether that order went ``bad`` for the buyer (truth);
+    ``metrics`` the day's outcome counts and the same slates' expected ones.
     """
 
     day: int
@@ -767,9 +769,11 @@ class World:
         o_category = self.merchants["category"][o_merchant]
         z = special.ndtri(np.clip(keyed_uniforms(seed, _U_AMOUNT, d, user[rows], k[rows], creator[rows]), 1e-12, 1 - 1e-12))
         amount = np.round(np.exp(np.log(_CATEGORY_PRICE[o_category]) + 0.6 * z), 2)
+        keys = (d, user[rows], k[rows], creator[rows])
         orders = self._place_orders(
             _G_FEED_ORDERS, o_merchant, user[rows], order_time[rows], amount, p_bad_order[rows],
             creator=creator[rows], stream=shown["stream"].to_numpy()[rows],
+            outcome_uniforms=(keyed_uniforms(seed, _U_CANCEL, *keys), keyed_uniforms(seed, _U_BAD, *keys)),
         )
         order_ids = np.full(len(shown), None, dtype=object)
         order_ids[rows] = orders["order_id"]
@@ -825,8 +829,15 @@ class World:
             self.merchants["closed_at"][closes] = t0 + DAY
 
         good = float((~bad).sum())
+        # the same slates' expected outcomes (what the draws above average to): free of the
+        # click / purchase / bad-order draw noise, comparable with a one-shot evaluation
+        expected_orders = exam * p_click * p_purchase
+        expected_bad = float((expected_orders * p_bad).sum())
         metrics = {
             "requests": float(len(day.requests)),
+            "expected_orders": float(expected_orders.sum()),
+            "expected_bad_orders": expected_bad,
+            "expected_net_value": net_value(float(expected_orders.sum()) - expected_bad, expected_bad, self.bad_cost),
             "orders": float(len(rows)),
             "good_orders": good,
             "bad_orders": float(bad.sum()),
@@ -838,7 +849,9 @@ class World:
         }
         metrics["bad_order_rate"] = metrics["bad_orders"] / metrics["orders"] if metrics["orders"] else 0.0
         metrics["net_value"] = net_value(good, metrics["bad_orders"], self.bad_cost)
-        shown_frame = shown.assign(exposure=exposure, clicked=clicked, purchased=purchased)
+        went_bad = np.zeros(len(shown), dtype=bool)
+        went_bad[rows] = bad
+        shown_frame = shown.assign(exposure=exposure, clicked=clicked, purchased=purchased, bad=went_bad)
         self.day += 1
         self._day_candidates = None
         return DayOutcome(d, impressions, shown_frame, metrics)
@@ -856,12 +869,18 @@ class World:
         *,
         creator: np.ndarray | None = None,
         stream: np.ndarray | None = None,
+        outcome_uniforms: tuple[np.ndarray, np.ndarray],
     ) -> dict[str, np.ndarray]:
-        """Order rows with the simulator's lifecycle, after-sales cases and reviews."""
+        """Order rows with the simulator's lifecycle, after-sales cases and reviews.
+
+        ``outcome_uniforms``: keyed uniforms of each order's cancellation and bad outcome, so
+        the same order placed under two policies ends the same way.
+        """
         n = len(merchant)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.day, stage]))
         trust = self.merchants["trust"][merchant]
-        lifecycle = fulfilment(rng, self.config, trust, p_bad_order, np.zeros(n, dtype=bool), created, math.inf)
+        lifecycle = fulfilment(rng, self.config, trust, p_bad_order, np.zeros(n, dtype=bool), created, math.inf,
+                               outcome_uniforms=outcome_uniforms)
         category = self.merchants["category"][merchant]
         order_ids = self._next_ids("order", "o", n)
         orders = {"order_id": order_ids, "merchant": merchant, "user": user, "created": created, "amount": amount,
@@ -933,7 +952,9 @@ class World:
         z = special.ndtri(np.clip(keyed_uniforms(seed, _U_ORGANIC_AMOUNT, d, merchant, number), 1e-12, 1 - 1e-12))
         amount = np.round(np.exp(np.log(_CATEGORY_PRICE[category]) + 0.6 * z), 2)
         order = np.argsort(created, kind="stable")
-        self._place_orders(_G_ORGANIC_ORDERS, merchant[order], user[order], created[order], amount[order], m["p_bad"][merchant[order]])
+        keys = (d, merchant[order], number[order])
+        self._place_orders(_G_ORGANIC_ORDERS, merchant[order], user[order], created[order], amount[order], m["p_bad"][merchant[order]],
+                           outcome_uniforms=(keyed_uniforms(seed, _U_ORGANIC_CANCEL, *keys), keyed_uniforms(seed, _U_ORGANIC_BAD, *keys)))
 
     # ------------------------------------------------------------------ enforcement
 

@@ -26,15 +26,19 @@ the order went wrong for the buyer), ``bad_order_rate``; ``gmv`` (amount of orde
 cancelled); ``net_value`` = good - ``bad_cost`` x bad; ``active_buyers`` (buyers who opened
 the feed; over the rollout: at least once); ``buyer_retention`` (buyers active in the first
 7 days who are active in the last 7; the windows shrink to half the rollout when it is
-shorter than 14 days); ``mean_buyer_trust`` (platform trust of all buyers at the end of the
-day); ``active_creators`` and their ``_head`` / ``_tail`` split (top 20% of creators by
+shorter than 14 days); ``visits_per_day_end`` (feed requests a day over the same last
+window: how often buyers still come at the end; cumulative only); ``mean_buyer_trust``
+(platform trust of all buyers at the end of the day); ``active_creators`` and their ``_head`` / ``_tail`` split (top 20% of creators by
 followers; creators who streamed that day, over the rollout: in its last 7 days); ``gini``
 of creator exposure (``1 / log2(position + 1)``, over every creator that was a candidate in
 the day / the rollout); ``long_tail_share`` (exposure share of creators outside the top 20%
 by followers among those candidates); ``trust_weighted_exposure`` (exposure-weighted mean
 latent merchant trust); ``oracle_gain_share`` = (net value - plain's) / (oracle's -
 plain's), cumulative to that day, ``None`` without both arms or when the oracle gains
-nothing.
+nothing; ``expected_orders``, ``expected_bad_orders``, ``expected_net_value``: the same
+slates' expected outcomes (the world's click, purchase and bad-order probabilities at the
+positions shown), which the drawn counts above average to: the same comparison without the
+draw noise, and what a one-shot evaluation of the same slates would give.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ METRICS: tuple[str, ...] = (
     "requests", "orders", "good_orders", "bad_orders", "bad_order_rate", "gmv", "net_value",
     "active_buyers", "buyer_retention", "mean_buyer_trust", "active_creators", "active_creators_head",
     "active_creators_tail", "gini", "long_tail_share", "trust_weighted_exposure", "oracle_gain_share",
+    "expected_orders", "expected_bad_orders", "expected_net_value", "visits_per_day_end",
 )
 """Metric keys of every daily and cumulative row."""
 
@@ -247,13 +252,16 @@ class _Recorder:
 
     def cumulative(self) -> dict[str, float]:
         frame = pd.DataFrame(self.rows)
-        out = {key: float(frame[key].sum()) for key in ("requests", "orders", "good_orders", "bad_orders", "gmv", "net_value")}
+        summed = ("requests", "orders", "good_orders", "bad_orders", "gmv", "net_value",
+                  "expected_orders", "expected_bad_orders", "expected_net_value")
+        out = {key: float(frame[key].sum()) for key in summed}
         out["bad_order_rate"] = out["bad_orders"] / out["orders"] if out["orders"] else 0.0
         out["active_buyers"] = float(len(np.unique(np.concatenate(self.active_buyers))))
         week = min(_WEEK, max(1, len(self.rows) // 2))
         first = np.unique(np.concatenate(self.active_buyers[:week]))
         last = np.unique(np.concatenate(self.active_buyers[-week:]))
         out["buyer_retention"] = float(np.isin(first, last).mean()) if len(first) else float("nan")
+        out["visits_per_day_end"] = float(frame["requests"].iloc[-week:].mean())
         out["mean_buyer_trust"] = float(frame["mean_buyer_trust"].iloc[-1])
         recent = np.unique(np.concatenate(self.active_creators[-min(_WEEK, len(self.rows)):]))
         out["active_creators"] = float(len(recent))
