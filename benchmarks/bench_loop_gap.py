@@ -30,7 +30,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 SETTINGS = ("full", "fixed", "static", "static_fixed")
@@ -79,6 +78,14 @@ def paired(daily: pd.DataFrame) -> pd.DataFrame:
     return diff.round(1)
 
 
+def noise(diff: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and policy: the paired net-value difference drawn minus expected, mean and sd over seeds."""
+    drawn_minus_expected = (diff["net_value"] - diff["expected_net_value"]).rename("noise")
+    table = drawn_minus_expected.groupby(level=["setting", "policy"]).agg(["mean", "std", "count"])
+    table["expected_difference"] = diff["expected_net_value"].groupby(level=["setting", "policy"]).mean()
+    return table.round(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=Path, required=True, help="a dataset written by `trustfeed simulate`")
@@ -104,9 +111,11 @@ def main() -> None:
     blocks = [(0, args.days - 1), (0, third - 1), (third, 2 * third - 1), (2 * third, args.days - 1)]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         print(summary(daily, blocks).round(3).to_string(index=False))
+        diff = paired(daily)
         print("\npolicy minus plain, per seed:")
-        print(paired(daily).to_string())
-    np.seterr(all="ignore")
+        print(diff.to_string())
+        print("\nnet value, policy minus plain: drawn minus expected over seeds (the draw noise of the comparison):")
+        print(noise(diff).to_string())
 
 
 if __name__ == "__main__":
