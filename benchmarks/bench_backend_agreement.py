@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-click-rows", type=int, default=None,
                         help="the purchase model's click-stage cap (default: its default); below the training rows "
                              "the backends draw different samples (pandas: a random generator, Dask: a hash)")
+    parser.add_argument("--compare", choices=("dask", "resample"), default="dask",
+                        help="dask: pandas vs Dask; resample: pandas vs pandas with another purchase-model seed "
+                             "(another click sample: the noise floor of the comparison)")
     args = parser.parse_args(argv)
 
     from dataclasses import replace
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from trustfeed.training.train import TrainJobConfig, train
 
     worst = 0.0
+    other = "dask" if args.compare == "dask" else "resampled"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-agreement-") as root:
         for world, seed in [(w, s) for w in args.worlds for s in args.seeds]:
@@ -80,18 +84,22 @@ def main(argv: list[str] | None = None) -> int:
                                       pmmf_strengths=()),
             )
             results = {}
-            for backend in ("pandas", "dask"):
+            runs = {"pandas": base, other: replace(base, backend="dask")}
+            if args.compare == "resample":
+                assert base.purchase_model is not None
+                runs[other] = replace(base, purchase_model=replace(base.purchase_model, seed=base.purchase_model.seed + 1))
+            for backend, job in runs.items():
                 start = time.perf_counter()
-                result = train(replace(base, backend=backend, output_dir=Path(root) / f"models-{backend}"))
+                result = train(replace(job, output_dir=Path(root) / f"models-{backend}"))
                 results[backend] = result.metrics
                 ranks_on = "purchase model" if (result.bundle_dir / "purchase_model").is_dir() else "LambdaMART score"
-                print(f"{world} seed {seed} {backend:6s} {time.perf_counter() - start:6.1f} s (load {os.getloadavg()[0]:.1f}, "
+                print(f"{world} seed {seed} {backend:9s} {time.perf_counter() - start:6.1f} s (load {os.getloadavg()[0]:.1f}, "
                       f"ranks on the {ranks_on})  "
                       + "  ".join(f"{m} {results[backend][m]:.4f}" for m in METRICS), flush=True)
-            diffs = {m: results["dask"][m] / results["pandas"][m] - 1.0 for m in METRICS}
+            diffs = {m: results[other][m] / results["pandas"][m] - 1.0 for m in METRICS}
             worst = max(worst, *(abs(d) for d in diffs.values()))
             rows.append((world, seed, diffs))
-            print(f"{world} seed {seed} dask vs pandas: " + "  ".join(f"{m} {d:+.2%}" for m, d in diffs.items()), flush=True)
+            print(f"{world} seed {seed} {other} vs pandas: " + "  ".join(f"{m} {d:+.2%}" for m, d in diffs.items()), flush=True)
     print(f"largest relative difference: {worst:.2%}")
     for metric in METRICS:
         values = [d[metric] for _, _, d in rows]
