@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-click-rows", type=int, default=None,
                         help="the purchase model's click-stage cap (default: its default); below the training rows "
                              "the backends draw different samples (pandas: a random generator, Dask: a hash)")
+    parser.add_argument("--without-purchase-model", action="store_true",
+                        help="no purchase model on either side: the policy ranks on LambdaMART (earlier sessions)")
     parser.add_argument("--compare", choices=("dask", "resample"), default="dask",
                         help="dask: pandas vs Dask; resample: pandas vs pandas with another purchase-model seed "
                              "(another click sample: the noise floor of the comparison)")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             base = TrainJobConfig(
                 events=events, tracking_uri=f"sqlite:///{root}/mlflow.db", output_dir=Path(root) / "models",
                 model=LambdaMARTConfig(position_bias=args.against == "default"), train_plain=False,
-                purchase_model=(PurchaseModelConfig() if args.max_click_rows is None
+                purchase_model=(None if args.without_purchase_model else PurchaseModelConfig() if args.max_click_rows is None
                                 else PurchaseModelConfig(max_click_rows=args.max_click_rows)),
                 evaluation=EvalConfig(max_requests=args.requests, sweep_strengths=(0.0,), fairco_strengths=(),
                                       pmmf_strengths=()),
