@@ -157,10 +157,14 @@ def worker(path: str | None, verify: bool, requests: int, seed: int, model: str 
         import pyarrow.parquet  # noqa: F401
 
         import trustfeed.ranker.bundle  # noqa: F401
+        from trustfeed.serving._compiled import compiled_available
+
+        compiled_available()  # imports lleaves when installed (FeedRanker.load compiles by default)
 
         started = time.perf_counter()
         ranker = FeedRanker.load(model, tables=path) if path is not None else FeedRanker.load(model)
         report["open_seconds"] = time.perf_counter() - started
+        report["predictor"] = ranker.predictor
         if path is not None and requests:
             gc.freeze()
             times = [_timed_rank(ranker, request) for request in _requests_over(Path(path), requests, seed)]
@@ -308,6 +312,7 @@ def main() -> None:
         _stop(unverified)
         what = f"FeedRanker.load({args.model}, tables=...)" if args.model else "open"
         print(f"{what} with checksums verified: worker 1 {first_report['open_seconds']:.2f} s, "
+              + (f"predictor {first_report['predictor']}, " if "predictor" in first_report else "") +
               f"worker 2 {second_report['open_seconds']:.2f} s; open without: {unverified_report['open_seconds']:.2f} s")
         if args.model:
             print(f"  (baseline worker: FeedRanker.load({args.model}) on its bundle's own tables, "

@@ -87,6 +87,40 @@ def test_feed_ranker_on_mapped_tables_ranks_like_the_bundle(fx: Any, parts: Any,
         FeedRanker.load(bundle, snapshot=tmp_path, tables=mapped_dir)
 
 
+def test_files_are_checked_by_blake3_and_sha256_tables_still_open(mapped_dir: Path, tmp_path: Path) -> None:
+    import hashlib
+    import json
+    import shutil
+
+    from blake3 import blake3
+
+    manifest = json.loads((mapped_dir / "MANIFEST.json").read_text())
+    assert manifest["format_version"] == 2
+    for entry in manifest["arrays"].values():
+        assert entry["blake3"] == blake3((mapped_dir / entry["file"]).read_bytes()).hexdigest()
+    # a directory of the first format (SHA-256 per file) opens and is checked the same way
+    old = tmp_path / "v1"
+    shutil.copytree(mapped_dir, old)
+    for entry in manifest["arrays"].values():
+        entry.pop("blake3")
+        entry["sha256"] = hashlib.sha256((old / entry["file"]).read_bytes()).hexdigest()
+    manifest["format_version"] = 1
+    (old / "MANIFEST.json").write_text(json.dumps(manifest))
+    reference = open_mapped_tables(mapped_dir).assembler.served_arrays()
+    opened = open_mapped_tables(old).assembler.served_arrays()
+    assert all(np.array_equal(opened[name], reference[name], equal_nan=True) for name in reference)
+    target = old / manifest["arrays"]["creator_table"]["file"]
+    data = bytearray(target.read_bytes())
+    data[-64] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="checksum mismatch"):
+        open_mapped_tables(old)
+    manifest["format_version"] = 3
+    (old / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match="format 1 or 2"):
+        open_mapped_tables(old)
+
+
 def test_tampered_missing_or_foreign_tables_are_refused(fx: Any, parts: Any, mapped_dir: Path, tmp_path: Path) -> None:
     import shutil
 
