@@ -294,15 +294,22 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="time only the demo model / --bundle (no 200 x 63 reference: no training here, and "
+                             "no cold compile of it, minutes on a busy machine)")
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="leave the collector as it is (default: gc.freeze() after loading, as a service does)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        demo_uri, reference_uri = _bundles(args.seed, Path(tmp), args.bundle)
+        if args.no_reference and args.bundle:
+            demo_uri, reference_uri = args.bundle, None
+        else:
+            demo_uri, reference_uri = _bundles(args.seed, Path(tmp), args.bundle)
         gc.collect()  # the training data is gone: the process holds what a service would
-        rankers = {"demo": FeedRanker.load(demo_uri, predictor="lightgbm"),
-                   "reference (200 x 63)": FeedRanker.load(reference_uri, predictor="lightgbm")}
+        rankers = {"demo": FeedRanker.load(demo_uri, predictor="lightgbm")}
+        if reference_uri is not None and not args.no_reference:
+            rankers["reference (200 x 63)"] = FeedRanker.load(reference_uri, predictor="lightgbm")
         if not args.no_gc_freeze:
             gc.freeze()
         results = {name: bench_model(name, r, args.iterations, args.warmup, args.seed, Path(tmp) / "compiled")

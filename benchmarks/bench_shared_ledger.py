@@ -10,9 +10,9 @@ each worker syncs with a real ``redis-server`` (started here on 127.0.0.1) every
 rate. It reports the platform Gini of creator exposure over the served top ``k`` of every
 response (as load.py computes it), over the whole stream, its first quarter (how fast the
 controllers get there) and its second half, and each worker's own controller strength at the
-end. The shared ledger runs twice: with the platform controller (each worker's integral step
-scaled by the inverse of its share of the platform's exposure, the default) and without it
-(each worker's controller steps on its own requests only).
+end. The shared ledger runs twice: without the platform controller (each worker's controller
+steps on its own requests only, the default) and with it (each worker's integral step scaled
+by the inverse of its share of the platform's exposure).
 
 Run::
 

@@ -439,6 +439,7 @@ def load_bundle(
     snapshot: str | os.PathLike[str] | None = None,
     *,
     verify_key: KeyPath | Ed25519PublicKey | None = None,
+    assembler: Any = None,
 ) -> RankingPipeline:
     """Verify and load a bundle directory as a :class:`RankingPipeline`.
 
@@ -454,6 +455,11 @@ def load_bundle(
         checked against its own manifest only.)
     verify_key
         Refuse the bundle unless its manifest is signed by this key (see :func:`verify_bundle`).
+    assembler
+        A feature assembler built elsewhere (e.g. over serving's memory-mapped tables) to serve
+        with instead of the bundled snapshot and context tables, which are then not read at
+        all (they are still verified with the rest of the bundle). Its feature layout must be
+        the model's (``features.json``).
 
     Raises
     ------
@@ -496,9 +502,20 @@ def load_bundle(
         balancer_config = _parse(BALANCER_FILE, lambda: BalancerConfig.from_dict(_read_json(root, BALANCER_FILE)))
         state = _read_json(root, BALANCER_STATE_FILE)
         balancer = _parse(BALANCER_STATE_FILE, lambda: ExposureBalancer.from_state(balancer_config, state))
-    context = _parse(f"{CONTEXT_DIR}/manifest.json", lambda: ContextTables.load(root / CONTEXT_DIR)) if has_context else None
+    context = None
+    if has_context and assembler is None:
+        context = _parse(f"{CONTEXT_DIR}/manifest.json", lambda: ContextTables.load(root / CONTEXT_DIR))
 
     model_id = bundle_id(manifest)
+    if assembler is not None:
+        if snapshot is not None:
+            raise ConfigError("give a snapshot directory or an assembler, not both")
+        if json.loads(json.dumps(assembler.schema())) != json.loads(json.dumps(feature_schema)):
+            raise ModelIntegrityError(
+                FEATURES_FILE, "the feature layout of the tables given is not the model's (build them with its schema)"
+            )
+        return _parse(FEATURES_FILE, lambda: RankingPipeline(
+            assembler, model, policy, balancer, model_id=model_id, purchase_model=purchase_model))
     if snapshot is None:
         trust_snapshot = _parse(f"{SNAPSHOT_DIR}/manifest.json", lambda: TrustSnapshot.load(root / SNAPSHOT_DIR))
     else:

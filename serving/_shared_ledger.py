@@ -21,7 +21,8 @@ integral would move N times slower than one worker's serving all the traffic. Ea
 measures the worker's share of the platform's exposure (its own pushed exposure against the
 whole ledger's, over the same decayed window) and sets its balancer's ``integral_step`` to the
 inverse of that share: N workers' integrals then move together, as one controller's would,
-and their strengths stay equal (``SharedLedgerConfig.platform_controller``).
+and their strengths stay close (``SharedLedgerConfig.platform_controller``, off by default:
+see docs/serving.md for what it measured).
 
 When Redis is unreachable (down, restarted, network), ranking goes on unchanged: the worker
 keeps recording locally and its pending exposure accumulates (one number per distinct id).
@@ -81,8 +82,10 @@ class SharedLedgerConfig(Config):
         Socket timeout of every Redis call, in seconds.
     platform_controller
         Scale the worker's controller steps by the inverse of its share of the platform's
-        exposure, so N workers control the platform Gini as one (``False``: every worker's
-        controller steps on its own requests only, as with per-worker ledgers).
+        exposure, so N workers' integrals move as one controller's would. Off by default:
+        with the sync lag the scaled steps overshot on one of two simulated platforms
+        (docs/serving.md); ``False`` keeps every worker's controller stepping on its own
+        requests only (its integral moves at its share of the traffic).
     max_step
         Upper bound of that scale (a worker that just started and pushed little yet must not
         take one huge step).
@@ -95,7 +98,7 @@ class SharedLedgerConfig(Config):
     window: float | None = None
     sync_interval: float = 1.0
     timeout: float = 0.25
-    platform_controller: bool = True
+    platform_controller: bool = False
     max_step: float = 64.0
 
     constraints: ClassVar[Constraints] = {

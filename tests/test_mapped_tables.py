@@ -87,6 +87,31 @@ def test_feed_ranker_on_mapped_tables_ranks_like_the_bundle(fx: Any, parts: Any,
         FeedRanker.load(bundle, snapshot=tmp_path, tables=mapped_dir)
 
 
+def test_over_mapped_tables_the_bundles_own_tables_are_not_read(
+    fx: Any, parts: Any, mapped_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustfeed.features.context import ContextTables
+    from trustfeed.features.trust import TrustSnapshot
+
+    bundle = tmp_path / "bundle"
+    save_bundle(fx.make_pipeline(parts), bundle)
+    expected = FeedRanker.load(bundle, tables=mapped_dir, predictor="lightgbm")
+
+    def unread(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the bundle's own snapshot or history was read")
+
+    monkeypatch.setattr(TrustSnapshot, "load", unread)
+    monkeypatch.setattr(ContextTables, "load", unread)
+    ranker = FeedRanker.load(bundle, tables=mapped_dir, predictor="lightgbm")
+    assert ranker.model_id == expected.model_id and ranker.pipeline.snapshot is None
+    assert ranker.rank(parts.requests[0]) == expected.rank(parts.requests[0])
+    # the bundle is still verified whole: a changed snapshot file is refused
+    snapshot_file = next((bundle / "snapshot").glob("*.parquet"))
+    snapshot_file.write_bytes(snapshot_file.read_bytes() + b"x")
+    with pytest.raises(ModelIntegrityError):
+        FeedRanker.load(bundle, tables=mapped_dir, predictor="lightgbm")
+
+
 def test_files_are_checked_by_blake3_and_sha256_tables_still_open(mapped_dir: Path, tmp_path: Path) -> None:
     import hashlib
     import json

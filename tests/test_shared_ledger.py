@@ -187,8 +187,8 @@ def test_background_sync_and_close(redis_server: RedisServer, bundle: Path, part
 def test_each_worker_steps_by_the_inverse_of_its_share_of_the_platform(
     redis_server: RedisServer, bundle: Path, parts: Any
 ) -> None:
-    a_ledger, b_ledger = _ledger(redis_server), _ledger(redis_server)
-    local_ledger = _ledger(redis_server, platform_controller=False, prefix="other")
+    a_ledger, b_ledger = (_ledger(redis_server, platform_controller=True) for _ in range(2))
+    local_ledger = _ledger(redis_server, prefix="other")  # the default: steps on its own requests
     a, b, local = (FeedRanker.load(bundle, shared_ledger=ledger, predictor="lightgbm")
                    for ledger in (a_ledger, b_ledger, local_ledger))
     requests = [dict(r, k=5) for r in parts.requests[:24]]
