@@ -1,18 +1,21 @@
 """Cost of the incremental trust update against a full rebuild, at growing history sizes.
 
 For each size the data of ``bench_features.py`` (its generator and its Parquet cache) is used.
-One subprocess builds the snapshot as of one hour before the end in full (timed: the
-baseline), writes it with its state, and writes the last hour's changes
-(:func:`~trustfeed.features.changes_since`) as a dataset directory. A second, fresh
-subprocess then runs what ``trustfeed features --incremental`` runs (timed, with the time of
-each step and the peak RSS). The incremental update skips the index fit but recomputes every
-evidence count over the history, so its cost grows with the history (see ``docs/trust.md``).
+One subprocess builds the snapshot as of one hour before the end in full and indexes its
+history (``LiveTrust.start``, timed: the baseline), writes it with its live state (timed, and
+its size), and writes the last hour's changes (:func:`~trustfeed.features.changes_since`) as
+a dataset directory. A second, fresh subprocess then runs what ``trustfeed features
+--incremental`` runs: load the stored state (memory-mapped), apply the hour, write the new
+snapshot and state (timed, with the time of each step, the peak RSS and the megabytes of state
+files written rather than linked).
 
 A third subprocess times :class:`~trustfeed.features.LiveTrust`: a full build kept in memory
 (``start``, timed), then the last hour applied to it (``update``, timed, with the time of each
 step, the buyers recomputed and their rows): the update whose cost follows the new events.
 ``--check`` also builds the full snapshot with the live state's weights and references and
-reports the largest relative difference of any float column (one more full build).
+reports the largest relative difference of any float column (one more full build). Each
+update also reports the CPU seconds of each step (``live_steps_cpu_s``): on a shared machine
+the wall times mostly measure the other jobs.
 
 Usage::
 
@@ -51,15 +54,24 @@ class _Steps:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
         self.marks: list[tuple[float, str]] = []
+        self.cpu_marks: list[float] = []
 
     def __call__(self, step: str, done: int | None = None, total: int | None = None) -> None:
         self.marks.append((time.perf_counter() - self.start, step))
+        self.cpu_marks.append(time.process_time() - self.cpu_start)
 
     def durations(self, end: float) -> dict[str, float]:
         times = [t for t, _ in self.marks] + [end]
         return {step.split(" ")[1] if step.startswith("trust:") else step: round(times[i + 1] - t, 2)
                 for i, (t, step) in enumerate(self.marks)}
+
+    def cpu_durations(self) -> dict[str, float]:
+        """CPU seconds per step (the measure that holds on a loaded machine)."""
+        times = [*self.cpu_marks, time.process_time() - self.cpu_start]
+        return {step.split(" ")[1] if step.startswith("trust:") else step: round(times[i + 1] - times[i], 2)
+                for i, (_, step) in enumerate(self.marks)}
 
 
 def _usage() -> tuple[float, float]:
@@ -68,10 +80,8 @@ def _usage() -> tuple[float, float]:
 
 
 def _prepare(data_dir: Path, work: Path, hours: float) -> dict[str, Any]:
-    from trustfeed.features import changes_since, update_snapshot
-    from trustfeed.features._incremental import state_of
+    from trustfeed.features import LiveTrust, changes_since
     from trustfeed.features.events import TABLES, EventLog, write_events
-    from trustfeed.features.trust import build_snapshot
 
     bench = _bench_features()
     end = bench.START + pd.Timedelta(days=bench.DAYS)
@@ -79,38 +89,31 @@ def _prepare(data_dir: Path, work: Path, hours: float) -> dict[str, Any]:
     events = EventLog({name: pd.read_parquet(data_dir / f"{name}.parquet") for name in TABLES})
     cpu0, _ = _usage()
     started = time.perf_counter()
-    snapshot = build_snapshot(events, t0)
+    live = LiveTrust.start(events, t0)
     full_seconds = time.perf_counter() - started
     cpu1, rss = _usage()
     started = time.perf_counter()
-    snapshot.save(work / "state", force=True, also=state_of(events, snapshot).save)
+    live.save(work / "state", force=True)
     save_seconds = time.perf_counter() - started
+    cpu2, _ = _usage()
     new = changes_since(events, t0, end)
     write_events(new, work / "new")
-    # The same update in memory, in this process (no state files): the ratio to the full
-    # rebuild above is the least noisy number on a shared machine.
-    state = state_of(events, snapshot)
-    del snapshot
-    cpu2, _ = _usage()
-    started = time.perf_counter()
-    update_snapshot(state, new, end)
-    memory_seconds = time.perf_counter() - started
-    cpu3, _ = _usage()
+    state_bytes = sum(p.stat().st_size for p in (work / "state" / "state").rglob("*") if p.is_file())
     return {
         "orders": len(events["orders"]),
-        "full_rebuild_s": round(full_seconds, 2),
-        "full_rebuild_cpu_s": round(cpu1 - cpu0, 2),
+        "full_build_and_index_s": round(full_seconds, 2),
+        "full_build_and_index_cpu_s": round(cpu1 - cpu0, 2),
         "full_peak_rss_mb": round(rss, 1),
         "write_state_s": round(save_seconds, 2),
-        "in_memory_update_s": round(memory_seconds, 2),
-        "in_memory_update_cpu_s": round(cpu3 - cpu2, 2),
+        "write_state_cpu_s": round(cpu2 - cpu1, 2),
+        "state_mb": round(state_bytes / 2**20, 1),
         "new_rows": sum(len(new[name]) for name in TABLES),
         "new_orders": len(new["orders"]),
     }
 
 
 def _incremental(work: Path, hours: float) -> dict[str, Any]:
-    from trustfeed.features._incremental import write_incremental
+    from trustfeed.features._live import write_incremental
 
     bench = _bench_features()
     end = bench.START + pd.Timedelta(days=bench.DAYS)
@@ -121,11 +124,14 @@ def _incremental(work: Path, hours: float) -> dict[str, Any]:
     steps("write output")  # the last step reported before the save is "trust: done"
     seconds = time.perf_counter() - steps.start
     cpu1, rss = _usage()
+    written = sum(p.stat().st_size for p in (work / "out" / "state").rglob("*") if p.is_file() and p.stat().st_nlink == 1)
     return {
         "incremental_s": round(seconds, 2),
         "incremental_cpu_s": round(cpu1 - cpu0, 2),
         "incremental_peak_rss_mb": round(rss, 1),
         "steps_s": steps.durations(seconds),
+        "steps_cpu_s": steps.cpu_durations(),
+        "state_files_written_mb": round(written / 2**20, 1),
     }
 
 
@@ -191,6 +197,7 @@ def _live(data_dir: Path, hours: float, check: bool, steps_h: list[float] | None
             "live_update_s": round(seconds, 2),
             "live_update_cpu_s": round(cpu3 - cpu2, 2),
             "live_steps_s": steps.durations(seconds),
+            "live_steps_cpu_s": steps.cpu_durations(),
             "buyers_recomputed": snapshot.manifest["incremental"]["buyers_recomputed"],
             "buyers": len(snapshot.extras["users"]),
         })  # fmt: skip

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ._dask_backend import make_aggregator
 from ._early_warning import baseline_days
@@ -194,6 +195,8 @@ class LiveTrust:
         self.snapshot = snapshot
         # Where a loaded state's unchanging files are (linked into the next saved state).
         self._stored: dict[str, Any] = {}
+        # Every user id sorted, with its code: the users table's order (kept, not sorted again).
+        self._user_keys: SortedKeys | None = None
 
     @property
     def as_of(self) -> pd.Timestamp:
@@ -272,10 +275,22 @@ class LiveTrust:
         progress("trust: indexing the history for updates")
         vocabularies = {kind: Vocabulary(enc.vocab[kind]) for kind in _ID_KINDS}
         history = History.build(known, enc.size("order"), enc.size("stream"), config)
-        return cls(
+        live = cls(
             history=history, vocabularies=vocabularies, counts=raw, references=raw.references, index=carried,
             config=config, backend=backend, snapshot=snapshot,
         )  # fmt: skip
+        live._users_in_id_order()
+        return live
+
+    def _users_in_id_order(self) -> SortedKeys:
+        """Every user id known so far, sorted (built once: from the stored sorted ids when loaded)."""
+        if self._user_keys is None:
+            words = self._vocabularies["user"]
+            if isinstance(words.lookup, SortedKeys):
+                self._user_keys = words.lookup.with_ids(words.added, words.n_base)
+            else:
+                self._user_keys = SortedKeys.of(pa.array(words.strings(), type=pa.large_string()))
+        return self._user_keys
 
     def _encoding(self, added: Mapping[str, pd.Index] | None = None) -> _LiveEncoding:
         vocab = {}
@@ -356,7 +371,11 @@ class LiveTrust:
         missing, warnings, missing_columns = merge_meta(history.log(old), fresh)
         log = history.log(merged)
         log = EventLog(dict(log.tables), missing, warnings, missing_columns)
-        snapshot = _finish(log, enc, _registered(counts, new_meta, enc), new_meta, cut, config, self.backend, progress, self.index, warnings)
+        user_keys = self._users_in_id_order().with_ids(added["user"], len(self._vocabularies["user"]))
+        snapshot = _finish(
+            log, enc, _registered(counts, new_meta, enc), new_meta, cut, config, self.backend, progress, self.index,
+            warnings, user_order=np.asarray(user_keys.codes),
+        )  # fmt: skip
         snapshot.manifest["incremental"] = {
             "state_as_of": t0.isoformat(),
             "new_rows": {name: len(fresh[name]) for name in TABLE_SPECS if len(fresh[name])},
@@ -367,6 +386,7 @@ class LiveTrust:
             if len(ids):
                 self._vocabularies[kind].added = self._vocabularies[kind].added.append(ids)
         history.commit(merged, first_paid)
+        self._user_keys = user_keys
         self._history = history.with_meta(warnings, missing, missing_columns)
         if self._history.tail_rows() > COMPACT_SHARE * max(self._history.base_rows(), 1):
             progress("trust: merging the new rows into the indexed history")

@@ -164,6 +164,18 @@ class SortedKeys:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def with_ids(self, ids: pd.Index, first_code: int) -> SortedKeys:
+        """These keys and ``ids`` (no nulls, none already here) with codes ``first_code, first_code + 1, ...``."""
+        if not len(ids):
+            return self
+        raw = np.array([str(v).encode("utf-8") for v in _object_values(pd.Series(ids))], dtype="S")
+        width = max(self.keys.dtype.itemsize, raw.dtype.itemsize)
+        keys = self.keys if self.keys.dtype.itemsize == width else self.keys.astype(f"S{width}")
+        raw = raw.astype(f"S{width}")
+        order = np.argsort(raw, kind="stable")
+        at = np.searchsorted(keys, raw[order])
+        return SortedKeys(np.insert(keys, at, raw[order]), np.insert(np.asarray(self.codes), at, first_code + order))
+
     def get_indexer(self, values: pd.Index) -> np.ndarray:
         out = np.full(len(values), -1, dtype="int64")
         if not len(self.keys) or not len(values):

@@ -471,8 +471,13 @@ def _finish(
     progress: Progress,
     index: Mapping[str, Any] | None,
     input_warnings: tuple[str, ...] | list[str],
+    user_order: np.ndarray | None = None,
 ) -> TrustSnapshot:
-    """Shrink, fit (or carry) the index and score: the snapshot from the registered merchants' counts."""
+    """Shrink, fit (or carry) the index and score: the snapshot from the registered merchants' counts.
+
+    ``user_order``: the user codes in id order, when the caller keeps them (a live update:
+    the users table is then taken in that order instead of sorted again).
+    """
     host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
     rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
     rows, reference = _index_rows(risk, meta, priors, config, host_exposure, _absent(known), enc)
@@ -498,9 +503,13 @@ def _finish(
     # Code order is id order after a fresh encoding; codes appended by a live update are not.
     merchants = merchants.sort_values("merchant_id", kind="stable").reset_index(drop=True)
     creators = _creator_table(counts, known, merchants, model, config, enc)
-    users = counts.users.copy()
-    users.insert(0, "user_id", _vocab_strings(enc, "user", np.arange(len(users))).to_numpy())
-    users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
+    if user_order is None:
+        users = counts.users.copy()
+        users.insert(0, "user_id", _vocab_strings(enc, "user", np.arange(len(users))).to_numpy())
+        users = users.sort_values("user_id", kind="stable").reset_index(drop=True)
+    else:
+        users = counts.users.take(user_order).reset_index(drop=True)
+        users.insert(0, "user_id", _vocab_strings(enc, "user", user_order).to_numpy())
     warnings = list(input_warnings)
     for table in known.missing:
         warnings.append(f"{table}: table missing, its signals sit at their priors")
