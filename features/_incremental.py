@@ -145,24 +145,10 @@ class TrustState:
             )
         try:
             meta = json.loads(path.read_text())
-            version = meta.get("state_version")
+            meta.get("state_version")  # AttributeError: not a mapping
         except (OSError, ValueError, AttributeError) as error:
             raise ConfigError(f"{path}: unreadable state ({type(error).__name__})") from None
-        if version != STATE_VERSION:
-            raise ConfigError(f"{path}: state version {version!r}, this trustfeed reads version {STATE_VERSION}")
-        try:
-            config = TrustConfig.from_dict(meta["config"])
-            as_of = to_utc(meta["as_of"])
-            index = dict(meta["index"])
-        except (ConfigError, KeyError, TypeError, ValueError) as error:
-            raise ConfigError(f"{path}: a state of another configuration or version ({error})") from None
-        manifest_path = directory / "manifest.json"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"{manifest_path}: unreadable snapshot manifest ({type(error).__name__})") from None
-        if manifest.get("config") != meta["config"] or to_utc(manifest.get("as_of")) != as_of:
-            raise ConfigError(f"{path}: the state does not belong to the snapshot in {directory} (config or as-of differ)")
+        config, as_of, index = check_state_meta(directory, path, meta, STATE_VERSION)
         tables: dict[str, pd.DataFrame] = {}
         for name in TABLE_SPECS:
             file = directory / STATE_DIR / "events" / f"{name}.parquet"
@@ -175,6 +161,36 @@ class TrustState:
         missing_columns = {k: tuple(v) for k, v in dict(meta.get("missing_columns", {})).items()}
         history = EventLog(tables, tuple(meta.get("missing", ())), tuple(meta.get("warnings", ())), missing_columns)
         return cls(as_of, config, index, history)
+
+
+def check_state_meta(
+    directory: Path, path: Path, meta: Mapping[str, Any], version: int
+) -> tuple[TrustConfig, pd.Timestamp, dict[str, Any]]:
+    """A state's configuration, time and weights, checked against ``version`` and the snapshot in ``directory``.
+
+    Raises
+    ------
+    ConfigError
+        Another state version, an unknown configuration, or a state that does not belong to
+        the snapshot beside it (another configuration or time).
+    """
+    found = meta.get("state_version")
+    if found != version:
+        raise ConfigError(f"{path}: state version {found!r}, this trustfeed reads version {version}")
+    try:
+        config = TrustConfig.from_dict(meta["config"])
+        as_of = to_utc(meta["as_of"])
+        index = dict(meta["index"])
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"{path}: a state of another configuration or version ({error})") from None
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{manifest_path}: unreadable snapshot manifest ({type(error).__name__})") from None
+    if manifest.get("config") != meta["config"] or to_utc(manifest.get("as_of")) != as_of:
+        raise ConfigError(f"{path}: the state does not belong to the snapshot in {directory} (config or as-of differ)")
+    return config, as_of, index
 
 
 def state_of(events: EventLog, snapshot: TrustSnapshot) -> TrustState:

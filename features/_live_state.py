@@ -41,11 +41,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ._incremental import check_state_meta
 from ._live_history import REGISTRIES, USER_TABLES, Groups, Growable, History, Rows, Sorted, SortedKeys, View, Vocabulary
 from ._signals import _ID_KINDS, CredibilityReferences, SignalCounts
 from ._trust_config import TrustConfig
 from .errors import ConfigError
-from .events import table_dtypes, to_utc
+from .events import table_dtypes
 from .trust import FORMAT_VERSION, TrustSnapshot
 
 __all__ = ["STATE_VERSION", "load_live", "save_live"]
@@ -274,22 +275,8 @@ def read_meta(directory: Path) -> dict[str, Any]:
             f"{path}: a state written by an earlier trustfeed (version 1, the event history as Parquet):"
             " rebuild in full with trustfeed features --keep-state"
         )
-    if version != STATE_VERSION:
-        raise ConfigError(f"{path}: state version {version!r}, this trustfeed reads version {STATE_VERSION}")
-    try:
-        TrustConfig.from_dict(meta["config"])
-        as_of = to_utc(meta["as_of"])
-        dict(meta["index"])
-    except (ConfigError, KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"{path}: a state of another configuration or version ({error})") from None
-    manifest_path = directory / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{manifest_path}: unreadable snapshot manifest ({type(error).__name__})") from None
-    if manifest.get("config") != meta["config"] or to_utc(manifest.get("as_of")) != as_of:
-        raise ConfigError(f"{path}: the state does not belong to the snapshot in {directory} (config or as-of differ)")
-    return meta
+    check_state_meta(directory, path, meta, STATE_VERSION)
+    return dict(meta)
 
 
 def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
