@@ -76,6 +76,8 @@ def variants() -> dict[str, Any]:
         "trust_aware_cost3": _policy_variant("bad_cost 3 in the ranking", _config(bad_cost=3.0)),
         "trust_aware_cost5": _policy_variant("bad_cost 5 in the ranking", _config(bad_cost=5.0)),
         "trust_aware_no_risk_term": _policy_variant("risk term d = 0", _state(risk_term=0.0)),
+        "trust_aware_index_calibration": _policy_variant("p_bad = 1 - trust (the index's own calibration)",
+                                                         _state(bad_model=(0.0, -1.0))),
     }
 
 
@@ -104,7 +106,10 @@ def summarise(cumulative: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for platform, part in table.groupby(level="platform"):
         part = part.droplevel("platform")
-        plain, oracle = part.loc["plain"], part.loc["oracle"]
+        if "plain" not in part.index:
+            continue  # nothing to compare against
+        plain = part.loc["plain"]
+        oracle = part.loc["oracle"] if "oracle" in part.index else None
         for policy, values in part.iterrows():
             rows.append({
                 "platform": platform, "policy": policy,
@@ -113,7 +118,8 @@ def summarise(cumulative: pd.DataFrame) -> pd.DataFrame:
                 "visits_x": values["end_visits"] / plain["end_visits"],
                 "retention_diff": values["buyer_retention"] - plain["buyer_retention"],
                 "gini": values["gini"],
-                "oracle_share": (values["net_value"] - plain["net_value"]) / (oracle["net_value"] - plain["net_value"]),
+                "oracle_share": (float("nan") if oracle is None
+                                 else (values["net_value"] - plain["net_value"]) / (oracle["net_value"] - plain["net_value"])),
             })
     out = pd.DataFrame(rows)
     mean = out.groupby("policy", sort=False).mean(numeric_only=True).reset_index().assign(platform="mean")

@@ -52,6 +52,7 @@ from numpy.typing import ArrayLike
 from ..features.errors import ConfigError, SchemaError
 
 __all__ = [
+    "RISK_TERM_Z",
     "logistic_regression",
     "fit_purchase_calibration",
     "fit_bad_model",
@@ -62,6 +63,10 @@ __all__ = [
     "expected_value_score",
     "check_parameters",
 ]
+
+
+RISK_TERM_Z = 1.645
+"""How far below its estimate the fitted risk term is kept, in standard errors (one-sided 95%)."""
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -173,7 +178,8 @@ def max_risk_term(bad_cost: float) -> float:
 
 
 def fit_risk_calibration(
-    score: ArrayLike, purchased: ArrayLike, position: ArrayLike, p_bad: ArrayLike, bad_cost: float
+    score: ArrayLike, purchased: ArrayLike, position: ArrayLike, p_bad: ArrayLike, bad_cost: float,
+    *, z: float = 0.0, info: dict[str, float] | None = None,
 ) -> tuple[float, float, float, float]:
     """``P(purchase) = sigmoid(a * score + b + g * log(position) + d * p_bad)``: ``(a, b, g, d)``.
 
@@ -182,6 +188,14 @@ def fit_risk_calibration(
     likelihood is concave, so an unconstrained optimum outside the interval puts the
     constrained one on its nearest bound: the fit is repeated with ``d`` fixed there (an
     offset).
+
+    ``z > 0`` keeps ``d`` at the lower end of its confidence interval, ``d_hat - z x se``
+    (``se`` from the inverse Fisher information at the unconstrained optimum), before the
+    clip: ``d`` softens the trust penalty, and a few hundred purchases give a ``d_hat`` that
+    is often large by chance where conversion does not depend on risk at all; the penalty is
+    then softened only as far as the data show for sure (:data:`RISK_TERM_Z`, what
+    :meth:`~trustfeed.ranker.policy.Policy.fit` uses). ``info`` (a dict) receives
+    ``risk_term_estimate`` (``d_hat``) and ``risk_term_se``.
 
     Examples
     --------
@@ -207,13 +221,32 @@ def fit_risk_calibration(
                           f"shapes {s.shape}, {bought.shape}, {pos.shape}, {q.shape}")
     if (pos < 1).any():
         raise SchemaError("purchase calibration", "position", "1-based positions", f"minimum {pos.min()}")
+    if not (math.isfinite(z) and z >= 0):
+        raise ConfigError(f"risk calibration: z must be a finite number >= 0, got {z!r}")
     base = np.column_stack([s, np.ones_like(s), np.log(pos)])
-    a, b, g, d = logistic_regression(np.column_stack([base, q]), bought)
+    design = np.column_stack([base, q])
+    beta = logistic_regression(design, bought)
+    a, b, g, d_hat = beta
+    se = _standard_errors(design, beta)[3]
+    if info is not None:
+        info.update({"risk_term_estimate": float(d_hat), "risk_term_se": float(se)})
     high = max_risk_term(bad_cost)
-    if not 0.0 <= d <= high:
+    d = d_hat - z * se if z > 0 else d_hat
+    if not 0.0 <= d <= high or d != d_hat:
         d = min(max(d, 0.0), high)
         a, b, g = logistic_regression(base, bought, offset=d * q)
     return float(a), float(b), float(g), float(d)
+
+
+def _standard_errors(X: np.ndarray, beta: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Standard errors of a logistic regression's coefficients: the inverse Fisher information at ``beta``."""
+    p = _sigmoid(X @ beta)
+    information = (X * (p * (1.0 - p))[:, None]).T @ X + ridge * X.shape[0] * np.eye(X.shape[1])
+    try:
+        covariance = np.linalg.inv(information)
+    except np.linalg.LinAlgError:
+        return np.full(X.shape[1], np.inf)
+    return np.sqrt(np.maximum(np.diag(covariance), 0.0))
 
 
 def fit_bad_model(trust: ArrayLike, bad: ArrayLike, eps: float = 1e-3) -> tuple[float, float]:

@@ -58,6 +58,7 @@ from numpy.typing import ArrayLike
 from ..features.config import Choice, Config, Constraints, Flag, Integer, Real
 from ..features.errors import ConfigError, SchemaError, reject_unknown_keys
 from ._expected_value import (
+    RISK_TERM_Z,
     bad_probability,
     check_parameters,
     expected_value_score,
@@ -312,6 +313,8 @@ class Policy:
         bad: ArrayLike,
         impression_trust: ArrayLike | None = None,
         relevance_source: str = "ranker",
+        risk_term_z: float = RISK_TERM_Z,
+        bad_model: tuple[float, float] | None = None,
     ) -> Policy:
         """Learn the purchase calibration and the bad-order model; returns ``self``.
 
@@ -331,12 +334,28 @@ class Policy:
         relevance_source
             What ``relevance`` is (see :attr:`PolicyState.relevance_source`): the score the
             fitted policy must be given when it ranks.
+        risk_term_z
+            The risk term is kept this many standard errors below its estimate (then clipped
+            to ``[0, 1 + bad_cost]``): it softens the trust penalty only as far as the data
+            show for sure; ``0``: the estimate itself. ``fit_info_`` holds the estimate and
+            its standard error.
+        bad_model
+            ``(c0, c1)`` to use instead of fitting it on ``trust`` and ``bad`` (the caller
+            knows the purchases cannot give a usable fit, e.g. their trust is on another
+            scale than serving's); ``c1 <= 0`` is required.
 
         A calibration whose relevance slope is not positive (a model whose score does not
         predict purchases) leaves the policy unfitted, so it keeps the ``"logit"`` fallback;
         ``fit_info_["fallback"]`` says so.
         """
-        c0, c1 = fit_bad_model(trust, bad, self.config.eps)
+        if bad_model is None:
+            c0, c1 = fit_bad_model(trust, bad, self.config.eps)
+        else:
+            checked = check_parameters((1.0, 0.0), bad_model, 0.0)[1]
+            if checked is None:
+                raise ConfigError("Policy.fit: bad_model must be two numbers (c0, c1)")
+            c0, c1 = checked
+        risk_info: dict[str, float] = {}
         if impression_trust is None or self.config.bad_cost == 0:
             a, b, g = fit_purchase_calibration(relevance, purchased, position)
             d = 0.0
@@ -344,8 +363,10 @@ class Policy:
             rel = np.asarray(relevance, dtype=np.float64)
             p_bad = bad_probability(_vector(impression_trust, rel.shape[0], "impression_trust", np.float64),
                                     (c0, c1), self.config.eps)
-            a, b, g, d = fit_risk_calibration(rel, purchased, position, p_bad, self.config.bad_cost)
+            a, b, g, d = fit_risk_calibration(rel, purchased, position, p_bad, self.config.bad_cost, z=risk_term_z,
+                                              info=risk_info)
         info: dict[str, Any] = {"purchase_a": a, "purchase_b": b, "purchase_log_position": g, "purchase_risk_term": d,
+                                **{f"purchase_{k}": v for k, v in risk_info.items()},
                                 "valid_purchases": int(np.asarray(purchased, dtype=bool).sum())}
         if not a > 0:
             info["fallback"] = "logit (a score that does not predict purchases)"

@@ -212,6 +212,28 @@ def test_risk_calibration_recovers_the_priced_in_risk_and_keeps_its_bounds(rng: 
         ev.fit_risk_calibration(score, bought, position, p_bad[:-1], 1.0)
 
 
+def test_risk_term_lower_bound_drops_chance_risk_terms_and_falls_with_z(rng: np.random.Generator) -> None:
+    # a few hundred purchases where conversion does not depend on the merchant's risk at all
+    # (what a small platform's validation window holds): the estimate is often well above 0
+    # by chance, its lower confidence bound far less often
+    raw, lowered = [], []
+    for _ in range(12):
+        n = 3000
+        p_bad = rng.uniform(0.0, 0.4, n)
+        position = rng.integers(1, 11, n)
+        score = rng.normal(size=n) - 2.0
+        bought = rng.random(n) < _sigmoid(1.1 * score - 0.6 * np.log(position))
+        info: dict[str, float] = {}
+        fits = [ev.fit_risk_calibration(score, bought, position, p_bad, 2.0, z=z, info=info)[3] for z in (0.0, 1.0, 2.0)]
+        assert fits[0] >= fits[1] >= fits[2] >= 0.0  # a larger z never keeps a larger risk term
+        assert fits[0] == pytest.approx(min(max(info["risk_term_estimate"], 0.0), 3.0))
+        raw.append(fits[0])
+        lowered.append(ev.fit_risk_calibration(score, bought, position, p_bad, 2.0, z=ev.RISK_TERM_Z)[3])
+    assert np.mean(lowered) < 0.5 * np.mean(raw) and np.mean(raw) > 0.2
+    with pytest.raises(ConfigError):
+        ev.fit_risk_calibration(score, bought, position, p_bad, 2.0, z=-1.0)
+
+
 def test_fit_with_impression_trust_learns_the_risk_term_and_ranks_risky_merchants_higher(rng: np.random.Generator) -> None:
     n = 40000
     trust = rng.beta(2.6, 1.6, n)
@@ -223,8 +245,16 @@ def test_fit_with_impression_trust_learns_the_risk_term_and_ranks_risky_merchant
     plain = Policy().fit(score, purchased, position, trust, bad)
     corrected = Policy().fit(score, purchased, position, trust, bad, impression_trust=trust)
     assert plain.state is not None and corrected.state is not None
-    assert plain.state.risk_term == 0.0 and corrected.state.risk_term == pytest.approx(2.0, abs=0.5)
-    assert corrected.fit_info_["purchase_risk_term"] == corrected.state.risk_term
+    assert plain.state.risk_term == 0.0
+    # the estimate recovers the priced-in risk; the policy keeps its lower confidence bound
+    info = corrected.fit_info_
+    assert info["purchase_risk_term_estimate"] == pytest.approx(2.0, abs=0.5)
+    assert corrected.state.risk_term == pytest.approx(
+        info["purchase_risk_term_estimate"] - ev.RISK_TERM_Z * info["purchase_risk_term_se"], abs=1e-9)
+    assert 0.0 < corrected.state.risk_term < info["purchase_risk_term_estimate"]
+    assert info["purchase_risk_term"] == corrected.state.risk_term
+    unshrunk = Policy().fit(score, purchased, position, trust, bad, impression_trust=trust, risk_term_z=0.0)
+    assert unshrunk.state is not None and unshrunk.state.risk_term == pytest.approx(info["purchase_risk_term_estimate"])
     # what the correction buys: a risky candidate with a slightly better score now beats a
     # safe one where the uncorrected policy charged its risk twice
     rel, candidates = np.array([0.3, 0.0]), np.array([0.35, 0.95])
@@ -325,3 +355,14 @@ def test_bad_purchases_follow_the_contracts_bad_order_definition() -> None:
     # a quality case or a 1-2 star review is bad; a case after the horizon, a logistics case
     # and a cancelled order are not
     assert bad.tolist() == [False, True, False, True, False, False]
+
+
+def test_fit_with_a_given_bad_model_keeps_it(rng: np.random.Generator) -> None:
+    n = 4000
+    score, position = rng.normal(size=n), rng.integers(1, 11, n)
+    purchased = rng.random(n) < _sigmoid(1.2 * score - 2.5 - 0.5 * np.log(position))
+    trust, bad = rng.beta(2.6, 1.6, 500), rng.random(500) < 0.1
+    policy = Policy().fit(score, purchased, position, trust, bad, bad_model=(0.0, -1.0))
+    assert policy.state is not None and policy.state.bad_model == (0.0, -1.0)
+    with pytest.raises(ConfigError):
+        Policy().fit(score, purchased, position, trust, bad, bad_model=(0.0, 0.5))  # would rise with trust

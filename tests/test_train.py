@@ -348,3 +348,44 @@ def test_the_policy_fit_takes_the_scores_and_cost_computed_alongside_the_fits(tm
     assert handed[0].state == inside[0].state
     assert handed[1] == inside[1]
     assert json.dumps(handed[2], sort_keys=True, default=str) == json.dumps(inside[2], sort_keys=True, default=str)
+
+
+def test_bad_order_model_is_fitted_on_trust_of_the_serving_scale() -> None:
+    """Early snapshots of a short log carry a default-weight trust index (another scale):
+    once the latest training snapshot's index is fitted, only purchases scored with a fitted
+    index fit the bad-order model, or the index's own calibration when they are too few."""
+    import numpy as np
+
+    from trustfeed.training import train as job
+    from trustfeed.training.dataset import TrainingFrame
+
+    days = pd.date_range("2026-01-01", periods=10, freq="D", tz="UTC")
+    at = np.repeat(days, 30)
+    part = TrainingFrame(frame=pd.DataFrame({"snapshot_at": at}), feature_names=(), categorical=(), monotone=(), schema={})
+    bought = np.ones(len(at), dtype=bool)
+    bought[::2] = False  # 150 purchases, 15 a day
+    late = {t: ("fitted" if i >= 2 else "default") for i, t in enumerate(days)}
+    rows, why = job._bad_model_rows(part, bought, late)
+    assert rows is not None and rows.sum() == 120 and not rows[at < days[2]].any() and "fitted index" in why
+    rows, why = job._bad_model_rows(part, bought, {t: ("fitted" if i >= 8 else "default") for i, t in enumerate(days)})
+    assert rows is None and why.startswith("index calibration")  # 30 purchases: too few
+    # a short log: every training snapshot has the default-weight index, the serving one
+    # (the latest, added by the job) a fitted one: the index's own calibration
+    serving = {**dict.fromkeys(days, "default"), days[-1] + pd.Timedelta(days=7): "fitted"}
+    rows, why = job._bad_model_rows(part, bought, serving)
+    assert rows is None and why.startswith("index calibration (0 purchases")
+    for sources in (None, {}, dict.fromkeys(days, "default")):
+        rows, _ = job._bad_model_rows(part, bought, sources)
+        assert rows is not None and np.array_equal(rows, bought)
+    # the index's own calibration is p_bad = 1 - trust
+    from trustfeed.ranker._expected_value import bad_probability
+
+    trust = np.array([0.6, 0.9, 0.99])
+    np.testing.assert_allclose(bad_probability(trust, job.INDEX_CALIBRATION), 1 - trust, atol=1e-12)
+
+
+def test_the_trained_policy_says_which_purchases_fitted_its_bad_order_model(run: Any) -> None:
+    source = run.data.params["fitted.policy.bad_model_source"]
+    assert source.startswith(("purchases scored with a fitted index", "index calibration", "all purchases"))
+    assert float(run.data.params["fitted.policy.purchase_risk_term"]) <= max(
+        0.0, float(run.data.params["fitted.policy.purchase_risk_term_estimate"])) + 1e-9

@@ -32,7 +32,7 @@ import json
 import math
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -378,6 +378,56 @@ def plain_feature_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 # fewer purchases than this in either window leave the expected-value policy unfitted
 _MIN_PURCHASES = 20
+# purchases scored with a fitted trust index needed to fit the bad-order model on them alone
+_MIN_FITTED_INDEX_PURCHASES = 100
+# the trust index's own calibration (trust_index = 1 - expected bad-order rate): p_bad = 1 - trust
+INDEX_CALIBRATION = (0.0, -1.0)
+
+
+def index_source_recorder(config: DatasetConfig, sources: dict[pd.Timestamp, str]) -> Callable[[EventLog, pd.Timestamp], Any]:
+    """The training frame's snapshot builder, noting in ``sources`` how each snapshot's trust index was made.
+
+    ``sources[as_of]`` is the manifest's ``index_model.source`` (``"fitted"``: weights fitted
+    on the log's outcomes, on the bad-order-rate scale; ``"default"``: documented weights, too
+    little history), which :func:`fit_policy_and_target` reads to fit the bad-order model on
+    trust of the scale serving will see.
+    """
+    from .dataset import default_snapshot_builder
+
+    inner = default_snapshot_builder(config)
+
+    def build(events: EventLog, as_of: pd.Timestamp) -> Any:
+        snapshot = inner(events, as_of)
+        sources[as_of] = str((snapshot.manifest.get("index_model") or {}).get("source", "unknown"))
+        return snapshot
+
+    return build
+
+
+def _bad_model_rows(fit_part: TrainingFrame, bought: np.ndarray, index_sources: Mapping[pd.Timestamp, str] | None) -> tuple[np.ndarray | None, str]:
+    """Which training purchases the bad-order model is fitted on, and why.
+
+    The trust index of a short log's early snapshots is made with default weights (too little
+    history to fit them), a different scale from the fitted index of the later snapshots and
+    of the serving snapshot (on a 45-day simulated log: median 0.87 against 0.97). A map from
+    trust to bad-order probability fitted on the first prices risk at serving time several
+    times too low. So when the latest snapshot in ``index_sources`` (the serving one, as of
+    the end of the data, when the job adds it) has a fitted index, only purchases scored with
+    a fitted index count; with fewer than
+    ``_MIN_FITTED_INDEX_PURCHASES`` of them the index's own calibration is used
+    (``None``: :data:`INDEX_CALIBRATION`). Without sources (the Dask backend): every purchase.
+    """
+    if not index_sources:
+        return bought, "all purchases (index sources unknown)"
+    at = fit_part.frame["snapshot_at"]
+    latest = index_sources[max(index_sources)]
+    if latest != "fitted":
+        return bought, f"all purchases (latest index: {latest})"
+    fitted = (at.map(index_sources) == "fitted").to_numpy(dtype=bool, na_value=False)
+    rows = bought & fitted
+    if rows.sum() < _MIN_FITTED_INDEX_PURCHASES:
+        return None, f"index calibration ({int(rows.sum())} purchases scored with a fitted index)"
+    return rows, f"purchases scored with a fitted index ({int(rows.sum())} of {int(bought.sum())})"
 
 
 def _purchased(impressions: pd.DataFrame) -> np.ndarray:
@@ -503,6 +553,7 @@ def fit_policy_and_target(
     config: TrainJobConfig, model: LambdaMART, fit_part: TrainingFrame, valid_part: TrainingFrame, events: EventLog, progress: Progress | None = None,
     *, data_end: TimeLike | None = None, purchase_model: PurchaseModel | None = None,
     valid_score: np.ndarray | None = None, bad_order_cost: BadOrderCost | None = None,
+    index_sources: Mapping[pd.Timestamp, str] | None = None,
 ) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
     """The policy and balancer to serve, with what was fitted from the data.
 
@@ -518,7 +569,13 @@ def fit_policy_and_target(
       over the validation window, and the bad-order model ``(c0, c1)``
       from bad outcomes against ``logit(trust)`` over the purchases of the training window
       (trust as of each impression's snapshot; ``c1 <= 0``; purchases from cold-start
-      merchants, whose trust is only the prior, are left out). Too few purchases, no trust
+      merchants, whose trust is only the prior, are left out; with ``index_sources``, the
+      ``index_model.source`` of each snapshot by its time (:func:`index_source_recorder`; the
+      job adds the serving snapshot's), only purchases scored with a fitted trust index when
+      the latest snapshot's is fitted, or
+      the index's own calibration ``p_bad = 1 - trust`` when they are too few: the early
+      snapshots of a short log carry a default-weight index on another scale, see
+      :func:`_bad_model_rows`). Too few purchases, no trust
       feature, or a slope ``a <= 0`` (a model whose score does not predict purchases) leave
       the policy unfitted, which falls back to the ``"logit"`` formula, and ``fitted`` says so.
       With ``purchase_model`` the calibration is fitted on its log purchase probability instead
@@ -568,16 +625,19 @@ def fit_policy_and_target(
             fitted.update({"policy.valid_purchases": int(purchased.sum()),
                            "policy.fallback": "logit (no trust feature, or too few purchases)"})
         else:
-            purchases = impressions.iloc[train_rows[bought]].reset_index(drop=True)
+            bad_rows, bad_source = _bad_model_rows(fit_part, bought, index_sources)
+            model_rows = bought if bad_rows is None else bad_rows
+            purchases = impressions.iloc[train_rows[model_rows]].reset_index(drop=True)
             bad = _bad_purchases(purchases, events, config.dataset.label_horizon_days)
-            trust = fit_part.frame[trust_column].to_numpy(dtype=np.float64)[bought]
+            trust = fit_part.frame[trust_column].to_numpy(dtype=np.float64)[model_rows]
             # the trust each validation impression was scored with: the calibration learns how
             # much merchant risk the model's score already priced in (its risk term)
             valid_trust = valid_part.frame[trust_column].to_numpy(dtype=np.float64)
             policy.fit(valid_score, purchased, valid_part.positions, trust, bad, impression_trust=valid_trust,
-                       relevance_source=source)
+                       relevance_source=source, bad_model=None if bad_rows is not None else INDEX_CALIBRATION)
             fitted.update({f"policy.{k}": v for k, v in policy.fit_info_.items()})
             fitted["policy.relevance_source"] = source
+            fitted["policy.bad_model_source"] = bad_source
     if config.target_gini_ratio is not None:
         trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
                  else np.full(len(valid_part), np.nan))
@@ -781,6 +841,8 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     wants_purchase_model = config.purchase_model is not None and config.policy.combine == "expected_value"
     purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]] | None = None
     dask_purchase: tuple[PurchaseModel | None, dict[str, Any]] = (None, {})
+    # how each training snapshot's trust index was made (the pandas path records it)
+    index_sources: dict[pd.Timestamp, str] = {}
     try:
         progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
         if config.backend == "dask":
@@ -802,7 +864,8 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
             # the policy fit reads only the purchased rows of the training part
             fit_part, valid_part, train_requests = on_dask.fit_purchases, on_dask.valid_part, on_dask.train_requests
         else:
-            frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress)
+            frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress,
+                                         snapshot_builder=index_source_recorder(dataset_config, index_sources))
             fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
             if len(fit_part) == 0 or len(valid_part) == 0:
                 raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
@@ -832,18 +895,22 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                 if not purchase_later.done():
                     progress("waiting for the purchase model")
                 purchase_model, purchase_fitted, valid_score = purchase_later.result()
+        if not later.done():
+            progress("waiting for the serving snapshot")
+        tables_later = later.result()
+        if index_sources:
+            # the bad-order model is fitted on trust of the scale the serving snapshot has
+            index_sources[windows.end] = str((tables_later[0][0].manifest.get("index_model") or {}).get("source", "unknown"))
         policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
                                                                 data_end=windows.holdout_start,
                                                                 purchase_model=purchase_model, valid_score=valid_score,
-                                                                bad_order_cost=cost_later.result())
+                                                                bad_order_cost=cost_later.result(),
+                                                                index_sources=index_sources)
         if purchase_model is not None and not policy.is_fitted:
             # an unfitted policy ranks on the LambdaMART score (its logit fallback)
             purchase_model = None
             purchase_fitted["purchase_model.skipped"] = "the policy was left unfitted"
         fitted.update(purchase_fitted)
-        if not later.done():
-            progress("waiting for the serving snapshot")
-        tables_later = later.result()
     finally:
         background.shutdown(wait=True, cancel_futures=True)
     return _bundle_evaluate_log(config, events, windows, run, progress, model, plain_model, policy, balancer_config,
