@@ -68,13 +68,23 @@ def test_damaged_or_old_states_are_refused_in_one_line(world: EventLog, tmp_path
     with pytest.raises(ConfigError, match="checksum differs"):
         LiveTrust.load(tmp_path / "s0")
     tail.write_bytes(original)
+    # one byte changed in the middle of a base file (every file is checked in full, not by its ends)
+    base = state / "history" / "orders.arrow"
+    kept = base.read_bytes()
+    middle = len(kept) // 2
+    base.write_bytes(kept[:middle] + bytes([kept[middle] ^ 0xFF]) + kept[middle + 1 :])
+    with pytest.raises(ConfigError, match="orders.arrow: checksum differs"):
+        LiveTrust.load(tmp_path / "s0")
+    base.write_bytes(kept)
+    LiveTrust.load(tmp_path / "s0")  # restored: accepted again
     (state / "history" / "order_row.npy").unlink()
     with pytest.raises(ConfigError, match="missing from the stored state"):
         LiveTrust.load(tmp_path / "s0")
     # a state of the earlier format
-    (state / "state.json").write_text(json.dumps({**meta, "state_version": 1}))
-    with pytest.raises(ConfigError, match="earlier trustfeed.*rebuild in full"):
-        LiveTrust.load(tmp_path / "s0")
+    for version in (1, 2):  # the event history as Parquet; files checked by their first and last MiB
+        (state / "state.json").write_text(json.dumps({**meta, "state_version": version}))
+        with pytest.raises(ConfigError, match="earlier trustfeed.*rebuild in full"):
+            LiveTrust.load(tmp_path / "s0")
 
 
 def test_cli_incremental_is_point_in_time_and_leaves_nothing_half_written(
