@@ -16,7 +16,7 @@ Nothing here shrinks or combines: that is :mod:`._trust_index`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -237,6 +237,22 @@ class _Weighted(Mapping[str, np.ndarray]):
         return len(self._parts)
 
 
+class _Lazy(Mapping[str, np.ndarray]):
+    """Columns computed one at a time on access (the aggregator sums and drops each)."""
+
+    def __init__(self, columns: Mapping[str, Callable[[], np.ndarray]]) -> None:
+        self._columns = columns
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._columns[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
+
+
 def _weighted(
     evidence: Mapping[str, np.ndarray],
     time_weights: Mapping[str, np.ndarray],
@@ -314,20 +330,24 @@ def _order_credibility(
     activity = np.zeros(n_users)
     for table in ("impressions", "follows", "nps"):
         activity += agg.sum(_codes(tables[table]["user_id"]), n_users, {"n": np.ones(len(tables[table]))})["n"]
-    user_merchants = history["user_merchants"][user]
     # "No other history" is only evidence when the platform logs browsing or follows at all;
     # without such logs (a plain order export) every one-off buyer would look isolated.
     logs_activity = any(len(tables[t]) for t in ("impressions", "follows")) if references is None else references.logs_activity
     inactive = (activity[user] <= 0) & logs_activity
-    isolated = (user_merchants <= 1) & inactive
+    isolated = (history["user_merchants"][user] <= 1) & inactive
     per_pair = pair_orders[pair_code]
+    # The suspicions are folded into ``keep = prod(1 - s_i)`` one at a time, in place (each
+    # per-order array freed once folded in: at ten million orders each is 80 MB, and this
+    # was the build's peak). The products are taken in the same order as written out.
     # An isolated buyer is only half-suspect (real one-off buyers exist); one that keeps buying
     # from its only merchant is what a brushing account does.
-    s_isolated = np.where(isolated, np.where(per_pair >= 2, 1.0, config.isolated_buyer_suspicion), 0.0)
+    keep = 1.0 - np.where(isolated, np.where(per_pair >= 2, 1.0, config.isolated_buyer_suspicion), 0.0)
     # A buyer of several shops that never browses, follows or answers a survey looks like a
     # brushing ring account: weaker evidence.
-    s_inactive = (inactive & ~isolated) * (config.isolated_buyer_suspicion / 2)
-    s_repeat = 1.0 - np.minimum(1.0, config.per_buyer_cap / per_pair)
+    keep *= 1.0 - (inactive & ~isolated) * (config.isolated_buyer_suspicion / 2)
+    del inactive, isolated
+    keep *= 1.0 - (1.0 - np.minimum(1.0, config.per_buyer_cap / per_pair))  # repeat orders
+    del per_pair
 
     amount = orders["amount"].to_numpy(dtype="float64")
     order_category = _lookup(category, merchant, -1)
@@ -337,12 +357,15 @@ def _order_credibility(
     else:
         typical, overall = references.category_median, references.overall_median
     reference = pd.Series(order_category).map(typical).fillna(overall).to_numpy(dtype="float64")
-    s_tiny = (amount < config.tiny_amount_fraction * reference) * config.tiny_amount_suspicion
+    del order_category
+    keep *= 1.0 - (amount < config.tiny_amount_fraction * reference) * config.tiny_amount_suspicion  # tiny orders
+    del reference
 
     records_deliveries = bool(tables["orders"]["delivered_at"].notna().any()) if references is None else references.records_deliveries
-    s_praise = _premature_praise(tables, enc, records_deliveries) * (1.0 - config.premature_praise_weight)
+    keep *= 1.0 - _premature_praise(tables, enc, records_deliveries) * (1.0 - config.premature_praise_weight)
 
-    first = 1.0 - (1.0 - s_isolated) * (1.0 - s_inactive) * (1.0 - s_repeat) * (1.0 - s_tiny) * (1.0 - s_praise)
+    first = np.subtract(1.0, keep, out=keep)
+    del keep
     p = paid.astype("float64")
     if references is None:
         norm = float(np.dot(first, p)) / float(p.sum()) if p.sum() > 0 else 0.0
@@ -355,6 +378,7 @@ def _order_credibility(
             shop_suspicion=np.bincount(merchant, weights=first * p, minlength=n_merchants),
             shop_orders=np.bincount(merchant, weights=p, minlength=n_merchants),
         )
+    del p
     s_ring = config.ring_buyer_suspicion * _ring_association(
         first, user, merchant, paid, pair_code, pair_user, n_users, n_merchants, config.ring_prior_orders, references
     )
@@ -427,18 +451,21 @@ def _ring_association(
     pair_merchant[pair_code] = merchant
     shop_s = _padded(references.shop_suspicion, n_merchants)
     shop_n = _padded(references.shop_orders, n_merchants)
-    own_s = np.bincount(pair_code, weights=first * p, minlength=n_pairs)
-    own_n = np.bincount(pair_code, weights=p, minlength=n_pairs)
-    rest_s = np.maximum(shop_s[pair_merchant] - own_s, 0.0)
-    rest_n = np.maximum(shop_n[pair_merchant] - own_n, 0.0)
+    # (each per-pair temporary is dropped once used: they are as long as the orders)
+    rest_s = np.maximum(shop_s[pair_merchant] - np.bincount(pair_code, weights=first * p, minlength=n_pairs), 0.0)
+    rest_n = np.maximum(shop_n[pair_merchant] - np.bincount(pair_code, weights=p, minlength=n_pairs), 0.0)
+    del p, pair_merchant
     others = (rest_s + prior_orders * norm) / (rest_n + prior_orders)
+    del rest_s, rest_n
     ratio = np.maximum(others, 0.0) / norm + 0.0  # + 0.0 turns -0.0 into 0.0 for the bit trick below
+    del others
     # Ratios sorted within each buyer, by one sort of a packed int64 key: the buyer code in the
     # high half, the ratio's float32 bits in the low half (for non-negative floats the bit
     # pattern orders like the value). np.lexsort on two keys took 40 s at 8M pairs (random
     # access merge passes); this sort takes ~2.5 s. The median is exact up to float32
     # rounding of the ratio (relative 6e-8).
     packed = (pair_user.astype("int64") << 32) | ratio.astype("float32").view("uint32").astype("int64")
+    del ratio
     packed.sort()
     sorted_ratio = (packed & 0xFFFFFFFF).astype("uint32").view("float32").astype("float64")
     del packed
@@ -537,38 +564,46 @@ def build_counts(
     del tw, evidence_paid, evidence_all, brushing, due, late, on_time, presale, follower
     counts.update(_repurchase(order_frame, as_of, config, agg, enc))
 
-    # Dense per-order lookups, indexed by order code.
+    # Dense per-order lookups, indexed by order code (those of the reviews only once the
+    # after-sales sums and the order outcomes are done with: each is as long as the order ids).
     order_code = order_frame["order"]
     merchant_of = np.full(n_orders_vocab, -1, dtype="int64")
     merchant_of[order_code] = merchant
     weight_of = np.zeros(n_orders_vocab)
     weight_of[order_code] = weight
+
+    # --- after-sales, reviews -------------------------------------------------------------
+    # What became of each order, in the orders table's row order (as order_frame); only the
+    # columns read below are built (the whole table is a dozen columns of every order)
+    read = [c for c in _OUTCOMES_READ if not (risk_only and c == "bad_at")]  # bad_at: early warning, labels
+    outcomes = order_outcomes(tables, columns=read).iloc[: len(orders)]
+    after_sales = _after_sales(tables["after_sales"], outcomes, merchant_of, weight_of, as_of, config, agg, n_merchants, windowed=not risk_only)
+    warning: dict[str, np.ndarray] = {}
+    if not risk_only:
+        outcomes = outcomes[["bad_at"]]
+        warning = _early_warning(order_frame, orders, outcomes, as_of, config, agg, enc)
+        bad = went_bad(outcomes)
+    # The order outcomes are not needed past this point: freed before the review lookups.
+    del outcomes
     buyer_of = np.full(n_orders_vocab, -1, dtype="int64")
     buyer_of[order_code] = order_frame["user"]
     # Delivery time per order (ns since epoch; -1 = not delivered as of the cut). None when
     # the log records no deliveries at all: then "reviewed before delivery" cannot be told.
-    delivered = pd.to_datetime(orders["delivered_at"], utc=True)
     delivered_of: np.ndarray | None = None
     if references.records_deliveries:
+        delivered = pd.to_datetime(orders["delivered_at"], utc=True)
         delivered_of = np.full(n_orders_vocab, -1, dtype="int64")
         delivered_of[order_code] = np.where(
             delivered.notna().to_numpy(), delivered.to_numpy(dtype="datetime64[ns]", na_value=np.datetime64(0, "ns")).view("int64"), -1
         )
+        del delivered
     lookups = (merchant_of, weight_of, buyer_of, delivered_of)
-
-    # --- after-sales, reviews -------------------------------------------------------------
-    # What became of each order, in the orders table's row order (as order_frame)
-    # (only the columns read below: the others are freed at once)
-    outcomes = order_outcomes(tables)[list(_OUTCOMES_READ)].iloc[: len(orders)]
-    counts.update(_after_sales(tables["after_sales"], outcomes, lookups, as_of, config, agg, n_merchants, windowed=not risk_only))
-    counts.update(_reviews(tables["reviews"], lookups, as_of, config, agg, enc, windowed=not risk_only))
+    reviews = _reviews(tables["reviews"], lookups, as_of, config, agg, enc, windowed=not risk_only)
     del lookups, merchant_of, weight_of, buyer_of, delivered_of
-    if not risk_only:
-        counts.update(_early_warning(order_frame, orders, outcomes, as_of, config, agg, enc))
-        bad = went_bad(outcomes)
-    # The outcomes table (a dozen columns per order) is not needed past this point: freed
-    # before the creator and report sums, where the build peaked at ten million orders.
-    del outcomes
+    # (the counts keep the order they always had: after-sales, reviews, early warning)
+    counts.update(after_sales)
+    counts.update(reviews)
+    counts.update(warning)
 
     # --- reports, violations, guarantees, nps, streams ------------------------------------
     streams = tables["livestreams"]
@@ -682,28 +717,42 @@ def _repurchase(
     n_pairs = int(order_frame["pair"].max()) + 1 if len(order_frame["pair"]) else 0
     seconds = (order_frame["created_at"] - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds()
     t = seconds.to_numpy(dtype="float64")[paid]
+    del seconds
+    # (per-order and per-pair temporaries are dropped once used: at ten million orders each
+    # is 80 MB and they all lived until the sums before)
     first = np.full(n_pairs, np.inf)
     last = np.full(n_pairs, -np.inf)
     np.minimum.at(first, pair, t)
     np.maximum.at(last, pair, t)
+    del t
     pair_n = np.bincount(pair, minlength=n_pairs).astype("float64")
     mean_w = np.bincount(pair, weights=order_frame["order_weight"][paid], minlength=n_pairs) / np.maximum(pair_n, 1)
     pair_merchant = np.full(n_pairs, -1, dtype="int64")
     pair_merchant[pair] = order_frame["merchant"][paid]
+    del pair
     seen = pair_n > 0
     age = np.maximum((as_of.timestamp() - np.where(seen, last, 0.0)) / _DAY, 0.0)
     weight = np.where(seen, mean_w * np.exp2(-age / config.half_life_days), 0.0)
+    del age, mean_w
     span = np.where(seen, last - first, np.inf) / _DAY
-    columns = {"n_buyers": weight}
+    del seen, first, last
+    repeat = pair_n >= 2
+    del pair_n
+
+    def repurchased(days: float) -> Callable[[], np.ndarray]:
+        return lambda: weight * (repeat & (span <= days))
+
+    columns: dict[str, Callable[[], np.ndarray]] = {"n_buyers": lambda: weight}
     for days in config.repurchase_days:
-        columns[f"n_repurchasers_{days}d"] = weight * ((pair_n >= 2) & (span <= days))
-    return agg.sum(pair_merchant, n_merchants, columns)  # pairs of unpaid-only orders have code -1
+        columns[f"n_repurchasers_{days}d"] = repurchased(days)
+    return agg.sum(pair_merchant, n_merchants, _Lazy(columns))  # pairs of unpaid-only orders have code -1
 
 
 def _after_sales(
     cases: pd.DataFrame,
     outcomes: pd.DataFrame,
-    lookups: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    merchant_of: np.ndarray,
+    weight_of: np.ndarray,
     as_of: pd.Timestamp,
     config: TrustConfig,
     agg: Aggregator,
@@ -716,7 +765,6 @@ def _after_sales(
     Only quality / not_as_described / counterfeit cases are quality evidence; no-reason and
     logistics returns are counted separately and never enter the quality rates.
     """
-    merchant_of, weight_of, _, _ = lookups
     order = _codes(cases["order_id"])
     known = (order >= 0) & (order < len(merchant_of))
     order = np.where(known, order, 0)

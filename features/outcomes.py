@@ -22,7 +22,8 @@ by value and keeps the orders table's row order, so row ``i`` is order ``i``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from functools import cache
 from typing import Any, cast
 
 import numpy as np
@@ -165,7 +166,13 @@ def _order_rows(orders: pd.Series, *referencing: pd.Series) -> tuple[list[np.nda
     return rows, orphans
 
 
-def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLike | None = None, since: TimeLike | None = None) -> pd.DataFrame:
+def order_outcomes(
+    events: EventLog | Mapping[str, pd.DataFrame],
+    as_of: TimeLike | None = None,
+    since: TimeLike | None = None,
+    *,
+    columns: Collection[str] | None = None,
+) -> pd.DataFrame:
     """One row per order: how it turned out, as known before ``as_of``.
 
     Parameters
@@ -179,6 +186,10 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
     since
         Only orders placed, cases opened and reviews written at or after this time count
         (a history window); ``None``: no lower limit.
+    columns
+        Only these of :data:`OUTCOME_COLUMNS`, in that order (``None``: all). A reader that
+        needs a few columns of ten million orders skips the others' work and memory; each
+        column is the same as in the full table.
 
     Returns
     -------
@@ -208,6 +219,9 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
     >>> went_bad(outcomes).tolist(), went_bad(order_outcomes(events, as_of="2026-01-05")).tolist()
     ([False, True], [False, False])
     """
+    wanted = set(OUTCOME_COLUMNS if columns is None else columns)
+    if wanted - set(OUTCOME_COLUMNS):
+        raise ValueError(f"order_outcomes: unknown columns {sorted(wanted - set(OUTCOME_COLUMNS))}")
     if as_of is not None:
         if not isinstance(events, EventLog):
             raise TypeError("order_outcomes: as_of needs an EventLog (its point-in-time cut)")
@@ -230,60 +244,76 @@ def order_outcomes(events: EventLog | Mapping[str, pd.DataFrame], as_of: TimeLik
         values = orders[name].reset_index(drop=True) if name in orders.columns else pd.Series(pd.NA, index=np.arange(n_orders), dtype="string")
         if name == "order_id":
             extra = pd.Series(orphans, dtype=values.dtype)
+        elif len(orphans) and isinstance(values.dtype, np.dtype) and values.dtype.kind in "iu":
+            # the trust builder's integer codes: -1 is their null
+            extra = pd.Series(np.full(len(orphans), -1), dtype=values.dtype)
         elif len(orphans):
             extra = pd.Series(pd.NA, index=np.arange(len(orphans)), dtype=values.dtype)
         else:
             return values
         return pd.concat([values, extra], ignore_index=True)
 
-    status = orders["status"] if "status" in orders.columns else pd.Series(pd.NA, index=orders.index, dtype="string")
-    cancelled = np.zeros(n, dtype=bool)
-    cancelled[:n_orders] = _is_in(status, ("cancelled",))
-
     opened = _ns(cases["opened_at"])
     reason = cases["reason"] if "reason" in cases.columns else pd.Series(pd.NA, index=cases.index, dtype="string")
-    outcome = cases["outcome"] if "outcome" in cases.columns else pd.Series(pd.NA, index=cases.index, dtype="string")
     bad_reason = _is_in(reason, BAD_AFTER_SALES_REASONS)
-    case_at, case_reason = _first(case_rows, opened, n, reason)
-    bad_case_at, bad_case_reason = _first(np.where(bad_reason, case_rows, -1), opened, n, reason)
-    last_bad_case_at = _last(np.where(bad_reason, case_rows, -1), opened, n)
-    counterfeit_at, _ = _first(np.where(_is_in(reason, ("counterfeit",)), case_rows, -1), opened, n)
-    favor_at, _ = _first(np.where(_is_in(outcome, ("buyer_favor",)), case_rows, -1), opened, n)
-
     written = _ns(reviews["created_at"])
-    rating = pd.to_numeric(reviews["rating"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    review_at, _ = _first(review_rows, written, n)
-    low_at, _ = _first(np.where(rating <= LOW_RATING_MAX, review_rows, -1), written, n)
-    # Per order, the lowest rating (NaN: none); unbuffered minima, not a groupby's sort.
-    worst_rating = np.full(n, np.inf)
-    rated = (review_rows >= 0) & ~np.isnan(rating)
-    np.minimum.at(worst_rating, review_rows[rated], rating[rated])
-    worst_rating[worst_rating == np.inf] = np.nan
 
-    table = pd.DataFrame(
-        {
-            "order_id": column("order_id"),
-            "user_id": column("user_id"),
-            "merchant_id": column("merchant_id"),
-            "created_at": _as_time(np.r_[_ns(orders["created_at"]), np.full(len(orphans), _NONE)]),
-            "in_orders": np.arange(n) < n_orders,
-            "cancelled": cancelled,
-            "case_at": _as_time(case_at),
-            "case_reason": case_reason,
-            "bad_case_at": _as_time(bad_case_at),
-            "bad_case_reason": bad_case_reason,
-            "last_bad_case_at": _as_time(last_bad_case_at),
-            "counterfeit_case_at": _as_time(counterfeit_at),
-            "buyer_favor_at": _as_time(favor_at),
-            "review_at": _as_time(review_at),
-            "worst_rating": worst_rating,
-            "low_rating_at": _as_time(low_at),
-            "bad_at": _as_time(np.minimum(bad_case_at, low_at)),
-        },
-        # Columns as they are: consolidating the nine time columns into one 2-D block copied
-        # them all (0.8 GB at ten million orders, the trust build's peak).
-        copy=False,
-    )
+    @cache
+    def bad_case() -> tuple[np.ndarray, pd.Series | None]:
+        return _first(np.where(bad_reason, case_rows, -1), opened, n, reason)
+
+    @cache
+    def rating() -> np.ndarray:
+        return pd.to_numeric(reviews["rating"], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+    @cache
+    def low_at() -> np.ndarray:
+        return _first(np.where(rating() <= LOW_RATING_MAX, review_rows, -1), written, n)[0]
+
+    def cancelled() -> np.ndarray:
+        status = orders["status"] if "status" in orders.columns else pd.Series(pd.NA, index=orders.index, dtype="string")
+        flags = np.zeros(n, dtype=bool)
+        flags[:n_orders] = _is_in(status, ("cancelled",))
+        return flags
+
+    @cache
+    def case() -> tuple[np.ndarray, pd.Series | None]:
+        return _first(case_rows, opened, n, reason)
+
+    def buyer_favor_at() -> pd.Series:
+        outcome = cases["outcome"] if "outcome" in cases.columns else pd.Series(pd.NA, index=cases.index, dtype="string")
+        return _as_time(_first(np.where(_is_in(outcome, ("buyer_favor",)), case_rows, -1), opened, n)[0])
+
+    def worst_rating() -> np.ndarray:
+        # Per order, the lowest rating (NaN: none); unbuffered minima, not a groupby's sort.
+        worst = np.full(n, np.inf)
+        rated = (review_rows >= 0) & ~np.isnan(rating())
+        np.minimum.at(worst, review_rows[rated], rating()[rated])
+        worst[worst == np.inf] = np.nan
+        return worst
+
+    build: dict[str, Callable[[], Any]] = {
+        "order_id": lambda: column("order_id"),
+        "user_id": lambda: column("user_id"),
+        "merchant_id": lambda: column("merchant_id"),
+        "created_at": lambda: _as_time(np.r_[_ns(orders["created_at"]), np.full(len(orphans), _NONE)]),
+        "in_orders": lambda: np.arange(n) < n_orders,
+        "cancelled": cancelled,
+        "case_at": lambda: _as_time(case()[0]),
+        "case_reason": lambda: case()[1],
+        "bad_case_at": lambda: _as_time(bad_case()[0]),
+        "bad_case_reason": lambda: bad_case()[1],
+        "last_bad_case_at": lambda: _as_time(_last(np.where(bad_reason, case_rows, -1), opened, n)),
+        "counterfeit_case_at": lambda: _as_time(_first(np.where(_is_in(reason, ("counterfeit",)), case_rows, -1), opened, n)[0]),
+        "buyer_favor_at": buyer_favor_at,
+        "review_at": lambda: _as_time(_first(review_rows, written, n)[0]),
+        "worst_rating": worst_rating,
+        "low_rating_at": lambda: _as_time(low_at()),
+        "bad_at": lambda: _as_time(np.minimum(bad_case()[0], low_at())),
+    }
+    # Columns as they are: consolidating the nine time columns into one 2-D block copied
+    # them all (0.8 GB at ten million orders, the trust build's peak).
+    table = pd.DataFrame({name: build[name]() for name in OUTCOME_COLUMNS if name in wanted}, copy=False)
     return table
 
 

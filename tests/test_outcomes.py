@@ -166,3 +166,22 @@ def test_first_event_per_order_takes_the_earliest_and_the_first_listed_on_ties(e
         earliest = min(times[i] for i in mine)
         chosen = next(i for i in mine if times[i] == earliest)
         assert first[row] == earliest and reason.iloc[row] == events[chosen][2]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sets(st.sampled_from(OUTCOME_COLUMNS), min_size=1), st.booleans())
+def test_a_subset_of_columns_is_the_full_tables_columns(wanted: set[str], encoded: bool) -> None:
+    """``columns=`` builds only the asked columns, in the table's order, each one as in the
+    full table (string ids and the trust builder's codes, orphan cases included)."""
+    from trustfeed.features._signals import encode_ids
+
+    events = _events()
+    tables = encode_ids(events)[0].tables if encoded else events.tables
+    full, part = order_outcomes(tables), order_outcomes(tables, columns=wanted)
+    assert list(part.columns) == [c for c in OUTCOME_COLUMNS if c in wanted]
+    pd.testing.assert_frame_equal(part, full[list(part.columns)], check_exact=True)
+
+
+def test_unknown_outcome_columns_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown columns"):
+        order_outcomes(_events(), columns=["bad_at", "not_a_column"])
