@@ -172,7 +172,7 @@ def _time_weights(times: pd.Series, as_of: pd.Timestamp, config: TrustConfig, *,
     age = _age_days(times, as_of)
     weights = {"": np.exp2(-age / config.half_life_days)}
     for days in config.windows if windowed else ():
-        weights[f"_{days}d"] = (age < days).astype("float64")
+        weights[f"_{days}d"] = age < days  # a 0/1 factor, kept boolean (see build_counts)
     return weights
 
 
@@ -542,17 +542,19 @@ def build_counts(
     late = due & ~on_time
     presale = _bool(orders["presale"]) & paid
     follower = _from_followers(tables, enc) & paid
-    evidence_paid = {
-        "n_orders": paid.astype("float64"),
-        "n_due": due.astype("float64"),
-        "n_late": late.astype("float64"),
-        "n_presale": presale.astype("float64"),
-        "n_follower_orders": follower.astype("float64"),
+    # Flags stay boolean (1 byte a row, not 8): each is multiplied by its float weights only
+    # when summed, and a boolean times a float is the float of 0 or 1 times it, bit for bit.
+    evidence_paid: dict[str, np.ndarray] = {
+        "n_orders": paid,
+        "n_due": due,
+        "n_late": late,
+        "n_presale": presale,
+        "n_follower_orders": follower,
     }
     if not risk_only:
         evidence_paid["gmv"] = order_frame["amount"] * paid
     counts.update(agg.sum(merchant, n_merchants, _weighted(evidence_paid, tw, weight, ("n_orders", "n_due", "n_late"))))
-    evidence_all = {"n_orders_all": np.ones(len(orders)), "n_cancelled": (~paid).astype("float64")}
+    evidence_all = {"n_orders_all": np.ones(len(orders), dtype=bool), "n_cancelled": ~paid}
     counts.update(agg.sum(merchant, n_merchants, _weighted(evidence_all, tw, 1.0 - suspicion, ("n_orders_all", "n_cancelled"))))
     # Brushing evidence is not credibility-weighted: it is what the weight is made of.
     brushing = {"suspicion": suspicion * paid * tw[""], "n_suspicion": paid * tw[""]}

@@ -454,10 +454,23 @@ def build_snapshot(
     cut = to_utc(as_of)
     progress(f"trust: encoding events before {cut.isoformat()}")
     known, enc = encode_ids(_project(events).before(cut))
+    earlier = None
+    if index is None:
+        # The earlier cuts first: while they are built, nothing of the evidence at the cut is
+        # held yet (their risk rows are small; the evidence's per-order labels are not).
+        progress("trust: fitting the index on earlier cuts (their evidence)")
+        earlier = _earlier_risks(known, cut, config, backend, _host_exposure(known), enc) if config.fit_index else []
     progress("trust: evidence")
     refs = None if references is None else references.codes(enc)
     raw, meta = _raw_evidence(known, cut, config, backend, enc, refs)
-    return _finish(known, enc, _registered(raw, meta, enc), meta, cut, config, backend, progress, index, events.warnings)
+    return _finish(
+        known, enc, _registered(raw, meta, enc), meta, cut, config, backend, progress, index, events.warnings, earlier=earlier
+    )
+
+
+def _host_exposure(known: EventLog) -> str:
+    """Exposure of the host report rate: streams when the log has any, else orders."""
+    return "n_streams" if len(known["livestreams"]) else "n_orders"
 
 
 def _finish(
@@ -472,21 +485,26 @@ def _finish(
     index: Mapping[str, Any] | None,
     input_warnings: tuple[str, ...] | list[str],
     user_order: np.ndarray | None = None,
+    *,
+    earlier: list[tuple[pd.Timestamp, RiskRows]] | None = None,
 ) -> TrustSnapshot:
     """Shrink, fit (or carry) the index and score: the snapshot from the registered merchants' counts.
 
     ``user_order``: the user codes in id order, when the caller keeps them (a live update:
-    the users table is then taken in that order instead of sorted again).
+    the users table is then taken in that order instead of sorted again). ``earlier``: the
+    earlier cuts' risk rows (:func:`_earlier_risks`) when already built; ``None``: built here
+    if the index is fitted.
     """
-    host_exposure = "n_streams" if len(known["livestreams"]) else "n_orders"
+    host_exposure = _host_exposure(known)
     rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
     rows, reference = _index_rows(risk, meta, priors, config, host_exposure, _absent(known), enc)
     with_orders = (counts.merchants["n_orders_raw"] > 0).to_numpy()
     population = rows.select(with_orders) if with_orders.any() else rows
 
     if index is None:
-        progress("trust: fitting the index on an earlier cut")
-        earlier = _earlier_risks(known, cut, config, backend, host_exposure, enc) if config.fit_index else []
+        if earlier is None:
+            progress("trust: fitting the index on an earlier cut")
+            earlier = _earlier_risks(known, cut, config, backend, host_exposure, enc) if config.fit_index else []
         model, fit_info = _fit_index(known, counts, cut, config, earlier, population)
     else:
         progress("trust: index weights carried from an earlier snapshot")
