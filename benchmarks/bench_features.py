@@ -8,9 +8,10 @@ default), with one merchant per 200 orders, one user per 10 orders and one strea
 
 Each size is generated once into ``--data-dir`` as Parquet, then built in a fresh
 subprocess whose peak RSS (``ru_maxrss``, which includes the input tables held in memory),
-wall and CPU time are reported, and per stage of the build (``stages``: encoding, evidence,
-fitting, scoring) its wall and CPU seconds, the resident memory at its end and the highest
-resident memory sampled during it (every 20 ms).
+wall and CPU time are reported, and per stage of the build (``stages``: encoding, fitting (the
+index fit's earlier cuts, built first), evidence (at the cut, and the fit), scoring) its wall
+and CPU seconds, the resident memory at its end and the highest resident memory sampled
+during it (every 20 ms).
 
 Usage::
 
