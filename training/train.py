@@ -806,8 +806,14 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
 
     progress = progress or NullProgress()
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
+    # importing MLflow takes about a second of Python work; reading the Parquet files mostly
+    # runs outside Python's lock, so the import is done alongside instead of after them
+    importing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-mlflow")
+    imported = importing.submit(_import_mlflow)
+    importing.shutdown(wait=False)
     progress(f"loading events from {config.events}")
     events = load_events(config.events)
+    imported.result()
     until = to_utc(config.until) if config.until is not None else None
     if until is not None:
         events = events.before(until)
@@ -821,6 +827,12 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
         except BaseException:
             run.fail_quietly()
             raise
+
+
+def _import_mlflow() -> None:
+    import mlflow  # noqa: F401
+    import mlflow.entities  # noqa: F401
+    import mlflow.pyfunc  # noqa: F401
 
 
 def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
@@ -840,6 +852,7 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="alongside")
     wants_purchase_model = config.purchase_model is not None and config.policy.combine == "expected_value"
     purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]] | None = None
+    truth_later: Future[_Truth] | None = None
     dask_purchase: tuple[PurchaseModel | None, dict[str, Any]] = (None, {})
     # how each training snapshot's trust index was made (the pandas path records it)
     index_sources: dict[pd.Timestamp, str] = {}
@@ -880,6 +893,8 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                 purchase_later = background.submit(_purchase_model_and_scores, config.purchase_model, fit_part,
                                                    valid_part, events["impressions"], progress, features)
             cost_later = background.submit(measure_bad_order_cost, config, events, windows.holdout_start, progress)
+            if config.evaluate:  # the evaluation's outcome truth (a simulated dataset's) is read meanwhile too
+                truth_later = background.submit(_load_truth, config.events)
             model, plain_model = _fit_models(config, frame, fit_part, valid_part, progress, features)
             del features, frame
             train_requests = int(fit_part.groups().size)
@@ -911,10 +926,11 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
             purchase_model = None
             purchase_fitted["purchase_model.skipped"] = "the policy was left unfitted"
         fitted.update(purchase_fitted)
+        truth = truth_later.result() if truth_later is not None else None
     finally:
         background.shutdown(wait=True, cancel_futures=True)
     return _bundle_evaluate_log(config, events, windows, run, progress, model, plain_model, policy, balancer_config,
-                                fitted, valid_part, train_requests, tables_later, purchase_model)
+                                fitted, valid_part, train_requests, tables_later, purchase_model, truth)
 
 
 def _purchase_model_and_scores(
@@ -924,6 +940,16 @@ def _purchase_model_and_scores(
     """:func:`fit_purchase_model`, and the fitted model's scores of the validation rows."""
     model, fitted = fit_purchase_model(config, fit_part, valid_part, impressions, progress, features=features)
     return model, fitted, None if model is None else model.predict(features[1])
+
+
+_Truth = tuple[Mapping[str, pd.DataFrame] | None, Mapping[str, Any] | None]
+
+
+def _load_truth(events_dir: Path) -> _Truth:
+    """The simulator's hidden truth and its meta beside a simulated dataset (``None``s otherwise)."""
+    from .simulate import load_truth, load_truth_meta
+
+    return load_truth(events_dir), load_truth_meta(events_dir)
 
 
 def _tables_as_of(
@@ -940,15 +966,13 @@ def _bundle_evaluate_log(
     config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress, model: LambdaMART,
     plain_model: LambdaMART | None, policy: Policy, balancer_config: BalancerConfig, fitted: dict[str, Any],
     valid_part: TrainingFrame, train_requests: int, tables_later: list[tuple[TrustSnapshot, ContextTables]],
-    purchase_model: PurchaseModel | None = None,
+    purchase_model: PurchaseModel | None = None, truth: _Truth | None = None,
 ) -> TrainResult:
     import lightgbm as lgb
 
     from ..ranker.balancer import ExposureBalancer
     from ..ranker.bundle import save_bundle
     from ..ranker.pipeline import RankingPipeline
-    from .simulate import load_truth, load_truth_meta
-
     schema = model.feature_schema_
 
     # --- the bundle, saved locally before anything else goes to the tracking store
@@ -975,9 +999,10 @@ def _bundle_evaluate_log(
         progress(f"evaluating on {scope} held-out requests from {windows.holdout_start.date()}")
         eval_pipeline, plain_pipeline = pipelines_as_of(pipeline, plain_model, events, windows.holdout_start,
                                                         tables=tables_later[1])
+        truth_tables, truth_meta = truth if truth is not None else _load_truth(config.events)
         evaluation = evaluate_pipeline(
             eval_pipeline, events, (windows.holdout_start, windows.end), plain_pipeline=plain_pipeline,
-            truth=load_truth(config.events), truth_meta=load_truth_meta(config.events), config=config.evaluation,
+            truth=truth_tables, truth_meta=truth_meta, config=config.evaluation,
             facts={"run id": run.run_id, "model": f"runs:/{run.run_id}/{MODEL_ARTIFACT}",
                    "training window": f"{windows.data_start.isoformat()} to {windows.holdout_start.isoformat()}"},
             progress=progress,
