@@ -973,6 +973,7 @@ def _bundle_evaluate_log(
     from ..ranker.balancer import ExposureBalancer
     from ..ranker.bundle import save_bundle
     from ..ranker.pipeline import RankingPipeline
+
     schema = model.feature_schema_
 
     # --- the bundle, saved locally before anything else goes to the tracking store
