@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 
 from ..features.config import Config, Constraints, Flag, Integer, Real
@@ -50,7 +51,8 @@ from ..features.errors import ModelIntegrityError, NotFittedError, SchemaError
 from ..features.io import atomic_dir
 from ._expected_value import logistic_regression
 
-__all__ = ["PurchaseModelConfig", "PurchaseModel", "CLICK_FILE", "PURCHASE_FILE", "PURCHASE_SCHEMA_FILE"]
+__all__ = ["PurchaseModelConfig", "PurchaseModel", "in_request_sample", "CLICK_FILE", "PURCHASE_FILE",
+           "PURCHASE_SCHEMA_FILE"]
 
 CLICK_FILE = "click_model.txt"
 PURCHASE_FILE = "purchase_model.txt"
@@ -207,13 +209,17 @@ class PurchaseModel:
         categorical: Sequence[str] = (),
         monotone: Sequence[int] | None = None,
         groups: ArrayLike | None = None,
+        request_ids: ArrayLike | None = None,
     ) -> PurchaseModel:
         """Fit both stages on logged impressions; the validation rows stop each stage early.
 
         ``clicked``/``purchased`` are per impression (a purchase is also a click: a purchased
         row that is not flagged clicked counts as clicked); ``position`` is the logged 1-based
         position. ``groups`` (request sizes, rows of a request together, as LambdaMART takes
-        them) makes the ``max_click_rows`` sample one of whole requests. Returns ``self``.
+        them) makes the ``max_click_rows`` sample one of whole requests. ``request_ids`` (one per
+        row) does too, and draws each request by :func:`in_request_sample`: the sample the Dask
+        backend draws on its workers, so both backends fit the same model; it takes precedence
+        over ``groups``. Returns ``self``.
 
         Raises
         ------
@@ -224,7 +230,7 @@ class PurchaseModel:
         names = tuple(str(n) for n in feature_names)
         X, buy, click, log_position = _stage_inputs(X, purchased, clicked, position, names, "training data")
         valid = _stage_inputs(X_valid, purchased_valid, clicked_valid, position_valid, names, "validation data")
-        sample = _click_sample(X.shape[0], self.config.max_click_rows, groups, self.config.seed)
+        sample = _click_sample(X.shape[0], self.config.max_click_rows, groups, self.config.seed, request_ids)
         click_rows = (X, click, log_position) if sample is None else (X[sample], click[sample], log_position[sample])
         seen = click > 0
         return self._fit_stages(click_rows, (X[seen], buy[seen]), valid, names, categorical, monotone,
@@ -449,11 +455,41 @@ def _best(booster: Any) -> int:
     return best if best > 0 else int(booster.current_iteration())
 
 
-def _click_sample(n: int, cap: int, groups: ArrayLike | None, seed: int) -> np.ndarray | None:
+def in_request_sample(request_ids: Any, share: float, seed: int) -> np.ndarray:
+    """Which rows belong to the sample of whole requests (a flag per row).
+
+    Each request is drawn with chance ``share``, decided by a seeded hash of its
+    ``request_id``, so a request's rows are drawn together and the sample is the same however
+    the rows are partitioned or ordered, on any worker and in any run.
+
+    >>> ids = np.array(["a", "a", "b", "c", "c", "c"], dtype=object)
+    >>> flags = in_request_sample(ids, 0.5, seed=3)
+    >>> bool((flags[:2] == flags[0]).all() and (flags[3:] == flags[3]).all())
+    True
+    >>> bool(in_request_sample(ids, 1.0, seed=3).all()), bool(in_request_sample(ids, 0.0, seed=3).any())
+    (True, False)
+    """
+    ids = np.asarray(request_ids, dtype=object).astype(str).astype(object)
+    if share >= 1.0:
+        return np.ones(len(ids), dtype=bool)
+    hashed = pd.util.hash_array(ids, hash_key=f"{seed % 2**64:016x}")
+    return np.asarray((hashed >> np.uint64(11)).astype(np.float64) / 2.0**53 < share, dtype=bool)
+
+
+def _click_sample(n: int, cap: int, groups: ArrayLike | None, seed: int,
+                  request_ids: ArrayLike | None = None) -> np.ndarray | None:
     """Sorted row indices of a uniform sample of at most about ``cap`` rows (whole requests when
-    ``groups`` is given), or ``None`` when every row is kept."""
+    ``request_ids`` or ``groups`` is given), or ``None`` when every row is kept.
+
+    With ``request_ids`` each request is drawn by :func:`in_request_sample` (the Dask
+    backend's draw); with ``groups`` only (request sizes) by a seeded generator."""
     if cap <= 0 or n <= cap:
         return None
+    if request_ids is not None:
+        ids = np.asarray(request_ids, dtype=object)
+        if ids.shape != (n,):
+            raise SchemaError("training data", "request_ids", f"one request id per row ({n})", f"shape {ids.shape}")
+        return np.flatnonzero(in_request_sample(ids, cap / n, seed))
     rng = np.random.default_rng(seed)
     if groups is None:
         return np.sort(rng.choice(n, size=cap, replace=False))

@@ -205,6 +205,13 @@ def test_dask_frame_and_model_match_in_process(events: Any, cluster: LocalDaskCl
         feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone)
     assert np.array_equal(on_dask.purchase_model.predict(held_out.features()), local_purchase.predict(held_out.features()))
     assert on_dask.purchase_fitted["purchase_model.click_rows"] == int(drawn.sum())
+    # and the pandas backend's purchase model is that one too (same hash sample of requests)
+    from trustfeed.training.train import fit_purchase_model
+
+    pandas_purchase, pandas_fitted = fit_purchase_model(PURCHASE, fit_part, valid_part, events["impressions"])
+    assert pandas_purchase is not None, pandas_fitted
+    assert np.array_equal(pandas_purchase.predict(held_out.features()), local_purchase.predict(held_out.features()))
+    assert pandas_fitted["purchase_model.click_rows"] == int(drawn.sum())
     assert on_dask.purchase_fitted["purchase_model.train_purchases"] == int(bought.sum()) == len(on_dask.fit_purchases)
 
 

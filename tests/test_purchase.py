@@ -153,6 +153,34 @@ def test_fitting_on_rows_drawn_elsewhere_gives_the_model_fit_learns_from_them() 
                                           valid, train_rows=half, feature_names=["a", "b"])
 
 
+def test_request_ids_draw_the_click_sample_by_the_request_hash() -> None:
+    # the pandas path draws what the Dask workers draw (in_request_sample at share cap / rows)
+    from trustfeed.ranker.purchase import _click_sample, in_request_sample
+
+    n = 8000
+    X, clicked, bought, position = _logged(n, 2, seed=5)
+    half = n // 2
+    ids = np.repeat(np.array([f"q{i}" for i in range(half // 8)], dtype=object), 8)
+    config = PurchaseModelConfig.from_dict({**_SMALL.to_dict(), "max_click_rows": 2000})
+    valid = (X[half:], clicked[half:], bought[half:], position[half:])
+    whole = PurchaseModel(config).fit(X[:half], clicked[:half], bought[:half], position[:half], *valid,
+                                      feature_names=["a", "b"], groups=np.full(half // 8, 8), request_ids=ids)
+    drawn = in_request_sample(ids, config.max_click_rows / half, config.seed)
+    assert 0 < drawn.sum() < half and whole.fit_info_["click_rows"] == int(drawn.sum())
+    seen = np.flatnonzero(clicked[:half] | bought[:half])
+    sampled = PurchaseModel(config).fit_sampled(
+        (X[:half][drawn], (clicked | bought)[:half][drawn], position[:half][drawn]), (X[seen], bought[seen]), valid,
+        train_rows=half, feature_names=["a", "b"])
+    assert np.array_equal(sampled.predict(X[half:]), whole.predict(X[half:]))
+    # the same requests whatever order the rows come in
+    order = np.random.default_rng(1).permutation(half)
+    rows = _click_sample(half, config.max_click_rows, None, config.seed, ids[order])
+    assert rows is not None and set(ids[order][rows]) == set(ids[drawn])
+    with pytest.raises(SchemaError, match="request_ids"):
+        _click_sample(half, config.max_click_rows, None, config.seed, ids[1:])
+
+
+
 def test_later_position_passes_reuse_the_binned_data_and_fit_what_fresh_data_would() -> None:
     """The click stage's data are binned once; each pass only changes the position offset. The
     trees must be those of a stage fitted from scratch with that pass's offset."""

@@ -41,7 +41,7 @@ from ..features.errors import ClusterError, SchemaError
 from ..features.events import EventLog
 from ..features.progress import NullProgress, Progress
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig, requests_with_positives
-from ..ranker.purchase import PurchaseModel, PurchaseModelConfig
+from ..ranker.purchase import PurchaseModel, PurchaseModelConfig, in_request_sample
 from ..features.context import build_context_tables
 from .dataset import (
     DatasetConfig,
@@ -223,27 +223,6 @@ def _fit_ranker(
     local = _watched(client, fit_and_fetch, what)
     return LambdaMART.from_booster(config, local.booster_, feature_schema=schema, monotone=monotone,
                                    evals_result=getattr(local, "evals_result_", None))
-
-
-def in_request_sample(request_ids: Any, share: float, seed: int) -> np.ndarray:
-    """Which rows belong to the sample of whole requests (a flag per row).
-
-    Each request is drawn with chance ``share``, decided by a seeded hash of its
-    ``request_id``, so a request's rows are drawn together and the sample is the same however
-    the rows are partitioned, on any worker and in any run.
-
-    >>> ids = np.array(["a", "a", "b", "c", "c", "c"], dtype=object)
-    >>> flags = in_request_sample(ids, 0.5, seed=3)
-    >>> bool((flags[:2] == flags[0]).all() and (flags[3:] == flags[3]).all())
-    True
-    >>> bool(in_request_sample(ids, 1.0, seed=3).all()), bool(in_request_sample(ids, 0.0, seed=3).any())
-    (True, False)
-    """
-    ids = np.asarray(request_ids, dtype=object).astype(str).astype(object)
-    if share >= 1.0:
-        return np.ones(len(ids), dtype=bool)
-    hashed = pd.util.hash_array(ids, hash_key=f"{seed % 2**64:016x}")
-    return np.asarray((hashed >> np.uint64(11)).astype(np.float64) / 2.0**53 < share, dtype=bool)
 
 
 def _sampled_requests(part: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:

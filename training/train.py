@@ -524,7 +524,7 @@ def fit_purchase_model(
             X_fit, fit_part.labels >= 1, bought, fit_part.positions,
             X_valid, valid_part.labels >= 1, bought_valid, valid_part.positions,
             feature_names=fit_part.feature_names, categorical=fit_part.categorical, monotone=fit_part.monotone,
-            groups=fit_part.groups(),
+            groups=fit_part.groups(), request_ids=fit_part.frame["request_id"].to_numpy(),
         )
     except SchemaError as error:  # a window with one outcome only: nothing to learn the split from
         return None, {"purchase_model.skipped": str(error)}
