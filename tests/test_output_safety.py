@@ -177,9 +177,12 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_output(tmp_path: Path) -
     script = Path(sys.executable).with_name("trustfeed")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "trustfeed.training.cli"]
     out = tmp_path / "data"
-    child = subprocess.Popen([*command, "simulate", "--out", str(out), "--merchants", "400", "--days", "60"],
+    child = subprocess.Popen([*command, "simulate", "--out", str(out), "--merchants", "4000", "--days", "60"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    time.sleep(1.5)  # while it imports pandas or simulates: both must end the same way
+    # while it imports pandas or simulates: both must end the same way. The world is large enough
+    # (about 10 s of simulation on a quiet machine) that 1.5 s never reaches the final write: 400
+    # merchants took under 2 s in all, and the signal then landed while the last table was written
+    time.sleep(1.5)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
     lines = [line for line in err.splitlines() if not line.startswith("[")]  # progress lines start with [
