@@ -177,11 +177,13 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_no_output(tmp_path: Path) -
     script = Path(sys.executable).with_name("trustfeed")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "trustfeed.training.cli"]
     out = tmp_path / "data"
+    # the child gets Ctrl-C's default disposition: a test run started in the background of a
+    # non-interactive shell (nohup ... &) inherits SIGINT ignored, and the CLI rightly keeps it so
     child = subprocess.Popen([*command, "simulate", "--out", str(out), "--merchants", "4000", "--days", "60"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    # while it imports pandas or simulates: both must end the same way. The world is large enough
-    # (about 10 s of simulation on a quiet machine) that 1.5 s never reaches the final write: 400
-    # merchants took under 2 s in all, and the signal then landed while the last table was written
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # while it imports pandas or simulates: both must end the same way (the world takes about 10 s
+    # to simulate, so 1.5 s lands well before the final write on any machine)
     time.sleep(1.5)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
