@@ -70,6 +70,9 @@ class TrackingServer:
             "--serve-artifacts", "--workers", "1",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # The tests log runs and models only; MLflow's job runner (one huey consumer process per
+        # job type, started with the server) is not used and made the start-up slow on a busy machine.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=env, cwd=self.root)
