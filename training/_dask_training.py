@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -287,6 +287,7 @@ def fit_on_dask(
     progress: Progress | None = None,
     purchase_config: PurchaseModelConfig | None = None,
     min_purchases: int = 20,
+    snapshot_builder: Callable[[EventLog, pd.Timestamp], Any] | None = None,
 ) -> DaskFit:
     """Build the training frame on a Dask cluster and train the ranker(s) there.
 
@@ -312,6 +313,12 @@ def fit_on_dask(
         Fit the purchase model with this config (``None``: no purchase model); it is skipped,
         with the reason in ``DaskFit.purchase_fitted``, when either window has fewer than
         ``min_purchases`` purchases or a stage sees one outcome only.
+    snapshot_builder
+        ``(events, as_of) -> TrustSnapshot`` run on the driver for each snapshot time, as
+        :func:`~trustfeed.training.dataset.build_training_frame` takes it (``None``:
+        :func:`~trustfeed.training.dataset.default_snapshot_builder`); the job passes
+        :func:`~trustfeed.training.train.index_source_recorder`'s, so both backends know how
+        each snapshot's trust index was made.
 
     Raises
     ------
@@ -332,7 +339,7 @@ def fit_on_dask(
         progress(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers at {client.scheduler.address}")
         warming = [client.submit(_ready, pure=False, workers=[address], allow_other_workers=False)
                    for address in client.scheduler_info().get("workers", {})]
-        builder = default_snapshot_builder(config)
+        builder = snapshot_builder or default_snapshot_builder(config)
         tables: dict[pd.Timestamp, tuple[Any, Any]] = {}
         for i, as_of in enumerate(plan.times):
             progress("building trust snapshot and context", i + 1, len(plan.times))

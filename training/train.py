@@ -415,7 +415,7 @@ def _bad_model_rows(fit_part: TrainingFrame, bought: np.ndarray, index_sources: 
     the end of the data, when the job adds it) has a fitted index, only purchases scored with
     a fitted index count; with fewer than
     ``_MIN_FITTED_INDEX_PURCHASES`` of them the index's own calibration is used
-    (``None``: :data:`INDEX_CALIBRATION`). Without sources (the Dask backend): every purchase.
+    (``None``: :data:`INDEX_CALIBRATION`). Without sources: every purchase.
     """
     if not index_sources:
         return bought, "all purchases (index sources unknown)"
@@ -836,10 +836,38 @@ def _import_mlflow() -> None:
 
 
 def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
-    from .dataset import build_training_frame, time_split
-
     run.log_params(flatten_params(config.to_dict()))
     run.set_tags(_data_tags(config, windows))
+    job = _fit_job(config, events, windows, progress)
+    return _bundle_evaluate_log(config, events, windows, run, progress, job.model, job.plain_model, job.policy,
+                                job.balancer, job.fitted, job.valid_part, job.train_requests, job.tables_later,
+                                job.purchase_model, job.truth)
+
+
+@dataclass(frozen=True)
+class _FittedJob:
+    """What the job fitted from the events, before anything is saved or logged."""
+
+    model: LambdaMART
+    plain_model: LambdaMART | None
+    policy: Policy
+    balancer: BalancerConfig
+    fitted: dict[str, Any]
+    valid_part: TrainingFrame
+    train_requests: int
+    tables_later: list[tuple[TrustSnapshot, ContextTables]]
+    purchase_model: PurchaseModel | None
+    truth: _Truth | None
+
+
+def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progress: Progress) -> _FittedJob:
+    """The models, policy and balancer of one job on either backend, and the later snapshots.
+
+    Everything but LambdaMART is meant to be the same on both backends: they build the same
+    snapshots with the same recorder of index sources, fit the same purchase model and hand
+    the same rows to :func:`fit_policy_and_target`.
+    """
+    from .dataset import build_training_frame, time_split
 
     dataset_config = config.dataset
     # the trust snapshots and context tables of the serving bundle (as of the end of the data)
@@ -854,8 +882,9 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
     purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]] | None = None
     truth_later: Future[_Truth] | None = None
     dask_purchase: tuple[PurchaseModel | None, dict[str, Any]] = (None, {})
-    # how each training snapshot's trust index was made (the pandas path records it)
+    # how each training snapshot's trust index was made: both backends build their snapshots with it
     index_sources: dict[pd.Timestamp, str] = {}
+    snapshot_builder = index_source_recorder(dataset_config, index_sources)
     try:
         progress(f"building training data from {windows.data_start.date()} to {windows.holdout_start.date()}")
         if config.backend == "dask":
@@ -871,6 +900,7 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
                 model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
                 plain_schema_of=plain_feature_schema, scheduler=config.scheduler, progress=progress,
                 purchase_config=config.purchase_model if wants_purchase_model else None, min_purchases=_MIN_PURCHASES,
+                snapshot_builder=snapshot_builder,
             )
             model, plain_model = on_dask.model, on_dask.plain_model
             dask_purchase = (on_dask.purchase_model, dict(on_dask.purchase_fitted))
@@ -878,7 +908,7 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
             fit_part, valid_part, train_requests = on_dask.fit_purchases, on_dask.valid_part, on_dask.train_requests
         else:
             frame = build_training_frame(events, start=None, end=windows.holdout_start, config=dataset_config, progress=progress,
-                                         snapshot_builder=index_source_recorder(dataset_config, index_sources))
+                                         snapshot_builder=snapshot_builder)
             fit_part, valid_part = time_split(frame, valid_from=windows.valid_start)
             if len(fit_part) == 0 or len(valid_part) == 0:
                 raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
@@ -929,8 +959,8 @@ def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, r
         truth = truth_later.result() if truth_later is not None else None
     finally:
         background.shutdown(wait=True, cancel_futures=True)
-    return _bundle_evaluate_log(config, events, windows, run, progress, model, plain_model, policy, balancer_config,
-                                fitted, valid_part, train_requests, tables_later, purchase_model, truth)
+    return _FittedJob(model, plain_model, policy, balancer_config, fitted, valid_part, train_requests, tables_later,
+                      purchase_model, truth)
 
 
 def _purchase_model_and_scores(
