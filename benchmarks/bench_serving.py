@@ -15,17 +15,22 @@ column form of the response. Each time is given as wall clock and, in brackets, 
 thread's CPU time, which a busy shared machine disturbs less (in a VM it still counts stolen
 time):
 
-- ``demo``: trained like ``trustfeed demo`` does (simulated platform of 150 merchants over
-  42 days, LambdaMART with up to 120 rounds and early stopping), or an existing bundle / MLflow
-  model given with ``--bundle``;
-- ``reference``: 200 trees x 63 leaves on the same features (fixed size, no early stopping).
+- ``demo``: the bundle ``trustfeed demo`` trains: its simulated platform (200 merchants over
+  56 days, ``--seed``) and its training job (``trustfeed train`` with the demo's sizes:
+  LambdaMART, the purchase model and the fitted policy; the in-job evaluation and the plain
+  comparison model are skipped, they do not change the bundle), or an existing bundle / MLflow
+  model given with ``--bundle``. A bundle with a purchase model ranks on it, so the raw
+  predict it is compared with is both purchase stages' ``Booster.predict``; the raw
+  LambdaMART predict is printed beside it;
+- ``reference``: 200 trees x 63 leaves on the same platform's features (fixed size, no early
+  stopping), ranked on LambdaMART.
 
 After loading, the process calls ``gc.freeze()`` as a service would (``--no-gc-freeze`` to
 skip it). A per-stage breakdown at 500 candidates shows where the time beyond ``predict`` goes.
 
 Run::
 
-    python benchmarks/bench_serving.py                 # about a minute of setup on 2 cores
+    python benchmarks/bench_serving.py                 # one to two minutes of setup on 2 cores
     python benchmarks/bench_serving.py --bundle trustfeed-demo/.../bundle --iterations 2000
 """
 
@@ -46,61 +51,69 @@ from trustfeed.serving import FeedRanker
 SIZES = (50, 200, 500, 1000)
 
 
-def _train_parts(seed: int) -> dict[str, Any]:
-    from trustfeed.features.context import FeatureAssembler, build_context_tables
-    from trustfeed.features.events import validate_events
-    from trustfeed.features.trust import build_snapshot
-    from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
-    from trustfeed.training.dataset import DatasetConfig, build_training_frame
-    from trustfeed.training.simulate import SimConfig, simulate
+def _simulate(seed: int, root: Path) -> Path:
+    """The demo's platform (``trustfeed demo``'s size), written as an event log."""
+    from trustfeed.training.demo import DemoConfig
+    from trustfeed.training.simulate import SimConfig, simulate, write_dataset
+
+    demo = DemoConfig()
+    events_dir = root / "events"
+    write_dataset(simulate(SimConfig(seed=seed, merchants=demo.merchants, days=demo.days)), events_dir)
+    return events_dir
+
+
+def _train_demo(events_dir: Path, root: Path) -> Path:
+    """The bundle ``trustfeed demo`` trains (its training job on the same events), without the
+    job's in-job evaluation and comparison model, which do not change the served bundle."""
+    from trustfeed.training.demo import DemoConfig, demo_train_config
+    from trustfeed.training.train import train
 
     started = time.perf_counter()
-    platform = simulate(SimConfig(seed=seed, merchants=150, days=42))
-    events = validate_events(platform.tables)
-    start, end = platform.config.start_time, platform.config.end_time
-    frame = build_training_frame(events, start=start + pd.Timedelta(days=7), end=end,
-                                 config=DatasetConfig(snapshot_every_days=7))
-    requests = frame.frame["request_id"].to_numpy()
-    cut = int(len(requests) * 0.85)
-    while 0 < cut < len(requests) and requests[cut] == requests[cut - 1]:
-        cut += 1  # keep whole requests on one side
-    fit, valid = frame.subset(np.arange(len(requests)) < cut), frame.subset(np.arange(len(requests)) >= cut)
-    schema = dict(feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone,
-                  feature_schema=frame.schema)
-    demo = LambdaMART(LambdaMARTConfig(num_rounds=120, early_stopping_rounds=20)).fit(
-        fit.features(), fit.labels, fit.groups(), position=fit.positions,
-        X_valid=valid.features(), y_valid=valid.labels, group_valid=valid.groups(), **schema,
-    )
+    result = train(demo_train_config(DemoConfig(), events_dir, f"sqlite:///{root / 'mlflow.db'}", root / "models",
+                                     experiment="bench-serving", evaluate=False, train_plain=False))
+    print(f"setup: demo bundle trained by the demo's training job in {time.perf_counter() - started:.0f} s")
+    return result.bundle_dir
+
+
+def _train_reference(seed: int, events_dir: Path, root: Path) -> Path:
+    """200 trees x 63 leaves on the same platform's features (fixed size, no early stopping)."""
+    from trustfeed.features.context import FeatureAssembler, build_context_tables
+    from trustfeed.features.events import load_events
+    from trustfeed.features.trust import build_snapshot
+    from trustfeed.ranker.balancer import BalancerConfig, ExposureBalancer
+    from trustfeed.ranker.bundle import save_bundle
+    from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
+    from trustfeed.ranker.pipeline import RankingPipeline
+    from trustfeed.training.dataset import DatasetConfig, build_training_frame
+
+    started = time.perf_counter()
+    events = load_events(events_dir)
+    end = events["impressions"]["ts"].max().floor("D") + pd.Timedelta(days=1)
+    frame = build_training_frame(events, start=None, end=end, config=DatasetConfig(snapshot_every_days=7))
     # fixed size: random labels keep every tree growing to its 63 leaves
     rng = np.random.default_rng(seed)
     reference = LambdaMART(LambdaMARTConfig(
         num_rounds=200, num_leaves=63, min_data_in_leaf=5, early_stopping_rounds=0, position_bias=False,
         max_label=4,
-    )).fit(frame.features(), rng.integers(0, 5, len(frame)), frame.groups(), **schema)
-    as_of = end.floor("D")
-    snapshot = build_snapshot(events, as_of)
-    context = build_context_tables(events, as_of)
-    print(f"setup: {len(frame)} training rows, demo model {demo.best_iteration_} trees, "
-          f"reference {reference.best_iteration_} trees, {time.perf_counter() - started:.0f} s")
-    return {"snapshot": snapshot, "context": context, "demo": demo, "reference": reference,
-            "assembler": lambda: FeatureAssembler(snapshot, context, schema=frame.schema)}
-
-
-def _save(parts: dict[str, Any], model: Any, path: Path) -> Path:
-    from trustfeed.ranker.balancer import BalancerConfig, ExposureBalancer
-    from trustfeed.ranker.bundle import save_bundle
-    from trustfeed.ranker.pipeline import RankingPipeline
-
-    pipeline = RankingPipeline(parts["assembler"](), model, None, ExposureBalancer(BalancerConfig()),
-                               snapshot=parts["snapshot"], context=parts["context"])
+    )).fit(frame.features(), rng.integers(0, 5, len(frame)), frame.groups(), feature_names=frame.feature_names,
+           categorical=frame.categorical, monotone=frame.monotone, feature_schema=frame.schema)
+    snapshot = build_snapshot(events, end)
+    context = build_context_tables(events, end)
+    pipeline = RankingPipeline(FeatureAssembler(snapshot, context, schema=frame.schema), reference, None,
+                               ExposureBalancer(BalancerConfig()), snapshot=snapshot, context=context)
+    path = root / "reference"
     save_bundle(pipeline, path)
+    print(f"setup: reference {reference.best_iteration_} trees on {len(frame)} training rows, "
+          f"{time.perf_counter() - started:.0f} s")
     return path
 
 
-def _bundles(seed: int, root: Path, demo_uri: str | None) -> tuple[Any, Path]:
-    parts = _train_parts(seed)
-    demo = demo_uri or _save(parts, parts["demo"], root / "demo")
-    return demo, _save(parts, parts["reference"], root / "reference")
+def _bundles(seed: int, root: Path, demo_uri: str | None, reference: bool) -> tuple[Any, Path | None]:
+    if demo_uri is not None and not reference:
+        return demo_uri, None
+    events_dir = _simulate(seed, root)
+    demo = demo_uri or _train_demo(events_dir, root)
+    return demo, _train_reference(seed, events_dir, root) if reference else None
 
 
 def _requests(ranker: FeedRanker, n: int, count: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -302,19 +315,19 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        if args.no_reference and args.bundle:
-            demo_uri, reference_uri = args.bundle, None
-        else:
-            demo_uri, reference_uri = _bundles(args.seed, Path(tmp), args.bundle)
+        demo_uri, reference_uri = _bundles(args.seed, Path(tmp), args.bundle, not args.no_reference)
         gc.collect()  # the training data is gone: the process holds what a service would
         rankers = {"demo": FeedRanker.load(demo_uri, predictor="lightgbm")}
-        if reference_uri is not None and not args.no_reference:
+        if reference_uri is not None:
             rankers["reference (200 x 63)"] = FeedRanker.load(reference_uri, predictor="lightgbm")
         if not args.no_gc_freeze:
             gc.freeze()
         results = {name: bench_model(name, r, args.iterations, args.warmup, args.seed, Path(tmp) / "compiled")
                    for name, r in rankers.items()}
-        breakdown(rankers["demo"], 500, 300, args.seed)
+        # the breakdown of what serves by default: compiled trees when lleaves is installed (the
+        # cache already holds them, from the timings above)
+        breakdown(FeedRanker.load(demo_uri, predictor="auto", compile_cache=Path(tmp) / "compiled"), 500, 300,
+                  args.seed)
 
     print(f"\nsummary at 500 candidates, ms, wall [thread CPU]; gc.freeze() after load: {not args.no_gc_freeze}")
     for name, by_size in results.items():

@@ -327,6 +327,8 @@ class ExposureBalancer:
         # lift="value": quantile knots of the population's stored exposure at the last
         # controller update (None: not measured yet) and the running score scale
         self._knots: np.ndarray | None = None
+        # the Gini of the last knots a request read (they change only at a controller update)
+        self._knots_gini: tuple[np.ndarray, float] | None = None
         self._score_scale = 0.0
         self._scale_count = 0
         self._position = np.arange(self.config.relevance_floor, dtype=np.float64)
@@ -435,7 +437,7 @@ class ExposureBalancer:
             knots = _quantile_knots(np.sort(self._population()), presorted=True)
             with self._lock:
                 self._knots = knots if self._knots is None else self._knots
-        lift = (strength * scale, knots) if value_lift else None
+        lift = (strength * scale, knots, self._gini_of(knots)) if value_lift else None
         order = self._order(base, slots, stored, mean, tru, rel, strength, lift)
         if cfg.auto_record if record is None else record:
             served = order if cfg.record_k is None else order[: cfg.record_k]
@@ -448,6 +450,18 @@ class ExposureBalancer:
             )
         return order
 
+    def _gini_of(self, knots: np.ndarray | None) -> float:
+        """:func:`_knots_gini` of ``knots``, computed once per knots array (they are replaced,
+        never changed in place)."""
+        if knots is None:
+            return 0.0
+        cached = self._knots_gini  # one read: another thread may replace it meanwhile
+        if cached is not None and cached[0] is knots:
+            return cached[1]
+        g = _knots_gini(knots)
+        self._knots_gini = (knots, g)
+        return g
+
     def _order(
         self,
         base: np.ndarray,
@@ -457,7 +471,7 @@ class ExposureBalancer:
         trust: np.ndarray,
         relevance: np.ndarray,
         strength: float,
-        lift: tuple[float, np.ndarray | None] | None = None,
+        lift: tuple[float, np.ndarray | None, float] | None = None,
     ) -> np.ndarray:
         cfg = self.config
         n = base.size
@@ -734,7 +748,14 @@ class ExposureBalancer:
 def _spread(scores: np.ndarray) -> float:
     """Standard deviation of the finite scores (NaN when fewer than two)."""
     finite = scores[np.isfinite(scores)]
-    return float(finite.std()) if finite.size > 1 else float("nan")
+    n = finite.size
+    if n < 2:
+        return float("nan")
+    # numpy's std, step for step (mean, squared deviations, their mean, square root): the same
+    # value to the last bit, without its Python-level argument handling on every request
+    deviation = finite - np.add.reduce(finite) / n
+    np.square(deviation, out=deviation)
+    return math.sqrt(float(np.add.reduce(deviation)) / n)
 
 
 def _quantile_knots(values: np.ndarray, presorted: bool = False) -> np.ndarray:
@@ -751,28 +772,33 @@ def _quantile(knots: np.ndarray, values: np.ndarray) -> np.ndarray:
     steps = knots.size - 1
     below = np.searchsorted(knots, values, side="left")
     upto = np.searchsorted(knots, values, side="right")
-    return np.clip((below + upto - 1.0) / (2.0 * steps), 0.0, 1.0)
+    # np.minimum/np.maximum: np.clip's values, without its Python-level dispatch per call
+    return np.minimum(np.maximum((below + upto - 1.0) / (2.0 * steps), 0.0), 1.0)
+
+
+def _knots_gini(knots: np.ndarray) -> float:
+    """The population's Gini, read from its quantile knots (sorted): within about 1 / 100 of the
+    ledger's, and the same after a state round trip."""
+    total = float(knots.sum())
+    return float((2.0 * np.arange(1, knots.size + 1) - knots.size - 1.0) @ knots / (knots.size * total)) if total > 0 else 0.0
 
 
 def _value_lift(head: np.ndarray, eligible: np.ndarray, stored: np.ndarray, relevance: np.ndarray,
-                step: float, knots: np.ndarray | None, max_move: int) -> np.ndarray:
+                step: float, knots: np.ndarray | None, g: float, max_move: int) -> np.ndarray:
     """The promotable head re-sorted by score plus the priced Gini gradient (``lift="value"``).
 
     ``step`` is ``strength * scale``: what one unit of the Gini gradient is worth on the
-    score's scale. Scores along the base order are first made non-increasing (a running
-    minimum: a duplicate the diversity rule moved down keeps its place). Each key is then
-    capped by the smallest key more than ``max_move`` places ahead (0 places for an item that
-    may not rise); ties go to the item allowed the higher position, so every item that must
-    stay ahead of another does and none ends more than its allowed move higher.
+    score's scale; ``g`` is the population's Gini read from ``knots`` (:func:`_knots_gini`).
+    Scores along the base order are first made non-increasing (a running minimum: a duplicate
+    the diversity rule moved down keeps its place). Each key is then capped by the smallest key
+    more than ``max_move`` places ahead (0 places for an item that may not rise); ties go to
+    the item allowed the higher position, so every item that must stay ahead of another does
+    and none ends more than its allowed move higher.
     """
     if knots is None or step <= 0.0:
         return head
     score = relevance[head]
     score = np.minimum.accumulate(np.where(np.isnan(score), -np.inf, score))
-    # the population's Gini, read from its quantile knots (sorted): within about 1 / 100 of the
-    # ledger's, and the same after a state round trip
-    total = float(knots.sum())
-    g = float((2.0 * np.arange(1, knots.size + 1) - knots.size - 1.0) @ knots / (knots.size * total)) if total > 0 else 0.0
     # -dG/dx_c is proportional to G + 1 - 2 F_c (F_c: c's exposure quantile): positive for the
     # under-exposed, negative for the over-exposed; an item that may not rise keeps only the
     # negative part (it may be passed, never lifted)

@@ -546,7 +546,7 @@ class RankingPipeline:
         features: np.ndarray | None,
     ) -> list[dict[str, Any]]:
         """One dict per item, best first: ``picked`` indexes the three id sequences."""
-        stream_ids, creator_ids, merchant_ids = (_pick(ids, picked) for ids in id_lists)
+        stream_ids, creator_ids, merchant_ids = (_picked(ids, picked) for ids in id_lists)
         # the per-item work is one dict display: the zip yields ready values (C-level
         # tolist and picks), and the lists are equally long by construction
         items = [
@@ -569,6 +569,13 @@ def _pick(values: Sequence[str] | np.ndarray, positions: np.ndarray) -> list[str
     if positions.size > 1:
         return list(itemgetter(*positions.tolist())(values))
     return [values[i] for i in positions.tolist()]
+
+
+def _picked(values: Sequence[str] | np.ndarray, positions: np.ndarray) -> Sequence[str]:
+    """:func:`_pick` for one pass over the result: the picked tuple itself, not a list copy of it."""
+    if positions.size > 1 and not isinstance(values, np.ndarray):
+        return itemgetter(*positions.tolist())(values)  # type: ignore[no-any-return]
+    return _pick(values, positions)
 
 
 def _chain(columns: list[list[str]]) -> list[str]:

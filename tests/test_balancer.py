@@ -478,3 +478,33 @@ def test_states_saved_before_the_value_lift_still_load(rng: np.random.Generator)
     creators = [f"c{i}" for i in rng.integers(0, 300, size=30)]
     order = restored.rerank(creators, creators, rng.normal(size=30), rng.random(30))
     assert sorted(order.tolist()) == list(range(30))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([math.nan, math.inf, -math.inf])), max_size=60))
+def test_score_spread_is_numpys_std_to_the_last_bit(values: list[float]) -> None:
+    from trustfeed.ranker.balancer import _spread
+
+    scores = np.asarray(values, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    expected = float(finite.std()) if finite.size > 1 else math.nan
+    assert _spread(scores) == expected or (math.isnan(expected) and math.isnan(_spread(scores)))
+
+
+def test_the_value_lift_reads_the_gini_of_the_current_knots() -> None:
+    # the Gini of the knots is kept between requests; every controller update replaces the
+    # knots, and the next request must read the new ones' Gini, not the kept one
+    from trustfeed.ranker.balancer import _knots_gini
+
+    balancer = ExposureBalancer(BalancerConfig(target_gini=0.5, control_interval=5, **{
+        k: v for k, v in CONTROL.items() if k != "control_interval"}))
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(40):
+        creators = [f"c{i}" for i in rng.integers(0, 60, 30)]
+        balancer.rerank(creators, creators, rng.normal(size=30), np.full(30, 0.9))
+        knots = balancer._knots
+        if knots is not None:
+            seen.add(id(knots))
+            assert balancer._gini_of(knots) == _knots_gini(knots)
+    assert len(seen) > 2  # the knots were replaced several times

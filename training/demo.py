@@ -18,12 +18,15 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..features.config import Config, Constraints, Integer, Items, Real, Text
 from ..features.progress import NullProgress, Progress
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import TrainJobConfig
+
+__all__ = ["DemoConfig", "DemoResult", "demo_train_config", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -147,19 +150,14 @@ def run_demo(
     """
     from ..features.events import load_events
     from ..features.trust import build_snapshot
-    from ..ranker.balancer import BalancerConfig
-    from ..ranker.lambdamart import LambdaMARTConfig
-    from .dataset import DatasetConfig
     from .evaluation import EvalConfig, evaluate
     from .evaluation.rollout_report import ROLLOUT_HTML, evaluate_rollout, rollout_headline
     from .registry import default_tracking_uri
     from .simulate import SimConfig, simulate, write_dataset
-    from .train import TrainJobConfig, train
+    from .train import train
 
     config = config or DemoConfig()
     progress = progress or NullProgress()
-    product = BalancerConfig()
-    gini_ratio = config.target_gini_ratio if config.target_gini_ratio is not None else TrainJobConfig.target_gini_ratio
     started = time.perf_counter()
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -179,24 +177,7 @@ def run_demo(
     progress(f"demo 3/{steps}: training the ranker and logging it to MLflow")
     evaluation = EvalConfig(sweep_strengths=config.sweep_strengths)
     result = train(
-        TrainJobConfig(
-            events=events_dir,
-            experiment=config.experiment,
-            tracking_uri=tracking_uri,
-            output_dir=out / "models",
-            dataset=DatasetConfig(snapshot_every_days=config.snapshot_every_days),
-            model=LambdaMARTConfig(num_rounds=config.num_rounds, early_stopping_rounds=config.early_stopping_rounds),
-            # without an absolute target_gini, the training job sets it from the data
-            balancer=BalancerConfig(
-                max_move=product.max_move if config.balancer_max_move is None else config.balancer_max_move,
-                relevance_floor=(product.relevance_floor if config.balancer_relevance_floor is None
-                                 else config.balancer_relevance_floor),
-                target_gini=product.target_gini if config.target_gini is None else config.target_gini,
-            ),
-            target_gini_ratio=gini_ratio if config.target_gini is None else None,
-            evaluation=evaluation,
-            run_name="demo",
-        ),
+        demo_train_config(config, events_dir, tracking_uri, out / "models", evaluation=evaluation, run_name="demo"),
         progress=progress,
     )
 
@@ -227,6 +208,45 @@ def run_demo(
         rollout_path=rollout_path,
         headline=headline,
     )
+
+
+def demo_train_config(
+    config: DemoConfig,
+    events_dir: str | os.PathLike[str],
+    tracking_uri: str,
+    output_dir: str | os.PathLike[str],
+    **fields: Any,
+) -> TrainJobConfig:
+    """The training job the demo runs on ``events_dir``: the product's job with the demo's sizes.
+
+    ``fields`` set other :class:`~trustfeed.training.train.TrainJobConfig` fields (e.g.
+    ``evaluate=False``: the same bundle without the in-job evaluation, as
+    ``benchmarks/bench_serving.py`` trains the model it times).
+    """
+    from ..ranker.balancer import BalancerConfig
+    from ..ranker.lambdamart import LambdaMARTConfig
+    from .dataset import DatasetConfig
+    from .train import TrainJobConfig
+
+    product = BalancerConfig()
+    gini_ratio = config.target_gini_ratio if config.target_gini_ratio is not None else TrainJobConfig.target_gini_ratio
+    job: dict[str, Any] = {
+        "events": Path(events_dir),
+        "experiment": config.experiment,
+        "tracking_uri": tracking_uri,
+        "output_dir": Path(output_dir),
+        "dataset": DatasetConfig(snapshot_every_days=config.snapshot_every_days),
+        "model": LambdaMARTConfig(num_rounds=config.num_rounds, early_stopping_rounds=config.early_stopping_rounds),
+        # without an absolute target_gini, the training job sets it from the data
+        "balancer": BalancerConfig(
+            max_move=product.max_move if config.balancer_max_move is None else config.balancer_max_move,
+            relevance_floor=(product.relevance_floor if config.balancer_relevance_floor is None
+                             else config.balancer_relevance_floor),
+            target_gini=product.target_gini if config.target_gini is None else config.target_gini,
+        ),
+        "target_gini_ratio": gini_ratio if config.target_gini is None else None,
+    }
+    return TrainJobConfig(**{**job, **fields})
 
 
 def _one_day() -> Any:
