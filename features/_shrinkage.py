@@ -53,9 +53,17 @@ class BetaPrior:
             n = len(index)
             return np.full(n, self.pooled_alpha), np.full(n, self.pooled_beta)
         keys = groups.reindex(index)
-        alpha = keys.map(self.alpha).astype("float64").fillna(self.pooled_alpha).to_numpy()
-        beta = keys.map(self.beta).astype("float64").fillna(self.pooled_beta).to_numpy()
-        return alpha, beta
+        # Positions in the (unique) group index, -1 for unknown or null groups: one hash
+        # lookup shared by alpha and beta, no mapped Series (50k merchants x 20 rates x 6 calls)
+        slot = self.alpha.index.get_indexer(pd.Index(keys))
+        found = slot >= 0
+        at = np.where(found, slot, 0)
+
+        def pick(values: pd.Series, pooled: float) -> np.ndarray:
+            chosen = values.to_numpy(dtype="float64")[at]
+            return np.where(found & ~np.isnan(chosen), chosen, pooled)
+
+        return pick(self.alpha, self.pooled_alpha), pick(self.beta, self.pooled_beta)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able parameters (for the snapshot manifest)."""

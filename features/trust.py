@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from ._dask_backend import make_aggregator
 from ._early_warning import early_warning_scores
 from ._schema import BENEFITS
 from ._shrinkage import beta_posterior_mean, fit_beta_prior, fit_gamma_prior, gamma_posterior_mean
-from ._signals import CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids
+from ._signals import FOLLOWED_COLUMN, CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids, with_followed
 from ._trust_config import TrustConfig
 from ._trust_index import IndexModel, RiskRows, derive_signals, top_reasons
 from .errors import ConfigError, SchemaError
@@ -454,18 +455,25 @@ def build_snapshot(
     cut = to_utc(as_of)
     progress(f"trust: encoding events before {cut.isoformat()}")
     known, enc = encode_ids(_project(events).before(cut))
-    earlier = None
-    if index is None:
-        # The earlier cuts first: while they are built, nothing of the evidence at the cut is
-        # held yet (their risk rows are small; the evidence's per-order labels are not).
-        progress("trust: fitting the index on earlier cuts (their evidence)")
-        earlier = _earlier_risks(known, cut, config, backend, _host_exposure(known), enc) if config.fit_index else []
-    progress("trust: evidence")
-    refs = None if references is None else references.codes(enc)
-    raw, meta = _raw_evidence(known, cut, config, backend, enc, refs)
-    return _finish(
-        known, enc, _registered(raw, meta, enc), meta, cut, config, backend, progress, index, events.warnings, earlier=earlier
-    )
+    if index is None and config.fit_index:
+        # One order-level flag the earlier cuts would each compute again (same in every cut)
+        known = with_followed(known, enc)
+    earlier: list[tuple[pd.Timestamp, Future[RiskRows]]] | None = None
+    # One helper thread derives each earlier cut's signals from its merchant counts (per
+    # merchant: small, and mostly the inverse incomplete beta, which runs without the
+    # interpreter lock) while this thread goes on with the next cut's per-order evidence.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trust-cut") as tails:
+        if index is None:
+            # The earlier cuts first: while they are built, nothing of the evidence at the cut is
+            # held yet (their risk rows are small; the evidence's per-order labels are not).
+            progress("trust: fitting the index on earlier cuts (their evidence)")
+            earlier = _earlier_risk_futures(known, cut, config, backend, _host_exposure(known), enc, tails) if config.fit_index else []
+        progress("trust: evidence")
+        refs = None if references is None else references.codes(enc)
+        raw, meta = _raw_evidence(known, cut, config, backend, enc, refs)
+        return _finish(
+            known, enc, _registered(raw, meta, enc), meta, cut, config, backend, progress, index, events.warnings, earlier=earlier
+        )
 
 
 def _host_exposure(known: EventLog) -> str:
@@ -486,7 +494,7 @@ def _finish(
     input_warnings: tuple[str, ...] | list[str],
     user_order: np.ndarray | None = None,
     *,
-    earlier: list[tuple[pd.Timestamp, RiskRows]] | None = None,
+    earlier: list[tuple[pd.Timestamp, Future[RiskRows]]] | None = None,
 ) -> TrustSnapshot:
     """Shrink, fit (or carry) the index and score: the snapshot from the registered merchants' counts.
 
@@ -504,8 +512,10 @@ def _finish(
     if index is None:
         if earlier is None:
             progress("trust: fitting the index on an earlier cut")
-            earlier = _earlier_risks(known, cut, config, backend, host_exposure, enc) if config.fit_index else []
-        model, fit_info = _fit_index(known, counts, cut, config, earlier, population)
+            cuts = _earlier_risks(known, cut, config, backend, host_exposure, enc) if config.fit_index else []
+        else:
+            cuts = [(start, rows.result()) for start, rows in earlier]
+        model, fit_info = _fit_index(known, counts, cut, config, cuts, population)
     else:
         progress("trust: index weights carried from an earlier snapshot")
         model = IndexModel.from_dict(index, list(risk.columns))
@@ -558,11 +568,54 @@ def _earlier_risks(
     known: EventLog, cut: pd.Timestamp, config: TrustConfig, backend: str, host_exposure: str, enc: Encoding
 ) -> list[tuple[pd.Timestamp, RiskRows]]:
     """What the index reads at each earlier cut ``T - k * horizon`` (k = 1..fit_cuts) with orders before it."""
+    return [(start, rows.result()) for start, rows in _earlier_risk_futures(known, cut, config, backend, host_exposure, enc)]
+
+
+def _earlier_risk_futures(
+    known: EventLog, cut: pd.Timestamp, config: TrustConfig, backend: str, host_exposure: str, enc: Encoding,
+    tails: Executor | None = None,
+) -> list[tuple[pd.Timestamp, Future[RiskRows]]]:
+    """:func:`_earlier_risks`, with each cut's signals derived by ``tails`` (None: here, in turn).
+
+    The cuts' evidence is built here one at a time (the per-order work, and the memory);
+    only the per-merchant rest goes to ``tails``, so at most one cut's orders are held.
+    """
     created = known["orders"]["created_at"]
     starts = [cut - pd.Timedelta(days=k * config.horizon_days) for k in range(1, config.fit_cuts + 1)]
     # A cut with no orders before it ends the list (every earlier cut has none either).
     starts = [s for s in starts if (created < s).to_numpy(dtype=bool, na_value=False).any()]
-    return [(s, _risk_rows_at(known, s, config, backend, host_exposure, enc)) for s in starts]
+    risk_log = _risk_columns(known)
+    missing = _absent(known)
+    out: list[tuple[pd.Timestamp, Future[RiskRows]]] = []
+    for start in starts:
+        then, meta_then = _risk_evidence(risk_log.before(start), start, config, backend, enc)
+        args = (then, meta_then, config, host_exposure, missing, enc)
+        out.append((start, tails.submit(_risk_rows_of, *args) if tails is not None else _done(_risk_rows_of(*args))))
+    return out
+
+
+# Columns of the encoded log that no risk signal reads (the earlier cuts copy the rows before
+# each cut of every column they keep): the creators' engagement, and the follows' and orders'
+# creators once the orders carry their follower flag (with_followed).
+_NOT_RISK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "impressions": ("creator_id", "clicked", "purchased"),
+    "follows": ("creator_id",),
+    "orders": ("creator_id",),
+}
+
+
+def _risk_columns(known: EventLog) -> EventLog:
+    """The encoded log without the columns the risk-only evidence never reads (no copy)."""
+    from .events import EventLog
+
+    if FOLLOWED_COLUMN not in known["orders"].columns:
+        return known  # the follower flag still needs the follows' and orders' creators
+    tables = {}
+    for name in known.tables:
+        frame = known[name]
+        drop = [c for c in _NOT_RISK_COLUMNS.get(name, ()) if c in frame.columns]
+        tables[name] = frame.drop(columns=drop) if drop else frame
+    return EventLog(tables, known.missing, known.warnings, known.missing_columns)
 
 
 def _risk_rows_at(
@@ -570,8 +623,22 @@ def _risk_rows_at(
 ) -> RiskRows:
     """What the index reads as of the earlier cut ``start`` (from the events before it)."""
     then, meta_then = _risk_evidence(known.before(start), start, config, backend, enc)
-    _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, _absent(known))
-    return _index_rows(risk_then, meta_then, priors_then, config, host_exposure, _absent(known), enc)[0]
+    return _risk_rows_of(then, meta_then, config, host_exposure, _absent(known), enc)
+
+
+def _risk_rows_of(
+    then: SignalCounts, meta_then: pd.DataFrame, config: TrustConfig, host_exposure: str, missing: tuple[str, ...], enc: Encoding
+) -> RiskRows:
+    """What the index reads, from an earlier cut's registered merchants' counts."""
+    _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, missing)
+    return _index_rows(risk_then, meta_then, priors_then, config, host_exposure, missing, enc)[0]
+
+
+def _done(rows: RiskRows) -> Future[RiskRows]:
+    """``rows`` as a finished future (the cuts' signals derived in this thread)."""
+    future: Future[RiskRows] = Future()
+    future.set_result(rows)
+    return future
 
 
 def _fit_index(

@@ -781,14 +781,19 @@ def test_risk_only_evidence_is_the_full_builds_risk_columns(crafted, days_before
 
 
 def test_earlier_cuts_in_threads_equal_one_at_a_time(crafted):
-    """The earlier fit cuts run two at a time: same cuts, same order, same rows as one by one."""
+    """The earlier fit cuts' signals derived by a helper thread while the next cut's evidence is
+    built: same cuts, same order, same rows as one cut after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from trustfeed.features._signals import encode_ids
-    from trustfeed.features.trust import _earlier_risks, _risk_rows_at
+    from trustfeed.features.trust import _earlier_risk_futures, _risk_rows_at
 
     tables, _ = crafted
     config = TrustConfig(min_fit_merchants=30, fit_cuts=3, horizon_days=20)
     known, enc = encode_ids(validate_events(tables).before(AS_OF))
-    threaded = _earlier_risks(known, AS_OF, config, "pandas", "n_streams", enc)
+    with ThreadPoolExecutor(max_workers=1) as tails:
+        futures = _earlier_risk_futures(known, AS_OF, config, "pandas", "n_streams", enc, tails)
+        threaded = [(start, rows.result()) for start, rows in futures]
     starts = [AS_OF - pd.Timedelta(days=20 * k) for k in (1, 2, 3)]
     assert [start for start, _ in threaded] == starts[: len(threaded)] and len(threaded) >= 2
     for (_, rows), start in zip(threaded, starts):
@@ -796,3 +801,61 @@ def test_earlier_cuts_in_threads_equal_one_at_a_time(crafted):
         pd.testing.assert_frame_equal(rows.risk, alone.risk, check_exact=True)
         pd.testing.assert_frame_equal(rows.baseline, alone.baseline, check_exact=True)
         assert rows.category.tolist() == alone.category.tolist()
+
+
+@pytest.fixture(scope="module")
+def followed_log(crafted):
+    """The crafted log with follows around half of its orders (some before, some after them),
+    encoded, without and with the follower flag computed once."""
+    from trustfeed.features._signals import encode_ids, with_followed
+
+    tables, _ = crafted
+    tables = dict(tables)
+    orders = tables["orders"].sample(frac=0.5, random_state=1)
+    shift = np.random.default_rng(3).uniform(-30, 30, len(orders))
+    tables["follows"] = pd.DataFrame(
+        {
+            "user_id": orders["user_id"].to_numpy(),
+            "creator_id": orders["creator_id"].to_numpy(),
+            "followed_at": orders["created_at"] + pd.to_timedelta(shift, unit="D"),
+        }
+    ).drop_duplicates(["user_id", "creator_id", "followed_at"])
+    known, enc = encode_ids(validate_events(tables).before(AS_OF))
+    return known, with_followed(known, enc), enc
+
+
+@settings(max_examples=10, deadline=None)
+@given(days=st.floats(min_value=-5, max_value=70))
+def test_follower_flag_computed_once_equals_each_cuts_own(followed_log, days):
+    """An order's "buyer followed the creator before ordering" flag, computed once on the whole
+    log and carried through a point-in-time cut, is the flag the cut computes from its own
+    follows."""
+    from trustfeed.features._signals import FOLLOWED_COLUMN, _from_followers
+
+    known, carried, enc = followed_log
+    assert FOLLOWED_COLUMN not in known["orders"].columns
+    assert 0 < carried["orders"][FOLLOWED_COLUMN].sum() < len(known["orders"])
+    cut = data.START + pd.Timedelta(days=days)
+    own = _from_followers({name: known.before(cut)[name] for name in known.tables}, enc)
+    assert carried.before(cut)["orders"][FOLLOWED_COLUMN].tolist() == own.tolist()
+
+
+def test_earlier_cuts_over_the_lean_log_equal_the_full_log(crafted):
+    """The earlier cuts read a log without the columns no risk signal uses (and with the
+    follower flag computed once): their risk rows are those of the whole encoded log, exactly."""
+    from trustfeed.features._signals import encode_ids, with_followed
+    from trustfeed.features.trust import _earlier_risks, _risk_columns, _risk_rows_at
+
+    tables, _ = crafted
+    config = TrustConfig(min_fit_merchants=30, fit_cuts=2, horizon_days=20)
+    known, enc = encode_ids(validate_events(tables).before(AS_OF))
+    carried = with_followed(known, enc)
+    lean = _risk_columns(carried)
+    assert "creator_id" not in lean["orders"].columns and "clicked" not in lean["impressions"].columns
+    assert _risk_columns(known) is known  # without the flag the creators are still needed
+    cuts = _earlier_risks(carried, AS_OF, config, "pandas", "n_streams", enc)
+    assert len(cuts) == 2
+    for start, rows in cuts:
+        alone = _risk_rows_at(known, start, config, "pandas", "n_streams", enc)
+        pd.testing.assert_frame_equal(rows.risk, alone.risk, check_exact=True)
+        pd.testing.assert_frame_equal(rows.baseline, alone.baseline, check_exact=True)
