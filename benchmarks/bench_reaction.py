@@ -12,7 +12,9 @@ grid's resolution.
 
 Usage::
 
-    python benchmarks/bench_reaction.py [--seed 1] [--merchants 300] [--days 40] [--step-hours 6]
+    python benchmarks/bench_reaction.py [--seed 1] [--merchants 300] [--days 40] [--step-hours 6] [--config JSON]
+
+``--config '{"ridge": 0.05}'`` overrides TrustConfig fields (the same snapshots under another setting).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from scipy import stats
 
 def main(argv: list[str] | None = None) -> int:
     from trustfeed.features.events import validate_events
-    from trustfeed.features.trust import build_snapshot
+    from trustfeed.features.trust import TrustConfig, build_snapshot
     from trustfeed.training.evaluation import reaction
     from trustfeed.training.simulate import SimConfig, simulate
 
@@ -40,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-hours", type=float, default=6.0)
     parser.add_argument("--exit-scam-rate", type=float, default=0.05)
     parser.add_argument("--report-bombing-rate", type=float, default=0.05)
+    parser.add_argument("--config", default="{}", help="TrustConfig fields as JSON")
     args = parser.parse_args(argv)
+    trust_config = TrustConfig(**json.loads(args.config))
 
     config = SimConfig(
         seed=args.seed,
@@ -62,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     start = config.start_time + pd.Timedelta(days=args.days * 0.4)
     grid = pd.date_range(start, config.end_time, freq=pd.Timedelta(hours=args.step_hours))
     started = time.perf_counter()
-    snapshots = {t: build_snapshot(events, t).merchants for t in grid}
-    unbombed = {t: build_snapshot(clean, t).merchants for t in grid}
+    snapshots = {t: build_snapshot(events, t, trust_config).merchants for t in grid}
+    unbombed = {t: build_snapshot(clean, t, trust_config).merchants for t in grid}
     seconds = time.perf_counter() - started
 
     switched = reaction.reaction_times(snapshots, truth, platform.tables["orders"], platform.tables["after_sales"])

@@ -18,13 +18,20 @@ exit scams and 5 % bombed shops), one snapshot at the end of the window and:
   by true trust that also puts the switched shops (attacks) and the banned shops (the ban rule)
   at the bottom, as the index does: what predicting every bad order right would give.
 
+``--reaction`` adds, per attacked independent run, the issue's reaction checks under the same
+configuration: snapshots 12, 24 and 48 hours after each switched shop's first unshipped or
+counterfeit order (``reacted_48h``: share of switched shops below the 0.2 percentile within 48
+hours of that evidence; ``hours_from_evidence_max``: the slowest, at that grid's resolution)
+and 1 and 24 hours after each bombing campaign, against the same log without the campaign's
+reports (``bombing_drop_max``: the largest percentile drop it caused).
+
 ``--config '{"rank_by_bound": false}'`` overrides TrustConfig fields. ``--penalties 0.1 0.2``
 adds one line per run and ``brushing_penalty`` value, the rule applied again to the same
 snapshot (exact: the rule only multiplies the index). One JSON line per run.
 
 Usage::
 
-    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON] [--penalties P ...]
+    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON] [--penalties P ...] [--reaction]
 """
 
 from __future__ import annotations
@@ -84,6 +91,34 @@ def _with_penalty(merchants: pd.DataFrame, config: Any, penalty: float) -> pd.Da
     return merchants.assign(trust_index=unpenalised * (1.0 - penalty * excess))
 
 
+def _reaction(run: Any, config: Any) -> dict[str, float]:
+    """Reaction to the run's exit scams and report bombing (see the module docstring)."""
+    from trustfeed.features.events import validate_events
+    from trustfeed.features.trust import build_snapshot
+    from trustfeed.training.evaluation import reaction
+
+    events = validate_events(run.tables)
+    orders, cases = run.tables["orders"], run.tables["after_sales"]
+    evidence = reaction.evidence_times(run.attacks, orders, cases).dropna()
+    times = sorted({t + pd.Timedelta(hours=h) for t in evidence for h in (12, 24, 48) if t + pd.Timedelta(hours=h) <= run.as_of})
+    switched = reaction.reaction_times({t: build_snapshot(events, t, config).merchants for t in times}, run.attacks, orders, cases)
+    in_time = switched["hours_from_evidence"] <= 48
+    bombed = run.attacks.dropna(subset=["bombed_from"])
+    reports = run.tables["reports"]
+    clean = validate_events({**run.tables, "reports": reports[~reports["report_id"].str.startswith("bomb")]})
+    at = sorted({t + pd.Timedelta(hours=h) for t in bombed["bombed_until"] for h in (1, 24)})
+    drops = reaction.bombing_drops(
+        {t: build_snapshot(events, t, config).merchants for t in at},
+        run.attacks,
+        unbombed={t: build_snapshot(clean, t, config).merchants for t in at},
+    )
+    return {
+        "reacted_48h": round(float(in_time.mean()), 3),
+        "hours_from_evidence_max": float(switched["hours_from_evidence"].max()),
+        "bombing_drop_max": round(float(drops["drop_vs_unbombed"].max()), 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     from trustfeed.features.events import validate_events
     from trustfeed.features.trust import TrustConfig, build_snapshot
@@ -93,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulator", type=int, nargs="*", default=[])
     parser.add_argument("--config", default="{}", help="TrustConfig fields as JSON")
     parser.add_argument("--penalties", type=float, nargs="*", default=[], help="brushing_penalty values to re-apply")
+    parser.add_argument("--reaction", action="store_true", help="also the reaction checks of the attacked runs")
     args = parser.parse_args(argv)
     config = TrustConfig(**json.loads(args.config))
 
@@ -108,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             snapshot = build_snapshot(validate_events(run.tables), run.as_of, config)
             merchants = snapshot.merchants.merge(truth, on="merchant_id", how="inner")
             row = {"world": "independent", "seed": seed, "attacks": attacked}
+            reacted = _reaction(run, config) if attacked and args.reaction else {}
             print(json.dumps({**row, **_scores(merchants, "true_trust", switched), "brushers_by_truth": floor,
-                              "brushers_floor": _floor(merchants, switched)}), flush=True)
+                              "brushers_floor": _floor(merchants, switched), **reacted}), flush=True)
             for penalty in args.penalties:
                 scores = _scores(_with_penalty(merchants, config, penalty), "true_trust", switched)
                 print(json.dumps({**row, "brushing_penalty": penalty, **scores}), flush=True)

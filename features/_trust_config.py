@@ -153,7 +153,7 @@ class TrustConfig(Config):
     alarm_penalty: float = 0.5
     n_reasons: int = 3
     fit_index: bool = True
-    ridge: float = 0.05
+    ridge: float = 1.0
 
     constraints: ClassVar[Constraints] = {
         "windows": _DAYS,

@@ -303,13 +303,21 @@ def test_aged_ring_accounts_lose_credibility_by_where_they_buy(crafted, crafted_
     events = validate_events(brushed)
     with_cue = build_snapshot(events, AS_OF, FIT)
     without = build_snapshot(events, AS_OF, TrustConfig(min_fit_merchants=30, ring_buyer_suspicion=0.0))
+    # A lightly penalised fit leans on the review evidence the fakes forge: there, without the
+    # cue, the attack buys trust (the default fit on this small log does not give it that much).
+    light = TrustConfig(min_fit_merchants=30, ridge=0.05)
+    light_cue = build_snapshot(events, AS_OF, light)
+    light_without = build_snapshot(events, AS_OF, TrustConfig(min_fit_merchants=30, ridge=0.05, ring_buyer_suspicion=0.0))
+    light_clean = build_snapshot(validate_events(tables), AS_OF, light)
     for shop in shops:
         assert _merchant(with_cue, shop)["brushing_score"] > _merchant(without, shop)["brushing_score"] + 0.1
         assert _merchant(with_cue, shop)["low_rating_rate"] > _merchant(without, shop)["low_rating_rate"]
         assert _trust(with_cue, shop) <= _trust(without, shop) + 1e-9
         assert _trust(with_cue, shop) <= _trust(crafted_snapshot, shop) + 0.01
-        # without the cue the same attack buys trust: the check above has teeth
-        assert _trust(without, shop) > _trust(crafted_snapshot, shop) + 0.02
+        assert _trust(light_cue, shop) <= _trust(light_without, shop) + 1e-9
+        assert _trust(light_cue, shop) <= _trust(light_clean, shop) + 0.01
+        # without the cue the same attack buys trust from that fit: the checks above have teeth
+        assert _trust(light_without, shop) > _trust(light_clean, shop) + 0.02
     # the honest shops where the ring placed decoys are not dragged down by their buyers
     for shop in decoy_shops:
         assert abs(_merchant(with_cue, shop)["brushing_score"] - _merchant(without, shop)["brushing_score"]) < 0.05
