@@ -25,13 +25,19 @@ hours of that evidence; ``hours_from_evidence_max``: the slowest, at that grid's
 and 1 and 24 hours after each bombing campaign, against the same log without the campaign's
 reports (``bombing_drop_max``: the largest percentile drop it caused).
 
+``--segments`` adds where the rank errors sit: ``within_category`` (Spearman within each
+category, averaged by size), ``model_only`` (Spearman of ``1 - expected_bad_rate``, the index
+without its ban, brushing and alarm rules) and ``error_share``: per segment of the Spearman set
+(order counts, banned, brushers, bombed, each category) its size and its share of the sum of
+squared rank differences that Spearman is made of.
+
 ``--config '{"rank_by_bound": false}'`` overrides TrustConfig fields. ``--penalties 0.1 0.2``
 adds one line per run and ``brushing_penalty`` value, the rule applied again to the same
 snapshot (exact: the rule only multiplies the index). One JSON line per run.
 
 Usage::
 
-    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON] [--penalties P ...] [--reaction]
+    python benchmarks/bench_trust_accuracy.py --seeds 1 2 3 4 5 [--simulator 1 2] [--config JSON] [--penalties P ...] [--reaction] [--segments]
 """
 
 from __future__ import annotations
@@ -74,6 +80,30 @@ def _scores(merchants: pd.DataFrame, truth_column: str, switched: pd.Series) -> 
         **extra,
         "brushers": round(float(merchants.loc[merchants["is_brusher"], "percentile"].mean()), 4),
         "reregistered": round(float(merchants.loc[merchants["is_reregistered"], "percentile"].mean()), 4),
+    }
+
+
+def _segments(merchants: pd.DataFrame, truth_column: str, switched: pd.Series, bombed: pd.Series) -> dict[str, Any]:
+    """Where the squared rank differences of the Spearman set sit (see the module docstring)."""
+    busy = merchants[merchants["n_orders_raw"] >= 20]
+    busy = busy[~switched.reindex(busy["merchant_id"]).fillna(False).to_numpy(dtype=bool)]
+    squared = (busy["trust_index"].rank() - busy[truth_column].rank()) ** 2
+    orders = busy["n_orders_raw"]
+    segments = {
+        "orders<50": orders < 50,
+        "orders50-150": orders.between(50, 150),
+        "orders>150": orders > 150,
+        "banned": busy["banned"],
+        "brushers": busy["is_brusher"],
+        "bombed": bombed.reindex(busy["merchant_id"]).fillna(False).to_numpy(dtype=bool),
+        **{f"category:{c}": busy["category"] == c for c in sorted(busy["category"].dropna().unique())},
+    }
+    shares = {name: [int(mask.sum()), round(float(squared[mask].sum() / squared.sum()), 3)] for name, mask in segments.items()}
+    within = [(len(g), stats.spearmanr(g["trust_index"], g[truth_column])[0]) for _, g in busy.groupby("category") if len(g) > 5]
+    return {
+        "within_category": round(sum(n * r for n, r in within) / sum(n for n, _ in within), 4),
+        "model_only": round(float(stats.spearmanr(-busy["expected_bad_rate"], busy[truth_column])[0]), 4),
+        "error_share": shares,
     }
 
 
@@ -129,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="{}", help="TrustConfig fields as JSON")
     parser.add_argument("--penalties", type=float, nargs="*", default=[], help="brushing_penalty values to re-apply")
     parser.add_argument("--reaction", action="store_true", help="also the reaction checks of the attacked runs")
+    parser.add_argument("--segments", action="store_true", help="also where the rank errors sit")
     args = parser.parse_args(argv)
     config = TrustConfig(**json.loads(args.config))
 
@@ -145,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             merchants = snapshot.merchants.merge(truth, on="merchant_id", how="inner")
             row = {"world": "independent", "seed": seed, "attacks": attacked}
             reacted = _reaction(run, config) if attacked and args.reaction else {}
+            bombed = run.attacks.set_index("merchant_id")["bombed_from"].notna() if attacked else pd.Series(dtype=bool)
+            where = _segments(merchants, "true_trust", switched, bombed) if args.segments else {}
             print(json.dumps({**row, **_scores(merchants, "true_trust", switched), "brushers_by_truth": floor,
-                              "brushers_floor": _floor(merchants, switched), **reacted}), flush=True)
+                              "brushers_floor": _floor(merchants, switched), **reacted, **where}), flush=True)
             for penalty in args.penalties:
                 scores = _scores(_with_penalty(merchants, config, penalty), "true_trust", switched)
                 print(json.dumps({**row, "brushing_penalty": penalty, **scores}), flush=True)
@@ -160,10 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         end = events.span()[1].normalize() + pd.Timedelta(days=1)
         truth = platform.truth["merchants"]
         switched = truth.set_index("merchant_id")["exit_scam_at"].notna()
-        merchants = build_snapshot(events, end, config).merchants.merge(truth, on="merchant_id", how="inner")
+        merchants = build_snapshot(events, end, config).merchants.merge(truth, on="merchant_id", how="inner", suffixes=("", "_truth"))
         row = {"world": "simulator", "seed": seed, "attacks": True}
         floor = _floor(merchants, switched, "latent_trust")
-        print(json.dumps({**row, **_scores(merchants, "latent_trust", switched), "brushers_floor": floor}), flush=True)
+        bombed = truth.set_index("merchant_id")["bombed_from"].notna()
+        where = _segments(merchants, "latent_trust", switched, bombed) if args.segments else {}
+        print(json.dumps({**row, **_scores(merchants, "latent_trust", switched), "brushers_floor": floor, **where}), flush=True)
         for penalty in args.penalties:
             scores = _scores(_with_penalty(merchants, config, penalty), "latent_trust", switched)
             print(json.dumps({**row, "brushing_penalty": penalty, **scores}), flush=True)

@@ -108,7 +108,11 @@ class TrustConfig(Config):
         Fit the index weights from the data (False: always the documented defaults).
     ridge
         Ridge penalty of the index fit, relative to the total row weight, on standardised
-        signals (keeps collinear or nearly constant signals from getting wild weights).
+        signals (keeps collinear or nearly constant signals from getting wild weights). The
+        default 1.0 spreads weight over the correlated signals instead of betting on a few:
+        cross-validation of the fit on its own rows picks 1-5 on every measured world, and
+        the lighter 0.05 of earlier versions gave weak signals large weights on short logs
+        (docs/trust.md, "Where the rank errors come from").
 
     Examples
     --------
