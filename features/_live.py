@@ -183,7 +183,8 @@ class LiveTrust:
         index: Mapping[str, Any],
         config: TrustConfig,
         backend: str,
-        snapshot: TrustSnapshot,
+        snapshot: TrustSnapshot | Path,
+        as_of: pd.Timestamp | None = None,
     ) -> None:
         self._history = history
         self._vocabularies = vocabularies
@@ -192,7 +193,17 @@ class LiveTrust:
         self.index = dict(index)
         self.config = config
         self.backend = backend
-        self.snapshot = snapshot
+        # A loaded state reads its snapshot's tables only when asked for them: an update
+        # replaces them without reading them (at a million buyers, reading the users table
+        # was a tenth of an update).
+        self._snapshot: TrustSnapshot | None = None
+        self._snapshot_dir: Path | None = None
+        if isinstance(snapshot, TrustSnapshot):
+            self._snapshot, self._as_of = snapshot, snapshot.as_of
+        else:
+            if as_of is None:
+                raise ConfigError("live trust: a stored snapshot needs its as-of time")
+            self._snapshot_dir, self._as_of = Path(snapshot), as_of
         # Where a loaded state's unchanging files are (linked into the next saved state).
         self._stored: dict[str, Any] = {}
         # Every user id sorted, with its code: the users table's order (kept, not sorted again).
@@ -201,7 +212,21 @@ class LiveTrust:
     @property
     def as_of(self) -> pd.Timestamp:
         """The time of the current snapshot."""
-        return self.snapshot.as_of
+        return self._as_of
+
+    @property
+    def snapshot(self) -> TrustSnapshot:
+        """The current snapshot (a loaded state reads it from its directory on first use)."""
+        if self._snapshot is None:
+            assert self._snapshot_dir is not None
+            from ._live_state import read_snapshot
+
+            self._snapshot = read_snapshot(self._snapshot_dir)
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, snapshot: TrustSnapshot) -> None:
+        self._snapshot, self._as_of = snapshot, snapshot.as_of
 
     @property
     def references(self) -> TrustReferences:

@@ -484,15 +484,24 @@ class History:
     def first_paid_after(self, view: View, fresh: EventLog, replaced: Mapping[str, np.ndarray], n_merchants: int) -> np.ndarray:
         """Each merchant's earliest paid order in ``view`` (epoch s; inf: none), per merchant code.
 
-        New orders can only lower it; merchants of a replaced order row are recomputed from
-        their own orders.
+        New orders can only lower it. A replaced order row can raise it only if it was the
+        merchant's earliest paid order (a later one leaves the minimum where it was): only
+        those merchants are recomputed from their own orders.
         """
+        from ._signals import _is
+
         out = np.full(n_merchants, np.inf)
         out[: len(self.first_paid)] = self.first_paid[:n_merchants]
         empty = np.zeros(0, dtype="int64")
-        gone = (self.base["orders"].take(replaced.get("orders", empty)), self.current.tail["orders"].iloc[replaced.get("orders.tail", empty)])
-        affected = _unique(np.concatenate([_i64(frame, "merchant_id") for frame in gone]))
-        affected = affected[affected >= 0]
+        columns = ["merchant_id", "status", "created_at"]
+        gone = pd.concat([self.base["orders"].take(replaced.get("orders", empty), columns),
+                          self.current.tail["orders"].iloc[replaced.get("orders.tail", empty)][columns]])  # fmt: skip
+        merchant = _i64(gone, "merchant_id")
+        known = (merchant >= 0) & (merchant < n_merchants)
+        paid = known & ~np.asarray(_is(gone["status"], "cancelled"), dtype=bool)
+        # not ">": a paid row with an unknown time (NaN) or at the minimum may have set it
+        earliest = paid & ~(_seconds(gone["created_at"]) > out[np.where(known, merchant, 0)])
+        affected = _unique(merchant[earliest])
         if len(affected):
             rows = self._alive("orders", self.groups["orders_by_merchant"].rows(affected), view)
             tail = view.tail["orders"]

@@ -287,7 +287,6 @@ def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     config = TrustConfig.from_dict(meta["config"])
     index = dict(meta["index"])
     try:
-        snapshot = TrustSnapshot.load(directory)
         vocabularies = {}
         for kind in _ID_KINDS:
             n_base = int(meta["vocab"][kind])
@@ -321,9 +320,18 @@ def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     counts.references = references
     parts = {
         "history": history, "vocabularies": vocabularies, "counts": counts, "references": references, "index": index,
-        "config": config, "backend": str(meta.get("backend", "pandas")), "snapshot": snapshot,
+        "config": config, "backend": str(meta.get("backend", "pandas")), "snapshot": directory,
+        "as_of": pd.Timestamp(meta["as_of"]),
     }  # fmt: skip
     return parts, {"vocab": root / "vocab", "history": root / "history", "history_base": history.base, "digests": files}
+
+
+def read_snapshot(directory: Path) -> TrustSnapshot:
+    """The snapshot beside a stored state (read on first use; a damaged one is a one-line error)."""
+    try:
+        return TrustSnapshot.load(directory)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as error:
+        raise ConfigError(f"{directory}: unreadable snapshot ({type(error).__name__}: {str(error)[:120]}): rebuild in full") from None
 
 
 def _load_history(root: Path, meta: dict[str, Any], config: TrustConfig) -> History:

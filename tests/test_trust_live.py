@@ -173,3 +173,29 @@ def test_updates_across_a_merge_of_the_new_rows_into_the_indexed_history(
     assert live._history.tail_rows() == 0  # merged into the base
     later = live.update(changes_since(world, live.as_of), _at(world, 12.5))
     same_snapshot(later, build_snapshot(world, live.as_of, CONFIG, index=live.index, references=live.references))
+
+
+def test_a_resent_order_that_was_a_shops_first_paid_order(same_snapshot: Any, world: EventLog, weights: dict[str, Any]) -> None:
+    """A re-sent order row cancelled after the fact: if it was the shop's earliest paid order the
+    shop's baseline (days since its first paid order) moves later; a later order leaves it."""
+    t0, cut = _at(world, 10.0), _at(world, 10.5)
+    orders = world["orders"].reset_index(drop=True)
+    paid = orders[(orders["status"] != "cancelled") & (orders["created_at"] < t0)]
+    first = paid.sort_values("created_at", kind="stable").groupby("merchant_id", observed=True).head(2)
+    by_shop = first.groupby("merchant_id", observed=True)
+    earliest = first.loc[by_shop["created_at"].idxmin().dropna().to_numpy()]
+    shops = earliest["merchant_id"].unique()[:2]
+    resent = pd.concat([earliest[earliest["merchant_id"] == shops[0]],  # the earliest paid order of one shop
+                        first[(first["merchant_id"] == shops[1])].iloc[1:2]])  # the second of another
+    changed = orders.copy()
+    changed.loc[resent.index, "status"] = "cancelled"
+    world2 = validate_events({**{n: world[n] for n in world.tables if n not in world.missing}, "orders": changed})
+    live = LiveTrust.start(world, t0, CONFIG, index=weights)
+    new = changes_since(world2, t0, cut)
+    tables = {n: new[n] for n in new.tables if n not in new.missing}
+    tables["orders"] = pd.concat([tables["orders"], changed.loc[resent.index]], ignore_index=True)
+    before = live.snapshot.merchants.set_index("merchant_id")
+    snapshot = live.update(validate_events(tables), cut)
+    same_snapshot(snapshot, build_snapshot(world2, cut, CONFIG, index=live.index, references=live.references))
+    assert len(resent) == 2
+    assert before.loc[shops[0], "n_orders_raw"] > 0

@@ -118,3 +118,20 @@ def test_cli_incremental_is_point_in_time_and_leaves_nothing_half_written(
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert status == 2 and len(errors) == 1 and "rebuild in full" in errors[0], errors
     assert not (tmp_path / "s2").exists()
+
+
+def test_loading_reads_the_snapshot_tables_only_when_asked(same_snapshot: Any, world: EventLog, tmp_path: Path) -> None:
+    """An update replaces the snapshot's tables without reading them; asked for, they are read and checked."""
+    live = LiveTrust.start(world, _at(world, 9.0), CONFIG)
+    live.save(tmp_path / "s0")
+    (tmp_path / "s0" / "users.parquet").write_bytes(b"not parquet")
+    stored = LiveTrust.load(tmp_path / "s0")
+    assert stored.as_of == live.as_of
+    cut = _at(world, 9.5)
+    new = changes_since(world, live.as_of)
+    same_snapshot(stored.update(new, cut), live.update(new, cut))
+    stored.save(tmp_path / "s1")
+    same_snapshot(TrustSnapshot.load(tmp_path / "s1"), live.snapshot)
+    with pytest.raises(ConfigError, match="unreadable snapshot") as error:
+        _ = LiveTrust.load(tmp_path / "s0").snapshot
+    assert "\n" not in str(error.value)
