@@ -148,7 +148,7 @@ def main() -> None:
 
     unbiased = models["lambdarank + position bias"]
     relevance = unbiased.predict(valid.features())
-    trust = valid.frame["merchant_trust_index"].to_numpy()
+    trust = valid.frame["policy_trust"].to_numpy()
     for weight in (0.5, 1.0, 2.0):
         score = Policy(PolicyConfig(trust_weight=weight)).score(relevance, trust, group=valid.groups())
         record(f"position bias + trust policy (w={weight})", score)

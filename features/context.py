@@ -44,6 +44,7 @@ from .sources import (
     MerchantCategory,
     MerchantColumn,
     MerchantKnown,
+    MerchantPercentile,
     Source,
     UserActivity,
     UserCategory,
@@ -61,6 +62,7 @@ __all__ = [
     "build_context_tables",
     "BAD_AFTER_SALES_REASONS",
     "CONTEXT_FORMAT_VERSION",
+    "PERCENTILE_FEATURES",
 ]
 
 SCHEMA_FORMAT_VERSION = 1
@@ -145,6 +147,20 @@ CREATOR_COLUMNS: tuple[str, ...] = (
     "cold_start",
 )
 """Snapshot creator columns used as features when present (besides every ``trust_*``)."""
+
+PERCENTILE_FEATURES: dict[str, str] = {
+    "trust_index": "merchant_trust_percentile",
+    "expected_bad_rate": "merchant_expected_bad_percentile",
+}
+"""Snapshot merchant columns the models read as their standing among the snapshot's merchants
+(:class:`~trustfeed.features.sources.MerchantPercentile`), by feature name, not as values.
+
+Both come from the trust index's weights, which a log too short to fit them gives default
+values and a longer one fitted values on another scale (on a 45-day simulated log the
+training snapshots' index has median 0.87, the serving snapshot's 0.97): as values, a model
+would learn one scale and be served another. Their standing has one scale in every snapshot.
+The ``trust_<dimension>`` columns are standings already. What the policy reads about a
+merchant's trust (:mod:`~trustfeed.features.merchant_status`) stays the index itself."""
 
 # Monotone directions beyond the +1 of every trust_* column: a higher expected bad-order
 # rate never raises the score.
@@ -348,7 +364,9 @@ class FeatureAssembler:
     >>> X = assembler.transform(candidates)
     >>> X.shape == (3, len(assembler.feature_names))
     True
-    >>> X[:, assembler.feature_names.index("merchant_trust_index")].tolist()  # m-new: median
+    >>> X[:, assembler.feature_names.index("merchant_trust_percentile")].tolist()  # m-new: median's
+    [0.75, 0.25, 0.5]
+    >>> assembler.merchant_status(candidates["merchant_id"]).trust.tolist()  # the policy's trust: the index
     [0.9, 0.3, 0.6]
     """
 
@@ -388,8 +406,14 @@ class FeatureAssembler:
         self._merchant_index: pd.Index | HashedIds = _vocabulary(merchant_ids, extra_merchants)
         n_m = len(self._merchant_index)
         merchant_rows = _snapshot_rows(self._merchant_index, merchant_ids)
-        merchant_cols = [source.column for _, source, _ in plan if isinstance(source, MerchantColumn)]
+        merchant_cols = list(dict.fromkeys(
+            source.column for _, source, _ in plan if isinstance(source, (MerchantColumn, MerchantPercentile))))
         self._merchant_matrix = _source_matrix(merchants, merchant_cols, merchant_rows, n_m)
+        in_snapshot = merchant_rows[merchant_rows >= 0]
+        self._merchant_percentile = {
+            source.column: _standing(self._merchant_matrix[:, merchant_cols.index(source.column)], in_snapshot)
+            for _, source, _ in plan if isinstance(source, MerchantPercentile)
+        }
         self._merchant_known = np.zeros(n_m + 1)
         self._merchant_known[merchant_rows[merchant_rows >= 0]] = 1.0
 
@@ -746,6 +770,9 @@ class _EntityTables:
     def merchant_column(self, column: str) -> np.ndarray:
         return self._assembler._merchant_matrix[:, self._assembler._merchant_col[column]]
 
+    def merchant_percentile(self, column: str) -> np.ndarray:
+        return self._assembler._merchant_percentile[column]
+
     def merchant_known(self) -> np.ndarray:
         return self._assembler._merchant_known
 
@@ -828,6 +855,9 @@ def _derive_plan(
 ) -> list[tuple[str, Source, int]]:
     plan: list[tuple[str, Source, int]] = []
     for column in _pick_columns(merchants, merchant_columns):
+        if column in PERCENTILE_FEATURES:
+            plan.append((PERCENTILE_FEATURES[column], MerchantPercentile(column), _direction(column)))
+            continue
         name = column if column.startswith("merchant_") else f"merchant_{column}"
         plan.append((name, MerchantColumn(column), _direction(column)))
     plan.append(("merchant_known", MerchantKnown(), 0))
@@ -919,6 +949,28 @@ def _source_matrix(frame: pd.DataFrame, columns: list[str], rows: np.ndarray, n:
         matrix[n, j] = prior
         matrix[unseen, j] = prior
     return matrix
+
+
+def _standing(values: np.ndarray, population_rows: np.ndarray) -> np.ndarray:
+    """Each value's mid-rank share among ``values[population_rows]`` (ties count half), in [0, 1].
+
+    NaN stays NaN (LightGBM's missing value); without any finite value in the population
+    every standing is NaN. Non-decreasing in the value.
+
+    Examples
+    --------
+    >>> _standing(np.array([0.9, 0.2, 0.9, np.nan, 0.5]), np.array([0, 1, 2, 3])).tolist()
+    [0.6666666666666666, 0.16666666666666666, 0.6666666666666666, nan, 0.3333333333333333]
+    """
+    pool = values[population_rows]
+    pool = np.sort(pool[np.isfinite(pool)])
+    out = np.full(values.shape, np.nan)
+    finite = np.isfinite(values)
+    if pool.size:
+        below = np.searchsorted(pool, values[finite], side="left")
+        at_most = np.searchsorted(pool, values[finite], side="right")
+        out[finite] = (below + at_most) / (2.0 * pool.size)
+    return out
 
 
 def _as_slice(positions: np.ndarray) -> slice | None:

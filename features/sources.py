@@ -37,6 +37,7 @@ __all__ = [
     "EntityTables",
     "RequestRows",
     "MerchantColumn",
+    "MerchantPercentile",
     "MerchantKnown",
     "MerchantCategory",
     "CreatorColumn",
@@ -61,6 +62,10 @@ class EntityTables(Protocol):
 
     def merchant_column(self, column: str) -> np.ndarray:
         """A snapshot merchant column (cold start: the prior)."""
+        ...
+
+    def merchant_percentile(self, column: str) -> np.ndarray:
+        """A numeric merchant column as its standing among the snapshot's merchants (see :class:`MerchantPercentile`)."""
         ...
 
     def merchant_known(self) -> np.ndarray:
@@ -155,6 +160,25 @@ class MerchantColumn(Source):
 
     def entity_values(self, tables: EntityTables) -> np.ndarray:
         return tables.merchant_column(self.column)
+
+
+@dataclass(frozen=True)
+class MerchantPercentile(Source):
+    """A numeric merchant column as its standing among the snapshot's merchants, in [0, 1].
+
+    The mid-rank share of the snapshot's merchants with a lower value (ties count half), so
+    the feature has the same scale in every snapshot, whatever the column's own scale there:
+    a trust index made with default weights early in a log and with fitted weights later
+    (another scale) gives a model the same feature in training and serving. Non-decreasing in
+    the value; an unknown merchant gets the standing of the column's cold-start prior.
+    """
+
+    kind: ClassVar[str] = "merchant_percentile"
+    entity: ClassVar[str] = "merchant"
+    columns: ClassVar[tuple[str, ...] | None] = None
+
+    def entity_values(self, tables: EntityTables) -> np.ndarray:
+        return tables.merchant_percentile(self.column)
 
 
 @dataclass(frozen=True)
@@ -285,7 +309,7 @@ class Live(Source):
 
 _KINDS: dict[str, type[Source]] = {
     kind.kind: kind
-    for kind in (MerchantColumn, MerchantKnown, MerchantCategory, CreatorColumn, CreatorKnown, Engagement,
+    for kind in (MerchantColumn, MerchantPercentile, MerchantKnown, MerchantCategory, CreatorColumn, CreatorKnown, Engagement,
                  UserMerchant, UserFollows, UserCategory, UserActivity, Hour, Live)
 }
 

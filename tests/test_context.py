@@ -20,6 +20,7 @@ from trustfeed.features.context import (
 )
 from trustfeed.features.errors import ConfigError, ModelIntegrityError, SchemaError
 from trustfeed.features.events import validate_events
+from trustfeed.features.sources import parse_source
 
 DAY = pd.Timedelta(days=1)
 T0 = pd.Timestamp("2026-03-01", tz="UTC")
@@ -178,7 +179,8 @@ def test_user_features_and_follow_time():
     assert column(assembler, X, "user_merchant_orders").tolist() == [2.0, 0.0, 2.0, 0.0]
     assert column(assembler, X, "user_merchant_bad_orders").tolist() == [1.0, 0.0, 1.0, 0.0]
     assert column(assembler, X, "hour_of_day").tolist() == [0.0] * 4
-    assert column(assembler, X, "merchant_trust_index").tolist() == [0.9, 0.2, 0.9, 0.9]
+    # trust as its standing among the snapshot's three merchants (0.2 < 0.6 < 0.9)
+    assert column(assembler, X, "merchant_trust_percentile").tolist() == pytest.approx([5 / 6, 1 / 6, 5 / 6, 5 / 6])
 
 
 def test_cold_start_unknown_ids_and_nan_never_raise():
@@ -197,7 +199,7 @@ def test_cold_start_unknown_ids_and_nan_never_raise():
     assert X.shape == (3, len(assembler.feature_names)) and X.dtype == np.float64
     assert column(assembler, X, "merchant_known").tolist() == [0.0, 0.0, 0.0]
     # unknown merchants get the snapshot's cold-start prior (its only cold-start row is m3)
-    assert column(assembler, X, "merchant_trust_index").tolist() == [0.6, 0.6, 0.6]
+    assert column(assembler, X, "merchant_trust_percentile").tolist() == [0.5, 0.5, 0.5]  # the prior 0.6's standing
     assert np.isnan(column(assembler, X, "hour_of_day")[1:]).all()
     for name in ("user_follows_creator", "user_merchant_orders", "user_orders", "user_category_affinity"):
         assert np.isfinite(column(assembler, X, name)).all()
@@ -224,8 +226,9 @@ def test_missing_candidate_column_is_a_schema_error():
 def test_monotone_and_categorical_schema():
     assembler = FeatureAssembler(crafted_snapshot())
     directions = dict(zip(assembler.feature_names, assembler.monotone, strict=True))
-    assert directions["merchant_trust_index"] == 1 and directions["merchant_trust_commodity_quality"] == 1
-    assert directions["creator_trust_host"] == 1 and directions["merchant_expected_bad_rate"] == -1
+    assert directions["merchant_trust_percentile"] == 1 and directions["merchant_trust_commodity_quality"] == 1
+    assert directions["creator_trust_host"] == 1 and directions["merchant_expected_bad_percentile"] == -1
+    assert "merchant_trust_index" not in directions and "merchant_expected_bad_rate" not in directions
     assert directions["merchant_n_orders"] == 0
     assert assembler.categorical == ("merchant_category",)
     X = assembler.transform({"user_id": "u", "ts": T0, "creator_id": ["c1"] * 3, "merchant_id": ["m1", "m2", "m3"]})
@@ -313,7 +316,7 @@ def test_simulated_features_are_mostly_known(simulated_assembler):
     assembler, window, batch = simulated_assembler
     assert batch.shape == (len(window), len(assembler.feature_names))
     assert column(assembler, batch, "merchant_known").mean() > 0.9
-    assert np.isfinite(column(assembler, batch, "merchant_trust_index")).all()
+    assert np.isfinite(column(assembler, batch, "merchant_trust_percentile")).all()
     assert (column(assembler, batch, "user_follows_creator") > 0).any()
     assert (column(assembler, batch, "user_category_affinity") > 0).any()
 
@@ -380,3 +383,61 @@ def test_single_user_fast_path_on_requests_with_history(simulated_assembler):
             "merchant_id": one["merchant_id"].to_numpy(),
         }
         np.testing.assert_array_equal(assembler.transform(as_request), batch[rows])
+
+
+# ----------------------------------------------------------------------------- trust as a standing
+
+
+def _merchants_with(trust: list[float], bad: list[float]) -> SimpleNamespace:
+    n = len(trust)
+    merchants = pd.DataFrame({"merchant_id": [f"m{i}" for i in range(n)], "trust_index": trust,
+                              "expected_bad_rate": bad, "n_orders": np.arange(n, dtype=float)})
+    return SimpleNamespace(merchants=merchants, creators=pd.DataFrame({"creator_id": ["c1"]}))
+
+
+# on a grid of hundredths: a rescaling cannot merge two distinct values by rounding
+_TRUST_LISTS = st.lists(st.integers(0, 100).map(lambda k: k / 100), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(trust=_TRUST_LISTS, scale=st.floats(0.05, 1.0), shift=st.floats(0.0, 0.5))
+def test_trust_features_have_one_scale_whatever_the_index_scale(trust, scale, shift):
+    # the same merchants' index on another scale (default vs fitted weights): same features
+    low = [t * 0.5 for t in trust]
+    rescaled = [shift + scale * t for t in low]
+    candidates = {"user_id": "u", "ts": T0, "creator_id": ["c1"] * (len(trust) + 1),
+                  "merchant_id": [f"m{i}" for i in range(len(trust))] + ["m-new"]}
+    first = FeatureAssembler(_merchants_with(low, [1 - t for t in low]))
+    second = FeatureAssembler(_merchants_with(rescaled, [1 - t for t in rescaled]), schema=first.schema())
+    a, b = first.transform(candidates), second.transform(candidates)
+    for name in ("merchant_trust_percentile", "merchant_expected_bad_percentile"):
+        np.testing.assert_allclose(column(first, a, name), column(second, b, name), atol=1e-12)
+        assert ((column(first, a, name) >= 0) & (column(first, a, name) <= 1)).all()
+    # the policy still reads the index itself
+    np.testing.assert_allclose(second.merchant_status(candidates["merchant_id"][:-1]).trust, rescaled)
+
+
+@settings(max_examples=40, deadline=None)
+@given(trust=_TRUST_LISTS, which=st.integers(0, 11), rise=st.floats(0.0, 1.0))
+def test_trust_standing_never_falls_when_a_merchant_s_trust_rises(trust, which, rise):
+    which %= len(trust)
+    raised = list(trust)
+    raised[which] = min(1.0, trust[which] + rise)
+    candidates = {"user_id": "u", "ts": T0, "creator_id": ["c1"], "merchant_id": [f"m{which}"]}
+    before = FeatureAssembler(_merchants_with(trust, [1 - t for t in trust]))
+    after = FeatureAssembler(_merchants_with(raised, [1 - t for t in raised]))
+    assert column(after, after.transform(candidates), "merchant_trust_percentile")[0] >= \
+        column(before, before.transform(candidates), "merchant_trust_percentile")[0]
+    assert column(after, after.transform(candidates), "merchant_expected_bad_percentile")[0] <= \
+        column(before, before.transform(candidates), "merchant_expected_bad_percentile")[0]
+
+
+def test_a_schema_saved_with_the_index_value_still_reads_the_value():
+    # bundles trained before the standing features keep their raw trust feature
+    schema = FeatureAssembler(crafted_snapshot()).schema()
+    at = schema["feature_names"].index("merchant_trust_percentile")
+    schema["feature_names"][at], schema["sources"][at] = "merchant_trust_index", "merchant:trust_index"
+    assembler = FeatureAssembler(crafted_snapshot(), schema=schema)
+    X = assembler.transform({"user_id": "u", "ts": T0, "creator_id": ["c1"] * 3, "merchant_id": ["m1", "m2", "m-new"]})
+    assert column(assembler, X, "merchant_trust_index").tolist() == [0.9, 0.2, 0.6]
+    assert parse_source("merchant_percentile:trust_index").text() == "merchant_percentile:trust_index"

@@ -284,7 +284,7 @@ def test_the_served_score_never_falls_as_a_merchant_trust_signal_rises(served: t
     _, pipeline = served
     names = list(pipeline.feature_names)
     trust_columns = [i for i, d in enumerate(pipeline.purchase_model.monotone_) if d == 1]
-    assert "merchant_trust_index" in [names[i] for i in trust_columns]
+    assert "merchant_trust_percentile" in [names[i] for i in trust_columns]
     levels = np.minimum(start + np.r_[0.0, np.cumsum(steps)], 0.999)
     rows = np.zeros((levels.size, len(names)))
     rows[:, trust_columns] = levels[:, None]

@@ -151,11 +151,13 @@ def _partition_frame(
             .sort_values(["_request_time", "request_id", "position"], kind="stable")
             .drop(columns="_request_time").reset_index(drop=True))
     features = np.empty((len(part), len(schema["feature_names"])), dtype=np.float64)
+    policy_trust = np.empty(len(part), dtype=np.float64)
     for as_of in pd.unique(part["snapshot_at"]):
         rows = np.flatnonzero((part["snapshot_at"] == as_of).to_numpy())
         snapshot, context = tables[pd.Timestamp(as_of)]
-        features[rows] = FeatureAssembler(snapshot, context, schema=dict(schema)).transform(part.iloc[rows])
-    frame = assemble_rows(part, features, schema, events, config)
+        features[rows], status = FeatureAssembler(snapshot, context, schema=dict(schema)).transform_with_status(part.iloc[rows])
+        policy_trust[rows] = status.trust
+    frame = assemble_rows(part, features, schema, events, config, policy_trust=policy_trust)
     purchased = (part["purchased"].astype("boolean").fillna(False).to_numpy(dtype=bool) if "purchased" in part.columns
                  else np.zeros(len(part), dtype=bool))
     return frame.assign(purchased=purchased)

@@ -40,6 +40,8 @@ __all__ = [
 
 LABEL_SHOWN, LABEL_CLICKED, LABEL_WATCHED, LABEL_PURCHASED, LABEL_KEPT = 0, 1, 2, 3, 4
 ID_COLUMNS = ("request_id", "user_id", "ts", "stream_id", "creator_id", "merchant_id", "position")
+POLICY_TRUST = "policy_trust"
+"""Frame column: the merchant trust the ranking policy reads (the snapshot's trust index), not a feature."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,8 @@ class TrainingFrame:
     ----------
     frame
         ``request_id, user_id, ts, stream_id, creator_id, merchant_id, position, label,
-        snapshot_at`` and the feature columns; sorted by request time, ``request_id`` and
+        snapshot_at``, ``policy_trust`` (the trust the policy reads; frames built before it
+        existed lack it) and the feature columns; sorted by request time, ``request_id`` and
         ``position``.
     feature_names, categorical, monotone
         The feature schema (column order of :meth:`features`).
@@ -330,19 +333,24 @@ def build_training_frame(
 
     schema: dict[str, Any] | None = None
     blocks: list[np.ndarray] = []
+    trusts: list[np.ndarray] = []
     rows_of: list[np.ndarray] = []
     for as_of, snapshot, context in tables():
         if schema is None:
             schema = feature_schema(snapshot, context, plan.categories)
         rows = np.flatnonzero((plan.window["snapshot_at"] == as_of).to_numpy())
-        blocks.append(FeatureAssembler(snapshot, context, schema=schema).transform(plan.window.iloc[rows]))
+        block, status = FeatureAssembler(snapshot, context, schema=schema).transform_with_status(plan.window.iloc[rows])
+        blocks.append(block)
+        trusts.append(status.trust)
         rows_of.append(rows)
     if schema is None:  # unreachable: the window is non-empty, so there is a snapshot time
         raise SchemaError("impressions", "ts", "at least one snapshot time", "none")
     features = np.empty((len(plan.window), len(schema["feature_names"])), dtype=np.float64)
-    for rows, block in zip(rows_of, blocks, strict=True):
+    policy_trust = np.empty(len(plan.window), dtype=np.float64)
+    for rows, block, trust in zip(rows_of, blocks, trusts, strict=True):
         features[rows] = block
-    frame = assemble_rows(plan.window, features, schema, events, config)
+        policy_trust[rows] = trust
+    frame = assemble_rows(plan.window, features, schema, events, config, policy_trust=policy_trust)
     return TrainingFrame(
         frame=frame,
         feature_names=tuple(schema["feature_names"]),
@@ -413,15 +421,21 @@ def feature_schema(snapshot: SnapshotFrames, context: ContextTables | None, cate
 
 
 def assemble_rows(
-    window: pd.DataFrame, features: np.ndarray, schema: Mapping[str, Any], events: EventLog, config: DatasetConfig
+    window: pd.DataFrame, features: np.ndarray, schema: Mapping[str, Any], events: EventLog, config: DatasetConfig,
+    policy_trust: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Ids, graded label, snapshot time and features of ``window``'s rows, sorted by request.
 
     Rows come out in request-time order, the rows of a request together by position.
+    ``policy_trust``: the merchant trust the ranking policy reads for each row (the trust
+    index of the row's snapshot, :meth:`~trustfeed.features.context.FeatureAssembler.merchant_status`),
+    kept as the column ``policy_trust`` (not a feature) for fitting the policy.
     """
     frame = pd.DataFrame({column: window[column].array for column in ID_COLUMNS})
     frame["label"] = graded_labels(window, events, config)
     frame["snapshot_at"] = window["snapshot_at"].array
+    if policy_trust is not None:
+        frame[POLICY_TRUST] = np.asarray(policy_trust, dtype=np.float64)
     frame = pd.concat([frame, pd.DataFrame(features, columns=list(schema["feature_names"]))], axis=1)
     request_time = frame.groupby("request_id", sort=False)["ts"].transform("min")
     return (

@@ -52,7 +52,7 @@ from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
 from ..ranker.policy import Policy, PolicyConfig
 from ..ranker.purchase import PurchaseModel, PurchaseModelConfig
 from .bad_order_cost import BadOrderCost, BadOrderCostConfig
-from .dataset import DatasetConfig, TrainingFrame
+from .dataset import POLICY_TRUST, DatasetConfig, TrainingFrame
 from .evaluation import (
     EVALUATION_DIR,
     PLAIN_MODEL_DIR,
@@ -345,7 +345,7 @@ def _windows(events: EventLog, until: pd.Timestamp | None, valid_fraction: float
 def _is_trust_feature(name: str, source: str) -> bool:
     """Trust signals the plain model must not see: the merchant trust snapshot, creator
     trust/violation/report signals and the user's past bad experiences with a merchant."""
-    if source.startswith("merchant:"):
+    if source.startswith(("merchant:", "merchant_percentile:")):
         return True
     lowered = f"{name} {source}".lower()
     return any(word in lowered for word in ("trust", "violation", "report", "banned", "bad"))
@@ -428,6 +428,13 @@ def _bad_model_rows(fit_part: TrainingFrame, bought: np.ndarray, index_sources: 
     if rows.sum() < _MIN_FITTED_INDEX_PURCHASES:
         return None, f"index calibration ({int(rows.sum())} purchases scored with a fitted index)"
     return rows, f"purchases scored with a fitted index ({int(rows.sum())} of {int(bought.sum())})"
+
+
+def _policy_trust_column(part: TrainingFrame) -> str:
+    """The frame column holding the trust the policy reads: ``policy_trust`` (the snapshot's
+    trust index, what serving scores with), or in frames without it the raw index feature of
+    older schemas; the models' scale-free trust standing is not what the policy scores."""
+    return POLICY_TRUST if POLICY_TRUST in part.frame.columns else "merchant_trust_index"
 
 
 def _purchased(impressions: pd.DataFrame) -> np.ndarray:
@@ -595,7 +602,7 @@ def fit_policy_and_target(
     progress = progress or NullProgress()
     policy, balancer = Policy(config.policy), config.balancer
     fitted: dict[str, Any] = {}
-    trust_column = "merchant_trust_index"
+    trust_column = _policy_trust_column(fit_part)
     impressions = events["impressions"]
     if valid_score is None:
         valid_score = (purchase_model or model).predict(valid_part.features())
