@@ -21,7 +21,7 @@ Usage (a shared machine: one thread, nice)::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_policy_worlds.py --work DIR
         [--worlds impulse no_impulse] [--platforms 1 2] [--merchants 150] [--days 21] [--seeds 3]
-        [--variants trust_aware_cost3 ...] [--prepare-only]
+        [--variants trust_aware_cost3 ...] [--prepare-only] [--from-csv]
 
 ``--work`` keeps the datasets and bundles (reused when present) and each rollout's per-seed
 totals (``loop_<setting>_<seed>.csv``). Measured figures are in docs/rollout.md.
@@ -42,7 +42,8 @@ WORLDS: dict[str, dict[str, Any]] = {
     "no_impulse": {"impulse_strength": 0.0},  # conversion does not depend on the merchant's risk
 }
 BASE_POLICIES = ["plain", "oracle", "trust_aware", "trust_aware_balanced"]
-METRICS = ["net_value", "orders", "bad_orders", "bad_order_rate", "end_visits", "buyer_retention", "gini"]
+METRICS = ["net_value", "orders", "bad_orders", "bad_order_rate", "end_visits", "buyer_retention", "gini",
+           "expected_net_value", "expected_orders", "expected_bad_orders"]
 
 
 def _policy_variant(label: str, change: Callable[[Any], Any], balancer: bool = False) -> Any:
@@ -70,14 +71,47 @@ def _state(**changes: Any) -> Callable[[Any], Any]:
     return lambda policy: Policy(policy.config, None if policy.state is None else replace(policy.state, **changes))
 
 
-def variants() -> dict[str, Any]:
-    """Policy variants by name (each a change of the served policy's config or state)."""
+def _bound(level: float, bad_rate: float | None) -> Callable[[Any], Any]:
+    """Risk at a credible bound; a state fitted before it recorded its prior gets ``bad_rate``."""
+    from trustfeed.ranker.policy import Policy
+
+    def change(policy: Any) -> Any:
+        state = policy.state
+        if state is not None and state.bad_rate is None and bad_rate is not None:
+            state = replace(state, bad_rate=bad_rate)
+        return Policy(replace(policy.config, risk_bound_level=level), state)
+
+    return change
+
+
+def recorded_bad_rate(root: Path) -> float | None:
+    """The training job's ``fitted.policy.train_bad_rate`` in the platform's MLflow store (``None``: absent)."""
+    import sqlite3
+
+    path = root / "mlflow.db"
+    if not path.is_file():
+        return None
+    with sqlite3.connect(path) as db:
+        row = db.execute("select value from params where key = 'fitted.policy.train_bad_rate' limit 1").fetchone()
+    return float(row[0]) if row else None
+
+
+def variants(bad_rate: float | None = None) -> dict[str, Any]:
+    """Policy variants by name (each a change of the served policy's config or state).
+
+    ``bad_rate``: the prior of the credible-bound variants for bundles whose state predates it.
+    """
     return {
         "trust_aware_cost3": _policy_variant("bad_cost 3 in the ranking", _config(bad_cost=3.0)),
         "trust_aware_cost5": _policy_variant("bad_cost 5 in the ranking", _config(bad_cost=5.0)),
         "trust_aware_no_risk_term": _policy_variant("risk term d = 0", _state(risk_term=0.0)),
         "trust_aware_index_calibration": _policy_variant("p_bad = 1 - trust (the index's own calibration)",
                                                          _state(bad_model=(0.0, -1.0))),
+        # risk at an upper credible bound of the merchant's beta-binomial posterior (its record's orders)
+        "trust_aware_bound80": _policy_variant("risk at the 80% credible bound", _bound(0.8, bad_rate)),
+        "trust_aware_bound50": _policy_variant("risk at the posterior median", _bound(0.5, bad_rate)),
+        "served_bound80": _policy_variant("risk at the 80% credible bound, balancer", _bound(0.8, bad_rate),
+                                          balancer=True),
     }
 
 
@@ -120,6 +154,14 @@ def summarise(cumulative: pd.DataFrame) -> pd.DataFrame:
                 "gini": values["gini"],
                 "oracle_share": (float("nan") if oracle is None
                                  else (values["net_value"] - plain["net_value"]) / (oracle["net_value"] - plain["net_value"])),
+                # the same slates valued at the world's probabilities (no draw noise)
+                "exp_net_x": values["expected_net_value"] / plain["expected_net_value"],
+                "exp_orders_x": values["expected_orders"] / plain["expected_orders"],
+                "exp_bad_rate_x": ((values["expected_bad_orders"] / values["expected_orders"])
+                                   / (plain["expected_bad_orders"] / plain["expected_orders"])),
+                "exp_share": (float("nan") if oracle is None
+                              else (values["expected_net_value"] - plain["expected_net_value"])
+                              / (oracle["expected_net_value"] - plain["expected_net_value"])),
             })
     out = pd.DataFrame(rows)
     mean = out.groupby("policy", sort=False).mean(numeric_only=True).reset_index().assign(platform="mean")
@@ -145,7 +187,15 @@ def main() -> None:
     parser.add_argument("--base", nargs="*", default=BASE_POLICIES, help="registered policies to run")
     parser.add_argument("--prepare-only", action="store_true", help="simulate and train, no rollout")
     parser.add_argument("--tag", default="", help="suffix of the saved per-seed csv files")
+    parser.add_argument("--from-csv", action="store_true",
+                        help="summarise the per-seed csv files a previous run saved in --work (no simulation, no rollout)")
     args = parser.parse_args()
+    if args.from_csv:
+        for world in args.worlds:
+            files = [args.work / f"{world}-{seed}-{args.merchants}" / f"loop_{args.days}d_{args.seeds}s{args.tag}.csv"
+                     for seed in args.platforms]
+            _print_summary(world, pd.concat([pd.read_csv(f) for f in files], ignore_index=True), args)
+        return
 
     from trustfeed.training.evaluation.policies import POLICIES
     from trustfeed.training.evaluation.rollout import run_rollout
@@ -165,8 +215,9 @@ def main() -> None:
             if args.prepare_only:
                 print(f"{world} platform {seed}: {bundle}", flush=True)
                 continue
+            platform_registry = {**registry, **{name: variants(recorded_bad_rate(root))[name] for name in args.variants}}
             result = run_rollout(bundle, root / "events", days=args.days, seeds=args.seeds, policies=names,
-                                 registry=registry, rebuild_every_days=7)
+                                 registry=platform_registry, rebuild_every_days=7)
             daily = result.daily
             last_week = daily[daily["day"] >= args.days - 7].groupby(["policy", "seed"])["requests"].sum()
             cumulative = result.cumulative.assign(platform=seed, world=world)
@@ -175,12 +226,16 @@ def main() -> None:
             parts.append(cumulative)
         if not parts:
             continue
-        summary = summarise(pd.concat(parts, ignore_index=True))
-        summary["bars"] = summary.apply(bars, axis=1)
-        with pd.option_context("display.width", 220, "display.max_columns", 20):
-            print(f"\nworld '{world}': {len(args.platforms)} platforms x {args.seeds} seeds x {args.days} days, "
-                  f"ratios against plain LambdaMART")
-            print(summary.round(3).to_string(index=False), flush=True)
+        _print_summary(world, pd.concat(parts, ignore_index=True), args)
+
+
+def _print_summary(world: str, cumulative: pd.DataFrame, args: argparse.Namespace) -> None:
+    summary = summarise(cumulative)
+    summary["bars"] = summary.apply(bars, axis=1)
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(f"\nworld '{world}': {len(args.platforms)} platforms x {args.seeds} seeds x {args.days} days, "
+              f"ratios against plain LambdaMART (exp_*: the shown slates at the world's probabilities)")
+        print(summary.round(3).to_string(index=False), flush=True)
 
 
 if __name__ == "__main__":

@@ -614,11 +614,14 @@ class FeatureAssembler:
         rows_of = {"merchant_table": n_m, "creator_table": n_c, "category_code": n_m, "user_activity": n_u,
                    **dict.fromkeys(status_names, n_m)}
         for name, rows in rows_of.items():
+            if name == "status_orders" and name not in arrays:
+                continue
             if arrays[name].shape[0] != rows:
                 raise SchemaError("served arrays", name, f"{rows} rows (ids + 1)", f"{arrays[name].shape[0]} rows")
         self._merchant_table, self._creator_table = arrays["merchant_table"], arrays["creator_table"]
         self._category_code, self._user_activity = arrays["category_code"], arrays["user_activity"]
-        self._status = MerchantStatus(*(arrays[name] for name in status_names))
+        # tables written before a status field existed: NaN (not known) for it
+        self._status = MerchantStatus(*(arrays[name] if name in arrays else np.full(n_m, np.nan) for name in status_names))
         widths = {"follows": n_c - 1, "user_merchant": n_m - 1, "user_category": len(categories)}
         for name in _PAIR_TABLES:
             setattr(self, f"_{name}", _PairTable.from_arrays(arrays[f"{name}_keys"], arrays[f"{name}_values"], widths[name]))
@@ -680,6 +683,7 @@ class FeatureAssembler:
             banned_entity=status.banned_entity[rows],
             known=status.known[rows],
             guarantees=status.guarantees[rows],
+            orders=status.orders[rows],
         )
 
     def transform_with_status(self, candidates: pd.DataFrame | Mapping[str, Any]) -> tuple[np.ndarray, MerchantStatus]:

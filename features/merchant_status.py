@@ -32,6 +32,9 @@ class MerchantStatus(NamedTuple):
     """The merchant is in the snapshot."""
     guarantees: np.ndarray
     """Buyer-protection ("trusted purchase") benefits the merchant offers (0 when unknown)."""
+    orders: np.ndarray
+    """The merchant's effective orders in the snapshot (``n_orders``): how much its record shows
+    (0 for an unknown merchant, a new account; NaN when the snapshot has no such column)."""
 
 
 def merchant_status_table(merchants: pd.DataFrame, rows: np.ndarray, n: int, prior_trust: float) -> MerchantStatus:
@@ -85,5 +88,9 @@ def merchant_status_table(merchants: pd.DataFrame, rows: np.ndarray, n: int, pri
     guarantees = np.zeros(n + 1)
     if "n_benefits" in merchants.columns:
         guarantees[rows[valid]] = np.nan_to_num(_as_float(merchants["n_benefits"])[valid])
-    return MerchantStatus(np.clip(trust, 0.0, 1.0), banned, banned_entity, known, guarantees)
+    orders = np.full(n + 1, np.nan)
+    if "n_orders" in merchants.columns:
+        orders[:] = 0.0
+        orders[rows[valid]] = np.nan_to_num(_as_float(merchants["n_orders"])[valid])
+    return MerchantStatus(np.clip(trust, 0.0, 1.0), banned, banned_entity, known, guarantees, orders)
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import special
 
 from ..features.errors import ConfigError, SchemaError
 
@@ -60,6 +61,7 @@ __all__ = [
     "max_risk_term",
     "purchase_probability",
     "bad_probability",
+    "bad_probability_bound",
     "expected_value_score",
     "check_parameters",
 ]
@@ -292,6 +294,37 @@ def bad_probability(trust: ArrayLike, model: Sequence[float], eps: float = 1e-3)
     return _sigmoid(c0 + c1 * _logit(np.where(np.isnan(t), 0.5, t), eps))
 
 
+def bad_probability_bound(p_bad: ArrayLike, orders: ArrayLike, level: float, prior_orders: float,
+                          prior_rate: float) -> np.ndarray:
+    """Upper credible bound of a merchant's bad-order probability given how much its record shows.
+
+    A beta-binomial posterior: the prior ``Beta(r k, (1 - r) k)`` (the platform's bad-order
+    rate ``r = prior_rate`` worth ``k = prior_orders`` orders) updated with the merchant's
+    record read as ``n = orders`` (effective) orders of which a share ``p_bad`` went bad, i.e.
+    ``Beta(r k + p n, (1 - r) k + (1 - p) n)``, taken at its ``level``-quantile. A long record
+    gives about ``p_bad``; a thin one is pulled towards the platform's rate and priced at the
+    pessimistic side of what it could be, so a merchant whose few orders look clean is not
+    scored as if that were known. Non-decreasing in ``p_bad`` for a fixed record (a Beta whose
+    total is fixed is stochastically larger as its first parameter grows). NaN ``orders``
+    (not known) leaves ``p_bad`` as it is.
+
+    Examples
+    --------
+    >>> p, n = np.array([0.01, 0.01, 0.01, 0.2]), np.array([0.0, 10.0, 10_000.0, 10.0])
+    >>> bad_probability_bound(p, n, 0.8, 20.0, 0.08).round(3).tolist()
+    [0.123, 0.087, 0.011, 0.166]
+    """
+    p = np.clip(np.asarray(p_bad, dtype=np.float64), 0.0, 1.0)
+    n = np.asarray(orders, dtype=np.float64)
+    known = np.isfinite(n)
+    evidence = np.maximum(np.where(known, n, 0.0), 0.0)
+    rate = min(max(float(prior_rate), 1e-6), 1.0 - 1e-6)
+    alpha = rate * prior_orders + p * evidence
+    beta = (1.0 - rate) * prior_orders + (1.0 - p) * evidence
+    bound = np.asarray(special.betaincinv(np.maximum(alpha, 1e-12), np.maximum(beta, 1e-12), level), dtype=np.float64)
+    return np.where(known, bound, p)
+
+
 def expected_value_score(
     relevance: np.ndarray,
     trust: np.ndarray,
@@ -300,6 +333,8 @@ def expected_value_score(
     bad_cost: float,
     eps: float = 1e-3,
     risk_term: float = 0.0,
+    orders: np.ndarray | None = None,
+    risk_bound: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
     """``P(purchase | examined) * (1 - (1 + bad_cost) * p_bad)``; a NaN relevance is ``-inf``.
 
@@ -310,6 +345,11 @@ def expected_value_score(
     ``risk_term`` is ``d`` of the calibration, clipped to ``[0, 1 + bad_cost]`` so the score
     never falls as trust rises (``bad_cost = 0`` charges no risk and ranks by relevance alone,
     without it).
+
+    ``risk_bound = (level, prior_orders, prior_rate)`` with ``orders`` (each candidate's merchant's
+    effective orders): ``p_bad`` is taken at its upper credible bound
+    (:func:`bad_probability_bound`) in both places it enters, so the score stays
+    non-decreasing in trust for a given record.
 
     Examples
     --------
@@ -330,6 +370,8 @@ def expected_value_score(
         value = purchase_probability(np.where(finite, rel, 0.0), calibration)
     else:
         p_bad = bad_probability(trust, bad_model, eps)
+        if risk_bound is not None and orders is not None:
+            p_bad = bad_probability_bound(p_bad, orders, *risk_bound)
         d = min(max(float(risk_term), 0.0), max_risk_term(bad_cost))
         factor = 1.0 - (1.0 + bad_cost) * p_bad
         purchase = purchase_probability(np.where(finite, rel, 0.0), calibration, p_bad, d)

@@ -382,7 +382,8 @@ class RankingPipeline:
         passed = codes == 0
         # one request needs no group bookkeeping (the policy scores it alike either way)
         group = None if len(requests) == 1 else unique_sizes
-        score = self.policy.score(relevance, trust, group=group, guarantees=status.guarantees, kept=passed)
+        score = self.policy.score(relevance, trust, group=group, guarantees=status.guarantees, kept=passed,
+                                  orders=status.orders)
         if not passed.all():
             score = np.where(passed, score, -np.inf)
 

@@ -135,12 +135,23 @@ class PolicyConfig(Config):
         lowers a list's exposure-weighted trust.
     trust_exposure_depth
         Positions the trust-exposure target is measured over (an integer ``>= 1``).
+    risk_bound_level
+        ``"expected_value"`` with a fitted policy: price each merchant's bad-order probability
+        at this upper credible level of a beta-binomial posterior given its record (its
+        effective orders in the snapshot, and the fitted platform bad-order rate worth
+        ``risk_prior_orders`` orders as the prior; see
+        :func:`~trustfeed.ranker._expected_value.bad_probability_bound`), in ``[0.5, 1)``;
+        ``None`` (the default): the point estimate. A thin record is then priced near the
+        platform's rate or above, a long one at its own.
+    risk_prior_orders
+        How many orders the prior of ``risk_bound_level`` is worth (``> 0``).
 
     Examples
     --------
     >>> PolicyConfig.from_dict(PolicyConfig(trust_weight=0.5, combine="logit").to_dict())  # doctest: +NORMALIZE_WHITESPACE
     PolicyConfig(trust_weight=0.5, combine='logit', trust_floor=None, filter_banned=True, eps=0.001, bad_cost=2.0,
-                 guarantee_boost=0.0, trust_exposure_target=None, trust_exposure_depth=10)
+                 guarantee_boost=0.0, trust_exposure_target=None, trust_exposure_depth=10, risk_bound_level=None,
+                 risk_prior_orders=20.0)
     """
 
     trust_weight: float = 1.0
@@ -152,6 +163,8 @@ class PolicyConfig(Config):
     guarantee_boost: float = 0.0
     trust_exposure_target: float | None = None
     trust_exposure_depth: int = 10
+    risk_bound_level: float | None = None
+    risk_prior_orders: float = 20.0
 
     constraints: ClassVar[Constraints] = {
         "trust_weight": Real(0),
@@ -163,6 +176,8 @@ class PolicyConfig(Config):
         "guarantee_boost": Real(0, 10),
         "trust_exposure_target": Real(0, 1, strict_low=True, strict_high=True, optional=True),
         "trust_exposure_depth": Integer(1, 1_000_000),
+        "risk_bound_level": Real(0.5, 1, strict_high=True, optional=True),
+        "risk_prior_orders": Real(0, 1e9, strict_low=True),
     }
 
 
@@ -186,18 +201,23 @@ class PolicyState:
         ``"purchase_model"`` (the log purchase probability of
         :class:`~trustfeed.ranker.purchase.PurchaseModel`). A pipeline refuses a state fitted
         on a score it does not compute.
+    bad_rate
+        The share of the training window's purchases that went bad (in ``(0, 1)``; ``None``:
+        not recorded, as in states saved before it existed): the prior of
+        :attr:`PolicyConfig.risk_bound_level`, which is inactive without it.
 
     Examples
     --------
     >>> PolicyState.from_dict(PolicyState((1.3, -2.5), (-2.0, -0.8), 1.5).to_dict())  # doctest: +NORMALIZE_WHITESPACE
     PolicyState(purchase_calibration=(1.3, -2.5), bad_model=(-2.0, -0.8), risk_term=1.5,
-                relevance_source='ranker')
+                relevance_source='ranker', bad_rate=None)
     """
 
     purchase_calibration: tuple[float, float]
     bad_model: tuple[float, float]
     risk_term: float = 0.0
     relevance_source: str = "ranker"
+    bad_rate: float | None = None
 
     def __post_init__(self) -> None:
         calibration, bad = check_parameters(self.purchase_calibration, self.bad_model, 0.0)
@@ -209,6 +229,11 @@ class PolicyState:
         if self.relevance_source not in RELEVANCE_SOURCES:
             raise ConfigError(f"PolicyState.relevance_source must be one of {list(RELEVANCE_SOURCES)}, "
                               f"got {self.relevance_source!r}")
+        if self.bad_rate is not None:
+            if not (isinstance(self.bad_rate, (int, float)) and not isinstance(self.bad_rate, bool)
+                    and 0 < self.bad_rate < 1):
+                raise ConfigError(f"PolicyState.bad_rate must be a number in (0, 1) or None, got {self.bad_rate!r}")
+            object.__setattr__(self, "bad_rate", float(self.bad_rate))
         # JSON gives lists back: tuples keep from_dict(to_dict()) == state
         object.__setattr__(self, "purchase_calibration", calibration)
         object.__setattr__(self, "bad_model", bad)
@@ -216,22 +241,23 @@ class PolicyState:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fitted values."""
-        return {"purchase_calibration": list(self.purchase_calibration), "bad_model": list(self.bad_model),
-                "risk_term": self.risk_term, "relevance_source": self.relevance_source}
+        values = {"purchase_calibration": list(self.purchase_calibration), "bad_model": list(self.bad_model),
+                  "risk_term": self.risk_term, "relevance_source": self.relevance_source}
+        return values if self.bad_rate is None else {**values, "bad_rate": self.bad_rate}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PolicyState:
         """Inverse of :meth:`to_dict`; unknown or missing keys are a :class:`ConfigError`.
 
-        ``risk_term`` and ``relevance_source`` may be absent (states saved before they
-        existed): they are then 0 and ``"ranker"``.
+        ``risk_term``, ``relevance_source`` and ``bad_rate`` may be absent (states saved before
+        they existed): they are then 0, ``"ranker"`` and ``None``.
         """
-        reject_unknown_keys("PolicyState", values, {*LEGACY_STATE_KEYS, "risk_term", "relevance_source"})
+        reject_unknown_keys("PolicyState", values, {*LEGACY_STATE_KEYS, "risk_term", "relevance_source", "bad_rate"})
         missing = [k for k in LEGACY_STATE_KEYS if k not in values]
         if missing:
             raise ConfigError(f"PolicyState: missing {missing}")
         return cls(values["purchase_calibration"], values["bad_model"], values.get("risk_term", 0.0),
-                   values.get("relevance_source", "ranker"))
+                   values.get("relevance_source", "ranker"), values.get("bad_rate"))
 
 
 @dataclass(frozen=True)
@@ -373,9 +399,10 @@ class Policy:
             self.state, self.fit_info_ = None, info
             return self
         bad_values = np.asarray(bad, dtype=np.float64)
-        info.update({"bad_c0": c0, "bad_c1": c1, "train_purchases": int(bad_values.size),
-                     "train_bad_rate": float(bad_values.mean()) if bad_values.size else float("nan")})
-        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1), d, relevance_source), info
+        bad_rate = float(bad_values.mean()) if bad_values.size else float("nan")
+        info.update({"bad_c0": c0, "bad_c1": c1, "train_purchases": int(bad_values.size), "train_bad_rate": bad_rate})
+        prior = bad_rate if 0 < bad_rate < 1 else None
+        self.state, self.fit_info_ = PolicyState((a, b), (c0, c1), d, relevance_source, prior), info
         return self
 
     # ------------------------------------------------------------------ the decision
@@ -404,7 +431,8 @@ class Policy:
         return _REASONS.take(self.rule_codes(banned_merchant, banned_entity, trust))
 
     def score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None = None,
-              guarantees: ArrayLike | None = None, kept: ArrayLike | None = None) -> np.ndarray:
+              guarantees: ArrayLike | None = None, kept: ArrayLike | None = None,
+              orders: ArrayLike | None = None) -> np.ndarray:
         """The combined score of every candidate (vectorised; hard rules not applied).
 
         Parameters
@@ -421,8 +449,11 @@ class Policy:
         kept
             Candidates that passed the hard rules (``None``: all), for
             ``trust_exposure_target``: only they are shown, so only they count towards it.
+        orders
+            Each candidate's merchant's effective orders in the snapshot (NaN: not known), for
+            ``risk_bound_level``; ``None``: the point estimate for every candidate.
         """
-        score = self._base_score(relevance, trust, group)
+        score = self._base_score(relevance, trust, group, orders)
         config = self.config
         additive = config.combine == "logit" or (config.combine == "expected_value" and not self._uses_expected_value)
         if config.guarantee_boost != 0 and guarantees is not None:
@@ -449,7 +480,8 @@ class Policy:
         return (config.combine == "expected_value" and self.state is not None and config.trust_weight != 0
                 and config.bad_cost != 0)
 
-    def _base_score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None) -> np.ndarray:
+    def _base_score(self, relevance: ArrayLike, trust: ArrayLike, group: ArrayLike | None,
+                    orders: ArrayLike | None = None) -> np.ndarray:
         config = self.config
         rel = np.asarray(relevance, dtype=np.float64)
         n = rel.shape[0]
@@ -459,8 +491,13 @@ class Policy:
         if self._uses_expected_value and state is not None:
             # calibrated on the raw score: no per-request standardisation
             trust_values = np.where(np.isnan(trust_values), 0.5, trust_values)
+            bound = None
+            if config.risk_bound_level is not None and state.bad_rate is not None and orders is not None:
+                bound = (config.risk_bound_level, config.risk_prior_orders, state.bad_rate)
             return expected_value_score(rel, trust_values, state.purchase_calibration, state.bad_model,
-                                        config.bad_cost, config.eps, state.risk_term)
+                                        config.bad_cost, config.eps, state.risk_term,
+                                        orders=None if bound is None else _vector(orders, n, "orders", np.float64),
+                                        risk_bound=bound)
         z = standardise_relevance(rel, None if group is None else _group_sizes(group, n))
         if config.trust_weight == 0 or (expected_value and config.bad_cost == 0):
             return z

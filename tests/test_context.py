@@ -441,3 +441,16 @@ def test_a_schema_saved_with_the_index_value_still_reads_the_value():
     X = assembler.transform({"user_id": "u", "ts": T0, "creator_id": ["c1"] * 3, "merchant_id": ["m1", "m2", "m-new"]})
     assert column(assembler, X, "merchant_trust_index").tolist() == [0.9, 0.2, 0.6]
     assert parse_source("merchant_percentile:trust_index").text() == "merchant_percentile:trust_index"
+
+
+def test_merchant_records_reach_the_policy_and_old_served_tables_still_open():
+    from trustfeed.features._id_index import HashedIds
+
+    assembler = FeatureAssembler(crafted_snapshot())
+    ids = ["m1", "m2", "m3", "m-new"]
+    assert assembler.merchant_status(ids).orders.tolist() == [100.0, 50.0, 3.0, 0.0]  # unknown: a new account
+    arrays = {k: v for k, v in assembler.served_arrays().items() if k != "status_orders"}  # written before it existed
+    indexes = {name: HashedIds.build(v) for name, v in assembler.id_vocabularies().items()}
+    old = FeatureAssembler.from_served_arrays(assembler.schema(), arrays, indexes)
+    assert np.isnan(old.merchant_status(ids).orders).all()  # not known: the policy keeps its point estimate
+    assert old.merchant_status(ids).trust.tolist() == assembler.merchant_status(ids).trust.tolist()

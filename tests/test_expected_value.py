@@ -366,3 +366,67 @@ def test_fit_with_a_given_bad_model_keeps_it(rng: np.random.Generator) -> None:
     assert policy.state is not None and policy.state.bad_model == (0.0, -1.0)
     with pytest.raises(ConfigError):
         Policy().fit(score, purchased, position, trust, bad, bad_model=(0.0, 0.5))  # would rise with trust
+
+
+# ----------------------------------------------------------------------------- risk at a credible bound
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=12), orders=st.floats(0.0, 5000.0),
+       level=st.floats(0.5, 0.99), prior_orders=st.floats(1.0, 200.0), prior_rate=st.floats(0.005, 0.5))
+def test_the_credible_bound_rises_with_the_point_estimate(p: list[float], orders: float, level: float,
+                                                           prior_orders: float, prior_rate: float) -> None:
+    ordered = np.sort(np.array(p))
+    bound = ev.bad_probability_bound(ordered, np.full(ordered.size, orders), level, prior_orders, prior_rate)
+    assert ((bound >= 0) & (bound <= 1)).all()
+    assert (np.diff(bound) >= -1e-12).all()
+
+
+def test_the_credible_bound_prices_a_thin_record_above_a_long_one() -> None:
+    p = np.full(4, 0.02)
+    orders = np.array([0.0, 10.0, 100.0, 100_000.0])
+    bound = ev.bad_probability_bound(p, orders, 0.8, 20.0, 0.08)
+    assert (np.diff(bound) < 0).all()  # a clean-looking record counts for more the longer it is
+    assert bound[-1] == pytest.approx(0.02, abs=0.002)  # a long record: its own rate
+    assert ev.bad_probability_bound(p, np.full(4, np.nan), 0.8, 20.0, 0.08).tolist() == p.tolist()  # not known
+    # the posterior median sits below the 80% bound
+    assert (ev.bad_probability_bound(p, orders, 0.5, 20.0, 0.08) < bound).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(rel=st.lists(st.floats(-6, 6, allow_nan=False), min_size=2, max_size=12), data=st.data(),
+       bad_cost=st.floats(0.1, 10.0), c1=st.floats(-3.0, 0.0), risk_term=st.floats(0.0, 30.0),
+       level=st.floats(0.5, 0.99))
+def test_risk_at_the_credible_bound_never_lowers_a_score_as_trust_rises(
+    rel: list[float], data: st.DataObject, bad_cost: float, c1: float, risk_term: float, level: float
+) -> None:
+    n = len(rel)
+    trust = np.array(data.draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n)))
+    orders = np.array(data.draw(st.lists(st.floats(0.0, 1000.0), min_size=n, max_size=n)))
+    i = data.draw(st.integers(0, n - 1))
+    raised = trust.copy()
+    raised[i] = data.draw(st.floats(trust[i], 1.0))
+    policy = Policy(PolicyConfig(bad_cost=bad_cost, risk_bound_level=level),
+                    PolicyState((1.0, -2.0), (-1.5, c1), risk_term, bad_rate=0.08))
+    assert policy.score(rel, raised, orders=orders)[i] >= policy.score(rel, trust, orders=orders)[i] - 1e-12
+
+
+def test_risk_bound_needs_the_level_the_prior_and_the_records() -> None:
+    rel, trust, orders = [1.0, 1.0], [0.99, 0.99], [2.0, 5000.0]
+    state = PolicyState((1.0, -2.0), (0.0, -1.0), 0.0, bad_rate=0.08)
+    bounded = Policy(PolicyConfig(risk_bound_level=0.8), state)
+    thin, long = bounded.score(rel, trust, orders=orders)
+    assert thin < long  # the same clean-looking trust: the thin record is priced riskier
+    point = Policy(PolicyConfig(), state).score(rel, trust, orders=orders)
+    assert point[0] == point[1] and long <= point[1]
+    # no prior recorded (a state saved before it existed), or no records given: the point estimate
+    assert Policy(PolicyConfig(risk_bound_level=0.8), PolicyState((1.0, -2.0), (0.0, -1.0))).score(
+        rel, trust, orders=orders).tolist() == point.tolist()
+    assert bounded.score(rel, trust).tolist() == point.tolist()
+    assert PolicyState.from_dict(state.to_dict()) == state
+    assert "bad_rate" not in PolicyState((1.0, -2.0), (0.0, -1.0)).to_dict()
+    for bad in ({"risk_bound_level": 0.3}, {"risk_bound_level": 1.0}, {"risk_prior_orders": 0.0}):
+        with pytest.raises(ConfigError):
+            PolicyConfig.from_dict({**PolicyConfig().to_dict(), **bad})
+    with pytest.raises(ConfigError, match="bad_rate"):
+        PolicyState((1.0, -2.0), (0.0, -1.0), bad_rate=1.5)
