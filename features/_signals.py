@@ -352,11 +352,11 @@ def _order_credibility(
     amount = orders["amount"].to_numpy(dtype="float64")
     order_category = _lookup(category, merchant, -1)
     if references is None:
-        typical = pd.Series(amount[paid]).groupby(order_category[paid]).median()
+        typical = pd.Series(amount[paid], copy=False).groupby(order_category[paid]).median()
         overall = float(np.median(amount[paid])) if paid.any() else 0.0
     else:
         typical, overall = references.category_median, references.overall_median
-    reference = pd.Series(order_category).map(typical).fillna(overall).to_numpy(dtype="float64")
+    reference = pd.Series(order_category, copy=False).map(typical).fillna(overall).to_numpy(dtype="float64")
     del order_category
     keep *= 1.0 - (amount < config.tiny_amount_fraction * reference) * config.tiny_amount_suspicion  # tiny orders
     del reference
@@ -628,14 +628,16 @@ def build_counts(
         return SignalCounts(merchants=pd.DataFrame(counts), creators=empty, orders=empty, users=empty, references=references)
 
     creators = _creators(tables, stream_creator, as_of, config, agg, enc)
-    # Only what the index fit's labels need is kept per order (memory at 10M orders).
+    # Only what the index fit's labels need is kept per order (memory at 10M orders); the
+    # arrays themselves, not copies (pandas copies arrays given to a frame by default)
     labels = pd.DataFrame(
         {
             "merchant": merchant,
             "created_at": order_frame["created_at"],
             "order_weight": weight,
             "bad": bad,
-        }
+        },
+        copy=False,
     )
     return SignalCounts(
         merchants=pd.DataFrame(counts),
@@ -701,7 +703,7 @@ def _from_followers(tables: Mapping[str, pd.DataFrame], enc: Encoding) -> np.nda
     follow_key = _codes(follows["user_id"]) * n_creators + _codes(follows["creator_id"])
     followed = pd.to_datetime(follows["followed_at"], utc=True).reset_index(drop=True)
     first = followed.groupby(follow_key).min()
-    followed_at = pd.Series(order_key).map(first)
+    followed_at = pd.Series(order_key, copy=False).map(first)
     known = (_codes(orders["creator_id"]) >= 0) & followed_at.notna().to_numpy()
     created = pd.to_datetime(orders["created_at"], utc=True).reset_index(drop=True)
     before = (pd.to_datetime(followed_at, utc=True) < created).to_numpy(dtype=bool, na_value=False)
