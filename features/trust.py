@@ -367,10 +367,11 @@ def _later_bad_rate(
     window = created >= start
     if end is not None:
         window &= created < end
-    later = orders[window.to_numpy(dtype=bool, na_value=False)]
-    bad = later["bad"].to_numpy()
-    weight = later["order_weight"].to_numpy()
-    merchant = later["merchant"].to_numpy()
+    # the three columns read, not a copy of the frame's rows (ten million orders, three calls)
+    later = window.to_numpy(dtype=bool, na_value=False)
+    bad = orders["bad"].to_numpy()[later]
+    weight = orders["order_weight"].to_numpy()[later]
+    merchant = orders["merchant"].to_numpy()[later]
     report_merchant = reports["merchant_id"].to_numpy(dtype="int64")
     verified = reports["verified"].astype("boolean").fillna(False).to_numpy(dtype=bool)
     serious = reports["category"].astype("string").isin(("counterfeit", "false_advertising")).to_numpy(dtype=bool, na_value=False)
