@@ -12,7 +12,8 @@ days), trains the default bundle with the real training job, then runs the close
 random numbers for every policy) with ``plain`` (LambdaMART without trust features),
 ``oracle`` (true expected net value), the served policy with and without the balancer, and the
 policy variants named in ``--variants`` (:data:`VARIANTS`: each changes only the policy's
-config or fitted state, so they share the bundle). It prints, per platform and on the mean of
+config or fitted state, so they share the bundle); ``--purchase-variant`` trains a second bundle
+with other purchase-model settings and runs its served policy in the same loop. It prints, per platform and on the mean of
 a setting's platforms, each policy's ratios against plain (net value, orders, bad-order rate,
 feed requests in the last 7 days) and its share of the oracle's net-value gain, next to the issue's bars
 (share >= 0.6, orders >= 0.92x, bad-order rate <= 0.78x, end visit rate >= plain's).
@@ -21,7 +22,7 @@ Usage (a shared machine: one thread, nice)::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_policy_worlds.py --work DIR
         [--worlds impulse no_impulse] [--platforms 1 2] [--merchants 150] [--days 21] [--seeds 3]
-        [--variants trust_aware_cost3 ...] [--prepare-only] [--from-csv]
+        [--variants trust_aware_cost3 ...] [--purchase-variant LABEL:key=value,...] [--prepare-only] [--from-csv]
 
 ``--work`` keeps the datasets and bundles (reused when present) and each rollout's per-seed
 totals (``loop_<setting>_<seed>.csv``). Measured figures are in docs/rollout.md.
@@ -115,19 +116,55 @@ def variants(bad_rate: float | None = None) -> dict[str, Any]:
     }
 
 
-def _bundle(root: Path, seed: int, merchants: int, world: dict[str, Any]) -> str:
+def _bundle(root: Path, seed: int, merchants: int, world: dict[str, Any], purchase: tuple[str, dict[str, Any]] | None = None) -> str:
+    """The default job's bundle on the platform; ``purchase=(label, overrides)``: the same job with
+    ``PurchaseModelConfig`` overrides (its own bundle beside the default one, same events)."""
+    from trustfeed.ranker.purchase import PurchaseModelConfig
     from trustfeed.training.simulate import SimConfig, simulate, write_dataset
     from trustfeed.training.train import TrainJobConfig, train
 
     events = root / "events"
     if not events.exists():
         write_dataset(simulate(SimConfig(seed=seed, merchants=merchants, days=45, **world)), events)
-    marker = root / "bundle.txt"
+    suffix = "" if purchase is None else f"_{purchase[0]}"
+    marker = root / f"bundle{suffix}.txt"
     if not marker.is_file():
-        job = TrainJobConfig(events=events, tracking_uri=f"sqlite:///{root / 'mlflow.db'}", output_dir=root / "models",
-                             evaluate=False)
+        job = TrainJobConfig(events=events, tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+                             output_dir=root / f"models{suffix}", evaluate=False)
+        if purchase is not None:
+            job = replace(job, purchase_model=PurchaseModelConfig(**{**PurchaseModelConfig().to_dict(), **purchase[1]}))
         marker.write_text(str(train(job).bundle_dir))
     return marker.read_text().strip()
+
+
+def _parse_purchase_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``LABEL:key=value,...`` -> (label, PurchaseModelConfig overrides)."""
+    label, _, rest = text.partition(":")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = float(value) if "." in value else int(value)
+    return label, overrides
+
+
+def _other_bundle_policies(label: str, bundle: str) -> dict[str, Any]:
+    """``trust_aware@LABEL`` and ``trust_aware_balanced@LABEL``: the served policy of another bundle
+    (same platform, another purchase model), in the same loop as the default bundle's policies."""
+    from trustfeed.serving import FeedRanker
+    from trustfeed.training.evaluation.policies import PolicySpec, served_pipeline
+    from trustfeed.training.evaluation.rollout import _load_model
+
+    loaded: list[Any] = []
+
+    def spec(balancer: bool) -> Any:
+        def build(context: Any) -> Any:
+            if not loaded:
+                loaded.append(_load_model(bundle, None)[0])
+            return FeedRanker(served_pipeline(loaded[0], balancer=balancer), record_served=False)
+
+        return PolicySpec(f"{'served' if balancer else 'trust-aware'} with purchase model {label}", build)
+
+    return {f"trust_aware@{label}": spec(False), f"trust_aware_balanced@{label}": spec(True)}
 
 
 def summarise(cumulative: pd.DataFrame) -> pd.DataFrame:
@@ -189,6 +226,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the saved per-seed csv files")
     parser.add_argument("--from-csv", action="store_true",
                         help="summarise the per-seed csv files a previous run saved in --work (no simulation, no rollout)")
+    parser.add_argument("--purchase-variant", default=None,
+                        help="LABEL:key=value,...: also a bundle with these PurchaseModelConfig overrides, its "
+                             "served policy with and without the balancer in the same loop")
     args = parser.parse_args()
     if args.from_csv:
         for world in args.worlds:
@@ -212,11 +252,16 @@ def main() -> None:
             root = args.work / f"{world}-{seed}-{args.merchants}"
             root.mkdir(parents=True, exist_ok=True)
             bundle = _bundle(root, seed, args.merchants, WORLDS[world])
+            run_names, run_registry = names, registry
+            if args.purchase_variant:
+                purchase = _parse_purchase_variant(args.purchase_variant)
+                other = _other_bundle_policies(purchase[0], _bundle(root, seed, args.merchants, WORLDS[world], purchase))
+                run_names, run_registry = [*names, *other], {**registry, **other}
             if args.prepare_only:
                 print(f"{world} platform {seed}: {bundle}", flush=True)
                 continue
-            platform_registry = {**registry, **{name: variants(recorded_bad_rate(root))[name] for name in args.variants}}
-            result = run_rollout(bundle, root / "events", days=args.days, seeds=args.seeds, policies=names,
+            platform_registry = {**run_registry, **{name: variants(recorded_bad_rate(root))[name] for name in args.variants}}
+            result = run_rollout(bundle, root / "events", days=args.days, seeds=args.seeds, policies=run_names,
                                  registry=platform_registry, rebuild_every_days=7)
             daily = result.daily
             last_week = daily[daily["day"] >= args.days - 7].groupby(["policy", "seed"])["requests"].sum()

@@ -26,6 +26,9 @@ SETTINGS = {
     "patience 10": dict(early_stopping_rounds=10),
     "patience 10, 1 pass": dict(early_stopping_rounds=10, position_passes=1),
     "patience 15": dict(early_stopping_rounds=15),
+    "session 5 default (15 leaves, l2 1)": dict(num_leaves=15, lambda_l2=1.0),
+    "7 leaves, l2 10": dict(num_leaves=7, lambda_l2=10.0),
+    "7 leaves, l2 10, lr 0.05": dict(num_leaves=7, lambda_l2=10.0, learning_rate=0.05),
 }
 
 
