@@ -120,6 +120,13 @@ class _PeakMemory:
         self._thread.join()
 
 
+def _report(stage: str, figures: dict[str, float]) -> None:
+    """A finished stage on stderr at once (the parent passes it through), so a long run that is
+    stopped still tells what it measured."""
+    print(f"stage {stage}: {figures['seconds']:.1f} s, peak {figures['peak_mb']:.0f} MB (load {os.getloadavg()[0]:.1f})",
+          file=sys.stderr, flush=True)
+
+
 def _pandas_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory) -> None:
     from trustfeed.features.events import load_events
     from trustfeed.ranker.lambdamart import LambdaMART
@@ -133,6 +140,7 @@ def _pandas_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory) -
         start = time.perf_counter()
         result = action()
         out[name] = {"seconds": time.perf_counter() - start, "peak_mb": memory.take()}
+        _report(name, out[name])
         return result
 
     events = stage("load", lambda: load_events(events_dir))
@@ -173,6 +181,7 @@ def _dask_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory, wor
     start = time.perf_counter()
     events = load_events(events_dir)
     out["load"] = {"seconds": time.perf_counter() - start, "peak_mb": memory.take()}
+    _report("load", out["load"])
     out["impressions"] = len(events["impressions"])
     windows = _windows(events, None, config.validation_fraction, config.evaluation.holdout_fraction)
     current: list[Any] = [None, 0.0]  # stage, its start
@@ -181,6 +190,7 @@ def _dask_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory, wor
     def close_stage(now: float) -> None:
         if current[0] is not None:
             out[current[0]] = {"seconds": now - current[1], "peak_mb": memory.take()}
+            _report(current[0], out[current[0]])
 
     def progress(message: str, *_: Any) -> None:
         for prefix, name in _DASK_MARKS:
@@ -265,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                 load = os.getloadavg()[0]
                 done = subprocess.run([sys.executable, __file__, "--stages-of", str(events_dir), "--stages-backend",
                                        backend, "--worker-memory", args.worker_memory],
-                                      capture_output=True, text=True)
+                                      stdout=subprocess.PIPE, text=True)
                 if done.returncode != 0:
-                    print(f"{label} {backend}: failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                    print(f"{label} {backend}: failed with exit code {done.returncode} (its error is above)", flush=True)
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["load_average"] = load
