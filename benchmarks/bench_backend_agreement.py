@@ -8,7 +8,7 @@ without it) and both jobs fit the purchase model, which the served policy ranks 
 ``--against no-position-bias`` turns position debiasing off on both sides, so the LambdaMART
 fits differ only by the backend. Each job's in-job evaluation ranks the same latest
 held-out requests; the script prints the served policy's held-out NDCG@10 and its
-counterfactual expected orders and net value on the simulator's truth, and the relative
+counterfactual expected orders, net value and bad-order rate on the simulator's truth, and the relative
 difference Dask vs pandas.
 
 ``--worlds`` picks the platforms: ``base`` is the simulator's default platform, ``shifted``
@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-METRICS = ("ndcg_at_10", "counterfactual.served.expected_orders", "counterfactual.served.net_value")
+METRICS = ("ndcg_at_10", "counterfactual.served.expected_orders", "counterfactual.served.net_value",
+           "counterfactual.served.bad_order_rate")
 # simulator settings of each platform (on top of seed, merchants, days)
 WORLDS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the pandas default job, or both backends without position debiasing")
     parser.add_argument("--max-click-rows", type=int, default=None,
                         help="the purchase model's click-stage cap (default: its default); below the training rows "
-                             "the backends draw different samples (pandas: a random generator, Dask: a hash)")
+                             "the click stage learns from a sample of requests (both backends draw the same one)")
     parser.add_argument("--without-purchase-model", action="store_true",
                         help="no purchase model on either side: the policy ranks on LambdaMART (earlier sessions)")
     parser.add_argument("--compare", choices=("dask", "resample"), default="dask",
