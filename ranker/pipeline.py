@@ -524,16 +524,20 @@ class RankingPipeline:
         if kept is None:
             return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": []}
         filtered_local = np.flatnonzero(~passed)
-        filtered_rows = np.concatenate([candidate_rows[filtered_local], duplicate_rows])
-        filtered_reasons = np.concatenate(
-            [_REASON_NAMES.take(codes[filtered_local]), np.full(duplicate_rows.size, REASON_DUPLICATE, dtype=object)]
-        )
-        by_input = np.argsort(filtered_rows, kind="stable")
+        if duplicate_rows.size == 0:
+            # only rule-filtered candidates: candidate_rows ascend, so they are in input order
+            filtered_rows = candidate_rows[filtered_local]
+            filtered_reasons = _REASON_NAMES.take(codes[filtered_local])
+        else:
+            filtered_rows = np.concatenate([candidate_rows[filtered_local], duplicate_rows])
+            filtered_reasons = np.concatenate(
+                [_REASON_NAMES.take(codes[filtered_local]), np.full(duplicate_rows.size, REASON_DUPLICATE, dtype=object)]
+            )
+            by_input = np.argsort(filtered_rows, kind="stable")
+            filtered_rows, filtered_reasons = filtered_rows[by_input], filtered_reasons[by_input]
         filtered = [
             {"stream_id": s, "reason": r}
-            for s, r in zip(
-                _pick(stream_ids, filtered_rows[by_input]), filtered_reasons[by_input].tolist(), strict=True
-            )
+            for s, r in zip(_pick(stream_ids, filtered_rows), filtered_reasons.tolist(), strict=True)
         ]
         return {"request_id": request.request_id, "model": self.model_id, "items": items, "filtered": filtered}
 
