@@ -43,7 +43,7 @@ import pyarrow as pa
 from ._dask_backend import make_aggregator
 from ._early_warning import baseline_days
 from ._incremental import _keep, merge_meta
-from ._live_history import History, SortedKeys, Vocabulary, _unique
+from ._live_history import History, SortedKeys, Vocabulary
 from ._schema import TABLE_SPECS
 from ._signals import _ID_KINDS, CredibilityReferences, Encoding, SignalCounts, build_counts, encode_ids
 from ._trust_config import TrustConfig
@@ -438,20 +438,31 @@ def _localize(
     and an encoding with the local sizes.
     """
 
-    def codes(columns: tuple[tuple[str, str], ...]) -> np.ndarray:
-        parts = [side[t][c].to_numpy(dtype="int64") for side in sides for t, c in columns]
-        values = _unique(np.concatenate(parts)) if parts else np.zeros(0, dtype="int64")
-        return values[values >= 0]
+    # Dense lookups by global code (flags, then local numbers), not a sort and binary searches
+    # of every gathered code: two passes over the ids' range, each a few milliseconds at ten
+    # million orders, against 0.5 CPU s for the searches.
+    def local(columns: tuple[tuple[str, str], ...], size: int) -> tuple[np.ndarray, np.ndarray]:
+        seen = np.zeros(size, dtype=bool)
+        for side in sides:
+            for t, c in columns:
+                values = side[t][c].to_numpy(dtype="int64")
+                seen[values[values >= 0]] = True
+        known = np.flatnonzero(seen)
+        # Only the slots of gathered codes are ever read: the rest stays unwritten (untouched pages).
+        number = np.empty(size + 1, dtype="int64")
+        number[known] = np.arange(len(known))
+        number[size] = -1  # read for -1 (no id)
+        return known, number
 
-    users, orders = codes(_USER_COLUMNS), codes(_ORDER_COLUMNS)
+    users, user_number = local(_USER_COLUMNS, enc.size("user"))
+    orders, order_number = local(_ORDER_COLUMNS, enc.size("order"))
     out = []
     for side in sides:
         tables = dict(side)
-        for kinds, known in ((_USER_COLUMNS, users), (_ORDER_COLUMNS, orders)):
+        for kinds, number in ((_USER_COLUMNS, user_number), (_ORDER_COLUMNS, order_number)):
             for table, column in kinds:
                 frame = tables[table].copy(deep=False)
-                values = frame[column].to_numpy(dtype="int64")
-                frame[column] = np.where(values >= 0, np.searchsorted(known, values), -1)
+                frame[column] = number[frame[column].to_numpy(dtype="int64")]
                 tables[table] = frame
         out.append(tables)
     local = _LiveEncoding(enc.vocab, {**enc.sizes, "user": len(users), "order": len(orders)})

@@ -253,10 +253,14 @@ class Sorted:
 
 
 class Growable:
-    """An int64 array indexed by code that grows with new codes (capacity doubles)."""
+    """An int64 array indexed by code that grows with new codes.
 
-    def __init__(self, values: np.ndarray, fill: int) -> None:
-        self.data = np.asarray(values, dtype="int64").copy()
+    An update builds the next content beside the current one (:meth:`with_values`: one copy,
+    so a failed update leaves the state as it was) and adopts it when it commits.
+    """
+
+    def __init__(self, values: np.ndarray, fill: int, *, copy: bool = True) -> None:
+        self.data = np.array(values, dtype="int64", copy=copy)
         self.size = len(values)
         self.fill = fill
 
@@ -265,18 +269,19 @@ class Growable:
 
     def with_values(self, size: int, codes: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A copy of the first ``size`` entries with ``values`` set at ``codes`` (the state is untouched)."""
-        out = np.full(size, self.fill, dtype="int64")
+        out = np.empty(size, dtype="int64")
         n = min(size, self.size)
         out[:n] = self.data[:n]
+        out[n:] = self.fill
         out[codes] = values
         return out
 
     def assign(self, values: np.ndarray) -> None:
-        """Make ``values`` the current content (after a committed update)."""
-        if len(values) > len(self.data):
-            grown = np.full(max(len(values), 2 * len(self.data)), self.fill, dtype="int64")
-            self.data = grown
-        self.data[: len(values)] = values
+        """Make ``values`` (an array of :meth:`with_values`, owned by no one else) the current content.
+
+        Adopted, not copied: :meth:`with_values` made a new array anyway.
+        """
+        self.data = np.asarray(values, dtype="int64")
         self.size = len(values)
 
 

@@ -346,7 +346,7 @@ def _load_history(root: Path, meta: dict[str, Any], config: TrustConfig) -> Hist
     bursts = Sorted(_load(base_dir / "bursts.values.npy"), _load(base_dir / "bursts.order.npy")) if meta["history"]["bursts"] else None
     cases = SortedKeys(_load(base_dir / "case.keys.npy"), _load(base_dir / "case.rows.npy"))
     base_buyer_of = _load(base_dir / "buyer_of.npy")
-    buyer_of = np.concatenate([np.asarray(base_buyer_of), _load(delta / "buyer_of.added.npy")]).astype("int64")
+    buyer_of = np.concatenate([np.asarray(base_buyer_of), _load(delta / "buyer_of.added.npy")]).astype("int64", copy=False)
     buyer_of[_load(delta / "buyer_of.codes.npy")] = _load(delta / "buyer_of.values.npy")
     alive: dict[str, np.ndarray | None] = {}
     for name in USER_TABLES:
@@ -365,7 +365,7 @@ def _load_history(root: Path, meta: dict[str, Any], config: TrustConfig) -> Hist
         registries={name: _frame(delta / f"registry.{name}.arrow", registry_dtypes[name]) for name in REGISTRIES},
         stream_merchant=np.array(_load(delta / "stream_merchant.npy")),
     )
-    store = Growable(buyer_of, -1)
+    store = Growable(buyer_of, -1, copy=False)  # buyer_of is this function's own copy
     current.buyer_of = store.view()
     return History(
         base=base, groups=groups, times=times, bursts=bursts, order_row=_load(base_dir / "order_row.npy"), case_row=cases,

@@ -93,10 +93,10 @@ class TrustSnapshot:
         with atomic_dir(path, "trust-snapshot", force=force) as tmp:
             if also is not None:
                 also(tmp)
-            self.merchants.to_parquet(tmp / "merchants.parquet", index=False)
-            self.creators.to_parquet(tmp / "creators.parquet", index=False)
+            _write_parquet(self.merchants, tmp / "merchants.parquet")
+            _write_parquet(self.creators, tmp / "creators.parquet")
             for name, frame in self.extras.items():
-                frame.to_parquet(tmp / f"{name}.parquet", index=False)
+                _write_parquet(frame, tmp / f"{name}.parquet")
             manifest = dict(self.manifest)
             manifest["extras"] = sorted(self.extras)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
@@ -179,6 +179,17 @@ class TrustReferences:
         return CredibilityReferences(
             median, self.overall_median, self.logs_activity, self.records_deliveries, self.ring_norm, suspicion, orders
         )
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """One snapshot table as Parquet, dictionary-encoded only in its text columns.
+
+    The float columns are nearly all distinct values, so a dictionary is built for each and
+    then dropped: at 50,000 merchants (167 columns) that was three quarters of the write
+    (0.82 -> 0.27 CPU s, and a smaller file). The values read back are the same.
+    """
+    text = [str(c) for c in frame.columns if frame[c].dtype == object or isinstance(frame[c].dtype, pd.StringDtype)]
+    frame.to_parquet(path, index=False, use_dictionary=text)
 
 
 def _restore(frame: pd.DataFrame) -> pd.DataFrame:
