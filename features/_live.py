@@ -441,7 +441,7 @@ def _localize(
     # Dense lookups by global code (flags, then local numbers), not a sort and binary searches
     # of every gathered code: two passes over the ids' range, each a few milliseconds at ten
     # million orders, against 0.5 CPU s for the searches.
-    def local(columns: tuple[tuple[str, str], ...], size: int) -> tuple[np.ndarray, np.ndarray]:
+    def renumber(columns: tuple[tuple[str, str], ...], size: int) -> tuple[np.ndarray, np.ndarray]:
         seen = np.zeros(size, dtype=bool)
         for side in sides:
             for t, c in columns:
@@ -454,8 +454,8 @@ def _localize(
         number[size] = -1  # read for -1 (no id)
         return known, number
 
-    users, user_number = local(_USER_COLUMNS, enc.size("user"))
-    orders, order_number = local(_ORDER_COLUMNS, enc.size("order"))
+    users, user_number = renumber(_USER_COLUMNS, enc.size("user"))
+    orders, order_number = renumber(_ORDER_COLUMNS, enc.size("order"))
     out = []
     for side in sides:
         tables = dict(side)
