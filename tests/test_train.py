@@ -389,3 +389,34 @@ def test_the_trained_policy_says_which_purchases_fitted_its_bad_order_model(run:
     assert source.startswith(("purchases scored with a fitted index", "index calibration", "all purchases"))
     assert float(run.data.params["fitted.policy.purchase_risk_term"]) <= max(
         0.0, float(run.data.params["fitted.policy.purchase_risk_term_estimate"])) + 1e-9
+
+
+def test_the_purchase_fit_is_skipped_for_too_few_purchases_or_one_outcome_and_reported_otherwise() -> None:
+    """Both backends record the purchase model's fit through ``fit_or_skip``: the same reasons to skip
+    it, the same figures logged."""
+    from types import SimpleNamespace
+
+    from trustfeed.features.errors import SchemaError
+    from trustfeed.training._purchase_fit import fit_or_skip
+
+    said: list[str] = []
+    calls: list[int] = []
+
+    def fitted() -> Any:
+        calls.append(1)
+        return SimpleNamespace(fit_info_={"click_trees": 7, "purchase_trees": 3, "position_coef": -0.5, "train_rows": 9})
+
+    def one_outcome() -> Any:
+        raise SchemaError("impressions", "purchased", "both outcomes", "purchases only")
+
+    model, info = fit_or_skip(fitted, (19, 40), 20, lambda m, *_: said.append(m), "starting")
+    assert model is None and info == {"purchase_model.skipped": "too few purchases (19 training, 40 validation)"}
+    assert not calls and not said  # not even started
+    model, info = fit_or_skip(one_outcome, (20, 20), 20, lambda m, *_: said.append(m), "starting")
+    assert model is None and "purchased" in info["purchase_model.skipped"] and said == ["starting"]
+    said.clear()
+    model, info = fit_or_skip(fitted, (20, 20), 20, lambda m, *_: said.append(m), "starting")
+    assert model is not None and calls == [1]
+    assert info == {"purchase_model.click_trees": 7, "purchase_model.purchase_trees": 3,
+                    "purchase_model.position_coef": -0.5, "purchase_model.train_rows": 9}
+    assert said == ["starting", "purchase model: 7 click and 3 purchase trees, position coefficient -0.500"]

@@ -43,6 +43,7 @@ from ..features.progress import NullProgress, Progress
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig, requests_with_positives
 from ..ranker.purchase import PurchaseModel, PurchaseModelConfig, in_request_sample
 from ..features.context import build_context_tables
+from ._purchase_fit import fit_or_skip
 from .dataset import (
     DatasetConfig,
     FramePlan,
@@ -243,25 +244,19 @@ def _fit_purchase(
     """The purchase model from the gathered sample and clicked rows (as ``train.fit_purchase_model``)."""
     bought = clicked.frame["purchased"].to_numpy(dtype=bool)
     bought_valid = valid_part.frame["purchased"].to_numpy(dtype=bool)
-    if bought.sum() < min_purchases or bought_valid.sum() < min_purchases:
-        return None, {"purchase_model.skipped": f"too few purchases ({int(bought.sum())} training, "
-                                                 f"{int(bought_valid.sum())} validation)"}
-    progress(f"Dask: training the purchase model on the driver ({len(sample):,} sampled and "
-             f"{len(clicked):,} clicked rows of {train_rows:,})")
     clicked_sample = (sample.labels >= 1) | sample.frame["purchased"].to_numpy(dtype=bool)
-    try:
-        model = PurchaseModel(config).fit_sampled(
+
+    def fit() -> PurchaseModel:
+        return PurchaseModel(config).fit_sampled(
             (sample.features(), clicked_sample, sample.positions), (clicked.features(), bought),
             (valid_part.features(), valid_part.labels >= 1, bought_valid, valid_part.positions),
             train_rows=train_rows, feature_names=valid_part.feature_names, categorical=valid_part.categorical,
             monotone=valid_part.monotone,
         )
-    except SchemaError as error:  # a window with one outcome only: nothing to learn the split from
-        return None, {"purchase_model.skipped": str(error)}
-    info = model.fit_info_
-    progress(f"purchase model: {info['click_trees']} click and {info['purchase_trees']} purchase trees, "
-             f"position coefficient {info['position_coef']:.3f}")
-    return model, {f"purchase_model.{k}": v for k, v in info.items()}
+
+    return fit_or_skip(fit, (int(bought.sum()), int(bought_valid.sum())), min_purchases, progress,
+                       f"Dask: training the purchase model on the driver ({len(sample):,} sampled and "
+                       f"{len(clicked):,} clicked rows of {train_rows:,})")
 
 
 def _gather(frame: Any, plan_schema: Mapping[str, Any], table: pd.DataFrame | None = None) -> TrainingFrame:

@@ -51,6 +51,7 @@ from ..ranker.balancer import BalancerConfig
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig
 from ..ranker.policy import Policy, PolicyConfig
 from ..ranker.purchase import PurchaseModel, PurchaseModelConfig
+from ._purchase_fit import fit_or_skip
 from .bad_order_cost import BadOrderCost, BadOrderCostConfig
 from .dataset import POLICY_TRUST, DatasetConfig, TrainingFrame
 from .evaluation import (
@@ -521,24 +522,18 @@ def fit_purchase_model(
     flags = _purchased(impressions)
     bought = _purchase_rows(fit_part, impressions, flags) >= 0
     bought_valid = _purchase_rows(valid_part, impressions, flags) >= 0
-    if bought.sum() < _MIN_PURCHASES or bought_valid.sum() < _MIN_PURCHASES:
-        return None, {"purchase_model.skipped": f"too few purchases ({int(bought.sum())} training, "
-                                                 f"{int(bought_valid.sum())} validation)"}
-    progress(f"training the purchase model (click x purchase given click) on {len(fit_part):,} impressions")
-    X_fit, X_valid = features if features is not None else (fit_part.features(), valid_part.features())
-    try:
-        model = PurchaseModel(config).fit(
+
+    def fit() -> PurchaseModel:
+        X_fit, X_valid = features if features is not None else (fit_part.features(), valid_part.features())
+        return PurchaseModel(config).fit(
             X_fit, fit_part.labels >= 1, bought, fit_part.positions,
             X_valid, valid_part.labels >= 1, bought_valid, valid_part.positions,
             feature_names=fit_part.feature_names, categorical=fit_part.categorical, monotone=fit_part.monotone,
             groups=fit_part.groups(), request_ids=fit_part.frame["request_id"].to_numpy(),
         )
-    except SchemaError as error:  # a window with one outcome only: nothing to learn the split from
-        return None, {"purchase_model.skipped": str(error)}
-    info = model.fit_info_
-    progress(f"purchase model: {info['click_trees']} click and {info['purchase_trees']} purchase trees, "
-             f"position coefficient {info['position_coef']:.3f}")
-    return model, {f"purchase_model.{k}": v for k, v in info.items()}
+
+    return fit_or_skip(fit, (int(bought.sum()), int(bought_valid.sum())), _MIN_PURCHASES, progress,
+                       f"training the purchase model (click x purchase given click) on {len(fit_part):,} impressions")
 
 
 def measure_bad_order_cost(
