@@ -136,6 +136,31 @@ def _binomial_surprise(successes: np.ndarray, trials: np.ndarray, p: np.ndarray)
     return np.where(successes > 0, -tail / np.log(10.0), 0.0)
 
 
+def _late_habit(counts: pd.DataFrame, late_rate: np.ndarray, config: TrustConfig) -> tuple[np.ndarray, float]:
+    """The shop's late-shipment habit from orders placed before the overdue window can reach.
+
+    The orders that are overdue now also count as late in the long-run rate: a surge of
+    unshipped orders would raise the very habit it is judged against and silence the alarm
+    (or make it flicker as the surge grows). So the habit is the late share of the orders
+    created more than ``w`` days ago (``w``: the shortest count window that covers the
+    overdue window twice, leaving room for the promised ship time), shrunk towards the
+    platform's share of those orders with 20 pseudo-orders. Without such a window the
+    long-run rate is used as it is. Returns the habit and the platform's share.
+    """
+    windows = [w for w in config.windows if w >= 2 * config.overdue_days]
+    names = ("n_late", "n_due")
+    if not windows or any(f"{n}_{min(windows)}d" not in counts.columns or n not in counts.columns for n in names):
+        rate = np.asarray(late_rate, dtype="float64")
+        return rate, float(np.nanmean(rate)) if np.isfinite(rate).any() else 0.0
+    w = min(windows)
+    late, due = (
+        np.maximum(counts[n].to_numpy(dtype="float64") - counts[f"{n}_{w}d"].to_numpy(dtype="float64"), 0.0)
+        for n in names
+    )
+    platform = float(late.sum() / due.sum()) if due.sum() > 0 else 0.0
+    return (late + 20.0 * platform) / (due + 20.0), platform
+
+
 def early_warning_scores(counts: pd.DataFrame, late_rate: np.ndarray, config: TrustConfig) -> pd.DataFrame:
     """The alarm and its parts per merchant (columns in ``docs/trust.md``).
 
@@ -148,7 +173,13 @@ def early_warning_scores(counts: pd.DataFrame, late_rate: np.ndarray, config: Tr
 
     due, overdue = col("ew_due"), col("ew_overdue")
     norm = overdue.sum() / due.sum() if due.sum() > 0 else 0.0
-    expected_overdue = due * np.maximum(norm, np.nan_to_num(late_rate, nan=norm))
+    habit, platform_late = _late_habit(counts, late_rate, config)
+    # The platform's overdue share is what "still unshipped at the cut" looks like for a typical
+    # shop; a habitually slow shop is expected that share times how much later it ships than the
+    # platform (a late share itself counts every late order of two weeks, most of them shipped
+    # by the cut, and would hide a switch of a slow shop for days).
+    relative = np.nan_to_num(habit, nan=platform_late) / platform_late if platform_late > 0 else np.ones(len(counts))
+    expected_overdue = due * norm * np.maximum(1.0, relative)
     overdue_surprise = _poisson_surprise(overdue, expected_overdue)
 
     recent, base, days = col("ew_recent_orders"), col("ew_base_orders"), col("ew_base_days")

@@ -189,9 +189,39 @@ def test_alarm_parts_fire_on_their_own_evidence_only():
     overdue = early_warning_scores(_counts(ew_overdue=30.0), late, config)["early_warning"].iloc[0]
     viral = early_warning_scores(_counts(ew_recent_orders=60.0, ew_recent_new_buyer=6.0), late, config)["early_warning"].iloc[0]
     sale = early_warning_scores(_counts(ew_recent_orders=60.0, ew_recent_new_buyer=45.0), late, config)["early_warning"].iloc[0]
-    slow_shop = early_warning_scores(_counts(ew_overdue=30.0), np.full(51, 0.6), config)["early_warning"].iloc[0]
+    slow = np.full(51, 0.02)
+    slow[0] = 0.6
+    slow_shop = early_warning_scores(_counts(ew_overdue=30.0), slow, config)["early_warning"].iloc[0]
     assert quiet == 0 and overdue == 1.0
     # a volume surge alone (a viral stream) is not an alarm; with a new-buyer wave it is
     assert viral == 0 and sale > 0.5
     # a shop that is always this late is judged against its own habit
     assert slow_shop < overdue
+
+
+def test_overdue_surge_does_not_raise_the_habit_it_is_judged_against():
+    """The late-shipment habit is read from orders older than the overdue window can reach.
+
+    A clean shop whose recent orders all went overdue (and so count as late in its long-run
+    rate) keeps a full alarm; a shop that was this late long before is judged by that habit.
+    """
+    config = TrustConfig()
+    late_rate = np.full(51, 0.02)
+    window = min(w for w in config.windows if w >= 2 * config.overdue_days)
+    history = {"n_due": 200.0, "n_late": 4.0, f"n_due_{window}d": 60.0, f"n_late_{window}d": 1.0}
+    surge = {**history, "n_late": 4.0 + 30.0, f"n_late_{window}d": 1.0 + 30.0}
+    habit = {**history, "n_late": 4.0 + 0.4 * 140.0}
+    ordinary = _counts().iloc[0].to_dict()
+
+    def alarm(first: dict[str, float]) -> float:
+        frame = pd.DataFrame([{**ordinary, **first}] + [{**ordinary, **history}] * 50)
+        scores = early_warning_scores(frame, late_rate, config)["early_warning"]
+        assert scores.between(0, 1).all() and (scores.iloc[1:] == 0).all()
+        return float(scores.iloc[0])
+
+    # the surge's own overdue orders do not excuse it
+    assert alarm({**surge, "ew_overdue": 30.0}) == 1.0
+    # the same overdue orders from a shop that shipped 40 % late for months are its habit
+    assert alarm({**habit, "ew_overdue": 30.0}) < 1.0
+    # and more overdue orders never lower the alarm
+    assert alarm({**surge, "ew_overdue": 40.0, f"n_late_{window}d": 41.0, "n_late": 44.0}) >= alarm({**surge, "ew_overdue": 30.0})
