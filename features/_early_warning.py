@@ -6,9 +6,9 @@ keep a high index for days. Two fast signals catch the switch, each a *surprise*
 (``-log10`` of a one-sided tail probability, so chance fluctuations of small shops stay quiet):
 
 - **overdue**: paid orders whose promised ship time passed (within ``overdue_days``) and
-  that were still unshipped at the cut, against what the platform's overdue share (or the
-  shop's own late-shipping habit, whichever is larger) predicts for that many due orders
-  (Poisson tail);
+  that were still unshipped at the cut, against what the platform's overdue share predicts
+  for that many due orders, raised for a shop that ships later than the platform did before
+  the overdue window (Poisson tail; see ``_late_habit``);
 - **shift**: the last ``recent_days`` against the shop's own preceding ``baseline_days``:
   a surge of paid orders (Poisson tail of the recent count given the baseline rate) *and* a
   change in what those orders look like: a higher share from new buyers (accounts whose
