@@ -385,6 +385,11 @@ _MIN_FITTED_INDEX_PURCHASES = 100
 INDEX_CALIBRATION = (0.0, -1.0)
 
 
+def _index_source(snapshot: TrustSnapshot) -> str:
+    """How a snapshot's trust index was made: its manifest's ``index_model.source`` (``"unknown"`` without one)."""
+    return str((snapshot.manifest.get("index_model") or {}).get("source", "unknown"))
+
+
 def index_source_recorder(config: DatasetConfig, sources: dict[pd.Timestamp, str]) -> Callable[[EventLog, pd.Timestamp], Any]:
     """The training frame's snapshot builder, noting in ``sources`` how each snapshot's trust index was made.
 
@@ -399,7 +404,7 @@ def index_source_recorder(config: DatasetConfig, sources: dict[pd.Timestamp, str
 
     def build(events: EventLog, as_of: pd.Timestamp) -> Any:
         snapshot = inner(events, as_of)
-        sources[as_of] = str((snapshot.manifest.get("index_model") or {}).get("source", "unknown"))
+        sources[as_of] = _index_source(snapshot)
         return snapshot
 
     return build
@@ -947,7 +952,7 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
         tables_later = later.result()
         if index_sources:
             # the bad-order model is fitted on trust of the scale the serving snapshot has
-            index_sources[windows.end] = str((tables_later[0][0].manifest.get("index_model") or {}).get("source", "unknown"))
+            index_sources[windows.end] = _index_source(tables_later[0][0])
         policy, balancer_config, fitted = fit_policy_and_target(config, model, fit_part, valid_part, events, progress,
                                                                 data_end=windows.holdout_start,
                                                                 purchase_model=purchase_model, valid_score=valid_score,
