@@ -5,7 +5,10 @@ multiplies the buyer's platform trust by ``1 - bad_order_trust_loss``; trust dri
 purchases). Its own estimate of what a bad order costs is a counterfactual: the same world,
 the same random numbers, once with the reaction and once without (``bad_order_trust_loss=0``);
 the orders the reacting world lost, divided by its bad orders, are the orders one bad order
-cost over the rollout (after-effects and cascades included). The log estimate is
+cost over the rollout (after-effects and cascades included); ``world_cost`` turns the net
+value the reaction lost into the full cost of a bad order (its own 2 plus the loss), which
+``log_policy_cost`` (:meth:`~trustfeed.training.bad_order_cost.BadOrderCost.policy_cost`, when
+usable) should match. The log estimate is
 :func:`trustfeed.training.bad_order_cost.estimate_bad_order_cost` on the reacting world's event
 log, as a platform would run it: no simulator, only orders and their outcomes.
 
@@ -30,6 +33,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+
+
+def _net(served: pd.DataFrame) -> float:
+    return float(served["good_orders"].sum()) - 2.0 * float(served["bad_orders"].sum())
 
 
 def _serve(base: object, loss: float, seed: int, days: int) -> tuple[object, pd.DataFrame]:
@@ -79,12 +86,17 @@ def main() -> None:
                     "world_lost_good": (float(unharmed["good_orders"].sum()) - float(served["good_orders"].sum())) / bad,
                     "log_lost_orders": estimate.lost_orders, "log_se": estimate.lost_orders_se,
                     "log_cost": estimate.cost, "usable": estimate.usable,
+                    # in net value (good - 2 x bad): the bad order's own 2 plus what the reaction lost,
+                    # against what the policy would charge from the log (BadOrderCost.policy_cost)
+                    "world_cost": 2.0 + (_net(unharmed) - _net(served)) / bad,
+                    "log_policy_cost": estimate.policy_cost(2.0) if estimate.usable else float("nan"),
                 })
             print(f"seed {seed}: {time.perf_counter() - started:.0f} s")
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(3).to_string(index=False))
-        print(table.groupby("trust_loss")[["world_lost_orders", "world_lost_good", "log_lost_orders", "log_cost"]].mean().round(3))
+        print(table.groupby("trust_loss")[["world_lost_orders", "world_lost_good", "log_lost_orders", "log_cost",
+                                           "world_cost", "log_policy_cost"]].mean().round(3))
 
 
 if __name__ == "__main__":

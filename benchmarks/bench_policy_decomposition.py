@@ -10,6 +10,16 @@ candidates:
 * ``relevance_only``: the trust-aware model's score alone;
 * ``policy``: the served policy without the balancer (expected net value), and
   ``policy_no_risk_term``: the same with the calibration's risk term ``d`` set to 0;
+* ``policy_d_max``: the risk term at its monotone bound ``1 + bad_cost`` (the most the
+  calibration may soften the trust penalty);
+* where the purchase calibration could gain, each bound fitted on the *true* purchase
+  probabilities of the shown candidates (no calibration fitted from a log can do better):
+  ``policy_truth_calibration`` one ``(a, b, d)`` for all requests, ``policy_request_offset``
+  the policy's purchase estimate scaled per request so its sum matches the world's (a
+  per-request base rate), ``policy_request_slope`` a slope and an offset per request (a
+  per-request temperature);
+* ``policy_cost1`` / ``policy_cost3``: the ranking charges a bad order 1 or 3 good orders (the
+  net value still counts it at ``bad_cost``);
 * ``policy_balanced``: the served policy with the exposure balancer (the order actually served);
 * ``model_purchase_true_bad``: the policy's purchase estimate with the *true* bad-order
   probability (is the trust side the problem?);
@@ -19,7 +29,8 @@ candidates:
 
 The world is advanced each day with the served order (balancer on), so later days see the
 served policy's consequences. Orders, bad-order rate, net value and creator-exposure Gini are
-printed relative to ``plain``, with the share of the oracle's net-value gain. One-shot: no
+printed relative to ``plain``, with the share of the oracle's net-value gain, and the
+``(a, b, d)`` the truth gives next to the fitted ones. One-shot: no
 buyer or creator reacts within the day, so this isolates ranking quality from the dynamics.
 
 Usage::
@@ -76,6 +87,57 @@ def _positions(request: np.ndarray, score: np.ndarray) -> np.ndarray:
     return position
 
 
+def _value(purchase: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """The expected-value score of a purchase estimate (a negative value factor alone, as the policy)."""
+    return np.where(factor >= 0.0, purchase * factor, factor)
+
+
+def _truth_calibration(relevance: np.ndarray, model_bad: np.ndarray, bought: np.ndarray,
+                       shown: np.ndarray) -> tuple[float, float, float]:
+    """``(a, b, d)`` of ``P(purchase | examined) = sigmoid(a s + b + d p_bad)`` fitted on the world's own
+    purchase probabilities of the shown candidates (fractional outcomes): the best calibration of this form."""
+    from trustfeed.ranker._expected_value import logistic_regression
+
+    keep = shown & np.isfinite(relevance)
+    s, q = relevance[keep], model_bad[keep]
+    a, b, d = logistic_regression(np.column_stack([s, np.ones_like(s), q]), bought[keep])
+    return float(a), float(b), float(d)
+
+
+def _request_offset(purchase: np.ndarray, bought: np.ndarray, request: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """The policy's purchase estimate scaled per request so its sum matches the world's (an oracle offset)."""
+    codes, inverse = np.unique(request, return_inverse=True)
+    weight = shown & np.isfinite(purchase)
+    model_sum = np.bincount(inverse, weights=np.where(weight, purchase, 0.0), minlength=codes.size)
+    true_sum = np.bincount(inverse, weights=np.where(weight, bought, 0.0), minlength=codes.size)
+    ratio = np.where(model_sum > 0, true_sum / np.maximum(model_sum, 1e-300), 1.0)
+    return np.minimum(purchase * ratio[inverse], 1.0)
+
+
+def _request_slope(relevance: np.ndarray, model_bad: np.ndarray, risk_term: float, bought: np.ndarray,
+                   request: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """Per request, the least-squares line of the true purchase log-odds on the relevance score (risk term
+    kept): an oracle temperature and offset per request; a non-positive slope keeps the global ranking."""
+    codes, inverse = np.unique(request, return_inverse=True)
+    keep = shown & np.isfinite(relevance)
+    s = np.where(keep, relevance, 0.0)
+    y = np.log(np.clip(bought, 1e-9, 1 - 1e-9)) - np.log1p(-np.clip(bought, 1e-9, 1 - 1e-9)) - risk_term * model_bad
+    y = np.where(keep, y, 0.0)
+    w = keep.astype(np.float64)
+
+    def total(values: np.ndarray) -> np.ndarray:
+        return np.bincount(inverse, weights=values * w, minlength=codes.size)
+
+    n, sx, sy = total(np.ones_like(s)), total(s), total(y)
+    mean_x, mean_y = sx / np.maximum(n, 1), sy / np.maximum(n, 1)
+    cov = total(s * y) / np.maximum(n, 1) - mean_x * mean_y
+    var = total(s * s) / np.maximum(n, 1) - mean_x * mean_x
+    slope = np.where(var > 1e-12, cov / np.maximum(var, 1e-12), 1.0)
+    slope = np.where(slope > 0, slope, 1.0)
+    logit = slope[inverse] * s + (mean_y - slope * mean_x)[inverse] + risk_term * model_bad
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
 def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.DataFrame:
     """Per ranking: expected orders, bad orders, net value and creator Gini, summed over days and seeds."""
     from trustfeed.ranker._expected_value import bad_probability, expected_value_score, purchase_probability
@@ -94,6 +156,7 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
     eta = base.config.position_bias_eta
     cost = config.bad_cost
     totals: list[dict[str, Any]] = []
+    fits: list[tuple[float, float, float]] = []
     exposure: dict[str, list[pd.Series]] = {}
     for seed in range(seeds):
         world = World(base, seed=seed, bad_cost=cost)
@@ -119,6 +182,11 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
             model_purchase = purchase_probability(relevance, state.purchase_calibration, model_bad,
                                                   min(state.risk_term, 1.0 + cost))
             value = 1.0 - (1.0 + cost) * p_bad
+            request_ids = rows["request"].to_numpy()
+            truth_fit = _truth_calibration(relevance, model_bad, bought, shown)
+            fits.append(truth_fit)
+            true_calibrated = purchase_probability(relevance, truth_fit[:2], model_bad, truth_fit[2])
+            factor = 1.0 - (1.0 + cost) * model_bad
             rankings = {
                 "plain": rows["relevance_plain"].to_numpy(),
                 "relevance_only": relevance,
@@ -126,6 +194,19 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
                                                config.eps, state.risk_term),
                 "policy_no_risk_term": expected_value_score(relevance, trust, state.purchase_calibration,
                                                             state.bad_model, cost, config.eps, 0.0),
+                "policy_d_max": expected_value_score(relevance, trust, state.purchase_calibration, state.bad_model,
+                                                     cost, config.eps, 1.0 + cost),
+                # bounds of a better calibration of the policy's own purchase estimate, fitted on the truth:
+                # one (a, b, d) for all requests; an offset per request (its purchases summed right);
+                # a slope and an offset per request
+                "policy_truth_calibration": _value(true_calibrated, factor),
+                "policy_request_offset": _value(_request_offset(model_purchase, bought, request_ids, shown), factor),
+                "policy_request_slope": _value(_request_slope(relevance, model_bad, state.risk_term, bought, request_ids,
+                                                              shown), factor),
+                "policy_cost1": expected_value_score(relevance, trust, state.purchase_calibration, state.bad_model, 1.0,
+                                                     config.eps, state.risk_term),
+                "policy_cost3": expected_value_score(relevance, trust, state.purchase_calibration, state.bad_model, 3.0,
+                                                     config.eps, state.risk_term),
                 "policy_balanced": -rows["position_policy_balanced"].to_numpy(),
                 "model_purchase_true_bad": model_purchase * value,
                 "true_purchase_model_bad": bought * (1.0 - (1.0 + cost) * model_bad),
@@ -145,6 +226,8 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
             outcome = world.serve(day, responses["policy_balanced"])
             for ranker in rankers.values():  # the balancer's exposure ledger follows what was shown
                 ranker.record_impressions(outcome.impressions)
+    a_true, b_true, d_true = np.mean(fits, axis=0)
+    print(f"purchase calibration fitted on the truth (mean over days): a = {a_true:.3f}, b = {b_true:.3f}, d = {d_true:.3f}")
     table = pd.DataFrame(totals).groupby("ranking", sort=False).sum()
     table["bad_order_rate"] = table["bad_orders"] / table["orders"]
     table["gini"] = pd.Series({name: gini(pd.concat(parts, axis=1).fillna(0.0).sum(axis=1).to_numpy())

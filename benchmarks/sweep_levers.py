@@ -3,14 +3,19 @@
 Each lever is swept one at a time around the served configuration (a small grid: the other
 levers stay at their current defaults) in the closed-loop rollout after the end of a simulated
 dataset (the validation days: the model never saw them), with the same random numbers for
-every point. The objective is the rollout's net value (good - bad_cost x bad orders, mean over
-seeds); each point is one MLflow run with the lever and its value as params and the rollout's
-means as metrics. The best value per lever is printed with its 95% interval next to the
-served configuration's.
+every point. The objective is the rollout's expected net value (the shown slates valued at the
+world's own purchase and bad-order probabilities, good - bad_cost x bad orders, mean over seeds:
+what was drawn adds noise that 10 days cannot average out); each point is one MLflow run with
+the lever and its value as params and the rollout's means as metrics (drawn and expected). The
+best value per lever is printed with its paired difference against the served configuration
+and that difference's 95% interval over seeds.
 
 Levers: ``guarantee_boost``; ``trust_floor`` (quantiles of merchant trust at the rollout
 start); ``trust_exposure_target`` (quantiles of merchant trust); the balancer's ``target_gini``
-as a ratio of the unbalanced Gini (the bundle's target was set at ``--trained-ratio`` x it).
+as a ratio of the unbalanced Gini (the bundle's target was set at ``--trained-ratio`` x it);
+``bad_cost``, the cost of a bad order the ranking charges (1 and 3 around the served 2; the
+rollout's net value always counts a bad order at the world's cost, so this asks whether the
+policy should price risk above or below what it costs).
 
 Usage (a shared machine: nice, one thread)::
 
@@ -29,10 +34,11 @@ from typing import Any
 import numpy as np
 
 METRICS = ("net_value", "orders", "good_orders", "bad_orders", "bad_order_rate", "gini", "trust_weighted_exposure",
-           "buyer_retention", "long_tail_share")
+           "buyer_retention", "long_tail_share", "expected_net_value", "expected_orders", "expected_bad_orders")
 
 
-LEVERS = ("guarantee_boost", "trust_floor", "trust_exposure_target", "target_gini_ratio")
+LEVERS = ("guarantee_boost", "trust_floor", "trust_exposure_target", "target_gini_ratio", "bad_cost")
+BAD_COSTS = (1.0, 3.0)
 GINI_RATIOS = (0.6, 0.7, 0.9, 1.0)
 
 
@@ -49,6 +55,8 @@ def lever_grid(trust: np.ndarray, target_gini: float, trained_ratio: float,
               {"trust_exposure_target": float(np.round(np.quantile(known, q), 3))}) for q in (0.5, 0.8)]
     grid += [("target_gini_ratio", f"{r:g}", {"balancer": {"target_gini": float(np.clip(r * unbalanced, 0.01, 0.99))}})
              for r in GINI_RATIOS if abs(r - trained_ratio) > 1e-9]
+    # the cost of a bad order in the ranking only (the rollout's net value keeps its own cost)
+    grid += [("bad_cost", f"{c:g}", {"bad_cost": c}) for c in BAD_COSTS]
     return [point for point in grid if point[0] == "served" or point[0] in levers]
 
 
@@ -119,6 +127,9 @@ def main() -> None:
                 values = {m: summary[name][m]["mean"] for m in METRICS}
                 paired = paired_difference(result.cumulative, name, "served")
                 values["net_value_vs_served"] = paired["mean"]
+                # the same slates valued at the world's probabilities: no draw noise
+                expected = paired_difference(result.cumulative, name, "served", "expected_net_value")
+                values["expected_net_value_vs_served"] = expected["mean"]
                 low, high = summary[name]["net_value"]["ci_low"], summary[name]["net_value"]["ci_high"]
                 with mlflow.start_run(run_name=name):
                     mlflow.log_params({"lever": lever, "value": value or "served", "days": args.days, "seeds": args.seeds,
@@ -126,19 +137,22 @@ def main() -> None:
                     mlflow.log_metrics({k: float(v) for k, v in values.items() if v is not None})
                 rows.append({"lever": lever, "value": value or "-", **values,
                              "net_ci": "" if low is None else f"[{low:.1f}, {high:.1f}]",
-                             "paired_ci": "" if paired["ci_low"] is None else f"[{paired['ci_low']:.1f}, {paired['ci_high']:.1f}]"})
+                             "paired_ci": "" if paired["ci_low"] is None else f"[{paired['ci_low']:.1f}, {paired['ci_high']:.1f}]",
+                             "expected_paired_ci": ("" if expected["ci_low"] is None
+                                                    else f"[{expected['ci_low']:.1f}, {expected['ci_high']:.1f}]")})
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 220)
     print(f"\nlever sweep: {len(grid)} points x {args.seeds} seeds x {args.days} days in {elapsed:.0f} s; "
           f"MLflow {tracking} (experiment trustfeed-lever-sweep)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    served_net = float(table.loc[table["lever"] == "served", "net_value"].iloc[0])
-    print("\nchosen by net value (served configuration included as 'keep'):")
+    served_net = float(table.loc[table["lever"] == "served", "expected_net_value"].iloc[0])
+    print("\nchosen by expected net value (the shown slates at the world's probabilities; served included as 'keep'):")
     for lever, rows_of in table[table["lever"] != "served"].groupby("lever", sort=False):
-        best = rows_of.loc[rows_of["net_value"].idxmax()]
-        choice = best["value"] if best["net_value"] > served_net else "keep the served value"
-        print(f"  {lever}: {choice} (net {best['net_value']:.1f} {best['net_ci']} vs served {served_net:.1f}; "
-              f"paired difference {best['net_value_vs_served']:+.1f} {best['paired_ci']})")
+        best = rows_of.loc[rows_of["expected_net_value"].idxmax()]
+        choice = best["value"] if best["expected_net_value"] > served_net else "keep the served value"
+        print(f"  {lever}: {choice} (expected net {best['expected_net_value']:.1f} vs served {served_net:.1f}; paired "
+              f"difference {best['expected_net_value_vs_served']:+.1f} {best['expected_paired_ci']}; drawn "
+              f"{best['net_value_vs_served']:+.1f} {best['paired_ci']})")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from trustfeed.features.errors import ConfigError, SchemaError
 from trustfeed.training import bad_order_cost as module
 from trustfeed.training.bad_order_cost import BadOrderCostConfig, estimate_from_orders
@@ -74,7 +77,10 @@ def test_recovers_a_known_cost(rng: np.random.Generator, pause_days: float) -> N
     true_cost = truth * (1 - r) / (1 + truth * r)
     assert 0.7 * true_cost < estimate.cost < 1.05 * true_cost
     assert estimate.cost_low < estimate.cost < estimate.cost_high
-    assert estimate.cost_or(2.0) == estimate.cost
+    # the policy charges the bad order's own cost plus the orders it loses, never less
+    assert estimate.policy_cost(0.0) == pytest.approx(estimate.cost)
+    assert estimate.policy_cost(2.0) == pytest.approx((2.0 + estimate.lost_orders * (1 - r)) / (1 + estimate.lost_orders * r))
+    assert estimate.policy_cost(2.0) > 2.0 + 0.5 * estimate.cost
     # per segment: heavier buyers lose more orders to a pause (they would have ordered more)
     lost = estimate.segments.set_index("segment")["lost_orders"]
     assert lost.iloc[-1] > lost.iloc[1] > 0
@@ -87,14 +93,14 @@ def test_no_effect_is_not_usable_and_falls_back(rng: np.random.Generator) -> Non
     assert bad.mean() > 0.05 and len(created) > 1000
     estimate = _estimate(users, times, bad)
     assert not estimate.usable and "no measurable loss" in estimate.reason
-    assert estimate.cost_low <= 0.05 and estimate.cost_or(2.0) == 2.0
+    assert estimate.cost_low <= 0.05 and estimate.policy_cost(2.0) == 2.0
 
 
 def test_too_few_bad_orders_and_bad_input(rng: np.random.Generator) -> None:
     users, times, bad = _order_log(rng, 5.0, n_users=150)
     estimate = _estimate(users, times, bad, min_bad_orders=10_000)
     assert not estimate.usable and "bad orders with a full horizon" in estimate.reason
-    assert estimate.cost_or(2.0) == 2.0
+    assert estimate.policy_cost(2.0) == 2.0
     with pytest.raises(SchemaError, match="equal lengths"):
         estimate_from_orders(["u1"], pd.Series([START]), [True, False], start=START, end=START)
     for bad_config in ({"horizon_days": 0}, {"segment_edges": (5, 3)}, {"min_bad_orders": 0}, {"max_cost": -1.0}):
@@ -102,3 +108,21 @@ def test_too_few_bad_orders_and_bad_input(rng: np.random.Generator) -> None:
             BadOrderCostConfig(**bad_config)  # type: ignore[arg-type]
     config = BadOrderCostConfig(horizon_days=7.0, segment_edges=(2, 4))
     assert BadOrderCostConfig.from_dict(config.to_dict()) == config
+
+
+@given(lost=st.floats(0.0, 20.0), more=st.floats(0.0, 5.0), bad_rate=st.floats(0.0, 0.3),
+       configured=st.floats(0.0, 2.3))
+def test_policy_cost_adds_the_measured_loss_to_the_configured_cost(lost: float, more: float, bad_rate: float,
+                                                                     configured: float) -> None:
+    """The measured loss is added to the bad order's own cost: no loss leaves the configured
+    cost, more lost orders (each worth something: r < 1 / (1 + cost)) never lower it, and an
+    unusable estimate changes nothing."""
+    def measured(lost_orders: float, usable: bool = True) -> module.BadOrderCost:
+        return module.BadOrderCost(float("nan"), float("nan"), float("nan"), lost_orders, 0.1, bad_rate, 100, 900, 14.0,
+                                   usable, "measured" if usable else "no measurable loss", pd.DataFrame())
+
+    assert measured(0.0).policy_cost(configured) == pytest.approx(configured)
+    assert measured(lost, usable=False).policy_cost(configured) == configured
+    low, high = measured(lost).policy_cost(configured), measured(lost + more).policy_cost(configured)
+    assert configured - 1e-9 <= low <= high + 1e-9
+    assert high <= configured + 10.0 + 1e-9  # the measured part is capped at max_cost

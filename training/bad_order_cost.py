@@ -23,6 +23,19 @@ platform can (no simulator, no experiment):
 
        cost = lost_orders x (1 - r) / (1 + lost_orders x r)
 
+   (``BadOrderCost.cost``: what the lost orders are worth, beyond the order itself).
+
+The cost the policy charges (:meth:`BadOrderCost.policy_cost`) adds this to the cost of the
+bad order itself, which the platform states (the policy's configured ``bad_cost``, 2: net
+value = good - 2 x bad). A bad order then costs ``c`` = its own ``bad_cost`` plus the orders it
+loses, each worth ``(1 - r) - r x c``::
+
+    c = (bad_cost + lost_orders x (1 - r)) / (1 + lost_orders x r)
+
+which is ``bad_cost`` when nothing is lost and grows with the loss (while a lost order is worth
+something, ``r < 1 / (1 + bad_cost)``). The measured loss never replaces the configured cost: a
+platform whose buyers walk away after a bad order prices risk higher, not lower.
+
 The estimate is *usable* when there are at least ``min_bad_orders`` bad index orders and the
 95% interval of ``lost_orders`` lies above zero; otherwise the caller keeps its configured
 cost (the policy's ``bad_cost``, 2 by default) and the result says why. Assumptions (stated
@@ -47,7 +60,7 @@ the configured cost stays:
 >>> times = pd.Series(t0 + np.tile(np.arange(30), 400) * 2 * day)
 >>> bad = np.random.default_rng(0).random(users.size) < 0.1
 >>> estimate = estimate_from_orders(users, times, bad, start=t0, end=t0 + 60 * day)
->>> abs(estimate.lost_orders) < 0.05, estimate.usable, estimate.cost_or(2.0)
+>>> abs(estimate.lost_orders) < 0.05, estimate.usable, estimate.policy_cost(2.0)
 (True, False, 2.0)
 """
 
@@ -114,11 +127,13 @@ class BadOrderCost:
     bad_orders, good_orders
         Index orders of each kind.
     usable
-        Whether the policy should use ``cost`` (see the module docstring); ``reason`` says
-        why not.
+        Whether the policy should add the measured loss to its cost (see the module
+        docstring); ``reason`` says why not.
     segments
         Per activity segment: ``segment``, ``good_orders``, ``bad_orders``,
         ``orders_after_good``, ``orders_after_bad``, ``lost_orders``.
+    max_cost
+        The cap of the measured part of the cost (:attr:`BadOrderCostConfig.max_cost`).
     """
 
     cost: float
@@ -133,10 +148,29 @@ class BadOrderCost:
     usable: bool
     reason: str
     segments: pd.DataFrame = field(repr=False, compare=False)
+    max_cost: float = 10.0
 
-    def cost_or(self, fallback: float) -> float:
-        """``cost`` when usable, else ``fallback`` (the configured cost)."""
-        return self.cost if self.usable else float(fallback)
+    def policy_cost(self, configured: float) -> float:
+        """The cost of a bad order the policy charges, in good orders.
+
+        ``configured`` is the platform's cost of the bad order itself (the policy's
+        ``bad_cost``). Usable, the measured loss of later orders is added to it
+        (``(configured + lost (1 - r)) / (1 + lost r)``, see the module docstring); otherwise
+        ``configured`` as it is.
+
+        Examples
+        --------
+        A bad order that loses 1.25 later orders, on a platform where 5% of orders go bad:
+
+        >>> measured = BadOrderCost(1.12, 0.6, 1.6, 1.25, 0.25, 0.05, 40, 760, 14.0, True, "measured", pd.DataFrame())
+        >>> measured.policy_cost(2.0), round(measured.policy_cost(0.0), 2)
+        (3.0, 1.12)
+        >>> BadOrderCost(0.0, 0.0, 0.4, 0.05, 0.1, 0.05, 40, 760, 14.0, False, "no measurable loss", pd.DataFrame()).policy_cost(2.0)
+        2.0
+        """
+        if not self.usable:
+            return float(configured)
+        return _total_cost(self.lost_orders, self.bad_rate, float(configured), self.max_cost)
 
     def to_metrics(self, prefix: str = "bad_order_cost.") -> dict[str, float]:
         """Numbers for MLflow (NaN left out by the logger)."""
@@ -149,11 +183,18 @@ class BadOrderCost:
         return {prefix + k: float(v) for k, v in values.items()}
 
 
-def _cost(lost: float, bad_rate: float, cap: float) -> float:
+def _total_cost(lost: float, bad_rate: float, immediate: float, cap: float) -> float:
+    """``c = immediate + lost x ((1 - r) - r c)``: the order's own cost plus the orders it loses
+    (each good with probability ``1 - r``, bad and costing ``c`` itself with ``r``); the lost
+    orders' part is capped at ``cap``."""
     if not math.isfinite(lost):
         return float("nan")
     lost = max(lost, 0.0)
-    return float(min(lost * (1.0 - bad_rate) / (1.0 + lost * bad_rate), cap))
+    return float(min((immediate + lost * (1.0 - bad_rate)) / (1.0 + lost * bad_rate), immediate + cap))
+
+
+def _cost(lost: float, bad_rate: float, cap: float) -> float:
+    return _total_cost(lost, bad_rate, 0.0, cap)
 
 
 def estimate_from_orders(
@@ -259,7 +300,7 @@ def estimate_from_orders(
         cost_high=_cost(high, bad_rate, config.max_cost), lost_orders=lost, lost_orders_se=se,
         bad_rate=float(bad_rate), bad_orders=n_bad_total, good_orders=n_good_total,
         horizon_days=float(config.horizon_days), usable=usable, reason=reason,
-        segments=segments.drop(columns=["variance"]),
+        segments=segments.drop(columns=["variance"]), max_cost=float(config.max_cost),
     )
 
 

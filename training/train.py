@@ -567,8 +567,9 @@ def fit_policy_and_target(
     * ``bad_cost_estimate`` set (and ``combine="expected_value"``): the cost of a bad order
       measured from the orders before ``data_end`` (the end of the training data; ``None``:
       the whole of ``events``) by :func:`~trustfeed.training.bad_order_cost.estimate_bad_order_cost`
-      replaces ``policy.bad_cost`` when the estimate is usable; ``fitted`` holds the estimate,
-      the cost used and where it came from (``policy.bad_cost_source``).
+      is added to ``policy.bad_cost`` (the cost of the bad order itself) when the estimate is
+      usable (:meth:`~trustfeed.training.bad_order_cost.BadOrderCost.policy_cost`); ``fitted``
+      holds the estimate, the cost used and where it came from (``policy.bad_cost_source``).
 
     * ``combine="expected_value"``: :meth:`Policy.fit <trustfeed.ranker.policy.Policy.fit>`
       learns the purchase calibration ``(a, b)`` and its risk term ``d`` from ``purchased``
@@ -610,8 +611,10 @@ def fit_policy_and_target(
     source = "purchase_model" if purchase_model is not None else "ranker"
     cost = bad_order_cost if bad_order_cost is not None else measure_bad_order_cost(config, events, data_end, progress)
     if cost is not None:
-        bad_cost = cost.cost_or(policy.config.bad_cost)
-        cost_source = "measured" if cost.usable else f"configured: {cost.reason}"
+        configured = policy.config.bad_cost
+        bad_cost = cost.policy_cost(configured)
+        cost_source = (f"measured: configured {configured:g} + {cost.lost_orders:.3g} orders lost after a bad order"
+                       if cost.usable else f"configured: {cost.reason}")
         fitted.update({**{f"policy.{k}": v for k, v in cost.to_metrics().items()},
                        "policy.bad_cost": bad_cost, "policy.bad_cost_source": cost_source})
         progress(f"bad-order cost {bad_cost:.3g} good orders ({cost_source})")
