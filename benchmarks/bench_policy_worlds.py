@@ -1,10 +1,14 @@
-"""The served policy in the closed loop on two settings of the simulated world.
+"""The served policy in the closed loop on three settings of the simulated world.
 
 Our simulator's risky merchants convert better (impulse selling: ``SimConfig.impulse_strength``
 1, the default), so on it even the oracle cuts few bad orders. A platform where risk is not
 tied to conversion (``impulse_strength`` 0) is the other end: there the oracle's bad-order
 rate falls well below plain ranking's, and a policy that prices risk too softly gives that cut
-away. A policy choice is kept only if it holds on both settings.
+away. ``risky`` (:data:`trustfeed.training.simulate.RISKY`) is a platform where about one order
+in five goes wrong, most of them at a minority of low-trust shops: there trust matters most,
+the oracle cuts the bad-order rate by about a quarter, and a policy that prices risk without
+knowing relevance well pays for it in orders. A policy choice is kept only if it holds on every
+setting.
 
 For each setting and platform seed the script simulates the platform (``--merchants``, 45
 days), trains the default bundle with the real training job, then runs the closed loop
@@ -21,7 +25,7 @@ feed requests in the last 7 days) and its share of the oracle's net-value gain, 
 Usage (a shared machine: one thread, nice)::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_policy_worlds.py --work DIR
-        [--worlds impulse no_impulse] [--platforms 1 2] [--merchants 150] [--days 21] [--seeds 3]
+        [--worlds impulse no_impulse risky] [--platforms 1 2] [--merchants 150] [--days 21] [--seeds 3]
         [--variants trust_aware_cost3 ...] [--purchase-variant LABEL:key=value,...] [--prepare-only] [--from-csv]
 
 ``--work`` keeps the datasets and bundles (reused when present) and each rollout's per-seed
@@ -38,9 +42,12 @@ from typing import Any
 
 import pandas as pd
 
+from trustfeed.training.simulate import RISKY
+
 WORLDS: dict[str, dict[str, Any]] = {
     "impulse": {},  # the simulator's default: low-trust merchants convert better
     "no_impulse": {"impulse_strength": 0.0},  # conversion does not depend on the merchant's risk
+    "risky": dict(RISKY),  # bad orders common and concentrated: more low-trust shops, steeper risk
 }
 BASE_POLICIES = ["plain", "oracle", "trust_aware", "trust_aware_balanced"]
 METRICS = ["net_value", "orders", "bad_orders", "bad_order_rate", "end_visits", "buyer_retention", "gini",

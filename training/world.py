@@ -989,7 +989,7 @@ class World:
         new = {
             "trust": trust, "category": category, "registered": registered, "size": m["size"][back],
             "brusher": m["brusher"][back], "entity": m["entity"][back], "reregistered": np.ones(len(back), dtype=bool),
-            "banned_at": np.full(len(back), np.inf), "p_bad": _p_bad(trust, category), "active_start": registered,
+            "banned_at": np.full(len(back), np.inf), "p_bad": _p_bad(self.config, trust, category), "active_start": registered,
             "active_end": np.full(len(back), np.inf), "closed_at": np.full(len(back), np.inf),
         }
         for key, values in new.items():
