@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
@@ -376,9 +377,17 @@ class LiveTrust:
         progress("trust: evidence of those buyers, before and after")
         old_meta = _merchant_meta(old.registries["merchants"], t0, enc)
         new_meta = _merchant_meta(merged.registries["merchants"], cut, enc)
-        users, (before_tables, after_tables), local = _localize((history.gather(old, dirty), history.gather(merged, dirty)), enc)
-        before = build_counts(before_tables, t0, config, agg, local, _category_codes(old_meta, enc), self._references)
-        after = build_counts(after_tables, cut, config, agg, local, _category_codes(new_meta, enc), self._references)
+        # The two sides are independent reads of the history: the earlier one in a helper
+        # thread (the memory-mapped takes and most array work run without the interpreter lock).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-before") as side:
+            gathered = side.submit(history.gather, old, dirty)
+            now = history.gather(merged, dirty)
+            users, (before_tables, after_tables), local = _localize((gathered.result(), now), enc)
+            earlier = side.submit(
+                build_counts, before_tables, t0, config, agg, local, _category_codes(old_meta, enc), self._references
+            )
+            after = build_counts(after_tables, cut, config, agg, local, _category_codes(new_meta, enc), self._references)
+            before = earlier.result()
         factor = float(np.exp2(-((cut - t0).total_seconds() / 86_400.0) / config.half_life_days))
         merchants = _combine(self._counts.merchants, before.merchants, after.merchants, factor, config)
         first_paid = history.first_paid_after(merged, fresh, replaced, enc.size("merchant"))
