@@ -15,12 +15,21 @@ step, the buyers recomputed and their rows): the update whose cost follows the n
 ``--check`` also builds the full snapshot with the live state's weights and references and
 reports the largest relative difference of any float column (one more full build). Each
 update also reports the CPU seconds of each step (``live_steps_cpu_s``): on a shared machine
-the wall times mostly measure the other jobs.
+the wall times mostly measure the other jobs. The CLI update also reports the CPU seconds of
+its main thread (``incremental_main_cpu_s``): the update runs parts in helper threads, and on
+an idle machine its wall time is close to the main thread's work, not to the process's.
+
+``--new-orders N`` holds the update's size fixed while the history grows: the new events are
+those since the time the last ``N`` orders of each data set start (so every size applies
+about the same number of new rows; the window is shorter the denser the history). With two
+or more sizes the last line is the fitted growth exponent ``k`` of each cost in the history's
+orders (cost ~ orders ** k; 0: flat, 1: linear).
 
 Usage::
 
     python benchmarks/bench_incremental.py --orders 1000000 3000000 [--hours 1] [--check]
     python benchmarks/bench_incremental.py --orders 10000000 --only live --steps 0.3 1   # live updates alone, chained
+    python benchmarks/bench_incremental.py --orders 1000000 3000000 10000000 --new-orders 13798   # fixed update size
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class _Steps:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.cpu_start = time.process_time()
+        self.main_start = time.thread_time()
         self.marks: list[tuple[float, str]] = []
         self.cpu_marks: list[float] = []
 
@@ -124,10 +134,12 @@ def _incremental(work: Path, hours: float) -> dict[str, Any]:
     steps("write output")  # the last step reported before the save is "trust: done"
     seconds = time.perf_counter() - steps.start
     cpu1, rss = _usage()
+    main = time.thread_time() - steps.main_start
     written = sum(p.stat().st_size for p in (work / "out" / "state").rglob("*") if p.is_file() and p.stat().st_nlink == 1)
     return {
         "incremental_s": round(seconds, 2),
         "incremental_cpu_s": round(cpu1 - cpu0, 2),
+        "incremental_main_cpu_s": round(main, 2),
         "incremental_peak_rss_mb": round(rss, 1),
         "steps_s": steps.durations(seconds),
         "steps_cpu_s": steps.cpu_durations(),
@@ -191,7 +203,7 @@ def _live(data_dir: Path, hours: float, check: bool, steps_h: list[float] | None
         seconds = time.perf_counter() - steps.start
         cpu3, rss = _usage()
         result["updates"].append({
-            "hours": span,
+            "hours": round(span, 4),
             "new_orders": len(new["orders"]),
             "new_rows": sum(len(new[name]) for name in TABLES),
             "live_update_s": round(seconds, 2),
@@ -212,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders", type=int, nargs="+", default=[1_000_000, 3_000_000])
     parser.add_argument("--hours", type=float, default=1.0, help="new events: the last HOURS of the log")
+    parser.add_argument(
+        "--new-orders", type=int, help="new events: those since the last N orders of each size start (fixed update size)"
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/trustfeed-bench"))
     parser.add_argument("--check", action="store_true", help="compare the live update with a full build (one more build)")
     parser.add_argument("--steps", type=float, nargs="+", help="live: chained updates of these many hours each (default: --hours)")
@@ -230,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     bench = _bench_features()
+    results: list[dict[str, Any]] = []
     for n in args.orders:
         target = args.data_dir / f"orders_{n}_imp1"
         if not (target / "orders.parquet").is_file():
@@ -241,20 +257,54 @@ def main(argv: list[str] | None = None) -> int:
         work = args.data_dir / f"incremental_{n}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        result = {}
+        hours = args.hours if args.new_orders is None else _hours_of_last(target, args.new_orders)
+        result: dict[str, Any] = {}
         for step in ("live",) if args.only == "live" else ("prepare", "incremental", "live"):
             extra = (["--check"] if args.check else []) + (["--steps", *map(str, args.steps)] if args.steps else [])
             child = subprocess.run(
-                [sys.executable, __file__, "--hours", str(args.hours), *extra, "--_work", str(work), "--_child", step, str(target)],
+                [sys.executable, __file__, "--hours", repr(hours), *extra, "--_work", str(work), "--_child", step, str(target)],
                 capture_output=True, text=True, check=False,
             )
             if child.returncode != 0:
                 print(child.stderr, file=sys.stderr)
                 return child.returncode
             result.update(json.loads(child.stdout.strip().splitlines()[-1]))
-        print(json.dumps(result))
+        result["hours"] = round(hours, 4)
+        print(json.dumps(result), flush=True)
+        results.append(result)
         shutil.rmtree(work, ignore_errors=True)
+    if len(results) >= 2:
+        print(json.dumps({"growth_exponent": growth_exponents(results)}))
     return 0
+
+
+# The costs whose growth in the history's size is fitted (a live entry: its last update).
+_COSTS = ("incremental_s", "incremental_cpu_s", "incremental_main_cpu_s", "live_update_s", "live_update_cpu_s")
+
+
+def growth_exponents(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Least-squares slope of log(cost) on log(history orders), per cost measured at every size."""
+    import numpy as np
+
+    out: dict[str, float] = {}
+    orders = np.log([float(r["orders"]) for r in results])
+    for name in _COSTS:
+        values = [r.get(name, r["updates"][-1].get(name) if r.get("updates") else None) for r in results]
+        if all(v is not None and v > 0 for v in values):
+            out[name] = round(float(np.polyfit(orders, np.log(np.asarray(values, dtype=float)), 1)[0]), 3)
+    return out
+
+
+def _hours_of_last(data_dir: Path, n: int) -> float:
+    """Hours from the time the last ``n`` orders of a data set start to the end of the log."""
+    bench = _bench_features()
+    end = bench.START + pd.Timedelta(days=bench.DAYS)
+    created = pd.read_parquet(data_dir / "orders.parquet", columns=["created_at"])["created_at"]
+    times = pd.to_datetime(created, utc=True).sort_values(ignore_index=True)
+    before_end = times[times < end]
+    if n <= 0 or n > len(before_end):
+        raise SystemExit(f"--new-orders {n}: the data set has {len(before_end)} orders")
+    return float((end - before_end.iloc[len(before_end) - n]).total_seconds() / 3600.0)
 
 
 if __name__ == "__main__":
