@@ -139,18 +139,23 @@ def _bundle(root: Path, seed: int, merchants: int, world: dict[str, Any], purcha
         job = TrainJobConfig(events=events, tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
                              output_dir=root / f"models{suffix}", evaluate=False)
         if purchase is not None:
-            job = replace(job, purchase_model=PurchaseModelConfig(**{**PurchaseModelConfig().to_dict(), **purchase[1]}))
+            dataset = {k[len("dataset."):]: v for k, v in purchase[1].items() if k.startswith("dataset.")}
+            model = {k: v for k, v in purchase[1].items() if not k.startswith("dataset.")}
+            job = replace(job, purchase_model=PurchaseModelConfig(**{**PurchaseModelConfig().to_dict(), **model}),
+                          dataset=replace(job.dataset, **dataset))
         marker.write_text(str(train(job).bundle_dir))
     return marker.read_text().strip()
 
 
 def _parse_purchase_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``LABEL:key=value,...`` -> (label, PurchaseModelConfig overrides)."""
+    """``LABEL:key=value,...`` -> (label, overrides): ``PurchaseModelConfig`` fields, and
+    ``dataset.<field>`` for the job's ``DatasetConfig`` (e.g. ``dataset.fresh_viewer_history=false``)."""
     label, _, rest = text.partition(":")
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        overrides[key] = float(value) if "." in value else int(value)
+        flag = {"true": True, "false": False}.get(value.lower())
+        overrides[key] = flag if flag is not None else float(value) if "." in value else int(value)
     return label, overrides
 
 

@@ -21,6 +21,7 @@ from here too.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
@@ -29,6 +30,7 @@ import pandas as pd
 
 from ._columns import _as_float, _bool, _ids, _object_values, _positions
 from ._id_index import HashedIds
+from ._viewer_history import ViewerHistory, ViewerTables
 from .errors import ConfigError, SchemaError
 from .events import to_utc
 from .history import CONTEXT_FORMAT_VERSION, ContextConfig, ContextTables, build_context_tables
@@ -63,6 +65,8 @@ __all__ = [
     "BAD_AFTER_SALES_REASONS",
     "CONTEXT_FORMAT_VERSION",
     "PERCENTILE_FEATURES",
+    "ViewerHistory",
+    "ViewerTables",
 ]
 
 SCHEMA_FORMAT_VERSION = 1
@@ -378,6 +382,7 @@ class FeatureAssembler:
         live_fields: tuple[str, ...] = (),
         merchant_columns: tuple[str, ...] | None = MERCHANT_COLUMNS,
         creator_columns: tuple[str, ...] | None = CREATOR_COLUMNS,
+        viewer: ViewerTables | None = None,
     ) -> None:
         merchants = snapshot.merchants
         creators = snapshot.creators
@@ -403,6 +408,8 @@ class FeatureAssembler:
         extra_merchants: list[Any] = []
         if context is not None:
             extra_merchants = [context.user_merchant["merchant_id"], context.merchant_category["merchant_id"]]
+        if viewer is not None:
+            extra_merchants.append(viewer.merchants)
         self._merchant_index: pd.Index | HashedIds = _vocabulary(merchant_ids, extra_merchants)
         n_m = len(self._merchant_index)
         merchant_rows = _snapshot_rows(self._merchant_index, merchant_ids)
@@ -442,6 +449,8 @@ class FeatureAssembler:
         extra_creators: list[Any] = []
         if context is not None:
             extra_creators = [context.follows["creator_id"], context.creator_engagement["creator_id"]]
+        if viewer is not None:
+            extra_creators.append(viewer.creators)
         self._creator_index: pd.Index | HashedIds = _vocabulary(creator_ids, extra_creators)
         n_c = len(self._creator_index)
         creator_rows = _snapshot_rows(self._creator_index, creator_ids)
@@ -470,6 +479,25 @@ class FeatureAssembler:
         self._engagement_col = {name: i for i, name in enumerate(engagement_cols)}
 
         # ---- users and pair tables
+        self._viewer_vocabulary: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        if viewer is not None:  # the viewer tables from a ViewerHistory instead of the context's
+            self._viewer_vocabulary = (
+                viewer.users,
+                _lookup_ids(self._merchant_index, viewer.merchants),
+                _lookup_ids(self._creator_index, viewer.creators),
+                _positions(category_index, viewer.categories),
+            )
+            self._install_viewer(viewer)
+        else:
+            self._context_viewer(context, category_index)
+
+        self._merchant_col = {c: i for i, c in enumerate(merchant_cols)}
+        self._creator_col = {c: i for i, c in enumerate(creator_cols)}
+        self._compile_blocks()
+
+    def _context_viewer(self, context: ContextTables | None, category_index: pd.Index) -> None:
+        """The user index and the viewer's pair tables from the context's tables."""
+        n_m, n_c = len(self._merchant_index), len(self._creator_index)
         user_sources = []
         if context is not None:
             user_sources = [
@@ -517,9 +545,35 @@ class FeatureAssembler:
                 [_as_float(ua["orders"]), _as_float(ua["clicks"])]
             ).reshape(-1, 2)[rows >= 0]
 
-        self._merchant_col = {c: i for i, c in enumerate(merchant_cols)}
-        self._creator_col = {c: i for i, c in enumerate(creator_cols)}
-        self._compile_blocks()
+    def _install_viewer(self, viewer: ViewerTables) -> None:
+        """The user index and the viewer's pair tables from :class:`ViewerTables` codes."""
+        if self._viewer_vocabulary is None or self._viewer_vocabulary[0] is not viewer.users:
+            raise SchemaError("viewer tables", None, "the history this assembler was built with", "another history")
+        _, merchant_rows, creator_rows, category_pos = self._viewer_vocabulary
+        n_m, n_c = len(self._merchant_index), len(self._creator_index)
+        self._user_index = viewer.user_index
+        self._user_activity = np.vstack([viewer.user_activity.astype(np.float64), np.zeros((1, 2))])
+        users, creators, followed_at = viewer.follows
+        self._follows = _PairTable(users, creator_rows[creators], n_c, followed_at, _NEVER)
+        users, merchants, orders, bad = viewer.user_merchant
+        self._user_merchant = _PairTable(
+            users, merchant_rows[merchants], n_m, np.column_stack([orders, bad]).astype(np.float64).reshape(-1, 2), 0.0)
+        users, categories, affinity = viewer.user_category
+        self._user_category = _PairTable(users, category_pos[categories], len(self._categories), affinity, 0.0)
+
+    def with_viewer(self, viewer: ViewerTables) -> FeatureAssembler:
+        """This assembler with the viewer's tables (follows, orders with each merchant, category
+        taste, activity) of ``viewer`` instead of its own: everything per merchant and per
+        creator stays as built, nothing is looked up by id again.
+
+        The assembler must have been built with ``viewer=`` tables of the same
+        :class:`~trustfeed.features._viewer_history.ViewerHistory` (its id vocabularies).
+        The training frame builds one per snapshot and moves the viewer's history on day by
+        day (:func:`trustfeed.training.dataset.build_training_frame`).
+        """
+        fresh = copy.copy(self)
+        fresh._install_viewer(viewer)
+        return fresh
 
     def _compile_blocks(self) -> None:
         """Lay out per-merchant and per-creator feature tables in output column order.
@@ -601,6 +655,7 @@ class FeatureAssembler:
         plan, categories = _plan_from_schema(schema)
         self = cls.__new__(cls)
         self._context = None
+        self._viewer_vocabulary = None
         self._plan = plan
         self._categories = tuple(categories)
         self.feature_names = tuple(name for name, _, _ in plan)

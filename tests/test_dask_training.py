@@ -145,14 +145,16 @@ def _windows(events: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
 
 
 def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int = MODEL["num_rounds"],
-                 snapshot_every_days: int = SNAPSHOT_EVERY_DAYS, purchase_config: Any = None) -> Any:
+                 snapshot_every_days: int = SNAPSHOT_EVERY_DAYS, purchase_config: Any = None,
+                 fresh_viewer_history: bool = False) -> Any:
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
     from trustfeed.training._dask_training import fit_on_dask
     from trustfeed.training.dataset import DatasetConfig
     from trustfeed.training.train import plain_feature_schema
 
     valid_from, holdout, _ = _windows(events)
-    return fit_on_dask(events, end=holdout, valid_from=valid_from, config=DatasetConfig(snapshot_every_days=snapshot_every_days),
+    config = DatasetConfig(snapshot_every_days=snapshot_every_days, fresh_viewer_history=fresh_viewer_history)
+    return fit_on_dask(events, end=holdout, valid_from=valid_from, config=config,
                        model_config=LambdaMARTConfig(**{**MODEL, "num_rounds": rounds}), plain_config=None, plain_schema_of=plain_feature_schema,
                        scheduler=scheduler, partitions=3, progress=progress, purchase_config=purchase_config)
 
@@ -170,9 +172,12 @@ def test_dask_frame_and_model_match_in_process(events: Any, shared_cluster: Loca
     from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
     from trustfeed.training.dataset import DatasetConfig, build_training_frame, time_split
 
-    on_dask = _fit_on_dask(events, shared_cluster.address, purchase_config=PURCHASE)
+    # weekly snapshots with the viewer's history of each row's own day (each partition
+    # advances its own cursor over the history the driver ships)
+    on_dask = _fit_on_dask(events, shared_cluster.address, purchase_config=PURCHASE, fresh_viewer_history=True)
     valid_from, holdout, end = _windows(events)
-    frame = build_training_frame(events, end=holdout, config=DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS))
+    config = DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS, fresh_viewer_history=True)
+    frame = build_training_frame(events, end=holdout, config=config)
     fit_part, valid_part = time_split(frame, valid_from=valid_from)
 
     # the frame built per partition on the workers is the in-process frame, row for row
@@ -186,7 +191,7 @@ def test_dask_frame_and_model_match_in_process(events: Any, shared_cluster: Loca
         y_valid=valid_part.labels, group_valid=valid_part.groups(), feature_names=frame.feature_names,
         categorical=frame.categorical, monotone=frame.monotone, feature_schema=frame.schema,
     )
-    held_out = build_training_frame(events, start=holdout, end=end, config=DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS))
+    held_out = build_training_frame(events, start=holdout, end=end, config=config)
     distributed, in_process = _held_out_ndcg(on_dask.model, held_out), _held_out_ndcg(local, held_out)
     assert abs(distributed - in_process) <= NDCG_TOLERANCE, (distributed, in_process)
     # and both learned something: better than a random order of the same lists

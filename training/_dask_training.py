@@ -42,7 +42,7 @@ from ..features.events import EventLog
 from ..features.progress import NullProgress, Progress
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig, requests_with_positives
 from ..ranker.purchase import PurchaseModel, PurchaseModelConfig, in_request_sample
-from ..features.context import build_context_tables
+from ..features.context import ViewerHistory, build_context_tables
 from ._purchase_fit import fit_or_skip
 from .dataset import (
     DatasetConfig,
@@ -52,6 +52,8 @@ from .dataset import (
     default_snapshot_builder,
     feature_schema,
     plan_training_frame,
+    snapshot_features,
+    viewer_history,
 )
 
 __all__ = ["DaskFit", "dask_client", "fit_on_dask", "in_request_sample"]
@@ -141,11 +143,13 @@ def _label_events(events: EventLog) -> EventLog:
 
 def _partition_frame(
     part: pd.DataFrame, tables: Mapping[pd.Timestamp, tuple[Any, Any]], events: EventLog,
-    schema: Mapping[str, Any], config: DatasetConfig,
+    schema: Mapping[str, Any], config: DatasetConfig, history: ViewerHistory | None = None,
 ) -> pd.DataFrame:
-    """One partition of impressions (whole requests) -> its rows of the training frame."""
-    from ..features.context import FeatureAssembler
+    """One partition of impressions (whole requests) -> its rows of the training frame.
 
+    ``history``: the viewer history of ``config.fresh_viewer_history`` (the frame's own
+    :func:`~.dataset.viewer_history`); each partition advances its own cursor over it.
+    """
     # in the frame's row order up front, so the rows assemble_rows returns line up with these
     request_time = part.groupby("request_id", sort=False)["ts"].transform("min")
     part = (part.assign(_request_time=request_time)
@@ -156,8 +160,7 @@ def _partition_frame(
     for as_of in pd.unique(part["snapshot_at"]):
         rows = np.flatnonzero((part["snapshot_at"] == as_of).to_numpy())
         snapshot, context = tables[pd.Timestamp(as_of)]
-        features[rows], status = FeatureAssembler(snapshot, context, schema=dict(schema)).transform_with_status(part.iloc[rows])
-        policy_trust[rows] = status.trust
+        features[rows], policy_trust[rows] = snapshot_features(part.iloc[rows], snapshot, context, schema, history)
     frame = assemble_rows(part, features, schema, events, config, policy_trust=policy_trust)
     purchased = (part["purchased"].astype("boolean").fillna(False).to_numpy(dtype=bool) if "purchased" in part.columns
                  else np.zeros(len(part), dtype=bool))
@@ -341,16 +344,17 @@ def fit_on_dask(
         for i, as_of in enumerate(plan.times):
             progress("building trust snapshot and context", i + 1, len(plan.times))
             tables[pd.Timestamp(as_of)] = (builder(events, as_of), build_context_tables(events, as_of, config.context))
+        history = viewer_history(events, config)
         first = tables[pd.Timestamp(plan.times[0])]
         schema = feature_schema(first[0], first[1], plan.categories)
         monotone = tuple(int(d) for d in schema["monotone"])
         n_parts = partitions or max(2, math.ceil(len(plan.window) / ROWS_PER_PARTITION))
         label_log = _label_events(events)
-        meta = _partition_frame(plan.window.iloc[:0], tables, label_log, schema, config)
+        meta = _partition_frame(plan.window.iloc[:0], tables, label_log, schema, config, history)
         progress(f"Dask: shuffling {len(plan.window):,} impressions into {n_parts} partitions of whole requests")
         fitted = _fit_with_client(client, plan, tables, label_log, schema, monotone, meta, config, valid_from,
                                   model_config, plain_config, plain_schema_of, n_parts, dd, progress,
-                                  purchase_config, min_purchases)
+                                  purchase_config, min_purchases, history)
         del warming
         return fitted
 
@@ -417,15 +421,18 @@ def _fit_with_client(
     valid_from: pd.Timestamp, model_config: LambdaMARTConfig, plain_config: LambdaMARTConfig | None,
     plain_schema_of: Any, n_parts: int, dd: Any, progress: Progress,
     purchase_config: PurchaseModelConfig | None = None, min_purchases: int = 20,
+    history: ViewerHistory | None = None,
 ) -> DaskFit:
     import dask
     from concurrent.futures import ThreadPoolExecutor
 
     if not client.scheduler_info().get("workers"):
         raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
-    [tables_on_workers, labels_on_workers] = client.scatter([dict(tables), label_log], broadcast=True, hash=False)
+    [tables_on_workers, labels_on_workers, history_on_workers] = client.scatter(
+        [dict(tables), label_log, history], broadcast=True, hash=False)
     impressions = dd.from_pandas(plan.window, npartitions=n_parts, sort=False).shuffle("request_id", npartitions=n_parts)
-    frame = impressions.map_partitions(_partition_frame, tables_on_workers, labels_on_workers, schema, config, meta=meta)
+    frame = impressions.map_partitions(_partition_frame, tables_on_workers, labels_on_workers, schema, config,
+                                       history_on_workers, meta=meta)
     fit = frame.map_partitions(_request_split, valid_from, False, meta=meta)
     valid = frame.map_partitions(_request_split, valid_from, True, meta=meta)
     fit, valid = client.persist([fit, valid])

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from ..features.context import ContextConfig, ContextTables, FeatureAssembler, SnapshotFrames, build_context_tables
+from ..features.context import (
+    ContextConfig, ContextTables, FeatureAssembler, SnapshotFrames, ViewerHistory, build_context_tables,
+)
 from ..features.config import Config, Constraints, Flag, Integer, Nested, Real
 from ..features.errors import ConfigError, SchemaError
 from ..features.events import EventLog, TimeLike, to_utc
@@ -69,6 +71,14 @@ class DatasetConfig(Config):
         that ended badly is not a success; 4: it keeps its purchase grade, so the relevance
         model predicts purchase and only the serving policy's bad-order model prices the
         risk). A bad purchase whose order was also not kept gets ``min(3, grade)``.
+    fresh_viewer_history
+        Read the viewer's history (follows, orders with each merchant, category taste,
+        activity) as of the start of each impression's own day instead of the snapshot's
+        time; the merchant trust snapshot and the creators' engagement stay as of the
+        snapshot. The history is advanced day by day
+        (:class:`~trustfeed.features._viewer_history.ViewerHistory`), not rebuilt, and gives
+        the tables :func:`~trustfeed.features.history.build_context_tables` gives at that
+        time. Needs ``context.lookback_days`` unset.
     context
         :class:`~trustfeed.features.context.ContextConfig` for the user history tables.
     trust
@@ -80,6 +90,7 @@ class DatasetConfig(Config):
     label_horizon_days: float = 30.0
     low_rating_is_bad: bool = False
     bad_purchase_grade: int = 1
+    fresh_viewer_history: bool = False
     context: ContextConfig = ContextConfig()
     trust: TrustConfig | None = None
 
@@ -89,6 +100,7 @@ class DatasetConfig(Config):
         "label_horizon_days": Real(0, strict_low=True),
         "low_rating_is_bad": Flag(),
         "bad_purchase_grade": Integer(low=0, high=4),
+        "fresh_viewer_history": Flag(),
         "context": Nested(ContextConfig),
         "trust": Nested(TrustConfig, optional=True),
     }
@@ -324,6 +336,7 @@ def build_training_frame(
     progress = progress or NullProgress()
     builder = snapshot_builder or default_snapshot_builder(config)
     plan = plan_training_frame(events, start, end, config)
+    history = viewer_history(events, config)
 
     def tables() -> Iterator[tuple[pd.Timestamp, Any, Any]]:
         # one snapshot alive at a time: each is used for its rows, then dropped
@@ -339,9 +352,9 @@ def build_training_frame(
         if schema is None:
             schema = feature_schema(snapshot, context, plan.categories)
         rows = np.flatnonzero((plan.window["snapshot_at"] == as_of).to_numpy())
-        block, status = FeatureAssembler(snapshot, context, schema=schema).transform_with_status(plan.window.iloc[rows])
+        block, trust = snapshot_features(plan.window.iloc[rows], snapshot, context, schema, history)
         blocks.append(block)
-        trusts.append(status.trust)
+        trusts.append(trust)
         rows_of.append(rows)
     if schema is None:  # unreachable: the window is non-empty, so there is a snapshot time
         raise SchemaError("impressions", "ts", "at least one snapshot time", "none")
@@ -381,6 +394,40 @@ class FramePlan:
     window: pd.DataFrame
     times: tuple[pd.Timestamp, ...]
     categories: list[str]
+
+
+def viewer_history(events: EventLog, config: DatasetConfig) -> ViewerHistory | None:
+    """The running viewer history the frame reads when ``config.fresh_viewer_history`` (else ``None``)."""
+    return ViewerHistory(events, config.context) if config.fresh_viewer_history else None
+
+
+def snapshot_features(
+    rows: pd.DataFrame, snapshot: SnapshotFrames, context: ContextTables | None, schema: Mapping[str, Any],
+    history: ViewerHistory | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and policy trust of the window's ``rows`` that read one snapshot and context.
+
+    With a ``history`` (:func:`viewer_history`), each day's rows read the viewer's history as
+    of the start of their own day: one assembler per snapshot, its viewer tables swapped day
+    by day (:meth:`~trustfeed.features.context.FeatureAssembler.with_viewer`). The result
+    equals ``FeatureAssembler(snapshot, context')`` where ``context'`` is ``context`` with its
+    viewer tables built as of that day, which is what serving computes from such tables.
+    """
+    if history is None or len(rows) == 0:
+        features, status = FeatureAssembler(snapshot, context, schema=dict(schema)).transform_with_status(rows)
+        return features, status.trust
+    day = rows["ts"].dt.floor("D")
+    days = sorted(day.unique())
+    cursor = history.cursor()
+    base = FeatureAssembler(snapshot, context, schema=dict(schema), viewer=cursor.at(days[0]))
+    features = np.empty((len(rows), len(schema["feature_names"])), dtype=np.float64)
+    trust = np.empty(len(rows), dtype=np.float64)
+    for i, at in enumerate(days):
+        assembler = base if i == 0 else base.with_viewer(cursor.at(at))
+        chosen = np.flatnonzero((day == at).to_numpy())
+        features[chosen], status = assembler.transform_with_status(rows.iloc[chosen])
+        trust[chosen] = status.trust
+    return features, trust
 
 
 def default_snapshot_builder(config: DatasetConfig) -> Callable[[EventLog, pd.Timestamp], Any]:
