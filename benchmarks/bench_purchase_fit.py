@@ -22,13 +22,18 @@ SETTINGS = {
     "before (lr 0.05, 2 passes, all rows)": dict(learning_rate=0.05, position_passes=2, max_click_rows=0),
     "lr 0.1, 2 passes, all rows": dict(learning_rate=0.1, position_passes=2, max_click_rows=0),
     "lr 0.1, 1 pass, 300k rows": dict(learning_rate=0.1, position_passes=1, max_click_rows=300_000),
-    "default (lr 0.1, 2 passes, 300k rows)": {},
-    "patience 10": dict(early_stopping_rounds=10),
-    "patience 10, 1 pass": dict(early_stopping_rounds=10, position_passes=1),
+    "default": {},
     "patience 15": dict(early_stopping_rounds=15),
     "session 5 default (15 leaves, l2 1)": dict(num_leaves=15, lambda_l2=1.0),
-    "7 leaves, l2 10": dict(num_leaves=7, lambda_l2=10.0),
     "7 leaves, l2 10, lr 0.05": dict(num_leaves=7, lambda_l2=10.0, learning_rate=0.05),
+    # session 7: the same trees for less work
+    "lr 0.15": dict(learning_rate=0.15),
+    "lr 0.2": dict(learning_rate=0.2),
+    "first pass lr 0.3": dict(first_pass_learning_rate=0.3),
+    "first pass lr 0.5": dict(first_pass_learning_rate=0.5),
+    "first pass lr 0.3, lr 0.15": dict(first_pass_learning_rate=0.3, learning_rate=0.15),
+    "max_bin 63": dict(max_bin=63),
+    "200k click rows": dict(max_click_rows=200_000),
 }
 
 
@@ -56,16 +61,16 @@ def main() -> None:
         if args.only and label not in args.only:
             continue
         model = PurchaseModel(PurchaseModelConfig(**overrides))
-        start = time.process_time()
+        start, wall = time.process_time(), time.perf_counter()
         model.fit(X, y >= 1, y >= 2, p, Xv, yv >= 1, yv >= 2, pv, feature_names=names, categorical=cat,
                   monotone=mono, groups=g)
-        cpu = time.process_time() - start
+        cpu, wall = time.process_time() - start, time.perf_counter() - wall
         info = model.fit_info_
         click_raw = model.click_booster_.predict(Xv, raw_score=True) + model.position_coef_ * np.log(pv)
         click_v = (yv >= 1).astype(float)
         seen = click_v > 0
         buy_raw = model.purchase_booster_.predict(Xv[seen], raw_score=True)
-        print(f"{label}: cpu {cpu:.1f} s, click rows {info['click_rows']:,}, trees {info['click_trees']}/"
+        print(f"{label}: cpu {cpu:.1f} s (wall {wall:.1f}), click rows {info['click_rows']:,}, trees {info['click_trees']}/"
               f"{info['purchase_trees']}, g {info['position_coef']:.3f}, "
               f"click logloss {_logloss(click_v, 1 / (1 + np.exp(-click_raw))):.5f}, "
               f"purchase|click logloss {_logloss((yv[seen] >= 2).astype(float), 1 / (1 + np.exp(-buy_raw))):.5f}, "

@@ -75,7 +75,9 @@ class PurchaseModelConfig(Config):
         0.7-1.5% more expected orders on each of six simulated platforms (both world
         settings, ``benchmarks/bench_relevance_gap.py``) and had a lower validation log-loss
         of both stages on the 1.48M-impression frame of ``benchmarks/bench_purchase_fit.py``,
-        at the same training cost.
+        at the same training cost. Learning rate 0.15 rather than 0.1: about half the trees
+        for the same validation log-loss (within 0.1%) and the same expected orders on those
+        six platforms (within 0.4% each, mean unchanged).
     min_data_in_leaf
         Smallest leaf of the click stage (every impression).
     min_data_in_leaf_purchase
@@ -89,6 +91,12 @@ class PurchaseModelConfig(Config):
         30 pick the same trees, and 10 trains 60 fewer.
     position_passes
         Alternations of the click stage's position coefficient and trees (``>= 1``).
+    first_pass_learning_rate
+        Learning rate of the click stage's passes before the last (``0``: ``learning_rate``).
+        Those passes only estimate the position coefficient ``g`` that the last pass takes
+        as its offset; their trees are dropped, so coarser, fewer trees serve as well.
+    max_bin
+        Most histogram bins per feature (LightGBM's ``max_bin``), both stages.
     max_click_rows
         Most training rows of the click stage (``0``: all): beyond it a uniform random sample
         of whole requests (``groups`` given to :meth:`fit`, else of rows), drawn with ``seed``.
@@ -105,7 +113,7 @@ class PurchaseModelConfig(Config):
     7
     """
 
-    learning_rate: float = 0.1
+    learning_rate: float = 0.15
     num_leaves: int = 7
     min_data_in_leaf: int = 100
     min_data_in_leaf_purchase: int = 50
@@ -113,6 +121,8 @@ class PurchaseModelConfig(Config):
     num_rounds: int = 1000
     early_stopping_rounds: int = 10
     position_passes: int = 2
+    first_pass_learning_rate: float = 0.3
+    max_bin: int = 255
     max_click_rows: int = 300_000
     monotone: bool = True
     num_threads: int = 1
@@ -127,6 +137,8 @@ class PurchaseModelConfig(Config):
         "num_rounds": Integer(low=1),
         "early_stopping_rounds": Integer(low=0),
         "position_passes": Integer(1, 10),
+        "first_pass_learning_rate": Real(0),
+        "max_bin": Integer(low=2),
         "max_click_rows": Integer(low=0),
         "monotone": Flag(),
         "num_threads": Integer(low=0),
@@ -141,6 +153,7 @@ class PurchaseModelConfig(Config):
             "num_leaves": self.num_leaves,
             "min_data_in_leaf": min_data_in_leaf,
             "lambda_l2": self.lambda_l2,
+            "max_bin": self.max_bin,
             "num_threads": self.num_threads,
             "deterministic": True,
             "seed": self.seed,
@@ -328,10 +341,11 @@ class PurchaseModel:
                                     categorical_feature=list(categorical) if categorical else "auto")
             return train_set, lgb.Dataset(valid_x, label=valid_y, init_score=valid_offset, reference=train_set)
 
-        def stage(sets: tuple[Any, Any], min_leaf: int) -> Any:
+        def stage(sets: tuple[Any, Any], min_leaf: int, learning_rate: float | None = None) -> Any:
             callbacks: list[Any] = ([lgb.early_stopping(config.early_stopping_rounds, first_metric_only=True, verbose=False)]
                                     if config.early_stopping_rounds > 0 else [])
-            return lgb.train(params_of[min_leaf], sets[0], num_boost_round=config.num_rounds, valid_sets=[sets[1]],
+            params = params_of[min_leaf] if learning_rate is None else {**params_of[min_leaf], "learning_rate": learning_rate}
+            return lgb.train(params, sets[0], num_boost_round=config.num_rounds, valid_sets=[sets[1]],
                              valid_names=["valid"], callbacks=callbacks)
 
         ones = np.ones_like(log_position_c)
@@ -343,7 +357,10 @@ class PurchaseModel:
             if done:
                 click_sets[0].set_init_score(g * log_position_c)
                 click_sets[1].set_init_score(g * log_position_v)
-            click_booster = stage(click_sets, config.min_data_in_leaf)
+            last = done == config.position_passes - 1
+            # the passes before the last only estimate g: their trees are dropped
+            click_booster = stage(click_sets, config.min_data_in_leaf,
+                                  None if last or config.first_pass_learning_rate <= 0 else config.first_pass_learning_rate)
             trees = click_booster.predict(Xc, raw_score=True, num_iteration=_best(click_booster))
             g = float(logistic_regression(np.column_stack([ones, log_position_c]), click_c, offset=trees)[1])
         del click_sets

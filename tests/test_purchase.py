@@ -183,7 +183,8 @@ def test_request_ids_draw_the_click_sample_by_the_request_hash() -> None:
 
 def test_later_position_passes_reuse_the_binned_data_and_fit_what_fresh_data_would() -> None:
     """The click stage's data are binned once; each pass only changes the position offset. The
-    trees must be those of a stage fitted from scratch with that pass's offset."""
+    trees must be those of a stage fitted from scratch with that pass's offset (and, before the
+    last pass, the first passes' learning rate)."""
     import lightgbm as lgb
 
     from trustfeed.ranker._expected_value import logistic_regression
@@ -199,10 +200,14 @@ def test_later_position_passes_reuse_the_binned_data_and_fit_what_fresh_data_wou
     design = np.column_stack([np.ones(half), log_position])
     g = float(logistic_regression(design, click)[1])
     booster = None
-    for _ in range(config.position_passes):  # every pass from freshly binned data
+    assert 0 < config.first_pass_learning_rate != config.learning_rate
+    for done in range(config.position_passes):  # every pass from freshly binned data
         train_set = lgb.Dataset(X[:half], label=click, init_score=g * log_position, feature_name=["a", "b"])
         valid_set = lgb.Dataset(X[half:], label=click_v, init_score=g * log_position_v, reference=train_set)
-        booster = lgb.train(config.lgb_params(config.min_data_in_leaf), train_set, num_boost_round=config.num_rounds,
+        params = config.lgb_params(config.min_data_in_leaf)
+        if done < config.position_passes - 1:
+            params["learning_rate"] = config.first_pass_learning_rate
+        booster = lgb.train(params, train_set, num_boost_round=config.num_rounds,
                             valid_sets=[valid_set], callbacks=[lgb.early_stopping(config.early_stopping_rounds,
                                                                                   first_metric_only=True, verbose=False)])
         trees = booster.predict(X[:half], raw_score=True, num_iteration=booster.best_iteration)
@@ -210,6 +215,27 @@ def test_later_position_passes_reuse_the_binned_data_and_fit_what_fresh_data_wou
     assert booster is not None and model.position_coef_ == g
     np.testing.assert_array_equal(model.click_booster_.predict(X[half:], raw_score=True),
                                   booster.predict(X[half:], raw_score=True, num_iteration=booster.best_iteration))
+
+
+def test_the_first_passes_learning_rate_leaves_the_kept_trees_alone_with_one_pass() -> None:
+    """With a single pass that pass is the last: its trees (the kept ones) are grown at
+    ``learning_rate`` whatever ``first_pass_learning_rate`` says; with two passes it moves
+    only the position coefficient the last pass starts from."""
+    n = 4000
+    X, clicked, bought, position = _logged(n, 2, seed=7)
+    half = n // 2
+
+    def fitted(**overrides: object) -> PurchaseModel:
+        config = PurchaseModelConfig.from_dict({**_SMALL.to_dict(), **overrides})
+        return PurchaseModel(config).fit(X[:half], clicked[:half], bought[:half], position[:half], X[half:],
+                                         clicked[half:], bought[half:], position[half:], feature_names=["a", "b"])
+
+    one = fitted(position_passes=1, first_pass_learning_rate=0.0)
+    one_coarse = fitted(position_passes=1, first_pass_learning_rate=0.5)
+    assert np.array_equal(one.predict(X[half:]), one_coarse.predict(X[half:]))
+    two, two_coarse = fitted(first_pass_learning_rate=0.0), fitted(first_pass_learning_rate=0.5)
+    assert two.position_coef_ != two_coarse.position_coef_
+    assert abs(two.position_coef_ - two_coarse.position_coef_) < 0.1  # both estimate the same bias
 
 
 # ----------------------------------------------------------------------------- in the pipeline and the bundle
