@@ -18,6 +18,8 @@ candidates:
   the policy's purchase estimate scaled per request so its sum matches the world's (a
   per-request base rate), ``policy_request_slope`` a slope and an offset per request (a
   per-request temperature);
+* ``policy_truth_bad_model``: the policy's purchase estimate with the bad-order model of the
+  policy's form fitted on the world's bad-order probabilities (a bound of refitting it);
 * ``policy_cost1`` / ``policy_cost3``: the ranking charges a bad order 1 or 3 good orders (the
   net value still counts it at ``bad_cost``);
 * ``policy_balanced``: the served policy with the exposure balancer (the order actually served);
@@ -104,6 +106,17 @@ def _truth_calibration(relevance: np.ndarray, model_bad: np.ndarray, bought: np.
     return float(a), float(b), float(d)
 
 
+def _truth_bad_model(trust: np.ndarray, p_bad: np.ndarray, shown: np.ndarray, eps: float) -> tuple[float, float]:
+    """``(c0, c1)`` of ``p_bad = sigmoid(c0 + c1 logit(trust))`` fitted on the world's own bad-order
+    probabilities of the shown candidates: the best bad-order model of the policy's form."""
+    from trustfeed.ranker._expected_value import logistic_regression
+
+    t = np.clip(np.where(np.isnan(trust), 0.5, trust), eps, 1 - eps)
+    x = (np.log(t) - np.log1p(-t))[shown]
+    c0, c1 = logistic_regression(np.column_stack([np.ones_like(x), x]), p_bad[shown])
+    return float(c0), float(min(c1, 0.0))
+
+
 def _request_offset(purchase: np.ndarray, bought: np.ndarray, request: np.ndarray, shown: np.ndarray) -> np.ndarray:
     """The policy's purchase estimate scaled per request so its sum matches the world's (an oracle offset)."""
     codes, inverse = np.unique(request, return_inverse=True)
@@ -157,6 +170,7 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
     cost = config.bad_cost
     totals: list[dict[str, Any]] = []
     fits: list[tuple[float, float, float]] = []
+    bad_fits: list[tuple[float, float]] = []
     exposure: dict[str, list[pd.Series]] = {}
     for seed in range(seeds):
         world = World(base, seed=seed, bad_cost=cost)
@@ -185,6 +199,9 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
             request_ids = rows["request"].to_numpy()
             truth_fit = _truth_calibration(relevance, model_bad, bought, shown)
             fits.append(truth_fit)
+            bad_fit = _truth_bad_model(trust, p_bad, shown, config.eps)
+            bad_fits.append(bad_fit)
+            refitted_bad = bad_probability(trust, bad_fit, config.eps)
             true_calibrated = purchase_probability(relevance, truth_fit[:2], model_bad, truth_fit[2])
             factor = 1.0 - (1.0 + cost) * model_bad
             rankings = {
@@ -203,6 +220,7 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
                 "policy_request_offset": _value(_request_offset(model_purchase, bought, request_ids, shown), factor),
                 "policy_request_slope": _value(_request_slope(relevance, model_bad, state.risk_term, bought, request_ids,
                                                               shown), factor),
+                "policy_truth_bad_model": _value(model_purchase, 1.0 - (1.0 + cost) * refitted_bad),
                 "policy_cost1": expected_value_score(relevance, trust, state.purchase_calibration, state.bad_model, 1.0,
                                                      config.eps, state.risk_term),
                 "policy_cost3": expected_value_score(relevance, trust, state.purchase_calibration, state.bad_model, 3.0,
@@ -228,6 +246,8 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
                 ranker.record_impressions(outcome.impressions)
     a_true, b_true, d_true = np.mean(fits, axis=0)
     print(f"purchase calibration fitted on the truth (mean over days): a = {a_true:.3f}, b = {b_true:.3f}, d = {d_true:.3f}")
+    c0_true, c1_true = np.mean(bad_fits, axis=0)
+    print(f"bad-order model fitted on the truth (mean over days): c0 = {c0_true:.3f}, c1 = {c1_true:.3f}")
     table = pd.DataFrame(totals).groupby("ranking", sort=False).sum()
     table["bad_order_rate"] = table["bad_orders"] / table["orders"]
     table["gini"] = pd.Series({name: gini(pd.concat(parts, axis=1).fillna(0.0).sum(axis=1).to_numpy())
