@@ -15,18 +15,21 @@ the stages run in a fresh process per size and backend, one after the other:
 ``--backend dask`` (``fit_on_dask`` on a local cluster of two one-thread worker processes,
 each limited to ``--worker-memory``)
 
-* ``load``: as above, on the driver;
-* ``snapshots``: the driver builds the trust snapshots and context tables;
-* ``frame``: impressions shuffled into partitions of whole requests, each joined and
-  labelled on a worker, and gathered what the driver needs (validation requests, clicked
-  rows and the click stage's sample);
+* ``load``: as above, on the driver (its snapshots need the whole log);
+* ``snapshots``: the driver builds the trust snapshots and context tables and hands each to
+  a worker, while the workers read their row groups of ``impressions.parquet`` and shuffle
+  them into partitions of whole requests by snapshot period;
+* ``frame``: each partition joined with its period's snapshot and labelled on a worker, and
+  gathered what the driver needs (validation requests, clicked rows and the click stage's
+  sample);
 * ``lambdamart`` + ``purchase``: LightGBM's distributed ranker on the workers while the
   driver fits the purchase model (one stage: they overlap);
 * ``plain``: the distributed plain ranker.
 
 Peak memory is the highest resident set size of the benchmark process and all its child
 processes (the Dask workers) while the stage ran, sampled every 50 ms, so it includes what
-earlier stages keep alive, as in the real job. The growth exponent ``b`` of each stage is
+earlier stages keep alive, as in the real job; with Dask also the driver's own peak and the
+workers' (their sum, with the scheduler's small share in it). The growth exponent ``b`` of each stage is
 the least-squares slope of ``log(seconds)`` on ``log(impressions)``: ``b = 1`` is linear.
 
 Run::
@@ -60,8 +63,8 @@ STAGES = {
 }
 # Dask progress message prefix -> the stage it starts
 _DASK_MARKS = (
-    ("building trust snapshot", "snapshots"),
-    ("Dask: shuffling", "frame"),
+    ("Dask: reading and shuffling", "snapshots"),
+    ("Dask: joining", "frame"),
     ("Dask: training LambdaMART", "lambdamart+purchase"),
     ("Dask: training the plain", "plain"),
 )
@@ -92,11 +95,18 @@ def _tree_rss_bytes(root: int) -> int:
     return total
 
 
+def _own_rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
 class _PeakMemory:
-    """The highest RSS of this process tree since the last :meth:`take`."""
+    """The highest RSS of this process tree since the last :meth:`take` (and of this process
+    alone, and of its descendants together: ``driver`` and ``workers``)."""
 
     def __init__(self) -> None:
         self.peak = _tree_rss_bytes(os.getpid())
+        self.driver = self.workers = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -104,16 +114,24 @@ class _PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
-            now = _tree_rss_bytes(os.getpid())
+            now, own = _tree_rss_bytes(os.getpid()), _own_rss_bytes()
             with self._lock:
                 self.peak = max(self.peak, now)
+                self.driver = max(self.driver, own)
+                self.workers = max(self.workers, now - own)
 
     def take(self) -> float:
         """Peak MB since the previous call; the next window starts at the current RSS."""
-        now = _tree_rss_bytes(os.getpid())
+        return self.take_split()["peak_mb"]
+
+    def take_split(self) -> dict[str, float]:
+        """Peak MB of the tree, the driver and the workers since the previous call."""
+        now, own = _tree_rss_bytes(os.getpid()), _own_rss_bytes()
         with self._lock:
-            peak, self.peak = max(self.peak, now), now
-        return peak / 2**20
+            peaks = {"peak_mb": max(self.peak, now), "driver_mb": max(self.driver, own),
+                     "workers_mb": max(self.workers, now - own)}
+            self.peak, self.driver, self.workers = now, own, now - own
+        return {name: value / 2**20 for name, value in peaks.items()}
 
     def close(self) -> None:
         self._stop.set()
@@ -123,8 +141,10 @@ class _PeakMemory:
 def _report(stage: str, figures: dict[str, float]) -> None:
     """A finished stage on stderr at once (the parent passes it through), so a long run that is
     stopped still tells what it measured."""
-    print(f"stage {stage}: {figures['seconds']:.1f} s, peak {figures['peak_mb']:.0f} MB (load {os.getloadavg()[0]:.1f})",
-          file=sys.stderr, flush=True)
+    split = (f" (driver {figures['driver_mb']:.0f}, workers {figures['workers_mb']:.0f})"
+             if "workers_mb" in figures else "")
+    print(f"stage {stage}: {figures['seconds']:.1f} s, peak {figures['peak_mb']:.0f} MB{split} "
+          f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
 
 
 def _pandas_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory) -> None:
@@ -180,7 +200,7 @@ def _dask_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory, wor
     memory.take()
     start = time.perf_counter()
     events = load_events(events_dir)
-    out["load"] = {"seconds": time.perf_counter() - start, "peak_mb": memory.take()}
+    out["load"] = {"seconds": time.perf_counter() - start, **memory.take_split()}
     _report("load", out["load"])
     out["impressions"] = len(events["impressions"])
     windows = _windows(events, None, config.validation_fraction, config.evaluation.holdout_fraction)
@@ -189,7 +209,7 @@ def _dask_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory, wor
 
     def close_stage(now: float) -> None:
         if current[0] is not None:
-            out[current[0]] = {"seconds": now - current[1], "peak_mb": memory.take()}
+            out[current[0]] = {"seconds": now - current[1], **memory.take_split()}
             _report(current[0], out[current[0]])
 
     def progress(message: str, *_: Any) -> None:
@@ -210,7 +230,7 @@ def _dask_stages(events_dir: Path, out: dict[str, Any], memory: _PeakMemory, wor
             events, end=windows.holdout_start, valid_from=windows.valid_start, config=config.dataset,
             model_config=config.model, plain_config=config.plain_model or config.model,
             plain_schema_of=plain_feature_schema, scheduler=cluster.scheduler_address, progress=progress,
-            purchase_config=config.purchase_model, min_purchases=_MIN_PURCHASES,
+            purchase_config=config.purchase_model, min_purchases=_MIN_PURCHASES, events_dir=events_dir,
         )
         close_stage(time.perf_counter())
     finally:
@@ -282,10 +302,14 @@ def main(argv: list[str] | None = None) -> int:
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 result["load_average"] = load
                 result["total"] = {"seconds": sum(result[s]["seconds"] for s in STAGES[backend] if s in result),
-                                   "peak_mb": max(result[s]["peak_mb"] for s in STAGES[backend] if s in result)}
+                                   **{key: max(result[s][key] for s in STAGES[backend] if s in result)
+                                      for key in ("peak_mb", "driver_mb", "workers_mb")
+                                      if all(key in result[s] for s in STAGES[backend] if s in result)}}
                 rows[backend].append(result)
                 print(f"{backend:6s} {label}  {result['impressions']:>11,} impressions  load {load:4.1f}  "
                       + "  ".join(f"{s} {result[s]['seconds']:7.1f} s {result[s]['peak_mb']:6.0f} MB"
+                                  + (f" (driver {result[s]['driver_mb']:.0f}, workers {result[s]['workers_mb']:.0f})"
+                                     if "workers_mb" in result[s] else "")
                                   for s in (*STAGES[backend], "total") if s in result)
                       + (f"  (purchase model {result['purchase_seconds']:.1f} s of it)" if "purchase_seconds" in result else ""),
                       flush=True)

@@ -44,6 +44,7 @@ __all__ = [
     "EventLog",
     "load_events",
     "validate_events",
+    "validate_table",
     "write_events",
     "empty_table",
     "table_dtypes",
@@ -738,6 +739,29 @@ def validate_events(tables: Mapping[str, pd.DataFrame]) -> EventLog:
     orders.user_id, merchant_id, created_at, amount: expected required columns, got no such column (columns present: order_id)
     """
     return _validate(tables)
+
+
+def validate_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Coerce and check the rows of one table on their own, as :func:`validate_events` does.
+
+    The checks that need other tables (ids referenced elsewhere) are left out, and keys are
+    unique within ``frame`` only: for a part of a table whose whole was validated before
+    (the Dask training backend's workers read their own parts of the impressions file).
+
+    Raises
+    ------
+    SchemaError
+        As :func:`validate_events`, for this table.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> part = validate_table("merchants", pd.DataFrame({"merchant_id": [7], "registered_at": ["2026-01-01"]}))
+    >>> part["merchant_id"].tolist(), str(part["registered_at"].dtype)
+    (['7'], 'datetime64[ns, UTC]')
+    """
+    table, _, _ = _validate_table(_spec(name), frame)
+    return table
 
 
 # --------------------------------------------------------------------------- files

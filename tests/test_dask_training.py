@@ -118,6 +118,24 @@ def events() -> Any:
     return validate_events(simulate(SimConfig(seed=5, merchants=40, days=18)).tables)
 
 
+# the impressions file the workers read, in row groups of this many rows (several per worker)
+ROW_GROUP_ROWS = 1000
+
+
+@pytest.fixture(scope="module")
+def events_dir(events: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``events`` written as a dataset directory, its impressions in several row groups."""
+    import pyarrow.parquet as pq
+
+    from trustfeed.features.events import write_events
+
+    directory = tmp_path_factory.mktemp("events") / "events"
+    write_events(events, directory)
+    table = pq.read_table(directory / "impressions.parquet")
+    pq.write_table(table, directory / "impressions.parquet", row_group_size=ROW_GROUP_ROWS)
+    return directory
+
+
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[LocalDaskCluster]:
     """A cluster of the test's own (a test that kills a worker)."""
@@ -146,7 +164,7 @@ def _windows(events: Any) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
 
 def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int = MODEL["num_rounds"],
                  snapshot_every_days: int = SNAPSHOT_EVERY_DAYS, purchase_config: Any = None,
-                 fresh_viewer_history: bool = False) -> Any:
+                 fresh_viewer_history: bool = False, events_dir: Path | None = None) -> Any:
     from trustfeed.ranker.lambdamart import LambdaMARTConfig
     from trustfeed.training._dask_training import fit_on_dask
     from trustfeed.training.dataset import DatasetConfig
@@ -156,7 +174,8 @@ def _fit_on_dask(events: Any, scheduler: str, progress: Any = None, rounds: int 
     config = DatasetConfig(snapshot_every_days=snapshot_every_days, fresh_viewer_history=fresh_viewer_history)
     return fit_on_dask(events, end=holdout, valid_from=valid_from, config=config,
                        model_config=LambdaMARTConfig(**{**MODEL, "num_rounds": rounds}), plain_config=None, plain_schema_of=plain_feature_schema,
-                       scheduler=scheduler, partitions=3, progress=progress, purchase_config=purchase_config)
+                       scheduler=scheduler, partitions=3, progress=progress, purchase_config=purchase_config,
+                       events_dir=events_dir)
 
 
 def _held_out_ndcg(model: Any, frame: Any) -> float:
@@ -168,13 +187,18 @@ def _held_out_ndcg(model: Any, frame: Any) -> float:
     return float(mean_ndcg(ranked, 10).mean)
 
 
-def test_dask_frame_and_model_match_in_process(events: Any, shared_cluster: LocalDaskCluster) -> None:
+def test_dask_frame_and_model_match_in_process(events: Any, events_dir: Path, shared_cluster: LocalDaskCluster) -> None:
     from trustfeed.ranker.lambdamart import LambdaMART, LambdaMARTConfig
     from trustfeed.training.dataset import DatasetConfig, build_training_frame, time_split
 
+    said: list[str] = []
     # weekly snapshots with the viewer's history of each row's own day (each partition
     # advances its own cursor over the history the driver ships)
-    on_dask = _fit_on_dask(events, shared_cluster.address, purchase_config=PURCHASE, fresh_viewer_history=True)
+    on_dask = _fit_on_dask(events, shared_cluster.address, lambda message, *_: said.append(message),
+                           purchase_config=PURCHASE, fresh_viewer_history=True, events_dir=events_dir)
+    # the workers read the impressions file themselves, in parts (not the driver's copy)
+    read = [m for m in said if "the workers read" in m]
+    assert read and int(read[0].split("the workers read ")[1].split()[0]) > 2, said
     valid_from, holdout, end = _windows(events)
     config = DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS, fresh_viewer_history=True)
     frame = build_training_frame(events, end=holdout, config=config)
@@ -265,6 +289,30 @@ def test_a_worker_killed_during_training_stops_the_job_with_one_line(events: Any
     assert "\n" not in str(caught.value)
     # well before LightGBM's own network timeout: the driver noticed the worker leave
     assert time.monotonic() - started < 60
+
+
+def test_an_impressions_file_unlike_the_loaded_log_is_a_one_line_error(
+        events: Any, events_dir: Path, shared_cluster: LocalDaskCluster, tmp_path: Path) -> None:
+    """The workers read the file the driver loaded: one that lost rows since, or that they cannot
+    read, stops the job with one line before any training."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from trustfeed.features.errors import ClusterError, SchemaError
+
+    changed = tmp_path / "events"
+    shutil.copytree(events_dir, changed)
+    table = pq.read_table(events_dir / "impressions.parquet")
+    pq.write_table(table.slice(0, table.num_rows // 2), changed / "impressions.parquet", row_group_size=ROW_GROUP_ROWS)
+    with pytest.raises(SchemaError, match=r"read by the workers \(the file changed since\)") as caught:
+        _fit_on_dask(events, shared_cluster.address, snapshot_every_days=30, events_dir=changed)
+    assert "\n" not in str(caught.value)
+
+    (changed / "impressions.parquet").write_bytes(b"not parquet")
+    with pytest.raises((SchemaError, ClusterError), match=r"impressions\.parquet") as unreadable:
+        _fit_on_dask(events, shared_cluster.address, snapshot_every_days=30, events_dir=changed)
+    assert "\n" not in str(unreadable.value)
 
 
 def test_unreachable_scheduler_is_a_one_line_error(events: Any) -> None:

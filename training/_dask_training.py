@@ -2,18 +2,23 @@
 
 The same steps as the in-process job, spread over workers:
 
-* the driver builds the as-of trust snapshots and context tables (one per snapshot time,
-  small next to the impressions) and sends each worker one copy;
-* the window's impressions are shuffled by ``request_id`` into partitions, so a request
-  never spans two partitions; each partition joins its rows against the snapshot of their
-  day and computes the graded labels on the worker (:func:`~.dataset.assemble_rows`, the
-  code the in-process frame uses), and the frame stays on the workers;
+* the workers read their own row groups of ``impressions.parquet`` (when the job reads a
+  dataset directory; an event log held in memory is sent in partitions instead), keep the
+  training window and shuffle the rows by ``request_id``, so a request never spans two
+  partitions; each request then goes to the partitions of the snapshot period it starts in
+  (a second shuffle, by that period), so a partition reads one or two as-of snapshots, not
+  all of them;
+* the driver builds the as-of trust snapshots and context tables one at a time (small per
+  merchant, creator and user tables next to the impressions) and hands each one to a worker
+  as soon as it is built; a partition's join runs where its snapshot is;
+* each partition joins its rows against the snapshot of their day and computes the graded
+  labels on the worker (:func:`~.dataset.assemble_rows`, the code the in-process frame
+  uses), and the frame stays on the workers;
 * ``lightgbm.dask.DaskLGBMRanker`` trains data-parallel on the training requests, with the
   validation requests as its evaluation set; the warm early-stopping rule then picks the
-  best round from the recorded curve. A worker lost while the frame is built costs only
-  time (Dask recomputes its partitions); a worker lost while LightGBM trains stops the job
-  with a :class:`~trustfeed.features.errors.ClusterError` (LightGBM's workers cannot go on
-  without it).
+  best round from the recorded curve. A worker lost while the frame is built or while
+  LightGBM trains stops the job with a :class:`~trustfeed.features.errors.ClusterError`
+  (the snapshots it held and LightGBM's network cannot be rebuilt without it).
 
 Only what the rest of the job needs comes back to the driver: the validation requests (for
 the purchase calibration and the balancer's target Gini), the purchased training rows (for
@@ -32,13 +37,14 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..features.errors import ClusterError, SchemaError
-from ..features.events import EventLog
+from ..features.events import EventLog, empty_table, to_utc, validate_table
 from ..features.progress import NullProgress, Progress
 from ..ranker.lambdamart import LambdaMART, LambdaMARTConfig, requests_with_positives
 from ..ranker.purchase import PurchaseModel, PurchaseModelConfig, in_request_sample
@@ -46,12 +52,12 @@ from ..features.context import ViewerHistory, build_context_tables
 from ._purchase_fit import fit_or_skip
 from .dataset import (
     DatasetConfig,
-    FramePlan,
     TrainingFrame,
+    _category_order,
+    _snapshot_times,
     assemble_rows,
     default_snapshot_builder,
     feature_schema,
-    plan_training_frame,
     snapshot_features,
     viewer_history,
 )
@@ -61,6 +67,8 @@ __all__ = ["DaskFit", "dask_client", "fit_on_dask", "in_request_sample"]
 # rows per partition the frame aims at: big enough to amortise a task, small enough that
 # a worker holds a few partitions of the ~40 float feature columns at once
 ROWS_PER_PARTITION = 250_000
+# the impressions the workers read: the columns the frame and its labels use
+_IMPRESSIONS_FILE = "impressions.parquet"
 # the label tables every worker needs; impressions travel partitioned, the rest stays behind
 _LABEL_TABLES = ("orders", "after_sales", "reports", "reviews")
 # seconds LightGBM's workers wait for each other before giving up (its default is 2 hours)
@@ -141,6 +149,106 @@ def _label_events(events: EventLog) -> EventLog:
     return replace(events, tables=tables)
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The training window as the driver plans it, without a copy of its impressions.
+
+    ``anchor``, ``every`` and ``end`` give each impression its snapshot time as
+    :func:`~.dataset.plan_training_frame` does; ``times`` are the snapshot times, ``rows``
+    the window's impressions, ``categories`` the merchant category codes.
+    """
+
+    end: pd.Timestamp
+    anchor: pd.Timestamp
+    every: int
+    times: tuple[pd.Timestamp, ...]
+    rows: int
+    categories: list[str]
+
+
+def _plan_window(events: EventLog, end: pd.Timestamp, config: DatasetConfig) -> _Window:
+    """Snapshot times of the impressions before ``end`` (reads their ``ts`` column only)."""
+    ts = events["impressions"]["ts"]
+    in_window = ts.loc[(ts < to_utc(end)).to_numpy(dtype=bool, na_value=False)]
+    if in_window.empty:
+        raise SchemaError("impressions", "ts", f"impressions in [None, {end})", "none")
+    anchor = in_window.min()
+    times = tuple(sorted(_snapshot_times(in_window, anchor, config.snapshot_every_days).unique()))
+    return _Window(to_utc(end), anchor, config.snapshot_every_days, times, len(in_window),
+                   _category_order(events, max(times)))
+
+
+def _window_rows(impressions: pd.DataFrame, window: _Window) -> pd.DataFrame:
+    """The impressions in ``window`` with the snapshot time each one reads (``snapshot_at``)."""
+    keep = (impressions["ts"] < window.end).to_numpy(dtype=bool, na_value=False)
+    rows = impressions.loc[keep].reset_index(drop=True)
+    return rows.assign(snapshot_at=_snapshot_times(rows["ts"], window.anchor, window.every).array)
+
+
+def _read_impressions(source: tuple[str, tuple[int, ...]], window: _Window) -> pd.DataFrame:
+    """Row groups of an impressions Parquet file, validated, cut to ``window`` (on a worker)."""
+    import pyarrow.parquet as pq
+
+    path, groups = source
+    try:
+        parquet = pq.ParquetFile(path)
+        wanted = [name for name in parquet.schema_arrow.names if name in empty_table("impressions").columns]
+        part = parquet.read_row_groups(list(groups), columns=wanted).to_pandas()
+    except Exception as error:  # noqa: BLE001 - OSError or pyarrow's own: the worker cannot read its part
+        detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise ClusterError(f"a Dask worker cannot read row groups {list(groups)} of {path}: {detail}") from None
+    return _window_rows(validate_table("impressions", part), window)
+
+
+def _parquet_parts(path: Path, window: _Window) -> list[tuple[str, tuple[int, ...]]]:
+    """The row groups of ``path`` that may hold impressions before the window's end, one per part."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.ParquetFile(path).metadata
+        ts_column = metadata.schema.to_arrow_schema().get_field_index("ts")
+    except Exception as error:  # noqa: BLE001 - OSError or pyarrow's own
+        detail = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise SchemaError("impressions", None, f"a readable {path.name}", detail) from None
+    parts: list[tuple[str, tuple[int, ...]]] = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(ts_column).statistics if ts_column >= 0 else None
+        if stats is not None and stats.has_min_max:
+            first = pd.Timestamp(stats.min)
+            if (first.tz_localize("UTC") if first.tzinfo is None else first.tz_convert("UTC")) >= window.end:
+                continue  # every impression of this group is after the window (a log written in time order)
+        parts.append((str(path), (group,)))
+    return parts
+
+
+def _impressions_on_workers(events: EventLog, events_dir: Path | None, window: _Window, dd: Any) -> tuple[Any, str]:
+    """The window's impressions as a Dask frame (read by the workers when there is a Parquet file)."""
+    path = None if events_dir is None else Path(events_dir) / _IMPRESSIONS_FILE
+    meta = _window_rows(empty_table("impressions"), window)
+    if path is not None and path.is_file():
+        parts = _parquet_parts(path, window)
+        if parts:
+            return (dd.from_map(_read_impressions, parts, window=window, meta=meta, enforce_metadata=False,
+                                label="read-impressions"),
+                    f"the workers read {len(parts)} row groups of {path}")
+    # an event log held in memory (or CSV files): its window travels in the task graph
+    rows = _window_rows(events["impressions"], window)
+    return (dd.from_pandas(rows, npartitions=max(1, math.ceil(len(rows) / ROWS_PER_PARTITION)), sort=False),
+            "the driver sends the window's impressions")
+
+
+def _period_key(part: pd.DataFrame, window: _Window, per_period: int) -> pd.DataFrame:
+    """``_part``: the partition of each row's request (whole requests: ``part`` holds them whole).
+
+    A request goes to one of the ``per_period`` partitions of the snapshot period its first
+    impression falls in, chosen by a hash of its ``request_id``.
+    """
+    request_time = part.groupby("request_id", sort=False)["ts"].transform("min")
+    period = pd.Index(window.times).get_indexer(_snapshot_times(request_time, window.anchor, window.every))
+    spread = (pd.util.hash_pandas_object(part["request_id"], index=False).to_numpy() % np.uint64(per_period)).astype(np.int64)
+    return part.assign(_part=period.astype(np.int64) * per_period + spread)
+
+
 def _partition_frame(
     part: pd.DataFrame, tables: Mapping[pd.Timestamp, tuple[Any, Any]], events: EventLog,
     schema: Mapping[str, Any], config: DatasetConfig, history: ViewerHistory | None = None,
@@ -151,14 +259,20 @@ def _partition_frame(
     :func:`~.dataset.viewer_history`); each partition advances its own cursor over it.
     """
     # in the frame's row order up front, so the rows assemble_rows returns line up with these
+    part = part.reset_index(drop=True)
     request_time = part.groupby("request_id", sort=False)["ts"].transform("min")
     part = (part.assign(_request_time=request_time)
             .sort_values(["_request_time", "request_id", "position"], kind="stable")
-            .drop(columns="_request_time").reset_index(drop=True))
+            .drop(columns=["_request_time", *(["_part"] if "_part" in part.columns else [])])
+            .reset_index(drop=True))
     features = np.empty((len(part), len(schema["feature_names"])), dtype=np.float64)
     policy_trust = np.empty(len(part), dtype=np.float64)
     for as_of in pd.unique(part["snapshot_at"]):
         rows = np.flatnonzero((part["snapshot_at"] == as_of).to_numpy())
+        if pd.Timestamp(as_of) not in tables:
+            raise SchemaError("impressions", "ts", "requests whose impressions fall within two snapshot periods",
+                              f"a request with an impression as of {pd.Timestamp(as_of)} (e.g. "
+                              f"{part['request_id'].iloc[rows[0]]!r})")
         snapshot, context = tables[pd.Timestamp(as_of)]
         features[rows], policy_trust[rows] = snapshot_features(part.iloc[rows], snapshot, context, schema, history)
     frame = assemble_rows(part, features, schema, events, config, policy_trust=policy_trust)
@@ -188,13 +302,45 @@ def _requests_with_positives(part: pd.DataFrame) -> pd.DataFrame:
     return part if rows.all() else part.loc[rows].reset_index(drop=True)
 
 
-def _non_empty(frame: Any) -> tuple[Any, int]:
-    """The partitions of ``frame`` that hold rows (an empty one would stall LightGBM's network)."""
-    sizes = frame.map_partitions(len).compute()
-    keep = [i for i, n in enumerate(sizes) if n > 0]
-    if not keep:
+def _same(part: pd.DataFrame) -> pd.DataFrame:
+    return part
+
+
+def _spread_non_empty(client: Any, frame: Any, meta: pd.DataFrame, dd: Any) -> tuple[Any, int]:
+    """The partitions of persisted ``frame`` that hold rows, on every worker where there are enough.
+
+    An empty partition would stall LightGBM's network. Each LightGBM worker evaluates only
+    the validation rows it holds, and the frame's partitions sit where their snapshots were
+    sent (one period's on one worker), so a worker without partitions gets some moved to it,
+    and the partitions are ordered so that consecutive ones sit on different workers.
+    """
+    from distributed import futures_of
+
+    # a persisted frame's futures, in partition order (keys are (name, index))
+    parts = sorted(futures_of(frame), key=lambda future: future.key[-1] if isinstance(future.key, tuple) else 0)
+    sizes = client.gather([client.submit(len, part, pure=False) for part in parts])
+    kept = [part for part, size in zip(parts, sizes, strict=True) if size > 0]
+    if not kept:
         return frame, 0
-    return (frame.partitions[keep] if len(keep) < frame.npartitions else frame), len(keep)
+    holders = {part.key: sorted(where)[0] for part, where in
+               ((part, client.who_has([part]).get(part.key, ())) for part in kept) if where}
+    load: dict[str, list[int]] = {worker: [] for worker in sorted(_workers(client))}
+    for i, part in enumerate(kept):
+        load.setdefault(holders.get(part.key, ""), []).append(i)
+    load.pop("", None)
+    for worker in [w for w, held in load.items() if not held]:
+        richest = max(load, key=lambda w: len(load[w]))
+        if len(load[richest]) < 2:
+            break
+        i = load[richest].pop()
+        kept[i] = client.submit(_same, kept[i], workers=[worker], allow_other_workers=False, pure=False)
+        load[worker].append(i)
+    # workers taken in turn: LightGBM adds validation part j to training part j (modulo their
+    # number), so the first training parts must sit on different workers
+    turns = [held for held in load.values() if held]
+    order = [held[k] for k in range(max(map(len, turns), default=0)) for held in turns if k < len(held)]
+    order += [i for i in range(len(kept)) if i not in set(order)]  # parts of no known holder
+    return dd.from_delayed([kept[i] for i in order], meta=meta, verify_meta=False), len(kept)
 
 
 def _fit_ranker(
@@ -288,6 +434,7 @@ def fit_on_dask(
     purchase_config: PurchaseModelConfig | None = None,
     min_purchases: int = 20,
     snapshot_builder: Callable[[EventLog, pd.Timestamp], Any] | None = None,
+    events_dir: Path | None = None,
 ) -> DaskFit:
     """Build the training frame on a Dask cluster and train the ranker(s) there.
 
@@ -319,44 +466,107 @@ def fit_on_dask(
         :func:`~trustfeed.training.dataset.default_snapshot_builder`); the job passes
         :func:`~trustfeed.training.train.index_source_recorder`'s, so both backends know how
         each snapshot's trust index was made.
+    events_dir
+        The dataset directory ``events`` was loaded from: the workers read their parts of its
+        ``impressions.parquet`` themselves (every worker must see the file at this path).
+        ``None``, or no such file: the driver sends the window's impressions.
 
     Raises
     ------
     ClusterError
-        The scheduler cannot be reached or has no workers, or a worker left during training.
+        The scheduler cannot be reached or has no workers, a worker cannot read the
+        impressions file, or a worker left while the frame was built or LightGBM trained.
     SchemaError
-        No complete training or validation request.
+        No complete training or validation request, the impressions file no longer holds
+        the impressions ``events`` was loaded with, or a request whose impressions fall
+        more than one snapshot period apart.
     """
     import dask
     import dask.dataframe as dd
 
     progress = progress or NullProgress()
-    plan: FramePlan = plan_training_frame(events, None, end, config)
+    window = _plan_window(events, end, config)
     with dask_client(scheduler) as client, dask.config.set({"dataframe.shuffle.method": "tasks"}):
-        # connected first: a wrong address fails before the snapshots are built, and the
-        # workers import what the frame needs (pandas, LightGBM, the feature code: seconds
-        # each) while the driver builds them
-        progress(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers at {client.scheduler.address}")
+        workers = client.scheduler_info().get("workers", {})
+        progress(f"Dask: {len(workers)} workers at {client.scheduler.address}")
+        if not workers:
+            raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
+        # the workers import what the frame needs (pandas, LightGBM, the feature code: seconds
+        # each) while the driver plans
         warming = [client.submit(_ready, pure=False, workers=[address], allow_other_workers=False)
-                   for address in client.scheduler_info().get("workers", {})]
-        builder = snapshot_builder or default_snapshot_builder(config)
-        tables: dict[pd.Timestamp, tuple[Any, Any]] = {}
-        for i, as_of in enumerate(plan.times):
-            progress("building trust snapshot and context", i + 1, len(plan.times))
-            tables[pd.Timestamp(as_of)] = (builder(events, as_of), build_context_tables(events, as_of, config.context))
-        history = viewer_history(events, config)
-        first = tables[pd.Timestamp(plan.times[0])]
-        schema = feature_schema(first[0], first[1], plan.categories)
-        monotone = tuple(int(d) for d in schema["monotone"])
-        n_parts = partitions or max(2, math.ceil(len(plan.window) / ROWS_PER_PARTITION))
+                   for address in workers]
+        n_periods = len(window.times)
+        # at least one partition per worker and period: LightGBM's workers each need validation rows
+        per_period = max(len(workers), math.ceil((partitions or math.ceil(window.rows / ROWS_PER_PARTITION)) / n_periods))
+        n_parts = n_periods * per_period
+        impressions, how = _impressions_on_workers(events, events_dir, window, dd)
+        progress(f"Dask: reading and shuffling {window.rows:,} impressions into {n_parts} partitions of whole "
+                 f"requests by snapshot period ({how})")
+        by_request = impressions.shuffle("request_id", npartitions=max(2, math.ceil(window.rows / ROWS_PER_PARTITION)))
+        keyed = by_request.map_partitions(_period_key, window, per_period,
+                                          meta=by_request._meta.assign(_part=np.zeros(0, dtype=np.int64)))
+        # range partitions of the key: partition i holds the requests of period i // per_period
+        keyed = keyed.set_index("_part", divisions=list(range(n_parts + 1)))
+        # started now: the workers read and shuffle while the driver builds the snapshots
+        [keyed] = client.persist([keyed])
+        futures, schema = _snapshots_to_workers(client, events, window, config, snapshot_builder, progress)
         label_log = _label_events(events)
-        meta = _partition_frame(plan.window.iloc[:0], tables, label_log, schema, config, history)
-        progress(f"Dask: shuffling {len(plan.window):,} impressions into {n_parts} partitions of whole requests")
-        fitted = _fit_with_client(client, plan, tables, label_log, schema, monotone, meta, config, valid_from,
-                                  model_config, plain_config, plain_schema_of, n_parts, dd, progress,
-                                  purchase_config, min_purchases, history)
+        history = viewer_history(events, config)
+        meta = _partition_frame(_window_rows(empty_table("impressions"), window), {}, label_log, schema, config, history)
+        joined = [_joined(client, keyed, futures, label_log, history, window, per_period, meta, schema, config, dd)]
+        # from here only ``joined`` holds the shuffled impressions and the snapshots: the workers
+        # drop them once the frame's parts are built
+        del keyed, futures
+        progress(f"Dask: joining {window.rows:,} impressions with their snapshots and labelling them on the workers")
+        fitted = _fit_with_client(client, joined, window.rows, schema, tuple(int(d) for d in schema["monotone"]),
+                                  meta, valid_from, model_config, plain_config, plain_schema_of, progress,
+                                  purchase_config, min_purchases)
         del warming
         return fitted
+
+
+def _joined(
+    client: Any, keyed: Any, futures: list[Any], label_log: EventLog, history: ViewerHistory | None,
+    window: _Window, per_period: int, meta: pd.DataFrame, schema: Mapping[str, Any], config: DatasetConfig, dd: Any,
+) -> Any:
+    """The training frame: each partition of ``keyed`` joined on a worker with the snapshots of
+    its period and the next (whose futures alone it depends on) and labelled; the label tables
+    and the viewer history (``fresh_viewer_history``) go to every worker."""
+    import dask
+
+    [labels_on_workers, history_on_workers] = client.scatter([label_log, history], broadcast=True, hash=False)
+
+    def tables_of(index: int) -> dict[pd.Timestamp, Any]:
+        period = index // per_period  # and the next one, for requests that run past its end
+        return {window.times[q]: futures[q] for q in (period, period + 1) if q < len(window.times)}
+
+    return dd.from_delayed(
+        [dask.delayed(_partition_frame, pure=False)(part, tables_of(i), labels_on_workers, schema, config,
+                                                    history_on_workers)
+         for i, part in enumerate(keyed.to_delayed())],
+        meta=meta, verify_meta=False)
+
+
+def _snapshots_to_workers(
+    client: Any, events: EventLog, window: _Window, config: DatasetConfig,
+    snapshot_builder: Callable[[EventLog, pd.Timestamp], Any] | None, progress: Progress,
+) -> tuple[list[Any], dict[str, Any]]:
+    """The trust snapshot and context tables of each snapshot time, built on the driver one at a
+    time and each handed to a worker at once (the driver keeps none): their futures, and the
+    frame's feature schema."""
+    builder = snapshot_builder or default_snapshot_builder(config)
+    futures: list[Any] = []
+    schema: dict[str, Any] | None = None
+    for i, as_of in enumerate(window.times):
+        progress("building trust snapshot and context", i + 1, len(window.times))
+        tables = (builder(events, as_of), build_context_tables(events, as_of, config.context))
+        if schema is None:
+            schema = feature_schema(tables[0], tables[1], window.categories)
+        futures.append(client.scatter([tables], hash=False)[0])
+        del tables
+    if schema is None:  # unreachable: the window is non-empty, so there is a snapshot time
+        raise SchemaError("impressions", "ts", "at least one snapshot time", "none")
+    return futures, schema
 
 
 def _ready() -> bool:
@@ -376,8 +586,8 @@ def _watched(client: Any, action: Any, what: str) -> Any:
     LightGBM's workers talk to each other directly: when one dies, the others wait on its
     socket and Dask hands the dead worker's task to a busy survivor, so the fit would hang
     until LightGBM's network timeout. Losing a worker during training is therefore a
-    :class:`ClusterError` at once (the frame building before it survives worker loss: Dask
-    recomputes lost partitions).
+    :class:`ClusterError` at once. The frame is built under the same watch: the snapshots a
+    worker held were sent by the driver, so Dask cannot recompute them elsewhere.
     """
     import threading
 
@@ -415,24 +625,16 @@ def _watched(client: Any, action: Any, what: str) -> Any:
     return outcome["value"]
 
 
-def _fit_with_client(
-    client: Any, plan: FramePlan, tables: Mapping[pd.Timestamp, tuple[Any, Any]], label_log: EventLog,
-    schema: Mapping[str, Any], monotone: tuple[int, ...], meta: pd.DataFrame, config: DatasetConfig,
-    valid_from: pd.Timestamp, model_config: LambdaMARTConfig, plain_config: LambdaMARTConfig | None,
-    plain_schema_of: Any, n_parts: int, dd: Any, progress: Progress,
-    purchase_config: PurchaseModelConfig | None = None, min_purchases: int = 20,
-    history: ViewerHistory | None = None,
-) -> DaskFit:
+def _frame_parts(
+    client: Any, frame: Any, window_rows: int, meta: pd.DataFrame, valid_from: pd.Timestamp,
+    model_config: LambdaMARTConfig, schema: Mapping[str, Any], progress: Progress,
+    purchase_config: PurchaseModelConfig | None,
+) -> tuple[Any, Any, int, int, int, list[TrainingFrame]]:
+    """The frame's training and validation parts persisted on the workers (as LightGBM reads
+    them), their sizes, and what the driver gathers of them."""
     import dask
-    from concurrent.futures import ThreadPoolExecutor
+    import dask.dataframe as dd
 
-    if not client.scheduler_info().get("workers"):
-        raise ClusterError(f"the Dask scheduler at {client.scheduler.address} has no workers")
-    [tables_on_workers, labels_on_workers, history_on_workers] = client.scatter(
-        [dict(tables), label_log, history], broadcast=True, hash=False)
-    impressions = dd.from_pandas(plan.window, npartitions=n_parts, sort=False).shuffle("request_id", npartitions=n_parts)
-    frame = impressions.map_partitions(_partition_frame, tables_on_workers, labels_on_workers, schema, config,
-                                       history_on_workers, meta=meta)
     fit = frame.map_partitions(_request_split, valid_from, False, meta=meta)
     valid = frame.map_partitions(_request_split, valid_from, True, meta=meta)
     fit, valid = client.persist([fit, valid])
@@ -442,13 +644,18 @@ def _fit_with_client(
         fit_lgb = fit.map_partitions(_requests_with_positives, meta=meta)
         valid_lgb = valid.map_partitions(_requests_with_positives, meta=meta)
         fit_lgb, valid_lgb = client.persist([fit_lgb, valid_lgb])
-    fit_lgb, fit_partitions = _non_empty(fit_lgb)
-    valid_lgb, valid_partitions = _non_empty(valid_lgb)
+    sizes = fit.map_partitions(lambda p: pd.Series([len(p), p["request_id"].nunique()]), meta=(None, "int64"))
+    valid_sizes = valid.map_partitions(len, meta=(None, "int64"))
+    sizes, valid_sizes = dask.compute(sizes, valid_sizes)
+    train_rows, train_requests = int(sizes.iloc[0::2].sum()), int(sizes.iloc[1::2].sum())
+    if train_rows + int(valid_sizes.sum()) != window_rows:
+        raise SchemaError("impressions", None, f"the {window_rows:,} impressions of the training window loaded",
+                          f"{train_rows + int(valid_sizes.sum()):,} read by the workers (the file changed since)")
+    fit_lgb, fit_partitions = _spread_non_empty(client, fit_lgb, meta, dd)
+    valid_lgb, valid_partitions = _spread_non_empty(client, valid_lgb, meta, dd)
     if fit_partitions == 0 or valid_partitions == 0:
         raise SchemaError("impressions", "ts", "complete requests in both the training and validation windows",
                           f"{fit_partitions} training and {valid_partitions} validation partitions with rows")
-    sizes = fit.map_partitions(lambda p: pd.Series([len(p), p["request_id"].nunique()]), meta=(None, "int64")).compute()
-    train_rows, train_requests = int(sizes.iloc[0::2].sum()), int(sizes.iloc[1::2].sum())
     # what the driver needs, gathered before the boosting so the purchase model can train on
     # the driver meanwhile: the validation requests, and the purchased training rows or, for
     # the purchase model, the click stage's sample of requests and every clicked row (the
@@ -465,6 +672,22 @@ def _fit_with_client(
         wanted += [fit.map_partitions(_clicked_rows, meta=meta),
                    fit.map_partitions(_sampled_requests, share, purchase_config.seed, meta=meta)]
     gathered = [_gather(None, schema, table) for table in dask.compute(*wanted)]
+    return fit_lgb, valid_lgb, fit_partitions, train_rows, train_requests, gathered
+
+
+def _fit_with_client(
+    client: Any, frame: list[Any], window_rows: int, schema: Mapping[str, Any], monotone: tuple[int, ...],
+    meta: pd.DataFrame, valid_from: pd.Timestamp, model_config: LambdaMARTConfig,
+    plain_config: LambdaMARTConfig | None, plain_schema_of: Any, progress: Progress,
+    purchase_config: PurchaseModelConfig | None = None, min_purchases: int = 20,
+) -> DaskFit:
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = _watched(client, lambda: _frame_parts(client, frame[0], window_rows, meta, valid_from, model_config,
+                                                  schema, progress, purchase_config),
+                     "building the training frame")
+    frame.clear()  # the last reference to the shuffled impressions and the snapshots on the workers
+    fit_lgb, valid_lgb, fit_partitions, train_rows, train_requests, gathered = parts
     valid_part = gathered[0]
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="purchase-model")
     try:

@@ -910,7 +910,7 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
                 model_config=config.model, plain_config=(config.plain_model or config.model) if config.train_plain else None,
                 plain_schema_of=plain_feature_schema, scheduler=config.scheduler, progress=progress,
                 purchase_config=config.purchase_model if wants_purchase_model else None, min_purchases=_MIN_PURCHASES,
-                snapshot_builder=snapshot_builder,
+                snapshot_builder=snapshot_builder, events_dir=config.events,
             )
             model, plain_model = on_dask.model, on_dask.plain_model
             dask_purchase = (on_dask.purchase_model, dict(on_dask.purchase_fitted))
