@@ -149,6 +149,29 @@ def _label_events(events: EventLog) -> EventLog:
     return replace(events, tables=tables)
 
 
+def _rows_naming(table: pd.DataFrame, column: str, ids: pd.Series) -> pd.DataFrame:
+    """The rows of ``table`` whose ``column`` is one of ``ids``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.empty or column not in table.columns:
+        return table
+    values = pa.array(table[column], type=pa.large_string(), from_pandas=True)
+    wanted = pa.array(ids.dropna().unique(), type=pa.large_string(), from_pandas=True)
+    return table.loc[pc.is_in(values, value_set=wanted).to_numpy(zero_copy_only=False)]
+
+
+def _labels_of(part: pd.DataFrame, events: EventLog) -> EventLog:
+    """The label tables cut to what ``part``'s labels read: the outcomes of its orders and the
+    reports its buyers filed (a label reads nothing else, so it comes out the same)."""
+    order_ids = part["order_id"] if "order_id" in part.columns else pd.Series([], dtype="string")
+    tables = dict(events.tables)
+    for name in ("orders", "after_sales", "reviews"):
+        tables[name] = _rows_naming(tables[name], "order_id", order_ids)
+    tables["reports"] = _rows_naming(tables["reports"], "reporter_id", part["user_id"])
+    return replace(events, tables=tables)
+
+
 @dataclass(frozen=True)
 class _Window:
     """The training window as the driver plans it, without a copy of its impressions.
@@ -244,7 +267,7 @@ def _period_key(part: pd.DataFrame, window: _Window, per_period: int) -> pd.Data
     impression falls in, chosen by a hash of its ``request_id``.
     """
     request_time = part.groupby("request_id", sort=False)["ts"].transform("min")
-    period = pd.Index(window.times).get_indexer(_snapshot_times(request_time, window.anchor, window.every))
+    period = pd.Index(window.times).get_indexer(pd.Index(_snapshot_times(request_time, window.anchor, window.every)))
     spread = (pd.util.hash_pandas_object(part["request_id"], index=False).to_numpy() % np.uint64(per_period)).astype(np.int64)
     return part.assign(_part=period.astype(np.int64) * per_period + spread)
 
@@ -275,7 +298,8 @@ def _partition_frame(
                               f"{part['request_id'].iloc[rows[0]]!r})")
         snapshot, context = tables[pd.Timestamp(as_of)]
         features[rows], policy_trust[rows] = snapshot_features(part.iloc[rows], snapshot, context, schema, history)
-    frame = assemble_rows(part, features, schema, events, config, policy_trust=policy_trust)
+    # every partition would otherwise work out the outcome of every order of the log
+    frame = assemble_rows(part, features, schema, _labels_of(part, events), config, policy_trust=policy_trust)
     purchased = (part["purchased"].astype("boolean").fillna(False).to_numpy(dtype=bool) if "purchased" in part.columns
                  else np.zeros(len(part), dtype=bool))
     return frame.assign(purchased=purchased)
