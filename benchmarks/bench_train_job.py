@@ -13,7 +13,7 @@ longest chain of tasks it waits for, nor before its CPU seconds / 2.
 
 Run::
 
-    python benchmarks/bench_train_job.py DIR [--evaluation quick|full|off] [--lines]
+    python benchmarks/bench_train_job.py DIR [--evaluation quick|full|off] [--lines] [--purchase KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ TASKS = (
     ("trustfeed.training.dataset", "build_training_frame", "training frame"),
     ("trustfeed.ranker.lambdamart.LambdaMART", "fit", "LambdaMART fit"),
     ("trustfeed.ranker.purchase.PurchaseModel", "fit", "purchase model fit"),
+    ("trustfeed.training.train", "_start_run", "MLflow run start"),
     ("trustfeed.training.train", "_tables_as_of", "serving/evaluation snapshots"),
+    ("trustfeed.training.train", "_purchase_model_and_scores", "purchase model, all of it"),
+    ("trustfeed.training.train", "write_evaluation", "evaluation report"),
     ("trustfeed.training.train", "measure_bad_order_cost", "bad-order cost"),
     ("trustfeed.training.train", "fit_policy_and_target", "policy fit, balancer target"),
     ("trustfeed.training.train", "evaluate_pipeline", "in-job evaluation"),
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("events", type=Path)
     parser.add_argument("--evaluation", choices=("quick", "full", "off"), default="quick")
     parser.add_argument("--lines", action="store_true", help="also print every progress line with its wall/CPU clock")
+    parser.add_argument("--purchase", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="PurchaseModelConfig overrides, e.g. learning_rate=0.1 first_pass_learning_rate=0 "
+                             "(the settings before session 7)")
     args = parser.parse_args(argv)
 
     from dataclasses import replace
@@ -117,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-job-") as root:
         config = TrainJobConfig(events=args.events, tracking_uri=f"sqlite:///{root}/mlflow.db",
                                 output_dir=Path(root) / "models")
+        if args.purchase:
+            from trustfeed.ranker.purchase import PurchaseModelConfig
+
+            overrides = dict(item.split("=", 1) for item in args.purchase)
+            base = PurchaseModelConfig().to_dict()
+            config = replace(config, purchase_model=PurchaseModelConfig.from_dict(
+                {**base, **{k: (v.lower() in ("1", "true") if isinstance(base[k], bool) else type(base[k])(v))
+                            for k, v in overrides.items()}}))
         if args.evaluation == "off":
             config = replace(config, evaluate=False)
         elif args.evaluation == "full":

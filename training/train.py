@@ -831,9 +831,22 @@ def train(config: TrainJobConfig, progress: Progress | None = None) -> TrainResu
 
     with _mlflow_session(config, tracking_uri):
         progress(f"tracking: {tracking_uri} (experiment {config.experiment!r})")
-        run = _Run(tracking_uri, config.experiment, config.run_name)
+        # the run is started (a new local store creates its tables first: mostly waiting on
+        # the disk) while the training frame is built; the job waits for it before the fits
+        starting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-run")
+        run_later = starting.submit(_start_run, config, tracking_uri, windows)
+        starting.shutdown(wait=False)
         try:
-            return _train_in_run(config, events, windows, run, progress)
+            job = _fit_job(config, events, windows, progress, before_fits=run_later.result)
+            run = run_later.result()
+        except BaseException:
+            if run_later.exception() is None:  # waits for the start; a store that failed has no run to mark
+                run_later.result().fail_quietly()
+            raise
+        try:
+            return _bundle_evaluate_log(config, events, windows, run, progress, job.model, job.plain_model, job.policy,
+                                        job.balancer, job.fitted, job.valid_part, job.train_requests, job.tables_later,
+                                        job.purchase_model, job.truth)
         except BaseException:
             run.fail_quietly()
             raise
@@ -845,13 +858,16 @@ def _import_mlflow() -> None:
     import mlflow.pyfunc  # noqa: F401
 
 
-def _train_in_run(config: TrainJobConfig, events: EventLog, windows: _Windows, run: _Run, progress: Progress) -> TrainResult:
-    run.log_params(flatten_params(config.to_dict()))
-    run.set_tags(_data_tags(config, windows))
-    job = _fit_job(config, events, windows, progress)
-    return _bundle_evaluate_log(config, events, windows, run, progress, job.model, job.plain_model, job.policy,
-                                job.balancer, job.fitted, job.valid_part, job.train_requests, job.tables_later,
-                                job.purchase_model, job.truth)
+def _start_run(config: TrainJobConfig, tracking_uri: str, windows: _Windows) -> _Run:
+    """The job's MLflow run, with the config's params and the data's tags logged."""
+    run = _Run(tracking_uri, config.experiment, config.run_name)
+    try:
+        run.log_params(flatten_params(config.to_dict()))
+        run.set_tags(_data_tags(config, windows))
+    except BaseException:
+        run.fail_quietly()
+        raise
+    return run
 
 
 @dataclass(frozen=True)
@@ -870,8 +886,13 @@ class _FittedJob:
     truth: _Truth | None
 
 
-def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progress: Progress) -> _FittedJob:
+def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progress: Progress,
+             before_fits: Callable[[], Any] | None = None) -> _FittedJob:
     """The models, policy and balancer of one job on either backend, and the later snapshots.
+
+    ``before_fits`` is called once the training frame is built (in process) or before the
+    cluster is asked for anything (Dask), before any model is trained: the job waits there
+    for its MLflow run, so a store that cannot be reached fails the job before training.
 
     Everything but LambdaMART is meant to be the same on both backends: they build the same
     snapshots with the same recorder of index sources, fit the same purchase model and hand
@@ -900,6 +921,8 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
         if config.backend == "dask":
             from ._dask_training import fit_on_dask
 
+            if before_fits is not None:
+                before_fits()
             if config.model.position_bias:
                 progress("Dask: LightGBM's distributed ranker learns no position bias; training without it")
             # the driver mostly waits for the cluster
@@ -923,6 +946,8 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
             if len(fit_part) == 0 or len(valid_part) == 0:
                 raise SchemaError("impressions", "ts", "impressions in both the training and validation windows",
                                   f"{len(fit_part)} training and {len(valid_part)} validation rows")
+            if before_fits is not None:
+                before_fits()
             progress(f"building the serving{' and evaluation' if config.evaluate else ''} snapshots alongside the fits")
             later = background.submit(_tables_as_of, events, later_times, dataset_config)
             # one feature matrix per part, shared by every fit (each would otherwise copy its own)
