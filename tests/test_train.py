@@ -335,15 +335,17 @@ def test_the_policy_fit_takes_the_scores_and_cost_computed_alongside_the_fits(tm
     features = (fit_part.features(), valid_part.features())
     model, _ = _fit_models(config, frame, fit_part, valid_part, lambda *_: None, features)
     purchase = PurchaseModelConfig(min_data_in_leaf=20, min_data_in_leaf_purchase=10, num_rounds=8)
-    purchase_model, _, valid_score = _purchase_model_and_scores(purchase, fit_part, valid_part, events["impressions"],
-                                                                lambda *_: None, features)
+    purchase_model, _, valid_score, rows = _purchase_model_and_scores(purchase, fit_part, valid_part, events["impressions"],
+                                                                      lambda *_: None, features)
     assert purchase_model is not None and valid_score is not None
+    assert (rows[0] >= 0).sum() >= 3 and (rows[1] >= 0).sum() >= 3  # purchases matched in both parts
     cost = measure_bad_order_cost(config, events, end)
     assert cost is not None
     inside = fit_policy_and_target(config, model, fit_part, valid_part, events, data_end=end,
                                    purchase_model=purchase_model)
     handed = fit_policy_and_target(config, model, fit_part, valid_part, events, data_end=end,
-                                   purchase_model=purchase_model, valid_score=valid_score, bad_order_cost=cost)
+                                   purchase_model=purchase_model, valid_score=valid_score, bad_order_cost=cost,
+                                   purchase_rows=rows)
     assert inside[0].is_fitted and inside[2]["policy.relevance_source"] == "purchase_model"
     assert handed[0].state == inside[0].state
     assert handed[1] == inside[1]

@@ -477,6 +477,14 @@ def _purchase_rows(part: TrainingFrame, impressions: pd.DataFrame, purchased: np
     return out
 
 
+def purchase_rows_of(fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Row of ``impressions`` behind each purchased row of the training and of the validation
+    part (``-1`` for the rest): what the purchase model and the policy fit both learn from, so
+    the job matches the rows once and hands them to both."""
+    flags = _purchased(impressions)
+    return _purchase_rows(fit_part, impressions, flags), _purchase_rows(valid_part, impressions, flags)
+
+
 def _bad_purchases(impressions: pd.DataFrame, events: EventLog, horizon_days: float) -> np.ndarray:
     """Bad outcome of purchased impressions, as the bad-order rate counts it.
 
@@ -511,11 +519,13 @@ def _creator_gini(part: TrainingFrame, score: np.ndarray) -> float:
 def fit_purchase_model(
     config: PurchaseModelConfig, fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame,
     progress: Progress | None = None, *, features: tuple[np.ndarray, np.ndarray] | None = None,
+    purchase_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[PurchaseModel | None, dict[str, Any]]:
     """The purchase model on the training rows, stopped early on the validation rows.
 
     ``features``: the two parts' feature matrices when the caller already holds them
-    (``None``: built here from the parts).
+    (``None``: built here from the parts). ``purchase_rows``: :func:`purchase_rows_of` the
+    two parts when the caller already holds them (``None``: matched here).
 
     A click is a row labelled 1 or more, a purchase a logged purchase that was not cancelled
     (the rows the policy's calibration counts). Fewer than ``_MIN_PURCHASES`` purchases in
@@ -524,9 +534,8 @@ def fit_purchase_model(
     ``fitted.purchase_model.*``).
     """
     progress = progress or NullProgress()
-    flags = _purchased(impressions)
-    bought = _purchase_rows(fit_part, impressions, flags) >= 0
-    bought_valid = _purchase_rows(valid_part, impressions, flags) >= 0
+    train_rows, valid_rows = purchase_rows if purchase_rows is not None else purchase_rows_of(fit_part, valid_part, impressions)
+    bought, bought_valid = train_rows >= 0, valid_rows >= 0
 
     def fit() -> PurchaseModel:
         X_fit, X_valid = features if features is not None else (fit_part.features(), valid_part.features())
@@ -560,7 +569,7 @@ def fit_policy_and_target(
     config: TrainJobConfig, model: LambdaMART, fit_part: TrainingFrame, valid_part: TrainingFrame, events: EventLog, progress: Progress | None = None,
     *, data_end: TimeLike | None = None, purchase_model: PurchaseModel | None = None,
     valid_score: np.ndarray | None = None, bad_order_cost: BadOrderCost | None = None,
-    index_sources: Mapping[pd.Timestamp, str] | None = None,
+    index_sources: Mapping[pd.Timestamp, str] | None = None, purchase_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Policy, BalancerConfig, dict[str, Any]]:
     """The policy and balancer to serve, with what was fitted from the data.
 
@@ -588,9 +597,10 @@ def fit_policy_and_target(
       the policy unfitted, which falls back to the ``"logit"`` formula, and ``fitted`` says so.
       With ``purchase_model`` the calibration is fitted on its log purchase probability instead
       of the model score (the state's ``relevance_source`` says which).
-    * ``valid_score`` (the validation rows' scores of ``purchase_model``, else of ``model``) and
-      ``bad_order_cost`` (:func:`measure_bad_order_cost`) are computed here when ``None``; the
-      job computes both while LightGBM trains.
+    * ``valid_score`` (the validation rows' scores of ``purchase_model``, else of ``model``),
+      ``bad_order_cost`` (:func:`measure_bad_order_cost`) and ``purchase_rows``
+      (:func:`purchase_rows_of` the two parts) are computed here when ``None``; the job
+      computes them while LightGBM trains.
     * ``target_gini_ratio`` set: ``balancer.target_gini = ratio x`` the creator-exposure
       Gini of the unbalanced policy ranking of the validation requests (hard rules are not
       applied there: the frame keeps no ban flags, and bans remove few candidates).
@@ -621,9 +631,8 @@ def fit_policy_and_target(
         policy = Policy(replace(policy.config, bad_cost=bad_cost))
     if policy.config.combine == "expected_value":
         progress("fitting the expected-value policy: purchase calibration and bad-order model")
-        flags = _purchased(impressions)
-        purchased = _purchase_rows(valid_part, impressions, flags) >= 0
-        train_rows = _purchase_rows(fit_part, impressions, flags)
+        train_rows, valid_rows = purchase_rows if purchase_rows is not None else purchase_rows_of(fit_part, valid_part, impressions)
+        purchased = valid_rows >= 0
         bought = train_rows >= 0
         if "merchant_cold_start" in fit_part.frame.columns:
             # a cold-start merchant's trust is the prior, not evidence (the whole first
@@ -910,7 +919,9 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
     # threads while LightGBM boosts in others without holding the GIL; so does the purchase model
     background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="alongside")
     wants_purchase_model = config.purchase_model is not None and config.policy.combine == "expected_value"
-    purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]] | None = None
+    purchase_later: Future[tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None,
+                                 tuple[np.ndarray, np.ndarray]]] | None = None
+    purchase_rows: tuple[np.ndarray, np.ndarray] | None = None
     truth_later: Future[_Truth] | None = None
     dask_purchase: tuple[PurchaseModel | None, dict[str, Any]] = (None, {})
     # how each training snapshot's trust index was made: both backends build their snapshots with it
@@ -975,7 +986,7 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
             else:
                 if not purchase_later.done():
                     progress("waiting for the purchase model")
-                purchase_model, purchase_fitted, valid_score = purchase_later.result()
+                purchase_model, purchase_fitted, valid_score, purchase_rows = purchase_later.result()
         if not later.done():
             progress("waiting for the serving snapshot")
         tables_later = later.result()
@@ -986,7 +997,7 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
                                                                 data_end=windows.holdout_start,
                                                                 purchase_model=purchase_model, valid_score=valid_score,
                                                                 bad_order_cost=cost_later.result(),
-                                                                index_sources=index_sources)
+                                                                index_sources=index_sources, purchase_rows=purchase_rows)
         if purchase_model is not None and not policy.is_fitted:
             # an unfitted policy ranks on the LambdaMART score (its logit fallback)
             purchase_model = None
@@ -1002,10 +1013,13 @@ def _fit_job(config: TrainJobConfig, events: EventLog, windows: _Windows, progre
 def _purchase_model_and_scores(
     config: PurchaseModelConfig, fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame,
     progress: Progress, features: tuple[np.ndarray, np.ndarray],
-) -> tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None]:
-    """:func:`fit_purchase_model`, and the fitted model's scores of the validation rows."""
-    model, fitted = fit_purchase_model(config, fit_part, valid_part, impressions, progress, features=features)
-    return model, fitted, None if model is None else model.predict(features[1])
+) -> tuple[PurchaseModel | None, dict[str, Any], np.ndarray | None, tuple[np.ndarray, np.ndarray]]:
+    """:func:`fit_purchase_model`, the fitted model's scores of the validation rows, and the
+    purchased rows it learned from (:func:`purchase_rows_of`, for the policy fit)."""
+    rows = purchase_rows_of(fit_part, valid_part, impressions)
+    model, fitted = fit_purchase_model(config, fit_part, valid_part, impressions, progress, features=features,
+                                       purchase_rows=rows)
+    return model, fitted, None if model is None else model.predict(features[1]), rows
 
 
 _Truth = tuple[Mapping[str, pd.DataFrame] | None, Mapping[str, Any] | None]
