@@ -536,10 +536,18 @@ def write_incremental(
     cut = to_utc(as_of)
     progress = progress if progress is not None else NullProgress()
     progress(f"trust: loading the live state of {source}")
-    live = LiveTrust.load(source)
+    # The stored state is checked and opened in a helper thread while the new events are
+    # read and validated here; a damaged state is reported first, whatever the events hold.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-load") as side:
+        loading = side.submit(LiveTrust.load, source)
+        try:
+            events = load_events(new_events, partial=True)
+        except BaseException:
+            loading.result()
+            raise
+        live = loading.result()
     if cut < live.as_of:
         raise ConfigError(f"--as-of {cut.isoformat()}: before the state's as-of {live.as_of.isoformat()} in {source}")
-    events = load_events(new_events, partial=True)
     live.update(events, cut, progress=progress)
     progress("trust: writing the snapshot and its state")
     live.save(out, force=force)

@@ -118,6 +118,12 @@ def test_cli_incremental_is_point_in_time_and_leaves_nothing_half_written(
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert status == 2 and len(errors) == 1 and "rebuild in full" in errors[0], errors
     assert not (tmp_path / "s2").exists()
+    # the state is opened while the new events are read: its damage is reported even when the events are bad too
+    status = main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / "nowhere"),
+                   "--as-of", cut.isoformat(), "--out", str(tmp_path / "s2")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status == 2 and len(errors) == 1 and "counts.users.arrow" in errors[0], errors
+    assert not (tmp_path / "s2").exists()
 
 
 def test_loading_reads_the_snapshot_tables_only_when_asked(same_snapshot: Any, world: EventLog, tmp_path: Path) -> None:
