@@ -20,8 +20,9 @@ its main thread (``incremental_main_cpu_s``): the update runs parts in helper th
 an idle machine its wall time is close to the main thread's work, not to the process's.
 
 ``--new-orders N`` holds the update's size fixed while the history grows: the new events are
-those since the time the last ``N`` orders of each data set start (so every size applies
-about the same number of new rows; the window is shorter the denser the history). With two
+those of the last stretch of time whose changes hold ``N`` order rows (new orders and orders
+sent again because they shipped or arrived: the ``new_orders`` of an ordinary run), so every
+size applies about the same number of new rows; the stretch is shorter the denser the history. With two
 or more sizes the last line is the fitted growth exponent ``k`` of each cost in the history's
 orders (cost ~ orders ** k; 0: flat, 1: linear).
 
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, nargs="+", default=[1_000_000, 3_000_000])
     parser.add_argument("--hours", type=float, default=1.0, help="new events: the last HOURS of the log")
     parser.add_argument(
-        "--new-orders", type=int, help="new events: those since the last N orders of each size start (fixed update size)"
+        "--new-orders", type=int, help="new events: the last stretch whose changes hold N order rows (fixed update size)"
     )
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/trustfeed-bench"))
     parser.add_argument("--check", action="store_true", help="compare the live update with a full build (one more build)")
@@ -296,16 +297,25 @@ def growth_exponents(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _hours_of_last(data_dir: Path, n: int) -> float:
-    """Hours from the time the last ``n`` orders of a data set start to the end of the log."""
+    """Hours before the end of the log whose changes hold ``n`` order rows (new or re-sent).
+
+    An order row is in the changes since ``t0`` when its creation or a time revealed later
+    (shipped, delivered) falls in ``[t0, end)`` (:func:`~trustfeed.features.changes_since`):
+    when the latest of its times before the end is at or after ``t0``.
+    """
+    from trustfeed.features._schema import TABLE_SPECS
+
     bench = _bench_features()
     end = bench.START + pd.Timedelta(days=bench.DAYS)
-    created = pd.read_parquet(data_dir / "orders.parquet", columns=["created_at"])["created_at"]
-    times = pd.to_datetime(created, utc=True).sort_values(ignore_index=True)
-    before_end = times[times < end]
-    if n <= 0 or n > len(before_end):
-        raise SystemExit(f"--new-orders {n}: the data set has {len(before_end)} orders")
-    return float((end - before_end.iloc[len(before_end) - n]).total_seconds() / 3600.0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    spec = TABLE_SPECS["orders"]
+    columns = [spec.event_time, *(revealed for _, revealed in spec.resolution)]
+    frame = pd.read_parquet(data_dir / "orders.parquet", columns=columns)
+    latest = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+    for column in columns:
+        times = pd.to_datetime(frame[column], utc=True).astype("datetime64[ns, UTC]")
+        times = times.where(times < end)
+        latest = latest.where(latest.notna() & ~(times > latest), times)
+    ordered = latest.dropna().sort_values(ignore_index=True)
+    if n <= 0 or n > len(ordered):
+        raise SystemExit(f"--new-orders {n}: the data set has {len(ordered)} orders")
+    return float((end - ordered.iloc[len(ordered) - n]).total_seconds() / 3600.0)
