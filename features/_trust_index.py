@@ -15,6 +15,7 @@ Three steps, each a whole-column operation over all merchants:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -191,8 +192,20 @@ def derive_signals(
     fit = priors is None
     if priors is None:
         priors = Priors(beta={}, gamma={})
+    # The posterior quantiles (most of this function's time, and run without the interpreter
+    # lock) are computed in a helper thread while this one goes on with the next rates; their
+    # columns keep their places (filled in at the end).
+    with ThreadPoolExecutor(1, "signals-bounds") as side:
+        return _derive(counts, category, account_age_days, config, host_exposure, missing, priors, fit, side)
+
+
+def _derive(
+    counts: pd.DataFrame, category: pd.Series, account_age_days: np.ndarray, config: TrustConfig, host_exposure: str,
+    missing: tuple[str, ...], priors: Priors, fit: bool, side: ThreadPoolExecutor,
+) -> tuple[pd.DataFrame, pd.DataFrame, Priors]:
     out: dict[str, np.ndarray] = {}
     risk: dict[str, np.ndarray] = {}
+    pending: list[tuple[BetaRate, Future[np.ndarray], np.ndarray]] = []
     for rate in BETA_RATES:
         num = _column(counts, rate.numerator)
         den = np.maximum(_column(counts, rate.denominator), num)
@@ -212,14 +225,14 @@ def derive_signals(
         # The pessimistic side of the posterior: the upper bound of a bad rate, the lower
         # bound of a good one. Ranking by it keeps a thin record from looking excellent.
         q = config.bound_level if rate.risk == "rate" else 1.0 - config.bound_level
-        bound = beta_posterior_quantile(num, den, alpha, beta, q)
+        bounding = side.submit(beta_posterior_quantile, num, den, alpha, beta, q)
         with np.errstate(invalid="ignore", divide="ignore"):
             out[f"{rate.name}_raw"] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
         out[rate.name] = mean
-        out[f"{rate.name}_bound"] = bound
+        out[f"{rate.name}_bound"] = mean  # placeholder: the bound, below
         out[f"{rate.name}_n"] = den
-        ranked = bound if config.rank_by_bound else mean
-        risk[rate.name] = ranked if rate.risk == "rate" else 1.0 - ranked
+        risk[rate.name] = mean if rate.risk == "rate" else 1.0 - mean  # placeholder unless ranked by the mean
+        pending.append((rate, bounding, mean))
 
     for name, numerator, exposure in (
         ("counterfeit_report_rate", "n_counterfeit_reports", "n_orders"),
@@ -248,6 +261,11 @@ def derive_signals(
     risk["benefit_gap"] = 1.0 - np.minimum(benefits, _N_BENEFITS) / _N_BENEFITS
     risk["newness"] = np.exp(-np.maximum(account_age_days, 0.0) / _NEWNESS_DAYS)
     out["nps"] = out["nps_promoter_rate"] - out["nps_detractor_rate"]
+    for rate, future, mean in pending:
+        bound = future.result()
+        out[f"{rate.name}_bound"] = bound
+        ranked = bound if config.rank_by_bound else mean
+        risk[rate.name] = ranked if rate.risk == "rate" else 1.0 - ranked
     return pd.DataFrame(out, index=counts.index), pd.DataFrame(risk, index=counts.index), priors
 
 
