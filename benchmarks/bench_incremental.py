@@ -319,3 +319,7 @@ def _hours_of_last(data_dir: Path, n: int) -> float:
     if n <= 0 or n > len(ordered):
         raise SystemExit(f"--new-orders {n}: the data set has {len(ordered)} orders")
     return float((end - ordered.iloc[len(ordered) - n]).total_seconds() / 3600.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
