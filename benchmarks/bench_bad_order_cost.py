@@ -48,19 +48,22 @@ def _world_period(world: object, start: pd.Timestamp, config: object) -> object:
     """The log estimate on the orders placed since the rollout began (``start``) only.
 
     The simulated window before it ends with orders whose after-sales and reviews fall after
-    the window and were never drawn, so nearly all of them read as good (bad-order rate 0.01
-    against 0.08-0.09 in the world) and they come at another order rate: within a buyer that
-    alone makes a bad order look costly.
+    the window and were never drawn (bad-order rate 0.01 against 0.08-0.09 in the world); the
+    estimator leaves out orders not delivered at least ``outcome_days`` before the log's end,
+    which catches the ones never delivered in that window, not the ones delivered in its last
+    days, so this is the estimate without that stretch at all.
     """
     from trustfeed.features.outcomes import order_outcomes, went_bad
-    from trustfeed.training.bad_order_cost import estimate_from_orders
+    from trustfeed.training.bad_order_cost import estimate_from_orders, outcome_known
 
-    outcomes = order_outcomes(world.events())  # type: ignore[attr-defined]
+    events = world.events()  # type: ignore[attr-defined]
+    outcomes = order_outcomes(events)
     outcomes = outcomes.loc[outcomes["in_orders"].to_numpy(dtype=bool)].reset_index(drop=True)
     keep = ~outcomes["cancelled"].to_numpy(dtype=bool) & (outcomes["created_at"] >= start).to_numpy(dtype=bool)
+    known = outcome_known(events["orders"], world.now, config.outcome_days)  # type: ignore[attr-defined]
     return estimate_from_orders(outcomes["user_id"].to_numpy(dtype=object)[keep],
                                 outcomes["created_at"][keep].reset_index(drop=True), went_bad(outcomes)[keep],
-                                start=start, end=world.now, config=config)  # type: ignore[attr-defined, arg-type]
+                                start=start, end=world.now, config=config, known=known[keep])  # type: ignore[attr-defined, arg-type]
 
 
 def _serve(base: object, loss: float, seed: int, days: int) -> tuple[object, pd.DataFrame]:

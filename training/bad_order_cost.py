@@ -4,19 +4,26 @@ A bad order costs more than the order itself: the buyer it disappointed orders l
 afterwards. This module measures that from the orders table and the orders' outcomes, as any
 platform can (no simulator, no experiment):
 
-1. every paid order placed at least ``horizon_days`` before the end of the log is an *index
-   order*; it is bad or good by the project's one
-   definition of a bad order (an after-sales case for quality, not_as_described or
-   counterfeit, or a 1-2 star review);
-2. for each index order, the buyer's paid orders in the ``horizon_days`` after it
-   (``orders_after``);
-3. within each buyer, ``orders_after`` following the buyer's bad orders against following
-   the buyer's good ones (a regression on the bad flag with a buyer fixed effect, so how much
-   a buyer orders anyway cancels out; heavy buyers also meet more bad merchants, which makes
-   a comparison across buyers find bad orders followed by *more* orders); one slope per
-   buyer segment (light to heavy by paid orders over the log), averaged with the segments'
-   bad orders as weights: ``lost_orders``, the orders a bad order costs within the horizon,
-   with a buyer-clustered standard error;
+1. every paid order whose outcome is known (delivered at least ``outcome_days`` before the
+   log's end: an order still within its after-sales and review window, or never seen
+   delivered, would read as good whatever happens to it) and that has ``horizon_days`` of
+   log on both sides is an *index order*; it is bad or good by the project's one definition
+   of a bad order (an after-sales case for quality, not_as_described or counterfeit, or a
+   1-2 star review);
+2. for each index order, the change in the buyer's paid orders from the ``horizon_days``
+   before it to the ``horizon_days`` after it (``orders after - orders before``);
+3. an event study: that change after bad orders against after good orders of the same buyer
+   segment and calendar period (a regression of the change on the bad flag with a
+   segment x period fixed effect, so a season or the platform's growth cancels out). The
+   "before" window is untouched by the order, so a bad order that lowers its buyer's order
+   rate for good is seen in full; comparing a buyer's orders after their bad orders with
+   after their *good* ones is not enough there, because the later good orders come at the
+   lowered rate too and the loss cancels. The segment (light to heavy) is the buyer's pace
+   of paid orders *before* the "before" window, scaled to the whole log: heavy buyers meet
+   bad merchants more often and would order more anyway, and a pace that counted the
+   windows being compared (or the orders after) would select on their chance. One slope per
+   segment, averaged with the segments' bad orders as weights: ``lost_orders``, the orders
+   a bad order costs within the horizon, with a buyer-clustered standard error;
 4. turned into good orders: each lost order would have been good with probability
    ``1 - r`` and bad with probability ``r`` (``r``: the bad-order rate), and a bad order
    costs ``cost`` itself, so ``cost = lost_orders x ((1 - r) - r x cost)``, i.e.::
@@ -40,13 +47,13 @@ The estimate is *usable* when there are at least ``min_bad_orders`` bad index or
 95% interval of ``lost_orders`` lies above zero; otherwise the caller keeps its configured
 cost (the policy's ``bad_cost``, 2 by default) and the result says why. Assumptions (stated
 because a real log cannot check them): a good order leaves the buyer's later order rate as it
-was (so the difference with a good order is the loss against no order at all); for a given
-buyer, whether an order went bad is unrelated to how much the buyer would have ordered
-anyway; the effect beyond ``horizon_days`` is not counted (the estimate is a lower bound when
-buyers stay away longer). On a generated log where a bad order keeps its buyer away for a set
-number of days (``tests/test_bad_order_cost.py``) the estimate lands 10-20% below the true
-loss: a good order placed shortly before a bad one shares its absence, which lowers the good
-side of the comparison too.
+was (so the difference with a good order is the loss against no order at all); within a
+segment and period, whether an order went bad is unrelated to how the buyer's order rate was
+about to change anyway; the effect beyond ``horizon_days`` is not counted (a lower bound when
+buyers stay away longer). On generated logs where a bad order keeps its buyer away for a set
+number of days, or lowers the buyer's order rate for good by a set share
+(``tests/test_bad_order_cost.py``), the estimate lands within 10% of the true loss across
+seeds, and near 0 (not usable) when a bad order changes nothing.
 
 Examples
 --------
@@ -77,7 +84,7 @@ from ..features.config import Config, Constraints, Integer, Items, Real
 from ..features.errors import SchemaError
 from ..features.events import TimeLike, to_utc
 
-__all__ = ["BadOrderCostConfig", "BadOrderCost", "estimate_from_orders", "estimate_bad_order_cost"]
+__all__ = ["BadOrderCostConfig", "BadOrderCost", "estimate_from_orders", "estimate_bad_order_cost", "outcome_known"]
 
 _Z95 = 1.959963984540054
 
@@ -90,8 +97,13 @@ class BadOrderCostConfig(Config):
     ----------
     horizon_days
         Days after an order over which the buyer's later orders are counted (``> 0``).
+    outcome_days
+        Days after its delivery within which an order's after-sales case or review arrives:
+        only orders delivered at least this long before the log's end count as good or bad
+        (``>= 0``; 7: the no-reason return and review windows).
     segment_edges
-        Upper bounds (exclusive) of the buyer segments by paid orders over the whole log:
+        Upper bounds (exclusive) of the buyer segments by their pace of paid orders before an
+        order, scaled to the whole log:
         ``(5, 10, 20)`` gives 0-4, 5-9, 10-19 and 20+ orders (increasing).
     min_bad_orders
         Bad index orders needed for a usable estimate (``>= 1``).
@@ -100,12 +112,14 @@ class BadOrderCostConfig(Config):
     """
 
     horizon_days: float = 14.0
+    outcome_days: float = 7.0
     segment_edges: tuple[int, ...] = (5, 10, 20)
     min_bad_orders: int = 50
     max_cost: float = 10.0
 
     constraints: ClassVar[Constraints] = {
         "horizon_days": Real(0, strict_low=True),
+        "outcome_days": Real(0),
         "segment_edges": Items(Integer(low=1), increasing=True),
         "min_bad_orders": Integer(low=1),
         "max_cost": Real(0, strict_low=True),
@@ -205,6 +219,7 @@ def estimate_from_orders(
     start: TimeLike,
     end: TimeLike,
     config: BadOrderCostConfig | None = None,
+    known: Any = None,
 ) -> BadOrderCost:
     """The cost of a bad order from paid orders and their outcomes (the core of :func:`estimate_bad_order_cost`).
 
@@ -213,18 +228,22 @@ def estimate_from_orders(
     user_id, created_at, bad
         One entry per paid order: the buyer, when it was placed (UTC), whether it went bad.
     start, end
-        The span the log covers: index orders need a full horizon before ``end``.
+        The span the log covers: index orders need a full horizon on both sides inside it.
     config
         :class:`BadOrderCostConfig` (``None``: defaults).
+    known
+        Per order, whether its outcome window has closed (``None``: every order's has); only
+        those are index orders, the others still count as the buyer's orders.
     """
     config = config or BadOrderCostConfig()
     users = pd.factorize(pd.Series(np.asarray(user_id, dtype=object)), sort=False)[0].astype(np.int64)
     stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(created_at), utc=True)).as_unit("ns")
     times = stamps.asi8.astype(np.int64)
     bad_flags = np.asarray(bad, dtype=bool)
-    if not (users.shape == times.shape == bad_flags.shape):
+    known_flags = np.ones(bad_flags.shape, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    if not (users.shape == times.shape == bad_flags.shape == known_flags.shape):
         raise SchemaError("orders", "user_id/created_at/bad", "equal lengths",
-                          f"{users.size}, {times.size} and {bad_flags.size}")
+                          f"{users.size}, {times.size}, {bad_flags.size} and {known_flags.size}")
     if (users < 0).any() or (times == np.iinfo(np.int64).min).any():
         raise SchemaError("orders", "user_id/created_at", "no missing buyer or time", "missing values")
     start_ns, end_ns = (to_utc(t).as_unit("ns").value for t in (start, end))
@@ -232,29 +251,39 @@ def estimate_from_orders(
 
     # one sorted key per order: buyer first, then time (seconds from the start keep it in int64)
     seconds = (times - start_ns) // 1_000_000_000
-    span = int(max(seconds.max(initial=0), (end_ns - start_ns) // 1_000_000_000)) + 2 * horizon // 1_000_000_000 + 2
-    offset = horizon // 1_000_000_000 + 1
-    key = users * span + (seconds + offset)
+    step = horizon // 1_000_000_000
+    span = int(max(seconds.max(initial=0), (end_ns - start_ns) // 1_000_000_000)) - int(min(seconds.min(initial=0), 0)) + 2 * step + 2
+    key = users * span + (seconds - int(min(seconds.min(initial=0), 0)) + step + 1)
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
-    step = horizon // 1_000_000_000
-    # the buyer's orders strictly after each order and within the horizon
+    at = np.searchsorted(sorted_key, sorted_key, side="left")
+    # the buyer's orders strictly after each order within the horizon, and in the horizon before it
     after = np.searchsorted(sorted_key, sorted_key + step, side="right") - np.searchsorted(sorted_key, sorted_key, side="right")
-    orders_after = np.empty_like(after)
-    orders_after[order] = after
+    before_ = at - np.searchsorted(sorted_key, sorted_key - step, side="left")
+    # the buyer's orders before this one since the log's start (their pace before the order)
+    first = np.searchsorted(sorted_key, users[order] * span, side="left")
+    earlier = at - first
+    orders_after, orders_before, orders_earlier = (np.empty_like(after) for _ in range(3))
+    orders_after[order], orders_before[order], orders_earlier[order] = after, before_, earlier
 
-    index = times + horizon <= end_ns
+    index = known_flags & (times - horizon >= start_ns) & (times + horizon <= end_ns)
     table = pd.DataFrame({"user": users[index], "bad": bad_flags[index].astype(np.float64),
-                          "after": orders_after[index].astype(np.float64)})
-    # the buyer's segment: how many orders the buyer placed over the whole log (light ... heavy)
-    per_buyer = np.bincount(users, minlength=int(users.max(initial=-1)) + 1)
-    table["segment"] = np.searchsorted(np.asarray(config.segment_edges), per_buyer[table["user"].to_numpy()], side="right")
-    # within each buyer: a buyer's later orders after their bad orders against after their good
-    # ones, so how much a buyer orders anyway cancels out (a buyer fixed effect)
-    by_user = table.groupby("user")
-    table["bad_c"] = table["bad"] - by_user["bad"].transform("mean")
-    table["after_c"] = table["after"] - by_user["after"].transform("mean")
-    table["xy"] = table["bad_c"] * table["after_c"]
+                          "after": orders_after[index].astype(np.float64),
+                          "change": (orders_after[index] - orders_before[index]).astype(np.float64)})
+    # the buyer's segment, from their pace before the window the change is measured against
+    # (neither the bad order nor the chance of the "before" count decides it): the buyer's
+    # orders before ``t - horizon``, scaled to the whole log (at least one horizon of history)
+    elapsed = np.maximum(times[index] - horizon - start_ns, horizon) / max(end_ns - start_ns, 1)
+    pace = (orders_earlier[index] - orders_before[index]) / elapsed
+    table["segment"] = np.searchsorted(np.asarray(config.segment_edges), pace, side="right")
+    # bad against good index orders of the same segment and calendar period (horizon-wide bins):
+    # the change in the buyer's orders from the horizon before to the horizon after the order
+    period = (times[index] - start_ns) // max(horizon, 1)
+    table["stratum"] = table["segment"].to_numpy() * (int(period.max(initial=0)) + 1) + period
+    by_stratum = table.groupby("stratum")
+    table["bad_c"] = table["bad"] - by_stratum["bad"].transform("mean")
+    table["change_c"] = table["change"] - by_stratum["change"].transform("mean")
+    table["xy"] = table["bad_c"] * table["change_c"]
     table["xx"] = table["bad_c"] ** 2
     labels = _segment_labels(config.segment_edges)
     rows = []
@@ -263,7 +292,7 @@ def estimate_from_orders(
         xx = float(part["xx"].sum())
         slope = float(part["xy"].sum()) / xx if xx > 0 else float("nan")
         if xx > 0:
-            residual = part["after_c"] - slope * part["bad_c"]
+            residual = part["change_c"] - slope * part["bad_c"]
             # buyer-clustered (sandwich) variance: a buyer's orders are not independent
             score = (part["bad_c"] * residual).groupby(part["user"]).sum()
             variance = float((score**2).sum()) / xx**2
@@ -287,7 +316,7 @@ def estimate_from_orders(
         se = float(math.sqrt(np.dot(w * w, segments["variance"].fillna(0.0).to_numpy(dtype=np.float64))))
     low, high = lost - _Z95 * se, lost + _Z95 * se
     if n_bad_total < config.min_bad_orders:
-        usable, reason = False, f"only {n_bad_total} bad orders with a full horizon (need {config.min_bad_orders})"
+        usable, reason = False, f"only {n_bad_total} bad orders with a full horizon on both sides (need {config.min_bad_orders})"
     elif not math.isfinite(lost):
         usable, reason = False, "no buyer segment holds both good and bad orders"
     elif not low > 0:
@@ -333,11 +362,30 @@ def estimate_bad_order_cost(events: Any, config: BadOrderCostConfig | None = Non
     outcomes = outcomes.loc[outcomes["in_orders"].to_numpy(dtype=bool)].reset_index(drop=True)
     paid = ~outcomes["cancelled"].to_numpy(dtype=bool)
     created = pd.to_datetime(orders["created_at"], utc=True)
+    end_time = created.max() if end is None else to_utc(end)
     return estimate_from_orders(
         outcomes["user_id"].to_numpy(dtype=object)[paid],
         outcomes["created_at"][paid].reset_index(drop=True),
         went_bad(outcomes)[paid],
         start=created.min(),
-        end=created.max() if end is None else end,
+        end=end_time,
         config=config,
+        known=outcome_known(orders, end_time, (config or BadOrderCostConfig()).outcome_days)[paid],
     )
+
+
+def outcome_known(orders: pd.DataFrame, end: TimeLike, outcome_days: float) -> np.ndarray:
+    """Per order, whether its outcome window closed before ``end``: delivered at least
+    ``outcome_days`` before it (an order the log never saw delivered has no known outcome).
+    A log that records no delivery at all falls back to the order's placement time.
+
+    >>> orders = pd.DataFrame({"created_at": pd.to_datetime(["2026-01-01", "2026-01-01", "2026-01-08"], utc=True),
+    ...                        "delivered_at": pd.to_datetime(["2026-01-03", None, "2026-01-10"], utc=True)})
+    >>> outcome_known(orders, "2026-01-12", 7.0).tolist()
+    [True, False, False]
+    """
+    created = pd.to_datetime(orders["created_at"], utc=True)
+    delivered = pd.to_datetime(orders["delivered_at"], utc=True) if "delivered_at" in orders else None
+    reference = delivered if delivered is not None and bool(delivered.notna().any()) else created
+    closes = reference + pd.Timedelta(days=outcome_days)
+    return (closes <= to_utc(end)).fillna(False).to_numpy(dtype=bool)
