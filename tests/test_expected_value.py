@@ -312,7 +312,11 @@ def test_training_fits_the_policy_and_a_relative_balancer_target(trained: Any) -
     assert ((source.startswith("measured: configured 2 + ") and policy.config.bad_cost > 2.0)
             or (source.startswith("configured: ") and policy.config.bad_cost == 2.0))
     run_metrics = MlflowClient(tracking_uri=trained.server.uri).get_run(trained.result.run_id).data.metrics
-    assert run_metrics["policy.bad_order_cost.bad_orders"] > 0
+    # logged either way; the tiny log (28 days, training part shorter) holds no order with a
+    # full 14-day horizon on both sides, so the configured cost is kept and says why
+    assert run_metrics["policy.bad_order_cost.bad_orders"] >= 0
+    if run_metrics["policy.bad_order_cost.bad_orders"] == 0:
+        assert run_metrics["policy.bad_order_cost.usable"] == 0.0 and source.startswith("configured: ")
     assert run_metrics["policy.bad_order_cost.horizon_days"] == trained.config.bad_cost_estimate.horizon_days
     # the logged intercept reproduces roughly the observed bad rate of the warm purchases
     assert 0.0 < float(params["fitted.policy.train_bad_rate"]) < 0.5
