@@ -76,6 +76,21 @@ def _spearman_per_request(request: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
     return float(np.mean(cov[ok] / var[ok]))
 
 
+def _derived(name: str, X: np.ndarray, feature_names: tuple[str, ...], n_categories: int) -> np.ndarray:
+    """A candidate feature computed from the frame's columns (``add=`` in a variant), to try
+    before it is built into the assembler: ``taste<A>`` the category affinity shrunk toward an
+    even spread by ``A`` pseudo-interactions (``(affinity n + A / K) / (n + A)``, n = orders +
+    clicks); ``category_count`` the viewer's interactions in the category (``affinity x n``)."""
+    column = {name: X[:, j] for j, name in enumerate(feature_names)}
+    affinity, n = column["user_category_affinity"], column["user_orders"] + column["user_clicks"]
+    if name.startswith("taste"):
+        strength = float(name[len("taste"):])
+        return (affinity * n + strength / max(n_categories, 1)) / (n + strength)
+    if name == "category_count":
+        return affinity * n
+    raise SystemExit(f"unknown derived feature {name!r}")
+
+
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -132,21 +147,30 @@ def platform(seed: int, impulse: float, merchants: int, days: int, variants: lis
         bought_valid = _purchase_rows(valid_part, impressions, flags) >= 0
         overrides = dict(variant.get("purchase", {}))
         dropped = [name for name in str(overrides.pop("drop", "")).split("|") if name]
+        added = [name for name in str(overrides.pop("add", "")).split("|") if name]
         keep = [j for j, name in enumerate(fit_part.feature_names) if name not in dropped]
-        names = [fit_part.feature_names[j] for j in keep]
+        names = [fit_part.feature_names[j] for j in keep] + added
+        n_categories = len(frame.schema["categories"]["merchant_category"])
+
+        def features(part: Any) -> np.ndarray:
+            X = part.features()
+            return np.column_stack([X[:, keep], *[_derived(name, X, part.feature_names, n_categories) for name in added]])
+
         config = PurchaseModelConfig(**{**job.purchase_model.to_dict(), **overrides})
         t0 = time.process_time()
         model = PurchaseModel(config).fit(
-            fit_part.features()[:, keep], fit_part.labels >= 1, bought, fit_part.positions,
-            valid_part.features()[:, keep], valid_part.labels >= 1, bought_valid, valid_part.positions,
+            features(fit_part), fit_part.labels >= 1, bought, fit_part.positions,
+            features(valid_part), valid_part.labels >= 1, bought_valid, valid_part.positions,
             feature_names=names, categorical=[c for c in fit_part.categorical if c in names],
-            monotone=[fit_part.monotone[j] for j in keep], request_ids=fit_part.frame["request_id"].to_numpy())
+            monotone=[fit_part.monotone[j] for j in keep] + [0] * len(added),
+            request_ids=fit_part.frame["request_id"].to_numpy())
         fit_cpu = time.process_time() - t0
         hf = held.frame.assign(request_id=held.frame["request_id"].astype(str), stream_id=held.frame["stream_id"].astype(str),
                                creator_id=held.frame["creator_id"].astype(str))
         hf = hf.merge(keys, on=["request_id", "stream_id"], how="left", validate="many_to_one")
         hf = hf.merge(creators, on="creator_id", how="left")
         X = held.features()
+        X_model = features(held)
         request = pd.factorize(hf["request_id"])[0]
         pc, pp = hf["p_click"].to_numpy(), hf["p_purchase"].to_numpy()
         eta = sim.meta["position_bias"]["eta"] if "position_bias" in sim.meta else 0.7
@@ -154,9 +178,9 @@ def platform(seed: int, impulse: float, merchants: int, days: int, variants: lis
         def orders(score: np.ndarray) -> float:
             return float(np.sum(_positions(request, score) ** -eta * pc * pp))
 
-        click_raw = model.click_booster_.predict(X[:, keep], raw_score=True)
-        buy_raw = model.purchase_booster_.predict(X[:, keep], raw_score=True)
-        score = model.predict(X[:, keep])
+        click_raw = model.click_booster_.predict(X_model, raw_score=True)
+        buy_raw = model.purchase_booster_.predict(X_model, raw_score=True)
+        score = model.predict(X_model)
         follows = X[:, list(held.feature_names).index("user_follows_creator")]
         quality = hf["quality"].to_numpy()
         popularity = hf["popularity"].to_numpy()
