@@ -236,6 +236,8 @@ def main() -> None:
     parser.add_argument("--base", nargs="*", default=BASE_POLICIES, help="registered policies to run")
     parser.add_argument("--prepare-only", action="store_true", help="simulate and train, no rollout")
     parser.add_argument("--tag", default="", help="suffix of the saved per-seed csv files")
+    parser.add_argument("--rebuild-every", type=int, default=7,
+                        help="days between the served snapshot and history rebuilds in the loop (7: weekly)")
     parser.add_argument("--from-csv", action="store_true",
                         help="summarise the per-seed csv files a previous run saved in --work (no simulation, no rollout)")
     parser.add_argument("--purchase-variant", default=None,
@@ -274,7 +276,7 @@ def main() -> None:
                 continue
             platform_registry = {**run_registry, **{name: variants(recorded_bad_rate(root))[name] for name in args.variants}}
             result = run_rollout(bundle, root / "events", days=args.days, seeds=args.seeds, policies=run_names,
-                                 registry=platform_registry, rebuild_every_days=7)
+                                 registry=platform_registry, rebuild_every_days=args.rebuild_every)
             daily = result.daily
             last_week = daily[daily["day"] >= args.days - 7].groupby(["policy", "seed"])["requests"].sum()
             cumulative = result.cumulative.assign(platform=seed, world=world)
