@@ -175,9 +175,9 @@ class TrainJobConfig(Config):
         (``benchmarks/sweep_levers.py``, docs/balancer.md section 8).
     bad_cost_estimate
         How the cost of a bad order is measured from the training data's orders
-        (:mod:`trustfeed.training.bad_order_cost`); a usable estimate replaces
-        ``policy.bad_cost``, otherwise ``policy.bad_cost`` stays (and the run says why).
-        ``None``: always ``policy.bad_cost``.
+        (:mod:`trustfeed.training.bad_order_cost`); a usable estimate adds the value of the
+        orders a bad order loses to ``policy.bad_cost`` (``BadOrderCost.policy_cost``), otherwise
+        ``policy.bad_cost`` stays (and the run says why). ``None``: always ``policy.bad_cost``.
     signing_key
         An Ed25519 private key file (``trustfeed keygen``): the bundle's manifest is signed
         before the bundle is published or logged, so a serving host with the matching
