@@ -383,3 +383,54 @@ def test_dask_and_pandas_jobs_fit_the_same_policy_and_rank_alike(
         served, other = pandas_ranker.rank(request), dask_ranker.rank(request)
         assert len(served["items"]) > 1
         assert [(i["stream_id"], i["score"]) for i in served["items"]] == [(i["stream_id"], i["score"]) for i in other["items"]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(starts=st.lists(st.integers(0, 10 * 24 * 60), min_size=1, max_size=30), spans=st.lists(st.integers(0, 600), min_size=30,
+       max_size=30), every=st.integers(1, 4), per_period=st.integers(1, 3))
+def test_a_request_goes_whole_to_a_partition_of_the_period_it_starts_in(
+        starts: list[int], spans: list[int], every: int, per_period: int) -> None:
+    from trustfeed.training._dask_training import _period_key, _plan_window, _window_rows
+    from trustfeed.training.dataset import DatasetConfig
+
+    # each request: two impressions, the second up to 10 hours after the first (past midnight too)
+    first = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.array(starts), unit="min")
+    ts = np.r_[first, first + pd.to_timedelta(np.array(spans[:len(starts)]), unit="min")]
+    ids = np.r_[[f"r{i}" for i in range(len(starts))] * 2]
+    impressions = pd.DataFrame({"request_id": ids, "ts": pd.DatetimeIndex(ts)})
+    end = impressions["ts"].max() + pd.Timedelta(seconds=1)
+
+    class Log:
+        tables = {"impressions": impressions, "merchants": pd.DataFrame({"registered_at": pd.Series([], dtype="datetime64[ns, UTC]")})}
+
+        def __getitem__(self, name: str) -> pd.DataFrame:
+            return self.tables[name]
+
+    window = _plan_window(Log(), end, DatasetConfig(snapshot_every_days=every))  # type: ignore[arg-type]
+    keyed = _period_key(_window_rows(impressions, window), window, per_period)
+    parts = keyed.groupby("request_id")["_part"].agg(["nunique", "first"])
+    assert (parts["nunique"] == 1).all()  # whole requests
+    assert keyed["_part"].between(0, len(window.times) * per_period - 1).all()
+    # the period of the request's first impression; every row reads that snapshot or the next
+    start = keyed.groupby("request_id")["ts"].min()
+    period = parts["first"] // per_period
+    expected = pd.Index(window.times).get_indexer(pd.Index(start.loc[parts.index].dt.floor("D").map(
+        lambda t: window.anchor.floor("D") + pd.Timedelta(days=((t - window.anchor.floor("D")).days // every) * every))))
+    assert np.array_equal(period.to_numpy(), expected)
+    row_period = pd.Index(window.times).get_indexer(pd.Index(keyed["snapshot_at"]))
+    assert ((row_period - keyed["_part"].to_numpy() // per_period) >= 0).all()
+    assert ((row_period - keyed["_part"].to_numpy() // per_period) <= 1).all()
+
+
+def test_a_partition_without_the_snapshot_its_rows_read_is_a_one_line_error(events: Any) -> None:
+    from trustfeed.features.errors import SchemaError
+    from trustfeed.training._dask_training import _label_events, _partition_frame, _plan_window, _window_rows
+    from trustfeed.training.dataset import DatasetConfig
+
+    config = DatasetConfig(snapshot_every_days=SNAPSHOT_EVERY_DAYS)
+    _, holdout, _ = _windows(events)
+    window = _plan_window(events, holdout, config)
+    rows = _window_rows(events["impressions"], window).iloc[:50]
+    with pytest.raises(SchemaError, match="two snapshot periods") as caught:
+        _partition_frame(rows, {}, _label_events(events), {"feature_names": ["x"]}, config)
+    assert "\n" not in str(caught.value)
