@@ -518,8 +518,17 @@ def _finish(
     earlier cuts' risk rows (:func:`_earlier_risks`) when already built; ``None``: built here
     if the index is fitted.
     """
-    # The users table depends on nothing below: a helper thread builds it meanwhile (its
-    # takes and its sort run mostly without the interpreter lock; a million buyers at 10M orders).
+    # The users table depends on nothing below. A live update (``user_order`` given) builds it
+    # in a helper thread meanwhile: its takes run mostly without the interpreter lock (a million
+    # buyers at 10M orders). A full build sorts the ids' strings, which holds the lock: beside
+    # the merchants' scoring that slowed the 10M build by about 7 s (bench_features), so it is
+    # built here, first.
+    if user_order is None:
+        built: Future[pd.DataFrame] = Future()
+        built.set_result(_users_table(counts.users, enc, None))
+        return _finish_merchants(
+            known, enc, counts, meta, cut, config, backend, progress, index, input_warnings, built, earlier=earlier
+        )
     with ThreadPoolExecutor(1, "trust-users") as side:
         users = side.submit(_users_table, counts.users, enc, user_order)
         return _finish_merchants(
