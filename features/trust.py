@@ -335,7 +335,8 @@ def _absent(events: EventLog) -> tuple[str, ...]:
 
 
 def _signals(
-    counts: SignalCounts, meta: pd.DataFrame, config: TrustConfig, host_exposure: str, missing: tuple[str, ...]
+    counts: SignalCounts, meta: pd.DataFrame, config: TrustConfig, host_exposure: str, missing: tuple[str, ...],
+    *, overlap: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     return derive_signals(
         counts.merchants,
@@ -344,6 +345,7 @@ def _signals(
         config,
         host_exposure=host_exposure,
         missing=missing,
+        overlap=overlap,
     )
 
 
@@ -685,7 +687,8 @@ def _risk_rows_of(
     then: SignalCounts, meta_then: pd.DataFrame, config: TrustConfig, host_exposure: str, missing: tuple[str, ...], enc: Encoding
 ) -> RiskRows:
     """What the index reads, from an earlier cut's registered merchants' counts."""
-    _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, missing)
+    # the earlier cuts run side by side already: no extra thread for their quantiles
+    _, risk_then, priors_then = _signals(then, meta_then, config, host_exposure, missing, overlap=False)
     return _index_rows(risk_then, meta_then, priors_then, config, host_exposure, missing, enc)[0]
 
 
