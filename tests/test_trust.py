@@ -873,7 +873,8 @@ def test_earlier_cuts_over_the_lean_log_equal_the_full_log(crafted):
 @given(seed=st.integers(0, 2**32 - 1), merchants=st.integers(1, 40))
 def test_signals_equal_with_and_without_the_quantiles_thread(seed, merchants):
     # the live update computes the posterior quantiles beside the rest, a full build's earlier
-    # cuts inline: both must give the same rates, risk and priors to the last bit
+    # cuts inline: both must give the same rates and risk to the last bit (the priors they were
+    # shrunk with are then the same too; their names are checked directly)
     from trustfeed.features._trust_index import BETA_RATES, derive_signals
 
     rng = np.random.default_rng(seed)
