@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,8 @@ from .progress import NullProgress, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from .events import EventLog, TimeLike
+
+_T = TypeVar("_T")
 
 __all__ = ["DIMENSIONS", "FORMAT_VERSION", "TrustConfig", "TrustReferences", "TrustSnapshot", "build_snapshot"]
 
@@ -526,46 +528,11 @@ def _finish(
     # the merchants' scoring that slowed the 10M build by about 7 s (bench_features), so it is
     # built here, first.
     if user_order is None:
-        built: Future[pd.DataFrame] = Future()
-        built.set_result(_users_table(counts.users, enc, None))
-        return _finish_merchants(
-            known, enc, counts, meta, cut, config, backend, progress, index, input_warnings, built, earlier=earlier
-        )
-    with ThreadPoolExecutor(1, "trust-users") as side:
-        users = side.submit(_users_table, counts.users, enc, user_order)
-        return _finish_merchants(
-            known, enc, counts, meta, cut, config, backend, progress, index, input_warnings, users, earlier=earlier
-        )
-
-
-def _users_table(users: pd.DataFrame, enc: Encoding, user_order: np.ndarray | None) -> pd.DataFrame:
-    """The snapshot's users table: each user's counters with its id, in id order."""
-    if user_order is None:
-        out = users.copy()
-        out.insert(0, "user_id", _vocab_strings(enc, "user", np.arange(len(out))).to_numpy())
-        out = out.sort_values("user_id", kind="stable").reset_index(drop=True)
+        users_table = _done(_users_table(counts.users, enc, None))
     else:
-        out = users.take(user_order).reset_index(drop=True)
-        out.insert(0, "user_id", _vocab_strings(enc, "user", user_order).to_numpy())
-    return _restore(out)
-
-
-def _finish_merchants(
-    known: EventLog,
-    enc: Encoding,
-    counts: SignalCounts,
-    meta: pd.DataFrame,
-    cut: pd.Timestamp,
-    config: TrustConfig,
-    backend: str,
-    progress: Progress,
-    index: Mapping[str, Any] | None,
-    input_warnings: tuple[str, ...] | list[str],
-    users_table: Future[pd.DataFrame],
-    *,
-    earlier: list[tuple[pd.Timestamp, Future[RiskRows]]] | None = None,
-) -> TrustSnapshot:
-    """:func:`_finish` with the users table built elsewhere (``users_table``)."""
+        side = ThreadPoolExecutor(1, "trust-users")
+        users_table = side.submit(_users_table, counts.users, enc, user_order)
+        side.shutdown(wait=False)  # the one task still runs; its result is waited for below
     host_exposure = _host_exposure(known)
     rates, risk, priors = _signals(counts, meta, config, host_exposure, _absent(known))
     rows, reference = _index_rows(risk, meta, priors, config, host_exposure, _absent(known), enc)
@@ -619,6 +586,18 @@ def _finish_merchants(
     }
     progress("trust: done")
     return TrustSnapshot(cut, _restore(merchants), _restore(creators), {"users": users}, manifest)
+
+
+def _users_table(users: pd.DataFrame, enc: Encoding, user_order: np.ndarray | None) -> pd.DataFrame:
+    """The snapshot's users table: each user's counters with its id, in id order."""
+    if user_order is None:
+        out = users.copy()
+        out.insert(0, "user_id", _vocab_strings(enc, "user", np.arange(len(out))).to_numpy())
+        out = out.sort_values("user_id", kind="stable").reset_index(drop=True)
+    else:
+        out = users.take(user_order).reset_index(drop=True)
+        out.insert(0, "user_id", _vocab_strings(enc, "user", user_order).to_numpy())
+    return _restore(out)
 
 
 def _earlier_risks(
@@ -692,10 +671,10 @@ def _risk_rows_of(
     return _index_rows(risk_then, meta_then, priors_then, config, host_exposure, missing, enc)[0]
 
 
-def _done(rows: RiskRows) -> Future[RiskRows]:
-    """``rows`` as a finished future (the cuts' signals derived in this thread)."""
-    future: Future[RiskRows] = Future()
-    future.set_result(rows)
+def _done(value: _T) -> Future[_T]:
+    """``value`` as a finished future (work done in this thread where others use a helper)."""
+    future: Future[_T] = Future()
+    future.set_result(value)
     return future
 
 
