@@ -31,7 +31,7 @@ those of the last full build (:meth:`LiveTrust.start`), as the index weights are
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -260,12 +260,18 @@ class LiveTrust:
         ConfigError
             No state, another version or configuration, a damaged state (one line).
         """
+        live, _ = cls._open(path, defer_history=False)
+        return live
+
+    @classmethod
+    def _open(cls, path: str | os.PathLike[str], *, defer_history: bool) -> tuple[LiveTrust, Callable[[], None]]:
+        """:meth:`load`, and the check of the history's checksums when ``defer_history`` leaves it to the caller."""
         from ._live_state import load_live
 
-        parts, stored = load_live(path)
+        parts, stored, check = load_live(path, defer_history=defer_history)
         live = cls(**parts)
         live._stored = stored
-        return live
+        return live, check
 
     @classmethod
     def start(
@@ -343,13 +349,19 @@ class LiveTrust:
         fresh = {kind: added[kind][len(self._vocabularies[kind].added):] for kind in _ID_KINDS}
         return EventLog(tables, events.missing, events.warnings, events.missing_columns), fresh
 
-    def update(self, new_events: EventLog, as_of: TimeLike, progress: Progress | None = None) -> TrustSnapshot:
+    def update(
+        self, new_events: EventLog, as_of: TimeLike, progress: Progress | None = None, *,
+        history_ready: Callable[[], object] | None = None,
+    ) -> TrustSnapshot:
         """Apply the events since :attr:`as_of` and return the snapshot as of ``as_of``.
 
         ``new_events``: rows whose event time is at or after the current time, and earlier
         rows of the re-sendable tables sent again in full because a later column became known
         (see :func:`~trustfeed.features.merge_events`). Rows at or after ``as_of`` change
         nothing (they are cut away). Nothing is changed when an error is raised.
+        ``history_ready``: called (and its error raised) after the new events are encoded and
+        before the stored history is first read (the command line checks the history's
+        checksums meanwhile).
 
         Raises
         ------
@@ -367,6 +379,8 @@ class LiveTrust:
         progress("trust: encoding the new events")
         fresh, added = self._encode(_keep(new_events).before(cut))
         enc = self._encoding(added)
+        if history_ready is not None:
+            history_ready()
         history = self._history
         old = history.current
         merged, replaced = history.merge(fresh, t0, enc.size("order"), enc.size("stream"))
@@ -535,19 +549,24 @@ def write_incremental(
     cut = to_utc(as_of)
     progress = progress if progress is not None else NullProgress()
     progress(f"trust: loading the live state of {source}")
-    # The stored state is checked and opened in a helper thread while the new events are
-    # read and validated here; a damaged state is reported first, whatever the events hold.
+    # The stored state is opened in a helper thread (every file's size and the checksums of
+    # all but the indexed history) while the new events are read and validated here; then
+    # the same thread checks the history's checksums (most of the bytes) while the events
+    # are encoded, and the update waits for that check before it reads any history row.
+    # A damaged state is reported first, whatever the events hold, and before anything
+    # is written.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-load") as side:
-        loading = side.submit(LiveTrust.load, source)
+        loading = side.submit(LiveTrust._open, source, defer_history=True)
+        checking = side.submit(lambda: loading.result()[1]())
         try:
             events = load_events(new_events, partial=True)
+            live = loading.result()[0]
+            if cut < live.as_of:
+                raise ConfigError(f"--as-of {cut.isoformat()}: before the state's as-of {live.as_of.isoformat()} in {source}")
+            live.update(events, cut, progress=progress, history_ready=checking.result)
         except BaseException:
-            loading.result()
+            checking.result()
             raise
-        live = loading.result()
-    if cut < live.as_of:
-        raise ConfigError(f"--as-of {cut.isoformat()}: before the state's as-of {live.as_of.isoformat()} in {source}")
-    live.update(events, cut, progress=progress)
     progress("trust: writing the snapshot and its state")
     live.save(out, force=force)
     return live.snapshot

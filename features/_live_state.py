@@ -21,8 +21,10 @@ tail outgrows a share of the base the update writes a new ``history/``.
 ``state.json`` lists every file with its size and BLAKE3 digest: on load every file is
 checked in full, each memory-mapped and hashed on every core (BLAKE3 runs at several GB/s per
 core, so checking the state costs a fraction of a second per GB, and a file changed anywhere
-is refused, not only at its ends). Linked files keep the digest recorded when they were
-written; an update hashes only what it writes. A state of another version or a damaged one is
+is refused, not only at its ends). ``trustfeed features --incremental`` checks the indexed
+history's files (nearly all of the bytes) in a helper thread while it encodes the new events,
+and reads none of their rows before that check has passed. Linked files keep the digest
+recorded when they were written; an update hashes only what it writes. A state of another version or a damaged one is
 refused with a one-line :class:`~trustfeed.features.errors.ConfigError`; a state written
 before this format (version 1: the event history as Parquet; version 2: files checked by
 SHA-256 of their first and last MiB) asks for a full rebuild.
@@ -35,7 +37,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -73,7 +75,7 @@ def _digest(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "blake3": _blake3(path)}
 
 
-def _check(root: Path, files: dict[str, Any]) -> None:
+def _check_sizes(root: Path, files: Mapping[str, Any]) -> None:
     for name, expected in files.items():
         path = root / name
         if not path.is_file():
@@ -81,8 +83,18 @@ def _check(root: Path, files: dict[str, Any]) -> None:
         size = path.stat().st_size
         if size != expected["size"]:
             raise ConfigError(f"{path}: {size} bytes, the state recorded {expected['size']} (damaged: rebuild in full)")
+
+
+def _check_digests(root: Path, files: Mapping[str, Any]) -> None:
+    for name, expected in files.items():
+        path = root / name
         if _blake3(path) != expected["blake3"]:
             raise ConfigError(f"{path}: checksum differs from the one recorded (damaged: rebuild in full)")
+
+
+def _check(root: Path, files: Mapping[str, Any]) -> None:
+    _check_sizes(root, files)
+    _check_digests(root, files)
 
 
 def _write_arrow(path: Path, frame: pd.DataFrame) -> None:
@@ -269,9 +281,18 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return dict(meta)
 
 
-def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_live(
+    directory: str | os.PathLike[str], *, defer_history: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], Callable[[], None]]:
     """The parts of the :class:`~trustfeed.features.LiveTrust` stored in a snapshot directory
-    (memory-mapped), and where its unchanging files are.
+    (memory-mapped), where its unchanging files are, and the check still to run.
+
+    Every file's presence and size is checked first. With ``defer_history`` the checksums
+    of ``history/`` (the indexed history: nearly all of the bytes) are left to the returned
+    function, which the caller must run before anything reads those files' rows (the
+    command line runs it while it encodes the new events); otherwise every checksum is
+    checked here and the returned function does nothing. Opening the history reads only
+    its files' headers and Arrow footers (a damaged one is a one-line error too).
 
     Raises
     ------
@@ -283,7 +304,9 @@ def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     meta = read_meta(directory)
     root = directory / "state"
     files = dict(meta.get("files", {}))
-    _check(root, files)
+    _check_sizes(root, files)
+    later = {name: value for name, value in files.items() if defer_history and name.startswith("history/")}
+    _check_digests(root, {name: value for name, value in files.items() if name not in later})
     config = TrustConfig.from_dict(meta["config"])
     index = dict(meta["index"])
     try:
@@ -323,7 +346,8 @@ def load_live(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
         "config": config, "backend": str(meta.get("backend", "pandas")), "snapshot": directory,
         "as_of": pd.Timestamp(meta["as_of"]),
     }  # fmt: skip
-    return parts, {"vocab": root / "vocab", "history": root / "history", "history_base": history.base, "digests": files}
+    stored = {"vocab": root / "vocab", "history": root / "history", "history_base": history.base, "digests": files}
+    return parts, stored, lambda: _check_digests(root, later)
 
 
 def read_snapshot(directory: Path) -> TrustSnapshot:

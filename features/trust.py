@@ -92,16 +92,16 @@ class TrustSnapshot:
         ``also`` writes more files into the staging directory before it is put in place (the
         incremental state), so they appear together with the snapshot or not at all.
         """
-        # ``also`` runs in a helper thread while the tables are written (both mostly encode and
-        # hash without the interpreter lock); its error, if any, is raised before the swap.
-        with atomic_dir(path, "trust-snapshot", force=force) as tmp, ThreadPoolExecutor(1, "snapshot-also") as side:
-            extra = side.submit(also, tmp) if also is not None else None
+        # ``also`` and the smaller tables are written in helper threads while the merchants
+        # table is written here (Parquet encoding, Arrow writing and hashing run mostly
+        # without the interpreter lock); every error is raised before the swap.
+        with atomic_dir(path, "trust-snapshot", force=force) as tmp, ThreadPoolExecutor(3, "snapshot-write") as side:
+            parts = [side.submit(also, tmp)] if also is not None else []
+            parts += [side.submit(_write_parquet, frame, tmp / f"{name}.parquet") for name, frame in self.extras.items()]
+            parts.append(side.submit(_write_parquet, self.creators, tmp / "creators.parquet"))
             _write_parquet(self.merchants, tmp / "merchants.parquet")
-            _write_parquet(self.creators, tmp / "creators.parquet")
-            for name, frame in self.extras.items():
-                _write_parquet(frame, tmp / f"{name}.parquet")
-            if extra is not None:
-                extra.result()
+            for part in parts:
+                part.result()
             manifest = dict(self.manifest)
             manifest["extras"] = sorted(self.extras)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))

@@ -141,3 +141,36 @@ def test_loading_reads_the_snapshot_tables_only_when_asked(same_snapshot: Any, w
     with pytest.raises(ConfigError, match="unreadable snapshot") as error:
         _ = LiveTrust.load(tmp_path / "s0").snapshot
     assert "\n" not in str(error.value)
+
+
+def test_cli_checks_the_history_while_encoding_and_refuses_damage_before_writing(
+    world: EventLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line checks the indexed history's checksums beside the events' encoding; damage found there
+    is still one line, reported before any error of the events, and nothing is written."""
+    t0, cut = _at(world, 10.0), _at(world, 11.0)
+    LiveTrust.start(world, t0, CONFIG).save(tmp_path / "s0")
+    write_events(changes_since(world, t0, cut), tmp_path / "new")
+    orders = world["orders"]
+    stale = orders[orders["created_at"] < t0].head(1).assign(order_id="never-seen")  # older than the state, unknown key
+    new = changes_since(world, t0, cut)
+    write_events(validate_events({**{n: new[n] for n in new.tables if n not in new.missing}, "orders": stale}), tmp_path / "stale")
+    base = tmp_path / "s0" / "state" / "history" / "orders.arrow"
+    kept = base.read_bytes()
+    middle = len(kept) // 2
+    base.write_bytes(kept[:middle] + bytes([kept[middle] ^ 0xFF]) + kept[middle + 1 :])
+    capsys.readouterr()
+    for events in ("new", "stale", "nowhere"):
+        status = main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / events),
+                       "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")])
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert status == 2 and len(errors) == 1 and "orders.arrow: checksum differs" in errors[0], (events, errors)
+        assert not (tmp_path / "s1").exists()
+    base.write_bytes(kept)  # restored: the stale order is the error now, still before anything is written
+    status = main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / "stale"),
+                   "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status == 2 and len(errors) == 1 and "earlier rows the state does not hold" in errors[0], errors
+    assert not (tmp_path / "s1").exists()
+    assert main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / "new"),
+                 "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")]) == 0
