@@ -20,6 +20,7 @@ one re-indexing per that many new rows).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -656,20 +657,26 @@ class History:
         """
         frontier = np.flatnonzero(dirty) - 1
         bursts = self.config.report_burst_hours > 0
-        while len(frontier):
-            found: list[np.ndarray] = []
-            for view in views:
-                one = np.zeros(len(dirty), dtype=bool)
-                one[frontier + 1] = True
-                reviews = self.gather_reviews(view, one, frontier)
-                found.append(_i64(reviews, "user_id"))
-                found.append(_lookup(view.buyer_of, _i64(reviews, "order_id")))
-                if bursts:
-                    found.append(self._burst_reporters(view, frontier))
-            linked = _unique(np.concatenate(found)) if found else np.zeros(0, dtype="int64")
-            fresh = linked[~dirty[linked + 1]]
-            dirty[fresh + 1] = True
-            frontier = fresh
+
+        def linked_in(view: View, users: np.ndarray) -> list[np.ndarray]:
+            one = np.zeros(len(dirty), dtype=bool)
+            one[users + 1] = True
+            reviews = self.gather_reviews(view, one, users)
+            found = [_i64(reviews, "user_id"), _lookup(view.buyer_of, _i64(reviews, "order_id"))]
+            return found + [self._burst_reporters(view, users)] if bursts else found
+
+        # The views are read independently: all but the last in helper threads (the mapped
+        # takes and the array work run mostly without the interpreter lock).
+        with ThreadPoolExecutor(max(len(views) - 1, 1), "live-linked") as side:
+            while len(frontier):
+                others = [side.submit(linked_in, view, frontier) for view in views[:-1]]
+                found = linked_in(views[-1], frontier) if views else []
+                for other in others:
+                    found += other.result()
+                linked = _unique(np.concatenate(found)) if found else np.zeros(0, dtype="int64")
+                fresh = linked[~dirty[linked + 1]]
+                dirty[fresh + 1] = True
+                frontier = fresh
 
     def gather_reviews(self, view: View, flags: np.ndarray, users: np.ndarray) -> pd.DataFrame:
         """Reviews of ``view`` written by flagged users or about their orders."""
