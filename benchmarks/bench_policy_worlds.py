@@ -270,6 +270,8 @@ def main() -> None:
             if args.purchase_variant:
                 purchase = _parse_purchase_variant(args.purchase_variant)
                 other = _other_bundle_policies(purchase[0], _bundle(root, seed, args.merchants, WORLDS[world], purchase))
+                # the other bundle's policies mirror the base ones run (no trust-aware one without its twin)
+                other = {name: spec for name, spec in other.items() if name.split("@")[0] in names}
                 run_names, run_registry = [*names, *other], {**registry, **other}
             if args.prepare_only:
                 print(f"{world} platform {seed}: {bundle}", flush=True)

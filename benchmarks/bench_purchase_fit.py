@@ -34,6 +34,9 @@ SETTINGS = {
     "first pass lr 0.3, lr 0.15": dict(first_pass_learning_rate=0.3, learning_rate=0.15),
     "max_bin 63": dict(max_bin=63),
     "200k click rows": dict(max_click_rows=200_000),
+    # session 8: stronger L2 (the one-shot relevance gain of bench_relevance_gap)
+    "l2 10": dict(lambda_l2=10.0),
+    "l2 30": dict(lambda_l2=30.0),
 }
 
 

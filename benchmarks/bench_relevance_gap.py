@@ -91,6 +91,53 @@ def _derived(name: str, X: np.ndarray, feature_names: tuple[str, ...], n_categor
     raise SystemExit(f"unknown derived feature {name!r}")
 
 
+def _forms(model: Any, config: Any, X_fit: np.ndarray, bought: np.ndarray, pos_fit: np.ndarray, X_valid: np.ndarray,
+           bought_valid: np.ndarray, pos_valid: np.ndarray, X_held: np.ndarray, orders: Any, best: float, lm: Any,
+           lm_inputs: tuple[np.ndarray, np.ndarray], names: list[str], monotone: list[int]) -> dict[str, Any]:
+    """Other forms of the purchase model on the same rows (``--forms``), each as a share of the truth's orders:
+
+    * ``direct``: one binary LightGBM stage, purchase on impression (every training row, the
+      two-stage model's position coefficient as a fixed offset);
+    * ``avg_direct``: the mean of its log probability and the two-stage model's;
+    * ``stack_direct`` / ``blend_lm``: weights of the two-stage score and the direct stage's (or
+      the trust-aware LambdaMART's score) fitted by logistic regression of purchase on the
+      validation rows (``log position`` a free covariate), their weights printed beside.
+    """
+    import lightgbm as lgb
+
+    from trustfeed.ranker._expected_value import logistic_regression
+
+    out: dict[str, Any] = {}
+    g = model.position_coef_
+    params = {**config.lgb_params(config.min_data_in_leaf), "monotone_constraints": monotone,
+              "monotone_constraints_method": "intermediate"}
+    t0 = time.process_time()
+    train_set = lgb.Dataset(X_fit, label=bought.astype(float), init_score=g * np.log(pos_fit), feature_name=names)
+    valid_set = lgb.Dataset(X_valid, label=bought_valid.astype(float), init_score=g * np.log(pos_valid), reference=train_set)
+    direct = lgb.train(params, train_set, num_boost_round=config.num_rounds, valid_sets=[valid_set],
+                       callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)])
+    out["direct_cpu_s"] = round(time.process_time() - t0, 1)
+    out["direct_trees"] = direct.best_iteration
+
+    def log_direct(X: np.ndarray) -> np.ndarray:
+        return -np.logaddexp(0.0, -direct.predict(X, raw_score=True, num_iteration=direct.best_iteration))
+
+    two_held, two_valid = model.predict(X_held), model.predict(X_valid)
+    d_held, d_valid = log_direct(X_held), log_direct(X_valid)
+    out["direct"] = orders(d_held) / best
+    out["avg_direct"] = orders(0.5 * (two_held + d_held)) / best
+    ones, log_pos = np.ones(len(X_valid)), np.log(pos_valid)
+    beta = logistic_regression(np.column_stack([ones, two_valid, d_valid, log_pos]), bought_valid)
+    out["stack_direct"] = orders(beta[1] * two_held + beta[2] * d_held) / best
+    out["stack_w"] = f"{beta[1]:.2f}/{beta[2]:.2f}"
+    if lm is not None:
+        lm_valid, lm_held = lm.predict(lm_inputs[0]), lm.predict(lm_inputs[1])
+        beta = logistic_regression(np.column_stack([ones, two_valid, lm_valid, log_pos]), bought_valid)
+        out["blend_lm"] = orders(beta[1] * two_held + beta[2] * lm_held) / best
+        out["blend_w"] = f"{beta[1]:.2f}/{beta[2]:.2f}"
+    return out
+
+
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -105,16 +152,18 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def platform(seed: int, impulse: float, merchants: int, days: int, variants: list[dict[str, Any]], lambdamart: bool) -> list[dict[str, Any]]:
+def platform(seed: int, setting: str, merchants: int, days: int, variants: list[dict[str, Any]], lambdamart: bool,
+             forms: bool = False) -> list[dict[str, Any]]:
     from trustfeed.features.events import validate_events
     from trustfeed.ranker.lambdamart import LambdaMART
     from trustfeed.ranker.purchase import PurchaseModel, PurchaseModelConfig
     from trustfeed.training.dataset import build_training_frame, time_split
-    from trustfeed.training.simulate import SimConfig, simulate
+    from trustfeed.training.simulate import RISKY, SimConfig, simulate
     from trustfeed.training.train import TrainJobConfig, _purchase_rows, _purchased, _windows
 
     started = time.perf_counter()
-    sim = simulate(SimConfig(seed=seed, merchants=merchants, days=days, impulse_strength=impulse))
+    world = dict(RISKY) if setting == "risky" else {"impulse_strength": float(setting or 1)}
+    sim = simulate(SimConfig(seed=seed, merchants=merchants, days=days, **world))
     events = validate_events(sim.tables)
     job = TrainJobConfig(events="unused")
     windows = _windows(events, None, job.validation_fraction, job.evaluation.holdout_fraction)
@@ -198,7 +247,7 @@ def platform(seed: int, impulse: float, merchants: int, days: int, variants: lis
                       * sig(-2.4 + user_buy + 0.8 * (q_mean - 0.65) + merchant_buy))
         no_merchant = pc * sig(-2.4 + user_buy + creator_buy)
         best = orders(truth_p)
-        row: dict[str, Any] = {"platform": f"{seed}:{impulse:g}", "variant": variant.get("label", "default"),
+        row: dict[str, Any] = {"platform": f"{seed}:{setting}", "variant": variant.get("label", "default"),
                                "features": len(names), "held_requests": int(request.max() + 1),
                                "fit_cpu_s": round(fit_cpu, 1),
                                "trees": f"{model.fit_info_['click_trees']}/{model.fit_info_['purchase_trees']}",
@@ -211,8 +260,14 @@ def platform(seed: int, impulse: float, merchants: int, days: int, variants: lis
                 feature_names=frame.feature_names, categorical=frame.categorical, monotone=frame.monotone,
                 feature_schema=frame.schema)
             frames["lambdamart"] = orders(lm.predict(X)) / best
+            frames["lm_model"] = lm
         if lambdamart:
             row["lambdamart"] = frames["lambdamart"]
+        if forms and row["variant"] == "default":
+            row.update(_forms(model, config, features(fit_part), bought, fit_part.positions, features(valid_part),
+                              bought_valid, valid_part.positions, X_model, orders, best,
+                              frames.get("lm_model"), (valid_part.features(), X), names,
+                              [fit_part.monotone[j] for j in keep] + [0] * len(added)))
         row["logged"] = orders(-hf["position"].to_numpy(dtype=float)) / best
         row["truth_no_taste"] = orders(no_taste) / best
         row["truth_no_quality"] = orders(no_quality) / best
@@ -242,12 +297,14 @@ def platform(seed: int, impulse: float, merchants: int, days: int, variants: lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--platforms", nargs="+", default=["1:1", "1:0", "2:1", "2:0", "3:1", "3:0"],
-                        help="SEED:IMPULSE_STRENGTH")
+                        help="SEED:IMPULSE_STRENGTH or SEED:risky (simulate.RISKY)")
     parser.add_argument("--merchants", type=int, default=150)
     parser.add_argument("--days", type=int, default=45)
     parser.add_argument("--variant", action="append", default=[],
                         help="LABEL:key=value,... (PurchaseModelConfig; context.key=value: ContextConfig; dataset.key=value: DatasetConfig)")
     parser.add_argument("--no-lambdamart", action="store_true")
+    parser.add_argument("--forms", action="store_true",
+                        help="also other forms of the model: a direct purchase stage, averaged and stacked, a blend with LambdaMART")
     args = parser.parse_args()
     variants: list[dict[str, Any]] = [{"label": "default"}]
     for text in args.variant:
@@ -260,12 +317,12 @@ def main() -> None:
     rows = []
     for text in args.platforms:
         seed, _, impulse = text.partition(":")
-        rows += platform(int(seed), float(impulse or 1), args.merchants, args.days, variants, not args.no_lambdamart)
+        rows += platform(int(seed), impulse or "1", args.merchants, args.days, variants, not args.no_lambdamart, args.forms)
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    numeric = ["purchase_model", "lambdamart", "logged", "truth_no_taste", "truth_no_quality", "truth_no_merchant"]
+    numeric = ["purchase_model", "direct", "avg_direct", "stack_direct", "blend_lm", "lambdamart", "logged", "truth_no_taste", "truth_no_quality", "truth_no_merchant"]
     numeric = [c for c in numeric if c in table.columns]
     print("\nmean by variant and impulse setting (expected orders / truth's):")
     table["impulse"] = table["platform"].str.split(":").str[1]
