@@ -256,11 +256,17 @@ class EventLog:
         for name, spec in TABLES.items():
             frame = self.tables[name]
             known = (frame[spec.event_time] < cut_time).to_numpy(dtype=bool, na_value=False)
-            if known.all() and frame.index.equals(pd.RangeIndex(len(frame))):
+            n_known = int(np.count_nonzero(known))
+            if n_known == len(frame) and frame.index.equals(pd.RangeIndex(len(frame))):
                 # Nothing to drop (a cut at the end of the log): a shallow copy, not a copy of
                 # every column (gigabytes of id strings at ten million orders). Copy-on-write
                 # keeps the caller's frame unchanged when a column is masked below.
                 part = frame.copy(deep=False)
+            elif known[:n_known].all() and frame.index.equals(pd.RangeIndex(len(frame))):
+                # The known rows are the first ones (a table logged in event-time order, as the
+                # loader's and the simulator's are): a slice of them, not a copy. Same rows,
+                # same order and index as the copy below; copy-on-write again.
+                part = frame.iloc[:n_known]
             else:
                 part = frame.loc[known].reset_index(drop=True)
             for column, revealed_by in spec.resolution:

@@ -71,6 +71,13 @@ _TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "merchant_category": ("merchant_id", "category"),
 }
 
+# dtypes of the viewer tables' columns when left empty (build_context_tables(viewer=False))
+_EMPTY_DTYPES: dict[str, Any] = {
+    "user_id": "string", "creator_id": "string", "merchant_id": "string", "category": "string",
+    "followed_at": "datetime64[ns, UTC]", "orders": "int64", "bad_orders": "int64", "clicks": "int64",
+    "affinity": "float64",
+}
+
 
 @dataclass(frozen=True)
 class ContextTables:
@@ -170,7 +177,9 @@ class ContextTables:
         )
 
 
-def build_context_tables(events: EventLog, as_of: TimeLike, config: ContextConfig | None = None) -> ContextTables:
+def build_context_tables(
+    events: EventLog, as_of: TimeLike, config: ContextConfig | None = None, *, viewer: bool = True
+) -> ContextTables:
     """User and engagement history known strictly before ``as_of``.
 
     Parameters
@@ -181,6 +190,12 @@ def build_context_tables(events: EventLog, as_of: TimeLike, config: ContextConfi
         The cut time; rows with event time ``>= as_of`` are ignored (point-in-time rule).
     config
         :class:`ContextConfig`; defaults apply when ``None``.
+    viewer
+        Build the viewer's tables (``follows``, ``user_merchant``, ``user_category``,
+        ``user_activity``). ``False`` leaves them empty (with their columns) for a caller
+        that reads the viewer's history from elsewhere, as the training frame does with the
+        history as of each day (:class:`~trustfeed.features._viewer_history.ViewerHistory`);
+        the creators' engagement and the merchants' categories are the same either way.
 
     Returns
     -------
@@ -218,6 +233,18 @@ def build_context_tables(events: EventLog, as_of: TimeLike, config: ContextConfi
         {"merchant_id": _ids(merchants["merchant_id"]), "category": _ids(_column(merchants, "category"))}
     ).dropna(subset=["category"]).reset_index(drop=True)
 
+    # creator engagement from the impressions (needs the paid orders' ids only)
+    impressions = window(known["impressions"], "ts")
+    clicked = _bool(_column(impressions, "clicked"))
+    creator_engagement, global_ctr, global_cvr = _creator_engagement(impressions, clicked, known, config)
+    if not viewer:
+        empty = {name: pd.DataFrame({c: pd.Series([], dtype=_EMPTY_DTYPES[c]) for c in _TABLE_COLUMNS[name]})
+                 for name in ("follows", "user_merchant", "user_category", "user_activity")}
+        return ContextTables(
+            as_of=cut, creator_engagement=creator_engagement, merchant_category=merchant_category,
+            priors={"ctr": global_ctr, "cvr": global_cvr}, config=config, **empty,
+        )
+
     # follows: first follow of each (user, creator) pair
     follow_events = window(known["follows"], "followed_at")
     # as_index=False makes the grouped reduction a DataFrame; pandas-stubs say Series
@@ -248,52 +275,6 @@ def build_context_tables(events: EventLog, as_of: TimeLike, config: ContextConfi
         order_frame.groupby(["user_id", "merchant_id"], as_index=False, sort=True)
         .agg(orders=("bad", "size"), bad_orders=("bad", "sum"))
         .astype({"orders": "int64", "bad_orders": "int64"})
-    )
-
-    # impressions: creator engagement and user clicks
-    impressions = window(known["impressions"], "ts")
-    clicked = _bool(_column(impressions, "clicked"))
-    purchased = _bool(_column(impressions, "purchased"))
-    if "order_id" in impressions.columns and purchased.any():
-        # an impression just before the cut may lead to an order just after it: count a
-        # purchase only once its order exists (orders here are already cut at as_of)
-        placed = _isin(impressions["order_id"], known["orders"]["order_id"])
-        linked = _ids(impressions["order_id"]).notna().to_numpy(dtype=bool)
-        purchased &= placed | ~linked
-    position = impressions["position"].to_numpy(dtype="float64", na_value=np.nan)
-    n_impressions = len(impressions)
-    global_ctr = float(clicked.mean()) if n_impressions else 0.0
-    global_cvr = float(purchased.mean()) if n_impressions else 0.0
-    # Click-through by position: the expected clicks of each impression under the logging
-    # policy's position bias, so a creator always shown on top is not credited for the slot.
-    slot = np.clip(np.nan_to_num(position, nan=config.max_position), 1, config.max_position).astype(np.int64)
-    m = config.engagement_prior_strength
-    slot_impr = np.bincount(slot, minlength=config.max_position + 1).astype(float)
-    slot_clicks = np.bincount(slot, weights=clicked.astype(float), minlength=config.max_position + 1)
-    slot_ctr = (slot_clicks + m * global_ctr) / (slot_impr + m)
-    engagement = pd.DataFrame(
-        {
-            "creator_id": _ids(impressions["creator_id"]),
-            "clicked": clicked.astype("int64"),
-            "purchased": purchased.astype("int64"),
-            "expected_clicks": slot_ctr[slot],
-        }
-    )
-    creator_engagement = engagement.groupby("creator_id", as_index=False, sort=True).agg(
-        impressions=("clicked", "size"),
-        clicks=("clicked", "sum"),
-        purchases=("purchased", "sum"),
-        expected_clicks=("expected_clicks", "sum"),
-    )
-    creator_engagement["ctr"] = (creator_engagement["clicks"] + m * global_ctr) / (creator_engagement["impressions"] + m)
-    creator_engagement["cvr"] = (creator_engagement["purchases"] + m * global_cvr) / (
-        creator_engagement["impressions"] + m
-    )
-    creator_engagement["coec"] = (creator_engagement["clicks"] + m * global_ctr) / (
-        creator_engagement["expected_clicks"] + m * global_ctr
-    ).where(lambda s: s > 0, 1.0)
-    creator_engagement = creator_engagement.drop(columns="expected_clicks").astype(
-        {"impressions": "int64", "clicks": "int64", "purchases": "int64"}
     )
 
     # user x category affinity from orders and (down-weighted) clicks
@@ -349,3 +330,52 @@ def build_context_tables(events: EventLog, as_of: TimeLike, config: ContextConfi
         priors={"ctr": global_ctr, "cvr": global_cvr},
         config=config,
     )
+
+
+def _creator_engagement(
+    impressions: pd.DataFrame, clicked: np.ndarray, known: EventLog, config: ContextConfig
+) -> tuple[pd.DataFrame, float, float]:
+    """Each creator's impressions, clicks, purchases and smoothed rates; the platform's CTR and CVR."""
+    purchased = _bool(_column(impressions, "purchased"))
+    if "order_id" in impressions.columns and purchased.any():
+        # an impression just before the cut may lead to an order just after it: count a
+        # purchase only once its order exists (orders here are already cut at as_of)
+        placed = _isin(impressions["order_id"], known["orders"]["order_id"])
+        linked = _ids(impressions["order_id"]).notna().to_numpy(dtype=bool)
+        purchased &= placed | ~linked
+    position = impressions["position"].to_numpy(dtype="float64", na_value=np.nan)
+    n_impressions = len(impressions)
+    global_ctr = float(clicked.mean()) if n_impressions else 0.0
+    global_cvr = float(purchased.mean()) if n_impressions else 0.0
+    # Click-through by position: the expected clicks of each impression under the logging
+    # policy's position bias, so a creator always shown on top is not credited for the slot.
+    slot = np.clip(np.nan_to_num(position, nan=config.max_position), 1, config.max_position).astype(np.int64)
+    m = config.engagement_prior_strength
+    slot_impr = np.bincount(slot, minlength=config.max_position + 1).astype(float)
+    slot_clicks = np.bincount(slot, weights=clicked.astype(float), minlength=config.max_position + 1)
+    slot_ctr = (slot_clicks + m * global_ctr) / (slot_impr + m)
+    engagement = pd.DataFrame(
+        {
+            "creator_id": _ids(impressions["creator_id"]),
+            "clicked": clicked.astype("int64"),
+            "purchased": purchased.astype("int64"),
+            "expected_clicks": slot_ctr[slot],
+        }
+    )
+    creator_engagement = engagement.groupby("creator_id", as_index=False, sort=True).agg(
+        impressions=("clicked", "size"),
+        clicks=("clicked", "sum"),
+        purchases=("purchased", "sum"),
+        expected_clicks=("expected_clicks", "sum"),
+    )
+    creator_engagement["ctr"] = (creator_engagement["clicks"] + m * global_ctr) / (creator_engagement["impressions"] + m)
+    creator_engagement["cvr"] = (creator_engagement["purchases"] + m * global_cvr) / (
+        creator_engagement["impressions"] + m
+    )
+    creator_engagement["coec"] = (creator_engagement["clicks"] + m * global_ctr) / (
+        creator_engagement["expected_clicks"] + m * global_ctr
+    ).where(lambda s: s > 0, 1.0)
+    creator_engagement = creator_engagement.drop(columns="expected_clicks").astype(
+        {"impressions": "int64", "clicks": "int64", "purchases": "int64"}
+    )
+    return creator_engagement, global_ctr, global_cvr

@@ -755,6 +755,27 @@ def test_before_is_a_point_in_time_cut(case: tuple[pd.DataFrame, pd.Timestamp, p
     pd.testing.assert_frame_equal(twice, events.before(early)["orders"])
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_orders_and_cuts(), st.booleans())
+def test_before_of_a_time_ordered_table_equals_the_row_filter(
+    case: tuple[pd.DataFrame, pd.Timestamp, pd.Timestamp], in_time_order: bool
+) -> None:
+    # a log in event-time order is cut by a slice of its first rows, any other by a row
+    # filter: both give the filtered rows with a fresh index, and neither touches the log
+    orders, _, late = case
+    if in_time_order:
+        orders = orders.sort_values("created_at", kind="stable").reset_index(drop=True)
+    merchants = pd.DataFrame({"merchant_id": ["m1"], "registered_at": [_DAY0]})
+    events = validate_events({"merchants": merchants, "orders": orders})
+    original = events["orders"].copy()
+    cut = events.before(late)["orders"]
+    full = events["orders"]
+    expected = full.loc[(full["created_at"] < late).to_numpy()].reset_index(drop=True)
+    expected["shipped_at"] = expected["shipped_at"].where(expected["shipped_at"] < late)
+    pd.testing.assert_frame_equal(cut, expected)
+    pd.testing.assert_frame_equal(events["orders"], original)
+
+
 def test_span_and_empty_span() -> None:
     events = validate_events(tiny_tables())
     assert events.span() == (pd.Timestamp("2026-01-05T10:30", tz=UTC), pd.Timestamp("2026-01-10T08:00", tz=UTC))

@@ -583,7 +583,9 @@ def _snapshots_to_workers(
     schema: dict[str, Any] | None = None
     for i, as_of in enumerate(window.times):
         progress("building trust snapshot and context", i + 1, len(window.times))
-        tables = (builder(events, as_of), build_context_tables(events, as_of, config.context))
+        # the workers read the viewer's history as of each day when it is fresh: no viewer tables then
+        tables = (builder(events, as_of),
+                  build_context_tables(events, as_of, config.context, viewer=not config.fresh_viewer_history))
         if schema is None:
             schema = feature_schema(tables[0], tables[1], window.categories)
         futures.append(client.scatter([tables], hash=False)[0])

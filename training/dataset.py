@@ -342,7 +342,8 @@ def build_training_frame(
         # one snapshot alive at a time: each is used for its rows, then dropped
         for i, as_of in enumerate(plan.times):
             progress("building trust snapshot and context", i + 1, len(plan.times))
-            yield as_of, builder(events, as_of), build_context_tables(events, as_of, config.context)
+            # with the fresh history, the context's own viewer tables would be replaced: not built
+            yield as_of, builder(events, as_of), build_context_tables(events, as_of, config.context, viewer=history is None)
 
     schema: dict[str, Any] | None = None
     blocks: list[np.ndarray] = []
