@@ -215,6 +215,20 @@ def test_logged_booster_scores_like_the_bundle_model(trained: Any) -> None:
     assert np.allclose(booster.predict(X), pipeline.model.predict(X))
 
 
+def test_the_logged_models_carry_the_runs_final_metrics(trained: Any, client: Any, run: Any) -> None:
+    # the job logs the models before the metrics and links the final (step 0) metrics to each
+    # model itself, as MLflow does for a model logged after them; the curves stay on the run
+    models = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])
+              if m.source_run_id == run.info.run_id]
+    assert sorted(m.name for m in models) == ["booster", "model"]
+    curves = {k for k in run.data.metrics if k.startswith(("valid_ndcg", "plain.valid_ndcg"))}
+    assert curves and "ndcg_at_10" in run.data.metrics
+    for logged in models:
+        linked = {m.key: m.value for m in logged.metrics or []}
+        assert set(linked) == set(run.data.metrics) - curves
+        assert all(linked[k] == run.data.metrics[k] for k in linked)
+
+
 def test_registered_version_has_the_challenger_alias(trained: Any, client: Any) -> None:
     version = client.get_model_version_by_alias(trained.registered_name, "challenger")
     assert version.version == trained.result.registered_version

@@ -32,7 +32,7 @@ import json
 import math
 import os
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -716,11 +716,18 @@ class _Run:
             chunk = items[i : i + _MAX_PARAMS_PER_BATCH]
             self._call("logging params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
-    def log_metrics(self, values: Mapping[str, float], step: int = 0, series: Mapping[str, list[float]] | None = None) -> None:
+    def log_metrics(self, values: Mapping[str, float], step: int = 0, series: Mapping[str, list[float]] | None = None,
+                    models: Sequence[str] = ()) -> None:
+        """Log ``values`` at ``step`` and each curve of ``series`` at steps 1, 2, ...; ``models``:
+        ids of models logged in this run that the ``values`` are linked to as well (what MLflow
+        does itself for a model logged after the metrics)."""
         from mlflow.entities import Metric
 
         now = int(_dt.datetime.now(tz=_dt.timezone.utc).timestamp() * 1000)
         metrics = [Metric(_metric_key(k), float(v), now, step) for k, v in sorted(values.items()) if math.isfinite(v)]
+        for model_id in models:
+            metrics += [Metric(m.key, m.value, m.timestamp, m.step, run_id=self.run_id, model_id=model_id)
+                        for m in metrics if m.model_id is None and m.step == step]
         for key, curve in (series or {}).items():
             metrics += [Metric(_metric_key(key), float(v), now, i + 1) for i, v in enumerate(curve) if math.isfinite(v)]
         for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
@@ -1129,6 +1136,12 @@ def _bundle_evaluate_log(
     progress("logging the run to MLflow")
     if fitted:  # repr: the params hold the exact floats the bundle's policy.json serves
         run.log_params({f"fitted.{k}": repr(v) if isinstance(v, float) else str(v) for k, v in fitted.items()})
+    # The models are logged before the metrics: MLflow links the run's metrics to each model it
+    # logs by reading every metric's history back (two queries per metric and model); the
+    # job links them itself below, from the values it has, in one batch per model.
+    progress("logging the model (pyfunc + LightGBM booster)")
+    model_uri, model_ids = _log_models(run, model, bundle_dir, plain_dir, eval_requests_example(events, windows),
+                                       pipeline.live_fields)
     curves = {f"valid_{name.replace('@', '_at_')}": values for name, values in model.evals_result_.get("valid", {}).items()}
     if plain_model is not None:
         curves.update({f"plain.valid_{name.replace('@', '_at_')}": values
@@ -1136,7 +1149,7 @@ def _bundle_evaluate_log(
     cost_metrics = {k: float(v) for k, v in fitted.items() if k.startswith("policy.bad_order_cost.")}
     run.log_metrics({**metrics, **cost_metrics, "best_iteration": float(model.best_iteration_),
                      "train_requests": float(train_requests), "valid_requests": float(valid_part.groups().size)},
-                    series=curves)
+                    series=curves, models=model_ids)
     run.set_tags({
         f"{TAG_PREFIX}snapshot_manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
         f"{TAG_PREFIX}local_bundle": str(bundle_dir),
@@ -1148,8 +1161,6 @@ def _bundle_evaluate_log(
         run.log_artifact(local / EVALUATION_DIR, EVALUATION_DIR)
     if plain_dir is not None:
         run.log_artifact(plain_dir, PLAIN_MODEL_DIR)
-    progress("logging the model (pyfunc + LightGBM booster)")
-    model_uri = _log_models(run, model, bundle_dir, plain_dir, eval_requests_example(events, windows), pipeline.live_fields)
     version = None
     if config.register:
         progress(f"registering {config.register!r} with alias {CHALLENGER!r}")
@@ -1310,7 +1321,8 @@ def _pip_requirements() -> list[str]:
 
 def _log_models(
     run: _Run, model: LambdaMART, bundle_dir: Path, plain_dir: Path | None, example: dict[str, Any], live_fields: tuple[str, ...]
-) -> str:
+) -> tuple[str, list[str]]:
+    """Log the pyfunc model and the raw booster; their model URI and the logged models' ids."""
     import mlflow
     import mlflow.lightgbm
 
@@ -1320,18 +1332,20 @@ def _log_models(
         artifacts[PLAIN_MODEL_DIR] = str(plain_dir)
     requirements = _pip_requirements()
 
-    def log() -> None:
+    def log() -> list[str]:
         with mlflow.start_run(run_id=run.run_id):
-            mlflow.pyfunc.log_model(
+            served = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT, python_model=code, artifacts=artifacts, signature=_signature(live_fields),
                 input_example=[example], pip_requirements=requirements,
             )
             # the raw Booster (LightGBM text format) for tools that want the trees alone
-            mlflow.lightgbm.log_model(model.booster_, name=BOOSTER_ARTIFACT,
-                                      pip_requirements=[r for r in requirements if r.startswith(("lightgbm", "numpy"))])
+            booster = mlflow.lightgbm.log_model(
+                model.booster_, name=BOOSTER_ARTIFACT,
+                pip_requirements=[r for r in requirements if r.startswith(("lightgbm", "numpy"))])
+        return [info.model_id for info in (served, booster) if getattr(info, "model_id", None)]
 
-    run._call("logging the model", lambda: _silently(log))
-    return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+    model_ids: list[str] = run._call("logging the model", lambda: _silently(log))
+    return f"runs:/{run.run_id}/{MODEL_ARTIFACT}", model_ids
 
 
 def _silently(action: Any) -> Any:
