@@ -191,9 +191,14 @@ def beta_posterior_mean(
 
 
 def beta_posterior_quantile(
-    successes: np.ndarray, trials: np.ndarray, alpha: np.ndarray, beta: np.ndarray, q: float
+    successes: np.ndarray, trials: np.ndarray, alpha: np.ndarray, beta: np.ndarray, q: float, *, split: bool = True
 ) -> np.ndarray:
-    """Posterior ``q``-quantile of the rate (vectorised inverse regularised incomplete beta)."""
+    """Posterior ``q``-quantile of the rate (vectorised inverse regularised incomplete beta).
+
+    ``split``: large inputs are computed in slices on every core (same values); ``False``
+    when the caller already runs beside other work (a third thread on two cores only takes
+    time from the others).
+    """
     a = np.broadcast_to(np.asarray(successes, dtype="float64") + alpha, np.shape(successes))
     b = np.broadcast_to(np.maximum(np.asarray(trials, dtype="float64") - successes, 0.0) + beta, np.shape(successes))
     # The inverse incomplete beta is costly; evidence-free rows share (a, b) per prior group,
@@ -203,7 +208,7 @@ def beta_posterior_quantile(
     packed = np.empty(np.shape(a), dtype="complex128")
     packed.real, packed.imag = a, b  # not a + 1j * b: 1j * inf would make the real part NaN
     inverse, pairs = pd.factorize(packed.reshape(-1), use_na_sentinel=False)
-    return _betaincinv(np.ascontiguousarray(pairs.real), np.ascontiguousarray(pairs.imag), q)[inverse]
+    return _betaincinv(np.ascontiguousarray(pairs.real), np.ascontiguousarray(pairs.imag), q, split)[inverse]
 
 
 # Below this many distinct pairs one thread does it all (a thread's start costs more).
@@ -218,13 +223,13 @@ def _workers() -> int:
     return max(1, min(cores, 4))
 
 
-def _betaincinv(a: np.ndarray, b: np.ndarray, q: float) -> np.ndarray:
-    """``betaincinv(a, b, q)`` elementwise, in slices on every core for large inputs.
+def _betaincinv(a: np.ndarray, b: np.ndarray, q: float, split: bool = True) -> np.ndarray:
+    """``betaincinv(a, b, q)`` elementwise, in slices on every core for large inputs (``split``).
 
     scipy's ufunc runs without the interpreter lock, so the slices run in parallel; each
     element is computed by the same routine, so the values do not depend on the slicing.
     """
-    workers = _workers() if len(a) >= _THREADED_PAIRS else 1
+    workers = _workers() if split and len(a) >= _THREADED_PAIRS else 1
     if workers == 1:
         return np.asarray(special.betaincinv(a, b, q), dtype="float64")
     out = np.empty(len(a), dtype="float64")

@@ -228,7 +228,14 @@ class _Weighted(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         values, weight = self._parts[name]
-        return values * weight * self._credibility
+        # (values * weight) * credibility, each product in one new array: the same values as
+        # the plain expression (a 0/1 flag times a 0/1 window is the float 0 or 1 either way)
+        # with one 80 MB temporary fewer per column at ten million rows
+        out = np.multiply(values, weight, dtype="float64")
+        credibility = self._credibility
+        if not (isinstance(credibility, float) and credibility == 1.0):  # x * 1.0 is x
+            out *= credibility
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._parts)
@@ -356,7 +363,7 @@ def _order_credibility(
         overall = float(np.median(amount[paid])) if paid.any() else 0.0
     else:
         typical, overall = references.category_median, references.overall_median
-    reference = pd.Series(order_category, copy=False).map(typical).fillna(overall).to_numpy(dtype="float64")
+    reference = _category_reference(order_category, typical, overall)
     del order_category
     keep *= 1.0 - (amount < config.tiny_amount_fraction * reference) * config.tiny_amount_suspicion  # tiny orders
     del reference
@@ -404,6 +411,20 @@ def _order_credibility(
         }
     )
     return evidence, users, references
+
+
+def _category_reference(order_category: np.ndarray, typical: pd.Series, overall: float) -> np.ndarray:
+    """Each order's category median amount (``typical``, by category code; -1: none), else ``overall``.
+
+    A dense table indexed by code + 1 (a category's median is one number), not a hash map of
+    ten million codes.
+    """
+    codes = typical.index.to_numpy(dtype="int64")
+    values = typical.to_numpy(dtype="float64")
+    top = max(int(codes.max()) if len(codes) else -1, int(order_category.max()) if len(order_category) else -1)
+    table = np.full(top + 2, overall, dtype="float64")
+    table[codes + 1] = np.where(np.isnan(values), overall, values)
+    return table[order_category + 1]
 
 
 def _padded(values: np.ndarray, size: int) -> np.ndarray:

@@ -371,43 +371,55 @@ def _index_rows(
     return RiskRows(risk, reference.assign(newness=0.0), names), reference
 
 
-def _later_bad_rate(
-    orders: pd.DataFrame, start: pd.Timestamp, reports: pd.DataFrame, end: pd.Timestamp | None = None
-) -> pd.DataFrame:
-    """Credible orders placed since ``start`` and how many of them went bad, per merchant code.
+class _LaterBad:
+    """The fit's labels: credible orders placed in a window and how many of them went bad, per merchant code.
 
     Bad = a bad order (:func:`~trustfeed.features.outcomes.went_bad`: a quality /
     not_as_described / counterfeit case or a 1-2 star review), as known at the snapshot time; verified counterfeit or
-    false-advertising reports filed since ``start`` count as bad outcomes too (the target
+    false-advertising reports filed in the window count as bad outcomes too (the target
     rate is capped at 1 by the caller).
+
+    The per-order and per-report columns are read once and each window is a comparison of
+    their times (the fit reads three windows of ten million orders at 10M).
     """
-    created = pd.to_datetime(orders["created_at"], utc=True)
-    window = created >= start
+
+    def __init__(self, orders: pd.DataFrame, reports: pd.DataFrame) -> None:
+        # numpy times (UTC; NaT compares False, as a null time was never in a window)
+        self.created = pd.to_datetime(orders["created_at"], utc=True).to_numpy(dtype="datetime64[ns]")
+        self.bad = orders["bad"].to_numpy()
+        self.weight = orders["order_weight"].to_numpy()
+        self.merchant = orders["merchant"].to_numpy()
+        report_merchant = reports["merchant_id"].to_numpy(dtype="int64")
+        verified = reports["verified"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        serious = reports["category"].astype("string").isin(("counterfeit", "false_advertising")).to_numpy(dtype=bool, na_value=False)
+        counted = verified & serious & (report_merchant >= 0)
+        self.report_merchant = report_merchant[counted]
+        self.filed = pd.to_datetime(reports["created_at"], utc=True).to_numpy(dtype="datetime64[ns]")[counted]
+
+    def rate(self, start: pd.Timestamp, end: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Columns ``w`` (credible orders placed since ``start``, before ``end``) and ``bad``."""
+        later = _window(self.created, start, end)
+        bad = self.bad[later]
+        weight = self.weight[later]
+        merchant = self.merchant[later]
+        reported = self.report_merchant[_window(self.filed, start, end)]
+        size = int(max(merchant.max() if len(merchant) else -1, reported.max() if len(reported) else -1)) + 1
+        known = merchant >= 0
+        return pd.DataFrame(
+            {
+                "w": np.bincount(merchant[known], weights=weight[known], minlength=size),
+                "bad": np.bincount(merchant[known], weights=(bad * weight)[known], minlength=size)
+                + np.bincount(reported, minlength=size),
+            }
+        )
+
+
+def _window(times: np.ndarray, start: pd.Timestamp, end: pd.Timestamp | None) -> np.ndarray:
+    """``start <= times < end`` (no end: from ``start`` on); null times are in no window."""
+    inside = times >= start.to_datetime64()
     if end is not None:
-        window &= created < end
-    # the three columns read, not a copy of the frame's rows (ten million orders, three calls)
-    later = window.to_numpy(dtype=bool, na_value=False)
-    bad = orders["bad"].to_numpy()[later]
-    weight = orders["order_weight"].to_numpy()[later]
-    merchant = orders["merchant"].to_numpy()[later]
-    report_merchant = reports["merchant_id"].to_numpy(dtype="int64")
-    verified = reports["verified"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-    serious = reports["category"].astype("string").isin(("counterfeit", "false_advertising")).to_numpy(dtype=bool, na_value=False)
-    filed = pd.to_datetime(reports["created_at"], utc=True)
-    recent = filed >= start
-    if end is not None:
-        recent &= filed < end
-    recent_mask = recent.to_numpy(dtype=bool, na_value=False)
-    reported = report_merchant[verified & serious & recent_mask & (report_merchant >= 0)]
-    size = int(max(merchant.max() if len(merchant) else -1, reported.max() if len(reported) else -1)) + 1
-    known = merchant >= 0
-    return pd.DataFrame(
-        {
-            "w": np.bincount(merchant[known], weights=weight[known], minlength=size),
-            "bad": np.bincount(merchant[known], weights=(bad * weight)[known], minlength=size)
-            + np.bincount(reported, minlength=size),
-        }
-    )
+        inside &= times < end.to_datetime64()
+    return inside
 
 
 def build_snapshot(
@@ -694,7 +706,8 @@ def _fit_index(
     model = IndexModel()
     fit_cut = cut - pd.Timedelta(days=config.horizon_days)
     info: dict[str, Any] = {"fit_as_of": fit_cut.isoformat(), "horizon_days": config.horizon_days}
-    labels = _later_bad_rate(counts.orders, fit_cut, known["reports"])
+    later_bad = _LaterBad(counts.orders, known["reports"])
+    labels = later_bad.rate(fit_cut)
     base_rate = float(min(labels["bad"].sum() / labels["w"].sum(), 1.0)) if labels["w"].sum() > 0 else 0.0
     info["later_bad_rate"] = base_rate
     if not config.fit_index:
@@ -707,7 +720,7 @@ def _fit_index(
     weights: list[np.ndarray] = []
     for k, (start, rows_then) in enumerate(earlier_risks, start=1):
         end = None if k == 1 else start + pd.Timedelta(days=config.horizon_days)
-        block = _later_bad_rate(counts.orders, start, known["reports"], end)
+        block = later_bad.rate(start, end)
         block = block.reindex(rows_then.risk.index).fillna(0.0)
         eligible = (block["w"] >= config.min_label_orders).to_numpy()
         if eligible.any():
