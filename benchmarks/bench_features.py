@@ -10,8 +10,11 @@ Each size is generated once into ``--data-dir`` as Parquet, then built in a fres
 subprocess whose peak RSS (``ru_maxrss``, which includes the input tables held in memory),
 wall and CPU time are reported, and per stage of the build (``stages``: encoding, fitting (the
 index fit's earlier cuts, built first), evidence (at the cut, and the fit), scoring) its wall
-and CPU seconds, the resident memory at its end and the highest resident memory sampled
-during it (every 20 ms).
+and CPU seconds, the main thread's CPU seconds and the time it was blocked (neither running
+nor queued for a core: waiting for the interpreter lock or a helper thread's result; Linux
+only), the resident memory at its end and the highest resident memory sampled during it
+(every 20 ms). On a shared machine the wall clock is mostly waiting for a core; the main
+thread's CPU seconds are the build's critical path on an idle one (helper threads run beside it).
 
 Usage::
 
