@@ -284,7 +284,9 @@ def _factorize_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not n or int(key.max()) - low >= 1 << (62 - bits):
         codes, uniques = pd.factorize(key)
         return codes.astype("int64", copy=False), np.asarray(uniques, dtype="int64")
-    packed = ((key - low) << bits) | np.arange(n, dtype="int64")
+    packed = np.subtract(key, low, dtype="int64")  # ((key - low) << bits) | row, in one array
+    packed <<= bits
+    packed |= np.arange(n, dtype="int64")
     packed.sort()
     rows = packed & ((1 << bits) - 1)
     packed >>= bits  # the keys, sorted
@@ -293,7 +295,7 @@ def _factorize_keys(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Rank each group by its first row without another sort: mark the first rows, count.
     is_first = np.zeros(n, dtype=bool)
     is_first[first_row] = True
-    group_code = (np.cumsum(is_first) - 1)[first_row]
+    group_code = np.cumsum(is_first)[first_row] - 1
     del is_first
     codes = np.empty(n, dtype="int64")
     codes[rows] = np.repeat(group_code, np.diff(np.append(starts, n)))
@@ -500,12 +502,22 @@ def _ring_association(
     shop_s = _padded(references.shop_suspicion, n_merchants)
     shop_n = _padded(references.shop_orders, n_merchants)
     # (each per-pair temporary is dropped once used: they are as long as the orders)
-    rest_s = np.maximum(shop_s[pair_merchant] - np.bincount(pair_code, weights=first * p, minlength=n_pairs), 0.0)
-    rest_n = np.maximum(shop_n[pair_merchant] - np.bincount(pair_code, weights=p, minlength=n_pairs), 0.0)
+    # (the arithmetic in place, in the same order as written out: the shop's rest without the
+    # buyer, never below nothing, shrunk towards the norm, over the norm)
+    rest_s = shop_s[pair_merchant]
+    rest_s -= np.bincount(pair_code, weights=first * p, minlength=n_pairs)
+    np.maximum(rest_s, 0.0, out=rest_s)
+    rest_n = shop_n[pair_merchant]
+    rest_n -= np.bincount(pair_code, weights=p, minlength=n_pairs)
+    np.maximum(rest_n, 0.0, out=rest_n)
     del p, pair_merchant
-    others = (rest_s + prior_orders * norm) / (rest_n + prior_orders)
+    rest_s += prior_orders * norm
+    rest_n += prior_orders
+    others = np.divide(rest_s, rest_n, out=rest_s)
     del rest_s, rest_n
-    ratio = np.maximum(others, 0.0) / norm + 0.0  # + 0.0 turns -0.0 into 0.0 for the bit trick below
+    ratio = np.maximum(others, 0.0, out=others)
+    ratio /= norm
+    ratio += 0.0  # turns -0.0 into 0.0 for the bit trick below
     del others
     # Ratios sorted within each buyer, by one sort of a packed int64 key: the buyer code in the
     # high half, the ratio's float32 bits in the low half (for non-negative floats the bit
