@@ -377,13 +377,14 @@ class LiveTrust:
             raise ConfigError(f"as_of {cut.isoformat()}: before the live snapshot's as-of {t0.isoformat()}")
         config = self.config
         progress("trust: encoding the new events")
-        fresh, added = self._encode(_keep(new_events).before(cut))
+        named = _keep(new_events).before(cut)
+        fresh, added = self._encode(named)
         enc = self._encoding(added)
         if history_ready is not None:
             history_ready()
         history = self._history
         old = history.current
-        merged, replaced = history.merge(fresh, t0, enc.size("order"), enc.size("stream"))
+        merged, replaced = history.merge(fresh, t0, enc.size("order"), enc.size("stream"), named)
         progress("trust: finding the buyers whose evidence changed")
         dirty = history.dirty(old, merged, fresh, replaced, t0, cut, enc.size("user"))
         agg = make_aggregator(self.backend)

@@ -406,13 +406,17 @@ class History:
 
     # ------------------------------------------------------------------ merging
 
-    def merge(self, fresh: EventLog, t0: pd.Timestamp, n_order_codes: int, n_stream_codes: int) -> tuple[View, dict[str, np.ndarray]]:
+    def merge(
+        self, fresh: EventLog, t0: pd.Timestamp, n_order_codes: int, n_stream_codes: int, named: EventLog | None = None,
+    ) -> tuple[View, dict[str, np.ndarray]]:
         """The view after applying ``fresh`` (encoded), and per replaceable table the stored rows replaced.
 
-        Raises :class:`SchemaError` as :func:`~trustfeed.features.merge_events` does. The
-        replaced rows are returned as base rows (``<name>``) and tail rows (``<name>.tail``).
+        Raises :class:`SchemaError` as :func:`~trustfeed.features.merge_events` does; its example
+        row is taken from ``named`` (``fresh`` before encoding, same rows in the same order) when
+        given, so that it names the caller's ids rather than the state's codes. The replaced
+        rows are returned as base rows (``<name>``) and tail rows (``<name>.tail``).
         """
-        from ._incremental import _RESENDABLE, merge_table
+        from ._incremental import _RESENDABLE, _example, merge_table
 
         cur = self.current
         alive: dict[str, np.ndarray | None] = dict(cur.alive)
@@ -431,17 +435,18 @@ class History:
                 )  # fmt: skip
             if name in _REPLACEABLE:
                 base_hit, tail_hit, known = self._stored(name, new, cur)
+                shown = named[name] if named is not None else new
                 if (early & ~known).any():
                     raise SchemaError(
                         name, spec.event_time, f"times at or after the state's as-of {t0.isoformat()}",
                         f"{int((early & ~known).sum())} earlier rows the state does not hold (e.g."
-                        f" {_example(new, spec.key, early & ~known)})",
+                        f" {_example(shown, spec.key, early & ~known)})",
                     )  # fmt: skip
                 if (~early & known).any():
                     raise SchemaError(
                         name, ", ".join(spec.key), "keys the state does not hold yet (or a re-sent row with its original time)",
                         f"{int((~early & known).sum())} rows with a stored key and another"
-                        f" {spec.event_time} (e.g. {_example(new, spec.key, ~early & known)})",
+                        f" {spec.event_time} (e.g. {_example(shown, spec.key, ~early & known)})",
                     )  # fmt: skip
                 replaced[name] = base_hit
                 replaced[f"{name}.tail"] = tail_hit
@@ -795,9 +800,3 @@ def _concat(a: pd.DataFrame, b: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.D
     if not len(a):
         return b.astype({c: dtypes[c] for c in b.columns if c in dtypes}).reset_index(drop=True)
     return pd.concat([a, b.astype({c: a[c].dtype for c in b.columns if c in a.columns})], ignore_index=True)
-
-
-def _example(frame: pd.DataFrame, key: tuple[str, ...], mask: Any) -> str:
-    row = frame.loc[mask].iloc[0]
-    return ", ".join(f"{column}={row[column]}" for column in key)
-

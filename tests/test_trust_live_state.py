@@ -171,6 +171,7 @@ def test_cli_checks_the_history_while_encoding_and_refuses_damage_before_writing
                    "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert status == 2 and len(errors) == 1 and "earlier rows the state does not hold" in errors[0], errors
+    assert "order_id=never-seen" in errors[0], errors  # the id as sent, not the state's code
     assert not (tmp_path / "s1").exists()
     assert main(["features", "--incremental", "--from", str(tmp_path / "s0"), "--events", str(tmp_path / "new"),
                  "--as-of", cut.isoformat(), "--out", str(tmp_path / "s1")]) == 0
