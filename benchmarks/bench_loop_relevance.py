@@ -38,16 +38,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_policy_worlds import WORLDS, _bundle  # noqa: E402
-
-
-def _positions(request: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """1-based position of each row when its request is sorted by ``score`` (best first)."""
-    order = np.lexsort((-score, request))
-    sorted_req = request[order]
-    starts = np.searchsorted(sorted_req, sorted_req, side="left")
-    pos = np.empty(len(score), dtype=np.int64)
-    pos[order] = np.arange(len(score)) - starts + 1
-    return pos
+from bench_relevance_gap import _positions  # noqa: E402
 
 
 class _Probe:
