@@ -53,3 +53,27 @@ def test_simulate_population_and_traffic_options(tmp_path) -> None:
     assert (config["users"], config["creators"], config["requests_per_day"], config["orders_per_merchant_day"]) == (
         30, 7, 3, 0.25)
     assert (config["merchants"], config["days"]) == (5, 2)
+
+
+def test_simulate_world_option_sets_the_named_world(tmp_path) -> None:
+    import json
+
+    from trustfeed.training.cli import _WORLDS
+    from trustfeed.training.simulate import WORLD_SETTINGS, SimConfig
+
+    # the parser's choices are the simulator's named settings (spelled twice so that the
+    # parser imports no simulator)
+    assert set(_WORLDS) == set(WORLD_SETTINGS)
+    out = tmp_path / "risky"
+    assert main(["simulate", "--out", str(out), "--merchants", "5", "--days", "2", "--world", "risky"]) == 0
+    config = json.loads((out / "truth" / "meta.json").read_text())["config"]
+    risky = WORLD_SETTINGS["risky"]
+    assert {name: config[name] for name in risky} == risky
+    assert any(value != getattr(SimConfig(), name) for name, value in risky.items())
+
+
+def test_unknown_world_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", "x", "--world", "calm"])
+    assert exit_info.value.code == 2
+    assert "--world" in capsys.readouterr().err

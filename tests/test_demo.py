@@ -146,7 +146,7 @@ def test_demo_run_is_in_its_own_store_with_the_evaluation(demo_run: tuple[Path, 
 
 @pytest.mark.parametrize("changes", [{"merchants": 0}, {"days": 7}, {"num_rounds": True}, {"target_gini": 1.0},
                                      {"rollout_days": -1}, {"rollout_seeds": 0}, {"rollout_policies": ()},
-                                     {"balancer_max_move": 0}, {"target_gini_ratio": 0.0}])
+                                     {"balancer_max_move": 0}, {"target_gini_ratio": 0.0}, {"world": "calm"}])
 def test_demo_config_rejects_bad_sizes(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         DemoConfig(**changes)

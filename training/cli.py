@@ -34,9 +34,10 @@ def _version() -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..features.progress import StderrProgress
-    from .demo import run_demo
+    from .demo import DemoConfig, run_demo
 
-    result = run_demo(out_dir=Path(args.out), seed=args.seed, progress=StderrProgress())
+    result = run_demo(out_dir=Path(args.out), seed=args.seed, progress=StderrProgress(),
+                      config=DemoConfig(world=args.world))
     print(f"report: {result.report_path}")
     if result.rollout_path is not None:
         print(f"rollout: {result.rollout_path}")
@@ -57,11 +58,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from ..features.io import check_output_dir
     from ..features.progress import StderrProgress
-    from .simulate import SimConfig, simulate, write_dataset
+    from .simulate import WORLD_SETTINGS, SimConfig, simulate, write_dataset
 
     # the population and traffic options left out derive from --merchants (SimConfig)
     sizes = {name: getattr(args, name) for name in ("users", "creators", "requests_per_day", "orders_per_merchant_day")}
-    config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days,
+    config = SimConfig(seed=args.seed, merchants=args.merchants, days=args.days, **WORLD_SETTINGS[args.world],
                        **{name: value for name, value in sizes.items() if value is not None})
     check_output_dir(args.out, "simulated-dataset", force=args.force)  # before minutes of work
     progress = StderrProgress()
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", _cmd_demo, "simulate a platform, build features, train, evaluate and write the report")
     demo.add_argument("--out", default="trustfeed-demo", help="output directory (default: ./trustfeed-demo)")
     demo.add_argument("--seed", type=int, default=7, help="simulation seed")
+    demo.add_argument("--world", choices=_WORLDS, default="risky",
+                      help="world setting: risky (default; bad orders common and concentrated) or default")
 
     validate = add("validate", _cmd_validate, "check an event-log dataset against the schema")
     validate.add_argument("--events", required=True, metavar="DIR", help="dataset directory")
@@ -279,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--merchants", type=_positive_int, default=500)
     simulate.add_argument("--days", type=_positive_int, default=60)
+    simulate.add_argument("--world", choices=_WORLDS, default="default",
+                          help="world setting: default, or risky (bad orders common and concentrated; docs/evaluation.md)")
     # a platform-scale world (a million merchants) is cheap to simulate over a day or two with
     # lighter traffic; these default to what --merchants implies
     simulate.add_argument("--users", type=_positive_int, help="buyers (default: 20 per merchant)")
@@ -375,6 +380,10 @@ _VERIFY_HELP = (
     f"refuse a bundle not signed by this Ed25519 public key (default: ${VERIFY_KEY_ENV}; "
     "without a key, a bundle is checked against its own manifest only)"
 )
+# the names of simulate.WORLD_SETTINGS, spelled here so that building the parser imports no
+# simulator (tests/test_cli_help.py checks the two agree)
+_WORLDS = ("default", "risky")
+
 _FORCE_HELP = (
     "replace DIR even if it holds another trustfeed output (an earlier output of this command is "
     "always replaced; a directory trustfeed did not write never is)"

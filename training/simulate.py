@@ -100,6 +100,7 @@ __all__ = [
     "CATEGORIES",
     "SimConfig",
     "RISKY",
+    "WORLD_SETTINGS",
     "SimulatedPlatform",
     "simulate",
     "write_dataset",
@@ -168,6 +169,14 @@ shot. docs/evaluation.md has the policies measured on it.
 
 >>> SimConfig(**RISKY).bad_rate_max
 0.75
+"""
+
+WORLD_SETTINGS: dict[str, dict[str, float]] = {"default": {}, "risky": RISKY}
+"""Named world settings (``SimConfig`` changes) that ``trustfeed simulate --world`` and the demo
+offer: ``default`` (the simulator's defaults) and ``risky`` (:data:`RISKY`).
+
+>>> SimConfig(**WORLD_SETTINGS["risky"]).trust_alpha
+2.0
 """
 
 
