@@ -54,11 +54,12 @@ SIZES = (50, 200, 500, 1000)
 def _simulate(seed: int, root: Path) -> Path:
     """The demo's platform (``trustfeed demo``'s size), written as an event log."""
     from trustfeed.training.demo import DemoConfig
-    from trustfeed.training.simulate import SimConfig, simulate, write_dataset
+    from trustfeed.training.simulate import WORLD_SETTINGS, SimConfig, simulate, write_dataset
 
     demo = DemoConfig()
     events_dir = root / "events"
-    write_dataset(simulate(SimConfig(seed=seed, merchants=demo.merchants, days=demo.days)), events_dir)
+    config = SimConfig(seed=seed, merchants=demo.merchants, days=demo.days, **WORLD_SETTINGS[demo.world])
+    write_dataset(simulate(config), events_dir)
     return events_dir
 
 
