@@ -228,7 +228,8 @@ def platform(seed: int, setting: str, merchants: int, days: int, variants: list[
             return float(np.sum(_positions(request, score) ** -eta * pc * pp))
 
         click_raw = model.click_booster_.predict(X_model, raw_score=True)
-        buy_raw = model.purchase_booster_.predict(X_model, raw_score=True)
+        intercept, h = model.click_offset_coef_  # the purchase stage's start from the click stage's score
+        buy_raw = model.purchase_booster_.predict(X_model, raw_score=True) + intercept + h * click_raw
         score = model.predict(X_model)
         follows = X[:, list(held.feature_names).index("user_follows_creator")]
         quality = hf["quality"].to_numpy()

@@ -120,11 +120,11 @@ class CompiledModel:
 class CompiledPurchaseModel:
     """A fitted purchase model whose two stages run lleaves-compiled trees.
 
-    Same ``predict`` as :meth:`~trustfeed.ranker.purchase.PurchaseModel.predict`: the log
-    sigmoid of the click stage's raw score plus the log sigmoid of the purchase stage's,
-    both computed here from compiled trees. Each stage is compiled from its own model text
-    (truncated at its best iteration, as the LightGBM path predicts) and cached under that
-    text's sha256. The LightGBM model stays reachable as :attr:`source`.
+    Same ``predict`` as :meth:`~trustfeed.ranker.purchase.PurchaseModel.predict`: both
+    stages' raw scores computed here from compiled trees, combined by the model's own
+    :meth:`~trustfeed.ranker.purchase.PurchaseModel.score_from_stages`. Each stage is
+    compiled from its own model text (truncated at its best iteration, as the LightGBM path
+    predicts) and cached under that text's sha256. The LightGBM model stays reachable as :attr:`source`.
     """
 
     def __init__(self, model: PurchaseModel, cache_dir: str | os.PathLike[str] | None = None) -> None:
@@ -152,8 +152,8 @@ class CompiledPurchaseModel:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """``log P(click | examined at the top) + log P(purchase | click)`` per row."""
         click, buy = self.stage_scores(X)
-        # the same expression as PurchaseModel.predict (log sigmoid without overflow)
-        return np.asarray(-np.logaddexp(0.0, -click) - np.logaddexp(0.0, -buy), dtype=np.float64)
+        # the stages combined by the model's own code (its purchase stage may start from the click score)
+        return self.source.score_from_stages(click, buy)
 
 
 class _CompiledTrees:
