@@ -253,6 +253,7 @@ def platform(seed: int, setting: str, merchants: int, days: int, variants: list[
                                "fit_cpu_s": round(fit_cpu, 1),
                                "trees": f"{model.fit_info_['click_trees']}/{model.fit_info_['purchase_trees']}",
                                "valid_logloss": round(model.fit_info_["valid_purchase_logloss"], 5),
+                               "start_h": round(model.click_offset_coef_[1], 2),
                                "purchase_model": orders(score) / best}
         if lambdamart and "lambdamart" not in frames:
             lm = LambdaMART(job.model).fit(

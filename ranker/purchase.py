@@ -102,8 +102,8 @@ class PurchaseModelConfig(Config):
         as its offset; their trees are dropped, so coarser, fewer trees serve as well.
     click_offset
         Start the purchase stage from the click stage's score: its log-odds begin at
-        ``h x`` the click stage's log-odds at the top position (``h >= 0`` and an intercept
-        fitted by logistic regression of purchase on the training clicks), and its trees fit
+        ``intercept + h x`` the click stage's log-odds at the top position (both fitted by
+        logistic regression of purchase on the training clicks, ``h >= 0``), and its trees fit
         what is left. What makes a viewer click a candidate (the taste for its category, a
         followed host) largely also makes them buy it once clicked, and the click stage learns
         it from ten times as many outcomes. ``h`` is saved with the model; ``h >= 0`` keeps the
@@ -511,7 +511,9 @@ class PurchaseModel:
                 raise ModelIntegrityError(str(root / name), f"model features {booster.feature_name()} differ from "
                                                             f"{PURCHASE_SCHEMA_FILE} {list(names)}")
             boosters.append(booster)
-        model = cls(PurchaseModelConfig.from_dict(schema["config"]))
+        # settings a model saved before session 9 lacks had these values then
+        legacy = {"click_offset": False, "purchase_learning_rate": 0.0}
+        model = cls(PurchaseModelConfig.from_dict({**legacy, **schema["config"]}))
         model.click_booster_, model.purchase_booster_ = boosters
         model.feature_names_ = names
         model.categorical_ = tuple(str(c) for c in schema.get("categorical", ()))

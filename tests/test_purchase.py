@@ -366,9 +366,12 @@ def test_the_purchase_stage_starts_from_the_click_score_and_keeps_its_slope_on_r
     # a model saved before the start existed has none
     schema = json.loads((tmp_path / "pm" / PURCHASE_SCHEMA_FILE).read_text())
     del schema["click_offset_coef"]
+    for key in ("click_offset", "purchase_learning_rate"):
+        del schema["config"][key]
     (tmp_path / "pm" / PURCHASE_SCHEMA_FILE).write_text(json.dumps(schema))
     old = PurchaseModel.load(tmp_path / "pm")
     assert old.click_offset_coef_ == (0.0, 0.0)
+    assert (old.config.click_offset, old.config.purchase_learning_rate) == (False, 0.0)  # its settings then
     np.testing.assert_allclose(old.predict(X[:50]), with_start.score_from_stages(click, buy - intercept - h * click),
                                rtol=0, atol=1e-12)
 
