@@ -11,7 +11,12 @@ day. Every count in the viewer tables is a sum of events that each become known 
 * a click adds one click (user) at the impression's time;
 * an order or a click adds its weight to the user's taste for the merchant's category once
   both the event and the merchant's registration are known;
-* a follow pair exists from its first follow on.
+* a follow pair exists from its first follow on;
+* a livestream adds one stream (creator x category) when it starts.
+
+The taste (``user_taste``) is not a sum of events (a followed creator's weight is spread over
+its streams' categories as they are then), so it is recomputed at each time from the running
+counts by the one function that owns it, :func:`~trustfeed.features.history.taste_of`.
 
 :class:`ViewerHistory` collects those events once, sorted by the time they become known, and
 :meth:`ViewerHistory.at` adds the ones before each new time to running per-pair counts. The
@@ -30,7 +35,7 @@ import pandas as pd
 from ._columns import _bool, _column, _ids, _object_values, _positions
 from .errors import ConfigError
 from .events import EventLog, TimeLike, to_utc
-from .history import ContextConfig
+from .history import ContextConfig, taste_of
 from .outcomes import order_outcomes
 
 __all__ = ["ViewerCursor", "ViewerHistory", "ViewerTables"]
@@ -56,6 +61,9 @@ class ViewerTables:
     user_category
         ``(user, category, affinity)``: the share of the user's weighted orders and clicks
         that went to each category.
+    user_taste
+        ``(user, category, taste)``: the user's orders, clicks and followed creators as
+        shares per category (:func:`~trustfeed.features.history.taste_of`).
     user_activity
         ``(n_users, 2)``: orders and clicks of every user of the vocabulary (zeros: none yet).
     """
@@ -69,6 +77,7 @@ class ViewerTables:
     follows: tuple[np.ndarray, np.ndarray, np.ndarray]
     user_merchant: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     user_category: tuple[np.ndarray, np.ndarray, np.ndarray]
+    user_taste: tuple[np.ndarray, np.ndarray, np.ndarray]
     user_activity: np.ndarray
 
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -90,15 +99,21 @@ class ViewerTables:
             "user_id": pd.array(users[cu], dtype="string"), "category": pd.array(categories[cc], dtype="string"),
             "affinity": affinity.astype(np.float64),
         })
+        tu, tc, taste = self.user_taste
+        user_taste = pd.DataFrame({
+            "user_id": pd.array(users[tu], dtype="string"), "category": pd.array(categories[tc], dtype="string"),
+            "taste": taste.astype(np.float64),
+        })
         active = np.flatnonzero(self.user_activity.sum(axis=1) > 0)
         user_activity = pd.DataFrame({
             "user_id": pd.array(users[active], dtype="string"),
             "orders": self.user_activity[active, 0].astype(np.int64), "clicks": self.user_activity[active, 1].astype(np.int64),
         })
         keys = {"follows": ["user_id", "creator_id"], "user_merchant": ["user_id", "merchant_id"],
-                "user_category": ["user_id", "category"], "user_activity": ["user_id"]}
+                "user_category": ["user_id", "category"], "user_taste": ["user_id", "category"],
+                "user_activity": ["user_id"]}
         tables = {"follows": follows, "user_merchant": user_merchant, "user_category": user_category,
-                  "user_activity": user_activity}
+                  "user_taste": user_taste, "user_activity": user_activity}
         return {name: frame.sort_values(keys[name], kind="stable").reset_index(drop=True) for name, frame in tables.items()}
 
 
@@ -137,7 +152,7 @@ class ViewerHistory:
         A validated event log.
     config
         The :class:`~trustfeed.features.history.ContextConfig` of the tables (its
-        ``click_weight``); a ``lookback_days`` window is not supported (events would leave
+        ``click_weight``, ``follow_weight``); a ``lookback_days`` window is not supported (events would leave
         the window as well as enter it).
 
     Examples
@@ -161,6 +176,7 @@ class ViewerHistory:
         if config.lookback_days is not None:
             raise ConfigError("fresh viewer history needs context.lookback_days unset (all history counts)")
         self._click_weight = float(config.click_weight)
+        self._follow_weight = float(config.follow_weight)
 
         # paid orders with the time each becomes known, and when it is known to have gone bad
         outcomes = order_outcomes(events, columns=("user_id", "merchant_id", "created_at", "in_orders", "cancelled", "bad_at"))
@@ -180,6 +196,8 @@ class ViewerHistory:
 
         follows = events["follows"]
         merchants = events["merchants"]
+        streams = events["livestreams"]
+        stream_category = _ids(_column(streams, "category"))
 
         def vocabulary(*parts: pd.Series) -> np.ndarray:
             joined = pd.concat([p.dropna() for p in parts], ignore_index=True)
@@ -195,7 +213,7 @@ class ViewerHistory:
 
         # each merchant's category, known from its registration on (merchant ids are unique)
         category = _ids(_column(merchants, "category"))
-        self.categories = vocabulary(category)
+        self.categories = vocabulary(category, stream_category)
         category_index = pd.Index(self.categories, dtype=object)
         merchant_category = np.full(n_merchants + 1, -1, dtype=np.int64)
         registered = np.full(n_merchants + 1, _NONE, dtype=np.int64)
@@ -235,6 +253,15 @@ class ViewerHistory:
         self._n_categories = np.int64(n_categories)
         self._n_merchants = np.int64(n_merchants + 1)
 
+        # creator x category stream counts, each stream from its start on (creators of a follow only)
+        sc, sk = _codes(streams["creator_id"], creator_index), _codes(stream_category, category_index)
+        started = _ns(streams["started_at"])
+        ok = (sc >= 0) & (sk >= 0) & (started != _NONE)
+        self._cs_keys, cs_code = np.unique(sc[ok] * np.int64(n_categories) + sk[ok], return_inverse=True)
+        stream_pair = np.full(len(sc), -1, dtype=np.int64)
+        stream_pair[ok] = cs_code
+        self._streams = _Stream(np.where(ok, started, _NONE), stream_pair)
+
         # follow pairs from their first follow on
         fu, fc = _codes(follows["user_id"], self.user_index), _codes(follows["creator_id"], creator_index)
         followed = _ns(follows["followed_at"])
@@ -266,12 +293,13 @@ class ViewerCursor:
 
     def _reset(self) -> None:
         h = self._history
-        self._done = [0, 0, 0, 0]  # positions in the orders, bad, clicks and taste streams
+        self._done = [0, 0, 0, 0, 0]  # positions in the orders, bad, clicks, taste and livestream streams
         self._um_orders = np.zeros(len(h._um_keys), dtype=np.int64)
         self._um_bad = np.zeros(len(h._um_keys), dtype=np.int64)
         self._uc_weight = np.zeros(len(h._uc_keys))
         self._uc_events = np.zeros(len(h._uc_keys), dtype=np.int64)
         self._user_weight = np.zeros(len(h.users))
+        self._cs_streams = np.zeros(len(h._cs_keys), dtype=np.int64)
         self._activity = np.zeros((len(h.users), 2), dtype=np.int64)
         self._as_of = np.iinfo(np.int64).min
 
@@ -298,6 +326,8 @@ class ViewerCursor:
         np.add.at(self._uc_weight, pair, weight)
         np.add.at(self._uc_events, pair, 1)
         np.add.at(self._user_weight, user, weight)
+        done[4], (pair,) = h._streams.between(done[4], cut)
+        np.add.at(self._cs_streams, pair, 1)
 
         um = np.flatnonzero(self._um_orders)
         uc = np.flatnonzero(self._uc_events)
@@ -305,6 +335,14 @@ class ViewerCursor:
         with np.errstate(invalid="ignore", divide="ignore"):
             affinity = self._uc_weight[uc] / self._user_weight[uc_user]
         followed = h._follow_first < cut
+        cs = np.flatnonzero(self._cs_streams)
+        user_taste = taste_of(
+            (uc_user, h._uc_keys[uc] % h._n_categories, self._uc_weight[uc]),
+            (h._follow_user[followed], h._follow_creator[followed]),
+            (h._cs_keys[cs] // h._n_categories, h._cs_keys[cs] % h._n_categories, self._cs_streams[cs]),
+            h._follow_weight,
+            int(h._n_categories),
+        )
         return ViewerTables(
             as_of=cut,
             users=h.users,
@@ -316,5 +354,6 @@ class ViewerCursor:
             user_merchant=(h._um_keys[um] // h._n_merchants, h._um_keys[um] % h._n_merchants,
                            self._um_orders[um].copy(), self._um_bad[um].copy()),
             user_category=(uc_user, h._uc_keys[uc] % h._n_categories, affinity),
+            user_taste=user_taste,
             user_activity=self._activity.copy(),
         )

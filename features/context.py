@@ -51,6 +51,7 @@ from .sources import (
     UserActivity,
     UserCategory,
     UserFollows,
+    UserTaste,
     UserMerchant,
     parse_source,
 )
@@ -100,6 +101,7 @@ _CONTEXT_PLAN: tuple[tuple[str, Source], ...] = (
     ("creator_log_impressions", Engagement("log_impressions")),
     ("user_follows_creator", UserFollows()),
     ("user_category_affinity", UserCategory()),
+    ("user_category_taste", UserTaste()),
     ("user_merchant_orders", UserMerchant("orders")),
     ("user_merchant_bad_orders", UserMerchant("bad_orders")),
     ("user_orders", UserActivity("orders")),
@@ -227,7 +229,9 @@ def _lookup_ids(index: pd.Index | HashedIds, values: Any) -> np.ndarray:
     return np.asarray(index.get_indexer(target), dtype=np.int64)
 
 
-_PAIR_TABLES = ("follows", "user_merchant", "user_category")
+_PAIR_TABLES = ("follows", "user_merchant", "user_category", "user_taste")
+# pair tables served arrays written before they existed may lack (read as empty tables)
+_OPTIONAL_PAIR_TABLES = frozenset({"user_taste"})
 
 
 class _PairTable:
@@ -504,6 +508,7 @@ class FeatureAssembler:
                 context.follows["user_id"],
                 context.user_merchant["user_id"],
                 context.user_category["user_id"],
+                context.user_taste["user_id"],
                 context.user_activity["user_id"],
             ]
         self._user_index: pd.Index | HashedIds = _vocabulary(pd.Series([], dtype="string"), user_sources)
@@ -514,6 +519,7 @@ class FeatureAssembler:
         self._follows = _PairTable(empty, empty, n_c, np.zeros(0, dtype=np.int64), _NEVER)
         self._user_merchant = _PairTable(empty, empty, n_m, np.zeros((0, 2)), 0.0)
         self._user_category = _PairTable(empty, empty, len(self._categories), np.zeros(0), 0.0)
+        self._user_taste = _PairTable(empty, empty, len(self._categories), np.zeros(0), 0.0)
         if context is not None:
             follows = context.follows
             self._follows = _PairTable(
@@ -539,6 +545,14 @@ class FeatureAssembler:
                 _as_float(uc["affinity"]),
                 0.0,
             )
+            taste = context.user_taste
+            self._user_taste = _PairTable(
+                _lookup_ids(self._user_index, _ids(taste["user_id"])),
+                _positions(category_index, _object_values(_ids(taste["category"]))),
+                len(self._categories),
+                _as_float(taste["taste"]),
+                0.0,
+            )
             ua = context.user_activity
             rows = _lookup_ids(self._user_index, _ids(ua["user_id"]))
             self._user_activity[rows[rows >= 0]] = np.column_stack(
@@ -560,6 +574,8 @@ class FeatureAssembler:
             users, merchant_rows[merchants], n_m, np.column_stack([orders, bad]).astype(np.float64).reshape(-1, 2), 0.0)
         users, categories, affinity = viewer.user_category
         self._user_category = _PairTable(users, category_pos[categories], len(self._categories), affinity, 0.0)
+        users, categories, taste = viewer.user_taste
+        self._user_taste = _PairTable(users, category_pos[categories], len(self._categories), taste, 0.0)
 
     def with_viewer(self, viewer: ViewerTables) -> FeatureAssembler:
         """This assembler with the viewer's tables (follows, orders with each merchant, category
@@ -677,8 +693,13 @@ class FeatureAssembler:
         self._category_code, self._user_activity = arrays["category_code"], arrays["user_activity"]
         # tables written before a status field existed: NaN (not known) for it
         self._status = MerchantStatus(*(arrays[name] if name in arrays else np.full(n_m, np.nan) for name in status_names))
-        widths = {"follows": n_c - 1, "user_merchant": n_m - 1, "user_category": len(categories)}
+        widths = {"follows": n_c - 1, "user_merchant": n_m - 1, "user_category": len(categories),
+                  "user_taste": len(categories)}
         for name in _PAIR_TABLES:
+            if name in _OPTIONAL_PAIR_TABLES and f"{name}_keys" not in arrays:
+                empty = np.zeros(0, dtype=np.int64)
+                setattr(self, f"_{name}", _PairTable(empty, empty, widths[name], np.zeros(0), 0.0))
+                continue
             setattr(self, f"_{name}", _PairTable.from_arrays(arrays[f"{name}_keys"], arrays[f"{name}_values"], widths[name]))
         merchant_pos: list[int] = []
         creator_pos: list[int] = []
@@ -891,6 +912,10 @@ class _RequestRows:
     def user_category(self) -> np.ndarray:
         assembler = self._assembler
         return assembler._user_category.values[self._find(assembler._user_category, assembler._category_code.take(self._m_rows))]
+
+    def user_taste(self) -> np.ndarray:
+        assembler = self._assembler
+        return assembler._user_taste.values[self._find(assembler._user_taste, assembler._category_code.take(self._m_rows))]
 
     def user_activity(self, column: str) -> np.ndarray:
         return self._assembler._user_activity[self._u_rows, 0 if column == "orders" else 1]

@@ -26,7 +26,7 @@ from .events import EventLog, TimeLike, to_utc
 from .io import atomic_dir
 from .outcomes import order_outcomes, went_bad
 
-__all__ = ["ContextConfig", "ContextTables", "build_context_tables", "CONTEXT_FORMAT_VERSION"]
+__all__ = ["ContextConfig", "ContextTables", "build_context_tables", "taste_of", "CONTEXT_FORMAT_VERSION"]
 
 CONTEXT_FORMAT_VERSION = 1
 
@@ -43,7 +43,11 @@ class ContextConfig(Config):
         Pseudo-impressions of the Beta prior that shrinks a creator's click-through and
         conversion rates toward the platform rate (few impressions say little).
     click_weight
-        Weight of a click relative to an order in the user x category affinity.
+        Weight of a click relative to an order in the user x category affinity and taste.
+    follow_weight
+        Weight of a followed creator relative to an order in the user x category taste
+        (:func:`taste_of`): whom a viewer follows says what the viewer likes, also for a
+        viewer who has not ordered or clicked yet.
     max_position
         Positions beyond this share one click-through prior in the position-normalised
         CTR (clicks over expected clicks).
@@ -52,12 +56,14 @@ class ContextConfig(Config):
     lookback_days: float | None = None
     engagement_prior_strength: float = 20.0
     click_weight: float = 0.25
+    follow_weight: float = 1.0
     max_position: int = 50
 
     constraints: ClassVar[Constraints] = {
         "lookback_days": Real(0, strict_low=True, optional=True),
         "engagement_prior_strength": Real(0, strict_low=True),
         "click_weight": Real(0, 1),
+        "follow_weight": Real(0, 10),
         "max_position": Integer(low=1),
     }
 
@@ -66,6 +72,7 @@ _TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "follows": ("user_id", "creator_id", "followed_at"),
     "user_merchant": ("user_id", "merchant_id", "orders", "bad_orders"),
     "user_category": ("user_id", "category", "affinity"),
+    "user_taste": ("user_id", "category", "taste"),
     "user_activity": ("user_id", "orders", "clicks"),
     "creator_engagement": ("creator_id", "impressions", "clicks", "purchases", "ctr", "cvr", "coec"),
     "merchant_category": ("merchant_id", "category"),
@@ -75,8 +82,12 @@ _TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 _EMPTY_DTYPES: dict[str, Any] = {
     "user_id": "string", "creator_id": "string", "merchant_id": "string", "category": "string",
     "followed_at": "datetime64[ns, UTC]", "orders": "int64", "bad_orders": "int64", "clicks": "int64",
-    "affinity": "float64",
+    "affinity": "float64", "taste": "float64",
 }
+
+# tables a context saved before they existed may lack (read back empty)
+_OPTIONAL_TABLES = frozenset({"user_taste"})
+_VIEWER_TABLES = ("follows", "user_merchant", "user_category", "user_taste", "user_activity")
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,9 @@ class ContextTables:
     user_category
         ``user_id, category, affinity``: the share of the user's orders and (down-weighted)
         clicks that went to merchants of each category.
+    user_taste
+        ``user_id, category, taste``: the user's orders, clicks and followed creators as
+        shares per category (:func:`taste_of`); shares sum to 1 per user listed.
     user_activity
         ``user_id, orders, clicks``: the user's overall activity.
     creator_engagement
@@ -116,6 +130,7 @@ class ContextTables:
     user_activity: pd.DataFrame
     creator_engagement: pd.DataFrame
     merchant_category: pd.DataFrame
+    user_taste: pd.DataFrame = field(default_factory=lambda: _empty_table("user_taste"))
     priors: Mapping[str, float] = field(default_factory=dict)
     config: ContextConfig = field(default_factory=ContextConfig)
 
@@ -162,6 +177,9 @@ class ContextTables:
         tables: dict[str, pd.DataFrame] = {}
         for name, columns in _TABLE_COLUMNS.items():
             file = root / f"{name}.parquet"
+            if not file.is_file() and name in _OPTIONAL_TABLES:
+                tables[name] = _empty_table(name)
+                continue
             if not file.is_file():
                 raise ModelIntegrityError(str(file), "missing context table")
             frame = pd.read_parquet(file)
@@ -192,7 +210,7 @@ def build_context_tables(
         :class:`ContextConfig`; defaults apply when ``None``.
     viewer
         Build the viewer's tables (``follows``, ``user_merchant``, ``user_category``,
-        ``user_activity``). ``False`` leaves them empty (with their columns) for a caller
+        ``user_taste``, ``user_activity``). ``False`` leaves them empty (with their columns) for a caller
         that reads the viewer's history from elsewhere, as the training frame does with the
         history as of each day (:class:`~trustfeed.features._viewer_history.ViewerHistory`);
         the creators' engagement and the merchants' categories are the same either way.
@@ -238,8 +256,7 @@ def build_context_tables(
     clicked = _bool(_column(impressions, "clicked"))
     creator_engagement, global_ctr, global_cvr = _creator_engagement(impressions, clicked, known, config)
     if not viewer:
-        empty = {name: pd.DataFrame({c: pd.Series([], dtype=_EMPTY_DTYPES[c]) for c in _TABLE_COLUMNS[name]})
-                 for name in ("follows", "user_merchant", "user_category", "user_activity")}
+        empty = {name: _empty_table(name) for name in _VIEWER_TABLES}
         return ContextTables(
             as_of=cut, creator_engagement=creator_engagement, merchant_category=merchant_category,
             priors={"ctr": global_ctr, "cvr": global_cvr}, config=config, **empty,
@@ -304,6 +321,10 @@ def build_context_tables(
     user_category = cast(pd.DataFrame, weighted.groupby(["user_id", "category"], as_index=False, sort=True)["w"].sum())
     totals = user_category.groupby("user_id")["w"].transform("sum")
     user_category["affinity"] = (user_category["w"] / totals).astype("float64")
+
+    # user x category taste: the same weights plus the followed creators' streams
+    streams = window(known["livestreams"], "started_at")
+    user_taste = _taste_table(user_category, follows, streams, config.follow_weight)
     user_category = user_category.drop(columns="w")
 
     user_activity = (
@@ -324,12 +345,128 @@ def build_context_tables(
         follows=follows.reset_index(drop=True),
         user_merchant=user_merchant.reset_index(drop=True),
         user_category=user_category.reset_index(drop=True),
+        user_taste=user_taste,
         user_activity=user_activity.reset_index(drop=True),
         creator_engagement=creator_engagement.reset_index(drop=True),
         merchant_category=merchant_category,
         priors={"ctr": global_ctr, "cvr": global_cvr},
         config=config,
     )
+
+
+def _empty_table(name: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([], dtype=_EMPTY_DTYPES[c]) for c in _TABLE_COLUMNS[name]})
+
+
+def taste_of(
+    interest: tuple[np.ndarray, np.ndarray, np.ndarray],
+    follows: tuple[np.ndarray, np.ndarray],
+    stream_counts: tuple[np.ndarray, np.ndarray, np.ndarray],
+    follow_weight: float,
+    n_categories: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The viewers' taste: their share of weight per category, from what they did and whom they follow.
+
+    The one computation of the ``user_taste`` table, used by :func:`build_context_tables` and
+    by the day-by-day :class:`~trustfeed.features._viewer_history.ViewerHistory`. Everything
+    is in integer codes (users, creators, categories ``0 .. n_categories - 1``).
+
+    Parameters
+    ----------
+    interest
+        ``(user, category, weight)``: the viewer's weighted orders and clicks per category
+        (orders 1, clicks ``click_weight``), at most one row per pair.
+    follows
+        ``(user, creator)``: the pairs followed before the cut, one row per pair.
+    stream_counts
+        ``(creator, category, streams)``: each creator's livestreams started before the cut,
+        by the stream's category, at most one row per pair.
+    follow_weight
+        Weight of one followed creator, spread over the categories of its streams in
+        proportion to their number. A creator without a stream (with a category) yet says
+        nothing about a category: its follow adds no weight anywhere.
+    n_categories
+        Number of category codes.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(user, category, taste)`` sorted by user then category: every pair with positive
+        weight, ``taste`` the pair's weight over the user's total (sums to 1 per user).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> user, category, taste = taste_of(
+    ...     (np.array([0]), np.array([1]), np.array([1.0])),      # user 0 bought in category 1
+    ...     (np.array([0, 1]), np.array([5, 5])),                 # users 0 and 1 follow creator 5
+    ...     (np.array([5, 5]), np.array([0, 1]), np.array([3, 1])),  # 3 streams in 0, 1 in 1
+    ...     follow_weight=1.0, n_categories=2)
+    >>> user.tolist(), category.tolist(), taste.round(3).tolist()
+    ([0, 0, 1, 1], [0, 1, 0, 1], [0.375, 0.625, 0.75, 0.25])
+    """
+    i_user, i_category, i_weight = (np.asarray(a) for a in interest)
+    f_user, f_creator = (np.asarray(a, dtype=np.int64) for a in follows)
+    s_creator, s_category, s_count = (np.asarray(a) for a in stream_counts)
+    width = np.int64(max(n_categories, 1))
+    # each creator's streams as shares per category, rows grouped by creator
+    s_creator = s_creator.astype(np.int64)
+    keep = (s_count > 0) & (s_category >= 0) & (s_creator >= 0)
+    s_creator, s_category, s_count = s_creator[keep], s_category[keep].astype(np.int64), s_count[keep].astype(np.float64)
+    order = np.lexsort((s_category, s_creator))
+    s_creator, s_category, s_count = s_creator[order], s_category[order], s_count[order]
+    creators, start, n_rows = np.unique(s_creator, return_index=True, return_counts=True)
+    totals = np.add.reduceat(s_count, start) if len(start) else np.zeros(0)
+    share = s_count / np.repeat(totals, n_rows)
+    # each follow expanded to one row per category of its creator's streams
+    at = np.searchsorted(creators, f_creator)
+    found = at < len(creators)
+    found[found] = creators[at[found]] == f_creator[found]
+    at, follower = at[found], f_user[found]
+    repeats = n_rows[at]
+    first = np.repeat(start[at], repeats)
+    offset = np.arange(int(repeats.sum())) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    rows = first + offset
+    user = np.concatenate([i_user.astype(np.int64), np.repeat(follower, repeats)])
+    category = np.concatenate([i_category.astype(np.int64), s_category[rows]])
+    weight = np.concatenate([i_weight.astype(np.float64), float(follow_weight) * share[rows]])
+    keep = (weight > 0) & (user >= 0) & (category >= 0)
+    keys, code = np.unique(user[keep] * width + category[keep], return_inverse=True)
+    pair_weight = np.bincount(code, weights=weight[keep], minlength=len(keys))
+    pair_user = keys // width
+    users, user_code = np.unique(pair_user, return_inverse=True)
+    user_total = np.bincount(user_code, weights=pair_weight, minlength=len(users))
+    return pair_user, keys % width, pair_weight / user_total[user_code]
+
+
+def _taste_table(weights: pd.DataFrame, follows: pd.DataFrame, streams: pd.DataFrame, follow_weight: float) -> pd.DataFrame:
+    """``user_taste`` of string-id tables: ``weights`` (user_id, category, w), ``follows`` and ``streams`` before the cut."""
+    stream_category = _ids(_column(streams, "category"))
+    users = pd.Index(pd.concat([weights["user_id"], follows["user_id"]], ignore_index=True).dropna().unique(), dtype=object)
+    categories = pd.Index(sorted(pd.concat([weights["category"], stream_category], ignore_index=True).dropna().unique()),
+                          dtype=object)
+    creators = pd.Index(_ids(follows["creator_id"]).dropna().unique(), dtype=object)
+
+    def codes(values: pd.Series, index: pd.Index) -> np.ndarray:
+        return np.asarray(_positions(index, _object_values(_ids(values))), dtype=np.int64)
+
+    stream_creator, stream_code = codes(streams["creator_id"], creators), codes(stream_category, categories)
+    ok = (stream_creator >= 0) & (stream_code >= 0)
+    pairs, counts = np.unique(stream_creator[ok] * np.int64(max(len(categories), 1)) + stream_code[ok], return_counts=True)
+    width = np.int64(max(len(categories), 1))
+    user, category, taste = taste_of(
+        (codes(weights["user_id"], users), codes(weights["category"], categories), weights["w"].to_numpy(dtype=np.float64)),
+        (codes(follows["user_id"], users), codes(follows["creator_id"], creators)),
+        (pairs // width, pairs % width, counts),
+        follow_weight,
+        len(categories),
+    )
+    table = pd.DataFrame({
+        "user_id": pd.array(users.to_numpy()[user] if len(user) else [], dtype="string"),
+        "category": pd.array(categories.to_numpy()[category] if len(category) else [], dtype="string"),
+        "taste": taste.astype("float64"),
+    })
+    return table.sort_values(["user_id", "category"], kind="stable").reset_index(drop=True)
 
 
 def _creator_engagement(

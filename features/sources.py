@@ -5,8 +5,8 @@ A feature of :class:`~trustfeed.features.context.FeatureAssembler` is read eithe
 * per merchant or per creator (a column of the trust snapshot, "is the id known", the
   merchant's category code, the creator's engagement): the assembler lays these out as one
   table per entity and gathers a request's rows with a single ``take``;
-* per request row (the user's history with the merchant, follows, category affinity,
-  overall activity, the hour of the request, a live field the request sends).
+* per request row (the user's history with the merchant, follows, category affinity and
+  taste, overall activity, the hour of the request, a live field the request sends).
 
 Each source says which of the two it is (:attr:`Source.entity`) and reads its values through
 the assembler's lookups (:class:`EntityTables`, :class:`RequestRows`), so the assembler never
@@ -46,6 +46,7 @@ __all__ = [
     "UserMerchant",
     "UserFollows",
     "UserCategory",
+    "UserTaste",
     "UserActivity",
     "Hour",
     "Live",
@@ -102,6 +103,10 @@ class RequestRows(Protocol):
 
     def user_category(self) -> np.ndarray:
         """The user's affinity to the candidate merchant's category."""
+        ...
+
+    def user_taste(self) -> np.ndarray:
+        """The user's taste (orders, clicks and followed creators) for the candidate merchant's category."""
         ...
 
     def user_activity(self, column: str) -> np.ndarray:
@@ -273,6 +278,18 @@ class UserCategory(Source):
 
 
 @dataclass(frozen=True)
+class UserTaste(Source):
+    """The user's taste for the merchant's category: the share of the user's orders, clicks
+    and followed creators' streams in it (0 when none; see :func:`~trustfeed.features.history.taste_of`)."""
+
+    kind: ClassVar[str] = "user_taste"
+    entity: ClassVar[str] = "request"
+
+    def request_values(self, rows: RequestRows) -> np.ndarray:
+        return rows.user_taste()
+
+
+@dataclass(frozen=True)
 class UserActivity(Source):
     """The user's overall past orders / clicks."""
 
@@ -310,7 +327,7 @@ class Live(Source):
 _KINDS: dict[str, type[Source]] = {
     kind.kind: kind
     for kind in (MerchantColumn, MerchantPercentile, MerchantKnown, MerchantCategory, CreatorColumn, CreatorKnown, Engagement,
-                 UserMerchant, UserFollows, UserCategory, UserActivity, Hour, Live)
+                 UserMerchant, UserFollows, UserCategory, UserTaste, UserActivity, Hour, Live)
 }
 
 

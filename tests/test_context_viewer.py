@@ -18,7 +18,7 @@ from trustfeed.features.events import validate_events
 from trustfeed.training.dataset import DatasetConfig, build_training_frame, default_snapshot_builder
 from trustfeed.training.simulate import SimConfig, simulate
 
-VIEWER_TABLES = ("follows", "user_merchant", "user_category", "user_activity")
+VIEWER_TABLES = ("follows", "user_merchant", "user_category", "user_taste", "user_activity")
 DAY = pd.Timedelta(days=1)
 
 
