@@ -196,3 +196,25 @@ def test_taste_of_ignores_follows_of_creators_without_streams_and_zero_weights()
         follow_weight=1.0, n_categories=3)
     assert (user.tolist(), category.tolist()) == ([1, 2, 2], [1, 1, 2])
     assert taste.tolist() == pytest.approx([1.0, 0.5, 0.5])  # user 0: a zero weight and a creator that never streamed
+
+
+def test_the_served_arrays_carry_the_taste_and_older_ones_without_it_still_open() -> None:
+    from types import SimpleNamespace
+
+    from trustfeed.features._id_index import HashedIds
+
+    at = T0 + 10 * pd.Timedelta(hours=1)
+    snapshot = SimpleNamespace(merchants=pd.DataFrame({"merchant_id": ["m1", "m2"], "trust_index": [0.5, 0.5],
+                                                       "category": ["food", "toys"]}),
+                               creators=pd.DataFrame({"creator_id": ["c1", "c2"]}))
+    assembler = FeatureAssembler(snapshot, build_context_tables(_hand_log(), at))
+    arrays = assembler.served_arrays()
+    assert {"user_taste_keys", "user_taste_values"} <= set(arrays)
+    indexes = {name: HashedIds.build(v) for name, v in assembler.id_vocabularies().items()}
+    candidates = pd.DataFrame({"user_id": "fan", "ts": at, "stream_id": "s", "creator_id": ["c1", "c2"],
+                               "merchant_id": ["m1", "m2"]})
+    served = FeatureAssembler.from_served_arrays(assembler.schema(), arrays, indexes)
+    np.testing.assert_array_equal(served.transform(candidates), assembler.transform(candidates))
+    old_arrays = {k: v for k, v in arrays.items() if not k.startswith("user_taste")}  # written before the taste
+    old = FeatureAssembler.from_served_arrays(assembler.schema(), old_arrays, indexes)
+    assert old.transform_frame(candidates)["user_category_taste"].tolist() == [0.0, 0.0]
