@@ -105,6 +105,8 @@ def write_tables(out: Path, merchants: int, creators: int, buyers: int, seed: in
         "user_merchant_values": lambda: pairs(merchants, rng.integers(0, 5, (buyers, 2)).astype(np.float64), 0.0, "values"),
         "user_category_keys": lambda: pairs(categories, users, 0.0, "keys"),
         "user_category_values": lambda: pairs(categories, rng.random(buyers), 0.0, "values"),
+        "user_taste_keys": lambda: pairs(categories, users, 0.0, "keys"),
+        "user_taste_values": lambda: pairs(categories, rng.random(buyers), 0.0, "values"),
     }
     arrays = _OnAccess(build)  # each array is built when the writer asks for it, then dropped
     started = time.perf_counter()

@@ -120,6 +120,10 @@ def test_an_event_at_or_after_the_cut_changes_nothing(tables: dict[str, pd.DataF
     grown["orders"] = pd.concat([tables["orders"], pd.DataFrame(
         {"order_id": ["o-late"], "user_id": ["u0"], "merchant_id": ["m0"], "amount": [1.0], "created_at": [when]})],
         ignore_index=True)
+    grown["impressions"] = pd.concat([tables["impressions"], pd.DataFrame(
+        {"impression_id": ["i-late"], "request_id": ["r-late"], "user_id": ["u0"], "ts": [when], "stream_id": ["s-late"],
+         "creator_id": ["c0"], "merchant_id": ["m0"], "position": [1], "clicked": [True]})],
+        ignore_index=True)
     events = _validated(grown)
     pd.testing.assert_frame_equal(build_context_tables(events, at).user_taste, before, check_dtype=False)
     pd.testing.assert_frame_equal(ViewerHistory(events).at(at).frames()["user_taste"], before, check_dtype=False)
