@@ -47,7 +47,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from ..features.config import Config, Constraints, Flag, Integer, Real
-from ..features.errors import ModelIntegrityError, NotFittedError, SchemaError
+from ..features.errors import ConfigError, ModelIntegrityError, NotFittedError, SchemaError
 from ..features.io import atomic_dir
 from ._expected_value import logistic_regression
 
@@ -392,6 +392,8 @@ class PurchaseModel:
             trees = click_booster.predict(Xc, raw_score=True, num_iteration=_best(click_booster))
             g = float(logistic_regression(np.column_stack([ones, log_position_c]), click_c, offset=trees)[1])
         del click_sets
+        if click_booster is None:  # position_passes >= 1 is validated; this keeps the type narrow
+            raise ConfigError("PurchaseModelConfig.position_passes: expected at least 1, got 0")
         seen_v = click_v > 0
         offset = offset_v = None
         start = (0.0, 0.0)

@@ -171,7 +171,7 @@ shot. docs/evaluation.md has the policies measured on it.
 0.75
 """
 
-WORLD_SETTINGS: dict[str, dict[str, float]] = {"default": {}, "risky": RISKY}
+WORLD_SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "risky": RISKY}
 """Named world settings (``SimConfig`` changes) that ``trustfeed simulate --world`` and the demo
 offer: ``default`` (the simulator's defaults) and ``risky`` (:data:`RISKY`).
 
