@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._columns import _object_values
+from ._columns import _object_values, _ranges
 from ._schema import TABLE_SPECS
 from ._signals import _seconds
 from ._trust_config import TrustConfig
@@ -220,8 +220,7 @@ class Groups:
         total = int(sizes.sum())
         if not total:
             return np.zeros(0, dtype="int64")
-        offsets = np.repeat(lo - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
-        return np.sort(self.order[offsets])
+        return np.sort(self.order[_ranges(lo, sizes)])
 
 
 class Sorted:
@@ -250,7 +249,7 @@ class Sorted:
         total = int(sizes.sum())
         if not total:
             return np.zeros(0, dtype="int64")
-        return self.order[np.repeat(lo - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)]
+        return self.order[_ranges(lo, sizes)]
 
 
 class Growable:

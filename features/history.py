@@ -19,7 +19,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 import pandas as pd
 
-from ._columns import _bool, _column, _ids, _isin, _object_values, _positions
+from ._columns import _bool, _column, _ids, _isin, _object_values, _positions, _ranges
 from .config import Config, Constraints, Integer, Real
 from .errors import ModelIntegrityError
 from .events import EventLog, TimeLike, to_utc
@@ -424,9 +424,7 @@ def taste_of(
     found[found] = creators[at[found]] == f_creator[found]
     at, follower = at[found], f_user[found]
     repeats = n_rows[at]
-    first = np.repeat(start[at], repeats)
-    offset = np.arange(int(repeats.sum())) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    rows = first + offset
+    rows = _ranges(start[at], repeats)
     user = np.concatenate([i_user.astype(np.int64), np.repeat(follower, repeats)])
     category = np.concatenate([i_category.astype(np.int64), s_category[rows]])
     weight = np.concatenate([i_weight.astype(np.float64), float(follow_weight) * share[rows]])
