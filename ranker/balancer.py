@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 import pandas as pd
 
-from ..features.config import Choice, Config, Constraints, Flag, Integer, Real
+from ..features.config import Choice, Config, Constraints, Flag, Integer, Items, Real
 from ..features.errors import ConfigError, SchemaError
 from .metrics import EXPOSURE_KINDS, gini, position_exposure
 
@@ -62,6 +62,16 @@ class BalancerConfig(Config):
     ----------
     target_gini
         Gini of creator exposure in the ledger the controller holds, in (0, 1).
+    fill_requests, fill_targets
+        The target while the ledger fills (both set, or neither). The Gini of a ledger of few
+        requests is far above the level the same traffic settles at (most candidates have not
+        been shown yet), so one absolute target would make the controller balance hard from
+        the first request and overshoot. With ``fill_requests`` (strictly increasing counts of
+        recorded requests) and ``fill_targets`` (the target at each), the controller aims at
+        their linear interpolation at its ledger's request count (the first target before
+        the first count) and at ``target_gini`` from the last count on. The training job sets
+        them from its validation replay (ratio x the unbalanced ranking's ledger Gini at each
+        count).
     kp, ki
         Proportional and integral gains of the controller (strength per unit of Gini error).
         ``kp = ki = 0`` turns the controller off: the strength stays at ``initial_strength``
@@ -118,6 +128,8 @@ class BalancerConfig(Config):
     """
 
     target_gini: float = 0.5
+    fill_requests: tuple[int, ...] | None = None
+    fill_targets: tuple[float, ...] | None = None
     kp: float = 4.0
     ki: float = 1.0
     strength_min: float = 0.0
@@ -140,6 +152,8 @@ class BalancerConfig(Config):
 
     constraints: ClassVar[Constraints] = {
         "target_gini": Real(0, 1, strict_low=True, strict_high=True),
+        "fill_requests": Items(Integer(low=1), min_len=1, increasing=True, optional=True),
+        "fill_targets": Items(Real(0, 1, strict_low=True, strict_high=True), min_len=1, optional=True),
         **dict.fromkeys(("kp", "ki", "strength_min", "strength_max", "merit_exponent"), Real(0)),
         "initial_strength": Real(),
         "control_interval": Integer(low=1),
@@ -156,6 +170,10 @@ class BalancerConfig(Config):
     }
 
     def check(self) -> None:
+        if (self.fill_requests is None) != (self.fill_targets is None):
+            raise self.reject("fill_targets", "set together with fill_requests (or neither)")
+        if self.fill_requests is not None and len(self.fill_requests) != len(self.fill_targets or ()):
+            raise self.reject("fill_targets", f"one target per fill_requests entry ({len(self.fill_requests)})")
         if self.strength_max < self.strength_min:
             raise self.reject("strength_max", f"a finite value >= strength_min ({self.strength_min})")
         if not self.strength_min <= self.initial_strength <= self.strength_max:
@@ -666,6 +684,13 @@ class ExposureBalancer:
             active = self._clock - self._creators.last_seen[:n] <= self.config.window
             return self._creators.stored[:n][active]
 
+    def _target(self) -> float:
+        """The Gini the controller aims at now: the fill schedule while the ledger fills, then ``target_gini``."""
+        cfg = self.config
+        if cfg.fill_requests is None or cfg.fill_targets is None or self._requests >= cfg.fill_requests[-1]:
+            return cfg.target_gini
+        return float(np.interp(self._requests, cfg.fill_requests, cfg.fill_targets))
+
     def _control(self) -> None:
         """Measure the ledger's Gini and update the strength (PI with anti-windup)."""
         cfg = self.config
@@ -681,7 +706,7 @@ class ExposureBalancer:
             self._knots = knots
             if cfg.kp == 0.0 and cfg.ki == 0.0:
                 return  # controller off: the strength stays where it was set
-            error = measured - cfg.target_gini
+            error = measured - self._target()
             integral = self._integral + self.integral_step * error
             if cfg.ki > 0.0:
                 integral = min(max(integral, cfg.strength_min / cfg.ki), cfg.strength_max / cfg.ki)

@@ -60,11 +60,21 @@ def test_config_round_trip_through_json() -> None:
         {"record_k": 0},
         {"auto_record": "yes"},
         {"merit_exponent": float("nan")},
+        {"fill_requests": (10, 20)},
+        {"fill_targets": (0.5,)},
+        {"fill_requests": (20, 10), "fill_targets": (0.5, 0.5)},
+        {"fill_requests": (10, 20), "fill_targets": (0.5,)},
+        {"fill_targets": (1.0,), "fill_requests": (10,)},
     ],
 )
 def test_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(bad))):
         BalancerConfig(**bad)
+
+
+def test_fill_schedule_round_trips_through_json() -> None:
+    config = BalancerConfig(target_gini=0.3, fill_requests=(40, 80), fill_targets=(0.5, 0.4))
+    assert BalancerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_config_from_dict_rejects_unknown_keys() -> None:
@@ -243,6 +253,47 @@ def test_integral_is_clamped_anti_windup() -> None:
     relaxed.record(["c0"], ["m"], [1])
     relaxed.record(["c1"], ["m"], [1])
     assert relaxed.strength < 2.0
+
+
+def _recorded_stream(seed: int, n: int) -> list[tuple[list[str], list[int]]]:
+    """Requests of creators and the positions they were shown at, fixed in advance (no rerank)."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, 61) ** 1.2
+    return [([f"c{i}" for i in rng.choice(60, size=8, replace=False, p=popularity / popularity.sum())],
+             list(range(1, 9))) for _ in range(n)]
+
+
+def test_the_target_follows_the_fill_schedule_then_target_gini() -> None:
+    # kp = 1, ki = 0: the strength is the Gini error itself, so it reads the target back
+    config = BalancerConfig(target_gini=0.05, fill_requests=(10, 30), fill_targets=(0.4, 0.2), kp=1.0, ki=0.0,
+                            control_interval=1)
+    balancer = ExposureBalancer(config)
+    expected = {5: 0.4, 10: 0.4, 20: 0.3, 29: 0.21, 30: 0.05, 45: 0.05}
+    for n, (creators, positions) in enumerate(_recorded_stream(3, 45), start=1):
+        balancer.record(creators, ["m"] * len(creators), positions)
+        if n in expected:
+            assert balancer.measured_gini > expected[n]  # the error is positive: the strength shows it
+            assert balancer.measured_gini - balancer.strength == pytest.approx(expected[n], abs=1e-9), n
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), lift=st.lists(st.floats(0.0, 0.3), min_size=1, max_size=4),
+       ki=st.floats(0.0, 2.0), kp=st.floats(0.0, 4.0))
+def test_a_fill_schedule_above_the_target_never_balances_more(seed: int, lift: list[float], ki: float,
+                                                              kp: float) -> None:
+    # the same recorded traffic (the ledger does not depend on the strength) under the plain
+    # target and under a fill schedule that never asks for a lower Gini: at every update the
+    # schedule's strength is at most the plain one's (the controller is monotone in its target)
+    target = 0.3
+    fill = BalancerConfig(target_gini=target, kp=kp, ki=ki, control_interval=1,
+                          fill_requests=tuple(10 * (i + 1) for i in range(len(lift))),
+                          fill_targets=tuple(min(target + v, 0.99) for v in lift))
+    plain = ExposureBalancer(BalancerConfig.from_dict({**fill.to_dict(), "fill_requests": None, "fill_targets": None}))
+    filled = ExposureBalancer(fill)
+    for creators, positions in _recorded_stream(seed, 10 * len(lift) + 20):
+        for balancer in (plain, filled):
+            balancer.record(creators, ["m"] * len(creators), positions)
+        assert filled.strength <= plain.strength + 1e-12
 
 
 # ---------------------------------------------------------------- ledger and decay

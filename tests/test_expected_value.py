@@ -325,6 +325,14 @@ def test_training_fits_the_policy_and_a_relative_balancer_target(trained: Any) -
     assert 0.0 < unbalanced < 1.0
     assert balancer.target_gini == pytest.approx(trained.config.target_gini_ratio * unbalanced)
     assert float(params["fitted.balancer.target_gini"]) == pytest.approx(balancer.target_gini)
+    # while its ledger fills the balancer aims at the same share of the unbalanced ranking's
+    # ledger Gini replayed on the validation requests; the last point is the whole window,
+    # whose ledger Gini is the target's reference up to the ledger's decay
+    assert balancer.fill_requests is not None and balancer.fill_targets is not None
+    assert list(balancer.fill_requests) == sorted(set(balancer.fill_requests))
+    assert len(balancer.fill_targets) == len(balancer.fill_requests) >= 2
+    assert balancer.fill_targets[-1] == pytest.approx(balancer.target_gini, abs=0.03)
+    assert [round(v, 4) for v in balancer.fill_targets] == json.loads(params["fitted.balancer.fill_targets"])
 
 
 def test_bad_purchases_follow_the_contracts_bad_order_definition() -> None:

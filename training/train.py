@@ -518,6 +518,50 @@ def _creator_gini(part: TrainingFrame, score: np.ndarray) -> float:
     return float(gini(exposure.to_numpy()))
 
 
+def _fill_schedule(part: TrainingFrame, score: np.ndarray, balancer: BalancerConfig, ratio: float
+                   ) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """The balancer's target while its ledger fills: ``ratio`` x the ledger Gini of the unbalanced ranking.
+
+    The validation requests, ranked by ``score`` and replayed in time order into a ledger of
+    the balancer's own decay and exposure (every ranked candidate recorded at its position, as
+    :func:`_creator_gini` counts them), measured after 2, 4, 8, ... x ``control_interval``
+    requests and after the last. ``None`` when there are too few requests for two points.
+    """
+    from ..ranker.balancer import ExposureBalancer
+
+    frame = part.frame
+    if len(frame) == 0:
+        return None
+    ids = frame["request_id"].to_numpy()
+    order = np.lexsort((np.arange(len(frame)), -score, ids))
+    starts = np.searchsorted(ids[order], ids[order], side="left")
+    position = np.empty(len(frame), dtype=np.int64)
+    position[order] = np.arange(len(frame)) - starts + 1
+    ranked = pd.DataFrame({"request_id": ids, "creator_id": frame["creator_id"].astype(str).to_numpy(),
+                           "merchant_id": frame["merchant_id"].astype(str).to_numpy(), "position": position,
+                           "ts": frame["ts"].to_numpy()})
+    # requests in the order they were served (ties: as logged)
+    first = ranked.groupby("request_id", sort=False)["ts"].transform("min")
+    ranked = ranked.assign(first=first.to_numpy()).sort_values(["first", "request_id"], kind="stable")
+    request_codes, _ = pd.factorize(ranked["request_id"])
+    n_requests = int(request_codes.max()) + 1
+    counts, count = [], 2 * balancer.control_interval
+    while count < n_requests:
+        counts.append(count)
+        count *= 2
+    counts.append(n_requests)
+    if len(counts) < 2:
+        return None
+    replay = ExposureBalancer(replace(balancer, kp=0.0, ki=0.0, fill_requests=None, fill_targets=None))
+    bounds = np.searchsorted(request_codes, np.asarray(counts), side="left")
+    targets, done = [], 0
+    for end in bounds.tolist():
+        replay.record_impressions(ranked.iloc[done:end])
+        done = end
+        targets.append(float(np.clip(ratio * replay.measured_gini, 0.01, 0.99)))
+    return tuple(counts), tuple(targets)
+
+
 def fit_purchase_model(
     config: PurchaseModelConfig, fit_part: TrainingFrame, valid_part: TrainingFrame, impressions: pd.DataFrame,
     progress: Progress | None = None, *, features: tuple[np.ndarray, np.ndarray] | None = None,
@@ -662,10 +706,16 @@ def fit_policy_and_target(
     if config.target_gini_ratio is not None:
         trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
                  else np.full(len(valid_part), np.nan))
-        unbalanced = _creator_gini(valid_part, policy.score(valid_score, trust, group=valid_part.groups()))
+        valid_policy_score = policy.score(valid_score, trust, group=valid_part.groups())
+        unbalanced = _creator_gini(valid_part, valid_policy_score)
         target = float(np.clip(config.target_gini_ratio * unbalanced, 0.01, 0.99))
-        balancer = replace(balancer, target_gini=target)
+        schedule = _fill_schedule(valid_part, valid_policy_score, balancer, config.target_gini_ratio)
+        balancer = replace(balancer, target_gini=target, fill_requests=None if schedule is None else schedule[0],
+                           fill_targets=None if schedule is None else schedule[1])
         fitted.update({"balancer.unbalanced_valid_gini": unbalanced, "balancer.target_gini": target})
+        if schedule is not None:
+            fitted.update({"balancer.fill_requests": list(schedule[0]),
+                           "balancer.fill_targets": [round(v, 4) for v in schedule[1]]})
         progress(f"balancer target Gini {target:.3f} ({config.target_gini_ratio:g} x {unbalanced:.3f} unbalanced)")
     return policy, balancer, fitted
 
