@@ -23,6 +23,9 @@ candidates:
 * ``policy_cost1`` / ``policy_cost3``: the ranking charges a bad order 1 or 3 good orders (the
   net value still counts it at ``bad_cost``);
 * ``policy_balanced``: the served policy with the exposure balancer (the order actually served);
+* ``policy_true_host_factor``: the policy's purchase estimate and bad-order model, the latter
+  scaled by the world's true host factor of each candidate's creator (normalised to mean 1):
+  the ceiling of a per-host term in the bad-order model;
 * ``model_purchase_true_bad``: the policy's purchase estimate with the *true* bad-order
   probability (is the trust side the problem?);
 * ``true_purchase_model_bad``: the *true* purchase probability with the policy's bad-order
@@ -204,6 +207,11 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
             refitted_bad = bad_probability(trust, bad_fit, config.eps)
             true_calibrated = purchase_probability(relevance, truth_fit[:2], model_bad, truth_fit[2])
             factor = 1.0 - (1.0 + cost) * model_bad
+            # the world's host factor of each candidate's creator (its bad orders scale with the host's
+            # quality), normalised to mean 1 over the shown candidates: what a perfect per-host bad-order
+            # term could add to the merchant-only model
+            host = 0.75 + 0.75 * (1.0 - np.asarray(world.creators["quality"])[rows["creator"].to_numpy()])
+            host = host / host[shown].mean()
             rankings = {
                 "plain": rows["relevance_plain"].to_numpy(),
                 "relevance_only": relevance,
@@ -226,6 +234,7 @@ def decompose(model_uri: str, events_dir: Path, days: int, seeds: int) -> pd.Dat
                 "policy_cost3": expected_value_score(relevance, trust, state.purchase_calibration, state.bad_model, 3.0,
                                                      config.eps, state.risk_term),
                 "policy_balanced": -rows["position_policy_balanced"].to_numpy(),
+                "policy_true_host_factor": _value(model_purchase, 1.0 - (1.0 + cost) * np.clip(model_bad * host, 0.0, 1.0)),
                 "model_purchase_true_bad": model_purchase * value,
                 "true_purchase_model_bad": bought * (1.0 - (1.0 + cost) * model_bad),
                 "true_purchase": bought,
