@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import filterfalse
 from operator import itemgetter
 from typing import Any, ClassVar
@@ -178,6 +178,21 @@ class BalancerConfig(Config):
             raise self.reject("strength_max", f"a finite value >= strength_min ({self.strength_min})")
         if not self.strength_min <= self.initial_strength <= self.strength_max:
             raise self.reject("initial_strength", "a value within [strength_min, strength_max]")
+
+    def retargeted(self, target_gini: float) -> BalancerConfig:
+        """This config aiming at ``target_gini``, its fill schedule scaled by the same factor.
+
+        A schedule the training job set as a share of the unbalanced ledger's Gini stays that
+        share of it for the new target (each point clipped to [0.01, 0.99]).
+
+        >>> BalancerConfig(target_gini=0.4, fill_requests=(40,), fill_targets=(0.5,)).retargeted(0.2).fill_targets
+        (0.25,)
+        """
+        if self.fill_targets is None:
+            return replace(self, target_gini=target_gini)
+        factor = target_gini / self.target_gini
+        return replace(self, target_gini=target_gini,
+                       fill_targets=tuple(min(max(v * factor, 0.01), 0.99) for v in self.fill_targets))
 
     @property
     def window(self) -> float:

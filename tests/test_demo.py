@@ -198,4 +198,4 @@ def test_demo_ships_the_product_defaults(demo_run: tuple[Path, Path, str, str]) 
     params = client.search_runs([client.get_experiment_by_name("trustfeed-demo").experiment_id])[0].data.params
     target = float(params["fitted.balancer.target_gini"])
     assert served.balancer.config.target_gini == pytest.approx(target)
-    assert target / float(params["fitted.balancer.unbalanced_valid_gini"]) == pytest.approx(TrainJobConfig.target_gini_ratio)
+    assert target / float(params["fitted.balancer.unbalanced_ledger_gini"]) == pytest.approx(TrainJobConfig.target_gini_ratio)

@@ -169,7 +169,9 @@ class TrainJobConfig(Config):
         MLflow run name (``None``: MLflow picks one).
     target_gini_ratio
         The balancer's target Gini relative to the data: ``target_gini_ratio`` x the
-        creator-exposure Gini of the unbalanced trust-aware ranking of the validation window.
+        creator-exposure Gini of the unbalanced trust-aware ranking of the validation window,
+        as the balancer's ledger (with its decay) measures it, and the same ratio of that
+        ledger's Gini while it fills (``BalancerConfig.fill_requests`` / ``fill_targets``).
         ``None``: ``balancer.target_gini`` is taken as an absolute target. The default 0.9 was
         chosen by the closed-loop net value after the data's end on two simulated platforms
         (``benchmarks/sweep_levers.py``, docs/balancer.md section 8).
@@ -503,26 +505,31 @@ def _bad_purchases(impressions: pd.DataFrame, events: EventLog, horizon_days: fl
     return purchased & bad
 
 
+def _request_positions(part: TrainingFrame, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(request code, 1-based position) of every row of ``part`` when each request is ranked by ``score``."""
+    codes = pd.factorize(part.frame["request_id"])[0]
+    order = np.lexsort((np.arange(len(codes)), -score, codes))
+    starts = np.searchsorted(codes[order], codes[order], side="left")
+    position = np.empty(len(codes), dtype=np.int64)
+    position[order] = np.arange(len(codes)) - starts + 1
+    return codes, position
+
+
 def _creator_gini(part: TrainingFrame, score: np.ndarray) -> float:
     """Creator-exposure Gini (docs/contract.md section 4) of ranking each request of ``part`` by ``score``."""
     from ..ranker.metrics import exposure_by, gini
 
-    frame = part.frame
-    ids = frame["request_id"].to_numpy()
-    order = np.lexsort((np.arange(len(frame)), -score, ids))
-    starts = np.searchsorted(ids[order], ids[order], side="left") if len(frame) else np.zeros(0, dtype=np.int64)
-    position = np.empty(len(frame), dtype=np.int64)
-    position[order] = np.arange(len(frame)) - starts + 1
-    ranked = pd.DataFrame({"creator_id": frame["creator_id"].astype(str).to_numpy(), "position": position})
+    _, position = _request_positions(part, score)
+    ranked = pd.DataFrame({"creator_id": part.frame["creator_id"].astype(str).to_numpy(), "position": position})
     exposure = exposure_by(ranked, "creator_id", population=pd.unique(ranked["creator_id"]))
     return float(gini(exposure.to_numpy()))
 
 
-def _fill_schedule(part: TrainingFrame, score: np.ndarray, balancer: BalancerConfig, ratio: float
-                   ) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
-    """The balancer's target while its ledger fills: ``ratio`` x the ledger Gini of the unbalanced ranking.
+def _ledger_fill(part: TrainingFrame, score: np.ndarray, balancer: BalancerConfig
+                 ) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """The balancer's ledger Gini of the unbalanced ranking as the ledger fills: (request counts, Ginis).
 
-    The validation requests, ranked by ``score`` and replayed in time order into a ledger of
+    The requests of ``part``, ranked by ``score`` and replayed in time order into a ledger of
     the balancer's own decay and exposure (every ranked candidate recorded at its position, as
     :func:`_creator_gini` counts them), measured after 2, 4, 8, ... x ``control_interval``
     requests and after the last. ``None`` when there are too few requests for two points.
@@ -532,19 +539,22 @@ def _fill_schedule(part: TrainingFrame, score: np.ndarray, balancer: BalancerCon
     frame = part.frame
     if len(frame) == 0:
         return None
-    ids = frame["request_id"].to_numpy()
-    order = np.lexsort((np.arange(len(frame)), -score, ids))
-    starts = np.searchsorted(ids[order], ids[order], side="left")
-    position = np.empty(len(frame), dtype=np.int64)
-    position[order] = np.arange(len(frame)) - starts + 1
-    ranked = pd.DataFrame({"request_id": ids, "creator_id": frame["creator_id"].astype(str).to_numpy(),
-                           "merchant_id": frame["merchant_id"].astype(str).to_numpy(), "position": position,
-                           "ts": frame["ts"].to_numpy()})
-    # requests in the order they were served (ties: as logged)
-    first = ranked.groupby("request_id", sort=False)["ts"].transform("min")
-    ranked = ranked.assign(first=first.to_numpy()).sort_values(["first", "request_id"], kind="stable")
-    request_codes, _ = pd.factorize(ranked["request_id"])
-    n_requests = int(request_codes.max()) + 1
+    codes, position = _request_positions(part, score)
+    n_requests = int(codes.max()) + 1
+    # epoch seconds (the ledger's clock when its half-life is in seconds); requests in the order
+    # they were served, ties as logged
+    seconds = (pd.to_datetime(frame["ts"], utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    first = np.full(n_requests, np.inf)
+    np.minimum.at(first, codes, seconds)
+    served_order = np.argsort(first, kind="stable")
+    rank_of = np.empty(n_requests, dtype=np.int64)
+    rank_of[served_order] = np.arange(n_requests)
+    request_rank = rank_of[codes]
+    rows = np.argsort(request_rank, kind="stable")
+    ranked = pd.DataFrame({"request_id": request_rank[rows], "creator_id": frame["creator_id"].to_numpy()[rows],
+                           "merchant_id": frame["merchant_id"].to_numpy()[rows], "position": position[rows],
+                           "ts": seconds[rows]})
+    request_codes = request_rank[rows]
     counts, count = [], 2 * balancer.control_interval
     while count < n_requests:
         counts.append(count)
@@ -554,12 +564,12 @@ def _fill_schedule(part: TrainingFrame, score: np.ndarray, balancer: BalancerCon
         return None
     replay = ExposureBalancer(replace(balancer, kp=0.0, ki=0.0, fill_requests=None, fill_targets=None))
     bounds = np.searchsorted(request_codes, np.asarray(counts), side="left")
-    targets, done = [], 0
+    ginis, done = [], 0
     for end in bounds.tolist():
         replay.record_impressions(ranked.iloc[done:end])
         done = end
-        targets.append(float(np.clip(ratio * replay.measured_gini, 0.01, 0.99)))
-    return tuple(counts), tuple(targets)
+        ginis.append(float(replay.measured_gini))
+    return tuple(counts), tuple(ginis)
 
 
 def fit_purchase_model(
@@ -649,7 +659,10 @@ def fit_policy_and_target(
       computes them while LightGBM trains.
     * ``target_gini_ratio`` set: ``balancer.target_gini = ratio x`` the creator-exposure
       Gini of the unbalanced policy ranking of the validation requests (hard rules are not
-      applied there: the frame keeps no ban flags, and bans remove few candidates).
+      applied there: the frame keeps no ban flags, and bans remove few candidates) as the
+      balancer's own ledger measures it, replayed in time order from empty, and
+      ``fill_requests`` / ``fill_targets`` the ratio x that ledger's Gini while it fills
+      (with too few requests to replay, the window's Gini and no fill schedule).
 
     Returns
     -------
@@ -707,16 +720,25 @@ def fit_policy_and_target(
         trust = (valid_part.frame[trust_column].to_numpy(dtype=np.float64) if trust_column in valid_part.frame.columns
                  else np.full(len(valid_part), np.nan))
         valid_policy_score = policy.score(valid_score, trust, group=valid_part.groups())
+        ratio = config.target_gini_ratio
         unbalanced = _creator_gini(valid_part, valid_policy_score)
-        target = float(np.clip(config.target_gini_ratio * unbalanced, 0.01, 0.99))
-        schedule = _fill_schedule(valid_part, valid_policy_score, balancer, config.target_gini_ratio)
-        balancer = replace(balancer, target_gini=target, fill_requests=None if schedule is None else schedule[0],
-                           fill_targets=None if schedule is None else schedule[1])
-        fitted.update({"balancer.unbalanced_valid_gini": unbalanced, "balancer.target_gini": target})
-        if schedule is not None:
-            fitted.update({"balancer.fill_requests": list(schedule[0]),
-                           "balancer.fill_targets": [round(v, 4) for v in schedule[1]]})
-        progress(f"balancer target Gini {target:.3f} ({config.target_gini_ratio:g} x {unbalanced:.3f} unbalanced)")
+        fitted["balancer.unbalanced_valid_gini"] = unbalanced
+        # the reference is what the balancer's own ledger measures for the unbalanced ranking
+        # (its decay forgets what a whole window's Gini keeps: on a window of many half-lives the
+        # window's Gini is far lower and would be out of the controller's reach), filled from
+        # empty as a new deployment's ledger is; too few requests to replay: the window's Gini
+        fill = _ledger_fill(valid_part, valid_policy_score, balancer)
+        reference = unbalanced if fill is None else fill[1][-1]
+        target = float(np.clip(ratio * reference, 0.01, 0.99))
+        if fill is None:
+            balancer = replace(balancer, target_gini=target, fill_requests=None, fill_targets=None)
+        else:
+            targets = tuple(float(np.clip(ratio * g, 0.01, 0.99)) for g in fill[1])
+            balancer = replace(balancer, target_gini=target, fill_requests=fill[0], fill_targets=targets)
+            fitted.update({"balancer.unbalanced_ledger_gini": reference, "balancer.fill_requests": list(fill[0]),
+                           "balancer.fill_targets": [round(v, 4) for v in targets]})
+        fitted["balancer.target_gini"] = target
+        progress(f"balancer target Gini {target:.3f} ({ratio:g} x {reference:.3f} unbalanced)")
     return policy, balancer, fitted
 
 

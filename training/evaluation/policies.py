@@ -217,7 +217,11 @@ def lever_policy(label: str, *, balancer: Mapping[str, Any] | None = None, **pol
         pipeline = served_pipeline(context.served, balancer=True)
         if balancer and pipeline.balancer is not None:
             current = pipeline.balancer
-            config = replace(current.config, **balancer)
+            base = current.config
+            if "target_gini" in balancer and "fill_targets" not in balancer:
+                # the fill schedule stays the same share of the ledger's Gini for the new target
+                base = base.retargeted(float(balancer["target_gini"]))
+            config = replace(base, **balancer)
             state = current.state_dict()
             if "initial_strength" in balancer:
                 # the saved controller state carries its own strength: start from the one asked for

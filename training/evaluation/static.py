@@ -787,7 +787,7 @@ def _lever_effects(
         score = trust_aware["score"].to_numpy(float)
         for ratio in (0.7, 0.8, 0.9, 1.0):
             target = float(np.clip(ratio * unbalanced, 0.01, 0.99))
-            controlled = ExposureBalancer(replace(balancer.config, target_gini=target, auto_record=True))
+            controlled = ExposureBalancer(replace(balancer.config.retargeted(target), auto_record=True))
             swept = with_facts(_per_request_order(trust_aware, lambda a, b, c=controlled: c.rerank(
                 creators[a:b].tolist(), merchant_ids[a:b].tolist(), relevance=score[a:b], trust=trust[a:b],
                 now=now[a], record=True)))
