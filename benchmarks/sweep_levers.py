@@ -39,11 +39,12 @@ METRICS = ("net_value", "orders", "good_orders", "bad_orders", "bad_order_rate",
 
 LEVERS = ("guarantee_boost", "trust_floor", "trust_exposure_target", "target_gini_ratio", "bad_cost")
 BAD_COSTS = (1.0, 3.0)
-GINI_RATIOS = (0.6, 0.7, 0.9, 1.0)
+GINI_RATIOS = (0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 def lever_grid(trust: np.ndarray, target_gini: float, trained_ratio: float,
-               levers: tuple[str, ...] = LEVERS) -> list[tuple[str, str, dict[str, Any]]]:
+               levers: tuple[str, ...] = LEVERS, gini_ratios: tuple[float, ...] = GINI_RATIOS
+               ) -> list[tuple[str, str, dict[str, Any]]]:
     """``(lever, value, lever_policy keyword arguments)`` for every point of the sweep (``served`` first)."""
     known = trust[np.isfinite(trust)]
     unbalanced = target_gini / trained_ratio
@@ -54,7 +55,7 @@ def lever_grid(trust: np.ndarray, target_gini: float, trained_ratio: float,
     grid += [("trust_exposure_target", f"{np.quantile(known, q):.3f}",
               {"trust_exposure_target": float(np.round(np.quantile(known, q), 3))}) for q in (0.5, 0.8)]
     grid += [("target_gini_ratio", f"{r:g}", {"balancer": {"target_gini": float(np.clip(r * unbalanced, 0.01, 0.99))}})
-             for r in GINI_RATIOS if abs(r - trained_ratio) > 1e-9]
+             for r in gini_ratios if abs(r - trained_ratio) > 1e-9]
     # the cost of a bad order in the ranking only (the rollout's net value keeps its own cost)
     grid += [("bad_cost", f"{c:g}", {"bad_cost": c}) for c in BAD_COSTS]
     return [point for point in grid if point[0] == "served" or point[0] in levers]
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--requests-per-day", type=int, default=300)
     parser.add_argument("--trained-ratio", type=float, default=0.9, help="target_gini_ratio the model was trained with")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in --out)")
+    parser.add_argument("--gini-ratios", type=float, nargs="+", default=list(GINI_RATIOS),
+                        help="target_gini_ratio values of the Gini-target lever")
     parser.add_argument("--levers", nargs="+", choices=LEVERS, default=list(LEVERS), help="levers to sweep (default: all)")
     args = parser.parse_args()
 
@@ -111,7 +114,7 @@ def main() -> None:
         served = FeedRanker.load(str(model), predictor="lightgbm").pipeline
         trust = pd.to_numeric(served.snapshot.merchants["trust_index"], errors="coerce").to_numpy(float)
         target_gini = served.balancer.config.target_gini if served.balancer is not None else 0.5
-        grid = lever_grid(trust, target_gini, args.trained_ratio, tuple(args.levers))
+        grid = lever_grid(trust, target_gini, args.trained_ratio, tuple(args.levers), tuple(args.gini_ratios))
         specs = {f"{lever}={value}" if value else lever: lever_policy(f"{lever} {value}", **changes)
                  for lever, value, changes in grid}
         started = time.perf_counter()
