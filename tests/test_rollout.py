@@ -262,3 +262,55 @@ def test_drawn_outcomes_average_to_the_expected_ones(base: Any) -> None:
     for got, want in ((drawn, expected), (drawn_bad, expected_bad)):
         assert abs(sum(got) - sum(want)) < 4.0 * np.sqrt(sum(want)) + 1.0
     assert sum(expected) > 20 and sum(expected_bad) > 1  # the check has something to check
+
+
+def test_the_log_before_the_rollout_start_is_the_dataset(base: Any, trained: Any) -> None:
+    """The world continues the logged orders' outcomes past the window; the window itself is unchanged."""
+    from trustfeed.features.events import load_events
+
+    dataset = load_events(trained.events_dir)
+    known = base.events.before(base.start)
+    for table in ("orders", "after_sales", "reviews"):
+        pd.testing.assert_frame_equal(known[table].reset_index(drop=True), dataset[table].reset_index(drop=True))
+    # what continues: every paid order is delivered at last, every case resolved, and the
+    # continuation gives no order a second case or review
+    orders = base.events["orders"]
+    paid = (orders["status"].astype(str) == "paid").to_numpy()
+    assert orders["delivered_at"][paid].notna().all() and dataset["orders"]["delivered_at"][paid].isna().any()
+    assert base.events["after_sales"]["resolved_at"].notna().all()
+    for table in ("after_sales", "reviews"):
+        added = base.events[table].iloc[len(dataset[table]):]
+        assert len(added) > 0 and (added.iloc[:, 0].astype(str).str.len() > 0).all()
+        assert (added["opened_at" if table == "after_sales" else "created_at"] >= base.start).all()
+        assert not added["order_id"].isin(dataset[table]["order_id"]).any()
+        assert added["order_id"].is_unique
+        assert base.events[table].iloc[:, 0].is_unique  # case / review ids
+
+
+def test_orders_of_the_windows_last_days_get_their_bad_outcomes(base: Any, trained: Any) -> None:
+    """Seen from a month later, the window's last week of orders goes bad as often as the week before it.
+
+    The simulator cuts outcomes at the window's end; without the continuation the last week's
+    orders stayed almost spotless, and every trust index refit in a rollout learned from them.
+    """
+    from trustfeed.features.events import load_events
+    from trustfeed.features.outcomes import order_outcomes, went_bad
+
+    later = base.start + pd.Timedelta(days=30)
+
+    def bad_share(events: Any, first_day: int, last_day: int) -> tuple[float, int]:
+        outcomes = order_outcomes(events, later)
+        created = pd.to_datetime(outcomes["created_at"], utc=True)
+        days_before = ((base.start - created).dt.total_seconds() / 86400).to_numpy()
+        paid = (outcomes["status"].astype(str) == "paid").to_numpy() if "status" in outcomes else np.ones(len(outcomes), bool)
+        rows = paid & (days_before > first_day) & (days_before <= last_day)
+        return float(went_bad(outcomes, later)[rows].mean()), int(rows.sum())
+
+    last_week, n_last = bad_share(base.events, 0, 7)
+    week_before, n_before = bad_share(base.events, 7, 14)
+    assert n_last > 300 and n_before > 300
+    # two binomial shares of a few hundred orders each: within 3 standard errors of each other
+    se = np.sqrt(week_before * (1 - week_before) * (1 / n_last + 1 / n_before))
+    assert abs(last_week - week_before) < 3 * se + 1e-9
+    cut_off, _ = bad_share(load_events(trained.events_dir), 0, 7)  # the dataset as written
+    assert cut_off < last_week - 3 * se

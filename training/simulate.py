@@ -876,6 +876,28 @@ def fulfilment(
     }
 
 
+def case_resolution(rng: np.random.Generator, distrust: np.ndarray) -> np.ndarray:
+    """Seconds from opening to resolving an after-sales case of merchants with ``1 - trust`` = ``distrust``.
+
+    Low-trust shops drag their feet; the platform steps in more often.
+    """
+    return rng.lognormal(np.log(20.0 * (1.0 + 3.0 * distrust)), 0.6) * HOUR
+
+
+def case_outcome(u: np.ndarray, bad: np.ndarray, no_reason: np.ndarray, logistics: np.ndarray, intervened: np.ndarray) -> np.ndarray:
+    """Outcome codes of resolved cases from uniforms ``u``, by what the case is about."""
+    return np.select(
+        [bad & intervened, bad, no_reason, logistics],
+        [
+            categorical(u, np.array([0.9, 0.07, 0.03])),
+            categorical(u, np.array([0.72, 0.16, 0.12])),
+            categorical(u, np.array([0.9, 0.0, 0.1])),
+            categorical(u, np.array([0.85, 0.1, 0.05])),
+        ],
+        categorical(u, np.array([0.5, 0.3, 0.2])),
+    )
+
+
 def _after_sales(config: SimConfig, merchants: dict[str, np.ndarray], orders: dict[str, np.ndarray], end: float) -> dict[str, np.ndarray]:
     rng = stage_rng(config.seed, 8)
     n = len(orders["merchant"])
@@ -915,21 +937,9 @@ def _after_sales(config: SimConfig, merchants: dict[str, np.ndarray], orders: di
     )
     delivered_at = orders["delivered"][idx]
     opened = delivered_at + np.where(lg_k, rng.uniform(0.05, 2.0, k), rng.uniform(0.1, 6.5, k)) * DAY
-    # Low-trust shops drag their feet; the platform steps in more often.
-    resolution = rng.lognormal(np.log(20.0 * (1.0 + 3.0 * dk)), 0.6) * HOUR
-    resolved = opened + resolution
+    resolved = opened + case_resolution(rng, dk)
     intervened = rng.random(k) < np.where(bad_k, 0.05 + 0.6 * dk**2, 0.02)
-    u = rng.random(k)
-    outcome = np.select(
-        [bad_k & intervened, bad_k, nr_k, lg_k],
-        [
-            categorical(u, np.array([0.9, 0.07, 0.03])),
-            categorical(u, np.array([0.72, 0.16, 0.12])),
-            categorical(u, np.array([0.9, 0.0, 0.1])),
-            categorical(u, np.array([0.85, 0.1, 0.05])),
-        ],
-        categorical(u, np.array([0.5, 0.3, 0.2])),
-    )
+    outcome = case_outcome(rng.random(k), bad_k, nr_k, lg_k, intervened)
     keep = opened < end
     unresolved = ~(resolved < end)
     return {

@@ -66,7 +66,7 @@ from ..features.config import Config, Constraints, Flag, Integer, Real
 from ..features.errors import ConfigError, SchemaError
 from ..features.events import EventLog, load_events, table_dtypes
 from ..features.outcomes import net_value
-from ._sim_util import DAY, HOUR, categorical, grouped_weighted_draw, time_column
+from ._sim_util import DAY, HOUR, categorical, grouped_weighted_draw, stage_rng, time_column
 from .simulate import (
     _CATEGORY_PRICE,
     _HOUR_WEIGHT,
@@ -82,6 +82,8 @@ from .simulate import (
     _reviews,
     _users,
     _violations,
+    case_outcome,
+    case_resolution,
     fulfilment,
     impression_probabilities,
     load_truth,
@@ -98,6 +100,8 @@ _U_ORGANIC, _U_ORGANIC_TIME, _U_ORGANIC_BUYER, _U_ORGANIC_AMOUNT, _U_ORGANIC_CAN
 _U_EXIT, _U_REREGISTER, _U_REREGISTER_DELAY, _U_REREGISTER_TRUST = 41, 42, 43, 44
 # seeded generators (per day) of the simulator stages reused as a whole
 _G_FEED_ORDERS, _G_ORGANIC_ORDERS, _G_VIOLATIONS, _G_AFTER_SALES = 51, 52, 53, 54
+# generator of the logged orders' outcomes after the window (one per platform, not per seed)
+_G_CONTINUATION = 61
 
 _MAX_STREAMS_PER_CREATOR_DAY = 4
 _EXPOSURE_REFERENCE_DAYS = 14
@@ -328,6 +332,7 @@ class WorldBase:
         guaranteed = np.array([m in guaranteed_ids for m in merchant_ids], dtype=bool)
 
         creator_ids = np.array([f"c{i}" for i in range(n_creators)], dtype=object)
+        log = _continue_outcomes(config, merchants, merchant_ids, log, truth)
         impressions = log["impressions"]
         recent = (impressions["ts"] >= end_ts - pd.Timedelta(days=_EXPOSURE_REFERENCE_DAYS)).to_numpy(dtype=bool)
         shown = impressions.loc[recent]
@@ -343,6 +348,185 @@ class WorldBase:
             n_streams=len(log["livestreams"]), n_orders=len(log["orders"]), n_cases=len(log["after_sales"]),
             n_reviews=len(log["reviews"]), n_violations=len(log["violations"]),
         )
+
+
+# Rejection rounds of the continuation's conditional draws: an order still drawing an outcome
+# before the window's end after this many gets none (a share of about 0.5 ** 8 of them).
+_CONTINUATION_ROUNDS = 8
+_BAD_REASONS = ("quality", "not_as_described", "counterfeit")
+# A logged transit this long (seconds) reads as a logistics delay (the simulator's undelayed
+# transit exceeds it about once in a thousand; a delay adds 48-144 hours).
+_DELAYED_TRANSIT = 110.0 * HOUR
+
+
+def _seconds_after(column: pd.Series, start: pd.Timestamp) -> np.ndarray:
+    """Seconds after ``start`` of a time column (``NaN`` where null)."""
+    return (column - start).dt.total_seconds().to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _after_end(
+    draw: Any, rows: np.ndarray, sub: Any, time_key: str, end: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """``draw(sub(rows), seed)``'s events of ``rows`` given that none of them had one before ``end``.
+
+    Rejection: an order whose draw has an event before ``end`` is drawn again (the log shows
+    it had none), the others keep their events (all at or after ``end``).
+    """
+    parts: list[dict[str, np.ndarray]] = []
+    remaining = rows
+    for _ in range(_CONTINUATION_ROUNDS):
+        if len(remaining) == 0:
+            break
+        out = draw(sub(remaining), int(rng.integers(2**62)))
+        rejected = np.unique(out["order"][out[time_key] < end])
+        keep = ~np.isin(out["order"], rejected)
+        parts.append({key: (remaining[value] if key == "order" else value)[keep] for key, value in out.items()})
+        remaining = remaining[rejected]
+    if not parts:
+        return {}
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+def _continue_outcomes(
+    config: SimConfig, merchants: Mapping[str, np.ndarray], merchant_ids: np.ndarray, log: EventLog, truth: Mapping[str, pd.DataFrame]
+) -> EventLog:
+    """The log with what its orders did after the simulated window: shipping, cases, reviews.
+
+    The simulator writes only what happened before its window's end, so an order placed in
+    the window's last days is never delivered, complained about or reviewed in its log. A
+    rollout that continued that log as it is kept those orders spotless for good: trust
+    index fits over the rollout's first weeks learned from a label window whose last ten
+    days of pre-rollout orders had lost their bad outcomes (the later bad-order rate fell
+    from 0.125 to 0.07 on a risky platform, and the fitted index priced risk low), and
+    orders stayed overdue that had long shipped. Here those outcomes happen, drawn once per
+    platform (the same for every policy and seed) from the simulator's own lifecycle, case
+    and review models and the order's true outcome (``truth/orders``):
+
+    * paid orders not delivered by the end are shipped (if not yet) and delivered after it,
+      with the simulator's delays (a draw that falls before the end is moved into the first
+      day after it), then get their cases and reviews;
+    * orders delivered before the end with no case (review) in the log get one with the
+      simulator's chance given that none came before the end;
+    * cases open at the end are resolved after it, with the simulator's outcomes.
+
+    Times after the end sit in the log as they do for the rollout's own orders; every reader
+    cuts the log at a time (:meth:`EventLog.before`), so the log before the end is unchanged.
+    Without ``truth/orders`` the log is returned as it is.
+    """
+    flags = truth.get("orders")
+    orders = log["orders"]
+    if flags is None or orders.empty or not {"order_id", "is_bad", "is_fake"} <= set(flags.columns):
+        return log
+    rng = stage_rng(config.seed, _G_CONTINUATION)
+    start, end = config.start_time, config.days * DAY
+    by_id = flags.set_index(flags["order_id"].astype(str))
+    ids = orders["order_id"].astype(str)
+    bad = by_id["is_bad"].reindex(ids).fillna(False).to_numpy(dtype=bool)
+    fake = by_id["is_fake"].reindex(ids).fillna(False).to_numpy(dtype=bool)
+    position = pd.Series(np.arange(len(merchant_ids)), index=merchant_ids).reindex(orders["merchant_id"].astype(str)).to_numpy()
+    known = np.isfinite(position)
+    merchant = np.where(known, position, 0).astype(np.int64)
+    paid = known & (orders["status"].astype(str) == "paid").to_numpy()
+    created, promised = _seconds_after(orders["created_at"], start), _seconds_after(orders["promised_ship_by"], start)
+    shipped, delivered = _seconds_after(orders["shipped_at"], start), _seconds_after(orders["delivered_at"], start)
+    presale = orders["presale"].fillna(False).to_numpy(dtype=bool) if "presale" in orders else np.zeros(len(orders), dtype=bool)
+    trust = merchants["trust"]
+
+    # 1. paid orders not delivered by the end: the rest of their lifecycle
+    pending = np.flatnonzero(paid & ~np.isfinite(delivered))
+    k = len(pending)
+    ones = np.ones(k)
+    drawn = fulfilment(rng, config, trust[merchant[pending]], np.zeros(k), fake[pending], created[pending], math.inf,
+                       outcome_uniforms=(ones, ones))
+    waited = promised[pending] - end
+    presale_ship = end + rng.random(k) * np.where(waited > 0, waited, 0.0)
+    after_end = np.where(drawn["shipped"] >= end, drawn["shipped"], end + rng.uniform(0.0, DAY, k))
+    new_shipped = np.where(np.isfinite(shipped[pending]), shipped[pending],
+                           np.where(presale[pending] & (waited > 0), presale_ship, after_end))
+    new_delivered = new_shipped + (drawn["delivered"] - drawn["shipped"])
+    new_delivered = np.where(new_delivered >= end, new_delivered, end + rng.uniform(0.0, DAY / 2, k))
+    shipped, delivered = shipped.copy(), delivered.copy()
+    shipped[pending], delivered[pending] = new_shipped, new_delivered
+    delayed = np.zeros(len(orders), dtype=bool)
+    delayed[pending] = drawn["logistics_delayed"]
+    logged = np.flatnonzero(paid & np.isfinite(_seconds_after(orders["delivered_at"], start)))
+    delayed[logged] = (delivered - shipped)[logged] > _DELAYED_TRANSIT
+
+    def sub(rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {"merchant": merchant[rows], "delivered": delivered[rows], "fake": fake[rows], "bad": bad[rows],
+                "logistics_delayed": delayed[rows], "late": shipped[rows] > promised[rows],
+                "category": merchants["category"][merchant[rows]]}
+
+    def cases_of(rows_sub: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        return _after_sales(replace(config, seed=seed), merchants, rows_sub, math.inf)  # type: ignore[arg-type]
+
+    def reviews_of(rows_sub: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+        return _reviews(replace(config, seed=seed), merchants, rows_sub, math.inf)  # type: ignore[arg-type]
+
+    # 2. cases and reviews: every delivered order without one in the log, given none before the end
+    cases_log, reviews_log = log["after_sales"], log["reviews"]
+    no_case = paid & np.isfinite(delivered) & ~ids.isin(cases_log["order_id"].astype(str)).to_numpy()
+    no_review = paid & np.isfinite(delivered) & ~ids.isin(reviews_log["order_id"].astype(str)).to_numpy()
+    cases = _after_end(cases_of, np.flatnonzero(no_case), sub, "opened", end, rng)
+    reviews = _after_end(reviews_of, np.flatnonzero(no_review), sub, "created", end, rng)
+
+    # 3. cases open at the end: resolved after it
+    cases_log = cases_log.copy()
+    open_cases = np.flatnonzero(cases_log["resolved_at"].isna().to_numpy() & cases_log["opened_at"].notna().to_numpy())
+    order_row = pd.Series(np.arange(len(orders)), index=ids).reindex(cases_log["order_id"].astype(str).iloc[open_cases]).to_numpy()
+    open_cases, order_row = open_cases[np.isfinite(order_row)], order_row[np.isfinite(order_row)].astype(np.int64)
+    if len(open_cases):
+        distrust = 1.0 - trust[merchant[order_row]]
+        opened = _seconds_after(cases_log["opened_at"], start)[open_cases]
+        resolved = np.full(len(open_cases), np.nan)
+        for _ in range(_CONTINUATION_ROUNDS):
+            todo = ~np.isfinite(resolved)
+            if not todo.any():
+                break
+            draw_at = opened[todo] + case_resolution(rng, distrust[todo])
+            resolved[np.flatnonzero(todo)[draw_at >= end]] = draw_at[draw_at >= end]
+        still = ~np.isfinite(resolved)
+        resolved[still] = end + rng.uniform(0.0, DAY / 2, int(still.sum()))
+        reason = cases_log["reason"].astype(str).to_numpy()[open_cases]
+        intervened = cases_log["platform_intervened"].fillna(False).to_numpy(dtype=bool)[open_cases]
+        outcome = case_outcome(rng.random(len(open_cases)), np.isin(reason, _BAD_REASONS), reason == "no_reason",
+                               reason == "logistics", intervened)
+        at = cases_log.index[open_cases]
+        cases_log.loc[at, "resolved_at"] = time_column(resolved, int(start.value)).set_axis(at)
+        cases_log.loc[at, "outcome"] = _labels("after_sales", "outcome", outcome)
+
+    start_ns = int(start.value)
+    orders = orders.copy()
+    rows = orders.index[pending]
+    orders.loc[rows, "shipped_at"] = time_column(new_shipped, start_ns).set_axis(rows)
+    orders.loc[rows, "delivered_at"] = time_column(new_delivered, start_ns).set_axis(rows)
+    tables = dict(log.tables)
+    tables["orders"] = orders
+    new_cases = {
+        "case_id": np.array([f"as{i}" for i in range(len(cases_log), len(cases_log) + len(cases.get("order", ())))], dtype=object),
+        "order_id": ids.to_numpy(dtype=object)[cases["order"]] if cases else np.zeros(0, dtype=object),
+    }
+    if cases:
+        new_cases.update({
+            "opened_at": cases["opened"], "type": _labels("after_sales", "type", cases["type"]),
+            "reason": _labels("after_sales", "reason", cases["reason"]), "resolved_at": cases["resolved"],
+            "outcome": _labels("after_sales", "outcome", cases["outcome"]), "platform_intervened": cases["intervened"],
+        })
+        tables["after_sales"] = pd.concat([cases_log, _typed_frame("after_sales", [new_cases], start_ns)], ignore_index=True)
+    else:
+        tables["after_sales"] = cases_log
+    if reviews:
+        missing = reviews["details_missing"]
+        new_reviews = {
+            "review_id": np.array([f"r{i}" for i in range(len(reviews_log), len(reviews_log) + len(reviews["order"]))], dtype=object),
+            "order_id": ids.to_numpy(dtype=object)[reviews["order"]],
+            "user_id": orders["user_id"].astype(str).to_numpy(dtype=object)[reviews["order"]],
+            "created_at": reviews["created"], "rating": reviews["rating"],
+            "quality": np.where(missing, np.nan, reviews["quality"]), "service": np.where(missing, np.nan, reviews["service"]),
+            "logistics": np.where(missing, np.nan, reviews["logistics"]),
+        }
+        tables["reviews"] = pd.concat([reviews_log, _typed_frame("reviews", [new_reviews], start_ns)], ignore_index=True)
+    return replace(log, tables=tables)
 
 
 def _user_ids(config: SimConfig, fake_users: int, follows: Mapping[str, np.ndarray], logged: pd.DataFrame) -> np.ndarray:
@@ -514,23 +698,8 @@ class World:
         self._new_rows.setdefault(table, []).append(columns)
 
     def _frame(self, table: str, parts: list[dict[str, Any]]) -> pd.DataFrame:
-        n = [max(len(v) for v in part.values() if v is not None and np.ndim(v)) for part in parts]
-        columns: dict[str, Any] = {}
-        for name, dtype in table_dtypes(table).items():
-            values = [part.get(name) for part in parts]
-            is_time = isinstance(dtype, pd.DatetimeTZDtype)
-            filler: Any = np.nan if is_time else None
-            joined = np.concatenate([
-                np.asarray(v) if v is not None and np.ndim(v) else np.full(k, filler, dtype=float if is_time else object)
-                for v, k in zip(values, n)
-            ])
-            if is_time:
-                columns[name] = time_column(joined.astype(np.float64), self._start_ns)
-            elif isinstance(dtype, pd.CategoricalDtype):
-                columns[name] = pd.Series(pd.Categorical(joined, dtype=dtype))
-            else:
-                columns[name] = pd.Series(joined).astype(dtype)
-        return pd.DataFrame(columns)
+        return _typed_frame(table, parts, self._start_ns)
+
     def _when(self, seconds: np.ndarray) -> pd.Series:
         # only for what must be a time now (request times, reported impressions)
         return time_column(np.asarray(seconds, dtype=np.float64), self._start_ns)
@@ -1031,6 +1200,27 @@ class World:
     def latent_trust(self) -> pd.Series:
         """Latent merchant trust by merchant id (re-registered accounts included)."""
         return pd.Series(self.merchants["trust"], index=self.merchant_ids)
+
+
+def _typed_frame(table: str, parts: list[dict[str, Any]], start_ns: int) -> pd.DataFrame:
+    """Rows of ``table`` in the log's dtypes from raw columns (times as seconds after ``start_ns``)."""
+    n = [max(len(v) for v in part.values() if v is not None and np.ndim(v)) for part in parts]
+    columns: dict[str, Any] = {}
+    for name, dtype in table_dtypes(table).items():
+        values = [part.get(name) for part in parts]
+        is_time = isinstance(dtype, pd.DatetimeTZDtype)
+        filler: Any = np.nan if is_time else None
+        joined = np.concatenate([
+            np.asarray(v) if v is not None and np.ndim(v) else np.full(k, filler, dtype=float if is_time else object)
+            for v, k in zip(values, n)
+        ])
+        if is_time:
+            columns[name] = time_column(joined.astype(np.float64), start_ns)
+        elif isinstance(dtype, pd.CategoricalDtype):
+            columns[name] = pd.Series(pd.Categorical(joined, dtype=dtype))
+        else:
+            columns[name] = pd.Series(joined).astype(dtype)
+    return pd.DataFrame(columns)
 
 
 @functools.lru_cache(maxsize=None)
