@@ -645,6 +645,7 @@ def build_counts(
         outcomes = outcomes[["bad_at"]]
         warning = _early_warning(order_frame, orders, outcomes, as_of, config, agg, enc)
         bad = went_bad(outcomes)
+        bad_at = outcomes["bad_at"].reset_index(drop=True)  # when each bad order became known (labels)
     # The order outcomes are not needed past this point: freed before the review lookups.
     del outcomes
     buyer_of = np.full(n_orders_vocab, -1, dtype="int64")
@@ -696,6 +697,7 @@ def build_counts(
             "created_at": order_frame["created_at"],
             "order_weight": weight,
             "bad": bad,
+            "bad_at": bad_at,
         },
         copy=False,
     )

@@ -887,3 +887,62 @@ def test_signals_equal_with_and_without_the_quantiles_thread(seed, merchants):
     pd.testing.assert_frame_equal(runs[0][0], runs[1][0], check_exact=True)
     pd.testing.assert_frame_equal(runs[0][1], runs[1][1], check_exact=True)
     assert runs[0][2].beta.keys() == runs[1][2].beta.keys()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    p_bad=st.floats(0.05, 0.5),
+    low=st.floats(0.5, 10.0),
+    spread=st.floats(0.5, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_fit_label_counts_young_orders_for_the_outcomes_known_by_their_age(p_bad, low, spread, seed):
+    """A window's youngest orders have not had the time to go bad: the label corrects for it.
+
+    Orders placed evenly over two horizons go bad with ``p_bad``, known ``low`` to
+    ``low + spread`` days later, and only what is known before the cut is in the log. The
+    corrected rate of the last horizon recovers ``p_bad``; the plain count reads it low.
+    """
+    from trustfeed.features.trust import _LaterBad
+
+    rng = np.random.default_rng(seed)
+    n, horizon = 40_000, 30.0
+    cut = pd.Timestamp("2026-03-01", tz="UTC")
+    created = cut - pd.to_timedelta(rng.uniform(0, 2 * horizon, n), unit="D")
+    bad_at = created + pd.to_timedelta(rng.uniform(low, low + spread, n), unit="D")
+    bad = (rng.random(n) < p_bad) & (bad_at < cut)
+    orders = pd.DataFrame({"merchant": np.zeros(n, dtype=np.int64), "created_at": created, "order_weight": np.ones(n),
+                           "bad": bad, "bad_at": bad_at.where(bad)})
+    reports = pd.DataFrame({"merchant_id": np.zeros(0, np.int64), "verified": np.zeros(0, bool),
+                            "category": pd.Series([], dtype="string"), "created_at": pd.Series([], dtype="datetime64[ns, UTC]")})
+    start = cut - pd.Timedelta(days=horizon)
+    corrected = _LaterBad(orders, reports, cut, horizon).rate(start).iloc[0]
+    plain = _LaterBad(orders, reports).rate(start).iloc[0]
+    se = np.sqrt(p_bad * (1 - p_bad) / corrected["w"])
+    assert abs(corrected["bad"] / corrected["w"] - p_bad) < 4 * se + 0.005
+    # uncorrected: each order counts in full, so the rate is low by the share not yet known
+    known_share = np.clip((horizon - low - np.array([0.0, spread])) / horizon, 0, 1).mean()
+    assert plain["w"] == pytest.approx(((created >= start)).sum())
+    assert plain["bad"] / plain["w"] < p_bad * min(1.0, known_share + 0.05) + 4 * se
+    # an order a horizon old counts in full, a younger one for less
+    old = _LaterBad(orders, reports, cut, horizon)
+    assert (old.known[np.asarray(created < start)] == 1.0).all()
+    assert (old.known <= 1.0).all() and (old.known >= 0.0).all()
+
+
+def test_the_label_delay_correction_is_a_validated_setting(crafted):
+    assert TrustConfig().label_delay_correction is False
+    with pytest.raises(ConfigError, match="label_delay_correction"):
+        TrustConfig(label_delay_correction="yes")
+    from dataclasses import replace
+
+    tables, _ = crafted
+    events = validate_events(tables)
+    on = build_snapshot(events, AS_OF, replace(FIT, label_delay_correction=True))
+    off = build_snapshot(events, AS_OF, FIT)
+    assert on.manifest["index_model"]["source"] == "fitted"
+    delay = on.manifest["index_model"]["reporting_delay_days"]
+    assert 0 < delay["p50"] <= delay["p90"] <= FIT.horizon_days
+    assert "reporting_delay_days" not in off.manifest["index_model"]
+    # the young orders count for less, so the fit reads a higher bad-order rate
+    assert on.manifest["index_model"]["later_bad_rate"] > off.manifest["index_model"]["later_bad_rate"]
