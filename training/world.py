@@ -351,11 +351,12 @@ class WorldBase:
 
 
 # Rejection rounds of the continuation's conditional draws: an order still drawing an outcome
-# before the window's end after this many gets none (a share of about 0.5 ** 8 of them).
+# before the window's end after this many gets none (each round rejects under half of them).
 _CONTINUATION_ROUNDS = 8
 _BAD_REASONS = ("quality", "not_as_described", "counterfeit")
-# A logged transit this long (seconds) reads as a logistics delay (the simulator's undelayed
-# transit exceeds it about once in a thousand; a delay adds 48-144 hours).
+# A logged transit this long (seconds) reads as a logistics delay, which only the reviews'
+# logistics score reads: the simulator's undelayed transits exceed it 4% of the time, its
+# delayed ones (48-144 hours more) fall short of it 8% of the time.
 _DELAYED_TRANSIT = 110.0 * HOUR
 
 
@@ -397,8 +398,8 @@ def _continue_outcomes(
     rollout that continued that log as it is kept those orders spotless for good: trust
     index fits over the rollout's first weeks learned from a label window whose last ten
     days of pre-rollout orders had lost their bad outcomes (the later bad-order rate fell
-    from 0.125 to 0.07 on a risky platform, and the fitted index priced risk low), and
-    orders stayed overdue that had long shipped. Here those outcomes happen, drawn once per
+    from 0.125 to 0.07 on a risky platform, and the fitted index priced risk low), and the
+    window's unshipped orders stayed unshipped. Here those outcomes happen, drawn once per
     platform (the same for every policy and seed) from the simulator's own lifecycle, case
     and review models and the order's true outcome (``truth/orders``):
 
