@@ -641,11 +641,13 @@ def build_counts(
     outcomes = order_outcomes(tables, columns=read).iloc[: len(orders)]
     after_sales = _after_sales(tables["after_sales"], outcomes, merchant_of, weight_of, as_of, config, agg, n_merchants, windowed=not risk_only)
     warning: dict[str, np.ndarray] = {}
+    delay_columns: dict[str, pd.Series] = {}
     if not risk_only:
         outcomes = outcomes[["bad_at"]]
         warning = _early_warning(order_frame, orders, outcomes, as_of, config, agg, enc)
         bad = went_bad(outcomes)
-        bad_at = outcomes["bad_at"].reset_index(drop=True)  # when each bad order became known (labels)
+        if config.label_delay_correction:  # when each bad order became known: the fit's delay (labels)
+            delay_columns = {"bad_at": outcomes["bad_at"].reset_index(drop=True)}
     # The order outcomes are not needed past this point: freed before the review lookups.
     del outcomes
     buyer_of = np.full(n_orders_vocab, -1, dtype="int64")
@@ -697,7 +699,7 @@ def build_counts(
             "created_at": order_frame["created_at"],
             "order_weight": weight,
             "bad": bad,
-            "bad_at": bad_at,
+            **delay_columns,
         },
         copy=False,
     )

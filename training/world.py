@@ -446,11 +446,11 @@ def _continue_outcomes(
                            np.where(presale[pending] & (waited > 0), presale_ship, after_end))
     new_delivered = new_shipped + (drawn["delivered"] - drawn["shipped"])
     new_delivered = np.where(new_delivered >= end, new_delivered, end + rng.uniform(0.0, DAY / 2, k))
+    logged = np.flatnonzero(paid & np.isfinite(delivered))
     shipped, delivered = shipped.copy(), delivered.copy()
     shipped[pending], delivered[pending] = new_shipped, new_delivered
     delayed = np.zeros(len(orders), dtype=bool)
     delayed[pending] = drawn["logistics_delayed"]
-    logged = np.flatnonzero(paid & np.isfinite(_seconds_after(orders["delivered_at"], start)))
     delayed[logged] = (delivered - shipped)[logged] > _DELAYED_TRANSIT
 
     def sub(rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -503,30 +503,17 @@ def _continue_outcomes(
     orders.loc[rows, "delivered_at"] = time_column(new_delivered, start_ns).set_axis(rows)
     tables = dict(log.tables)
     tables["orders"] = orders
-    new_cases = {
-        "case_id": np.array([f"as{i}" for i in range(len(cases_log), len(cases_log) + len(cases.get("order", ())))], dtype=object),
-        "order_id": ids.to_numpy(dtype=object)[cases["order"]] if cases else np.zeros(0, dtype=object),
-    }
+    order_ids = ids.to_numpy(dtype=object)
     if cases:
-        new_cases.update({
-            "opened_at": cases["opened"], "type": _labels("after_sales", "type", cases["type"]),
-            "reason": _labels("after_sales", "reason", cases["reason"]), "resolved_at": cases["resolved"],
-            "outcome": _labels("after_sales", "outcome", cases["outcome"]), "platform_intervened": cases["intervened"],
-        })
-        tables["after_sales"] = pd.concat([cases_log, _typed_frame("after_sales", [new_cases], start_ns)], ignore_index=True)
+        case_ids = np.array([f"as{i}" for i in range(len(cases_log), len(cases_log) + len(cases["order"]))], dtype=object)
+        added = _typed_frame("after_sales", [_case_rows(cases, case_ids, order_ids)], start_ns)
+        tables["after_sales"] = pd.concat([cases_log, added], ignore_index=True)
     else:
         tables["after_sales"] = cases_log
     if reviews:
-        missing = reviews["details_missing"]
-        new_reviews = {
-            "review_id": np.array([f"r{i}" for i in range(len(reviews_log), len(reviews_log) + len(reviews["order"]))], dtype=object),
-            "order_id": ids.to_numpy(dtype=object)[reviews["order"]],
-            "user_id": orders["user_id"].astype(str).to_numpy(dtype=object)[reviews["order"]],
-            "created_at": reviews["created"], "rating": reviews["rating"],
-            "quality": np.where(missing, np.nan, reviews["quality"]), "service": np.where(missing, np.nan, reviews["service"]),
-            "logistics": np.where(missing, np.nan, reviews["logistics"]),
-        }
-        tables["reviews"] = pd.concat([reviews_log, _typed_frame("reviews", [new_reviews], start_ns)], ignore_index=True)
+        review_ids = np.array([f"r{i}" for i in range(len(reviews_log), len(reviews_log) + len(reviews["order"]))], dtype=object)
+        rows_of = _review_rows(reviews, review_ids, order_ids, orders["user_id"].astype(str).to_numpy(dtype=object))
+        tables["reviews"] = pd.concat([reviews_log, _typed_frame("reviews", [rows_of], start_ns)], ignore_index=True)
     return replace(log, tables=tables)
 
 
@@ -1074,28 +1061,10 @@ class World:
         if n:
             stage_config = replace(self.config, seed=int(keyed_uniforms(self.seed, _G_AFTER_SALES, self.day, stage) * 2**62))
             cases = _after_sales(stage_config, self.merchants, orders, math.inf)
-            self._append("after_sales", {
-                "case_id": self._next_ids("case", "as", len(cases["order"])),
-                "order_id": order_ids[cases["order"]],
-                "opened_at": _seconds(cases["opened"]),
-                "type": _labels("after_sales", "type", cases["type"]),
-                "reason": _labels("after_sales", "reason", cases["reason"]),
-                "resolved_at": _seconds(cases["resolved"]),
-                "outcome": _labels("after_sales", "outcome", cases["outcome"]),
-                "platform_intervened": cases["intervened"],
-            })
+            self._append("after_sales", _case_rows(cases, self._next_ids("case", "as", len(cases["order"])), order_ids))
             reviews = _reviews(stage_config, self.merchants, orders, math.inf)
-            missing = reviews["details_missing"]
-            self._append("reviews", {
-                "review_id": self._next_ids("review", "r", len(reviews["order"])),
-                "order_id": order_ids[reviews["order"]],
-                "user_id": self.base.user_ids[user[reviews["order"]]],
-                "created_at": _seconds(reviews["created"]),
-                "rating": reviews["rating"],
-                "quality": np.where(missing, np.nan, reviews["quality"]),
-                "service": np.where(missing, np.nan, reviews["service"]),
-                "logistics": np.where(missing, np.nan, reviews["logistics"]),
-            })
+            self._append("reviews", _review_rows(reviews, self._next_ids("review", "r", len(reviews["order"])), order_ids,
+                                                 self.base.user_ids[user]))
         return orders
 
     def _organic_orders(self) -> None:
@@ -1201,6 +1170,35 @@ class World:
     def latent_trust(self) -> pd.Series:
         """Latent merchant trust by merchant id (re-registered accounts included)."""
         return pd.Series(self.merchants["trust"], index=self.merchant_ids)
+
+
+def _case_rows(cases: Mapping[str, np.ndarray], case_ids: np.ndarray, order_ids: np.ndarray) -> dict[str, Any]:
+    """``after_sales`` columns of the simulator's cases (``order``: positions in ``order_ids``)."""
+    return {
+        "case_id": case_ids,
+        "order_id": order_ids[cases["order"]],
+        "opened_at": _seconds(cases["opened"]),
+        "type": _labels("after_sales", "type", cases["type"]),
+        "reason": _labels("after_sales", "reason", cases["reason"]),
+        "resolved_at": _seconds(cases["resolved"]),
+        "outcome": _labels("after_sales", "outcome", cases["outcome"]),
+        "platform_intervened": cases["intervened"],
+    }
+
+
+def _review_rows(reviews: Mapping[str, np.ndarray], review_ids: np.ndarray, order_ids: np.ndarray, user_ids: np.ndarray) -> dict[str, Any]:
+    """``reviews`` columns of the simulator's reviews (``order``: positions in ``order_ids`` and ``user_ids``)."""
+    missing = reviews["details_missing"]
+    return {
+        "review_id": review_ids,
+        "order_id": order_ids[reviews["order"]],
+        "user_id": user_ids[reviews["order"]],
+        "created_at": _seconds(reviews["created"]),
+        "rating": reviews["rating"],
+        "quality": np.where(missing, np.nan, reviews["quality"]),
+        "service": np.where(missing, np.nan, reviews["service"]),
+        "logistics": np.where(missing, np.nan, reviews["logistics"]),
+    }
 
 
 def _typed_frame(table: str, parts: list[dict[str, Any]], start_ns: int) -> pd.DataFrame:
